@@ -1,0 +1,235 @@
+//! A dataset's block tree, resident: level 0 holds the data block pointers, each level above
+//! holds pointers to the indirect blocks (512 pointers, 16 KiB) of the level below, and the top
+//! level has exactly one pointer, the root. Changes mark indirect blocks dirty; `sync` rewrites
+//! them bottom-up into fresh space (copy-on-write).
+
+use crate::error::Result;
+use crate::phys::{decode_indirect, encode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT};
+use std::collections::BTreeSet;
+
+/// A resident block tree.
+pub struct BlockTree {
+    levels: Vec<Vec<BlockPtr>>,
+    dirty: Vec<BTreeSet<usize>>,
+}
+
+/// Indirect levels above `nblocks` data blocks.
+pub fn height_for(nblocks: usize) -> usize {
+    shape(nblocks).len() - 1
+}
+
+/// Lengths of each level for `nblocks` data blocks; always at least one indirect level.
+fn shape(nblocks: usize) -> Vec<usize> {
+    let mut v = vec![nblocks];
+    loop {
+        let next = v[v.len() - 1].div_ceil(PTRS_PER_INDIRECT).max(1);
+        v.push(next);
+        if next == 1 {
+            return v;
+        }
+    }
+}
+
+impl BlockTree {
+    /// A tree of `nblocks` holes.
+    pub fn empty(nblocks: usize) -> Self {
+        let s = shape(nblocks);
+        BlockTree {
+            levels: s.iter().map(|&n| vec![BlockPtr::HOLE; n]).collect(),
+            dirty: vec![BTreeSet::new(); s.len()],
+        }
+    }
+
+    /// Reads a tree from its root. `read` fetches and verifies one indirect block.
+    pub fn load(
+        root: BlockPtr,
+        nblocks: usize,
+        mut read: impl FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
+    ) -> Result<Self> {
+        let mut t = Self::empty(nblocks);
+        let top = t.levels.len() - 1;
+        t.levels[top][0] = root;
+        let mut buf = vec![0u8; INDIRECT_SIZE];
+        for k in (1..=top).rev() {
+            let (lower, upper) = t.levels.split_at_mut(k);
+            let below = &mut lower[k - 1];
+            for (i, p) in upper[0].iter().enumerate() {
+                if p.is_hole() {
+                    continue;
+                }
+                read(p, &mut buf)?;
+                let start = i * PTRS_PER_INDIRECT;
+                let end = (start + PTRS_PER_INDIRECT).min(below.len());
+                decode_indirect(&buf, &mut below[start..end])?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Number of data blocks.
+    pub fn nblocks(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// The data block pointer at `idx`.
+    pub fn get(&self, idx: usize) -> BlockPtr {
+        self.levels[0][idx]
+    }
+
+    /// Replaces the data block pointer at `idx`, returning the old one.
+    pub fn set(&mut self, idx: usize, p: BlockPtr) -> BlockPtr {
+        let old = std::mem::replace(&mut self.levels[0][idx], p);
+        if old != p {
+            self.dirty[1].insert(idx / PTRS_PER_INDIRECT);
+        }
+        old
+    }
+
+    /// The root pointer.
+    pub fn root(&self) -> BlockPtr {
+        self.levels[self.levels.len() - 1][0]
+    }
+
+    /// Height: number of indirect levels.
+    pub fn height(&self) -> usize {
+        self.levels.len() - 1
+    }
+
+    /// Whether indirect blocks wait to be rewritten.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.iter().any(|d| !d.is_empty())
+    }
+
+    /// Rewrites every dirty indirect block bottom-up. `write` places a block and returns its
+    /// pointer; `free` receives each replaced indirect block.
+    pub fn sync(
+        &mut self,
+        mut write: impl FnMut(&[u8]) -> Result<BlockPtr>,
+        mut free: impl FnMut(BlockPtr),
+    ) -> Result<()> {
+        for k in 1..self.levels.len() {
+            let dirty = std::mem::take(&mut self.dirty[k]);
+            for i in dirty {
+                let below = &self.levels[k - 1];
+                let start = i * PTRS_PER_INDIRECT;
+                let end = (start + PTRS_PER_INDIRECT).min(below.len());
+                let children = &below[start.min(end)..end];
+                let new = if children.iter().all(BlockPtr::is_hole) {
+                    BlockPtr::HOLE
+                } else {
+                    write(&encode_indirect(children))?
+                };
+                let old = std::mem::replace(&mut self.levels[k][i], new);
+                if !old.is_hole() {
+                    free(old);
+                }
+                if k + 1 < self.levels.len() {
+                    self.dirty[k + 1].insert(i / PTRS_PER_INDIRECT);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the number of data blocks. Dropped data blocks and every indirect block go to
+    /// `free`; the whole upper tree is rewritten at the next sync.
+    pub fn resize(&mut self, nblocks: usize, mut free: impl FnMut(BlockPtr)) {
+        let mut data = std::mem::take(&mut self.levels[0]);
+        if nblocks < data.len() {
+            data.drain(nblocks..)
+                .filter(|p| !p.is_hole())
+                .for_each(&mut free);
+        }
+        data.resize(nblocks, BlockPtr::HOLE);
+        for level in &self.levels[1..] {
+            level.iter().filter(|p| !p.is_hole()).for_each(|p| free(*p));
+        }
+        *self = Self::empty(nblocks);
+        self.levels[0] = data;
+        let l1 = self.levels[1].len();
+        self.dirty[1].extend(0..l1);
+    }
+
+    /// Every non-hole pointer, data and indirect, with its level (0 = data).
+    pub fn for_each_ptr(&self, mut f: impl FnMut(usize, usize, &BlockPtr)) {
+        for (k, level) in self.levels.iter().enumerate() {
+            for (i, p) in level.iter().enumerate() {
+                if !p.is_hole() {
+                    f(k, i, p);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn ptr(n: u64) -> BlockPtr {
+        BlockPtr {
+            sector: n,
+            sectors: 1,
+            birth: 1,
+            checksum: u128::from(n),
+        }
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(shape(0), vec![0, 1]);
+        assert_eq!(shape(1), vec![1, 1]);
+        assert_eq!(shape(512), vec![512, 1]);
+        assert_eq!(shape(513), vec![513, 2, 1]);
+    }
+
+    #[test]
+    fn sync_then_load_round_trips() {
+        let mut store: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut next = 1000u64;
+        let mut t = BlockTree::empty(2000);
+        for i in [0usize, 511, 512, 1999] {
+            t.set(i, ptr(i as u64 + 1));
+        }
+        let mut freed = vec![];
+        t.sync(
+            |b| {
+                next += 4;
+                store.insert(next, b.to_vec());
+                Ok(BlockPtr {
+                    sector: next,
+                    sectors: 4,
+                    birth: 2,
+                    checksum: 0,
+                })
+            },
+            |p| freed.push(p),
+        )
+        .unwrap();
+        assert!(freed.is_empty() && !t.is_dirty());
+        let l = BlockTree::load(t.root(), 2000, |p, buf| {
+            buf.copy_from_slice(&store[&p.sector]);
+            Ok(())
+        })
+        .unwrap();
+        for i in 0..2000 {
+            assert_eq!(l.get(i), t.get(i));
+        }
+        // L1 blocks: 0 (holds 0 and 511), 1 (512), 3 (1999); plus the root.
+        assert_eq!(store.len(), 4);
+    }
+
+    #[test]
+    fn resize_frees_tail_and_indirects() {
+        let mut t = BlockTree::empty(1000);
+        t.set(10, ptr(1));
+        t.set(900, ptr(2));
+        t.sync(|_| Ok(ptr(50)), |_| {}).unwrap();
+        let mut freed = vec![];
+        t.resize(100, |p| freed.push(p));
+        assert!(freed.contains(&ptr(2)) && !freed.contains(&ptr(1)));
+        assert_eq!(t.get(10), ptr(1));
+        assert!(t.is_dirty());
+    }
+}

@@ -1,0 +1,418 @@
+//! Where a pool's bytes live: a narrow device trait with a file/block-device implementation,
+//! an in-memory one, and a crash-simulating one for power-cut tests.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+/// A byte-addressed store with explicit durability. Methods take `&self`; callers may issue
+/// I/O from many threads at once.
+pub trait Device: Send + Sync {
+    /// Fills `buf` from `offset`. Reading past the end is an error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`; not durable until [`Device::sync`].
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes the buffers back to back starting at `offset`.
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+    /// Makes every completed write durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Size in bytes.
+    fn len(&self) -> u64;
+    /// Whether the device has no bytes at all.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Tells the device a range is unused (reads of it may then return zeroes). Best effort.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// A human name for messages (the path).
+    fn describe(&self) -> String;
+}
+
+/// A regular file or block device.
+pub struct FileDevice {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    is_block: bool,
+}
+
+impl FileDevice {
+    /// Opens an existing file or block device for reading and writing.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Self::from_file(file, path)
+    }
+
+    /// Creates a sparse regular file of `len` bytes; fails if `path` exists.
+    pub fn create(path: &Path, len: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.set_len(len)?;
+        Self::from_file(file, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        let is_block = meta.file_type().is_block_device();
+        let len = if is_block {
+            use std::io::Seek;
+            (&file).seek(io::SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            len,
+            is_block,
+        })
+    }
+
+    /// The open file, for locking.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Device for FileDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut done = 0usize;
+        let mut first = 0usize;
+        let mut skip = 0usize;
+        while done < total {
+            // Rebuild the iovec window past what is already written (short writes are rare).
+            let window: Vec<IoSlice<'_>> = bufs[first..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    if i == 0 {
+                        IoSlice::new(&b[skip..])
+                    } else {
+                        IoSlice::new(b)
+                    }
+                })
+                .take(1024)
+                .collect();
+            // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
+            let n = unsafe {
+                libc::pwritev(
+                    self.file.as_raw_fd(),
+                    window.as_ptr() as *const libc::iovec,
+                    window.len() as libc::c_int,
+                    (offset + done as u64) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "pwritev wrote nothing",
+                ));
+            }
+            let mut n = n as usize;
+            done += n;
+            while n > 0 && first < bufs.len() {
+                let left = bufs[first].len() - skip;
+                if n >= left {
+                    n -= left;
+                    first += 1;
+                    skip = 0;
+                } else {
+                    skip += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.is_block {
+            return Ok(());
+        }
+        // SAFETY: fallocate on an fd we own; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                return Ok(());
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+fn check_range(len: usize, offset: u64, n: usize) -> io::Result<usize> {
+    let start =
+        usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if start.checked_add(n).is_none_or(|end| end > len) {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "access past the end of the device",
+        ));
+    }
+    Ok(start)
+}
+
+/// A device in memory; every write is immediately "durable".
+pub struct MemDevice {
+    bytes: RwLock<Vec<u8>>,
+    name: String,
+}
+
+impl MemDevice {
+    /// A zero-filled device of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        Self::from_bytes(vec![0; len])
+    }
+
+    /// A device holding `bytes`.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        MemDevice {
+            bytes: RwLock::new(bytes),
+            name: "<memory>".into(),
+        }
+    }
+
+    /// A copy of the current contents.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.bytes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `f` on the contents (e.g. to flip bits in a corruption test).
+    pub fn with_bytes_mut<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        f(&mut self.bytes.write().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Device for MemDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
+        let s = check_range(bytes.len(), offset, buf.len())?;
+        buf.copy_from_slice(&bytes[s..s + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        let s = check_range(bytes.len(), offset, buf.len())?;
+        bytes[s..s + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.bytes.read().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        let s = check_range(bytes.len(), offset, len as usize)?;
+        bytes[s..s + len as usize].fill(0);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// How unsynced writes fare in a simulated power cut.
+#[derive(Debug, Clone, Copy)]
+pub enum CutMode {
+    /// Every unsynced write is lost.
+    DropAll,
+    /// Each unsynced write independently lands whole, is lost, or lands torn (a random subset of
+    /// its 512-byte sectors), decided by the seed.
+    Random(u64),
+}
+
+struct CrashState {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<(u64, Vec<u8>)>,
+    ops_left: Option<u64>,
+    ops: u64,
+}
+
+/// A test device that keeps a durable image advancing only on `sync`, and can lose power after
+/// a chosen number of writes and syncs. After the cut every write and sync fails.
+pub struct CrashDevice {
+    state: Mutex<CrashState>,
+}
+
+impl CrashDevice {
+    /// A zero-filled device of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        Self::from_bytes(vec![0; len])
+    }
+
+    /// A device whose live and durable images are `bytes`.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        CrashDevice {
+            state: Mutex::new(CrashState {
+                durable: bytes.clone(),
+                live: bytes,
+                pending: Vec::new(),
+                ops_left: None,
+                ops: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CrashState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts power after `n` more writes/syncs (`None`: never).
+    pub fn cut_after(&self, n: Option<u64>) {
+        self.lock().ops_left = n;
+    }
+
+    /// Writes and syncs issued so far.
+    pub fn ops(&self) -> u64 {
+        self.lock().ops
+    }
+
+    /// The image a reboot would find: the durable image plus what `mode` lets survive of the
+    /// unsynced writes.
+    pub fn crash_image(&self, mode: CutMode) -> Vec<u8> {
+        let st = self.lock();
+        let mut img = st.durable.clone();
+        if let CutMode::Random(seed) = mode {
+            let mut x = seed | 1;
+            let mut next = move || {
+                // xorshift64*: small, deterministic, good enough to pick fates.
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            };
+            for (off, data) in &st.pending {
+                let off = *off as usize;
+                match next() % 3 {
+                    0 => {}
+                    1 => img[off..off + data.len()].copy_from_slice(data),
+                    _ => {
+                        for (i, sector) in data.chunks(512).enumerate() {
+                            if next() % 2 == 0 {
+                                let at = off + i * 512;
+                                img[at..at + sector.len()].copy_from_slice(sector);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        img
+    }
+
+    fn tick(st: &mut CrashState) -> io::Result<()> {
+        st.ops += 1;
+        match st.ops_left {
+            Some(0) => Err(io::Error::other("simulated power cut")),
+            Some(ref mut n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Device for CrashDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let st = self.lock();
+        let s = check_range(st.live.len(), offset, buf.len())?;
+        buf.copy_from_slice(&st.live[s..s + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        let s = check_range(st.live.len(), offset, buf.len())?;
+        Self::tick(&mut st)?;
+        st.live[s..s + buf.len()].copy_from_slice(buf);
+        st.pending.push((offset, buf.to_vec()));
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        Self::tick(&mut st)?;
+        let pending = std::mem::take(&mut st.pending);
+        for (off, data) in pending {
+            let off = off as usize;
+            st.durable[off..off + data.len()].copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.lock().live.len() as u64
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_at(&vec![0; len as usize], offset)
+    }
+
+    fn describe(&self) -> String {
+        "<crash-test device>".into()
+    }
+}

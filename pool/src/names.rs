@@ -1,0 +1,96 @@
+//! Naming rules for pools and datasets (as in ZFS): components of letters, digits and
+//! `_ . : -`, separated by `/` below the pool name.
+
+use crate::error::{Error, Result};
+
+/// Longest full dataset name, pool included.
+pub const MAX_NAME: usize = 255;
+
+fn check_component(full: &str, c: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::InvalidName {
+            name: full.to_string(),
+            reason: reason.into(),
+        })
+    };
+    if c.is_empty() {
+        return bad("empty component (leading, trailing or doubled '/')");
+    }
+    if c == "." || c == ".." {
+        return bad("'.' and '..' are not names");
+    }
+    if let Some(ch) = c
+        .chars()
+        .find(|ch| !(ch.is_ascii_alphanumeric() || "_.:-".contains(*ch)))
+    {
+        return bad(&format!(
+            "character '{ch}' is not allowed (use letters, digits, '_', '.', ':', '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a pool name: one component starting with a letter.
+pub fn check_pool_name(name: &str) -> Result<()> {
+    check_component(name, name)?;
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(Error::InvalidName {
+            name: name.into(),
+            reason: "a pool name starts with a letter".into(),
+        });
+    }
+    if name.len() > MAX_NAME {
+        return Err(Error::InvalidName {
+            name: name.into(),
+            reason: format!("longer than {MAX_NAME} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Splits `POOL/a/b` into (`POOL`, `a/b`), checking both parts.
+pub fn split_dataset_name(full: &str) -> Result<(&str, &str)> {
+    let Some((pool, rest)) = full.split_once('/') else {
+        return Err(Error::InvalidName {
+            name: full.into(),
+            reason: "expected POOL/NAME".into(),
+        });
+    };
+    check_pool_name(pool)?;
+    if full.len() > MAX_NAME {
+        return Err(Error::InvalidName {
+            name: full.into(),
+            reason: format!("longer than {MAX_NAME} bytes"),
+        });
+    }
+    for c in rest.split('/') {
+        check_component(full, c)?;
+    }
+    Ok((pool, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_and_rejects() {
+        assert_eq!(
+            split_dataset_name("tank/a/b-1.2:x_y").unwrap(),
+            ("tank", "a/b-1.2:x_y")
+        );
+        for bad in [
+            "tank",
+            "tank/",
+            "tank//a",
+            "tank/a b",
+            "1tank/a",
+            "tank/a/..",
+            "tank/é",
+        ] {
+            assert!(split_dataset_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_pool_name("tank-2").is_ok());
+        assert!(check_pool_name("-tank").is_err());
+    }
+}

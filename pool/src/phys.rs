@@ -1,0 +1,648 @@
+//! On-disk structures and their little-endian encoding. `FORMAT.md` describes every byte; keep
+//! the two in step.
+
+use crate::error::{Error, Result};
+use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+/// Allocation unit and alignment of everything on disk.
+pub const SECTOR: u64 = 4096;
+/// The only pool format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Label magic, at byte 0 of the device and of the backup label.
+pub const LABEL_MAGIC: [u8; 8] = *b"TARNPOOL";
+/// Uberblock magic.
+pub const UBER_MAGIC: [u8; 8] = *b"TARNUBER";
+/// Dataset directory ("meta block") magic.
+pub const META_MAGIC: [u8; 8] = *b"TARNMETA";
+/// Space-map chunk magic.
+pub const SPACEMAP_MAGIC: [u8; 8] = *b"TARNSMAP";
+/// Uberblock ring slots; slot = txg % RING_SLOTS.
+pub const RING_SLOTS: u64 = 64;
+/// Size of an indirect block.
+pub const INDIRECT_SIZE: usize = 16384;
+/// Block pointers per indirect block.
+pub const PTRS_PER_INDIRECT: usize = INDIRECT_SIZE / BlockPtr::SIZE;
+/// Header bytes at the start of each space-map chunk.
+pub const SPACEMAP_HEADER: usize = 32;
+/// Allocation bits per space-map chunk (one bit per sector).
+pub const SPACEMAP_BITS_PER_CHUNK: u64 = ((SECTOR as usize - SPACEMAP_HEADER) * 8) as u64;
+
+/// Byte offset of the label copies.
+pub const LABEL_OFFSETS: [u64; 2] = [0, SECTOR];
+/// Byte offset of the uberblock ring.
+pub const RING_OFFSET: u64 = 2 * SECTOR;
+
+/// Checksum of a block's bytes: XXH3-128, seeded with the pool GUID so that blocks of another
+/// pool in the same file never verify.
+pub fn checksum(data: &[u8], seed: u64) -> u128 {
+    xxh3_128_with_seed(data, seed)
+}
+
+/// Appends little-endian fields to a buffer.
+#[derive(Default)]
+pub struct Enc(pub Vec<u8>);
+
+impl Enc {
+    /// A u8.
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    /// A u16.
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// A u32.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// A u64.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// A u128.
+    pub fn u128(&mut self, v: u128) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Raw bytes.
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(v);
+        self
+    }
+    /// A string: u16 length, then UTF-8 bytes.
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.u16(s.len() as u16).bytes(s.as_bytes())
+    }
+    /// A block pointer (32 bytes).
+    pub fn ptr(&mut self, p: &BlockPtr) -> &mut Self {
+        self.bytes(&p.to_bytes())
+    }
+}
+
+/// Reads little-endian fields, failing with a `Corrupt` error naming `what` on a short buffer.
+pub struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'a str,
+}
+
+impl<'a> Dec<'a> {
+    /// Starts reading `buf`, described as `what` in errors.
+    pub fn new(buf: &'a [u8], what: &'a str) -> Self {
+        Dec { buf, pos: 0, what }
+    }
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "{} is truncated at byte {} (wanted {n} more)",
+                    self.what, self.pos
+                ))
+            })?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    /// A u8.
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    /// A u16.
+    pub fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.arr()?))
+    }
+    /// A u32.
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    /// A u64.
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    /// A u128.
+    pub fn u128(&mut self) -> Result<u128> {
+        Ok(u128::from_le_bytes(self.arr()?))
+    }
+    /// A u16-length-prefixed UTF-8 string.
+    pub fn str(&mut self) -> Result<String> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec())
+            .map_err(|_| Error::Corrupt(format!("{} holds a string that is not UTF-8", self.what)))
+    }
+    /// A block pointer.
+    pub fn ptr(&mut self) -> Result<BlockPtr> {
+        BlockPtr::from_bytes(self.take(BlockPtr::SIZE)?)
+    }
+}
+
+/// Points at a block: where it is, its size, when it was written and what it must hash to.
+/// All zeroes is a hole (reads as zeroes, occupies nothing).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct BlockPtr {
+    /// First sector (byte offset / 4096).
+    pub sector: u64,
+    /// Length in sectors; 0 means a hole.
+    pub sectors: u32,
+    /// The txg that wrote the block.
+    pub birth: u64,
+    /// XXH3-128 of the block's bytes, seeded with the pool GUID.
+    pub checksum: u128,
+}
+
+impl BlockPtr {
+    /// Encoded size.
+    pub const SIZE: usize = 32;
+    /// Largest block: sectors is a 16-bit field.
+    pub const MAX_SECTORS: u32 = 0xffff;
+
+    /// The hole pointer.
+    pub const HOLE: BlockPtr = BlockPtr {
+        sector: 0,
+        sectors: 0,
+        birth: 0,
+        checksum: 0,
+    };
+
+    /// Whether this is a hole.
+    pub fn is_hole(&self) -> bool {
+        self.sectors == 0
+    }
+
+    /// Byte offset on the device.
+    pub fn offset(&self) -> u64 {
+        self.sector * SECTOR
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        u64::from(self.sectors) * SECTOR
+    }
+
+    /// Encodes into 32 bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        let dva = self.sector | (u64::from(self.sectors) << 48);
+        b[0..8].copy_from_slice(&dva.to_le_bytes());
+        b[8..16].copy_from_slice(&self.birth.to_le_bytes());
+        b[16..32].copy_from_slice(&self.checksum.to_le_bytes());
+        b
+    }
+
+    /// Decodes 32 bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let mut d = Dec::new(b, "block pointer");
+        let dva = d.u64()?;
+        let p = BlockPtr {
+            sector: dva & ((1 << 48) - 1),
+            sectors: (dva >> 48) as u32,
+            birth: d.u64()?,
+            checksum: d.u128()?,
+        };
+        if p.is_hole() && (p.sector != 0 || p.birth != 0 || p.checksum != 0) {
+            return Err(Error::Corrupt(
+                "a hole block pointer carries non-zero fields".into(),
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// The pool label: written once at creation (two copies), never rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelPhys {
+    /// Format version.
+    pub version: u32,
+    /// Permanent pool identity; seeds every checksum.
+    pub guid: u64,
+    /// Pool name.
+    pub name: String,
+    /// Device size the pool was created on, bytes.
+    pub size: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Byte offsets of the two space-map copies.
+    pub spacemap_offsets: [u64; 2],
+    /// Chunks (4 KiB each) in each space-map copy.
+    pub spacemap_chunks: u32,
+    /// First byte of the data region.
+    pub data_offset: u64,
+}
+
+impl LabelPhys {
+    /// Lays out a new pool on a device of `size` bytes.
+    pub fn new(name: &str, guid: u64, size: u64, created: u64) -> Self {
+        let sectors = size / SECTOR;
+        let chunks = sectors.div_ceil(SPACEMAP_BITS_PER_CHUNK);
+        let sm0 = RING_OFFSET + RING_SLOTS * SECTOR;
+        let sm1 = sm0 + chunks * SECTOR;
+        LabelPhys {
+            version: FORMAT_VERSION,
+            guid,
+            name: name.to_string(),
+            size,
+            created,
+            spacemap_offsets: [sm0, sm1],
+            spacemap_chunks: chunks as u32,
+            data_offset: sm1 + chunks * SECTOR,
+        }
+    }
+
+    /// Encodes into one 4 KiB sector, checksum in the last 16 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        e.bytes(&LABEL_MAGIC)
+            .u32(self.version)
+            .u32(0)
+            .u64(self.guid)
+            .u64(self.size)
+            .u64(self.created)
+            .u64(self.spacemap_offsets[0])
+            .u64(self.spacemap_offsets[1])
+            .u32(self.spacemap_chunks)
+            .u32(0)
+            .u64(self.data_offset)
+            .str(&self.name);
+        let mut b = e.0;
+        b.resize(SECTOR as usize - 16, 0);
+        let c = checksum(&b, 0);
+        b.extend_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Decodes one label sector. `Ok(None)` when the magic is absent (not a label at all).
+    pub fn decode(b: &[u8], path: &str) -> Result<Option<Self>> {
+        if b.len() < SECTOR as usize || b[0..8] != LABEL_MAGIC {
+            return Ok(None);
+        }
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: path.into(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let body = &b[..SECTOR as usize - 16];
+        let want = u128::from_le_bytes(
+            b[SECTOR as usize - 16..SECTOR as usize]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        if checksum(body, 0) != want {
+            return Err(Error::Corrupt(format!(
+                "{path}: pool label checksum mismatch"
+            )));
+        }
+        let mut d = Dec::new(&body[8..], "pool label");
+        let version = d.u32()?;
+        d.u32()?;
+        Ok(Some(LabelPhys {
+            version,
+            guid: d.u64()?,
+            size: d.u64()?,
+            created: d.u64()?,
+            spacemap_offsets: [d.u64()?, d.u64()?],
+            spacemap_chunks: {
+                let c = d.u32()?;
+                d.u32()?;
+                c
+            },
+            data_offset: d.u64()?,
+            name: d.str()?,
+        }))
+    }
+}
+
+/// One uberblock: the root of a committed transaction group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UberblockPhys {
+    /// The committed txg.
+    pub txg: u64,
+    /// Commit time, nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Pool GUID (an uberblock of another pool never matches).
+    pub guid: u64,
+    /// The meta block (dataset directory and pending frees).
+    pub root: BlockPtr,
+    /// Which space-map copy (0 or 1) describes this txg.
+    pub spacemap_copy: u8,
+}
+
+impl UberblockPhys {
+    /// Bytes covered by the checksum.
+    const BODY: usize = 96;
+
+    /// Encodes into a 4 KiB ring slot.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        e.bytes(&UBER_MAGIC)
+            .u32(FORMAT_VERSION)
+            .u32(0)
+            .u64(self.txg)
+            .u64(self.timestamp)
+            .u64(self.guid)
+            .ptr(&self.root)
+            .u8(self.spacemap_copy);
+        let mut b = e.0;
+        b.resize(Self::BODY, 0);
+        let c = checksum(&b, self.guid);
+        b.extend_from_slice(&c.to_le_bytes());
+        b.resize(SECTOR as usize, 0);
+        b
+    }
+
+    /// Decodes a ring slot; `None` if empty, torn, foreign or of another version.
+    pub fn decode(b: &[u8], guid: u64) -> Option<Self> {
+        if b.len() < Self::BODY + 16 || b[0..8] != UBER_MAGIC {
+            return None;
+        }
+        let want = u128::from_le_bytes(b[Self::BODY..Self::BODY + 16].try_into().ok()?);
+        if checksum(&b[..Self::BODY], guid) != want {
+            return None;
+        }
+        let mut d = Dec::new(&b[8..Self::BODY], "uberblock");
+        let version = d.u32().ok()?;
+        d.u32().ok()?;
+        let ub = UberblockPhys {
+            txg: d.u64().ok()?,
+            timestamp: d.u64().ok()?,
+            guid: d.u64().ok()?,
+            root: d.ptr().ok()?,
+            spacemap_copy: d.u8().ok()?,
+        };
+        (version == FORMAT_VERSION && ub.guid == guid && ub.spacemap_copy < 2).then_some(ub)
+    }
+}
+
+/// Dataset types. Only volumes exist today; filesystems are reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// A block volume (zvol).
+    Volume,
+    /// A filesystem (reserved; not implemented yet).
+    Filesystem,
+}
+
+impl DatasetKind {
+    fn code(self) -> u8 {
+        match self {
+            DatasetKind::Volume => 1,
+            DatasetKind::Filesystem => 2,
+        }
+    }
+    fn from_code(c: u8) -> Result<Self> {
+        match c {
+            1 => Ok(DatasetKind::Volume),
+            2 => Ok(DatasetKind::Filesystem),
+            _ => Err(Error::Corrupt(format!(
+                "dataset directory names unknown dataset type {c}"
+            ))),
+        }
+    }
+}
+
+/// One dataset's directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetPhys {
+    /// Permanent ID, never reused within a pool.
+    pub id: u64,
+    /// Type.
+    pub kind: DatasetKind,
+    /// Name below the pool (`a/b` for `POOL/a/b`).
+    pub name: String,
+    /// Txg that created it.
+    pub creation_txg: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub creation_time: u64,
+    /// Logical size in bytes (volumes).
+    pub size: u64,
+    /// Block size in bytes (volumes).
+    pub block_size: u32,
+    /// Root of the block tree.
+    pub root: BlockPtr,
+    /// Sectors of data and indirect blocks this dataset references.
+    pub used_sectors: u64,
+    /// User properties, sorted by key.
+    pub props: Vec<(String, String)>,
+}
+
+/// The meta block: everything the uberblock roots.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MetaPhys {
+    /// The txg that wrote it.
+    pub txg: u64,
+    /// Next dataset ID to hand out.
+    pub next_dataset_id: u64,
+    /// Every dataset, sorted by ID.
+    pub datasets: Vec<DatasetPhys>,
+    /// Blocks freed in recent txgs, not yet reusable: (txg, [(first sector, sectors)]).
+    pub deferred: Vec<(u64, Vec<(u64, u32)>)>,
+}
+
+impl MetaPhys {
+    /// Encodes, padded to whole sectors.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        e.bytes(&META_MAGIC)
+            .u32(FORMAT_VERSION)
+            .u32(0)
+            .u64(self.txg)
+            .u64(self.next_dataset_id)
+            .u32(self.datasets.len() as u32)
+            .u32(self.deferred.len() as u32);
+        for d in &self.datasets {
+            e.u64(d.id)
+                .u8(d.kind.code())
+                .str(&d.name)
+                .u64(d.creation_txg)
+                .u64(d.creation_time)
+                .u64(d.size)
+                .u32(d.block_size)
+                .ptr(&d.root)
+                .u64(d.used_sectors)
+                .u32(d.props.len() as u32);
+            for (k, v) in &d.props {
+                e.str(k).str(v);
+            }
+        }
+        for (txg, extents) in &self.deferred {
+            e.u64(*txg).u32(extents.len() as u32);
+            for (s, n) in extents {
+                e.u64(*s).u32(*n);
+            }
+        }
+        let mut b = e.0;
+        b.resize(b.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+        b
+    }
+
+    /// Decodes a meta block whose checksum already verified.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let mut d = Dec::new(b, "meta block");
+        if d.take(8)? != META_MAGIC {
+            return Err(Error::Corrupt("meta block has a bad magic".into()));
+        }
+        let version = d.u32()?;
+        if version != FORMAT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "meta block has unknown version {version}"
+            )));
+        }
+        d.u32()?;
+        let txg = d.u64()?;
+        let next_dataset_id = d.u64()?;
+        let nds = d.u32()?;
+        let ndef = d.u32()?;
+        let mut datasets = Vec::with_capacity(nds.min(1 << 16) as usize);
+        for _ in 0..nds {
+            let id = d.u64()?;
+            let kind = DatasetKind::from_code(d.u8()?)?;
+            let name = d.str()?;
+            let creation_txg = d.u64()?;
+            let creation_time = d.u64()?;
+            let size = d.u64()?;
+            let block_size = d.u32()?;
+            let root = d.ptr()?;
+            let used_sectors = d.u64()?;
+            let np = d.u32()?;
+            let mut props = Vec::new();
+            for _ in 0..np {
+                props.push((d.str()?, d.str()?));
+            }
+            datasets.push(DatasetPhys {
+                id,
+                kind,
+                name,
+                creation_txg,
+                creation_time,
+                size,
+                block_size,
+                root,
+                used_sectors,
+                props,
+            });
+        }
+        let mut deferred = Vec::new();
+        for _ in 0..ndef {
+            let t = d.u64()?;
+            let n = d.u32()?;
+            let mut ex = Vec::new();
+            for _ in 0..n {
+                ex.push((d.u64()?, d.u32()?));
+            }
+            deferred.push((t, ex));
+        }
+        Ok(MetaPhys {
+            txg,
+            next_dataset_id,
+            datasets,
+            deferred,
+        })
+    }
+}
+
+/// Encodes block pointers into one indirect block (missing tail entries are holes).
+pub fn encode_indirect(ptrs: &[BlockPtr]) -> Vec<u8> {
+    let mut b = vec![0u8; INDIRECT_SIZE];
+    for (i, p) in ptrs.iter().enumerate() {
+        b[i * BlockPtr::SIZE..(i + 1) * BlockPtr::SIZE].copy_from_slice(&p.to_bytes());
+    }
+    b
+}
+
+/// Decodes an indirect block into `out` (up to its length).
+pub fn decode_indirect(b: &[u8], out: &mut [BlockPtr]) -> Result<()> {
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = BlockPtr::from_bytes(&b[i * BlockPtr::SIZE..(i + 1) * BlockPtr::SIZE])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_ptr_round_trips_and_rejects_dirty_holes() {
+        let p = BlockPtr {
+            sector: (1 << 48) - 1,
+            sectors: 0xffff,
+            birth: 7,
+            checksum: u128::MAX - 3,
+        };
+        assert_eq!(BlockPtr::from_bytes(&p.to_bytes()).unwrap(), p);
+        assert!(BlockPtr::from_bytes(&[0; 32]).unwrap().is_hole());
+        let mut bad = [0u8; 32];
+        bad[9] = 1;
+        assert!(BlockPtr::from_bytes(&bad).is_err());
+    }
+
+    #[test]
+    fn label_round_trips_and_detects_flips() {
+        let l = LabelPhys::new("tank", 42, 1 << 30, 1000);
+        let mut b = l.encode();
+        assert_eq!(LabelPhys::decode(&b, "x").unwrap(), Some(l));
+        b[100] ^= 1;
+        assert!(LabelPhys::decode(&b, "x").is_err());
+        assert_eq!(LabelPhys::decode(&[0; 4096], "x").unwrap(), None);
+    }
+
+    #[test]
+    fn uberblock_rejects_torn_and_foreign() {
+        let u = UberblockPhys {
+            txg: 9,
+            timestamp: 1,
+            guid: 5,
+            root: BlockPtr::HOLE,
+            spacemap_copy: 1,
+        };
+        let b = u.encode();
+        assert_eq!(UberblockPhys::decode(&b, 5), Some(u));
+        assert_eq!(UberblockPhys::decode(&b, 6), None);
+        let mut torn = b.clone();
+        torn[20] ^= 0x40;
+        assert_eq!(UberblockPhys::decode(&torn, 5), None);
+    }
+
+    #[test]
+    fn meta_round_trips() {
+        let m = MetaPhys {
+            txg: 3,
+            next_dataset_id: 9,
+            datasets: vec![DatasetPhys {
+                id: 4,
+                kind: DatasetKind::Volume,
+                name: "a/b".into(),
+                creation_txg: 2,
+                creation_time: 77,
+                size: 1 << 20,
+                block_size: 16384,
+                root: BlockPtr {
+                    sector: 100,
+                    sectors: 4,
+                    birth: 3,
+                    checksum: 99,
+                },
+                used_sectors: 12,
+                props: vec![("k".into(), "v=1".into())],
+            }],
+            deferred: vec![(2, vec![(50, 4), (70, 1)])],
+        };
+        assert_eq!(MetaPhys::decode(&m.encode()).unwrap(), m);
+    }
+}

@@ -1,0 +1,318 @@
+//! The allocator: one bit per sector, resident, persisted as two alternating on-disk copies.
+//!
+//! Freed blocks are deferred: a block freed in txg T becomes allocatable only once txg
+//! T + [`DEFER_TXGS`] commits, so the previous few uberblocks stay openable after a crash.
+//! Txg T writes copy `T % 2`, rewriting each chunk dirtied in T or T-1, so each copy is exact for
+//! the txgs that wrote it.
+
+use crate::phys::{
+    checksum, Enc, SECTOR, SPACEMAP_BITS_PER_CHUNK, SPACEMAP_HEADER, SPACEMAP_MAGIC,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Txgs a freed block waits before reuse.
+pub const DEFER_TXGS: u64 = 4;
+
+/// A run of sectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Extent {
+    /// First sector.
+    pub start: u64,
+    /// Sector count.
+    pub len: u64,
+}
+
+const WORDS_PER_CHUNK: u64 = SPACEMAP_BITS_PER_CHUNK / 64;
+
+/// The resident allocation bitmap.
+pub struct SpaceMap {
+    words: Vec<u64>,
+    sectors: u64,
+    allocated: u64,
+    reserved: u64,
+    cursor: u64,
+    dirty: BTreeSet<u64>,
+    prev_dirty: BTreeSet<u64>,
+    deferred: BTreeMap<u64, Vec<Extent>>,
+}
+
+impl SpaceMap {
+    /// A map of `sectors` sectors with the first `reserved` (label, ring, space maps) in use.
+    pub fn new(sectors: u64, reserved: u64) -> Self {
+        let nwords = sectors.div_ceil(SPACEMAP_BITS_PER_CHUNK) * WORDS_PER_CHUNK;
+        let mut sm = SpaceMap {
+            words: vec![0; nwords as usize],
+            sectors,
+            allocated: 0,
+            reserved,
+            cursor: reserved,
+            dirty: BTreeSet::new(),
+            prev_dirty: BTreeSet::new(),
+            deferred: BTreeMap::new(),
+        };
+        sm.set_range(0, reserved, true);
+        // Bits past the end of the device are permanently allocated.
+        let end = nwords * 64;
+        sm.set_range(sectors, end - sectors, true);
+        sm.allocated = 0;
+        sm.mark_all_dirty();
+        sm
+    }
+
+    /// Sectors on the device.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// Sectors allocated to data and metadata (deferred frees included), reserved area excluded.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Sectors usable for data (everything past the reserved area).
+    pub fn usable(&self) -> u64 {
+        self.sectors - self.reserved
+    }
+
+    /// Sectors free right now.
+    pub fn free(&self) -> u64 {
+        self.usable() - self.allocated
+    }
+
+    /// Sectors freed but waiting out their deferral.
+    pub fn deferred_sectors(&self) -> u64 {
+        self.deferred.values().flatten().map(|e| e.len).sum()
+    }
+
+    fn bit(&self, s: u64) -> bool {
+        self.words[(s / 64) as usize] & (1 << (s % 64)) != 0
+    }
+
+    fn set_range(&mut self, start: u64, len: u64, on: bool) {
+        if len == 0 {
+            return;
+        }
+        for s in start..start + len {
+            let (w, b) = ((s / 64) as usize, s % 64);
+            let was = self.words[w] & (1 << b) != 0;
+            if was != on {
+                self.words[w] ^= 1 << b;
+                if on {
+                    self.allocated += 1;
+                } else {
+                    self.allocated -= 1;
+                }
+            }
+        }
+        let first = start / SPACEMAP_BITS_PER_CHUNK;
+        let last = (start + len - 1) / SPACEMAP_BITS_PER_CHUNK;
+        self.dirty.extend(first..=last);
+    }
+
+    /// Whether every sector of the extent is allocated.
+    pub fn is_allocated(&self, start: u64, len: u64) -> bool {
+        start + len <= self.sectors && (start..start + len).all(|s| self.bit(s))
+    }
+
+    /// Allocates `len` contiguous sectors, next-fit from the last allocation.
+    pub fn alloc(&mut self, len: u64) -> Option<u64> {
+        if len == 0 || len > self.free() {
+            return None;
+        }
+        let lo = self.reserved;
+        let mut s = self.cursor.max(lo);
+        let mut wrapped = false;
+        loop {
+            if s + len > self.sectors {
+                if wrapped {
+                    return None;
+                }
+                wrapped = true;
+                s = lo;
+                continue;
+            }
+            if wrapped && s >= self.cursor {
+                return None;
+            }
+            // Skip whole allocated words quickly.
+            if s % 64 == 0 && self.words[(s / 64) as usize] == u64::MAX {
+                s += 64;
+                continue;
+            }
+            match (s..s + len).find(|&x| self.bit(x)) {
+                None => {
+                    self.set_range(s, len, true);
+                    self.cursor = s + len;
+                    return Some(s);
+                }
+                Some(used) => s = used + 1,
+            }
+        }
+    }
+
+    /// Marks an extent allocated (used when rebuilding from a tree walk).
+    pub fn claim(&mut self, start: u64, len: u64) {
+        self.set_range(start, len, true);
+    }
+
+    /// Frees an extent in `txg`; it becomes reusable DEFER_TXGS txgs later.
+    pub fn free_deferred(&mut self, txg: u64, start: u64, len: u64) {
+        self.deferred
+            .entry(txg)
+            .or_default()
+            .push(Extent { start, len });
+    }
+
+    /// Frees immediately: only for blocks that no committed txg ever referenced.
+    pub fn free_now(&mut self, start: u64, len: u64) {
+        self.set_range(start, len, false);
+    }
+
+    /// Releases the frees of txgs <= `upto`, returning them (for hole punching).
+    pub fn release(&mut self, upto: u64) -> Vec<Extent> {
+        let keep = self.deferred.split_off(&(upto + 1));
+        let ready = std::mem::replace(&mut self.deferred, keep);
+        let mut out = Vec::new();
+        for e in ready.into_values().flatten() {
+            self.set_range(e.start, e.len, false);
+            out.push(e);
+        }
+        out
+    }
+
+    /// The pending frees, for the meta block.
+    pub fn deferred(&self) -> Vec<(u64, Vec<(u64, u32)>)> {
+        self.deferred
+            .iter()
+            .map(|(t, v)| (*t, v.iter().map(|e| (e.start, e.len as u32)).collect()))
+            .collect()
+    }
+
+    /// Restores the pending frees from a meta block.
+    pub fn set_deferred(&mut self, d: &[(u64, Vec<(u64, u32)>)]) {
+        self.deferred = d
+            .iter()
+            .map(|(t, v)| {
+                (
+                    *t,
+                    v.iter()
+                        .map(|&(s, n)| Extent {
+                            start: s,
+                            len: u64::from(n),
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+    }
+
+    /// Forces the next two commits to rewrite every chunk (after open or a rebuild).
+    pub fn mark_all_dirty(&mut self) {
+        let n = self.chunks();
+        self.dirty.extend(0..n);
+        self.prev_dirty.extend(0..n);
+    }
+
+    /// Chunk count.
+    pub fn chunks(&self) -> u64 {
+        self.words.len() as u64 / WORDS_PER_CHUNK
+    }
+
+    /// Chunks the commit of a txg must write, and the rotation of the dirty sets.
+    pub fn take_chunks_to_write(&mut self) -> Vec<u64> {
+        let now = std::mem::take(&mut self.dirty);
+        let out: Vec<u64> = now.union(&self.prev_dirty).copied().collect();
+        self.prev_dirty = now;
+        out
+    }
+
+    /// Encodes chunk `c` as written in `txg`.
+    pub fn encode_chunk(&self, c: u64, txg: u64, guid: u64) -> Vec<u8> {
+        let w = (c * WORDS_PER_CHUNK) as usize;
+        let mut bits = Enc::default();
+        for word in &self.words[w..w + WORDS_PER_CHUNK as usize] {
+            bits.u64(*word);
+        }
+        let sum = checksum(&bits.0, guid ^ c ^ txg.rotate_left(32));
+        let mut e = Enc::default();
+        e.bytes(&SPACEMAP_MAGIC).u64(txg).u128(sum).bytes(&bits.0);
+        debug_assert_eq!(e.0.len(), SECTOR as usize);
+        e.0
+    }
+
+    /// Loads chunk `c` if it verifies and was written no later than `max_txg`.
+    pub fn load_chunk(&mut self, c: u64, b: &[u8], max_txg: u64, guid: u64) -> bool {
+        if b.len() != SECTOR as usize || b[0..8] != SPACEMAP_MAGIC {
+            return false;
+        }
+        let txg = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
+        let sum = u128::from_le_bytes(b[16..32].try_into().unwrap_or_default());
+        let bits = &b[SPACEMAP_HEADER..];
+        if txg > max_txg || checksum(bits, guid ^ c ^ txg.rotate_left(32)) != sum {
+            return false;
+        }
+        let w = (c * WORDS_PER_CHUNK) as usize;
+        for (i, word) in bits.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            let old = self.words[w + i];
+            self.allocated += u64::from(v.count_ones());
+            self.allocated -= u64::from(old.count_ones());
+            self.words[w + i] = v;
+        }
+        true
+    }
+
+    /// Recounts `allocated` from the bits (after loading every chunk).
+    pub fn recount(&mut self) {
+        let total: u64 = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
+        let tail = self.words.len() as u64 * 64 - self.sectors;
+        self.allocated = total - self.reserved - tail;
+    }
+
+    /// Clears every bit except the reserved area and the tail (before a rebuild).
+    pub fn reset(&mut self) {
+        let fresh = SpaceMap::new(self.sectors, self.reserved);
+        self.words = fresh.words;
+        self.allocated = 0;
+        self.deferred.clear();
+        self.mark_all_dirty();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_contiguously_and_defers_frees() {
+        let mut sm = SpaceMap::new(1000, 10);
+        let a = sm.alloc(100).unwrap();
+        let b = sm.alloc(100).unwrap();
+        assert_eq!((a, b), (10, 110));
+        sm.free_deferred(5, a, 100);
+        assert_eq!(sm.allocated(), 200);
+        assert!(sm.release(4).is_empty());
+        assert_eq!(sm.release(5).len(), 1);
+        assert_eq!(sm.allocated(), 100);
+        // Fill the rest; a wrap finds the freed hole.
+        assert!(sm.alloc(790).is_some());
+        assert_eq!(sm.alloc(100), Some(10));
+        assert_eq!(sm.alloc(1), None);
+        assert_eq!(sm.free(), 0);
+    }
+
+    #[test]
+    fn chunks_round_trip_and_reject_newer_or_flipped() {
+        let mut sm = SpaceMap::new(100_000, 10);
+        sm.alloc(5000).unwrap();
+        let c0 = sm.encode_chunk(0, 7, 1);
+        let mut other = SpaceMap::new(100_000, 10);
+        assert!(!other.load_chunk(0, &c0, 6, 1));
+        assert!(other.load_chunk(0, &c0, 7, 1));
+        other.recount();
+        assert_eq!(other.allocated(), 5000);
+        let mut bad = c0.clone();
+        bad[100] ^= 1;
+        assert!(!other.load_chunk(0, &bad, 9, 1));
+    }
+}

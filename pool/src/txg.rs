@@ -1,0 +1,372 @@
+//! Committing a transaction group: the one path by which anything becomes durable.
+//!
+//! Order (each step only writes free space until the last):
+//! 1. release frees old enough to reuse (DEFER_TXGS back) and punch them out of the file;
+//! 2. take every volume's dirty map (writers continue into the next txg);
+//! 3. write dirty data blocks to fresh space, all-zero blocks becoming holes;
+//! 4. point the trees at them and rewrite dirty indirect blocks bottom-up;
+//! 5. write the meta block (dataset directory and pending frees);
+//! 6. write the changed space-map chunks to copy `txg % 2`;
+//! 7. sync; write uberblock `txg` to ring slot `txg % 64`; sync.
+
+use crate::error::{Error, Result};
+use crate::phys::{
+    checksum, BlockPtr, DatasetPhys, MetaPhys, UberblockPhys, RING_OFFSET, RING_SLOTS, SECTOR,
+};
+use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
+use crate::spacemap::{Extent, DEFER_TXGS};
+use crate::volume::{Dirty, Volume};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn is_zero(b: &[u8]) -> bool {
+    let (pre, words, post) = {
+        // SAFETY: u64 has no invalid bit patterns; align_to only splits at aligned boundaries.
+        unsafe { b.align_to::<u64>() }
+    };
+    pre.iter().all(|&x| x == 0) && words.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
+}
+
+impl Shared {
+    /// Whether anything waits to be committed.
+    pub(crate) fn has_dirty(&self) -> bool {
+        self.dirty_bytes.load(Ordering::Acquire) > 0
+    }
+
+    /// Commits the open txg and waits for it to be durable.
+    pub(crate) fn commit(&self) -> Result<u64> {
+        let mut cs = lock(&self.commit);
+        self.commit_locked(&mut cs)
+    }
+
+    /// Commits with the commit lock already held. Any failure poisons the pool.
+    pub(crate) fn commit_locked(&self, cs: &mut CommitState) -> Result<u64> {
+        self.check_writable()?;
+        let r = self.commit_inner(cs);
+        if let Err(e) = &r {
+            self.poison(e);
+        }
+        self.throttle.1.notify_all();
+        r
+    }
+
+    fn io(&self, what: &str, e: std::io::Error) -> Error {
+        Error::io(format!("{what} on {}", self.dev.describe()), e)
+    }
+
+    fn no_space(&self, needed: u64) -> Error {
+        let free = lock(&self.spacemap).free() * SECTOR;
+        Error::NoSpace {
+            pool: self.name().into(),
+            needed,
+            available: free,
+        }
+    }
+
+    /// Allocates and writes one metadata block.
+    fn write_meta_block(&self, data: &[u8], txg: u64) -> Result<BlockPtr> {
+        let sectors = (data.len() as u64).div_ceil(SECTOR);
+        let sector = lock(&self.spacemap)
+            .alloc(sectors)
+            .ok_or_else(|| self.no_space(data.len() as u64))?;
+        let p = BlockPtr {
+            sector,
+            sectors: sectors as u32,
+            birth: txg,
+            checksum: checksum(data, self.label.guid),
+        };
+        self.dev
+            .write_at(data, p.offset())
+            .map_err(|e| self.io("writing a metadata block", e))?;
+        Ok(p)
+    }
+
+    fn commit_inner(&self, cs: &mut CommitState) -> Result<u64> {
+        let txg = cs.txg + 1;
+        let guid = self.label.guid;
+
+        // 1. Release old frees.
+        let released = {
+            let _fence = write(&self.fence);
+            lock(&self.spacemap).release(txg.saturating_sub(DEFER_TXGS))
+        };
+        self.punch(released);
+
+        // 2. Take the dirty maps.
+        let vols: Vec<Arc<Volume>> = read(&self.datasets)
+            .values()
+            .map(|d| d.vol.clone())
+            .collect();
+        let mut work: Vec<(Arc<Volume>, Arc<HashMap<u64, Dirty>>)> = Vec::new();
+        let mut reserved = 0u64;
+        for v in &vols {
+            let mut st = lock(&v.state);
+            if !st.open.is_empty() {
+                let map = Arc::new(std::mem::take(&mut st.open));
+                st.open_l1.clear();
+                reserved += std::mem::take(&mut st.open_reserved);
+                st.syncing = Some(map.clone());
+                work.push((v.clone(), map));
+            }
+        }
+
+        // 3. Write data blocks.
+        let mut placed: Vec<Vec<(u64, BlockPtr)>> = Vec::with_capacity(work.len());
+        for (v, map) in &work {
+            placed.push(self.write_data(v, map, txg)?);
+        }
+
+        // 4. Point trees at the new blocks; rewrite indirect blocks.
+        for ((v, _), ptrs) in work.iter().zip(placed) {
+            let mut st = lock(&v.state);
+            let mut sm = lock(&self.spacemap);
+            let nblocks = st.tree.as_ref().map(|t| t.nblocks() as u64).unwrap_or(0);
+            let mut used = st.used_sectors;
+            for (idx, p) in ptrs {
+                if idx >= nblocks || st.destroyed {
+                    if !p.is_hole() {
+                        sm.free_now(p.sector, u64::from(p.sectors));
+                    }
+                    continue;
+                }
+                let Some(tree) = st.tree.as_mut() else {
+                    continue;
+                };
+                let old = tree.set(idx as usize, p);
+                if !old.is_hole() {
+                    sm.free_deferred(txg, old.sector, u64::from(old.sectors));
+                    used -= u64::from(old.sectors);
+                }
+                used += u64::from(p.sectors);
+            }
+            st.used_sectors = used;
+            st.syncing = None;
+        }
+        for v in &vols {
+            let mut st = lock(&v.state);
+            let st = &mut *st;
+            let Some(tree) = st.tree.as_mut() else {
+                continue;
+            };
+            if !tree.is_dirty() {
+                continue;
+            }
+            let used = Cell::new(st.used_sectors);
+            tree.sync(
+                |b| {
+                    let p = self.write_meta_block(b, txg)?;
+                    used.set(used.get() + u64::from(p.sectors));
+                    Ok(p)
+                },
+                |p| {
+                    lock(&self.spacemap).free_deferred(txg, p.sector, u64::from(p.sectors));
+                    used.set(used.get() - u64::from(p.sectors));
+                },
+            )?;
+            st.used_sectors = used.get();
+            st.root = tree.root();
+        }
+
+        // 5. The meta block.
+        if !cs.meta.is_hole() {
+            lock(&self.spacemap).free_deferred(txg, cs.meta.sector, u64::from(cs.meta.sectors));
+        }
+        let meta = MetaPhys {
+            txg,
+            next_dataset_id: cs.next_id,
+            datasets: read(&self.datasets)
+                .iter()
+                .map(|(&id, d)| {
+                    let st = lock(&d.vol.state);
+                    DatasetPhys {
+                        id,
+                        kind: d.kind,
+                        name: d.name.clone(),
+                        creation_txg: d.creation_txg,
+                        creation_time: d.creation_time,
+                        size: st.size,
+                        block_size: d.vol.block_size,
+                        root: st.root,
+                        used_sectors: st.used_sectors,
+                        props: d
+                            .props
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    }
+                })
+                .collect(),
+            deferred: lock(&self.spacemap).deferred(),
+        };
+        let meta_ptr = self.write_meta_block(&meta.encode(), txg)?;
+
+        // 6. Space-map chunks.
+        let copy = (txg % 2) as usize;
+        let (chunks, encoded): (Vec<u64>, Vec<Vec<u8>>) = {
+            let mut sm = lock(&self.spacemap);
+            let cs = sm.take_chunks_to_write();
+            let enc = cs.iter().map(|&c| sm.encode_chunk(c, txg, guid)).collect();
+            (cs, enc)
+        };
+        let base = self.label.spacemap_offsets[copy];
+        let mut i = 0;
+        while i < chunks.len() {
+            let mut j = i + 1;
+            while j < chunks.len() && chunks[j] == chunks[j - 1] + 1 {
+                j += 1;
+            }
+            let iov: Vec<IoSlice<'_>> = encoded[i..j].iter().map(|b| IoSlice::new(b)).collect();
+            self.dev
+                .write_vectored_at(&iov, base + chunks[i] * SECTOR)
+                .map_err(|e| self.io("writing the space map", e))?;
+            i = j;
+        }
+
+        // 7. Sync, uberblock, sync.
+        self.dev
+            .sync()
+            .map_err(|e| self.io("syncing txg data", e))?;
+        let ub = UberblockPhys {
+            txg,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            guid,
+            root: meta_ptr,
+            spacemap_copy: copy as u8,
+        };
+        self.dev
+            .write_at(&ub.encode(), RING_OFFSET + (txg % RING_SLOTS) * SECTOR)
+            .map_err(|e| self.io("writing the uberblock", e))?;
+        self.dev
+            .sync()
+            .map_err(|e| self.io("syncing the uberblock", e))?;
+
+        cs.txg = txg;
+        cs.meta = meta_ptr;
+        self.last_txg.store(txg, Ordering::Release);
+        if reserved > 0 {
+            self.dirty_bytes.fetch_sub(reserved, Ordering::AcqRel);
+        }
+        tracing::trace!(pool = self.name(), txg, time = now_secs(), "txg committed");
+        Ok(txg)
+    }
+
+    /// Places one volume's dirty blocks: allocates contiguous space in index order, checksums,
+    /// and writes runs that are contiguous on disk with one vectored write each.
+    fn write_data(
+        &self,
+        v: &Volume,
+        map: &HashMap<u64, Dirty>,
+        txg: u64,
+    ) -> Result<Vec<(u64, BlockPtr)>> {
+        let guid = self.label.guid;
+        let sectors = u64::from(v.block_size) / SECTOR;
+        let mut idxs: Vec<u64> = map.keys().copied().collect();
+        idxs.sort_unstable();
+        let mut out = Vec::with_capacity(idxs.len());
+        let mut pending: Vec<(u64, &[u8])> = Vec::new();
+        for idx in idxs {
+            match &map[&idx] {
+                Dirty::Data(b) if !is_zero(b) => pending.push((idx, b)),
+                _ => out.push((idx, BlockPtr::HOLE)),
+            }
+        }
+        let mut placed: Vec<(u64, BlockPtr, &[u8])> = Vec::with_capacity(pending.len());
+        {
+            let mut sm = lock(&self.spacemap);
+            for (idx, b) in pending {
+                let Some(sector) = sm.alloc(sectors) else {
+                    for (_, p, _) in &placed {
+                        sm.free_now(p.sector, sectors);
+                    }
+                    drop(sm);
+                    return Err(self.no_space(u64::from(v.block_size)));
+                };
+                placed.push((
+                    idx,
+                    BlockPtr {
+                        sector,
+                        sectors: sectors as u32,
+                        birth: txg,
+                        checksum: 0,
+                    },
+                    b,
+                ));
+            }
+        }
+        for (_, p, b) in placed.iter_mut() {
+            p.checksum = checksum(b, guid);
+        }
+        let mut i = 0;
+        while i < placed.len() {
+            let mut j = i + 1;
+            while j < placed.len()
+                && placed[j].1.sector == placed[j - 1].1.sector + sectors
+                && j - i < 1024
+            {
+                j += 1;
+            }
+            let iov: Vec<IoSlice<'_>> = placed[i..j]
+                .iter()
+                .map(|(_, _, b)| IoSlice::new(b))
+                .collect();
+            self.dev
+                .write_vectored_at(&iov, placed[i].1.offset())
+                .map_err(|e| self.io(&format!("writing data of {}/{}", self.name(), v.name), e))?;
+            i = j;
+        }
+        out.extend(placed.into_iter().map(|(idx, p, _)| (idx, p)));
+        Ok(out)
+    }
+
+    /// Gives released space back to the file system (best effort, coalesced).
+    fn punch(&self, mut released: Vec<Extent>) {
+        released.sort_unstable();
+        let mut i = 0;
+        while i < released.len() {
+            let start = released[i].start;
+            let mut end = start + released[i].len;
+            let mut j = i + 1;
+            while j < released.len() && released[j].start == end {
+                end += released[j].len;
+                j += 1;
+            }
+            if let Err(e) = self.dev.punch_hole(start * SECTOR, (end - start) * SECTOR) {
+                tracing::debug!(error = %e, "punching freed space failed");
+            }
+            i = j;
+        }
+    }
+
+    /// Rebuilds the allocator from the meta block and every block tree.
+    pub(crate) fn rebuild_spacemap(&self) -> Result<()> {
+        let cs = lock(&self.commit);
+        let vols: Vec<Arc<Volume>> = read(&self.datasets)
+            .values()
+            .map(|d| d.vol.clone())
+            .collect();
+        let mut claims: Vec<(u64, u64)> = vec![(cs.meta.sector, u64::from(cs.meta.sectors))];
+        for v in vols {
+            let mut st = lock(&v.state);
+            if st.tree.is_none() {
+                let t = self.load_tree(&v, &st)?;
+                st.tree = Some(t);
+            }
+            if let Some(t) = st.tree.as_ref() {
+                t.for_each_ptr(|_, _, p| claims.push((p.sector, u64::from(p.sectors))));
+            }
+        }
+        let mut sm = lock(&self.spacemap);
+        sm.reset();
+        for (s, n) in claims {
+            sm.claim(s, n);
+        }
+        Ok(())
+    }
+}

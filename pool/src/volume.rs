@@ -1,0 +1,458 @@
+//! Volumes: byte-addressed reads and writes over a block tree, with writes buffered per txg.
+//!
+//! A write lands in the open txg's dirty map (whole blocks; a partial write merges into the
+//! block's current contents). A commit takes the dirty map, writes it to fresh space and points
+//! the tree at it. Reads look in the open map, then the syncing map, then the tree.
+
+use crate::blocktree::BlockTree;
+use crate::error::{Error, Result};
+use crate::phys::{BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
+use crate::pool::{lock, read, Shared};
+use std::collections::{HashMap, HashSet};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// A block's pending contents.
+pub(crate) enum Dirty {
+    /// New bytes (exactly one block).
+    Data(Box<[u8]>),
+    /// All zeroes: becomes a hole.
+    Zero,
+}
+
+/// Mutable state of one volume.
+pub(crate) struct VolumeState {
+    pub size: u64,
+    /// The resident tree, once loaded; `root` is authoritative until then.
+    pub tree: Option<BlockTree>,
+    pub root: BlockPtr,
+    pub open: HashMap<u64, Dirty>,
+    /// Level-1 indirect blocks the open txg will rewrite (for space reservation).
+    pub open_l1: HashSet<u64>,
+    /// Bytes reserved for the open txg.
+    pub open_reserved: u64,
+    pub syncing: Option<Arc<HashMap<u64, Dirty>>>,
+    pub used_sectors: u64,
+    pub destroyed: bool,
+}
+
+impl VolumeState {
+    pub(crate) fn new_empty(size: u64, block_size: u32) -> Self {
+        let mut st = Self::unloaded(size, BlockPtr::HOLE, 0);
+        st.tree = Some(BlockTree::empty(
+            size.div_ceil(u64::from(block_size)) as usize
+        ));
+        st
+    }
+
+    fn unloaded(size: u64, root: BlockPtr, used_sectors: u64) -> Self {
+        VolumeState {
+            size,
+            tree: None,
+            root,
+            open: HashMap::new(),
+            open_l1: HashSet::new(),
+            open_reserved: 0,
+            syncing: None,
+            used_sectors,
+            destroyed: false,
+        }
+    }
+
+    /// Drops all dirty data, returning the bytes reserved for it.
+    pub(crate) fn drop_dirty(&mut self) -> u64 {
+        self.open.clear();
+        self.open_l1.clear();
+        std::mem::take(&mut self.open_reserved)
+    }
+
+    /// Drops dirty blocks at or past `nblocks` (after a shrink); returns bytes to unreserve.
+    pub(crate) fn truncate_dirty(&mut self, nblocks: u64, block_size: u32) -> u64 {
+        let before = self.open.len();
+        self.open.retain(|&i, _| i < nblocks);
+        let dropped = (before - self.open.len()) as u64 * u64::from(block_size);
+        let r = dropped.min(self.open_reserved);
+        self.open_reserved -= r;
+        r
+    }
+}
+
+/// A volume: identity plus locked state.
+pub(crate) struct Volume {
+    pub id: u64,
+    pub name: String,
+    pub block_size: u32,
+    pub state: Mutex<VolumeState>,
+}
+
+impl Volume {
+    pub(crate) fn new(
+        id: u64,
+        name: String,
+        block_size: u32,
+        size: u64,
+        root: BlockPtr,
+        used: u64,
+    ) -> Self {
+        Volume {
+            id,
+            name,
+            block_size,
+            state: Mutex::new(VolumeState::unloaded(size, root, used)),
+        }
+    }
+}
+
+/// A handle for I/O on one volume. Cheap to clone; usable from many threads.
+#[derive(Clone)]
+pub struct VolumeHandle {
+    shared: Arc<Shared>,
+    vol: Arc<Volume>,
+}
+
+/// Where one block's slice of a read comes from.
+struct Fetch {
+    buf_at: usize,
+    in_block: usize,
+    len: usize,
+    ptr: BlockPtr,
+    idx: u64,
+}
+
+impl VolumeHandle {
+    pub(crate) fn new(shared: Arc<Shared>, vol: Arc<Volume>) -> Self {
+        VolumeHandle { shared, vol }
+    }
+
+    /// Full name, `POOL/NAME`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.shared.name(), self.vol.name)
+    }
+
+    /// Permanent dataset ID.
+    pub fn id(&self) -> u64 {
+        self.vol.id
+    }
+
+    /// The pool's GUID.
+    pub fn pool_guid(&self) -> u64 {
+        self.shared.label.guid
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.vol.block_size
+    }
+
+    /// Current size in bytes.
+    pub fn size(&self) -> u64 {
+        lock(&self.vol.state).size
+    }
+
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, VolumeState>> {
+        let mut st = lock(&self.vol.state);
+        if st.destroyed {
+            return Err(Error::Destroyed(self.name()));
+        }
+        if st.tree.is_none() {
+            let t = self.shared.load_tree(&self.vol, &st)?;
+            st.tree = Some(t);
+        }
+        Ok(st)
+    }
+
+    fn check_range(&self, st: &VolumeState, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > st.size) {
+            return Err(Error::InvalidArgument(format!(
+                "I/O at byte {offset} of length {len} is past the end of {} ({} bytes)",
+                self.name(),
+                st.size
+            )));
+        }
+        Ok(())
+    }
+
+    fn what(&self, idx: u64) -> impl Fn() -> String + '_ {
+        move || {
+            format!(
+                "dataset {} at byte offset {}",
+                self.name(),
+                idx * u64::from(self.vol.block_size)
+            )
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. Corruption is an error naming dataset and offset.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = u64::from(self.vol.block_size);
+        let _fence = read(&self.shared.fence);
+        let mut fetches = Vec::new();
+        {
+            let st = self.state()?;
+            self.check_range(&st, offset, buf.len() as u64)?;
+            let mut at = 0usize;
+            while at < buf.len() {
+                let pos = offset + at as u64;
+                let idx = pos / bs;
+                let in_block = (pos % bs) as usize;
+                let n = (bs as usize - in_block).min(buf.len() - at);
+                let out = &mut buf[at..at + n];
+                let dirty = st
+                    .open
+                    .get(&idx)
+                    .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)));
+                match dirty {
+                    Some(Dirty::Data(b)) => out.copy_from_slice(&b[in_block..in_block + n]),
+                    Some(Dirty::Zero) => out.fill(0),
+                    None => {
+                        let ptr = st
+                            .tree
+                            .as_ref()
+                            .map(|t| t.get(idx as usize))
+                            .unwrap_or_default();
+                        if ptr.is_hole() {
+                            out.fill(0);
+                        } else {
+                            fetches.push(Fetch {
+                                buf_at: at,
+                                in_block,
+                                len: n,
+                                ptr,
+                                idx,
+                            });
+                        }
+                    }
+                }
+                at += n;
+            }
+        }
+        self.fetch(buf, &fetches)
+    }
+
+    /// Reads committed blocks outside the volume lock, coalescing whole blocks that are
+    /// contiguous on disk and in `buf` into one device read.
+    fn fetch(&self, buf: &mut [u8], fetches: &[Fetch]) -> Result<()> {
+        let bs = self.vol.block_size as usize;
+        let mut i = 0;
+        while i < fetches.len() {
+            let f = &fetches[i];
+            if f.len != bs {
+                let mut tmp = vec![0u8; bs];
+                self.shared
+                    .read_block(&f.ptr, &mut tmp, &self.what(f.idx))?;
+                buf[f.buf_at..f.buf_at + f.len]
+                    .copy_from_slice(&tmp[f.in_block..f.in_block + f.len]);
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < fetches.len()
+                && fetches[j].len == bs
+                && fetches[j].buf_at == fetches[j - 1].buf_at + bs
+                && fetches[j].ptr.sector
+                    == fetches[j - 1].ptr.sector + u64::from(fetches[j - 1].ptr.sectors)
+                && j - i < 256
+            {
+                j += 1;
+            }
+            let run = &mut buf[f.buf_at..f.buf_at + (j - i) * bs];
+            self.shared.dev.read_at(run, f.ptr.offset()).map_err(|e| {
+                Error::io(
+                    format!(
+                        "reading {} from {}",
+                        (self.what(f.idx))(),
+                        self.shared.dev.describe()
+                    ),
+                    e,
+                )
+            })?;
+            for (k, fk) in fetches[i..j].iter().enumerate() {
+                self.shared
+                    .verify(&fk.ptr, &run[k * bs..(k + 1) * bs], &self.what(fk.idx))?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Reads into several buffers back to back, starting at `offset`.
+    pub fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.read_at(at, b)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`. Durable after the next commit (see [`VolumeHandle::flush`]).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.modify(offset, data.len() as u64, |dst, src_at| {
+            dst.copy_from_slice(&data[src_at..src_at + dst.len()]);
+        })
+    }
+
+    /// Writes several buffers back to back, starting at `offset`.
+    pub fn write_vectored_at(&self, offset: u64, bufs: &[IoSlice<'_>]) -> Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(at, b)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Zeroes a range: whole blocks become holes, partial blocks are zero-filled.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.modify(offset, len, |dst, _| dst.fill(0))
+    }
+
+    /// Discards a range; it reads back as zeroes (holes free their space at the next commit).
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len)
+    }
+
+    /// Makes every write acknowledged before this call durable.
+    pub fn flush(&self) -> Result<()> {
+        self.shared.commit().map(|_| ())
+    }
+
+    /// Reservation a write of `len` bytes at `offset` needs at most.
+    fn worst_case(&self, offset: u64, len: u64, height: u64) -> u64 {
+        let bs = u64::from(self.vol.block_size);
+        let blocks = (offset + len).div_ceil(bs) - offset / bs;
+        blocks * bs + (blocks / PTRS_PER_INDIRECT as u64 + 2) * INDIRECT_SIZE as u64 * height
+    }
+
+    /// Applies `fill(block_slice, source_offset)` to the blocks in range: whole-block zero fills
+    /// become holes; partial blocks merge with their current contents.
+    fn modify(&self, offset: u64, len: u64, fill: impl Fn(&mut [u8], usize)) -> Result<()> {
+        self.shared.check_writable()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let bs = u64::from(self.vol.block_size);
+        let height = {
+            let st = self.state()?;
+            self.check_range(&st, offset, len)?;
+            st.tree.as_ref().map(|t| t.height() as u64).unwrap_or(1)
+        };
+        let reserve = self.worst_case(offset, len, height);
+        self.reserve(reserve)?;
+        let zero_whole = {
+            let mut probe = [1u8; 1];
+            fill(&mut probe, 0);
+            probe[0] == 0 && {
+                let mut p2 = [2u8; 1];
+                fill(&mut p2, 0);
+                p2[0] == 0
+            }
+        };
+        let _fence = read(&self.shared.fence);
+        let mut st = match self.state() {
+            Ok(st) => st,
+            Err(e) => {
+                self.shared.unreserve(reserve);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.check_range(&st, offset, len) {
+            self.shared.unreserve(reserve);
+            return Err(e);
+        }
+        let mut used = 0u64;
+        let mut at = 0u64;
+        let mut result = Ok(());
+        while at < len {
+            let pos = offset + at;
+            let idx = pos / bs;
+            let in_block = (pos % bs) as usize;
+            let n = (bs - in_block as u64).min(len - at) as usize;
+            let whole = n as u64 == bs;
+            let fresh = !st.open.contains_key(&idx);
+            if whole && zero_whole {
+                st.open.insert(idx, Dirty::Zero);
+            } else if whole {
+                let mut b = vec![0u8; bs as usize].into_boxed_slice();
+                fill(&mut b, at as usize);
+                st.open.insert(idx, Dirty::Data(b));
+            } else {
+                let base = match self.current_block(&st, idx) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                let mut b = base;
+                fill(&mut b[in_block..in_block + n], at as usize);
+                st.open.insert(idx, Dirty::Data(b));
+            }
+            if fresh {
+                used += bs;
+                if st.open_l1.insert(idx / PTRS_PER_INDIRECT as u64) {
+                    used += INDIRECT_SIZE as u64 * height;
+                }
+            }
+            at += n as u64;
+        }
+        st.open_reserved += used;
+        drop(st);
+        drop(_fence);
+        self.shared.unreserve(reserve - used);
+        result?;
+        self.shared.throttle()
+    }
+
+    /// The block's current bytes (open txg, syncing txg, or disk), as an owned buffer.
+    fn current_block(&self, st: &VolumeState, idx: u64) -> Result<Box<[u8]>> {
+        let bs = self.vol.block_size as usize;
+        if let Some(Dirty::Data(b)) = st.open.get(&idx) {
+            return Ok(b.clone());
+        }
+        if st.open.contains_key(&idx) {
+            return Ok(vec![0u8; bs].into_boxed_slice());
+        }
+        match st.syncing.as_ref().and_then(|s| s.get(&idx)) {
+            Some(Dirty::Data(b)) => return Ok(b.clone()),
+            Some(Dirty::Zero) => return Ok(vec![0u8; bs].into_boxed_slice()),
+            None => {}
+        }
+        let mut b = vec![0u8; bs].into_boxed_slice();
+        let ptr = st
+            .tree
+            .as_ref()
+            .map(|t| t.get(idx as usize))
+            .unwrap_or_default();
+        if !ptr.is_hole() {
+            self.shared.read_block(&ptr, &mut b, &self.what(idx))?;
+        }
+        Ok(b)
+    }
+
+    /// Reserves space, committing to release deferred frees when the pool looks full.
+    fn reserve(&self, bytes: u64) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.shared.reserve(bytes) {
+                Ok(()) => return Ok(()),
+                Err(e) if tries > crate::spacemap::DEFER_TXGS => return Err(e),
+                Err(e) => {
+                    let pending = lock(&self.shared.spacemap).deferred_sectors() > 0
+                        || self.shared.dirty_bytes.load(Ordering::Acquire) > 0;
+                    if !pending {
+                        return Err(e);
+                    }
+                    self.shared.commit()?;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    /// Bytes of data this volume holds on disk in committed state.
+    pub fn used(&self) -> u64 {
+        lock(&self.vol.state).used_sectors * SECTOR
+    }
+}
