@@ -817,13 +817,12 @@ impl Pool {
 }
 
 impl Drop for Pool {
+    /// Dropping a pool commits what was written (as `close` does, minus the error report).
     fn drop(&mut self) {
-        if self.sync_thread.is_some() {
-            self.stop_sync_thread();
-            if !self.shared.poisoned.load(Ordering::Acquire) {
-                if let Err(e) = self.shared.commit() {
-                    tracing::error!(pool = self.name(), error = %e, "final commit failed");
-                }
+        self.stop_sync_thread();
+        if !self.shared.poisoned.load(Ordering::Acquire) && self.shared.has_dirty() {
+            if let Err(e) = self.shared.commit() {
+                tracing::error!(pool = self.name(), error = %e, "final commit failed");
             }
         }
     }

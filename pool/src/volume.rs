@@ -111,6 +111,13 @@ pub struct VolumeHandle {
     vol: Arc<Volume>,
 }
 
+/// What a write puts down.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    Zeroes,
+}
+
 /// Where one block's slice of a read comes from.
 struct Fetch {
     buf_at: usize,
@@ -288,9 +295,7 @@ impl VolumeHandle {
 
     /// Writes `data` at `offset`. Durable after the next commit (see [`VolumeHandle::flush`]).
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.modify(offset, data.len() as u64, |dst, src_at| {
-            dst.copy_from_slice(&data[src_at..src_at + dst.len()]);
-        })
+        self.modify(offset, data.len() as u64, Source::Bytes(data))
     }
 
     /// Writes several buffers back to back, starting at `offset`.
@@ -305,7 +310,7 @@ impl VolumeHandle {
 
     /// Zeroes a range: whole blocks become holes, partial blocks are zero-filled.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.modify(offset, len, |dst, _| dst.fill(0))
+        self.modify(offset, len, Source::Zeroes)
     }
 
     /// Discards a range; it reads back as zeroes (holes free their space at the next commit).
@@ -325,9 +330,9 @@ impl VolumeHandle {
         blocks * bs + (blocks / PTRS_PER_INDIRECT as u64 + 2) * INDIRECT_SIZE as u64 * height
     }
 
-    /// Applies `fill(block_slice, source_offset)` to the blocks in range: whole-block zero fills
-    /// become holes; partial blocks merge with their current contents.
-    fn modify(&self, offset: u64, len: u64, fill: impl Fn(&mut [u8], usize)) -> Result<()> {
+    /// Writes `src` over the range: whole blocks of zeroes become holes; partial blocks merge
+    /// with their current contents.
+    fn modify(&self, offset: u64, len: u64, src: Source<'_>) -> Result<()> {
         self.shared.check_writable()?;
         if len == 0 {
             return Ok(());
@@ -340,15 +345,11 @@ impl VolumeHandle {
         };
         let reserve = self.worst_case(offset, len, height);
         self.reserve(reserve)?;
-        let zero_whole = {
-            let mut probe = [1u8; 1];
-            fill(&mut probe, 0);
-            probe[0] == 0 && {
-                let mut p2 = [2u8; 1];
-                fill(&mut p2, 0);
-                p2[0] == 0
-            }
+        let fill = |dst: &mut [u8], at: usize| match src {
+            Source::Bytes(data) => dst.copy_from_slice(&data[at..at + dst.len()]),
+            Source::Zeroes => dst.fill(0),
         };
+        let zero_whole = matches!(src, Source::Zeroes);
         let _fence = read(&self.shared.fence);
         let mut st = match self.state() {
             Ok(st) => st,
