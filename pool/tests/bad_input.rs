@@ -1,0 +1,195 @@
+//! Bad input: a file that is not a pool, a truncated pool, an unknown format version, a held
+//! pool. Each gets a clear error, and the file is left untouched.
+
+use pool::{Error, ErrorKind, Pool, PoolConfig};
+use std::path::Path;
+
+fn config() -> PoolConfig {
+    PoolConfig {
+        sync_interval: None,
+        dirty_max: 16 << 20,
+    }
+}
+
+fn digest(path: &Path) -> (u64, Vec<u8>) {
+    let b = std::fs::read(path).expect("read file");
+    (b.len() as u64, b)
+}
+
+fn make_pool(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("pool.tarn");
+    let pool = Pool::create_file(&path, "tank", 32 << 20, config()).expect("create");
+    pool.create_volume("tank/v", 1 << 20, 4096, &Default::default())
+        .expect("vol");
+    pool.volume("tank/v")
+        .expect("volume")
+        .write_at(0, b"data")
+        .expect("write");
+    pool.close().expect("close");
+    path
+}
+
+#[test]
+fn files_that_are_not_pools_are_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("zeros", vec![0; 32 << 20]),
+        ("text", b"hello, this is not a pool\n".repeat(1000)),
+        ("empty", vec![]),
+        (
+            "random",
+            (0..1 << 20)
+                .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+                .collect(),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).expect("write");
+        let before = digest(&path);
+        let err = Pool::open_path(&path, config())
+            .err()
+            .expect("must be refused");
+        assert!(matches!(err, Error::NotAPool { .. }), "{name}: {err}");
+        assert!(err.to_string().contains("is not a tarn pool"), "{err}");
+        assert_eq!(digest(&path), before, "{name}: file changed");
+    }
+}
+
+#[test]
+fn a_truncated_pool_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.set_len(20 << 20).expect("truncate");
+    drop(f);
+    let before = digest(&path);
+    let err = Pool::open_path(&path, config())
+        .err()
+        .expect("must be refused");
+    assert!(
+        matches!(err, Error::Truncated { expected, actual, .. } if expected == 32 << 20 && actual == 20 << 20),
+        "{err}"
+    );
+    assert_eq!(digest(&path), before);
+}
+
+#[test]
+fn an_unknown_format_version_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let mut bytes = std::fs::read(&path).expect("read");
+    for label in [0usize, 4096] {
+        bytes[label + 8..label + 12].copy_from_slice(&99u32.to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let before = digest(&path);
+    let err = Pool::open_path(&path, config())
+        .err()
+        .expect("must be refused");
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.to_string().contains("version 99"), "{err}");
+    assert_eq!(digest(&path), before);
+}
+
+#[test]
+fn one_damaged_label_is_survivable_two_are_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("write");
+    let pool = Pool::open_path(&path, config()).expect("backup label");
+    let mut buf = [0u8; 4];
+    pool.volume("tank/v")
+        .expect("volume")
+        .read_at(0, &mut buf)
+        .expect("read");
+    assert_eq!(&buf, b"data");
+    drop(pool);
+    bytes[4096 + 100] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("write");
+    let err = Pool::open_path(&path, config()).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+}
+
+#[test]
+fn a_held_pool_is_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let held = Pool::open_path(&path, config()).expect("first open");
+    let err = Pool::open_path(&path, config())
+        .err()
+        .expect("second open must fail");
+    assert!(err.to_string().starts_with("pool tank is in use"), "{err}");
+    drop(held);
+    Pool::open_path(&path, config()).expect("free again after the holder closes");
+}
+
+#[test]
+fn bad_names_sizes_and_block_sizes_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let pool = Pool::open_path(&path, config()).expect("open");
+    let none = Default::default();
+    for (name, size, bs) in [
+        ("tank/a b", 1 << 20, 4096),
+        ("other/v", 1 << 20, 4096),
+        ("tank/v", 1 << 20, 4096),
+        ("tank/w", 0, 4096),
+        ("tank/w", 1 << 20, 3000),
+        ("tank/w", 1 << 20, 1 << 20),
+    ] {
+        assert!(
+            pool.create_volume(name, size, bs, &none).is_err(),
+            "{name} {size} {bs}"
+        );
+    }
+    assert!(pool.datasets().len() == 1);
+    let err = pool
+        .volume("tank/v")
+        .expect("v")
+        .write_at(1 << 20, b"x")
+        .expect_err("past the end");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
+fn a_full_pool_refuses_writes_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pool.tarn");
+    let pool = Pool::create_file(&path, "tank", 16 << 20, config()).expect("create");
+    pool.create_volume("tank/keep", 1 << 20, 4096, &Default::default())
+        .expect("vol");
+    pool.volume("tank/keep")
+        .expect("v")
+        .write_at(0, &[7u8; 1 << 20])
+        .expect("write");
+    pool.create_volume("tank/big", 64 << 20, 65536, &Default::default())
+        .expect("thin volume");
+    let big = pool.volume("tank/big").expect("v");
+    let chunk = vec![0xabu8; 1 << 20];
+    let mut err = None;
+    for i in 0..64u64 {
+        if let Err(e) = big.write_at(i << 20, &chunk) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("a 16 MiB pool cannot hold 64 MiB");
+    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
+    pool.sync().expect("the pool still commits");
+    drop(big);
+    pool.close().expect("close");
+    let pool = Pool::open_path(&path, config()).expect("reopen");
+    let mut buf = vec![0u8; 1 << 20];
+    pool.volume("tank/keep")
+        .expect("v")
+        .read_at(0, &mut buf)
+        .expect("read");
+    assert!(buf.iter().all(|&b| b == 7));
+    assert!(pool.scrub().expect("scrub").is_clean());
+}
