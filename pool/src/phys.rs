@@ -188,7 +188,7 @@ impl BlockPtr {
     }
 
     /// Length in bytes.
-    pub fn len(&self) -> u64 {
+    pub fn byte_len(&self) -> u64 {
         u64::from(self.sectors) * SECTOR
     }
 

@@ -444,13 +444,13 @@ impl Pool {
 
     fn load_meta(dev: &dyn Device, label: &LabelPhys, ub: &UberblockPhys) -> Result<MetaPhys> {
         let p = ub.root;
-        if p.is_hole() || p.offset() < label.data_offset || p.offset() + p.len() > label.size {
+        if p.is_hole() || p.offset() < label.data_offset || p.offset() + p.byte_len() > label.size {
             return Err(Error::Corrupt(format!(
                 "uberblock {} points outside the data region",
                 ub.txg
             )));
         }
-        let mut b = vec![0u8; p.len() as usize];
+        let mut b = vec![0u8; p.byte_len() as usize];
         dev.read_at(&mut b, p.offset())
             .map_err(|e| Error::io("reading the meta block", e))?;
         if checksum(&b, label.guid) != p.checksum {
@@ -631,8 +631,9 @@ impl Pool {
             )));
         }
         let size = round_size(size, block_size)?;
-        for k in props.keys() {
+        for (k, v) in props {
             check_prop_key(k)?;
+            check_prop_value(k, v)?;
         }
         let sh = &self.shared;
         sh.check_writable()?;
@@ -730,8 +731,9 @@ impl Pool {
     /// Sets user properties on a dataset (an empty value removes the key); durable on return.
     pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
         let rest = self.local(full)?;
-        for (k, _) in props {
+        for (k, v) in props {
             check_prop_key(k)?;
+            check_prop_value(k, v)?;
         }
         let sh = &self.shared;
         sh.check_writable()?;
@@ -798,13 +800,17 @@ impl Pool {
         Ok(VolumeHandle::new(self.shared.clone(), vol))
     }
 
-    /// Commits and closes the pool, reporting any error the final commit hits.
+    /// Commits anything written and closes the pool, reporting any error the final commit
+    /// hits. A pool that was only read is left byte-for-byte unchanged.
     pub fn close(mut self) -> Result<()> {
         self.stop_sync_thread();
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned(self.name().into()));
         }
-        self.shared.commit().map(|_| ())
+        if self.shared.has_dirty() {
+            self.shared.commit()?;
+        }
+        Ok(())
     }
 
     fn stop_sync_thread(&mut self) {
@@ -879,6 +885,19 @@ fn check_prop_key(k: &str) -> Result<()> {
     {
         return Err(Error::InvalidArgument(format!(
             "property name '{k}' must be 1-255 letters, digits, '_', '.', ':' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Longest user property value, bytes.
+pub const MAX_PROP_VALUE: usize = 8192;
+
+fn check_prop_value(k: &str, v: &str) -> Result<()> {
+    if v.len() > MAX_PROP_VALUE {
+        return Err(Error::InvalidArgument(format!(
+            "property {k}: value of {} bytes is longer than {MAX_PROP_VALUE}",
+            v.len()
         )));
     }
     Ok(())

@@ -135,7 +135,7 @@ impl SpaceMap {
                 return None;
             }
             // Skip whole allocated words quickly.
-            if s % 64 == 0 && self.words[(s / 64) as usize] == u64::MAX {
+            if s.is_multiple_of(64) && self.words[(s / 64) as usize] == u64::MAX {
                 s += 64;
                 continue;
             }

@@ -15,9 +15,8 @@ use crate::phys::{
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
 use crate::spacemap::{Extent, DEFER_TXGS};
-use crate::volume::{Dirty, Volume};
+use crate::volume::{Dirty, DirtyMap, Volume};
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -101,7 +100,7 @@ impl Shared {
             .values()
             .map(|d| d.vol.clone())
             .collect();
-        let mut work: Vec<(Arc<Volume>, Arc<HashMap<u64, Dirty>>)> = Vec::new();
+        let mut work: Vec<(Arc<Volume>, Arc<DirtyMap>)> = Vec::new();
         let mut reserved = 0u64;
         for v in &vols {
             let mut st = lock(&v.state);
@@ -259,12 +258,7 @@ impl Shared {
 
     /// Places one volume's dirty blocks: allocates contiguous space in index order, checksums,
     /// and writes runs that are contiguous on disk with one vectored write each.
-    fn write_data(
-        &self,
-        v: &Volume,
-        map: &HashMap<u64, Dirty>,
-        txg: u64,
-    ) -> Result<Vec<(u64, BlockPtr)>> {
+    fn write_data(&self, v: &Volume, map: &DirtyMap, txg: u64) -> Result<Vec<(u64, BlockPtr)>> {
         let guid = self.label.guid;
         let sectors = u64::from(v.block_size) / SECTOR;
         let mut idxs: Vec<u64> = map.keys().copied().collect();

@@ -21,18 +21,21 @@ pub(crate) enum Dirty {
     Zero,
 }
 
+/// One txg's dirty blocks of a volume, by block index.
+pub(crate) type DirtyMap = HashMap<u64, Dirty>;
+
 /// Mutable state of one volume.
 pub(crate) struct VolumeState {
     pub size: u64,
     /// The resident tree, once loaded; `root` is authoritative until then.
     pub tree: Option<BlockTree>,
     pub root: BlockPtr,
-    pub open: HashMap<u64, Dirty>,
+    pub open: DirtyMap,
     /// Level-1 indirect blocks the open txg will rewrite (for space reservation).
     pub open_l1: HashSet<u64>,
     /// Bytes reserved for the open txg.
     pub open_reserved: u64,
-    pub syncing: Option<Arc<HashMap<u64, Dirty>>>,
+    pub syncing: Option<Arc<DirtyMap>>,
     pub used_sectors: u64,
     pub destroyed: bool,
 }
@@ -375,8 +378,10 @@ impl VolumeHandle {
             if whole && zero_whole {
                 st.open.insert(idx, Dirty::Zero);
             } else if whole {
-                let mut b = vec![0u8; bs as usize].into_boxed_slice();
-                fill(&mut b, at as usize);
+                let b: Box<[u8]> = match src {
+                    Source::Bytes(data) => data[at as usize..(at + bs) as usize].into(),
+                    Source::Zeroes => vec![0u8; bs as usize].into_boxed_slice(),
+                };
                 st.open.insert(idx, Dirty::Data(b));
             } else {
                 let base = match self.current_block(&st, idx) {
