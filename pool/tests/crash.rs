@@ -128,7 +128,7 @@ fn crash_case(seed: u64) {
         }
     }
     // The final unsynced tail never reaches the disk in one piece: cut here too.
-    let mode = if seed % 4 == 0 {
+    let mode = if seed.is_multiple_of(4) {
         CutMode::DropAll
     } else {
         CutMode::Random(seed)
