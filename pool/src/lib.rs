@@ -18,6 +18,7 @@
 mod blocktree;
 pub mod device;
 mod error;
+mod iov;
 mod lock;
 pub mod names;
 pub mod phys;

@@ -6,6 +6,7 @@
 
 use crate::blocktree::BlockTree;
 use crate::error::{Error, Result};
+use crate::iov::{Iov, IovMut};
 use crate::phys::{BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
 use crate::pool::{lock, read, Shared};
 use std::collections::{HashMap, HashSet};
@@ -114,13 +115,6 @@ pub struct VolumeHandle {
     vol: Arc<Volume>,
 }
 
-/// What a write puts down.
-#[derive(Clone, Copy)]
-enum Source<'a> {
-    Bytes(&'a [u8]),
-    Zeroes,
-}
-
 /// Where one block's slice of a read comes from.
 struct Fetch {
     buf_at: usize,
@@ -195,26 +189,33 @@ impl VolumeHandle {
 
     /// Reads `buf.len()` bytes at `offset`. Corruption is an error naming dataset and offset.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_vectored_at(offset, &mut [IoSliceMut::new(buf)])
+    }
+
+    /// Reads into several buffers back to back, starting at `offset`. Committed blocks are read
+    /// from the device straight into the buffers wherever a block lies within one of them.
+    pub fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
+        let mut dst = IovMut::new(bufs);
+        let len = dst.len();
         let bs = u64::from(self.vol.block_size);
         let _fence = read(&self.shared.fence);
         let mut fetches = Vec::new();
         {
             let st = self.state()?;
-            self.check_range(&st, offset, buf.len() as u64)?;
+            self.check_range(&st, offset, len as u64)?;
             let mut at = 0usize;
-            while at < buf.len() {
+            while at < len {
                 let pos = offset + at as u64;
                 let idx = pos / bs;
                 let in_block = (pos % bs) as usize;
-                let n = (bs as usize - in_block).min(buf.len() - at);
-                let out = &mut buf[at..at + n];
+                let n = (bs as usize - in_block).min(len - at);
                 let dirty = st
                     .open
                     .get(&idx)
                     .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)));
                 match dirty {
-                    Some(Dirty::Data(b)) => out.copy_from_slice(&b[in_block..in_block + n]),
-                    Some(Dirty::Zero) => out.fill(0),
+                    Some(Dirty::Data(b)) => dst.copy_in(at, &b[in_block..in_block + n]),
+                    Some(Dirty::Zero) => dst.zero(at, n),
                     None => {
                         let ptr = st
                             .tree
@@ -222,7 +223,7 @@ impl VolumeHandle {
                             .map(|t| t.get(idx as usize))
                             .unwrap_or_default();
                         if ptr.is_hole() {
-                            out.fill(0);
+                            dst.zero(at, n);
                         } else {
                             fetches.push(Fetch {
                                 buf_at: at,
@@ -237,83 +238,76 @@ impl VolumeHandle {
                 at += n;
             }
         }
-        self.fetch(buf, &fetches)
+        self.fetch(&mut dst, &fetches)
     }
 
-    /// Reads committed blocks outside the volume lock, coalescing whole blocks that are
-    /// contiguous on disk and in `buf` into one device read.
-    fn fetch(&self, buf: &mut [u8], fetches: &[Fetch]) -> Result<()> {
+    /// Reads committed blocks outside the volume lock. Whole blocks contiguous on disk and in
+    /// one destination buffer are read with one device read, in place; the rest bounce.
+    fn fetch(&self, dst: &mut IovMut<'_, '_>, fetches: &[Fetch]) -> Result<()> {
         let bs = self.vol.block_size as usize;
         let mut i = 0;
         while i < fetches.len() {
             let f = &fetches[i];
-            if f.len != bs {
-                let mut tmp = vec![0u8; bs];
-                self.shared
-                    .read_block(&f.ptr, &mut tmp, &self.what(f.idx))?;
-                buf[f.buf_at..f.buf_at + f.len]
-                    .copy_from_slice(&tmp[f.in_block..f.in_block + f.len]);
-                i += 1;
-                continue;
-            }
             let mut j = i + 1;
-            while j < fetches.len()
-                && fetches[j].len == bs
-                && fetches[j].buf_at == fetches[j - 1].buf_at + bs
-                && fetches[j].ptr.sector
-                    == fetches[j - 1].ptr.sector + u64::from(fetches[j - 1].ptr.sectors)
-                && j - i < 256
-            {
-                j += 1;
+            if f.len == bs {
+                while j < fetches.len()
+                    && fetches[j].len == bs
+                    && fetches[j].buf_at == fetches[j - 1].buf_at + bs
+                    && fetches[j].ptr.sector
+                        == fetches[j - 1].ptr.sector + u64::from(fetches[j - 1].ptr.sectors)
+                    && j - i < 256
+                {
+                    j += 1;
+                }
+                if j > i + 1 && dst.contiguous(f.buf_at, (j - i) * bs).is_none() {
+                    j = i + 1;
+                }
+                if let Some(run) = dst.contiguous(f.buf_at, (j - i) * bs) {
+                    self.shared.dev.read_at(run, f.ptr.offset()).map_err(|e| {
+                        Error::io(
+                            format!(
+                                "reading {} from {}",
+                                (self.what(f.idx))(),
+                                self.shared.dev.describe()
+                            ),
+                            e,
+                        )
+                    })?;
+                    for (k, fk) in fetches[i..j].iter().enumerate() {
+                        self.shared.verify(
+                            &fk.ptr,
+                            &run[k * bs..(k + 1) * bs],
+                            &self.what(fk.idx),
+                        )?;
+                    }
+                    i = j;
+                    continue;
+                }
             }
-            let run = &mut buf[f.buf_at..f.buf_at + (j - i) * bs];
-            self.shared.dev.read_at(run, f.ptr.offset()).map_err(|e| {
-                Error::io(
-                    format!(
-                        "reading {} from {}",
-                        (self.what(f.idx))(),
-                        self.shared.dev.describe()
-                    ),
-                    e,
-                )
-            })?;
-            for (k, fk) in fetches[i..j].iter().enumerate() {
-                self.shared
-                    .verify(&fk.ptr, &run[k * bs..(k + 1) * bs], &self.what(fk.idx))?;
-            }
-            i = j;
-        }
-        Ok(())
-    }
-
-    /// Reads into several buffers back to back, starting at `offset`.
-    pub fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
-        let mut at = offset;
-        for b in bufs {
-            self.read_at(at, b)?;
-            at += b.len() as u64;
+            let mut tmp = vec![0u8; bs];
+            self.shared
+                .read_block(&f.ptr, &mut tmp, &self.what(f.idx))?;
+            dst.copy_in(f.buf_at, &tmp[f.in_block..f.in_block + f.len]);
+            i += 1;
         }
         Ok(())
     }
 
     /// Writes `data` at `offset`. Durable after the next commit (see [`VolumeHandle::flush`]).
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.modify(offset, data.len() as u64, Source::Bytes(data))
+        self.write_vectored_at(offset, &[IoSlice::new(data)])
     }
 
-    /// Writes several buffers back to back, starting at `offset`.
+    /// Writes several buffers back to back, starting at `offset`, as one request: the whole
+    /// range is checked first, and each block is merged once.
     pub fn write_vectored_at(&self, offset: u64, bufs: &[IoSlice<'_>]) -> Result<()> {
-        let mut at = offset;
-        for b in bufs {
-            self.write_at(at, b)?;
-            at += b.len() as u64;
-        }
-        Ok(())
+        let src = Iov::new(bufs);
+        self.modify(offset, src.len() as u64, Some(&src))
     }
 
     /// Zeroes a range: whole blocks become holes, partial blocks are zero-filled.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.modify(offset, len, Source::Zeroes)
+        self.modify(offset, len, None)
     }
 
     /// Discards a range; it reads back as zeroes (holes free their space at the next commit).
@@ -333,26 +327,25 @@ impl VolumeHandle {
         blocks * bs + (blocks / PTRS_PER_INDIRECT as u64 + 2) * INDIRECT_SIZE as u64 * height
     }
 
-    /// Writes `src` over the range: whole blocks of zeroes become holes; partial blocks merge
-    /// with their current contents.
-    fn modify(&self, offset: u64, len: u64, src: Source<'_>) -> Result<()> {
+    /// Writes `src` (zeroes when `None`) over the range: whole blocks of zeroes become holes;
+    /// partial blocks merge with their current contents.
+    fn modify(&self, offset: u64, len: u64, src: Option<&Iov<'_, '_>>) -> Result<()> {
         self.shared.check_writable()?;
-        if len == 0 {
-            return Ok(());
-        }
         let bs = u64::from(self.vol.block_size);
         let height = {
             let st = self.state()?;
             self.check_range(&st, offset, len)?;
             st.tree.as_ref().map(|t| t.height() as u64).unwrap_or(1)
         };
+        if len == 0 {
+            return Ok(());
+        }
         let reserve = self.worst_case(offset, len, height);
         self.reserve(reserve)?;
         let fill = |dst: &mut [u8], at: usize| match src {
-            Source::Bytes(data) => dst.copy_from_slice(&data[at..at + dst.len()]),
-            Source::Zeroes => dst.fill(0),
+            Some(iov) => iov.copy_out(at, dst),
+            None => dst.fill(0),
         };
-        let zero_whole = matches!(src, Source::Zeroes);
         let _fence = read(&self.shared.fence);
         let mut st = match self.state() {
             Ok(st) => st,
@@ -373,27 +366,33 @@ impl VolumeHandle {
             let idx = pos / bs;
             let in_block = (pos % bs) as usize;
             let n = (bs - in_block as u64).min(len - at) as usize;
-            let whole = n as u64 == bs;
             let fresh = !st.open.contains_key(&idx);
-            if whole && zero_whole {
-                st.open.insert(idx, Dirty::Zero);
-            } else if whole {
-                let b: Box<[u8]> = match src {
-                    Source::Bytes(data) => data[at as usize..(at + bs) as usize].into(),
-                    Source::Zeroes => vec![0u8; bs as usize].into_boxed_slice(),
+            if n as u64 == bs {
+                let dirty = match src {
+                    None => Dirty::Zero,
+                    Some(iov) => Dirty::Data(match iov.contiguous(at as usize, n) {
+                        Some(b) => b.into(),
+                        None => {
+                            let mut b = vec![0u8; n].into_boxed_slice();
+                            iov.copy_out(at as usize, &mut b);
+                            b
+                        }
+                    }),
                 };
-                st.open.insert(idx, Dirty::Data(b));
+                st.open.insert(idx, dirty);
+            } else if let Some(Dirty::Data(b)) = st.open.get_mut(&idx) {
+                fill(&mut b[in_block..in_block + n], at as usize);
             } else {
-                let base = match self.current_block(&st, idx) {
-                    Ok(b) => b,
+                match self.current_block(&st, idx) {
+                    Ok(mut b) => {
+                        fill(&mut b[in_block..in_block + n], at as usize);
+                        st.open.insert(idx, Dirty::Data(b));
+                    }
                     Err(e) => {
                         result = Err(e);
                         break;
                     }
-                };
-                let mut b = base;
-                fill(&mut b[in_block..in_block + n], at as usize);
-                st.open.insert(idx, Dirty::Data(b));
+                }
             }
             if fresh {
                 used += bs;

@@ -1,0 +1,140 @@
+//! A list of caller buffers (guest memory, typically) addressed as one byte range, so volume
+//! I/O can move bytes straight between them and blocks without gathering first.
+
+use std::io::{IoSlice, IoSliceMut};
+
+fn starts(lens: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut at = 0;
+    lens.map(|l| {
+        let s = at;
+        at += l;
+        s
+    })
+    .collect()
+}
+
+/// Locates logical byte `at`: (segment, offset in it). `at` must be below the total length.
+fn find(starts: &[usize], at: usize) -> (usize, usize) {
+    let i = starts.partition_point(|&s| s <= at) - 1;
+    (i, at - starts[i])
+}
+
+/// Buffers to read from.
+pub(crate) struct Iov<'a, 'b> {
+    bufs: &'a [IoSlice<'b>],
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl<'a, 'b> Iov<'a, 'b> {
+    pub(crate) fn new(bufs: &'a [IoSlice<'b>]) -> Self {
+        Iov {
+            starts: starts(bufs.iter().map(|b| b.len())),
+            len: bufs.iter().map(|b| b.len()).sum(),
+            bufs,
+        }
+    }
+
+    /// Total bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `n` bytes at `at`, if they lie in one buffer.
+    pub(crate) fn contiguous(&self, at: usize, n: usize) -> Option<&[u8]> {
+        let (i, off) = find(&self.starts, at);
+        self.bufs[i].get(off..off + n)
+    }
+
+    /// Copies bytes `at..at + dst.len()` into `dst`.
+    pub(crate) fn copy_out(&self, mut at: usize, mut dst: &mut [u8]) {
+        while !dst.is_empty() {
+            let (i, off) = find(&self.starts, at);
+            let src = &self.bufs[i][off..];
+            let n = src.len().min(dst.len());
+            dst[..n].copy_from_slice(&src[..n]);
+            dst = &mut dst[n..];
+            at += n;
+        }
+    }
+}
+
+/// Buffers to read into.
+pub(crate) struct IovMut<'a, 'b> {
+    bufs: &'a mut [IoSliceMut<'b>],
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl<'a, 'b> IovMut<'a, 'b> {
+    pub(crate) fn new(bufs: &'a mut [IoSliceMut<'b>]) -> Self {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        IovMut {
+            starts: starts(bufs.iter().map(|b| b.len())),
+            len,
+            bufs,
+        }
+    }
+
+    /// Total bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `n` bytes at `at`, if they lie in one buffer.
+    pub(crate) fn contiguous(&mut self, at: usize, n: usize) -> Option<&mut [u8]> {
+        let (i, off) = find(&self.starts, at);
+        self.bufs[i].get_mut(off..off + n)
+    }
+
+    /// Copies `src` to bytes `at..at + src.len()`.
+    pub(crate) fn copy_in(&mut self, mut at: usize, mut src: &[u8]) {
+        while !src.is_empty() {
+            let (i, off) = find(&self.starts, at);
+            let dst = &mut self.bufs[i][off..];
+            let n = dst.len().min(src.len());
+            dst[..n].copy_from_slice(&src[..n]);
+            src = &src[n..];
+            at += n;
+        }
+    }
+
+    /// Zeroes bytes `at..at + n`.
+    pub(crate) fn zero(&mut self, mut at: usize, mut n: usize) {
+        while n > 0 {
+            let (i, off) = find(&self.starts, at);
+            let dst = &mut self.bufs[i][off..];
+            let k = dst.len().min(n);
+            dst[..k].fill(0);
+            n -= k;
+            at += k;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_segments() {
+        let (a, b, c) = ([1u8, 2, 3], [], [4u8, 5]);
+        let bufs = [IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
+        let iov = Iov::new(&bufs);
+        assert_eq!(iov.len(), 5);
+        let mut out = [0u8; 4];
+        iov.copy_out(1, &mut out);
+        assert_eq!(out, [2, 3, 4, 5]);
+        assert_eq!(iov.contiguous(3, 2), Some(&c[..]));
+        assert_eq!(iov.contiguous(2, 2), None);
+
+        let (mut x, mut y) = ([9u8; 3], [9u8; 2]);
+        let mut mbufs = [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)];
+        let mut m = IovMut::new(&mut mbufs);
+        m.copy_in(2, &[7, 8]);
+        m.zero(0, 1);
+        assert!(m.contiguous(1, 3).is_none());
+        drop(m);
+        assert_eq!((x, y), ([0, 9, 7], [8, 9]));
+    }
+}
