@@ -189,14 +189,15 @@ impl Shared {
     }
 
     /// Keeps dirty data under `dirty_max`: wakes the sync thread early and, past the limit,
-    /// waits for it (or commits inline when there is no thread).
+    /// waits for it (or commits inline when there is no thread, or it has stopped because the
+    /// pool handle was dropped while volume handles live on).
     pub(crate) fn throttle(&self) -> Result<()> {
         let max = self.config.dirty_max;
         let dirty = self.dirty_bytes.load(Ordering::Acquire);
         if dirty < max / 4 {
             return Ok(());
         }
-        if self.config.sync_interval.is_none() {
+        if self.config.sync_interval.is_none() || self.stop.load(Ordering::Acquire) {
             if dirty >= max {
                 self.commit()?;
             }
