@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Smallest pool: room for the reserved area and a few blocks.
 pub const MIN_POOL_SIZE: u64 = 16 << 20;
+/// Longest user property value, bytes.
+pub const MAX_PROP_VALUE: usize = 8192;
 /// Smallest and largest volume block sizes.
 pub const BLOCK_SIZE_RANGE: (u32, u32) = (4096, 131072);
 
@@ -632,10 +634,7 @@ impl Pool {
             )));
         }
         let size = round_size(size, block_size)?;
-        for (k, v) in props {
-            check_prop_key(k)?;
-            check_prop_value(k, v)?;
-        }
+        props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
         let sh = &self.shared;
         sh.check_writable()?;
         let mut cs = lock(&sh.commit);
@@ -732,10 +731,7 @@ impl Pool {
     /// Sets user properties on a dataset (an empty value removes the key); durable on return.
     pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
         let rest = self.local(full)?;
-        for (k, v) in props {
-            check_prop_key(k)?;
-            check_prop_value(k, v)?;
-        }
+        props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
         let sh = &self.shared;
         sh.check_writable()?;
         let mut cs = lock(&sh.commit);
@@ -877,7 +873,8 @@ fn round_size(size: u64, block_size: u32) -> Result<u64> {
     Ok(blocks * bs)
 }
 
-fn check_prop_key(k: &str) -> Result<()> {
+/// Checks a user property: the key's characters and length, the value's length.
+fn check_prop(k: &str, v: &str) -> Result<()> {
     if k.is_empty()
         || k.len() > 255
         || !k
@@ -888,13 +885,6 @@ fn check_prop_key(k: &str) -> Result<()> {
             "property name '{k}' must be 1-255 letters, digits, '_', '.', ':' or '-'"
         )));
     }
-    Ok(())
-}
-
-/// Longest user property value, bytes.
-pub const MAX_PROP_VALUE: usize = 8192;
-
-fn check_prop_value(k: &str, v: &str) -> Result<()> {
     if v.len() > MAX_PROP_VALUE {
         return Err(Error::InvalidArgument(format!(
             "property {k}: value of {} bytes is longer than {MAX_PROP_VALUE}",
