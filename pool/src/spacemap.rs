@@ -157,10 +157,16 @@ impl SpaceMap {
 
     /// Frees an extent in `txg`; it becomes reusable DEFER_TXGS txgs later.
     pub fn free_deferred(&mut self, txg: u64, start: u64, len: u64) {
-        self.deferred
-            .entry(txg)
-            .or_default()
-            .push(Extent { start, len });
+        let list = self.deferred.entry(txg).or_default();
+        match list.last_mut() {
+            // Sequential overwrites free runs of adjacent blocks: keep them as one extent.
+            Some(last)
+                if last.start + last.len == start && last.len + len <= u64::from(u32::MAX) =>
+            {
+                last.len += len
+            }
+            _ => list.push(Extent { start, len }),
+        }
     }
 
     /// Frees immediately: only for blocks that no committed txg ever referenced.
@@ -289,7 +295,9 @@ mod tests {
         let a = sm.alloc(100).unwrap();
         let b = sm.alloc(100).unwrap();
         assert_eq!((a, b), (10, 110));
-        sm.free_deferred(5, a, 100);
+        sm.free_deferred(5, a, 60);
+        sm.free_deferred(5, a + 60, 40);
+        assert_eq!(sm.deferred(), vec![(5, vec![(a, 100)])]);
         assert_eq!(sm.allocated(), 200);
         assert!(sm.release(4).is_empty());
         assert_eq!(sm.release(5).len(), 1);
