@@ -1,0 +1,253 @@
+//! The command line: clap types only. Each group's behaviour lives in `commands/`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Parses a human size (`64M`, `1.5G`, `4096`) for clap.
+fn size_arg(s: &str) -> Result<u64, String> {
+    zvol::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Parses a block size: a human size that fits in 32 bits.
+fn block_size_arg(s: &str) -> Result<u32, String> {
+    let v = size_arg(s)?;
+    u32::try_from(v).map_err(|_| format!("block size '{s}' is too large"))
+}
+
+/// Tarn: pools, volumes and (later) VMs on one host.
+#[derive(Debug, Parser)]
+#[command(name = "tarn", version, about, propagate_version = true)]
+#[command(
+    after_help = "Pools are remembered under $TARN_HOME (default /var/lib/tarn). \
+Logging goes to stderr; set TARN_LOG (e.g. TARN_LOG=debug) to see more.\n\
+Exit status: 0 on success, 1 when a command fails, 2 for malformed input (usage, names, sizes)."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands (dataset verbs are top-level, as in zfs(8)).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, import, inspect, scrub and destroy pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Create, resize, import and export volumes.
+    #[command(subcommand)]
+    Vol(VolCommand),
+    /// List datasets of every imported pool, or of one.
+    List(ListArgs),
+    /// Destroy a dataset and free its space.
+    Destroy(DestroyArgs),
+    /// Show dataset properties.
+    Get(GetArgs),
+    /// Set dataset properties (user properties, and volsize).
+    Set(SetArgs),
+}
+
+/// `tarn pool ...`
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool in a new file (or on a block device) and import it.
+    Create(PoolCreateArgs),
+    /// Remember the pool in a file or block device so that commands can use it by name.
+    Import(PoolImportArgs),
+    /// Forget an imported pool (the pool itself is left as it is).
+    Export(PoolNameArgs),
+    /// List imported pools with their size and health.
+    List(JsonArgs),
+    /// Show a pool's size, space, txg, format version and errors.
+    Status(PoolStatusArgs),
+    /// Read and verify every allocated block; exit non-zero if any is damaged.
+    Scrub(PoolStatusArgs),
+    /// Destroy a pool: wipe its labels and uberblocks (a pool file is removed).
+    Destroy(PoolNameArgs),
+}
+
+/// `tarn pool create`
+#[derive(Debug, Args)]
+pub struct PoolCreateArgs {
+    /// Pool name (letters, digits, `_ . : -`; starts with a letter).
+    pub name: String,
+    /// Path of the new pool file, or an existing block device.
+    pub path: PathBuf,
+    /// Size of the new pool file (e.g. 10G); a block device's own size is used.
+    #[arg(long, short = 's', value_parser = size_arg, allow_hyphen_values = true)]
+    pub size: Option<u64>,
+    /// Overwrite a block device that already holds a tarn pool.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+}
+
+/// `tarn pool import`
+#[derive(Debug, Args)]
+pub struct PoolImportArgs {
+    /// Pool file or block device.
+    pub path: PathBuf,
+}
+
+/// A pool name.
+#[derive(Debug, Args)]
+pub struct PoolNameArgs {
+    /// Pool name.
+    pub name: String,
+}
+
+/// A pool name and an output format.
+#[derive(Debug, Args)]
+pub struct PoolStatusArgs {
+    /// Pool name.
+    pub name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Only an output format.
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Scripted mode: no header, tab-separated columns.
+    #[arg(short = 'H')]
+    pub scripted: bool,
+    /// Exact numbers (bytes) instead of human sizes.
+    #[arg(short = 'p')]
+    pub parsable: bool,
+}
+
+/// `tarn list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// A pool, or a dataset (`POOL/NAME`: it and the datasets below it); all pools if absent.
+    pub target: Option<String>,
+    /// Dataset types to show: volume, filesystem or all (comma-separated).
+    #[arg(short = 't', long = "type", default_value = "all")]
+    pub types: String,
+    /// Properties to show as columns (comma-separated), e.g. name,volsize,used,creation,com.example:owner.
+    #[arg(short = 'o', long = "props")]
+    pub props: Option<String>,
+    /// Output format flags.
+    #[command(flatten)]
+    pub fmt: JsonArgs,
+}
+
+/// `tarn destroy`
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Dataset, `POOL/NAME`.
+    pub dataset: String,
+}
+
+/// `tarn get`
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Property names (comma-separated), or `all`.
+    pub props: String,
+    /// Datasets, `POOL/NAME`.
+    #[arg(required = true)]
+    pub datasets: Vec<String>,
+    /// Output format flags.
+    #[command(flatten)]
+    pub fmt: JsonArgs,
+}
+
+/// `tarn set`
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// `KEY=VALUE` pairs (an empty value removes a user property).
+    #[arg(required = true, num_args = 1..)]
+    pub assignments: Vec<String>,
+    /// Dataset, `POOL/NAME`.
+    pub dataset: String,
+}
+
+/// `tarn vol ...`
+#[derive(Debug, Subcommand)]
+pub enum VolCommand {
+    /// Create an empty (thin) volume.
+    Create(VolCreateArgs),
+    /// Grow (or, with --shrink, shrink) a volume.
+    Resize(VolResizeArgs),
+    /// Copy a raw image (file, block device, FIFO or `-` for stdin) into a volume.
+    Import(VolImportArgs),
+    /// Copy a volume out as a raw image (sparse where the volume reads zeroes).
+    Export(VolExportArgs),
+}
+
+/// `tarn vol create`
+#[derive(Debug, Args)]
+pub struct VolCreateArgs {
+    /// Volume, `POOL/NAME`.
+    pub name: String,
+    /// Size (e.g. 10G); rounded up to the block size.
+    #[arg(long, short = 's', value_parser = size_arg, allow_hyphen_values = true)]
+    pub size: u64,
+    /// Block size, a power of two from 4K to 128K.
+    #[arg(long, short = 'b', value_parser = block_size_arg, allow_hyphen_values = true,
+          default_value_t = zvol::DEFAULT_BLOCK_SIZE)]
+    pub block_size: u32,
+    /// Initial user properties, `KEY=VALUE` (repeatable).
+    #[arg(long = "prop", short = 'o')]
+    pub props: Vec<String>,
+}
+
+/// `tarn vol resize`
+#[derive(Debug, Args)]
+pub struct VolResizeArgs {
+    /// Volume, `POOL/NAME`.
+    pub name: String,
+    /// New size; rounded up to the block size.
+    #[arg(long, short = 's', value_parser = size_arg, allow_hyphen_values = true)]
+    pub size: u64,
+    /// Allow a smaller size (the data past it is discarded).
+    #[arg(long)]
+    pub shrink: bool,
+}
+
+/// `tarn vol import`
+#[derive(Debug, Args)]
+pub struct VolImportArgs {
+    /// Raw image: a file, block device, FIFO, or `-` for stdin.
+    pub file: PathBuf,
+    /// Volume, `POOL/NAME`; created (sized to the file) if it does not exist.
+    pub name: String,
+    /// Block size when the volume is created (default as for `tarn vol create`).
+    #[arg(long, short = 'b', value_parser = block_size_arg, allow_hyphen_values = true)]
+    pub block_size: Option<u32>,
+}
+
+/// `tarn vol export`
+#[derive(Debug, Args)]
+pub struct VolExportArgs {
+    /// Volume, `POOL/NAME`.
+    pub name: String,
+    /// Output: a file (replaced atomically), a block device, or `-` for stdout.
+    pub file: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn set_takes_pairs_then_dataset() {
+        let cli = Cli::try_parse_from(["tarn", "set", "a=1", "b=2", "tank/v"]).expect("parses");
+        match cli.command {
+            Command::Set(s) => {
+                assert_eq!(s.assignments, ["a=1", "b=2"]);
+                assert_eq!(s.dataset, "tank/v");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

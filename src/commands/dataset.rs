@@ -1,0 +1,382 @@
+//! Dataset verbs, top-level as in zfs(8): list, destroy, get, set. Also the property model
+//! shared with `vol create`.
+
+use super::{execute, expect_dataset, open_for, parse_assignment, pool_of};
+use crate::cli::{GetArgs, ListArgs, SetArgs};
+use crate::error::{CliError, Result};
+use crate::output::{self, Table};
+use crate::registry::Registry;
+use ::pool::request::{Request, Response};
+use ::pool::{DatasetInfo, DatasetKind, Pool};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Built-in properties, in the order `get all` shows them.
+pub const BUILTIN: [&str; 9] = [
+    "name",
+    "type",
+    "volsize",
+    "volblocksize",
+    "used",
+    "creation",
+    "createtxg",
+    "id",
+    "pool",
+];
+
+/// The canonical name of a built-in property (accepting aliases), or `None` for a user one.
+pub fn builtin(prop: &str) -> Option<&'static str> {
+    let p = prop.to_ascii_lowercase();
+    let p = match p.as_str() {
+        "size" => "volsize",
+        "blocksize" | "volblock" => "volblocksize",
+        "guid" => "id",
+        other => return BUILTIN.iter().copied().find(|b| *b == other),
+    };
+    Some(p)
+}
+
+/// Checks a user property name (the pool enforces the same rule) and that it is not built in.
+pub fn check_user_prop(k: &str) -> Result<()> {
+    if let Some(b) = builtin(k) {
+        return Err(CliError::Usage(format!(
+            "property '{k}' is built in ({b}) and read-only here"
+        )));
+    }
+    if k.is_empty()
+        || k.len() > 255
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+    {
+        return Err(CliError::Usage(format!(
+            "property name '{k}' must be 1-255 letters, digits, '_', '.', ':' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+fn kind_name(k: DatasetKind) -> &'static str {
+    match k {
+        DatasetKind::Volume => "volume",
+        DatasetKind::Filesystem => "filesystem",
+    }
+}
+
+/// One property's value: for humans, for machines, and where it comes from.
+pub struct PropValue {
+    /// Display text (`-` when unset).
+    pub text: String,
+    /// JSON value (`null` when unset).
+    pub json: Value,
+    /// `-` for built-ins and unset user properties, `local` for user properties.
+    pub source: &'static str,
+}
+
+/// The value of `prop` (canonical or user) on `d`.
+pub fn prop_value(d: &DatasetInfo, prop: &str, parsable: bool) -> PropValue {
+    let b = |text: String, json: Value| PropValue {
+        text,
+        json,
+        source: "-",
+    };
+    match builtin(prop) {
+        Some("name") => b(d.name.clone(), Value::from(d.name.clone())),
+        Some("type") => b(kind_name(d.kind).into(), Value::from(kind_name(d.kind))),
+        Some("volsize") => b(output::size(d.size, parsable), Value::from(d.size)),
+        Some("volblocksize") => b(
+            output::size(u64::from(d.block_size), parsable),
+            Value::from(d.block_size),
+        ),
+        Some("used") => b(output::size(d.used, parsable), Value::from(d.used)),
+        Some("creation") => b(
+            output::time(d.creation_time, parsable),
+            Value::from(d.creation_time),
+        ),
+        Some("createtxg") => b(d.creation_txg.to_string(), Value::from(d.creation_txg)),
+        Some("id") => b(d.id.to_string(), Value::from(d.id)),
+        Some("pool") => {
+            let p = d.name.split('/').next().unwrap_or_default().to_string();
+            b(p.clone(), Value::from(p))
+        }
+        _ => match d.props.get(prop) {
+            Some(v) => PropValue {
+                text: v.clone(),
+                json: Value::from(v.clone()),
+                source: "local",
+            },
+            None => b("-".into(), Value::Null),
+        },
+    }
+}
+
+/// Canonical names for a comma-separated property list (`all` = built-ins then user props).
+fn prop_list(spec: &str, d: Option<&DatasetInfo>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for p in spec.split(',').map(str::trim) {
+        if p.is_empty() {
+            return Err(CliError::Usage(format!(
+                "'{spec}' has an empty property name"
+            )));
+        }
+        if p == "all" {
+            out.extend(BUILTIN.iter().map(|s| s.to_string()));
+            if let Some(d) = d {
+                out.extend(d.props.keys().cloned());
+            }
+        } else if let Some(b) = builtin(p) {
+            out.push(b.to_string());
+        } else {
+            check_user_prop(p)?;
+            out.push(p.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_types(spec: &str) -> Result<Vec<DatasetKind>> {
+    let mut out = Vec::new();
+    for t in spec.split(',').map(str::trim) {
+        match t {
+            "all" => out.extend([DatasetKind::Volume, DatasetKind::Filesystem]),
+            "volume" | "vol" => out.push(DatasetKind::Volume),
+            "filesystem" | "fs" => out.push(DatasetKind::Filesystem),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "unknown dataset type '{other}' (expected volume, filesystem or all)"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn list_datasets(pool: &Pool) -> Result<Vec<DatasetInfo>> {
+    match execute(pool, Request::List)? {
+        Response::Datasets(v) => Ok(v),
+        other => Err(super::unexpected(&other)),
+    }
+}
+
+/// `tarn list [POOL | POOL/NAME] [-t TYPES] [-o PROPS] [--json]`
+pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
+    let types = parse_types(&a.types)?;
+    let props = match &a.props {
+        Some(p) => Some(prop_list(p, None)?),
+        None => None,
+    };
+    let (pools, prefix) = match &a.target {
+        Some(t) if t.contains('/') => {
+            let pool = pool_of(t)?;
+            (vec![reg.require(pool)?], Some(t.clone()))
+        }
+        Some(p) => {
+            ::pool::names::check_pool_name(p)?;
+            (vec![reg.require(p)?], None)
+        }
+        None => (reg.list()?, None),
+    };
+    let mut rows: Vec<DatasetInfo> = Vec::new();
+    let mut failed = Vec::new();
+    let single = a.target.is_some();
+    for entry in &pools {
+        let opened = crate::registry::open_entry(entry).and_then(|p| list_datasets(&p));
+        match opened {
+            Ok(ds) => rows.extend(ds),
+            Err(e) if single => return Err(e),
+            Err(e) => {
+                eprintln!("tarn: cannot list pool {}: {}", entry.name, e.one_line());
+                failed.push(entry.name.clone());
+            }
+        }
+    }
+    rows.retain(|d| types.contains(&d.kind));
+    if let Some(p) = &prefix {
+        rows.retain(|d| d.name == *p || d.name.starts_with(&format!("{p}/")));
+        if rows.is_empty() {
+            return Err(::pool::Error::NotFound(p.clone()).into());
+        }
+    }
+    let parsable = a.fmt.parsable;
+    match (&props, a.fmt.json) {
+        (None, true) => output::print_json(&rows)?,
+        (Some(props), true) => {
+            let objs: Vec<BTreeMap<&str, Value>> = rows
+                .iter()
+                .map(|d| {
+                    props
+                        .iter()
+                        .map(|p| (p.as_str(), prop_value(d, p, true).json))
+                        .collect()
+                })
+                .collect();
+            output::print_json(&objs)?;
+        }
+        (props, false) => {
+            let default: Vec<String> = ["name", "type", "volsize", "used", "volblocksize"]
+                .map(String::from)
+                .to_vec();
+            let props = props.as_ref().unwrap_or(&default);
+            if rows.is_empty() && !a.fmt.scripted {
+                output::print_str("no datasets available\n")?;
+            } else {
+                let right = props
+                    .iter()
+                    .map(|p| {
+                        matches!(
+                            p.as_str(),
+                            "volsize" | "volblocksize" | "used" | "createtxg" | "id"
+                        )
+                    })
+                    .collect();
+                let mut t = Table::new(props.iter().map(|p| p.to_uppercase()).collect(), right);
+                for d in &rows {
+                    t.row(
+                        props
+                            .iter()
+                            .map(|p| prop_value(d, p, parsable).text)
+                            .collect(),
+                    );
+                }
+                t.print(a.fmt.scripted)?;
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "could not list pools: {}",
+            failed.join(", ")
+        )))
+    }
+}
+
+/// `tarn destroy POOL/NAME`
+pub fn destroy(reg: &Registry, full: &str) -> Result<()> {
+    let (pool, _) = open_for(reg, full)?;
+    execute(
+        &pool,
+        Request::Destroy {
+            name: full.to_string(),
+        },
+    )?;
+    Ok(pool.close()?)
+}
+
+#[derive(serde::Serialize)]
+struct GetRow {
+    name: String,
+    property: String,
+    value: Value,
+    source: &'static str,
+}
+
+/// `tarn get PROP[,PROP...] POOL/NAME...`
+pub fn get(reg: &Registry, a: &GetArgs) -> Result<()> {
+    // Check every name and property before opening anything.
+    for d in &a.datasets {
+        pool_of(d)?;
+    }
+    prop_list(&a.props, None)?;
+    let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
+    let mut table = Table::new(
+        ["NAME", "PROPERTY", "VALUE", "SOURCE"]
+            .map(String::from)
+            .to_vec(),
+        vec![false; 4],
+    );
+    let mut json = Vec::new();
+    for full in &a.datasets {
+        let pool_name = pool_of(full)?.to_string();
+        if !pools.contains_key(&pool_name) {
+            let (p, _) = reg.open(&pool_name)?;
+            pools.insert(pool_name.clone(), p);
+        }
+        let Some(pool) = pools.get(&pool_name) else {
+            continue;
+        };
+        let d = pool.dataset(full)?;
+        for p in prop_list(&a.props, Some(&d))? {
+            let v = prop_value(&d, &p, a.fmt.parsable);
+            table.row(vec![d.name.clone(), p.clone(), v.text, v.source.into()]);
+            json.push(GetRow {
+                name: d.name.clone(),
+                property: p,
+                value: v.json,
+                source: v.source,
+            });
+        }
+    }
+    // Read-only: the pools are dropped without committing.
+    drop(pools);
+    if a.fmt.json {
+        output::print_json(&json)
+    } else {
+        table.print(a.fmt.scripted)
+    }
+}
+
+/// `tarn set KEY=VALUE... POOL/NAME` (user properties; `volsize` grows the volume).
+pub fn set(reg: &Registry, a: &SetArgs) -> Result<()> {
+    pool_of(&a.dataset)?;
+    let mut user = Vec::new();
+    let mut volsize = None;
+    for s in &a.assignments {
+        let (k, v) = parse_assignment(s)?;
+        match builtin(&k) {
+            Some("volsize") => volsize = Some(zvol::parse_size(&v)?),
+            Some(b) => {
+                return Err(CliError::Usage(format!("property '{b}' is read-only")));
+            }
+            None => {
+                check_user_prop(&k)?;
+                user.push((k, v));
+            }
+        }
+    }
+    let (pool, info) = open_for(reg, &a.dataset)?;
+    if let Some(size) = volsize {
+        if size < info.size {
+            return Err(CliError::Usage(format!(
+                "volsize {} is smaller than {} ({}); shrinking discards data: use `tarn vol resize --shrink`",
+                zvol::format_size(size),
+                a.dataset,
+                zvol::format_size(info.size)
+            )));
+        }
+        expect_dataset(execute(
+            &pool,
+            Request::ResizeVolume {
+                name: a.dataset.clone(),
+                size,
+            },
+        )?)?;
+    }
+    if !user.is_empty() {
+        execute(
+            &pool,
+            Request::SetProps {
+                name: a.dataset.clone(),
+                props: user,
+            },
+        )?;
+    }
+    Ok(pool.close()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_resolve() {
+        assert_eq!(builtin("size"), Some("volsize"));
+        assert_eq!(builtin("blocksize"), Some("volblocksize"));
+        assert_eq!(builtin("USED"), Some("used"));
+        assert_eq!(builtin("com.example:owner"), None);
+        assert!(check_user_prop("used").is_err());
+        assert!(check_user_prop("a b").is_err());
+        assert!(check_user_prop("com.example:owner").is_ok());
+    }
+}

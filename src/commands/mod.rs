@@ -1,0 +1,88 @@
+//! One module per command group; `run` dispatches.
+
+mod dataset;
+mod pool;
+mod vol;
+
+use crate::cli::{Cli, Command, PoolCommand, VolCommand};
+use crate::error::{CliError, Result};
+use crate::registry::Registry;
+use ::pool::request::{Request, Response};
+use ::pool::Pool;
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let reg = Registry::from_env();
+    match cli.command {
+        Command::Pool(p) => match p {
+            PoolCommand::Create(a) => pool::create(&reg, &a),
+            PoolCommand::Import(a) => pool::import(&reg, &a),
+            PoolCommand::Export(a) => pool::export(&reg, &a.name),
+            PoolCommand::List(a) => pool::list(&reg, &a),
+            PoolCommand::Status(a) => pool::status(&reg, &a),
+            PoolCommand::Scrub(a) => pool::scrub(&reg, &a),
+            PoolCommand::Destroy(a) => pool::destroy(&reg, &a.name),
+        },
+        Command::Vol(v) => match v {
+            VolCommand::Create(a) => vol::create(&reg, &a),
+            VolCommand::Resize(a) => vol::resize(&reg, &a),
+            VolCommand::Import(a) => vol::import(&reg, &a),
+            VolCommand::Export(a) => vol::export(&reg, &a),
+        },
+        Command::List(a) => dataset::list(&reg, &a),
+        Command::Destroy(a) => dataset::destroy(&reg, &a.dataset),
+        Command::Get(a) => dataset::get(&reg, &a),
+        Command::Set(a) => dataset::set(&reg, &a),
+    }
+}
+
+/// Executes a request against an open pool (the same types a daemon's control API takes).
+pub(crate) fn execute(pool: &Pool, req: Request) -> Result<Response> {
+    if let Ok(json) = serde_json::to_string(&req) {
+        tracing::debug!(pool = pool.name(), request = %json, "executing");
+    }
+    Ok(req.execute(pool)?)
+}
+
+/// The dataset a request returned, or an internal error.
+pub(crate) fn expect_dataset(r: Response) -> Result<::pool::DatasetInfo> {
+    match r {
+        Response::Dataset(d) => Ok(d),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(r: &Response) -> CliError {
+    CliError::Failed(format!(
+        "internal error: unexpected response {}",
+        serde_json::to_string(r).unwrap_or_default()
+    ))
+}
+
+/// Splits `POOL/NAME` (checking both parts) and returns the pool part.
+pub(crate) fn pool_of(full: &str) -> Result<&str> {
+    Ok(::pool::names::split_dataset_name(full)?.0)
+}
+
+/// Opens the pool holding `full` and checks the dataset exists.
+pub(crate) fn open_for(reg: &Registry, full: &str) -> Result<(Pool, ::pool::DatasetInfo)> {
+    let pool_name = pool_of(full)?;
+    let (pool, _) = reg.open(pool_name)?;
+    let info = pool.dataset(full)?;
+    Ok((pool, info))
+}
+
+/// Parses `KEY=VALUE`.
+pub(crate) fn parse_assignment(s: &str) -> Result<(String, String)> {
+    let (k, v) = s.split_once('=').ok_or_else(|| {
+        CliError::Usage(format!(
+            "'{s}' is not a property assignment (expected KEY=VALUE)"
+        ))
+    })?;
+    if k.is_empty() {
+        return Err(CliError::Usage(format!(
+            "'{s}' has an empty property name (expected KEY=VALUE)"
+        )));
+    }
+    Ok((k.to_string(), v.to_string()))
+}

@@ -1,0 +1,499 @@
+//! `tarn pool ...`: create, import, export, list, status, scrub, destroy.
+
+use super::execute;
+use crate::cli::{JsonArgs, PoolCreateArgs, PoolImportArgs, PoolStatusArgs};
+use crate::error::{CliError, Result};
+use crate::output::{self, Table};
+use crate::registry::{now_secs, open_entry, short_config, PoolEntry, Registry, ScrubSummary};
+use ::pool::phys::{RING_OFFSET, RING_SLOTS, SECTOR};
+use ::pool::request::{Request, Response};
+use ::pool::{FileDevice, Pool, PoolInfo, ScrubError};
+use std::fs::{self, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes at the start of a pool that `destroy` zeroes: both labels and the uberblock ring.
+const WIPE_LEN: u64 = RING_OFFSET + RING_SLOTS * SECTOR;
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    fs::canonicalize(path).map_err(|e| CliError::io(format!("resolving {}", path.display()), e))
+}
+
+/// Takes the same lock a pool holder takes (flock on the device), for devices the pool
+/// crate cannot open itself.
+fn lock_file(file: &fs::File, what: &Path) -> Result<()> {
+    // SAFETY: flock on a descriptor we own for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(CliError::Failed(format!(
+                "{} is in use by another process",
+                what.display()
+            )));
+        }
+        return Err(CliError::io(format!("locking {}", what.display()), err));
+    }
+    Ok(())
+}
+
+/// `tarn pool create NAME PATH --size SIZE`
+pub fn create(reg: &Registry, a: &PoolCreateArgs) -> Result<()> {
+    ::pool::names::check_pool_name(&a.name)?;
+    if let Some(e) = reg.get(&a.name)? {
+        return Err(CliError::Failed(format!(
+            "a pool named {} is already imported (from {})",
+            a.name,
+            e.path.display()
+        )));
+    }
+    let is_block = fs::metadata(&a.path)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false);
+    let pool = if is_block {
+        if a.size.is_some() {
+            return Err(CliError::Usage(format!(
+                "{} is a block device: its own size is used; drop --size",
+                a.path.display()
+            )));
+        }
+        create_on_block_device(a)?
+    } else {
+        let size = a.size.ok_or_else(|| {
+            CliError::Usage("--size is required to create a pool file (e.g. --size 10G)".into())
+        })?;
+        if fs::symlink_metadata(&a.path).is_ok() {
+            return Err(CliError::Failed(format!(
+                "{} already exists; choose a new path for the pool file",
+                a.path.display()
+            )));
+        }
+        Pool::create_file(&a.path, &a.name, size, short_config())?
+    };
+    let created_file = !is_block;
+    let cleanup = |path: &Path| {
+        if created_file {
+            let _ = fs::remove_file(path);
+        }
+    };
+    let guid = pool.guid();
+    if let Err(e) = pool.close() {
+        cleanup(&a.path);
+        return Err(e.into());
+    }
+    let path = match absolute(&a.path) {
+        Ok(p) => p,
+        Err(e) => {
+            cleanup(&a.path);
+            return Err(e);
+        }
+    };
+    let entry = PoolEntry {
+        name: a.name.clone(),
+        path,
+        guid,
+        imported: now_secs(),
+        last_scrub: None,
+    };
+    if let Err(e) = reg.add(&entry) {
+        cleanup(&a.path);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn create_on_block_device(a: &PoolCreateArgs) -> Result<Pool> {
+    match Pool::open_path(&a.path, short_config()) {
+        Ok(existing) if !a.force => {
+            return Err(CliError::Failed(format!(
+                "{} holds pool {}; use --force to overwrite it",
+                a.path.display(),
+                existing.name()
+            )))
+        }
+        Ok(_) => {}
+        Err(e @ ::pool::Error::InUse { .. }) => return Err(e.into()),
+        Err(::pool::Error::NotAPool { .. }) => {}
+        Err(e) if !a.force => {
+            return Err(CliError::Failed(format!(
+                "{} looks like a damaged tarn pool ({e}); use --force to overwrite it",
+                a.path.display()
+            )))
+        }
+        Err(_) => {}
+    }
+    let dev = FileDevice::open(&a.path)
+        .map_err(|e| CliError::io(format!("opening {}", a.path.display()), e))?;
+    lock_file(dev.file(), &a.path)?;
+    Ok(Pool::create_on(Arc::new(dev), &a.name, short_config())?)
+}
+
+/// `tarn pool import PATH`
+pub fn import(reg: &Registry, a: &PoolImportArgs) -> Result<()> {
+    let path = absolute(&a.path)?;
+    let pool = Pool::open_path(&path, short_config())?;
+    let (name, guid) = (pool.name().to_string(), pool.guid());
+    // Importing only reads: dropping without close() commits nothing.
+    drop(pool);
+    if let Some(e) = reg.get(&name)? {
+        return Err(CliError::Failed(if e.guid == guid && e.path == path {
+            format!("pool {name} is already imported from {}", path.display())
+        } else {
+            format!(
+                "a pool named {name} is already imported from {}; export it first",
+                e.path.display()
+            )
+        }));
+    }
+    reg.add(&PoolEntry {
+        name,
+        path,
+        guid,
+        imported: now_secs(),
+        last_scrub: None,
+    })
+}
+
+/// `tarn pool export NAME`
+pub fn export(reg: &Registry, name: &str) -> Result<()> {
+    let entry = reg.require(name)?;
+    match open_entry(&entry) {
+        // Every command commits its own changes; nothing is left to write.
+        Ok(pool) => drop(pool),
+        Err(e @ CliError::Pool(::pool::Error::InUse { .. })) => return Err(e),
+        Err(e) => eprintln!(
+            "tarn: warning: {}; forgetting pool {name} anyway",
+            e.one_line()
+        ),
+    }
+    reg.remove(name)
+}
+
+/// A pool's state as `list` and `status` show it.
+#[derive(serde::Serialize)]
+struct PoolRow {
+    name: String,
+    path: PathBuf,
+    guid: u64,
+    /// ONLINE, SUSPENDED (stopped writing after an I/O error), BUSY (held by another process),
+    /// UNAVAIL (cannot be opened) or FAULTED (damaged).
+    health: &'static str,
+    size: Option<u64>,
+    allocated: Option<u64>,
+    free: Option<u64>,
+    /// Allocated share of the usable space, percent.
+    capacity: Option<u64>,
+    txg: Option<u64>,
+    version: Option<u32>,
+    datasets: Option<usize>,
+    error: Option<String>,
+}
+
+fn health_of(e: &CliError) -> &'static str {
+    match e {
+        CliError::Pool(pe) => match pe.kind() {
+            ::pool::ErrorKind::Busy => "BUSY",
+            ::pool::ErrorKind::Corrupt | ::pool::ErrorKind::Unsupported => "FAULTED",
+            _ => "UNAVAIL",
+        },
+        _ => "UNAVAIL",
+    }
+}
+
+fn capacity(info: &PoolInfo) -> u64 {
+    (info.allocated * 100).checked_div(info.usable).unwrap_or(0)
+}
+
+fn probe(entry: &PoolEntry) -> PoolRow {
+    let mut row = PoolRow {
+        name: entry.name.clone(),
+        path: entry.path.clone(),
+        guid: entry.guid,
+        health: "ONLINE",
+        size: None,
+        allocated: None,
+        free: None,
+        capacity: None,
+        txg: None,
+        version: None,
+        datasets: None,
+        error: None,
+    };
+    match open_entry(entry) {
+        Ok(pool) => {
+            let info = pool.info();
+            row.health = if info.poisoned { "SUSPENDED" } else { "ONLINE" };
+            row.size = Some(info.size);
+            row.allocated = Some(info.allocated);
+            row.free = Some(info.free);
+            row.capacity = Some(capacity(&info));
+            row.txg = Some(info.txg);
+            row.version = Some(info.version);
+            row.datasets = Some(info.datasets);
+        }
+        Err(e) => {
+            row.health = health_of(&e);
+            row.error = Some(e.one_line());
+        }
+    }
+    row
+}
+
+/// `tarn pool list`
+pub fn list(reg: &Registry, a: &JsonArgs) -> Result<()> {
+    let rows: Vec<PoolRow> = reg.list()?.iter().map(probe).collect();
+    if a.json {
+        return output::print_json(&rows);
+    }
+    if rows.is_empty() && !a.scripted {
+        return output::print_str("no pools available\n");
+    }
+    let mut t = Table::new(
+        ["NAME", "SIZE", "ALLOC", "FREE", "CAP", "HEALTH", "PATH"]
+            .map(String::from)
+            .to_vec(),
+        vec![false, true, true, true, true, false, false],
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |b| output::size(b, a.parsable));
+    for r in &rows {
+        t.row(vec![
+            r.name.clone(),
+            opt(r.size),
+            opt(r.allocated),
+            opt(r.free),
+            r.capacity.map_or("-".into(), |c| {
+                if a.parsable {
+                    c.to_string()
+                } else {
+                    format!("{c}%")
+                }
+            }),
+            r.health.to_string(),
+            r.path.display().to_string(),
+        ]);
+    }
+    t.print(a.scripted)
+}
+
+/// What `tarn pool status --json` prints.
+#[derive(serde::Serialize)]
+struct StatusOut {
+    #[serde(flatten)]
+    info: PoolInfo,
+    health: &'static str,
+    capacity: u64,
+    imported: u64,
+    last_scrub: Option<ScrubSummary>,
+    /// Known problems: an I/O error that stopped writes, damage the last scrub found.
+    errors: Vec<String>,
+}
+
+/// `tarn pool status NAME`
+pub fn status(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
+    let (pool, entry) = reg.open(&a.name)?;
+    let info = match execute(&pool, Request::Status)? {
+        Response::Pool(i) => i,
+        _ => pool.info(),
+    };
+    drop(pool);
+    let mut errors = Vec::new();
+    if info.poisoned {
+        errors.push("the pool stopped accepting writes after an I/O error".to_string());
+    }
+    if let Some(s) = entry.last_scrub.as_ref().filter(|s| s.errors > 0) {
+        errors.push(format!(
+            "the last scrub ({}) found {} damaged blocks or inconsistencies; run `tarn pool scrub {}` for the list",
+            output::time(s.finished, false),
+            s.errors,
+            a.name
+        ));
+    }
+    let out = StatusOut {
+        health: if info.poisoned { "SUSPENDED" } else { "ONLINE" },
+        capacity: capacity(&info),
+        imported: entry.imported,
+        last_scrub: entry.last_scrub.clone(),
+        errors,
+        info,
+    };
+    if a.json {
+        return output::print_json(&out);
+    }
+    let i = &out.info;
+    let scan = match &out.last_scrub {
+        Some(s) => format!(
+            "scrub finished {}: {} blocks, {} verified, {} errors",
+            output::time(s.finished, false),
+            s.blocks,
+            zvol::format_size(s.bytes),
+            s.errors
+        ),
+        None => "none requested".to_string(),
+    };
+    let mut text = String::new();
+    let mut line = |k: &str, v: String| text.push_str(&format!("{k:>9}: {v}\n"));
+    line("pool", i.name.clone());
+    line("id", i.guid.to_string());
+    line("path", i.path.clone());
+    line("state", out.health.to_string());
+    line(
+        "size",
+        format!(
+            "{} ({} usable)",
+            zvol::format_size(i.size),
+            zvol::format_size(i.usable)
+        ),
+    );
+    line(
+        "allocated",
+        format!(
+            "{} ({}%; {} of frees pending)",
+            zvol::format_size(i.allocated),
+            out.capacity,
+            zvol::format_size(i.deferred)
+        ),
+    );
+    line("free", zvol::format_size(i.free));
+    line("datasets", i.datasets.to_string());
+    line("txg", i.txg.to_string());
+    line("format", format!("version {}", i.version));
+    line("scan", scan);
+    if out.errors.is_empty() {
+        line("errors", "No known data errors".to_string());
+    } else {
+        for e in &out.errors {
+            line("errors", e.clone());
+        }
+    }
+    output::print_str(&text)
+}
+
+/// What `tarn pool scrub --json` prints.
+#[derive(serde::Serialize)]
+struct ScrubOut<'a> {
+    pool: &'a str,
+    clean: bool,
+    blocks: u64,
+    bytes: u64,
+    errors: &'a [ScrubError],
+}
+
+/// `tarn pool scrub NAME`
+pub fn scrub(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
+    let (pool, mut entry) = reg.open(&a.name)?;
+    let pb = output::spinner(&format!("scrubbing {}", a.name));
+    let report = execute(&pool, Request::Scrub);
+    pb.finish_and_clear();
+    let report = match report? {
+        Response::Scrub(r) => r,
+        other => return Err(super::unexpected(&other)),
+    };
+    drop(pool);
+    entry.last_scrub = Some(ScrubSummary {
+        finished: now_secs(),
+        blocks: report.blocks,
+        bytes: report.bytes,
+        errors: report.errors.len() as u64,
+    });
+    if let Err(e) = reg.update(&entry) {
+        tracing::warn!(error = %e, "could not record the scrub result in the registry");
+    }
+    if a.json {
+        output::print_json(&ScrubOut {
+            pool: &a.name,
+            clean: report.is_clean(),
+            blocks: report.blocks,
+            bytes: report.bytes,
+            errors: &report.errors,
+        })?;
+    } else {
+        let mut text = format!(
+            "scrub of {}: {} blocks, {} verified, {} errors\n",
+            a.name,
+            report.blocks,
+            zvol::format_size(report.bytes),
+            report.errors.len()
+        );
+        if !report.errors.is_empty() {
+            let mut t = Table::new(
+                ["DATASET", "OFFSET", "ERROR"].map(String::from).to_vec(),
+                vec![false, true, false],
+            );
+            for e in &report.errors {
+                t.row(vec![
+                    e.dataset.clone(),
+                    e.offset.map_or("-".into(), |o| o.to_string()),
+                    e.message.clone(),
+                ]);
+            }
+            text.push_str(&t.render(false));
+        }
+        output::print_str(&text)?;
+    }
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "scrub of pool {} found {} damaged blocks or inconsistencies",
+            a.name,
+            report.errors.len()
+        )))
+    }
+}
+
+/// Zeroes both labels and the uberblock ring so the device no longer opens as a pool.
+fn wipe(path: &Path) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| CliError::io(format!("opening {} to wipe it", path.display()), e))?;
+    let zeros = vec![0u8; WIPE_LEN as usize];
+    f.write_all_at(&zeros, 0)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| CliError::io(format!("wiping the labels of {}", path.display()), e))
+}
+
+/// `tarn pool destroy NAME`
+pub fn destroy(reg: &Registry, name: &str) -> Result<()> {
+    let entry = reg.require(name)?;
+    let path = &entry.path;
+    // Hold the pool lock while wiping, so no other process has it open.
+    let _held: Box<dyn std::any::Any> = match open_entry(&entry) {
+        Ok(pool) => Box::new(pool),
+        Err(CliError::Pool(e @ ::pool::Error::NotAPool { .. })) => {
+            return Err(CliError::Failed(format!(
+                "{e}; nothing to destroy (`tarn pool export {name}` forgets it)"
+            )))
+        }
+        Err(CliError::Pool(e @ ::pool::Error::Io { .. })) => {
+            return Err(CliError::Failed(format!(
+                "{e}; nothing was destroyed (`tarn pool export {name}` forgets the pool)"
+            )))
+        }
+        Err(CliError::Pool(
+            e @ (::pool::Error::Truncated { .. }
+            | ::pool::Error::Corrupt(_)
+            | ::pool::Error::UnsupportedVersion { .. }),
+        )) => {
+            tracing::warn!(pool = name, error = %e, "destroying a pool that cannot be opened");
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?;
+            lock_file(&f, path)?;
+            Box::new(f)
+        }
+        Err(e) => return Err(e),
+    };
+    let is_file = fs::metadata(path).map(|m| m.is_file()).unwrap_or(false);
+    wipe(path)?;
+    if is_file {
+        fs::remove_file(path)
+            .map_err(|e| CliError::io(format!("removing pool file {}", path.display()), e))?;
+    }
+    // Dropping the pool now writes nothing (no background sync, nothing dirty).
+    drop(_held);
+    reg.remove(name)
+}

@@ -1,0 +1,390 @@
+//! Bad input and faults: each is a clear one-line error on stderr, a non-zero exit, and
+//! nothing on disk changed by the failed command.
+
+mod common;
+
+use common::{random_bytes, same_bytes, snapshot, Env};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn registry_files(env: &Env) -> Vec<String> {
+    match std::fs::read_dir(env.home().join("pools")) {
+        Ok(rd) => {
+            let mut v: Vec<String> = rd
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_pool() {
+    let env = Env::new();
+    for (name, data) in [
+        ("random.img", random_bytes(1 << 20, 11)),
+        ("zeros.img", vec![0u8; 1 << 20]),
+        ("tiny.img", b"hello".to_vec()),
+        ("empty.img", Vec::new()),
+    ] {
+        let f = env.file(name, &data);
+        env.run(["pool", "import", f.to_str().expect("utf-8")])
+            .fails_with("not a tarn pool");
+        assert_eq!(snapshot(&f), data, "{name} unchanged");
+        // Nor does `pool create` overwrite it.
+        env.run([
+            "pool",
+            "create",
+            "tank",
+            f.to_str().expect("utf-8"),
+            "--size",
+            "64M",
+        ])
+        .fails_with("already exists");
+        assert_eq!(snapshot(&f), data, "{name} unchanged");
+    }
+    env.run([
+        "pool",
+        "import",
+        env.path("missing").to_str().expect("utf-8"),
+    ])
+    .fails_with("missing");
+    assert!(registry_files(&env).is_empty());
+}
+
+#[test]
+fn a_truncated_pool() {
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    env.import("tank/v", &random_bytes(1 << 20, 12));
+
+    // Registered, then truncated under us.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.set_len(32 << 20).expect("truncate");
+    drop(f);
+    let before = snapshot(&path);
+    env.run(["pool", "status", "tank"]).fails_with("truncated");
+    env.run(["list", "tank"]).fails_with("truncated");
+    env.run(["vol", "export", "tank/v", "out.img"])
+        .fails_with("truncated");
+    assert!(!env.path("out.img").exists());
+    let list = env.run(["pool", "list", "--json"]).json();
+    assert_eq!(list[0]["health"], "FAULTED");
+    assert!(list[0]["error"]
+        .as_str()
+        .expect("error")
+        .contains("truncated"));
+    same_bytes(&snapshot(&path), &before, "truncated pool file");
+
+    // Export forgets it (with a warning); import refuses it.
+    let out = env.run(["pool", "export", "tank"]);
+    out.ok();
+    assert!(out.stderr.contains("warning"), "{}", out.stderr);
+    env.run(["pool", "import", path.to_str().expect("utf-8")])
+        .fails_with("truncated");
+    same_bytes(&snapshot(&path), &before, "truncated pool file");
+    assert!(registry_files(&env).is_empty());
+}
+
+#[test]
+fn an_unknown_dataset_or_pool() {
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    env.run(["vol", "create", "tank/v", "--size", "1M"]).ok();
+    let before = snapshot(&path);
+    env.run(["get", "volsize", "tank/nope"])
+        .fails_with("tank/nope does not exist");
+    env.run(["set", "a=b", "tank/nope"])
+        .fails_with("tank/nope does not exist");
+    env.run(["destroy", "tank/nope"])
+        .fails_with("tank/nope does not exist");
+    env.run(["vol", "resize", "tank/nope", "--size", "2M"])
+        .fails_with("tank/nope does not exist");
+    env.run(["vol", "export", "tank/nope", "out.img"])
+        .fails_with("tank/nope does not exist");
+    env.run(["list", "tank/nope"])
+        .fails_with("tank/nope does not exist");
+    assert!(!env.path("out.img").exists(), "no output file was created");
+    env.run(["get", "volsize", "pond/v"])
+        .fails_with("pool pond is not imported");
+    env.run(["pool", "status", "pond"])
+        .fails_with("pool pond is not imported");
+    env.run(["pool", "destroy", "pond"])
+        .fails_with("pool pond is not imported");
+    env.run(["get", "nosuch.prop", "tank/v"]).ok();
+    same_bytes(&snapshot(&path), &before, "pool file");
+}
+
+#[test]
+fn names_with_bad_characters() {
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    let img = env.file("img", &random_bytes(64 << 10, 13));
+    let before = snapshot(&path);
+    for name in [
+        "tank/a b",
+        "tank/a@b",
+        "tank/é",
+        "tank//a",
+        "tank/",
+        "tank",
+        "tank/a/../b",
+    ] {
+        let r = env.run(["vol", "create", name, "--size", "1M"]);
+        r.fails_with("invalid name");
+        assert_eq!(r.code, 2, "malformed input exits 2");
+        env.run(["vol", "import", img.to_str().expect("utf-8"), name])
+            .fails_with("invalid name");
+        env.run(["set", "k=v", name]).fails_with("invalid name");
+        env.run(["get", "all", name]).fails_with("invalid name");
+    }
+    for pool in ["1tank", "ta nk", "a/b", "x!"] {
+        let f = env.path("new.tarn");
+        env.run([
+            "pool",
+            "create",
+            pool,
+            f.to_str().expect("utf-8"),
+            "--size",
+            "64M",
+        ])
+        .fails_with("invalid name");
+        assert!(!f.exists(), "no pool file for {pool:?}");
+    }
+    env.run(["set", "bad key=v", "tank/a"])
+        .fails_with("property name");
+    env.run(["set", "novalue", "tank/a"])
+        .fails_with("KEY=VALUE");
+    same_bytes(&snapshot(&path), &before, "pool file");
+    assert_eq!(env.run(["list", "--json"]).json(), serde_json::json!([]));
+}
+
+#[test]
+fn sizes_that_do_not_parse() {
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    env.run(["vol", "create", "tank/v", "--size", "1M"]).ok();
+    let before = snapshot(&path);
+    for size in ["10X", "ten", "", "-1", "1.2.3K", "99999999999P"] {
+        let f = env.path("p.tarn");
+        let r = env.run([
+            "pool",
+            "create",
+            "pond",
+            f.to_str().expect("utf-8"),
+            "--size",
+            size,
+        ]);
+        r.fails_with("size");
+        assert_eq!(r.code, 2);
+        assert!(!f.exists());
+        env.run(["vol", "create", "tank/w", "--size", size])
+            .fails_with("size");
+        env.run(["vol", "resize", "tank/v", "--size", size])
+            .fails_with("size");
+        env.run(["set", &format!("volsize={size}"), "tank/v"])
+            .fails_with("size");
+    }
+    // Sizes that parse but are refused.
+    env.run([
+        "vol",
+        "create",
+        "tank/w",
+        "--size",
+        "1M",
+        "--block-size",
+        "3K",
+    ])
+    .fails_with("block size");
+    env.run(["vol", "create", "tank/w", "--size", "0"])
+        .fails_with("greater than zero");
+    let f = env.path("small.tarn");
+    env.run([
+        "pool",
+        "create",
+        "pond",
+        f.to_str().expect("utf-8"),
+        "--size",
+        "1M",
+    ])
+    .fails_with("minimum");
+    assert!(!f.exists());
+    env.run(["pool", "create", "pond", f.to_str().expect("utf-8")])
+        .fails_with("--size");
+    same_bytes(&snapshot(&path), &before, "pool file");
+    assert_eq!(registry_files(&env), ["tank.json"]);
+}
+
+#[test]
+fn a_full_pool() {
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    let keep = random_bytes(8 << 20, 14);
+    env.import("tank/keep", &keep);
+
+    // A new volume from a file bigger than the free space: refused before anything is written.
+    let big = env.file("big.img", &random_bytes(80 << 20, 15));
+    let before = snapshot(&path);
+    env.run(["vol", "import", big.to_str().expect("utf-8"), "tank/big"])
+        .fails_with("out of space");
+    same_bytes(&snapshot(&path), &before, "pool file after refused import");
+    env.run(["get", "name", "tank/big"])
+        .fails_with("does not exist");
+
+    // Into an existing thin volume, from a pipe (size unknown up front): the pool runs out of
+    // space part-way; the command fails cleanly and the pool stays consistent.
+    env.run(["vol", "create", "tank/thin", "--size", "200M"])
+        .ok();
+    let r = env.run_stdin(
+        ["vol", "import", "-", "tank/thin"],
+        &random_bytes(90 << 20, 16),
+    );
+    r.fails_with("out of space");
+    env.run(["pool", "scrub", "tank"]).ok();
+    same_bytes(&env.export("tank/keep"), &keep, "earlier volume");
+    // Space can be reclaimed and reused.
+    env.run(["destroy", "tank/thin"]).ok();
+    env.import("tank/after", &random_bytes(4 << 20, 17));
+    env.run(["pool", "scrub", "tank"]).ok();
+}
+
+#[test]
+fn an_import_file_larger_than_the_volume() {
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    let small = random_bytes(1 << 20, 18);
+    env.import("tank/v", &small);
+    let big = env.file("big.img", &random_bytes((1 << 20) + 1, 19));
+    let before = snapshot(&path);
+    env.run(["vol", "import", big.to_str().expect("utf-8"), "tank/v"])
+        .fails_with("larger than tank/v");
+    same_bytes(&snapshot(&path), &before, "pool file");
+    same_bytes(&env.export("tank/v"), &small, "volume unchanged");
+    // And a block size that does not match the existing volume.
+    env.run([
+        "vol",
+        "import",
+        big.to_str().expect("utf-8"),
+        "tank/v",
+        "-b",
+        "64K",
+    ])
+    .fails_with("block size");
+}
+
+#[test]
+fn a_second_process_on_a_held_pool() {
+    let env = Env::new();
+    let pool = env.pool("tank", "64M");
+    env.run(["vol", "create", "tank/v", "--size", "8M"]).ok();
+    let fifo = env.path("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("cstring");
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+
+    // The holder: an import reading from the FIFO, which we feed slowly.
+    let mut holder = env
+        .cmd(["vol", "import", fifo.to_str().expect("utf-8"), "tank/v"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Open the writing end without blocking forever if the holder died.
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags_nonblock()
+            .open(&fifo)
+        {
+            Ok(f) => break f,
+            Err(_) if Instant::now() < deadline => {
+                assert!(
+                    holder.try_wait().expect("try_wait").is_none(),
+                    "holder exited"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening the FIFO: {e}"),
+        }
+    };
+    set_blocking(&writer);
+    let data = random_bytes(1 << 20, 20);
+    writer.write_all(&data).expect("feeding the holder");
+
+    // Wait until the holder has the pool (watching its lock, which takes no lock itself),
+    // then try a second process.
+    let pid = holder.id();
+    while common::lock_holder(&pool) != Some(pid as i32) {
+        assert!(Instant::now() < deadline, "holder never took the pool");
+        assert!(
+            holder.try_wait().expect("try_wait").is_none(),
+            "holder exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = env.run(["pool", "status", "tank"]);
+    r.fails_with("in use");
+    assert!(
+        r.stderr.contains(&pid.to_string()),
+        "names the holder: {}",
+        r.stderr
+    );
+    env.run(["vol", "create", "tank/other", "--size", "1M"])
+        .fails_with("in use");
+    env.run(["pool", "export", "tank"]).fails_with("in use");
+    env.run(["pool", "destroy", "tank"]).fails_with("in use");
+    let list = env.run(["pool", "list", "--json"]).json();
+    assert_eq!(list[0]["health"], "BUSY");
+
+    drop(writer);
+    let out = holder.wait_with_output().expect("holder");
+    assert!(
+        out.status.success(),
+        "holder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = env.export("tank/v");
+    same_bytes(&back[..data.len()], &data, "data fed through the FIFO");
+    env.run(["get", "name", "tank/other"])
+        .fails_with("does not exist");
+    env.run(["pool", "scrub", "tank"]).ok();
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+fn set_blocking(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        assert!(fl >= 0);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK), 0);
+    }
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    let env = Env::new();
+    let r = env.run(["frobnicate"]);
+    r.fails_with("unrecognized subcommand");
+    assert_eq!(r.code, 2);
+    env.run(["vol", "create", "tank/v"]).fails_with("--size");
+    env.run(["list", "-t", "bogus"])
+        .fails_with("unknown dataset type");
+    assert!(env.run(["--help"]).ok().contains("Usage"));
+}
