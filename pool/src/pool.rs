@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub commit: Mutex<CommitState>,
     pub datasets: RwLock<BTreeMap<u64, DatasetEntry>>,
     pub dirty_bytes: AtomicU64,
+    /// Set by every change to a volume's dirty map, cleared when a commit takes the maps.
+    pub pending: AtomicBool,
     pub poisoned: AtomicBool,
     pub last_txg: AtomicU64,
     pub sync_signal: (Mutex<bool>, Condvar),
@@ -148,7 +150,7 @@ impl Shared {
         let nblocks = st.size.div_ceil(u64::from(vol.block_size)) as usize;
         BlockTree::load(st.root, nblocks, |p, buf| {
             self.read_block(p, buf, &|| {
-                format!("an indirect block of {}/{}", self.name(), vol.name)
+                format!("an indirect block of {}/{}", self.name(), read(&vol.name))
             })
         })
     }
@@ -159,13 +161,17 @@ impl Shared {
     }
 
     /// Free bytes a writer may still dirty.
+    /// Bytes free for new data beyond the slop kept for metadata (frees still deferred count
+    /// as free: a writer that needs them commits until they are released).
+    pub(crate) fn writable_bytes(&self) -> u64 {
+        let sm = lock(&self.spacemap);
+        let slop = (sm.usable() * SECTOR / 32).max(1 << 20);
+        (sm.free() * SECTOR).saturating_sub(slop)
+    }
+
     pub(crate) fn reserve(&self, bytes: u64) -> Result<()> {
-        let (free, slop) = {
-            let sm = lock(&self.spacemap);
-            (sm.free() * SECTOR, (sm.usable() * SECTOR / 32).max(1 << 20))
-        };
+        let avail = self.writable_bytes();
         let dirty = self.dirty_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let avail = free.saturating_sub(slop);
         if dirty > avail {
             self.dirty_bytes.fetch_sub(bytes, Ordering::AcqRel);
             return Err(Error::NoSpace {
@@ -546,6 +552,7 @@ impl Pool {
             commit: Mutex::new(state),
             datasets: RwLock::new(datasets),
             dirty_bytes: AtomicU64::new(0),
+            pending: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             last_txg: AtomicU64::new(txg),
             sync_signal: (Mutex::new(false), Condvar::new()),
@@ -602,6 +609,14 @@ impl Pool {
             poisoned: self.shared.poisoned.load(Ordering::Acquire),
             datasets: read(&self.shared.datasets).len(),
         }
+    }
+
+    /// Bytes that new writes may still fill: free space, plus frees still waiting out their
+    /// deferral, less what is already dirty and a slop kept for metadata.
+    pub fn available(&self) -> u64 {
+        let sh = &self.shared;
+        let deferred = lock(&sh.spacemap).deferred_sectors() * SECTOR;
+        (sh.writable_bytes() + deferred).saturating_sub(sh.dirty_bytes.load(Ordering::Acquire))
     }
 
     fn local<'a>(&self, full: &'a str) -> Result<&'a str> {
@@ -726,6 +741,29 @@ impl Pool {
         sh.commit_locked(&mut cs)?;
         drop(cs);
         self.dataset(full)
+    }
+
+    /// Renames a dataset within the pool; its ID (and so NFS handles) stays. Durable on return.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let old = self.local(from)?;
+        let new = self.local(to)?;
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            if ds.values().any(|d| d.name == new) {
+                return Err(Error::AlreadyExists(to.into()));
+            }
+            let d = ds
+                .values_mut()
+                .find(|d| d.name == old)
+                .ok_or_else(|| Error::NotFound(from.into()))?;
+            d.name = new.to_string();
+            *write(&d.vol.name) = new.to_string();
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
     }
 
     /// Sets user properties on a dataset (an empty value removes the key); durable on return.

@@ -33,7 +33,7 @@ fn is_zero(b: &[u8]) -> bool {
 impl Shared {
     /// Whether anything waits to be committed.
     pub(crate) fn has_dirty(&self) -> bool {
-        self.dirty_bytes.load(Ordering::Acquire) > 0
+        self.pending.load(Ordering::Acquire) || self.dirty_bytes.load(Ordering::Acquire) > 0
     }
 
     /// Commits the open txg and waits for it to be durable.
@@ -102,6 +102,7 @@ impl Shared {
             .collect();
         let mut work: Vec<(Arc<Volume>, Arc<DirtyMap>)> = Vec::new();
         let mut reserved = 0u64;
+        self.pending.store(false, Ordering::Release);
         for v in &vols {
             let mut st = lock(&v.state);
             if !st.open.is_empty() {
@@ -312,7 +313,12 @@ impl Shared {
                 .collect();
             self.dev
                 .write_vectored_at(&iov, placed[i].1.offset())
-                .map_err(|e| self.io(&format!("writing data of {}/{}", self.name(), v.name), e))?;
+                .map_err(|e| {
+                    self.io(
+                        &format!("writing data of {}/{}", self.name(), read(&v.name)),
+                        e,
+                    )
+                })?;
             i = j;
         }
         out.extend(placed.into_iter().map(|(idx, p, _)| (idx, p)));

@@ -12,7 +12,7 @@ use crate::pool::{lock, read, Shared};
 use std::collections::{HashMap, HashSet};
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A block's pending contents.
 pub(crate) enum Dirty {
@@ -85,7 +85,8 @@ impl VolumeState {
 /// A volume: identity plus locked state.
 pub(crate) struct Volume {
     pub id: u64,
-    pub name: String,
+    /// Name below the pool; changes on rename.
+    pub name: RwLock<String>,
     pub block_size: u32,
     pub state: Mutex<VolumeState>,
 }
@@ -101,7 +102,7 @@ impl Volume {
     ) -> Self {
         Volume {
             id,
-            name,
+            name: RwLock::new(name),
             block_size,
             state: Mutex::new(VolumeState::unloaded(size, root, used)),
         }
@@ -131,7 +132,7 @@ impl VolumeHandle {
 
     /// Full name, `POOL/NAME`.
     pub fn name(&self) -> String {
-        format!("{}/{}", self.shared.name(), self.vol.name)
+        format!("{}/{}", self.shared.name(), read(&self.vol.name))
     }
 
     /// Permanent dataset ID.
@@ -320,11 +321,52 @@ impl VolumeHandle {
         self.shared.commit().map(|_| ())
     }
 
-    /// Reservation a write of `len` bytes at `offset` needs at most.
-    fn worst_case(&self, offset: u64, len: u64, height: u64) -> u64 {
+    /// Reservation a write of `len` bytes at `offset` needs at most. Zeroing needs space only
+    /// for the partial blocks at either end (whole blocks become holes, which cost nothing).
+    fn worst_case(&self, offset: u64, len: u64, height: u64, data: bool) -> u64 {
         let bs = u64::from(self.vol.block_size);
         let blocks = (offset + len).div_ceil(bs) - offset / bs;
+        if !data {
+            return 2 * (bs + INDIRECT_SIZE as u64 * height);
+        }
         blocks * bs + (blocks / PTRS_PER_INDIRECT as u64 + 2) * INDIRECT_SIZE as u64 * height
+    }
+
+    /// The byte ranges within `offset..offset + len` that hold data rather than holes, merged
+    /// and clipped to the range, counting writes not yet committed. Lets copies skip holes
+    /// without reading them.
+    pub fn data_ranges(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        let bs = u64::from(self.vol.block_size);
+        let st = self.state()?;
+        self.check_range(&st, offset, len)?;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        if len == 0 {
+            return Ok(out);
+        }
+        for idx in offset / bs..(offset + len).div_ceil(bs) {
+            let dirty = st
+                .open
+                .get(&idx)
+                .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)));
+            let data = match dirty {
+                Some(Dirty::Data(_)) => true,
+                Some(Dirty::Zero) => false,
+                None => st
+                    .tree
+                    .as_ref()
+                    .is_some_and(|t| !t.get(idx as usize).is_hole()),
+            };
+            if !data {
+                continue;
+            }
+            let start = (idx * bs).max(offset);
+            let end = ((idx + 1) * bs).min(offset + len);
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == start => last.1 += end - start,
+                _ => out.push((start, end - start)),
+            }
+        }
+        Ok(out)
     }
 
     /// Writes `src` (zeroes when `None`) over the range: whole blocks of zeroes become holes;
@@ -340,7 +382,7 @@ impl VolumeHandle {
         if len == 0 {
             return Ok(());
         }
-        let reserve = self.worst_case(offset, len, height);
+        let reserve = self.worst_case(offset, len, height, src.is_some());
         self.reserve(reserve)?;
         let fill = |dst: &mut [u8], at: usize| match src {
             Some(iov) => iov.copy_out(at, dst),
@@ -367,7 +409,25 @@ impl VolumeHandle {
             let in_block = (pos % bs) as usize;
             let n = (bs - in_block as u64).min(len - at) as usize;
             let fresh = !st.open.contains_key(&idx);
-            if n as u64 == bs {
+            let had_data = matches!(st.open.get(&idx), Some(Dirty::Data(_)));
+            let whole = n as u64 == bs;
+            if whole && src.is_none() {
+                // Only blocks that hold data now need a hole recorded; the rest already read as zero.
+                let data = match st.open.get(&idx) {
+                    Some(Dirty::Data(_)) => true,
+                    Some(Dirty::Zero) => false,
+                    None => match st.syncing.as_ref().and_then(|s| s.get(&idx)) {
+                        Some(d) => matches!(d, Dirty::Data(_)),
+                        None => st
+                            .tree
+                            .as_ref()
+                            .is_some_and(|t| !t.get(idx as usize).is_hole()),
+                    },
+                };
+                if data {
+                    st.open.insert(idx, Dirty::Zero);
+                }
+            } else if whole {
                 let dirty = match src {
                     None => Dirty::Zero,
                     Some(iov) => Dirty::Data(match iov.contiguous(at as usize, n) {
@@ -394,15 +454,19 @@ impl VolumeHandle {
                     }
                 }
             }
-            if fresh {
+            if !had_data && (src.is_some() || !whole) {
                 used += bs;
-                if st.open_l1.insert(idx / PTRS_PER_INDIRECT as u64) {
-                    used += INDIRECT_SIZE as u64 * height;
-                }
+            }
+            if fresh
+                && (src.is_some() || !whole)
+                && st.open_l1.insert(idx / PTRS_PER_INDIRECT as u64)
+            {
+                used += INDIRECT_SIZE as u64 * height;
             }
             at += n as u64;
         }
         st.open_reserved += used;
+        self.shared.pending.store(true, Ordering::Release);
         drop(st);
         drop(_fence);
         self.shared.unreserve(reserve - used);

@@ -192,3 +192,62 @@ fn volumes_survive_reopen_from_a_file() {
         "pool file should stay sparse, uses {blocks} bytes"
     );
 }
+
+#[test]
+fn rename_keeps_the_id_and_the_data() {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(32 << 20));
+    let pool = Pool::create_on(dev.clone(), "tank", config()).expect("create");
+    let id = pool
+        .create_volume("tank/a", 1 << 20, 4096, &BTreeMap::new())
+        .expect("vol")
+        .id;
+    pool.create_volume("tank/b", 1 << 20, 4096, &BTreeMap::new())
+        .expect("vol");
+    let h = pool.volume("tank/a").expect("volume");
+    h.write_at(5, b"kept").expect("write");
+    assert!(pool.rename("tank/a", "tank/b").is_err(), "target exists");
+    pool.rename("tank/a", "tank/x/y").expect("rename");
+    assert_eq!(h.name(), "tank/x/y", "open handles follow the rename");
+    assert!(pool.volume("tank/a").is_err());
+    drop(h);
+    drop(pool);
+    let pool = Pool::open(dev, config()).expect("reopen");
+    let info = pool.dataset("tank/x/y").expect("renamed");
+    assert_eq!(info.id, id);
+    let mut buf = [0u8; 4];
+    pool.volume("tank/x/y")
+        .expect("v")
+        .read_at(5, &mut buf)
+        .expect("read");
+    assert_eq!(&buf, b"kept");
+}
+
+#[test]
+fn data_ranges_skip_holes_and_zeroing_holes_needs_no_space() {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(16 << 20));
+    let pool = Pool::create_on(dev, "tank", config()).expect("create");
+    pool.create_volume("tank/v", 1 << 30, 4096, &BTreeMap::new())
+        .expect("thin volume");
+    let v = pool.volume("tank/v").expect("v");
+    v.write_at(4096 * 3 + 10, &[1u8; 5000]).expect("write");
+    v.write_at(1 << 29, &[2u8; 4096]).expect("write");
+    let want = vec![(4096 * 3, 4096 * 2), (1 << 29, 4096)];
+    assert_eq!(v.data_ranges(0, 1 << 30).expect("ranges"), want);
+    pool.sync().expect("sync");
+    assert_eq!(
+        v.data_ranges(0, 1 << 30).expect("ranges"),
+        want,
+        "same once committed"
+    );
+    assert_eq!(
+        v.data_ranges(4096 * 4 + 7, 100).expect("clipped"),
+        vec![(4096 * 4 + 7, 100)]
+    );
+    // Zeroing all of a 1 GiB volume in a 16 MiB pool is fine: holes cost nothing.
+    assert!(pool.available() < 16 << 20);
+    v.write_zeroes(0, 1 << 30)
+        .expect("zeroing holes needs no data space");
+    pool.sync().expect("sync");
+    assert!(v.data_ranges(0, 1 << 30).expect("ranges").is_empty());
+    assert!(pool.scrub().expect("scrub").is_clean());
+}
