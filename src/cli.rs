@@ -45,6 +45,12 @@ pub enum Command {
     Get(GetArgs),
     /// Set dataset properties (user properties, and volsize).
     Set(SetArgs),
+    /// Run virtual machines whose disks are volumes or raw files.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Export pools over NFSv3.
+    #[command(subcommand)]
+    Nfs(NfsCommand),
 }
 
 /// `tarn pool ...`
@@ -227,6 +233,66 @@ pub struct VolExportArgs {
     pub name: String,
     /// Output: a file (replaced atomically), a block device, or `-` for stdout.
     pub file: PathBuf,
+}
+
+/// `tarn nfs ...`
+#[derive(Debug, Subcommand)]
+pub enum NfsCommand {
+    /// Serve a pool over NFSv3 (MOUNT and portmapper on the same TCP port) until SIGINT/SIGTERM.
+    ///
+    /// Volumes are files holding their raw image, nested dataset names are directories.
+    /// Clients mount `/POOL`, e.g. `nfs://HOST/POOL?version=3&nfsport=PORT&mountport=PORT`.
+    Serve(NfsServeArgs),
+}
+
+/// `tarn nfs serve`
+#[derive(Debug, Args)]
+pub struct NfsServeArgs {
+    /// Pool name.
+    pub pool: String,
+    /// Address and port to listen on (port 0 picks a free one; the first line printed says which).
+    #[arg(long, default_value = "127.0.0.1:2049")]
+    pub listen: String,
+    /// Refuse every change.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Accept connections only from these addresses or CIDR ranges (repeatable); default: all.
+    #[arg(long = "allow", value_parser = clap::value_parser!(nfs::Cidr))]
+    pub allow: Vec<nfs::Cidr>,
+}
+
+/// `tarn vm ...`
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Boot a Linux kernel; exits 0 when the guest powers off, 10 when it reboots.
+    Run(VmRunArgs),
+}
+
+/// `tarn vm run`
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    /// Linux bzImage or ELF vmlinux.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initramfs.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// Guest memory (e.g. 512M).
+    #[arg(long, value_parser = size_arg, default_value = "512M")]
+    pub mem: u64,
+    /// A disk, `SPEC[,ro]` (repeatable, in vda, vdb... order): an absolute or `./` path is a
+    /// raw file or block device, anything else `POOL/VOL`.
+    #[arg(long = "disk")]
+    pub disks: Vec<String>,
+    /// Write the serial console to this file instead of stdout.
+    #[arg(long)]
+    pub console: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -100,12 +100,14 @@ impl BlockTree {
         self.dirty.iter().any(|d| !d.is_empty())
     }
 
-    /// Rewrites every dirty indirect block bottom-up. `write` places a block and returns its
-    /// pointer; `free` receives each replaced indirect block.
+    /// Rewrites every dirty indirect block bottom-up in `txg`. `write` places a block and
+    /// returns its pointer; `free` receives each replaced indirect block with its level. An
+    /// indirect block whose children are all holes becomes a hole born in `txg`.
     pub fn sync(
         &mut self,
+        txg: u64,
         mut write: impl FnMut(&[u8]) -> Result<BlockPtr>,
-        mut free: impl FnMut(BlockPtr),
+        mut free: impl FnMut(BlockPtr, u8),
     ) -> Result<()> {
         for k in 1..self.levels.len() {
             let dirty = std::mem::take(&mut self.dirty[k]);
@@ -115,14 +117,12 @@ impl BlockTree {
                 let end = (start + PTRS_PER_INDIRECT).min(below.len());
                 let children = &below[start.min(end)..end];
                 let new = if children.iter().all(BlockPtr::is_hole) {
-                    BlockPtr::HOLE
+                    BlockPtr::hole(txg)
                 } else {
                     write(&encode_indirect(children))?
                 };
                 let old = std::mem::replace(&mut self.levels[k][i], new);
-                if !old.is_hole() {
-                    free(old);
-                }
+                free(old, k as u8);
                 if k + 1 < self.levels.len() {
                     self.dirty[k + 1].insert(i / PTRS_PER_INDIRECT);
                 }
@@ -132,17 +132,15 @@ impl BlockTree {
     }
 
     /// Changes the number of data blocks. Dropped data blocks and every indirect block go to
-    /// `free`; the whole upper tree is rewritten at the next sync.
-    pub fn resize(&mut self, nblocks: usize, mut free: impl FnMut(BlockPtr)) {
+    /// `free` with their level; the whole upper tree is rewritten at the next sync.
+    pub fn resize(&mut self, nblocks: usize, mut free: impl FnMut(BlockPtr, u8)) {
         let mut data = std::mem::take(&mut self.levels[0]);
         if nblocks < data.len() {
-            data.drain(nblocks..)
-                .filter(|p| !p.is_hole())
-                .for_each(&mut free);
+            data.drain(nblocks..).for_each(|p| free(p, 0));
         }
         data.resize(nblocks, BlockPtr::HOLE);
-        for level in &self.levels[1..] {
-            level.iter().filter(|p| !p.is_hole()).for_each(|p| free(*p));
+        for (k, level) in self.levels.iter().enumerate().skip(1) {
+            level.iter().for_each(|p| free(*p, k as u8));
         }
         *self = Self::empty(nblocks);
         self.levels[0] = data;
@@ -160,6 +158,58 @@ impl BlockTree {
             }
         }
     }
+}
+
+/// Visits every pointer (holes included) of the tree under `root` whose birth is after
+/// `after`, top-down: `visit(level, first_block, ptr)`. Subtrees born at or before `after` are
+/// skipped unread — the cost follows what changed since then, not the size. `read` fetches and
+/// verifies an indirect block.
+pub fn walk_born_after(
+    root: BlockPtr,
+    nblocks: usize,
+    after: u64,
+    read: &mut dyn FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
+    visit: &mut dyn FnMut(usize, u64, &BlockPtr) -> Result<()>,
+) -> Result<()> {
+    fn go(
+        p: &BlockPtr,
+        level: usize,
+        first: u64,
+        nblocks: u64,
+        after: u64,
+        read: &mut dyn FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
+        visit: &mut dyn FnMut(usize, u64, &BlockPtr) -> Result<()>,
+    ) -> Result<()> {
+        if p.birth <= after {
+            return Ok(());
+        }
+        visit(level, first, p)?;
+        if level == 0 || p.is_hole() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; INDIRECT_SIZE];
+        read(p, &mut buf)?;
+        let mut kids = vec![BlockPtr::HOLE; PTRS_PER_INDIRECT];
+        decode_indirect(&buf, &mut kids)?;
+        let span = (PTRS_PER_INDIRECT as u64).pow(level as u32 - 1);
+        for (i, k) in kids.iter().enumerate() {
+            let start = first + i as u64 * span;
+            if start >= nblocks {
+                break;
+            }
+            go(k, level - 1, start, nblocks, after, read, visit)?;
+        }
+        Ok(())
+    }
+    go(
+        &root,
+        height_for(nblocks),
+        0,
+        nblocks as u64,
+        after,
+        read,
+        visit,
+    )
 }
 
 #[cfg(test)]
@@ -194,6 +244,7 @@ mod tests {
         }
         let mut freed = vec![];
         t.sync(
+            2,
             |b| {
                 next += 4;
                 store.insert(next, b.to_vec());
@@ -204,10 +255,10 @@ mod tests {
                     checksum: 0,
                 })
             },
-            |p| freed.push(p),
+            |p, _| freed.push(p),
         )
         .unwrap();
-        assert!(freed.is_empty() && !t.is_dirty());
+        assert!(freed.iter().all(|p| p.is_hole()) && !t.is_dirty());
         let l = BlockTree::load(t.root(), 2000, |p, buf| {
             buf.copy_from_slice(&store[&p.sector]);
             Ok(())
@@ -225,9 +276,9 @@ mod tests {
         let mut t = BlockTree::empty(1000);
         t.set(10, ptr(1));
         t.set(900, ptr(2));
-        t.sync(|_| Ok(ptr(50)), |_| {}).unwrap();
+        t.sync(2, |_| Ok(ptr(50)), |_, _| {}).unwrap();
         let mut freed = vec![];
-        t.resize(100, |p| freed.push(p));
+        t.resize(100, |p, _| freed.push(p));
         assert!(freed.contains(&ptr(2)) && !freed.contains(&ptr(1)));
         assert_eq!(t.get(10), ptr(1));
         assert!(t.is_dirty());

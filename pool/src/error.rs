@@ -104,6 +104,19 @@ pub enum Error {
     /// An earlier device error stopped the pool from accepting writes.
     #[error("pool {0} stopped accepting writes after an I/O error; export and re-import it (reopen) to continue")]
     Poisoned(String),
+    /// The dataset refuses writes (a snapshot).
+    #[error("{0} is a snapshot and cannot be modified")]
+    ReadOnly(String),
+    /// Other datasets depend on this one.
+    #[error("cannot {action} {name}: {reason}")]
+    HasDependents {
+        /// What was refused.
+        action: String,
+        /// The dataset.
+        name: String,
+        /// Which dependents, and what to do.
+        reason: String,
+    },
     /// The dataset was destroyed while a handle to it was still open.
     #[error("{0} was destroyed")]
     Destroyed(String),
@@ -122,7 +135,8 @@ impl Error {
             Error::NotFound(_) | Error::Destroyed(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::InvalidName { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidInput,
-            Error::InUse { .. } => ErrorKind::Busy,
+            Error::InUse { .. } | Error::HasDependents { .. } => ErrorKind::Busy,
+            Error::ReadOnly(_) => ErrorKind::ReadOnly,
         }
     }
 

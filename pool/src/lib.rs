@@ -16,6 +16,8 @@
 //! ```
 
 mod blocktree;
+mod datasets;
+mod deadlist;
 pub mod device;
 mod error;
 mod iov;
@@ -25,6 +27,7 @@ pub mod phys;
 mod pool;
 pub mod request;
 mod scrub;
+mod snapshot;
 pub mod spacemap;
 mod txg;
 mod volume;
@@ -34,4 +37,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use phys::DatasetKind;
 pub use pool::{DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE};
 pub use scrub::{ScrubError, ScrubReport};
+pub use snapshot::Recursion;
 pub use volume::VolumeHandle;

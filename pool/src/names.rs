@@ -69,6 +69,24 @@ pub fn split_dataset_name(full: &str) -> Result<(&str, &str)> {
     Ok((pool, rest))
 }
 
+/// Splits `POOL/a/b` or `POOL/a/b@snap` into (`POOL`, `a/b` or `a/b@snap`), checking each part.
+pub fn split_any_name(full: &str) -> Result<(&str, &str)> {
+    match full.split_once('@') {
+        None => split_dataset_name(full),
+        Some((head, snap)) => {
+            let (pool, _) = split_dataset_name(head)?;
+            check_component(full, snap)?;
+            if snap.contains('/') {
+                return Err(Error::InvalidName {
+                    name: full.into(),
+                    reason: "a snapshot name has no '/'".into(),
+                });
+            }
+            Ok((pool, &full[pool.len() + 1..]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +109,17 @@ mod tests {
             assert!(split_dataset_name(bad).is_err(), "{bad}");
         }
         assert!(check_pool_name("tank-2").is_ok());
+        assert_eq!(split_any_name("tank/a/b@s1").unwrap(), ("tank", "a/b@s1"));
+        assert_eq!(split_any_name("tank/a").unwrap(), ("tank", "a"));
+        for bad in [
+            "tank/a@",
+            "tank/a@b@c",
+            "tank@s",
+            "tank/a@s/x",
+            "tank/a@s p",
+        ] {
+            assert!(split_any_name(bad).is_err(), "{bad}");
+        }
         assert!(check_pool_name("-tank").is_err());
     }
 }

@@ -169,13 +169,21 @@ impl BlockPtr {
     /// Largest block: sectors is a 16-bit field.
     pub const MAX_SECTORS: u32 = 0xffff;
 
-    /// The hole pointer.
+    /// The hole that was never written.
     pub const HOLE: BlockPtr = BlockPtr {
         sector: 0,
         sectors: 0,
         birth: 0,
         checksum: 0,
     };
+
+    /// A hole made in `birth` (data zeroed or discarded then), so incremental walks see it.
+    pub fn hole(birth: u64) -> BlockPtr {
+        BlockPtr {
+            birth,
+            ..BlockPtr::HOLE
+        }
+    }
 
     /// Whether this is a hole.
     pub fn is_hole(&self) -> bool {
@@ -212,9 +220,9 @@ impl BlockPtr {
             birth: d.u64()?,
             checksum: d.u128()?,
         };
-        if p.is_hole() && (p.sector != 0 || p.birth != 0 || p.checksum != 0) {
+        if p.is_hole() && (p.sector != 0 || p.checksum != 0) {
             return Err(Error::Corrupt(
-                "a hole block pointer carries non-zero fields".into(),
+                "a hole block pointer carries a location or checksum".into(),
             ));
         }
         Ok(p)
@@ -396,6 +404,8 @@ pub enum DatasetKind {
     Volume,
     /// A filesystem (reserved; not implemented yet).
     Filesystem,
+    /// A read-only, frozen image of a volume at one txg.
+    Snapshot,
 }
 
 impl DatasetKind {
@@ -403,12 +413,14 @@ impl DatasetKind {
         match self {
             DatasetKind::Volume => 1,
             DatasetKind::Filesystem => 2,
+            DatasetKind::Snapshot => 3,
         }
     }
     fn from_code(c: u8) -> Result<Self> {
         match c {
             1 => Ok(DatasetKind::Volume),
             2 => Ok(DatasetKind::Filesystem),
+            3 => Ok(DatasetKind::Snapshot),
             _ => Err(Error::Corrupt(format!(
                 "dataset directory names unknown dataset type {c}"
             ))),
@@ -416,29 +428,96 @@ impl DatasetKind {
     }
 }
 
-/// One dataset's directory entry.
+/// One dataset's directory entry (volumes and snapshots alike).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatasetPhys {
     /// Permanent ID, never reused within a pool.
     pub id: u64,
     /// Type.
     pub kind: DatasetKind,
-    /// Name below the pool (`a/b` for `POOL/a/b`).
+    /// Volumes: the name below the pool (`a/b` for `POOL/a/b`). Snapshots: the part after `@`.
     pub name: String,
-    /// Txg that created it.
+    /// Random identity kept by send/receive (incremental streams name their base by it).
+    pub guid: u64,
+    /// Snapshots: the ID of their volume. Volumes: the snapshot they were cloned from, or 0.
+    pub parent: u64,
+    /// Volumes: the txg that created them. Snapshots: the txg they freeze (every block born at
+    /// or before it and reachable from `root`).
     pub creation_txg: u64,
     /// Creation time, seconds since the Unix epoch.
     pub creation_time: u64,
-    /// Logical size in bytes (volumes).
+    /// Logical size in bytes.
     pub size: u64,
-    /// Block size in bytes (volumes).
+    /// Block size in bytes.
     pub block_size: u32,
     /// Root of the block tree.
     pub root: BlockPtr,
-    /// Sectors of data and indirect blocks this dataset references.
-    pub used_sectors: u64,
+    /// Sectors of data blocks reachable from `root`.
+    pub referenced: u64,
+    /// Sectors of data blocks reachable from `root` born after the previous snapshot (or the
+    /// origin).
+    pub written: u64,
+    /// Volumes: txg of the latest snapshot or the origin (blocks born at or before it are shared
+    /// and go to the deadlist when replaced). Snapshots: 0.
+    pub prev_snap_txg: u64,
+    /// Newest block of the deadlist chain (hole when empty).
+    pub deadlist: BlockPtr,
+    /// Entries in the deadlist chain.
+    pub deadlist_count: u64,
+    /// Snapshot holds (tags), sorted.
+    pub holds: Vec<String>,
     /// User properties, sorted by key.
     pub props: Vec<(String, String)>,
+}
+
+/// One deadlist entry: a block the next dataset no longer references but an older snapshot does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadEntry {
+    /// The block.
+    pub ptr: BlockPtr,
+    /// 0 for a data block, 1 and up for indirect blocks.
+    pub level: u8,
+}
+
+impl DeadEntry {
+    /// Encoded size.
+    pub const SIZE: usize = 40;
+}
+
+/// Header bytes of a deadlist block: previous block pointer, entry count, reserved.
+pub const DEADLIST_HEADER: usize = 64;
+/// Entries per deadlist block at most (a block is at most 64 KiB).
+pub const DEADLIST_MAX_ENTRIES: usize = (65536 - DEADLIST_HEADER) / DeadEntry::SIZE;
+
+/// Encodes a deadlist block holding `entries` and linking to the older block `prev`.
+pub fn encode_deadlist_block(prev: &BlockPtr, entries: &[DeadEntry]) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.ptr(prev).u32(entries.len() as u32).bytes(&[0; 28]);
+    for d in entries {
+        e.ptr(&d.ptr).u8(d.level).bytes(&[0; 7]);
+    }
+    let mut b = e.0;
+    b.resize(b.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+    b
+}
+
+/// Decodes a deadlist block: (older block, entries).
+pub fn decode_deadlist_block(b: &[u8]) -> Result<(BlockPtr, Vec<DeadEntry>)> {
+    let mut d = Dec::new(b, "deadlist block");
+    let prev = d.ptr()?;
+    let n = d.u32()? as usize;
+    d.take(28)?;
+    if n > DEADLIST_MAX_ENTRIES {
+        return Err(Error::Corrupt(format!("deadlist block claims {n} entries")));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ptr = d.ptr()?;
+        let level = d.u8()?;
+        d.take(7)?;
+        out.push(DeadEntry { ptr, level });
+    }
+    Ok((prev, out))
 }
 
 /// The meta block: everything the uberblock roots.
@@ -469,13 +548,23 @@ impl MetaPhys {
             e.u64(d.id)
                 .u8(d.kind.code())
                 .str(&d.name)
+                .u64(d.guid)
+                .u64(d.parent)
                 .u64(d.creation_txg)
                 .u64(d.creation_time)
                 .u64(d.size)
                 .u32(d.block_size)
                 .ptr(&d.root)
-                .u64(d.used_sectors)
-                .u32(d.props.len() as u32);
+                .u64(d.referenced)
+                .u64(d.written)
+                .u64(d.prev_snap_txg)
+                .ptr(&d.deadlist)
+                .u64(d.deadlist_count)
+                .u16(d.holds.len() as u16);
+            for h in &d.holds {
+                e.str(h);
+            }
+            e.u32(d.props.len() as u32);
             for (k, v) in &d.props {
                 e.str(k).str(v);
             }
@@ -513,27 +602,50 @@ impl MetaPhys {
             let id = d.u64()?;
             let kind = DatasetKind::from_code(d.u8()?)?;
             let name = d.str()?;
+            let guid = d.u64()?;
+            let parent = d.u64()?;
             let creation_txg = d.u64()?;
             let creation_time = d.u64()?;
             let size = d.u64()?;
             let block_size = d.u32()?;
             let root = d.ptr()?;
-            let used_sectors = d.u64()?;
+            let referenced = d.u64()?;
+            let written = d.u64()?;
+            let prev_snap_txg = d.u64()?;
+            let deadlist = d.ptr()?;
+            let deadlist_count = d.u64()?;
+            let nh = d.u16()?;
+            let holds = (0..nh).map(|_| d.str()).collect::<Result<Vec<_>>>()?;
             let np = d.u32()?;
             let mut props = Vec::new();
             for _ in 0..np {
                 props.push((d.str()?, d.str()?));
             }
+            if block_size < 4096
+                || !block_size.is_power_of_two()
+                || size % u64::from(block_size) != 0
+            {
+                return Err(Error::Corrupt(format!(
+                    "meta block: dataset {id} has block size {block_size} and size {size}"
+                )));
+            }
             datasets.push(DatasetPhys {
                 id,
                 kind,
                 name,
+                guid,
+                parent,
                 creation_txg,
                 creation_time,
                 size,
                 block_size,
                 root,
-                used_sectors,
+                referenced,
+                written,
+                prev_snap_txg,
+                deadlist,
+                deadlist_count,
+                holds,
                 props,
             });
         }
@@ -587,8 +699,11 @@ mod tests {
         };
         assert_eq!(BlockPtr::from_bytes(&p.to_bytes()).unwrap(), p);
         assert!(BlockPtr::from_bytes(&[0; 32]).unwrap().is_hole());
+        let mut born = [0u8; 32];
+        born[9] = 1;
+        assert_eq!(BlockPtr::from_bytes(&born).unwrap(), BlockPtr::hole(256));
         let mut bad = [0u8; 32];
-        bad[9] = 1;
+        bad[20] = 1;
         assert!(BlockPtr::from_bytes(&bad).is_err());
     }
 
@@ -620,14 +735,38 @@ mod tests {
     }
 
     #[test]
+    fn deadlist_blocks_round_trip() {
+        let e = DeadEntry {
+            ptr: BlockPtr {
+                sector: 9,
+                sectors: 2,
+                birth: 4,
+                checksum: 5,
+            },
+            level: 1,
+        };
+        let prev = BlockPtr {
+            sector: 77,
+            sectors: 1,
+            birth: 3,
+            checksum: 8,
+        };
+        let b = encode_deadlist_block(&prev, &[e, e]);
+        assert_eq!(b.len(), 4096);
+        assert_eq!(decode_deadlist_block(&b).unwrap(), (prev, vec![e, e]));
+    }
+
+    #[test]
     fn meta_round_trips() {
         let m = MetaPhys {
             txg: 3,
             next_dataset_id: 9,
             datasets: vec![DatasetPhys {
                 id: 4,
-                kind: DatasetKind::Volume,
+                kind: DatasetKind::Snapshot,
                 name: "a/b".into(),
+                guid: 0x1234,
+                parent: 2,
                 creation_txg: 2,
                 creation_time: 77,
                 size: 1 << 20,
@@ -638,7 +777,17 @@ mod tests {
                     birth: 3,
                     checksum: 99,
                 },
-                used_sectors: 12,
+                referenced: 12,
+                written: 5,
+                prev_snap_txg: 1,
+                deadlist: BlockPtr {
+                    sector: 200,
+                    sectors: 1,
+                    birth: 3,
+                    checksum: 7,
+                },
+                deadlist_count: 9,
+                holds: vec!["keep".into()],
                 props: vec![("k".into(), "v=1".into())],
             }],
             deferred: vec![(2, vec![(50, 4), (70, 1)])],

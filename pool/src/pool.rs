@@ -1,17 +1,18 @@
 //! An open pool: creation, import, the dataset directory and its administrative operations.
 
 use crate::blocktree::BlockTree;
+use crate::deadlist::Deadlist;
 use crate::device::{Device, FileDevice};
 use crate::error::{Error, Result};
 use crate::lock::{lock_exclusive, LockError};
-use crate::names::{check_pool_name, split_dataset_name};
+use crate::names::check_pool_name;
 use crate::phys::{
     checksum, BlockPtr, DatasetKind, LabelPhys, MetaPhys, UberblockPhys, LABEL_OFFSETS,
     RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::spacemap::SpaceMap;
-use crate::volume::{Volume, VolumeHandle, VolumeState};
-use std::collections::BTreeMap;
+use crate::volume::{StateInit, Volume, VolumeState};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
@@ -64,9 +65,15 @@ pub(crate) fn now_secs() -> u64 {
 /// One dataset in the resident directory.
 pub(crate) struct DatasetEntry {
     pub kind: DatasetKind,
+    /// Name below the pool: `a/b`, or `a/b@snap` for a snapshot.
     pub name: String,
+    pub guid: u64,
+    /// Snapshots: their volume's ID. Volumes: the origin snapshot's ID, 0 for none.
+    pub parent: u64,
+    /// Volumes: the creating txg. Snapshots: the txg they freeze.
     pub creation_txg: u64,
     pub creation_time: u64,
+    pub holds: BTreeSet<String>,
     pub props: BTreeMap<String, String>,
     pub vol: Arc<Volume>,
 }
@@ -265,13 +272,16 @@ pub struct PoolInfo {
     pub datasets: usize,
 }
 
-/// Facts about one dataset.
+/// Facts about one dataset. Space is in bytes of data blocks (metadata — indirect blocks,
+/// deadlists, the directory — is the pool's overhead, shown by `PoolInfo::allocated`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DatasetInfo {
-    /// Full name, `POOL/a/b`.
+    /// Full name, `POOL/a/b` or `POOL/a/b@snap`.
     pub name: String,
     /// Permanent ID.
     pub id: u64,
+    /// Identity kept by send/receive.
+    pub guid: u64,
     /// Type.
     #[serde(rename = "type")]
     pub kind: DatasetKind,
@@ -279,9 +289,22 @@ pub struct DatasetInfo {
     pub size: u64,
     /// Block size, bytes.
     pub block_size: u32,
-    /// Bytes of data and indirect blocks it references (committed state).
+    /// Data it references (shared or not).
+    pub referenced: u64,
+    /// Data born since the previous snapshot (or the origin).
+    pub written: u64,
+    /// Space destroying it would free: for a volume its unique data plus `usedbysnapshots`;
+    /// for a snapshot the data only it references.
     pub used: u64,
-    /// Creation txg.
+    /// Volumes: space its snapshots hold that the volume no longer references.
+    pub usedbysnapshots: u64,
+    /// Volumes cloned from a snapshot: that snapshot's full name.
+    pub origin: Option<String>,
+    /// Snapshots: the volumes cloned from it.
+    pub clones: Vec<String>,
+    /// Snapshots: hold tags.
+    pub holds: Vec<String>,
+    /// Creation txg (snapshots: the txg they freeze).
     pub creation_txg: u64,
     /// Creation time, seconds since the Unix epoch.
     pub creation_time: u64,
@@ -496,23 +519,46 @@ impl Pool {
         }
         sm.recount();
         sm.set_deferred(&meta.deferred);
+        let heads: BTreeMap<u64, &str> = meta
+            .datasets
+            .iter()
+            .filter(|d| d.kind != DatasetKind::Snapshot)
+            .map(|d| (d.id, d.name.as_str()))
+            .collect();
         let mut datasets = BTreeMap::new();
         for d in &meta.datasets {
-            let vol = Arc::new(Volume::new(
-                d.id,
-                d.name.clone(),
-                d.block_size,
-                d.size,
-                d.root,
-                d.used_sectors,
-            ));
+            let name = match d.kind {
+                DatasetKind::Snapshot => {
+                    let head = heads.get(&d.parent).ok_or_else(|| {
+                        Error::Corrupt(format!(
+                            "snapshot {} (id {}) belongs to missing volume {}",
+                            d.name, d.id, d.parent
+                        ))
+                    })?;
+                    format!("{head}@{}", d.name)
+                }
+                _ => d.name.clone(),
+            };
+            let init = StateInit {
+                size: d.size,
+                root: d.root,
+                referenced: d.referenced,
+                written: d.written,
+                prev_snap_txg: d.prev_snap_txg,
+                deadlist: Deadlist::persisted(d.deadlist, d.deadlist_count),
+                read_only: d.kind == DatasetKind::Snapshot,
+            };
+            let vol = Arc::new(Volume::new(d.id, name.clone(), d.block_size, init));
             datasets.insert(
                 d.id,
                 DatasetEntry {
                     kind: d.kind,
-                    name: d.name.clone(),
+                    name,
+                    guid: d.guid,
+                    parent: d.parent,
                     creation_txg: d.creation_txg,
                     creation_time: d.creation_time,
+                    holds: d.holds.iter().cloned().collect(),
                     props: d.props.iter().cloned().collect(),
                     vol,
                 },
@@ -619,222 +665,6 @@ impl Pool {
         (sh.writable_bytes() + deferred).saturating_sub(sh.dirty_bytes.load(Ordering::Acquire))
     }
 
-    fn local<'a>(&self, full: &'a str) -> Result<&'a str> {
-        let (pool, rest) = split_dataset_name(full)?;
-        if pool != self.name() {
-            return Err(Error::NotFound(format!(
-                "{full} (this pool is {})",
-                self.name()
-            )));
-        }
-        Ok(rest)
-    }
-
-    /// Creates a volume `POOL/NAME` of `size` bytes (rounded up to the block size); durable on return.
-    pub fn create_volume(
-        &self,
-        full: &str,
-        size: u64,
-        block_size: u32,
-        props: &BTreeMap<String, String>,
-    ) -> Result<DatasetInfo> {
-        let rest = self.local(full)?;
-        if !block_size.is_power_of_two()
-            || block_size < BLOCK_SIZE_RANGE.0
-            || block_size > BLOCK_SIZE_RANGE.1
-        {
-            return Err(Error::InvalidArgument(format!(
-                "block size {block_size} is not a power of two from {} to {}",
-                BLOCK_SIZE_RANGE.0, BLOCK_SIZE_RANGE.1
-            )));
-        }
-        let size = round_size(size, block_size)?;
-        props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
-        let sh = &self.shared;
-        sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        {
-            let mut ds = write(&sh.datasets);
-            if ds.values().any(|d| d.name == rest) {
-                return Err(Error::AlreadyExists(full.into()));
-            }
-            let id = cs.next_id;
-            cs.next_id += 1;
-            let vol = Arc::new(Volume::new(
-                id,
-                rest.into(),
-                block_size,
-                size,
-                BlockPtr::HOLE,
-                0,
-            ));
-            *lock(&vol.state) = VolumeState::new_empty(size, block_size);
-            ds.insert(
-                id,
-                DatasetEntry {
-                    kind: DatasetKind::Volume,
-                    name: rest.into(),
-                    creation_txg: cs.txg + 1,
-                    creation_time: now_secs(),
-                    props: props.clone(),
-                    vol,
-                },
-            );
-        }
-        sh.commit_locked(&mut cs)?;
-        drop(cs);
-        self.dataset(full)
-    }
-
-    /// Destroys a dataset and frees its blocks; durable on return.
-    pub fn destroy(&self, full: &str) -> Result<()> {
-        let rest = self.local(full)?;
-        let sh = &self.shared;
-        sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        let txg = cs.txg + 1;
-        let vol = sh.find(rest).ok_or_else(|| Error::NotFound(full.into()))?;
-        {
-            let mut st = lock(&vol.state);
-            let tree = match st.tree.take() {
-                Some(t) => t,
-                None => sh.load_tree(&vol, &st)?,
-            };
-            let mut sm = lock(&sh.spacemap);
-            tree.for_each_ptr(|_, _, p| sm.free_deferred(txg, p.sector, u64::from(p.sectors)));
-            sh.unreserve(st.drop_dirty());
-            st.destroyed = true;
-        }
-        write(&sh.datasets).remove(&vol.id);
-        sh.commit_locked(&mut cs)?;
-        Ok(())
-    }
-
-    /// Changes a volume's size (rounded up to its block size); shrinking discards the tail.
-    pub fn resize_volume(&self, full: &str, size: u64) -> Result<DatasetInfo> {
-        let rest = self.local(full)?;
-        let sh = &self.shared;
-        sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        let txg = cs.txg + 1;
-        let vol = sh.find(rest).ok_or_else(|| Error::NotFound(full.into()))?;
-        let size = round_size(size, vol.block_size)?;
-        {
-            let mut st = lock(&vol.state);
-            if st.tree.is_none() {
-                st.tree = Some(sh.load_tree(&vol, &st)?);
-            }
-            let nblocks = (size / u64::from(vol.block_size)) as usize;
-            let mut sm = lock(&sh.spacemap);
-            let mut freed = 0u64;
-            if let Some(t) = st.tree.as_mut() {
-                t.resize(nblocks, |p| {
-                    freed += u64::from(p.sectors);
-                    sm.free_deferred(txg, p.sector, u64::from(p.sectors));
-                });
-            }
-            st.used_sectors -= freed;
-            let released = st.truncate_dirty(nblocks as u64, vol.block_size);
-            sh.unreserve(released);
-            st.size = size;
-        }
-        sh.commit_locked(&mut cs)?;
-        drop(cs);
-        self.dataset(full)
-    }
-
-    /// Renames a dataset within the pool; its ID (and so NFS handles) stays. Durable on return.
-    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let old = self.local(from)?;
-        let new = self.local(to)?;
-        let sh = &self.shared;
-        sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        {
-            let mut ds = write(&sh.datasets);
-            if ds.values().any(|d| d.name == new) {
-                return Err(Error::AlreadyExists(to.into()));
-            }
-            let d = ds
-                .values_mut()
-                .find(|d| d.name == old)
-                .ok_or_else(|| Error::NotFound(from.into()))?;
-            d.name = new.to_string();
-            *write(&d.vol.name) = new.to_string();
-        }
-        sh.commit_locked(&mut cs)?;
-        Ok(())
-    }
-
-    /// Sets user properties on a dataset (an empty value removes the key); durable on return.
-    pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
-        let rest = self.local(full)?;
-        props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
-        let sh = &self.shared;
-        sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        {
-            let mut ds = write(&sh.datasets);
-            let d = ds
-                .values_mut()
-                .find(|d| d.name == rest)
-                .ok_or_else(|| Error::NotFound(full.into()))?;
-            for (k, v) in props {
-                if v.is_empty() {
-                    d.props.remove(k);
-                } else {
-                    d.props.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        sh.commit_locked(&mut cs)?;
-        Ok(())
-    }
-
-    /// One dataset's facts.
-    pub fn dataset(&self, full: &str) -> Result<DatasetInfo> {
-        let rest = self.local(full)?;
-        let ds = read(&self.shared.datasets);
-        let d = ds
-            .values()
-            .find(|d| d.name == rest)
-            .ok_or_else(|| Error::NotFound(full.into()))?;
-        Ok(self.describe(d))
-    }
-
-    fn describe(&self, d: &DatasetEntry) -> DatasetInfo {
-        let st = lock(&d.vol.state);
-        DatasetInfo {
-            name: format!("{}/{}", self.name(), d.name),
-            id: d.vol.id,
-            kind: d.kind,
-            size: st.size,
-            block_size: d.vol.block_size,
-            used: st.used_sectors * SECTOR,
-            creation_txg: d.creation_txg,
-            creation_time: d.creation_time,
-            props: d.props.clone(),
-        }
-    }
-
-    /// Every dataset, by name.
-    pub fn datasets(&self) -> Vec<DatasetInfo> {
-        let ds = read(&self.shared.datasets);
-        let mut v: Vec<DatasetInfo> = ds.values().map(|d| self.describe(d)).collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
-    }
-
-    /// Opens a volume for I/O.
-    pub fn volume(&self, full: &str) -> Result<VolumeHandle> {
-        let rest = self.local(full)?;
-        let vol = self
-            .shared
-            .find(rest)
-            .ok_or_else(|| Error::NotFound(full.into()))?;
-        Ok(VolumeHandle::new(self.shared.clone(), vol))
-    }
-
     /// Commits anything written and closes the pool, reporting any error the final commit
     /// hits. A pool that was only read is left byte-for-byte unchanged.
     pub fn close(mut self) -> Result<()> {
@@ -893,41 +723,4 @@ fn sync_loop(weak: Weak<Shared>, every: Duration) {
         }
         sh.throttle.1.notify_all();
     }
-}
-
-fn round_size(size: u64, block_size: u32) -> Result<u64> {
-    if size == 0 {
-        return Err(Error::InvalidArgument(
-            "a volume size must be greater than zero".into(),
-        ));
-    }
-    let bs = u64::from(block_size);
-    let blocks = size.div_ceil(bs);
-    if blocks > (1 << 40) {
-        return Err(Error::InvalidArgument(format!(
-            "volume size {size} is too large"
-        )));
-    }
-    Ok(blocks * bs)
-}
-
-/// Checks a user property: the key's characters and length, the value's length.
-fn check_prop(k: &str, v: &str) -> Result<()> {
-    if k.is_empty()
-        || k.len() > 255
-        || !k
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "property name '{k}' must be 1-255 letters, digits, '_', '.', ':' or '-'"
-        )));
-    }
-    if v.len() > MAX_PROP_VALUE {
-        return Err(Error::InvalidArgument(format!(
-            "property {k}: value of {} bytes is longer than {MAX_PROP_VALUE}",
-            v.len()
-        )));
-    }
-    Ok(())
 }

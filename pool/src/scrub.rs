@@ -1,11 +1,12 @@
-//! Scrub: read every committed block, verify its checksum, and cross-check the allocator and
-//! space accounting against what the trees actually reference (the pool's `zdb`).
+//! Scrub: read every committed block, verify its checksum, and cross-check the allocator, the
+//! deadlists and space accounting against what the trees actually reference (the pool's `zdb`).
+//! Blocks shared by snapshots and clones are read once.
 
 use crate::blocktree::height_for;
 use crate::error::Result;
-use crate::phys::{decode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
+use crate::phys::{decode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT};
 use crate::pool::{lock, read, Pool};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// One problem found by a scrub.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -39,15 +40,24 @@ impl ScrubReport {
 struct Walk<'a> {
     pool: &'a Pool,
     report: ScrubReport,
-    seen: HashSet<u64>,
-    referenced: u64,
+    /// Every tree block seen: its pointer and the data sectors below it.
+    seen: HashMap<u64, (BlockPtr, u64)>,
+    /// Sectors claimed by anything (trees, deadlist chains, the meta block).
+    claimed: HashSet<u64>,
 }
 
 impl Walk<'_> {
+    fn err(&mut self, dataset: &str, offset: Option<u64>, message: String) {
+        self.report.errors.push(ScrubError {
+            dataset: dataset.into(),
+            offset,
+            message,
+        });
+    }
+
+    /// Claims a block's sectors: each must be allocated and claimed once.
     fn claim(&mut self, dataset: &str, p: &BlockPtr) {
-        self.referenced += u64::from(p.sectors);
-        let sm = lock(&self.pool.shared.spacemap);
-        if !sm.is_allocated(p.sector, u64::from(p.sectors)) {
+        if !lock(&self.pool.shared.spacemap).is_allocated(p.sector, u64::from(p.sectors)) {
             self.err(
                 dataset,
                 None,
@@ -57,25 +67,16 @@ impl Walk<'_> {
                 ),
             );
         }
-        drop(sm);
         for s in p.sector..p.sector + u64::from(p.sectors) {
-            if !self.seen.insert(s) {
+            if !self.claimed.insert(s) {
                 self.err(dataset, None, format!("sector {s} is referenced twice"));
                 break;
             }
         }
     }
 
-    fn err(&mut self, dataset: &str, offset: Option<u64>, message: String) {
-        self.report.errors.push(ScrubError {
-            dataset: dataset.into(),
-            offset,
-            message,
-        });
-    }
-
     /// Walks the subtree under `p` (at `level`; 0 = data) covering data blocks from `first`.
-    /// Returns the sectors it references.
+    /// Returns the data sectors it references.
     fn walk(
         &mut self,
         dataset: &str,
@@ -86,6 +87,20 @@ impl Walk<'_> {
         bs: u64,
     ) -> u64 {
         if p.is_hole() {
+            return 0;
+        }
+        if let Some((q, data)) = self.seen.get(&p.sector) {
+            if q == p {
+                return *data;
+            }
+            self.err(
+                dataset,
+                None,
+                format!(
+                    "sector {} is the target of two different block pointers",
+                    p.sector
+                ),
+            );
             return 0;
         }
         self.claim(dataset, p);
@@ -105,39 +120,40 @@ impl Walk<'_> {
                 first * bs
             ),
         }) {
-            self.err(dataset, offset.or(Some(first * bs)), e.to_string());
-            return u64::from(p.sectors);
+            self.err(dataset, Some(first * bs), e.to_string());
         }
-        let mut total = u64::from(p.sectors);
+        let mut data = if level == 0 { u64::from(p.sectors) } else { 0 };
         if level > 0 {
             let span = (PTRS_PER_INDIRECT as u64).pow(level as u32 - 1);
             let mut kids = vec![BlockPtr::HOLE; PTRS_PER_INDIRECT];
-            if let Err(e) = decode_indirect(&buf, &mut kids) {
-                self.err(dataset, Some(first * bs), e.to_string());
-                return total;
-            }
-            for (i, k) in kids.iter().enumerate() {
-                let start = first + i as u64 * span;
-                if start >= nblocks {
-                    if !k.is_hole() {
-                        self.err(
-                            dataset,
-                            None,
-                            format!("indirect block points past the end (block {start})"),
-                        );
+            match decode_indirect(&buf, &mut kids) {
+                Err(e) => self.err(dataset, Some(first * bs), e.to_string()),
+                Ok(()) => {
+                    for (i, k) in kids.iter().enumerate() {
+                        let start = first + i as u64 * span;
+                        if start >= nblocks {
+                            if !k.is_hole() {
+                                self.err(
+                                    dataset,
+                                    None,
+                                    format!("indirect block points past the end (block {start})"),
+                                );
+                            }
+                            continue;
+                        }
+                        data += self.walk(dataset, k, level - 1, start, nblocks, bs);
                     }
-                    continue;
                 }
-                total += self.walk(dataset, k, level - 1, start, nblocks, bs);
             }
         }
-        total
+        self.seen.insert(p.sector, (*p, data));
+        data
     }
 }
 
 impl Pool {
     /// Commits, then reads and verifies every block of the committed state, and checks that the
-    /// allocator and each dataset's `used` agree with what the trees reference.
+    /// allocator, the deadlists and each dataset's `referenced` agree with the trees.
     pub fn scrub(&self) -> Result<ScrubReport> {
         self.sync()?;
         let sh = &self.shared;
@@ -145,50 +161,71 @@ impl Pool {
         let mut w = Walk {
             pool: self,
             report: ScrubReport::default(),
-            seen: HashSet::new(),
-            referenced: 0,
+            seen: HashMap::new(),
+            claimed: HashSet::new(),
         };
         let pool_name = self.name().to_string();
         w.claim(&pool_name, &cs.meta);
-        let entries: Vec<_> = read(&sh.datasets)
-            .values()
-            .map(|d| {
-                let st = lock(&d.vol.state);
+        let vols: Vec<_> = read(&sh.datasets).values().map(|d| d.vol.clone()).collect();
+        let mut deadlists = Vec::new();
+        for v in &vols {
+            let name = format!("{}/{}", pool_name, read(&v.name));
+            let (root, size, referenced, dead) = {
+                let st = lock(&v.state);
                 (
-                    format!("{}/{}", pool_name, d.name),
                     st.root,
                     st.size,
-                    d.vol.block_size,
-                    st.used_sectors,
+                    st.referenced,
+                    sh.load_deadlist(&st.deadlist),
                 )
-            })
-            .collect();
-        for (name, root, size, bs, used) in entries {
-            let bs = u64::from(bs);
+            };
+            let bs = u64::from(v.block_size);
             let nblocks = size / bs;
-            let height = height_for(nblocks as usize);
-            let refd = w.walk(&name, &root, height, 0, nblocks, bs);
-            if refd != used {
+            let refd = w.walk(&name, &root, height_for(nblocks as usize), 0, nblocks, bs);
+            if refd != referenced {
                 w.err(
                     &name,
                     None,
-                    format!("used is {} sectors but the tree references {refd}", used),
+                    format!("referenced is {referenced} sectors but the tree holds {refd}"),
                 );
+            }
+            match dead {
+                Ok((entries, chain)) => {
+                    for c in &chain {
+                        w.claim(&name, c);
+                    }
+                    deadlists.push((name, entries));
+                }
+                Err(e) => w.err(&name, None, format!("deadlist unreadable: {e}")),
+            }
+        }
+        // Every deadlist entry must be a block some snapshot still references.
+        for (name, entries) in deadlists {
+            for e in entries {
+                if w.seen.get(&e.ptr.sector).map(|(q, _)| *q) != Some(e.ptr) {
+                    w.err(
+                        &name,
+                        None,
+                        format!(
+                            "deadlist entry for sector {} is not referenced by any snapshot",
+                            e.ptr.sector
+                        ),
+                    );
+                }
             }
         }
         let sm = lock(&sh.spacemap);
-        let expect = w.referenced + sm.deferred_sectors();
+        let expect = w.claimed.len() as u64 + sm.deferred_sectors();
         if sm.allocated() != expect {
             let msg = format!(
                 "space map says {} sectors are allocated, but {} are referenced and {} are deferred frees",
                 sm.allocated(),
-                w.referenced,
+                w.claimed.len(),
                 sm.deferred_sectors()
             );
             drop(sm);
             w.err(&pool_name, None, msg);
         }
-        let _ = SECTOR;
         Ok(w.report)
     }
 }

@@ -11,12 +11,12 @@
 
 use crate::error::{Error, Result};
 use crate::phys::{
-    checksum, BlockPtr, DatasetPhys, MetaPhys, UberblockPhys, RING_OFFSET, RING_SLOTS, SECTOR,
+    checksum, BlockPtr, DatasetKind, DatasetPhys, MetaPhys, UberblockPhys, RING_OFFSET, RING_SLOTS,
+    SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
 use crate::spacemap::{Extent, DEFER_TXGS};
 use crate::volume::{Dirty, DirtyMap, Volume};
-use std::cell::Cell;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,8 +44,19 @@ impl Shared {
 
     /// Commits with the commit lock already held. Any failure poisons the pool.
     pub(crate) fn commit_locked(&self, cs: &mut CommitState) -> Result<u64> {
+        self.commit_with(cs, &mut |_| Ok(()))
+    }
+
+    /// Commits, running `hook(txg)` once every volume's tree is final for the txg and before
+    /// the directory is written: snapshots are taken there, so they hold exactly that state.
+    /// Any failure poisons the pool.
+    pub(crate) fn commit_with(
+        &self,
+        cs: &mut CommitState,
+        hook: &mut dyn FnMut(u64) -> Result<()>,
+    ) -> Result<u64> {
         self.check_writable()?;
-        let r = self.commit_inner(cs);
+        let r = self.commit_inner(cs, hook);
         if let Err(e) = &r {
             self.poison(e);
         }
@@ -84,7 +95,11 @@ impl Shared {
         Ok(p)
     }
 
-    fn commit_inner(&self, cs: &mut CommitState) -> Result<u64> {
+    fn commit_inner(
+        &self,
+        cs: &mut CommitState,
+        hook: &mut dyn FnMut(u64) -> Result<()>,
+    ) -> Result<u64> {
         let txg = cs.txg + 1;
         let guid = self.label.guid;
 
@@ -124,8 +139,8 @@ impl Shared {
         for ((v, _), ptrs) in work.iter().zip(placed) {
             let mut st = lock(&v.state);
             let mut sm = lock(&self.spacemap);
+            let st = &mut *st;
             let nblocks = st.tree.as_ref().map(|t| t.nblocks() as u64).unwrap_or(0);
-            let mut used = st.used_sectors;
             for (idx, p) in ptrs {
                 if idx >= nblocks || st.destroyed {
                     if !p.is_hole() {
@@ -136,14 +151,14 @@ impl Shared {
                 let Some(tree) = st.tree.as_mut() else {
                     continue;
                 };
-                let old = tree.set(idx as usize, p);
-                if !old.is_hole() {
-                    sm.free_deferred(txg, old.sector, u64::from(old.sectors));
-                    used -= u64::from(old.sectors);
+                if p.is_hole() && tree.get(idx as usize).is_hole() {
+                    continue;
                 }
-                used += u64::from(p.sectors);
+                let old = tree.set(idx as usize, p);
+                st.kill(&mut sm, txg, old, 0);
+                st.referenced += u64::from(p.sectors);
+                st.written += u64::from(p.sectors);
             }
-            st.used_sectors = used;
             st.syncing = None;
         }
         for v in &vols {
@@ -155,23 +170,27 @@ impl Shared {
             if !tree.is_dirty() {
                 continue;
             }
-            let used = Cell::new(st.used_sectors);
+            let mut killed = Vec::new();
             tree.sync(
-                |b| {
-                    let p = self.write_meta_block(b, txg)?;
-                    used.set(used.get() + u64::from(p.sectors));
-                    Ok(p)
-                },
-                |p| {
-                    lock(&self.spacemap).free_deferred(txg, p.sector, u64::from(p.sectors));
-                    used.set(used.get() - u64::from(p.sectors));
-                },
+                txg,
+                |b| self.write_meta_block(b, txg),
+                |p, level| killed.push((p, level)),
             )?;
-            st.used_sectors = used.get();
             st.root = tree.root();
+            let mut sm = lock(&self.spacemap);
+            for (p, level) in killed {
+                st.kill(&mut sm, txg, p, level);
+            }
         }
+        hook(txg)?;
 
-        // 5. The meta block.
+        // 5. Deadlists, then the meta block.
+        for d in read(&self.datasets).values() {
+            let mut st = lock(&d.vol.state);
+            if !st.deadlist.pending.is_empty() {
+                st.deadlist.persist(|b| self.write_meta_block(b, txg))?;
+            }
+        }
         if !cs.meta.is_hole() {
             lock(&self.spacemap).free_deferred(txg, cs.meta.sector, u64::from(cs.meta.sectors));
         }
@@ -185,13 +204,23 @@ impl Shared {
                     DatasetPhys {
                         id,
                         kind: d.kind,
-                        name: d.name.clone(),
+                        name: match d.kind {
+                            DatasetKind::Snapshot => d.snap_name().to_string(),
+                            _ => d.name.clone(),
+                        },
+                        guid: d.guid,
+                        parent: d.parent,
                         creation_txg: d.creation_txg,
                         creation_time: d.creation_time,
                         size: st.size,
                         block_size: d.vol.block_size,
                         root: st.root,
-                        used_sectors: st.used_sectors,
+                        referenced: st.referenced,
+                        written: st.written,
+                        prev_snap_txg: st.prev_snap_txg,
+                        deadlist: st.deadlist.head,
+                        deadlist_count: st.deadlist.count,
+                        holds: d.holds.iter().cloned().collect(),
                         props: d
                             .props
                             .iter()
@@ -269,7 +298,7 @@ impl Shared {
         for idx in idxs {
             match &map[&idx] {
                 Dirty::Data(b) if !is_zero(b) => pending.push((idx, b)),
-                _ => out.push((idx, BlockPtr::HOLE)),
+                _ => out.push((idx, BlockPtr::hole(txg))),
             }
         }
         let mut placed: Vec<(u64, BlockPtr, &[u8])> = Vec::with_capacity(pending.len());
@@ -361,6 +390,8 @@ impl Shared {
             if let Some(t) = st.tree.as_ref() {
                 t.for_each_ptr(|_, _, p| claims.push((p.sector, u64::from(p.sectors))));
             }
+            let (_, chain) = self.load_deadlist(&st.deadlist)?;
+            claims.extend(chain.iter().map(|p| (p.sector, u64::from(p.sectors))));
         }
         let mut sm = lock(&self.spacemap);
         sm.reset();

@@ -5,10 +5,12 @@
 //! the tree at it. Reads look in the open map, then the syncing map, then the tree.
 
 use crate::blocktree::BlockTree;
+use crate::deadlist::Deadlist;
 use crate::error::{Error, Result};
 use crate::iov::{Iov, IovMut};
 use crate::phys::{BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
 use crate::pool::{lock, read, Shared};
+use crate::spacemap::SpaceMap;
 use std::collections::{HashMap, HashSet};
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::Ordering;
@@ -25,7 +27,7 @@ pub(crate) enum Dirty {
 /// One txg's dirty blocks of a volume, by block index.
 pub(crate) type DirtyMap = HashMap<u64, Dirty>;
 
-/// Mutable state of one volume.
+/// Mutable state of one volume or snapshot.
 pub(crate) struct VolumeState {
     pub size: u64,
     /// The resident tree, once loaded; `root` is authoritative until then.
@@ -37,30 +39,67 @@ pub(crate) struct VolumeState {
     /// Bytes reserved for the open txg.
     pub open_reserved: u64,
     pub syncing: Option<Arc<DirtyMap>>,
-    pub used_sectors: u64,
+    /// Sectors of data blocks the committed tree references.
+    pub referenced: u64,
+    /// Sectors of those born after `prev_snap_txg` (unique to this volume).
+    pub written: u64,
+    /// Txg of the latest snapshot, or of the origin for a clone: blocks born at or before it
+    /// are shared and go to the deadlist when replaced.
+    pub prev_snap_txg: u64,
+    pub deadlist: Deadlist,
+    /// Snapshots refuse writes.
+    pub read_only: bool,
     pub destroyed: bool,
 }
 
-impl VolumeState {
-    pub(crate) fn new_empty(size: u64, block_size: u32) -> Self {
-        let mut st = Self::unloaded(size, BlockPtr::HOLE, 0);
-        st.tree = Some(BlockTree::empty(
-            size.div_ceil(u64::from(block_size)) as usize
-        ));
-        st
-    }
+/// What a dataset's state starts from: its directory entry's fields.
+pub(crate) struct StateInit {
+    pub size: u64,
+    pub root: BlockPtr,
+    pub referenced: u64,
+    pub written: u64,
+    pub prev_snap_txg: u64,
+    pub deadlist: Deadlist,
+    pub read_only: bool,
+}
 
-    fn unloaded(size: u64, root: BlockPtr, used_sectors: u64) -> Self {
+impl VolumeState {
+    pub(crate) fn new(init: StateInit) -> Self {
         VolumeState {
-            size,
+            size: init.size,
             tree: None,
-            root,
+            root: init.root,
             open: HashMap::new(),
             open_l1: HashSet::new(),
             open_reserved: 0,
             syncing: None,
-            used_sectors,
+            referenced: init.referenced,
+            written: init.written,
+            prev_snap_txg: init.prev_snap_txg,
+            deadlist: init.deadlist,
+            read_only: init.read_only,
             destroyed: false,
+        }
+    }
+
+    /// Drops this dataset's reference to `p` (at `level`; 0 = data) in `txg`: a block born after
+    /// the latest snapshot is freed; an older one is still a snapshot's, so it goes to the
+    /// deadlist.
+    pub(crate) fn kill(&mut self, sm: &mut SpaceMap, txg: u64, p: BlockPtr, level: u8) {
+        if p.is_hole() {
+            return;
+        }
+        let n = u64::from(p.sectors);
+        if level == 0 {
+            self.referenced -= n;
+        }
+        if p.birth > self.prev_snap_txg {
+            sm.free_deferred(txg, p.sector, n);
+            if level == 0 {
+                self.written -= n;
+            }
+        } else {
+            self.deadlist.push(p, level);
         }
     }
 
@@ -92,19 +131,12 @@ pub(crate) struct Volume {
 }
 
 impl Volume {
-    pub(crate) fn new(
-        id: u64,
-        name: String,
-        block_size: u32,
-        size: u64,
-        root: BlockPtr,
-        used: u64,
-    ) -> Self {
+    pub(crate) fn new(id: u64, name: String, block_size: u32, init: StateInit) -> Self {
         Volume {
             id,
             name: RwLock::new(name),
             block_size,
-            state: Mutex::new(VolumeState::unloaded(size, root, used)),
+            state: Mutex::new(VolumeState::new(init)),
         }
     }
 }
@@ -373,6 +405,9 @@ impl VolumeHandle {
     /// partial blocks merge with their current contents.
     fn modify(&self, offset: u64, len: u64, src: Option<&Iov<'_, '_>>) -> Result<()> {
         self.shared.check_writable()?;
+        if lock(&self.vol.state).read_only {
+            return Err(Error::ReadOnly(self.name()));
+        }
         let bs = u64::from(self.vol.block_size);
         let height = {
             let st = self.state()?;
@@ -520,8 +555,13 @@ impl VolumeHandle {
         }
     }
 
-    /// Bytes of data this volume holds on disk in committed state.
-    pub fn used(&self) -> u64 {
-        lock(&self.vol.state).used_sectors * SECTOR
+    /// Bytes of data blocks the committed state references.
+    pub fn referenced(&self) -> u64 {
+        lock(&self.vol.state).referenced * SECTOR
+    }
+
+    /// Whether this is a (read-only) snapshot.
+    pub fn is_read_only(&self) -> bool {
+        lock(&self.vol.state).read_only
     }
 }

@@ -60,6 +60,7 @@ fn kind_name(k: DatasetKind) -> &'static str {
     match k {
         DatasetKind::Volume => "volume",
         DatasetKind::Filesystem => "filesystem",
+        DatasetKind::Snapshot => "snapshot",
     }
 }
 

@@ -1,10 +1,12 @@
 //! One module per command group; `run` dispatches.
 
 mod dataset;
+mod nfs;
 mod pool;
+mod vm;
 mod vol;
 
-use crate::cli::{Cli, Command, PoolCommand, VolCommand};
+use crate::cli::{Cli, Command, NfsCommand, PoolCommand, VolCommand};
 use crate::error::{CliError, Result};
 use crate::registry::Registry;
 use ::pool::request::{Request, Response};
@@ -33,6 +35,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Destroy(a) => dataset::destroy(&reg, &a.dataset),
         Command::Get(a) => dataset::get(&reg, &a),
         Command::Set(a) => dataset::set(&reg, &a),
+        Command::Vm(crate::cli::VmCommand::Run(a)) => vm::run(&reg, &a),
+        Command::Nfs(n) => match n {
+            NfsCommand::Serve(a) => nfs::serve(&reg, &a),
+        },
     }
 }
 

@@ -1,0 +1,1070 @@
+//! A pool seen as a tree of files: the layer NFS serves (and a FUSE mount can reuse). No NFS
+//! types here.
+//!
+//! - The pool's root is a directory. A dataset name `POOL/a/b/vm1` makes directories `a` and
+//!   `a/b` (implicit: they exist while some dataset lies below them) and a regular file `vm1`.
+//!   `mkdir` makes an empty directory that lives in memory until a volume is created below it
+//!   (it does not survive a restart on its own).
+//! - A volume is a regular file whose size is the volume size and whose bytes are its raw
+//!   image; holes read as zeroes without touching the device. Creating a file creates a volume
+//!   (one block of zeroes: pool volumes are whole blocks, never empty); writes past the end grow
+//!   it; setting the size resizes it; removing destroys it; renaming renames it. File sizes are
+//!   whole blocks of the volume (an image whose size is not a multiple of the block size is
+//!   padded with zeroes, as `tarn vol import` pads it).
+//! - Snapshots (`POOL/a/vm1@snap`, once the pool has them) are read-only files under a
+//!   directory `.snapshot` inside the directory that holds the volume: `a/.snapshot/vm1@snap`.
+//!   `.snapshot` is listed only where there are snapshots, but can be looked up everywhere.
+//!
+//! File IDs are stable across restarts: a volume's (or snapshot's) ID is its permanent dataset
+//! ID (below 2^62); a directory's is `1 << 63` with a 62-bit hash (FNV-1a) of its path in the
+//! low bits (the root's path is empty), and a `.snapshot` directory's is `3 << 62` with the
+//! hash of the directory it sits in.
+//!
+//! Durability: [`FileView::write`] leaves data dirty; [`FileView::sync`] makes every write that
+//! returned before it durable, sharing one pool commit among concurrent callers (group commit).
+//! Namespace changes (create, remove, rename, resize) are durable when they return.
+
+use pool::{DatasetKind, ErrorKind, Pool, VolumeHandle};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Tag bit of directory file IDs.
+pub const DIR_TAG: u64 = 1 << 63;
+/// Tag bits of `.snapshot` directory file IDs.
+pub const SNAPDIR_TAG: u64 = 3 << 62;
+const HASH_MASK: u64 = (1 << 62) - 1;
+/// The name of the snapshot directory.
+pub const SNAPSHOT_DIR: &str = ".snapshot";
+/// Longest name component.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Errors from the file view.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// The pool failed or refused the request.
+    #[error(transparent)]
+    Pool(#[from] pool::Error),
+    /// No such file or directory.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// The ID no longer names anything (destroyed, or never existed).
+    #[error("file ID {0:#x} names nothing in this pool")]
+    Stale(u64),
+    /// A directory was expected.
+    #[error("{0} is not a directory")]
+    NotDir(String),
+    /// A regular file was expected.
+    #[error("{0} is a directory")]
+    IsDir(String),
+    /// The name is taken.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// The directory has entries.
+    #[error("directory {0} is not empty")]
+    NotEmpty(String),
+    /// Writes are refused (read-only export, or a snapshot).
+    #[error("{0} is read-only")]
+    ReadOnly(String),
+    /// A name that cannot be a dataset name component.
+    #[error("invalid name '{0}': use letters, digits, '_', '.', ':', '-'")]
+    BadName(String),
+    /// A name longer than [`MAX_NAME_LEN`].
+    #[error("name too long: {0}")]
+    NameTooLong(String),
+    /// A malformed request.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ViewError {
+    /// The broad class, as the pool classifies errors.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ViewError::Pool(e) => e.kind(),
+            ViewError::NotFound(_) | ViewError::Stale(_) => ErrorKind::NotFound,
+            ViewError::Exists(_) => ErrorKind::AlreadyExists,
+            ViewError::ReadOnly(_) => ErrorKind::ReadOnly,
+            ViewError::NotEmpty(_) => ErrorKind::Busy,
+            ViewError::NotDir(_)
+            | ViewError::IsDir(_)
+            | ViewError::BadName(_)
+            | ViewError::NameTooLong(_)
+            | ViewError::Invalid(_) => ErrorKind::InvalidInput,
+        }
+    }
+}
+
+/// Result alias for the view.
+pub type Result<T, E = ViewError> = std::result::Result<T, E>;
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory (the root, a dataset name prefix, or a `mkdir` one).
+    Dir,
+    /// A `.snapshot` directory.
+    SnapshotDir,
+    /// A volume's image.
+    File,
+    /// A snapshot's image (read-only).
+    SnapshotFile,
+}
+
+/// A node's attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Stable file ID.
+    pub id: u64,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Size in bytes (files: the volume size; directories: 4096).
+    pub size: u64,
+    /// Bytes the pool holds for it.
+    pub used: u64,
+    /// Block size (files) or 4096.
+    pub block_size: u32,
+    /// Whether writes are refused.
+    pub read_only: bool,
+    /// Last data change, nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+    /// Last attribute change, nanoseconds since the Unix epoch.
+    pub ctime_ns: u64,
+}
+
+impl Attr {
+    /// Whether this is a directory of either kind.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir | NodeKind::SnapshotDir)
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Name within the directory.
+    pub name: String,
+    /// Its attributes.
+    pub attr: Attr,
+}
+
+/// Space figures for statfs/FSSTAT.
+#[derive(Debug, Clone, Copy)]
+pub struct SpaceInfo {
+    /// Usable bytes of the pool.
+    pub total: u64,
+    /// Free bytes.
+    pub free: u64,
+    /// Bytes new writes may fill.
+    pub available: u64,
+    /// Datasets now.
+    pub datasets: u64,
+}
+
+/// How the view behaves.
+#[derive(Debug, Clone)]
+pub struct ViewOptions {
+    /// Refuse every change.
+    pub read_only: bool,
+    /// Block size of volumes created through the view.
+    pub block_size: u32,
+}
+
+impl Default for ViewOptions {
+    fn default() -> Self {
+        ViewOptions {
+            read_only: false,
+            block_size: zvol::DEFAULT_BLOCK_SIZE,
+        }
+    }
+}
+
+/// FNV-1a, 64-bit: stable across builds and restarts.
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The file ID of the directory at `path` (relative to the pool root, no leading '/').
+pub fn dir_id(path: &str) -> u64 {
+    if path.is_empty() {
+        DIR_TAG
+    } else {
+        // Never the root's ID.
+        DIR_TAG | (fnv1a(path) & HASH_MASK).max(1)
+    }
+}
+
+/// The file ID of the `.snapshot` directory inside the directory at `path`.
+pub fn snapdir_id(path: &str) -> u64 {
+    SNAPDIR_TAG | (fnv1a(path) & HASH_MASK)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What an ID resolves to.
+#[derive(Debug, Clone)]
+enum Node {
+    Dir(String),
+    SnapDir(String),
+    /// A dataset: its local name (below the pool name).
+    Data(String),
+}
+
+/// Group commit: callers take a ticket after their writes; one leader commits for everyone
+/// whose ticket was issued before its commit began.
+#[derive(Default)]
+struct GroupState {
+    issued: u64,
+    done: u64,
+    running: bool,
+    /// The last failed batch: every ticket up to this one gets the error.
+    failed_upto: u64,
+    error: Option<String>,
+}
+
+/// A pool as files and directories.
+pub struct FileView {
+    pool: Arc<Pool>,
+    opts: ViewOptions,
+    /// Volume handles by dataset ID.
+    handles: RwLock<HashMap<u64, VolumeHandle>>,
+    /// Directory and `.snapshot` paths by ID (filled on the way; rebuilt on a miss).
+    dirs: RwLock<HashMap<u64, Node>>,
+    /// Directories made with `mkdir` that hold no dataset yet.
+    empty_dirs: Mutex<BTreeSet<String>>,
+    /// Last data change per dataset ID.
+    mtimes: Mutex<HashMap<u64, u64>>,
+    /// When the namespace last changed (directory mtime).
+    ns_time: Mutex<u64>,
+    group: Mutex<GroupState>,
+    group_cv: Condvar,
+    /// Serializes namespace changes so that checks and changes do not interleave.
+    ns_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+fn rlock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+fn wlock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn is_snapshot_name(local: &str) -> bool {
+    local.contains('@')
+}
+
+impl FileView {
+    /// A view of `pool`.
+    pub fn new(pool: Arc<Pool>, opts: ViewOptions) -> FileView {
+        let mut dirs = HashMap::new();
+        dirs.insert(DIR_TAG, Node::Dir(String::new()));
+        FileView {
+            pool,
+            opts,
+            handles: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(dirs),
+            empty_dirs: Mutex::new(BTreeSet::new()),
+            mtimes: Mutex::new(HashMap::new()),
+            ns_time: Mutex::new(now_ns()),
+            group: Mutex::new(GroupState::default()),
+            group_cv: Condvar::new(),
+            ns_lock: Mutex::new(()),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Whether the view refuses changes.
+    pub fn read_only(&self) -> bool {
+        self.opts.read_only
+    }
+
+    /// The root directory's ID.
+    pub fn root(&self) -> u64 {
+        DIR_TAG
+    }
+
+    fn full(&self, local: &str) -> String {
+        format!("{}/{local}", self.pool.name())
+    }
+
+    fn local_of<'a>(&self, full: &'a str) -> &'a str {
+        full.split_once('/').map_or("", |(_, r)| r)
+    }
+
+    /// Local names of every dataset (volumes and snapshots), with IDs and kinds.
+    fn all(&self) -> Vec<(String, u64, DatasetKind)> {
+        self.pool
+            .datasets()
+            .into_iter()
+            .map(|d| (self.local_of(&d.name).to_string(), d.id, d.kind))
+            .collect()
+    }
+
+    fn check_writable(&self, what: &str) -> Result<()> {
+        if self.opts.read_only {
+            return Err(ViewError::ReadOnly(format!("{what} (read-only export)")));
+        }
+        Ok(())
+    }
+
+    fn touch_ns(&self) {
+        *lock(&self.ns_time) = now_ns();
+    }
+
+    /// Resolves an ID.
+    fn node(&self, id: u64) -> Result<Node> {
+        if id & DIR_TAG != 0 {
+            if let Some(n) = rlock(&self.dirs).get(&id) {
+                let n = n.clone();
+                // A cached directory may have emptied out since.
+                if let Node::Dir(p) = &n {
+                    if self.dir_exists(p) {
+                        return Ok(n);
+                    }
+                    return Err(ViewError::Stale(id));
+                }
+                return Ok(n);
+            }
+            // Rebuild: every directory any dataset implies.
+            let mut paths: BTreeSet<String> = BTreeSet::new();
+            paths.insert(String::new());
+            for (name, _, _) in self.all() {
+                let mut p = name.as_str();
+                loop {
+                    p = parent_of(p);
+                    if !paths.insert(p.to_string()) || p.is_empty() {
+                        break;
+                    }
+                }
+            }
+            paths.extend(lock(&self.empty_dirs).iter().cloned());
+            let mut dirs = wlock(&self.dirs);
+            let mut found = None;
+            for p in paths {
+                let d = dir_id(&p);
+                let s = snapdir_id(&p);
+                if d == id {
+                    found = Some(Node::Dir(p.clone()));
+                } else if s == id {
+                    found = Some(Node::SnapDir(p.clone()));
+                }
+                dirs.insert(d, Node::Dir(p.clone()));
+                dirs.insert(s, Node::SnapDir(p));
+            }
+            return found.ok_or(ViewError::Stale(id));
+        }
+        let h = self.handle(id)?;
+        let full = h.name();
+        Ok(Node::Data(self.local_of(&full).to_string()))
+    }
+
+    /// The volume handle for a dataset ID.
+    fn handle(&self, id: u64) -> Result<VolumeHandle> {
+        if let Some(h) = rlock(&self.handles).get(&id) {
+            return Ok(h.clone());
+        }
+        let name = self
+            .pool
+            .datasets()
+            .into_iter()
+            .find(|d| d.id == id)
+            .map(|d| d.name)
+            .ok_or(ViewError::Stale(id))?;
+        let h = self.pool.volume(&name)?;
+        wlock(&self.handles).insert(id, h.clone());
+        Ok(h)
+    }
+
+    fn forget(&self, id: u64) {
+        wlock(&self.handles).remove(&id);
+        lock(&self.mtimes).remove(&id);
+    }
+
+    /// Whether a directory path exists (implied by a dataset, made by mkdir, or the root).
+    fn dir_exists(&self, path: &str) -> bool {
+        if path.is_empty() || lock(&self.empty_dirs).contains(path) {
+            return true;
+        }
+        let prefix = format!("{path}/");
+        self.all().iter().any(|(n, _, _)| n.starts_with(&prefix))
+    }
+
+    fn dir_attr(&self, id: u64, kind: NodeKind) -> Attr {
+        let t = *lock(&self.ns_time);
+        Attr {
+            id,
+            kind,
+            size: 4096,
+            used: 0,
+            block_size: 4096,
+            read_only: self.opts.read_only || kind == NodeKind::SnapshotDir,
+            mtime_ns: t,
+            ctime_ns: t,
+        }
+    }
+
+    fn file_attr(&self, id: u64) -> Result<Attr> {
+        let h = self.handle(id)?;
+        let info = self.pool.dataset(&h.name()).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                ViewError::Stale(id)
+            } else {
+                e.into()
+            }
+        })?;
+        let snap = is_snapshot_name(self.local_of(&info.name))
+            || matches!(info.kind, DatasetKind::Filesystem);
+        let created = info.creation_time.saturating_mul(1_000_000_000);
+        let mtime = lock(&self.mtimes).get(&id).copied().unwrap_or(created);
+        Ok(Attr {
+            id,
+            kind: if snap {
+                NodeKind::SnapshotFile
+            } else {
+                NodeKind::File
+            },
+            size: info.size,
+            used: info.used,
+            block_size: info.block_size,
+            read_only: self.opts.read_only || snap,
+            mtime_ns: mtime,
+            ctime_ns: mtime,
+        })
+    }
+
+    /// A node's attributes.
+    pub fn getattr(&self, id: u64) -> Result<Attr> {
+        match self.node(id)? {
+            Node::Dir(_) => Ok(self.dir_attr(id, NodeKind::Dir)),
+            Node::SnapDir(_) => Ok(self.dir_attr(id, NodeKind::SnapshotDir)),
+            Node::Data(_) => self.file_attr(id),
+        }
+    }
+
+    fn dir_path(&self, id: u64) -> Result<String> {
+        match self.node(id)? {
+            Node::Dir(p) => Ok(p),
+            Node::SnapDir(p) => Err(ViewError::Invalid(format!(
+                "{} is a snapshot directory",
+                join(&p, SNAPSHOT_DIR)
+            ))),
+            Node::Data(n) => Err(ViewError::NotDir(n)),
+        }
+    }
+
+    fn check_name(name: &str) -> Result<()> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(ViewError::NameTooLong(name.into()));
+        }
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+        {
+            return Err(ViewError::BadName(name.into()));
+        }
+        Ok(())
+    }
+
+    /// Looks `name` up in directory `dir`.
+    pub fn lookup(&self, dir: u64, name: &str) -> Result<u64> {
+        match self.node(dir)? {
+            Node::Data(n) => Err(ViewError::NotDir(n)),
+            Node::SnapDir(p) => {
+                if name == "." {
+                    return Ok(dir);
+                }
+                if name == ".." {
+                    return Ok(dir_id(&p));
+                }
+                let local = join(&p, name);
+                if !is_snapshot_name(name) {
+                    return Err(ViewError::NotFound(local));
+                }
+                self.all()
+                    .into_iter()
+                    .find(|(n, _, _)| *n == local)
+                    .map(|(_, id, _)| id)
+                    .ok_or(ViewError::NotFound(local))
+            }
+            Node::Dir(p) => {
+                if name == "." {
+                    return Ok(dir);
+                }
+                if name == ".." {
+                    return Ok(dir_id(parent_of(&p)));
+                }
+                if name == SNAPSHOT_DIR {
+                    let id = snapdir_id(&p);
+                    wlock(&self.dirs).insert(id, Node::SnapDir(p));
+                    return Ok(id);
+                }
+                let local = join(&p, name);
+                if is_snapshot_name(name) {
+                    return Err(ViewError::NotFound(local));
+                }
+                let prefix = format!("{local}/");
+                let mut is_dir = false;
+                for (n, id, _) in self.all() {
+                    if n == local {
+                        return Ok(id);
+                    }
+                    is_dir |= n.starts_with(&prefix);
+                }
+                if is_dir || lock(&self.empty_dirs).contains(&local) {
+                    let id = dir_id(&local);
+                    wlock(&self.dirs).insert(id, Node::Dir(local));
+                    return Ok(id);
+                }
+                Err(ViewError::NotFound(local))
+            }
+        }
+    }
+
+    /// Resolves a path of names from the root (`a/b/vm1`).
+    pub fn lookup_path(&self, path: &str) -> Result<u64> {
+        let mut id = self.root();
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            id = self.lookup(id, c)?;
+        }
+        Ok(id)
+    }
+
+    /// A directory's entries, sorted by name (no `.` or `..`).
+    pub fn readdir(&self, dir: u64) -> Result<Vec<Entry>> {
+        let all = self.all();
+        let mut out: BTreeMap<String, Attr> = BTreeMap::new();
+        match self.node(dir)? {
+            Node::Data(n) => return Err(ViewError::NotDir(n)),
+            Node::SnapDir(p) => {
+                let prefix = if p.is_empty() {
+                    String::new()
+                } else {
+                    format!("{p}/")
+                };
+                for (n, id, _) in &all {
+                    let Some(rest) = n.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    if is_snapshot_name(rest) && !rest.contains('/') {
+                        if let Ok(a) = self.file_attr(*id) {
+                            out.insert(rest.to_string(), a);
+                        }
+                    }
+                }
+            }
+            Node::Dir(p) => {
+                let prefix = if p.is_empty() {
+                    String::new()
+                } else {
+                    format!("{p}/")
+                };
+                let mut has_snaps = false;
+                let mut dirs_seen: BTreeSet<String> = BTreeSet::new();
+                for (n, id, _) in &all {
+                    let Some(rest) = n.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    match rest.split_once('/') {
+                        None if is_snapshot_name(rest) => has_snaps = true,
+                        None => {
+                            if let Ok(a) = self.file_attr(*id) {
+                                out.insert(rest.to_string(), a);
+                            }
+                        }
+                        Some((d, _)) => {
+                            dirs_seen.insert(d.to_string());
+                        }
+                    }
+                }
+                for d in lock(&self.empty_dirs).iter() {
+                    if let Some(rest) = d.strip_prefix(&prefix) {
+                        if !rest.contains('/') && !rest.is_empty() {
+                            dirs_seen.insert(rest.to_string());
+                        }
+                    } else if p.is_empty() && !d.contains('/') {
+                        dirs_seen.insert(d.clone());
+                    }
+                }
+                let mut dirs = wlock(&self.dirs);
+                for d in dirs_seen {
+                    // A volume and a directory of one name: the volume is shown.
+                    if out.contains_key(&d) {
+                        continue;
+                    }
+                    let path = join(&p, &d);
+                    let id = dir_id(&path);
+                    dirs.insert(id, Node::Dir(path));
+                    out.insert(d, self.dir_attr(id, NodeKind::Dir));
+                }
+                if has_snaps {
+                    let id = snapdir_id(&p);
+                    dirs.insert(id, Node::SnapDir(p.clone()));
+                    out.insert(
+                        SNAPSHOT_DIR.to_string(),
+                        self.dir_attr(id, NodeKind::SnapshotDir),
+                    );
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(name, attr)| Entry { name, attr })
+            .collect())
+    }
+
+    fn file_handle(&self, id: u64) -> Result<(VolumeHandle, bool)> {
+        match self.node(id)? {
+            Node::Dir(p) | Node::SnapDir(p) => {
+                Err(ViewError::IsDir(if p.is_empty() { "/".into() } else { p }))
+            }
+            Node::Data(n) => Ok((self.handle(id)?, is_snapshot_name(&n))),
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset`; returns the bytes and whether they reach the end.
+    /// Holes are not read from the device.
+    pub fn read(&self, id: u64, offset: u64, len: u32) -> Result<(Vec<u8>, bool)> {
+        let (h, _) = self.file_handle(id)?;
+        let size = h.size();
+        if offset >= size {
+            return Ok((Vec::new(), true));
+        }
+        let n = u64::from(len).min(size - offset);
+        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
+        for (start, rlen) in h.data_ranges(offset, n)? {
+            let at = usize::try_from(start - offset).unwrap_or(usize::MAX);
+            let l = usize::try_from(rlen).unwrap_or(usize::MAX);
+            h.read_at(start, &mut buf[at..at + l])?;
+        }
+        Ok((buf, offset + n >= size))
+    }
+
+    /// Writes `data` at `offset`, growing the volume if the write ends past it. The data is
+    /// durable after the next [`FileView::sync`] (the growth already is).
+    pub fn write(&self, id: u64, offset: u64, data: &[u8]) -> Result<Attr> {
+        let (h, snap) = self.file_handle(id)?;
+        self.check_writable(&h.name())?;
+        if snap {
+            return Err(ViewError::ReadOnly(h.name()));
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| ViewError::Invalid("write past 2^64".into()))?;
+        if end > h.size() {
+            let _g = lock(&self.ns_lock);
+            if end > h.size() {
+                self.pool.resize_volume(&h.name(), end)?;
+            }
+        }
+        if !data.is_empty() {
+            h.write_at(offset, data)?;
+        }
+        lock(&self.mtimes).insert(id, now_ns());
+        self.file_attr(id)
+    }
+
+    /// Makes every write that returned before this call durable. Concurrent callers share one
+    /// pool commit.
+    pub fn sync(&self) -> Result<()> {
+        let mut g = lock(&self.group);
+        g.issued += 1;
+        let ticket = g.issued;
+        loop {
+            if g.done >= ticket {
+                if g.failed_upto >= ticket {
+                    let msg = g.error.clone().unwrap_or_default();
+                    return Err(ViewError::Pool(pool::Error::io(
+                        "committing writes",
+                        std::io::Error::other(msg),
+                    )));
+                }
+                return Ok(());
+            }
+            if !g.running {
+                g.running = true;
+                let target = g.issued;
+                drop(g);
+                let r = self.pool.sync();
+                g = lock(&self.group);
+                g.running = false;
+                g.done = target;
+                if let Err(e) = r {
+                    g.failed_upto = target;
+                    g.error = Some(e.to_string());
+                }
+                self.group_cv.notify_all();
+                continue;
+            }
+            g = self.group_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Creates a file (a volume) `name` in `dir`, of `size` bytes (at least one block);
+    /// durable on return. Fails with [`ViewError::Exists`] if the name is taken.
+    pub fn create(&self, dir: u64, name: &str, size: u64) -> Result<Attr> {
+        self.create_with(dir, name, size, &BTreeMap::new())
+    }
+
+    /// [`FileView::create`] with initial user properties.
+    pub fn create_with(
+        &self,
+        dir: u64,
+        name: &str,
+        size: u64,
+        props: &BTreeMap<String, String>,
+    ) -> Result<Attr> {
+        let p = self.dir_path(dir)?;
+        Self::check_name(name)?;
+        let local = join(&p, name);
+        self.check_writable(&local)?;
+        let _g = lock(&self.ns_lock);
+        if self.dir_exists(&local) {
+            return Err(ViewError::Exists(local));
+        }
+        let full = self.full(&local);
+        let size = size.max(u64::from(self.opts.block_size));
+        let info = self
+            .pool
+            .create_volume(&full, size, self.opts.block_size, props)
+            .map_err(|e| match e.kind() {
+                ErrorKind::AlreadyExists => ViewError::Exists(local.clone()),
+                _ => e.into(),
+            })?;
+        self.touch_ns();
+        // The directory it sits in now exists through it.
+        let mut ed = lock(&self.empty_dirs);
+        let mut q = p.as_str();
+        while !q.is_empty() {
+            ed.remove(q);
+            q = parent_of(q);
+        }
+        drop(ed);
+        self.file_attr(info.id)
+    }
+
+    /// A user property of a file's dataset.
+    pub fn prop(&self, id: u64, key: &str) -> Result<Option<String>> {
+        let h = self.handle(id)?;
+        Ok(self.pool.dataset(&h.name())?.props.get(key).cloned())
+    }
+
+    /// Makes an empty directory (in memory until a volume is created below it).
+    pub fn mkdir(&self, dir: u64, name: &str) -> Result<Attr> {
+        let p = self.dir_path(dir)?;
+        Self::check_name(name)?;
+        let local = join(&p, name);
+        self.check_writable(&local)?;
+        let _g = lock(&self.ns_lock);
+        if self.dir_exists(&local) || self.all().iter().any(|(n, _, _)| *n == local) {
+            return Err(ViewError::Exists(local));
+        }
+        if pool::names::split_dataset_name(&self.full(&join(&local, "x"))).is_err() {
+            return Err(ViewError::NameTooLong(local));
+        }
+        lock(&self.empty_dirs).insert(local.clone());
+        self.touch_ns();
+        let id = dir_id(&local);
+        wlock(&self.dirs).insert(id, Node::Dir(local));
+        Ok(self.dir_attr(id, NodeKind::Dir))
+    }
+
+    /// Removes a file (destroying its volume; durable on return) or an empty directory.
+    pub fn remove(&self, dir: u64, name: &str) -> Result<()> {
+        let id = self.lookup(dir, name)?;
+        let _g = lock(&self.ns_lock);
+        match self.node(id)? {
+            Node::SnapDir(p) => Err(ViewError::ReadOnly(join(&p, SNAPSHOT_DIR))),
+            Node::Dir(p) => {
+                self.check_writable(&p)?;
+                let prefix = format!("{p}/");
+                if self.all().iter().any(|(n, _, _)| n.starts_with(&prefix))
+                    || lock(&self.empty_dirs)
+                        .iter()
+                        .any(|d| d.starts_with(&prefix))
+                {
+                    return Err(ViewError::NotEmpty(p));
+                }
+                lock(&self.empty_dirs).remove(&p);
+                wlock(&self.dirs).remove(&id);
+                self.touch_ns();
+                Ok(())
+            }
+            Node::Data(n) => {
+                self.check_writable(&n)?;
+                if is_snapshot_name(&n) {
+                    return Err(ViewError::ReadOnly(n));
+                }
+                self.pool.destroy(&self.full(&n))?;
+                self.forget(id);
+                self.touch_ns();
+                Ok(())
+            }
+        }
+    }
+
+    /// Renames a file or directory. A file replaces an existing file of the target name
+    /// (destroying it first: not atomic). A directory is renamed dataset by dataset.
+    pub fn rename(&self, from_dir: u64, from: &str, to_dir: u64, to: &str) -> Result<()> {
+        let src = self.lookup(from_dir, from)?;
+        let tp = self.dir_path(to_dir)?;
+        Self::check_name(to)?;
+        let target = join(&tp, to);
+        self.check_writable(&target)?;
+        let _g = lock(&self.ns_lock);
+        match self.node(src)? {
+            Node::SnapDir(p) => Err(ViewError::ReadOnly(join(&p, SNAPSHOT_DIR))),
+            Node::Data(n) => {
+                if is_snapshot_name(&n) {
+                    return Err(ViewError::ReadOnly(n));
+                }
+                if n == target {
+                    return Ok(());
+                }
+                if self.dir_exists(&target) {
+                    return Err(ViewError::Exists(target));
+                }
+                if let Some((_, old, _)) = self.all().into_iter().find(|(x, _, _)| *x == target) {
+                    self.pool.destroy(&self.full(&target))?;
+                    self.forget(old);
+                }
+                self.pool.rename(&self.full(&n), &self.full(&target))?;
+                self.touch_ns();
+                Ok(())
+            }
+            Node::Dir(p) => {
+                if p.is_empty() || target.starts_with(&format!("{p}/")) {
+                    return Err(ViewError::Invalid(format!("cannot move {p} into itself")));
+                }
+                if p == target {
+                    return Ok(());
+                }
+                let tprefix = format!("{target}/");
+                if self
+                    .all()
+                    .iter()
+                    .any(|(n, _, _)| *n == target || n.starts_with(&tprefix))
+                {
+                    return Err(ViewError::Exists(target));
+                }
+                let prefix = format!("{p}/");
+                for (n, _, _) in self.all() {
+                    if let Some(rest) = n.strip_prefix(&prefix) {
+                        self.pool
+                            .rename(&self.full(&n), &self.full(&join(&target, rest)))?;
+                    }
+                }
+                let mut ed = lock(&self.empty_dirs);
+                let moved: Vec<String> = ed
+                    .iter()
+                    .filter(|d| **d == p || d.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for d in moved {
+                    ed.remove(&d);
+                    ed.insert(format!("{target}{}", &d[p.len()..]));
+                }
+                drop(ed);
+                self.touch_ns();
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets a file's size (rounded up to its block size; at least one block); durable on
+    /// return.
+    pub fn set_size(&self, id: u64, size: u64) -> Result<Attr> {
+        let (h, snap) = self.file_handle(id)?;
+        self.check_writable(&h.name())?;
+        if snap {
+            return Err(ViewError::ReadOnly(h.name()));
+        }
+        let size = size.max(1);
+        let _g = lock(&self.ns_lock);
+        let bs = u64::from(h.block_size());
+        if size.div_ceil(bs) * bs != h.size() {
+            self.pool.resize_volume(&h.name(), size)?;
+            lock(&self.mtimes).insert(id, now_ns());
+        }
+        self.file_attr(id)
+    }
+
+    /// Space figures.
+    pub fn space(&self) -> SpaceInfo {
+        let info = self.pool.info();
+        SpaceInfo {
+            total: info.usable,
+            free: info.free,
+            available: self.pool.available(),
+            datasets: info.datasets as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use pool::PoolConfig;
+
+    fn view(dir: &std::path::Path) -> FileView {
+        let pool = Pool::create_file(
+            &dir.join("p.tarn"),
+            "tank",
+            256 << 20,
+            PoolConfig {
+                sync_interval: None,
+                ..PoolConfig::default()
+            },
+        )
+        .unwrap();
+        FileView::new(Arc::new(pool), ViewOptions::default())
+    }
+
+    #[test]
+    fn tree_files_and_ids() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let p = v.pool().clone();
+        p.create_volume("tank/a/b/vm1", 1 << 20, 4096, &BTreeMap::new())
+            .unwrap();
+        p.create_volume("tank/top", 8192, 4096, &BTreeMap::new())
+            .unwrap();
+        let root = v.readdir(v.root()).unwrap();
+        let names: Vec<_> = root.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "top"]);
+        assert_eq!(root[0].attr.kind, NodeKind::Dir);
+        assert_eq!(root[1].attr.size, 8192);
+        let vm1 = v.lookup_path("a/b/vm1").unwrap();
+        assert_eq!(vm1, p.dataset("tank/a/b/vm1").unwrap().id);
+        assert_eq!(v.lookup_path("a/b").unwrap(), dir_id("a/b"));
+        assert!(matches!(v.lookup_path("a/zz"), Err(ViewError::NotFound(_))));
+        // A fresh view (as after a restart) resolves directory IDs it never saw.
+        let v2 = FileView::new(p.clone(), ViewOptions::default());
+        assert!(matches!(
+            v2.getattr(dir_id("a/b")).unwrap().kind,
+            NodeKind::Dir
+        ));
+        assert!(matches!(
+            v2.getattr(dir_id("nope")),
+            Err(ViewError::Stale(_))
+        ));
+    }
+
+    #[test]
+    fn write_grows_reads_holes_and_resizes() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let a = v.create(v.root(), "img", 0).unwrap();
+        assert_eq!(a.size, 4096);
+        v.write(a.id, 10_000, b"hello").unwrap();
+        v.sync().unwrap();
+        let at = v.getattr(a.id).unwrap();
+        assert_eq!(at.size, 12288);
+        let (buf, eof) = v.read(a.id, 0, 1 << 20).unwrap();
+        assert!(eof);
+        assert_eq!(buf.len(), 12288);
+        assert!(buf[..10_000].iter().all(|b| *b == 0));
+        assert_eq!(&buf[10_000..10_005], b"hello");
+        let (buf, eof) = v.read(a.id, 4096, 100).unwrap();
+        assert!(!eof);
+        assert_eq!(buf.len(), 100);
+        assert_eq!(v.set_size(a.id, 5000).unwrap().size, 8192);
+        assert!(matches!(
+            v.create(v.root(), "img", 0),
+            Err(ViewError::Exists(_))
+        ));
+        v.rename(v.root(), "img", v.root(), "img2").unwrap();
+        assert_eq!(v.lookup(v.root(), "img2").unwrap(), a.id);
+        v.remove(v.root(), "img2").unwrap();
+        assert!(matches!(v.getattr(a.id), Err(ViewError::Stale(_))));
+    }
+
+    #[test]
+    fn mkdir_then_create_and_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let dd = v.mkdir(v.root(), "vms").unwrap();
+        assert_eq!(v.readdir(v.root()).unwrap()[0].name, "vms");
+        let f = v.create(dd.id, "x", 4096).unwrap();
+        assert_eq!(v.pool().dataset("tank/vms/x").unwrap().id, f.id);
+        assert!(matches!(
+            v.remove(v.root(), "vms"),
+            Err(ViewError::NotEmpty(_))
+        ));
+        assert!(matches!(
+            v.create(v.root(), "a b", 1),
+            Err(ViewError::BadName(_))
+        ));
+        let ro = FileView::new(
+            v.pool().clone(),
+            ViewOptions {
+                read_only: true,
+                ..ViewOptions::default()
+            },
+        );
+        assert!(matches!(
+            ro.write(f.id, 0, b"x"),
+            Err(ViewError::ReadOnly(_))
+        ));
+        assert!(matches!(ro.remove(dd.id, "x"), Err(ViewError::ReadOnly(_))));
+        assert!(ro.getattr(f.id).unwrap().read_only);
+    }
+
+    #[test]
+    fn group_commit_from_many_threads() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Arc::new(view(d.path()));
+        let f = v.create(v.root(), "g", 1 << 20).unwrap();
+        let ts: Vec<_> = (0..8u64)
+            .map(|i| {
+                let v = v.clone();
+                std::thread::spawn(move || {
+                    for j in 0..8u64 {
+                        v.write(f.id, (i * 8 + j) * 4096, &[i as u8 + 1; 4096])
+                            .unwrap();
+                        v.sync().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        let (buf, _) = v.read(f.id, 0, 64 * 4096).unwrap();
+        for i in 0..64usize {
+            assert_eq!(buf[i * 4096], (i / 8) as u8 + 1);
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The dataset directory as users see it: create, resize, rename, properties, listing, and
+//! opening datasets for I/O. Snapshot, clone and destroy mechanics live in `snapshot.rs`.
+
+use crate::error::{Error, Result};
+use crate::names::split_any_name;
+use crate::phys::{BlockPtr, DatasetKind, SECTOR};
+use crate::pool::{
+    lock, now_secs, read, write, DatasetEntry, DatasetInfo, Pool, Shared, BLOCK_SIZE_RANGE,
+    MAX_PROP_VALUE,
+};
+use crate::volume::{StateInit, Volume, VolumeHandle};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+impl Pool {
+    /// The part of `full` below this pool's name (`a/b` or `a/b@snap`).
+    pub(crate) fn local<'a>(&self, full: &'a str) -> Result<&'a str> {
+        let (pool, rest) = split_any_name(full)?;
+        if pool != self.name() {
+            return Err(Error::NotFound(format!(
+                "{full} (this pool is {})",
+                self.name()
+            )));
+        }
+        Ok(rest)
+    }
+
+    /// Like [`Pool::local`], refusing snapshot names.
+    fn local_volume<'a>(&self, full: &'a str) -> Result<&'a str> {
+        let rest = self.local(full)?;
+        if rest.contains('@') {
+            return Err(Error::InvalidArgument(format!(
+                "{full} is a snapshot; this needs a volume"
+            )));
+        }
+        Ok(rest)
+    }
+
+    /// Creates a volume `POOL/NAME` of `size` bytes (rounded up to the block size); durable on return.
+    pub fn create_volume(
+        &self,
+        full: &str,
+        size: u64,
+        block_size: u32,
+        props: &BTreeMap<String, String>,
+    ) -> Result<DatasetInfo> {
+        let rest = self.local_volume(full)?;
+        if !block_size.is_power_of_two()
+            || block_size < BLOCK_SIZE_RANGE.0
+            || block_size > BLOCK_SIZE_RANGE.1
+        {
+            return Err(Error::InvalidArgument(format!(
+                "block size {block_size} is not a power of two from {} to {}",
+                BLOCK_SIZE_RANGE.0, BLOCK_SIZE_RANGE.1
+            )));
+        }
+        let size = round_size(size, block_size)?;
+        props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            if ds.values().any(|d| d.name == rest) {
+                return Err(Error::AlreadyExists(full.into()));
+            }
+            let id = cs.next_id;
+            cs.next_id += 1;
+            let init = StateInit {
+                size,
+                root: BlockPtr::HOLE,
+                referenced: 0,
+                written: 0,
+                prev_snap_txg: 0,
+                deadlist: Default::default(),
+                read_only: false,
+            };
+            let vol = Arc::new(Volume::new(id, rest.into(), block_size, init));
+            ds.insert(
+                id,
+                DatasetEntry::new(
+                    DatasetKind::Volume,
+                    rest.into(),
+                    0,
+                    cs.txg + 1,
+                    props.clone(),
+                    vol,
+                ),
+            );
+        }
+        sh.commit_locked(&mut cs)?;
+        drop(cs);
+        self.dataset(full)
+    }
+
+    /// Changes a volume's size (rounded up to its block size); shrinking discards the tail.
+    pub fn resize_volume(&self, full: &str, size: u64) -> Result<DatasetInfo> {
+        let rest = self.local_volume(full)?;
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        let txg = cs.txg + 1;
+        let vol = sh.find(rest).ok_or_else(|| Error::NotFound(full.into()))?;
+        let size = round_size(size, vol.block_size)?;
+        {
+            let mut st = lock(&vol.state);
+            if st.tree.is_none() {
+                st.tree = Some(sh.load_tree(&vol, &st)?);
+            }
+            let nblocks = (size / u64::from(vol.block_size)) as usize;
+            let mut sm = lock(&sh.spacemap);
+            let st = &mut *st;
+            if let Some(t) = st.tree.as_mut() {
+                let mut dropped = Vec::new();
+                t.resize(nblocks, |p, level| dropped.push((p, level)));
+                for (p, level) in dropped {
+                    st.kill(&mut sm, txg, p, level);
+                }
+            }
+            sh.unreserve(st.truncate_dirty(nblocks as u64, vol.block_size));
+            st.size = size;
+        }
+        sh.commit_locked(&mut cs)?;
+        drop(cs);
+        self.dataset(full)
+    }
+
+    /// Renames a volume within the pool (its snapshots follow); IDs, and so NFS handles, stay.
+    /// Durable on return.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let old = self.local_volume(from)?;
+        let new = self.local_volume(to)?;
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            if ds.values().any(|d| d.name == new) {
+                return Err(Error::AlreadyExists(to.into()));
+            }
+            let id = ds
+                .values()
+                .find(|d| d.name == old)
+                .map(|d| d.vol.id)
+                .ok_or_else(|| Error::NotFound(from.into()))?;
+            for d in ds.values_mut() {
+                let renamed = if d.vol.id == id {
+                    new.to_string()
+                } else if d.kind == DatasetKind::Snapshot && d.parent == id {
+                    format!("{new}@{}", d.snap_name())
+                } else {
+                    continue;
+                };
+                *write(&d.vol.name) = renamed.clone();
+                d.name = renamed;
+            }
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
+    }
+
+    /// Sets user properties on a dataset (an empty value removes the key); durable on return.
+    pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
+        let rest = self.local(full)?;
+        props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            let d = ds
+                .values_mut()
+                .find(|d| d.name == rest)
+                .ok_or_else(|| Error::NotFound(full.into()))?;
+            for (k, v) in props {
+                if v.is_empty() {
+                    d.props.remove(k);
+                } else {
+                    d.props.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
+    }
+
+    /// One dataset's facts (a volume or a snapshot).
+    pub fn dataset(&self, full: &str) -> Result<DatasetInfo> {
+        let rest = self.local(full)?;
+        let ds = read(&self.shared.datasets);
+        let d = ds
+            .values()
+            .find(|d| d.name == rest)
+            .ok_or_else(|| Error::NotFound(full.into()))?;
+        self.shared.describe(&ds, d)
+    }
+
+    /// Every dataset, volumes and snapshots, by name. Space figures that need deadlists read
+    /// them from disk; a failure there is reported as an error.
+    pub fn list(&self) -> Result<Vec<DatasetInfo>> {
+        let ds = read(&self.shared.datasets);
+        let mut v = ds
+            .values()
+            .map(|d| self.shared.describe(&ds, d))
+            .collect::<Result<Vec<_>>>()?;
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    /// Every volume (no snapshots), by name, with the space figures that need no disk reads.
+    pub fn datasets(&self) -> Vec<DatasetInfo> {
+        self.list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.kind != DatasetKind::Snapshot)
+            .collect()
+    }
+
+    /// Opens a volume for I/O, or a snapshot for reading (`POOL/VOL@SNAP`).
+    pub fn volume(&self, full: &str) -> Result<VolumeHandle> {
+        let rest = self.local(full)?;
+        let vol = self
+            .shared
+            .find(rest)
+            .ok_or_else(|| Error::NotFound(full.into()))?;
+        Ok(VolumeHandle::new(self.shared.clone(), vol))
+    }
+}
+
+impl DatasetEntry {
+    pub(crate) fn new(
+        kind: DatasetKind,
+        name: String,
+        parent: u64,
+        creation_txg: u64,
+        props: BTreeMap<String, String>,
+        vol: Arc<Volume>,
+    ) -> Self {
+        DatasetEntry {
+            kind,
+            name,
+            guid: random_guid(vol.id),
+            parent,
+            creation_txg,
+            creation_time: now_secs(),
+            holds: BTreeSet::new(),
+            props,
+            vol,
+        }
+    }
+
+    /// For a snapshot, the part after `@`.
+    pub(crate) fn snap_name(&self) -> &str {
+        self.name
+            .split_once('@')
+            .map(|(_, s)| s)
+            .unwrap_or(&self.name)
+    }
+}
+
+impl Shared {
+    pub(crate) fn describe(
+        &self,
+        ds: &BTreeMap<u64, DatasetEntry>,
+        d: &DatasetEntry,
+    ) -> Result<DatasetInfo> {
+        let (used, usedbysnapshots) = self.space(ds, d)?;
+        let st = lock(&d.vol.state);
+        let full = |id: u64| ds.get(&id).map(|e| format!("{}/{}", self.name(), e.name));
+        let origin = match d.kind {
+            DatasetKind::Snapshot => None,
+            _ => full(d.parent),
+        };
+        let mut clones: Vec<String> = match d.kind {
+            DatasetKind::Snapshot => ds
+                .values()
+                .filter(|c| c.kind != DatasetKind::Snapshot && c.parent == d.vol.id)
+                .filter_map(|c| full(c.vol.id))
+                .collect(),
+            _ => Vec::new(),
+        };
+        clones.sort();
+        Ok(DatasetInfo {
+            name: format!("{}/{}", self.name(), d.name),
+            id: d.vol.id,
+            guid: d.guid,
+            kind: d.kind,
+            size: st.size,
+            block_size: d.vol.block_size,
+            referenced: st.referenced * SECTOR,
+            written: st.written * SECTOR,
+            used: used * SECTOR,
+            usedbysnapshots: usedbysnapshots * SECTOR,
+            origin,
+            clones,
+            holds: d.holds.iter().cloned().collect(),
+            creation_txg: d.creation_txg,
+            creation_time: d.creation_time,
+            props: d.props.clone(),
+        })
+    }
+}
+
+fn random_guid(salt: u64) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = [
+        t.to_le_bytes().as_slice(),
+        &salt.to_le_bytes(),
+        &std::process::id().to_le_bytes(),
+    ]
+    .concat();
+    (crate::phys::checksum(&seed, 0x5eed) as u64) | 1
+}
+
+pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {
+    if size == 0 {
+        return Err(Error::InvalidArgument(
+            "a volume size must be greater than zero".into(),
+        ));
+    }
+    let bs = u64::from(block_size);
+    let blocks = size.div_ceil(bs);
+    if blocks > (1 << 40) {
+        return Err(Error::InvalidArgument(format!(
+            "volume size {size} is too large"
+        )));
+    }
+    Ok(blocks * bs)
+}
+
+/// Checks a user property: the key's characters and length, the value's length.
+fn check_prop(k: &str, v: &str) -> Result<()> {
+    if k.is_empty()
+        || k.len() > 255
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "property name '{k}' must be 1-255 letters, digits, '_', '.', ':' or '-'"
+        )));
+    }
+    if v.len() > MAX_PROP_VALUE {
+        return Err(Error::InvalidArgument(format!(
+            "property {k}: value of {} bytes is longer than {MAX_PROP_VALUE}",
+            v.len()
+        )));
+    }
+    Ok(())
+}

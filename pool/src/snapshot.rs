@@ -1,0 +1,710 @@
+//! Snapshots and clones, in the OpenZFS manner: birth txgs decide sharing, deadlists record
+//! what a snapshot holds that later datasets dropped. Taking a snapshot or a clone writes one
+//! directory entry (O(1)); destroying costs in proportion to what changed, not the volume size.
+
+use crate::blocktree::walk_born_after;
+use crate::deadlist::Deadlist;
+use crate::error::{Error, Result};
+use crate::phys::{BlockPtr, DatasetKind, DeadEntry};
+use crate::pool::{lock, read, write, DatasetEntry, DatasetInfo, Pool, Shared};
+use crate::spacemap::SpaceMap;
+use crate::volume::{StateInit, Volume};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a destroy may take with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Recursion {
+    /// Only the named dataset; refused while anything depends on it.
+    None,
+    /// A volume's snapshots too (`-r`); refused while clones depend on them.
+    Snapshots,
+    /// Snapshots and every clone of them, recursively (`-R`).
+    All,
+}
+
+type Datasets = BTreeMap<u64, DatasetEntry>;
+
+/// A volume's snapshots, oldest first.
+fn snapshots_of(ds: &Datasets, head: u64) -> Vec<u64> {
+    let mut v: Vec<(u64, u64)> = ds
+        .values()
+        .filter(|d| d.kind == DatasetKind::Snapshot && d.parent == head)
+        .map(|d| (d.creation_txg, d.vol.id))
+        .collect();
+    v.sort_unstable();
+    v.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Volumes cloned from a snapshot.
+fn clones_of(ds: &Datasets, snap: u64) -> Vec<u64> {
+    ds.values()
+        .filter(|d| d.kind != DatasetKind::Snapshot && d.parent == snap)
+        .map(|d| d.vol.id)
+        .collect()
+}
+
+/// The txg of the snapshot before `snap` in its lineage (the previous snapshot of its volume,
+/// else the volume's origin), 0 for none.
+fn prev_txg(ds: &Datasets, snap: u64) -> u64 {
+    let head = ds[&snap].parent;
+    let snaps = snapshots_of(ds, head);
+    let pos = snaps.iter().position(|&s| s == snap).unwrap_or(0);
+    match pos.checked_sub(1) {
+        Some(p) => ds[&snaps[p]].creation_txg,
+        None => origin_txg(ds, head),
+    }
+}
+
+/// The txg of a volume's origin snapshot, 0 for none.
+fn origin_txg(ds: &Datasets, head: u64) -> u64 {
+    match ds[&head].parent {
+        0 => 0,
+        o => ds.get(&o).map(|e| e.creation_txg).unwrap_or(0),
+    }
+}
+
+/// The dataset after `snap` in its lineage: its volume's next snapshot, else the volume.
+fn next_of(ds: &Datasets, snap: u64) -> u64 {
+    let head = ds[&snap].parent;
+    let snaps = snapshots_of(ds, head);
+    let pos = snaps.iter().position(|&s| s == snap).unwrap_or(0);
+    snaps.get(pos + 1).copied().unwrap_or(head)
+}
+
+fn names(ds: &Datasets, sh: &Shared, ids: &[u64]) -> String {
+    ids.iter()
+        .map(|i| format!("{}/{}", sh.name(), ds[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn free(sm: &mut SpaceMap, txg: u64, p: &BlockPtr) {
+    if !p.is_hole() {
+        sm.free_deferred(txg, p.sector, u64::from(p.sectors));
+    }
+}
+
+impl Shared {
+    /// Reads a whole metadata block (its pointer's length) and verifies it.
+    pub(crate) fn read_whole(&self, p: &BlockPtr, what: &str) -> Result<Vec<u8>> {
+        let mut b = vec![0u8; p.byte_len() as usize];
+        self.read_block(p, &mut b, &|| what.to_string())?;
+        Ok(b)
+    }
+
+    /// Every entry of a deadlist and the blocks of its chain.
+    pub(crate) fn load_deadlist(&self, dl: &Deadlist) -> Result<(Vec<DeadEntry>, Vec<BlockPtr>)> {
+        dl.load(|p| self.read_whole(p, "a deadlist block"))
+    }
+
+    /// Sectors of data entries of `id`'s deadlist born in `(after, upto]`.
+    fn dead_data(&self, ds: &Datasets, id: u64, after: u64, upto: u64) -> Result<u64> {
+        let st = lock(&ds[&id].vol.state);
+        let (entries, _) = self.load_deadlist(&st.deadlist)?;
+        Ok(entries
+            .iter()
+            .filter(|e| e.level == 0 && e.ptr.birth > after && e.ptr.birth <= upto)
+            .map(|e| u64::from(e.ptr.sectors))
+            .sum())
+    }
+
+    /// (used, usedbysnapshots) in sectors of data.
+    pub(crate) fn space(&self, ds: &Datasets, d: &DatasetEntry) -> Result<(u64, u64)> {
+        let id = d.vol.id;
+        if d.kind == DatasetKind::Snapshot {
+            return Ok((
+                self.dead_data(ds, next_of(ds, id), prev_txg(ds, id), d.creation_txg)?,
+                0,
+            ));
+        }
+        let written = lock(&d.vol.state).written;
+        let snaps = snapshots_of(ds, id);
+        if snaps.is_empty() {
+            return Ok((written, 0));
+        }
+        let origin = origin_txg(ds, id);
+        let mut held = 0;
+        for s in snaps.iter().copied().chain([id]) {
+            held += self.dead_data(ds, s, origin, u64::MAX)?;
+        }
+        Ok((written + held, held))
+    }
+
+    /// Destroys snapshot `id` in `txg`: frees the next dataset's deadlist entries born after the
+    /// previous snapshot, hands it this snapshot's deadlist, and moves the accounting.
+    fn destroy_snapshot(&self, ds: &mut Datasets, txg: u64, id: u64) -> Result<()> {
+        let e = &ds[&id];
+        if !e.holds.is_empty() {
+            let tags: Vec<_> = e.holds.iter().cloned().collect();
+            return Err(Error::HasDependents {
+                action: "destroy".into(),
+                name: format!("{}/{}", self.name(), e.name),
+                reason: format!("it has holds ({}); release them first", tags.join(", ")),
+            });
+        }
+        let clones = clones_of(ds, id);
+        if !clones.is_empty() {
+            return Err(Error::HasDependents {
+                action: "destroy".into(),
+                name: format!("{}/{}", self.name(), e.name),
+                reason: format!(
+                    "clones depend on it ({}); destroy or promote them, or use -R",
+                    names(ds, self, &clones)
+                ),
+            });
+        }
+        let head = e.parent;
+        let next = next_of(ds, id);
+        let ptxg = prev_txg(ds, id);
+        let snap_vol = e.vol.clone();
+        let next_vol = ds[&next].vol.clone();
+        let mut sst = lock(&snap_vol.state);
+        let mut nst = lock(&next_vol.state);
+        let (n_entries, n_chain) = self.load_deadlist(&nst.deadlist)?;
+        let (s_entries, s_chain) = self.load_deadlist(&sst.deadlist)?;
+        let mut sm = lock(&self.spacemap);
+        let mut freed_data = 0;
+        let mut kept = Vec::with_capacity(n_entries.len() + s_entries.len());
+        for e in n_entries {
+            if e.ptr.birth > ptxg {
+                free(&mut sm, txg, &e.ptr);
+                if e.level == 0 {
+                    freed_data += u64::from(e.ptr.sectors);
+                }
+            } else {
+                kept.push(e);
+            }
+        }
+        kept.extend(s_entries);
+        n_chain
+            .iter()
+            .chain(&s_chain)
+            .for_each(|p| free(&mut sm, txg, p));
+        nst.deadlist = Deadlist::from_entries(kept);
+        nst.written += sst.written - freed_data;
+        if next == head {
+            nst.prev_snap_txg = ptxg;
+        }
+        sst.destroyed = true;
+        drop((sm, nst, sst));
+        ds.remove(&id);
+        Ok(())
+    }
+
+    /// Destroys volume `id` (which has no snapshots) in `txg`: frees what it wrote since its
+    /// origin, walking only blocks born after that.
+    fn destroy_volume(&self, ds: &mut Datasets, txg: u64, id: u64) -> Result<()> {
+        let vol = ds[&id].vol.clone();
+        let mut st = lock(&vol.state);
+        self.unreserve(st.drop_dirty());
+        let nblocks = (st.size / u64::from(vol.block_size)) as usize;
+        let mut doomed = Vec::new();
+        walk_born_after(
+            st.root,
+            nblocks,
+            st.prev_snap_txg,
+            &mut |p, buf| {
+                self.read_block(p, buf, &|| {
+                    format!("an indirect block of {}/{}", self.name(), ds[&id].name)
+                })
+            },
+            &mut |_, _, p| {
+                doomed.push(*p);
+                Ok(())
+            },
+        )?;
+        let (_, chain) = self.load_deadlist(&st.deadlist)?;
+        let mut sm = lock(&self.spacemap);
+        doomed
+            .iter()
+            .chain(&chain)
+            .for_each(|p| free(&mut sm, txg, p));
+        st.destroyed = true;
+        st.tree = None;
+        drop((sm, st));
+        ds.remove(&id);
+        Ok(())
+    }
+
+    /// Destroys `id` and, as `rec` allows, what depends on it; returns the names destroyed.
+    fn destroy_rec(
+        &self,
+        ds: &mut Datasets,
+        txg: u64,
+        id: u64,
+        rec: Recursion,
+    ) -> Result<Vec<String>> {
+        let mut gone = Vec::new();
+        let name = format!("{}/{}", self.name(), ds[&id].name);
+        if ds[&id].kind == DatasetKind::Snapshot {
+            if rec == Recursion::All {
+                for c in clones_of(ds, id) {
+                    gone.extend(self.destroy_rec(ds, txg, c, Recursion::All)?);
+                }
+            }
+            self.destroy_snapshot(ds, txg, id)?;
+        } else {
+            let snaps = snapshots_of(ds, id);
+            if !snaps.is_empty() && rec == Recursion::None {
+                return Err(Error::HasDependents {
+                    action: "destroy".into(),
+                    name,
+                    reason: format!("it has snapshots ({}); use -r", names(ds, self, &snaps)),
+                });
+            }
+            for s in snaps.into_iter().rev() {
+                gone.extend(self.destroy_rec(ds, txg, s, rec)?);
+            }
+            self.destroy_volume(ds, txg, id)?;
+        }
+        gone.push(name);
+        Ok(gone)
+    }
+}
+
+impl Pool {
+    fn entry_id(&self, ds: &Datasets, full: &str) -> Result<u64> {
+        let rest = self.local(full)?;
+        ds.values()
+            .find(|d| d.name == rest)
+            .map(|d| d.vol.id)
+            .ok_or_else(|| Error::NotFound(full.into()))
+    }
+
+    /// Destroys a volume or snapshot, refusing while snapshots, clones or holds depend on it;
+    /// durable on return.
+    pub fn destroy(&self, full: &str) -> Result<()> {
+        self.destroy_with(full, Recursion::None).map(|_| ())
+    }
+
+    /// Destroys a volume or snapshot and, as `rec` allows, its snapshots and clones; returns
+    /// every name destroyed. Nothing is destroyed if anything is refused. Durable on return.
+    pub fn destroy_with(&self, full: &str, rec: Recursion) -> Result<Vec<String>> {
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        let txg = cs.txg + 1;
+        let gone = {
+            let mut ds = write(&sh.datasets);
+            let id = self.entry_id(&ds, full)?;
+            self.check_destroyable(&ds, id, rec)?;
+            sh.destroy_rec(&mut ds, txg, id, rec)?
+        };
+        sh.commit_locked(&mut cs)?;
+        Ok(gone)
+    }
+
+    /// Refuses a destroy up front (holds, clones, snapshots) so a refused one changes nothing.
+    fn check_destroyable(&self, ds: &Datasets, id: u64, rec: Recursion) -> Result<()> {
+        let sh = &self.shared;
+        let e = &ds[&id];
+        let name = format!("{}/{}", sh.name(), e.name);
+        let refuse = |reason: String| {
+            Err(Error::HasDependents {
+                action: "destroy".into(),
+                name: name.clone(),
+                reason,
+            })
+        };
+        if e.kind == DatasetKind::Snapshot {
+            if !e.holds.is_empty() {
+                return refuse(format!(
+                    "it has holds ({}); release them first",
+                    e.holds.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            let clones = clones_of(ds, id);
+            if !clones.is_empty() {
+                if rec < Recursion::All {
+                    return refuse(format!(
+                        "clones depend on it ({}); destroy or promote them, or use -R",
+                        names(ds, sh, &clones)
+                    ));
+                }
+                for c in clones {
+                    self.check_destroyable(ds, c, rec)?;
+                }
+            }
+        } else {
+            let snaps = snapshots_of(ds, id);
+            if !snaps.is_empty() && rec == Recursion::None {
+                return refuse(format!(
+                    "it has snapshots ({}); use -r",
+                    names(ds, sh, &snaps)
+                ));
+            }
+            for s in snaps {
+                self.check_destroyable(ds, s, rec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes snapshots `POOL/VOL@SNAP`, all in one txg (atomic), each holding every write made
+    /// before the call. O(1) per snapshot: nothing is copied. Durable on return.
+    pub fn snapshot(&self, fulls: &[&str]) -> Result<Vec<DatasetInfo>> {
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        let mut targets = Vec::new();
+        {
+            let ds = read(&sh.datasets);
+            for full in fulls {
+                let rest = self.local(full)?;
+                let Some((head, _)) = rest.split_once('@') else {
+                    return Err(Error::InvalidArgument(format!(
+                        "{full} is not a snapshot name (POOL/VOL@SNAP)"
+                    )));
+                };
+                let head_id = ds
+                    .values()
+                    .find(|d| d.name == head && d.kind == DatasetKind::Volume)
+                    .map(|d| d.vol.id)
+                    .ok_or_else(|| Error::NotFound(format!("{}/{head}", self.name())))?;
+                if ds.values().any(|d| d.name == rest)
+                    || targets.iter().any(|(_, r): &(u64, &str)| *r == rest)
+                {
+                    return Err(Error::AlreadyExists((*full).into()));
+                }
+                targets.push((head_id, rest));
+            }
+        }
+        let first_id = cs.next_id;
+        cs.next_id += targets.len() as u64;
+        sh.commit_with(&mut cs, &mut |txg| {
+            let mut ds = write(&sh.datasets);
+            for (i, (head_id, rest)) in targets.iter().enumerate() {
+                let head = ds[head_id].vol.clone();
+                let mut st = lock(&head.state);
+                let init = StateInit {
+                    size: st.size,
+                    root: st.root,
+                    referenced: st.referenced,
+                    written: st.written,
+                    prev_snap_txg: 0,
+                    deadlist: std::mem::take(&mut st.deadlist),
+                    read_only: true,
+                };
+                st.prev_snap_txg = txg;
+                st.written = 0;
+                let id = first_id + i as u64;
+                let vol = Arc::new(Volume::new(id, rest.to_string(), head.block_size, init));
+                let mut e = DatasetEntry::new(
+                    DatasetKind::Snapshot,
+                    rest.to_string(),
+                    *head_id,
+                    txg,
+                    BTreeMap::new(),
+                    vol,
+                );
+                e.creation_txg = txg;
+                ds.insert(id, e);
+            }
+            Ok(())
+        })?;
+        drop(cs);
+        fulls.iter().map(|f| self.dataset(f)).collect()
+    }
+
+    /// Creates volume `new` from snapshot `snap`: O(1), sharing every block. Durable on return.
+    pub fn clone_snapshot(
+        &self,
+        snap: &str,
+        new: &str,
+        props: &BTreeMap<String, String>,
+    ) -> Result<DatasetInfo> {
+        let new_rest = self.local(new)?;
+        if new_rest.contains('@') {
+            return Err(Error::InvalidArgument(format!(
+                "{new} is a snapshot name; a clone is a volume"
+            )));
+        }
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            let sid = self.entry_id(&ds, snap)?;
+            let s = &ds[&sid];
+            if s.kind != DatasetKind::Snapshot {
+                return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
+            }
+            if ds.values().any(|d| d.name == new_rest) {
+                return Err(Error::AlreadyExists(new.into()));
+            }
+            let (txg, block_size) = (s.creation_txg, s.vol.block_size);
+            let init = {
+                let st = lock(&s.vol.state);
+                StateInit {
+                    size: st.size,
+                    root: st.root,
+                    referenced: st.referenced,
+                    written: 0,
+                    prev_snap_txg: txg,
+                    deadlist: Deadlist::default(),
+                    read_only: false,
+                }
+            };
+            let id = cs.next_id;
+            cs.next_id += 1;
+            let vol = Arc::new(Volume::new(id, new_rest.into(), block_size, init));
+            ds.insert(
+                id,
+                DatasetEntry::new(
+                    DatasetKind::Volume,
+                    new_rest.into(),
+                    sid,
+                    cs.txg + 1,
+                    props.clone(),
+                    vol,
+                ),
+            );
+        }
+        sh.commit_locked(&mut cs)?;
+        drop(cs);
+        self.dataset(new)
+    }
+
+    /// Rolls a volume back to its newest snapshot `snap`, discarding every change since
+    /// (including writes not yet committed). Newer snapshots must be destroyed first
+    /// (`destroy_with`), as `zfs rollback -r` does. Durable on return.
+    pub fn rollback(&self, snap: &str) -> Result<()> {
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        let txg = cs.txg + 1;
+        {
+            let ds = read(&sh.datasets);
+            let sid = self.entry_id(&ds, snap)?;
+            let s = &ds[&sid];
+            if s.kind != DatasetKind::Snapshot {
+                return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
+            }
+            let head = s.parent;
+            let snaps = snapshots_of(&ds, head);
+            let newer: Vec<u64> = snaps
+                .iter()
+                .copied()
+                .skip_while(|&x| x != sid)
+                .skip(1)
+                .collect();
+            if !newer.is_empty() {
+                return Err(Error::HasDependents {
+                    action: "roll back to".into(),
+                    name: snap.into(),
+                    reason: format!(
+                        "newer snapshots exist ({}); use -r to destroy them",
+                        names(&ds, sh, &newer)
+                    ),
+                });
+            }
+            let hv = ds[&head].vol.clone();
+            let (s_root, s_size, s_ref) = {
+                let st = lock(&s.vol.state);
+                (st.root, st.size, st.referenced)
+            };
+            let mut st = lock(&hv.state);
+            self.shared.unreserve(st.drop_dirty());
+            let nblocks = (st.size / u64::from(hv.block_size)) as usize;
+            let mut doomed = Vec::new();
+            walk_born_after(
+                st.root,
+                nblocks,
+                s.creation_txg,
+                &mut |p, buf| {
+                    sh.read_block(p, buf, &|| {
+                        format!("an indirect block of {}", ds[&head].name)
+                    })
+                },
+                &mut |_, _, p| {
+                    doomed.push(*p);
+                    Ok(())
+                },
+            )?;
+            let (_, chain) = sh.load_deadlist(&st.deadlist)?;
+            let mut sm = lock(&sh.spacemap);
+            doomed
+                .iter()
+                .chain(&chain)
+                .for_each(|p| free(&mut sm, txg, p));
+            st.root = s_root;
+            st.size = s_size;
+            st.tree = None;
+            st.referenced = s_ref;
+            st.written = 0;
+            st.deadlist = Deadlist::default();
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
+    }
+
+    /// Makes clone `full` independent of its origin: the origin's snapshots up to and including
+    /// the one it was cloned from move to the clone, and the origin becomes a clone of that
+    /// snapshot (ZFS semantics), so the origin can then be destroyed. Durable on return.
+    pub fn promote(&self, full: &str) -> Result<()> {
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            let cid = self.entry_id(&ds, full)?;
+            let c = &ds[&cid];
+            if c.kind != DatasetKind::Volume || c.parent == 0 {
+                return Err(Error::InvalidArgument(format!("{full} is not a clone")));
+            }
+            let sid = c.parent;
+            let oid = ds[&sid].parent;
+            let cut = ds[&sid].creation_txg;
+            let moving: Vec<u64> = snapshots_of(&ds, oid)
+                .into_iter()
+                .filter(|s| ds[s].creation_txg <= cut)
+                .collect();
+            let cname = c.name.clone();
+            let own: Vec<String> = snapshots_of(&ds, cid)
+                .iter()
+                .map(|s| ds[s].snap_name().to_string())
+                .collect();
+            if let Some(clash) = moving
+                .iter()
+                .find(|s| own.iter().any(|o| o == ds[*s].snap_name()))
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "{}/{cname}@{}",
+                    sh.name(),
+                    ds[clash].snap_name()
+                )));
+            }
+            for s in &moving {
+                let e = ds
+                    .get_mut(s)
+                    .ok_or_else(|| Error::NotFound("snapshot".into()))?;
+                let renamed = format!("{cname}@{}", e.snap_name());
+                *write(&e.vol.name) = renamed.clone();
+                e.name = renamed;
+                e.parent = cid;
+            }
+            let o_origin = ds[&oid].parent;
+            if let Some(c) = ds.get_mut(&cid) {
+                c.parent = o_origin;
+            }
+            if let Some(o) = ds.get_mut(&oid) {
+                o.parent = sid;
+            }
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
+    }
+
+    /// Adds hold `tag` to a snapshot: it cannot be destroyed until released. Durable on return.
+    pub fn hold(&self, snap: &str, tag: &str) -> Result<()> {
+        self.change_holds(snap, |h| {
+            if !h.insert(tag.to_string()) {
+                return Err(Error::AlreadyExists(format!("hold '{tag}' on {snap}")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes hold `tag` from a snapshot. Durable on return.
+    pub fn release(&self, snap: &str, tag: &str) -> Result<()> {
+        self.change_holds(snap, |h| {
+            if !h.remove(tag) {
+                return Err(Error::NotFound(format!("hold '{tag}' on {snap}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn change_holds(
+        &self,
+        snap: &str,
+        f: impl FnOnce(&mut std::collections::BTreeSet<String>) -> Result<()>,
+    ) -> Result<()> {
+        if !snap.contains('@') {
+            return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
+        }
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            let id = self.entry_id(&ds, snap)?;
+            let e = ds
+                .get_mut(&id)
+                .ok_or_else(|| Error::NotFound(snap.into()))?;
+            if e.kind != DatasetKind::Snapshot {
+                return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
+            }
+            f(&mut e.holds)?;
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
+    }
+
+    /// Byte ranges that differ between snapshot `from` and `to` (a later snapshot of the same
+    /// volume, or the volume itself — committed first — when `None`), merged and sorted. Only
+    /// blocks born after `from` are visited.
+    pub fn diff(&self, from: &str, to: Option<&str>) -> Result<Vec<(u64, u64)>> {
+        let sh = &self.shared;
+        if to.is_none() {
+            self.sync()?;
+        }
+        let _cs = lock(&sh.commit);
+        let ds = read(&sh.datasets);
+        let fid = self.entry_id(&ds, from)?;
+        let f = &ds[&fid];
+        if f.kind != DatasetKind::Snapshot {
+            return Err(Error::InvalidArgument(format!("{from} is not a snapshot")));
+        }
+        let tid = match to {
+            Some(t) => self.entry_id(&ds, t)?,
+            None => f.parent,
+        };
+        let t = &ds[&tid];
+        let same_volume =
+            tid == f.parent || (t.kind == DatasetKind::Snapshot && t.parent == f.parent);
+        if !same_volume || (t.kind == DatasetKind::Snapshot && t.creation_txg < f.creation_txg) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a later state of {from}'s volume",
+                to.unwrap_or("the volume")
+            )));
+        }
+        let bs = u64::from(t.vol.block_size);
+        let (root, size) = {
+            let st = lock(&t.vol.state);
+            (st.root, st.size)
+        };
+        let from_size = lock(&f.vol.state).size;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let nblocks = (size / bs) as usize;
+        walk_born_after(
+            root,
+            nblocks,
+            f.creation_txg,
+            &mut |p, buf| sh.read_block(p, buf, &|| format!("an indirect block of {}", t.name)),
+            &mut |level, first, p| {
+                // A data block, or a hole standing for a whole subtree zeroed since `from`.
+                if level == 0 || p.is_hole() {
+                    let span = (crate::phys::PTRS_PER_INDIRECT as u64).pow(level as u32) * bs;
+                    let start = first * bs;
+                    let end = (start + span).min(size);
+                    match out.last_mut() {
+                        Some(l) if l.0 + l.1 == start => l.1 = end - l.0,
+                        _ => out.push((start, end - start)),
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        if size != from_size {
+            let (lo, hi) = (size.min(from_size), size.max(from_size));
+            out.retain(|r| r.0 < lo);
+            if let Some(l) = out.last_mut() {
+                l.1 = l.1.min(lo - l.0);
+            }
+            out.push((lo, hi - lo));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,68 @@
+//! `tarn nfs serve`: export a pool over NFSv3 (MOUNT and portmapper on the same port).
+
+use crate::cli::NfsServeArgs;
+use crate::error::{CliError, Result};
+use crate::registry::{open_entry_with, Registry};
+use ::pool::PoolConfig;
+use std::io::Write;
+use std::sync::Arc;
+
+/// Serves `POOL` until SIGINT or SIGTERM, then commits and closes the pool.
+pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
+    let entry = reg.require(&a.pool)?;
+    let pool = open_entry_with(
+        &entry,
+        PoolConfig {
+            sync_interval: Some(std::time::Duration::from_secs(1)),
+            ..PoolConfig::default()
+        },
+    )?;
+    let pool = Arc::new(pool);
+    let view = Arc::new(::nfs::FileView::new(
+        pool.clone(),
+        ::nfs::ViewOptions {
+            read_only: a.read_only,
+            ..::nfs::ViewOptions::default()
+        },
+    ));
+    let config = ::nfs::ServeConfig {
+        listen: a.listen.clone(),
+        allow: a.allow.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tarn-nfs")
+        .build()
+        .map_err(|e| CliError::io("starting the NFS server's runtime", e))?;
+    let served = rt.block_on(async {
+        let server = ::nfs::Server::bind(view, &config)
+            .await
+            .map_err(|e| CliError::io(format!("listening on {}", config.listen), e))?;
+        let addr = server.local_addr();
+        // Scripts (and tests) wait for this line.
+        println!(
+            "serving pool {} on {addr} (NFSv3, MOUNT and portmapper; export /{}){}",
+            a.pool,
+            a.pool,
+            if a.read_only { ", read-only" } else { "" }
+        );
+        let _ = std::io::stdout().flush();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| CliError::io("installing a SIGTERM handler", e))?;
+        tokio::select! {
+            r = server.run() => r.map_err(|e| CliError::io(format!("serving on {addr}"), e)),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = term.recv() => Ok(()),
+        }
+    });
+    // Requests still in flight hold the view; give them a moment, then close.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    served?;
+    match Arc::try_unwrap(pool) {
+        Ok(p) => p.close()?,
+        Err(p) => {
+            p.sync()?;
+        }
+    }
+    Ok(())
+}

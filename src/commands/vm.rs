@@ -1,0 +1,102 @@
+//! `tarn vm run`: boot a Linux guest whose disks are pool volumes or raw files.
+//!
+//! The CLI opens pools and files and hands the VMM ready backends; the VMM never opens pools.
+
+use super::pool_of;
+use crate::cli::VmRunArgs;
+use crate::error::{CliError, Result};
+use crate::registry::Registry;
+use ::pool::Pool;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use vmm::{Console, DiskBackend, DiskConfig, ExitStatus, VmConfig};
+use zvol::{BlockBackend, PoolVolume, RawFile, RawFileOptions};
+
+/// Process exit status when the guest rebooted (0 means it powered off).
+pub const EXIT_REBOOT: i32 = 10;
+
+fn vmm_err(e: vmm::Error) -> CliError {
+    match e {
+        vmm::Error::Backend(e) => CliError::Zvol(e),
+        vmm::Error::InvalidConfig(m) => CliError::Usage(m),
+        e => CliError::Failed(e.to_string()),
+    }
+}
+
+/// Opens each disk: files directly, volumes through their (opened once) pools.
+fn open_disks(
+    reg: &Registry,
+    disks: &[DiskConfig],
+    pools: &mut BTreeMap<String, Pool>,
+) -> Result<Vec<DiskBackend>> {
+    let mut out = Vec::new();
+    for d in disks {
+        let backend: Arc<dyn BlockBackend> = if d.is_path() {
+            let opts = RawFileOptions {
+                read_only: d.read_only,
+                direct: false,
+            };
+            Arc::new(RawFile::open(&d.source, opts)?)
+        } else {
+            let name = pool_of(&d.source)?.to_string();
+            if !pools.contains_key(&name) {
+                let (pool, _) = reg.open(&name)?;
+                pools.insert(name.clone(), pool);
+            }
+            let pool = pools
+                .get(&name)
+                .ok_or_else(|| CliError::Failed(format!("pool {name} vanished")))?;
+            Arc::new(PoolVolume::open(pool, &d.source, d.read_only)?)
+        };
+        out.push(DiskBackend {
+            backend,
+            read_only: d.read_only,
+        });
+    }
+    Ok(out)
+}
+
+/// Boots the guest and waits for it to power off (exit 0) or reboot (exit [`EXIT_REBOOT`]).
+pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
+    let disks = a
+        .disks
+        .iter()
+        .map(|s| DiskConfig::parse(s).map_err(vmm_err))
+        .collect::<Result<Vec<_>>>()?;
+    let config = VmConfig {
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        cmdline: a.cmdline.clone(),
+        cpus: a.cpus,
+        mem_size: a.mem,
+        disks,
+        console: a.console.clone(),
+    };
+    config.validate().map_err(vmm_err)?;
+    let mut pools = BTreeMap::new();
+    let backends = open_disks(reg, &config.disks, &mut pools)?;
+    let console = match &config.console {
+        Some(p) => Console::File(p.clone()),
+        None => Console::Stdout,
+    };
+    let vmm = vmm::build_linux(&config, backends, console).map_err(vmm_err)?;
+    let report = vmm.run().map_err(vmm_err)?;
+    // Close pools (durably) before reporting.
+    drop(pools);
+    let what = match report.status {
+        ExitStatus::PowerOff => "powered off",
+        ExitStatus::Reboot => "rebooted",
+    };
+    let init = report
+        .init_time
+        .map(|t| format!(", init after {:.3} s", t.as_secs_f64()))
+        .unwrap_or_default();
+    eprintln!(
+        "tarn: guest {what}{init}; {} exits ({} port I/O, {} MMIO)",
+        report.exits.0, report.exits.1, report.exits.2
+    );
+    if report.status == ExitStatus::Reboot {
+        std::process::exit(EXIT_REBOOT);
+    }
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! Building a VM, as recipes: [`build_linux`] boots a kernel, [`build_raw`] runs a few bytes
+//! of 64-bit code (tiny test guests). Each step is a private function.
+
+use crate::acpi::{self, MmioDeviceInfo};
+use crate::config::VmConfig;
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::serial::{EventFdTrigger, SerialConsole};
+use crate::devices::virtio::block::{Block, BlockOptions, Disk};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::vstate::{run_vcpu, Bus, ExitCounts, ExitStatus, Vm};
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
+use kvm_ioctls::VcpuFd;
+use linux_loader::loader::bootparam::{boot_params, setup_header};
+use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader, KernelLoaderResult};
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use zvol::BlockBackend;
+
+/// A disk handed to the VMM: a backend the caller opened, and whether to expose it read-only.
+#[derive(Clone)]
+pub struct DiskBackend {
+    /// The storage.
+    pub backend: Arc<dyn BlockBackend>,
+    /// Expose with `VIRTIO_BLK_F_RO`.
+    pub read_only: bool,
+}
+
+/// Where the console goes.
+pub enum Console {
+    /// The VMM's stdout.
+    Stdout,
+    /// A file (created or truncated).
+    File(std::path::PathBuf),
+    /// Any writer (tests).
+    Writer(Box<dyn Write + Send>),
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    bus: Arc<Bus>,
+    vcpus: Vec<VcpuFd>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.vcpus.len())
+            .field("bus", &self.bus)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Power-off or reboot.
+    pub status: ExitStatus,
+    /// Time from VM start to the guest's "init started" write, if it made one.
+    pub init_time: Option<std::time::Duration>,
+    /// Exits to user space: (total, port I/O, MMIO).
+    pub exits: (u64, u64, u64),
+}
+
+/// Boots the Linux kernel of `config` with `disks` (in `config.disks` order).
+pub fn build_linux(config: &VmConfig, disks: Vec<DiskBackend>, console: Console) -> Result<Vmm> {
+    config.validate()?;
+    let mem = create_memory(config.mem_size)?;
+    let vm = Vm::new(&mem)?;
+    let bus = create_bus(&vm, &mem, disks, console)?;
+    let devices = mmio_device_infos(bus.virtio.len());
+    let rsdp = acpi::create_tables(&mem, config.cpus, &devices)?;
+    let kernel = load_kernel(&mem, config)?;
+    let initrd = match &config.initrd {
+        Some(p) => Some(load_initrd(&mem, p, config.mem_size)?),
+        None => None,
+    };
+    let cmdline = build_cmdline(&config.cmdline)?;
+    load_cmdline(&mem, GuestAddress(layout::CMDLINE), &cmdline)
+        .map_err(|e| Error::KernelLoad(format!("command line: {e}")))?;
+    write_boot_params(&mem, &kernel, initrd, &cmdline, rsdp, config.mem_size)?;
+    setup_page_tables(&mem)?;
+    let entry = kernel_entry(&kernel);
+    let vcpus = create_vcpus(&vm, &mem, config.cpus, entry, layout::ZERO_PAGE)?;
+    Ok(Vmm {
+        vm,
+        mem,
+        bus,
+        vcpus,
+    })
+}
+
+/// Runs `code` in 64-bit mode at 0x10000 on one vCPU with `mem_size` bytes of RAM and
+/// `disks` as virtio-mmio devices (no ACPI, no kernel): a tiny purpose-built guest.
+pub fn build_raw(
+    code: &[u8],
+    mem_size: u64,
+    disks: Vec<DiskBackend>,
+    console: Console,
+) -> Result<Vmm> {
+    const CODE: u64 = 0x10000;
+    let mem = create_memory(mem_size)?;
+    let vm = Vm::new(&mem)?;
+    let bus = create_bus(&vm, &mem, disks, console)?;
+    mem.write_slice(code, GuestAddress(CODE))
+        .map_err(|e| Error::Memory(format!("writing guest code: {e}")))?;
+    setup_page_tables(&mem)?;
+    let vcpus = create_vcpus(&vm, &mem, 1, CODE, 0)?;
+    Ok(Vmm {
+        vm,
+        mem,
+        bus,
+        vcpus,
+    })
+}
+
+impl Vmm {
+    /// Guest memory (tests prepare rings and data in it before running).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Runs every vCPU on its own thread until the guest powers off or reboots.
+    pub fn run(self) -> Result<RunReport> {
+        let Vmm {
+            vm,
+            mem,
+            bus,
+            vcpus,
+        } = self;
+        let stop = Arc::new(AtomicBool::new(false));
+        register_kick_signal()?;
+        let mut threads = Vec::new();
+        for (i, vcpu) in vcpus.into_iter().enumerate() {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || {
+                    let r = run_vcpu(vcpu, &bus, &stop);
+                    stop.store(true, Ordering::SeqCst);
+                    r
+                })
+                .map_err(Error::io("starting a vCPU thread"))?;
+            threads.push(t);
+        }
+        // Wait for any vCPU to stop; then kick the others out of KVM_RUN.
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut result = Ok(());
+        for t in threads {
+            while !t.is_finished() {
+                use std::os::unix::thread::JoinHandleExt;
+                // SAFETY: the thread has not been joined, so its pthread_t is valid; the
+                // signal's handler does nothing (it only interrupts KVM_RUN).
+                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(Error::InvalidConfig("a vCPU thread panicked".into())),
+            }
+        }
+        drop(vm);
+        drop(mem);
+        let status = *bus.exit.lock().unwrap_or_else(|e| e.into_inner());
+        let exits = &bus.exits;
+        let exits = (
+            exits.total.load(Ordering::Relaxed),
+            exits.pio.load(Ordering::Relaxed),
+            exits.mmio.load(Ordering::Relaxed),
+        );
+        for t in &bus.virtio {
+            t.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        }
+        let _ = bus.serial.lock().map(|mut s| s.writer_mut().flush());
+        match (result, status) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(status)) => Ok(RunReport {
+                status,
+                init_time: bus.boot_timer.init_time(),
+                exits,
+            }),
+            (Ok(()), None) => Err(Error::InvalidConfig("vCPUs stopped without an exit".into())),
+        }
+    }
+}
+
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + 1
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn register_kick_signal() -> Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| Error::io("registering the vCPU kick signal")(std::io::Error::from(e)))
+}
+
+/// RAM below the 32-bit MMIO hole, and the rest above 4 GiB.
+fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
+    let low = size.min(layout::MMIO_GAP_START);
+    let mut ranges = vec![(GuestAddress(0), low as usize)];
+    if size > low {
+        ranges.push((GuestAddress(layout::MMIO_GAP_END), (size - low) as usize));
+    }
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))
+}
+
+fn create_bus(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    disks: Vec<DiskBackend>,
+    console: Console,
+) -> Result<Arc<Bus>> {
+    let out: Box<dyn Write + Send> = match console {
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::File(p) => {
+            Box::new(File::create(&p).map_err(Error::io(format!("creating {}", p.display())))?)
+        }
+        Console::Writer(w) => w,
+    };
+    let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("creating an eventfd"))?;
+    vm.fd()
+        .register_irqfd(&serial_evt, layout::SERIAL_IRQ)
+        .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
+    let serial = SerialConsole::new(EventFdTrigger(serial_evt), out);
+    if disks.len() > layout::MAX_VIRTIO_DEVICES {
+        return Err(Error::InvalidConfig(format!(
+            "{} disks: at most {}",
+            disks.len(),
+            layout::MAX_VIRTIO_DEVICES
+        )));
+    }
+    let mut virtio = Vec::new();
+    for (i, d) in disks.into_iter().enumerate() {
+        let disk = Arc::new(Disk::new(d.backend, d.read_only));
+        let name = format!("vd{}", (b'a' + i as u8) as char);
+        let dev = Block::new(&name, disk, BlockOptions::default());
+        let t = MmioTransport::new(mem.clone(), Box::new(dev))?;
+        vm.wire_virtio(&t, layout::virtio_mmio_addr(i), layout::virtio_irq(i))?;
+        virtio.push(Mutex::new(t));
+    }
+    Ok(Arc::new(Bus {
+        serial: Mutex::new(serial),
+        virtio,
+        boot_timer: BootTimer::new(),
+        exit: Mutex::new(None),
+        exits: ExitCounts::default(),
+    }))
+}
+
+fn mmio_device_infos(n: usize) -> Vec<MmioDeviceInfo> {
+    (0..n)
+        .map(|i| MmioDeviceInfo {
+            addr: layout::virtio_mmio_addr(i),
+            len: layout::VIRTIO_MMIO_SIZE,
+            irq: layout::virtio_irq(i),
+        })
+        .collect()
+}
+
+fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<KernelLoaderResult> {
+    use linux_loader::loader::{bzimage::BzImage, elf::Elf};
+    let path = &config.kernel;
+    let mut f = File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let himem = Some(GuestAddress(layout::HIMEM_START));
+    match Elf::load(mem, None, &mut f, himem) {
+        Ok(r) => Ok(r),
+        Err(_) => BzImage::load(mem, None, &mut f, himem).map_err(|e| {
+            Error::KernelLoad(format!("{}: neither ELF nor bzImage: {e}", path.display()))
+        }),
+    }
+}
+
+/// 64-bit entry: `startup_64` is 0x200 past a bzImage's protected-mode code; an ELF
+/// vmlinux starts at its entry point.
+fn kernel_entry(k: &KernelLoaderResult) -> u64 {
+    match k.setup_header {
+        Some(_) => k.kernel_load.0 + 0x200,
+        None => k.kernel_load.0,
+    }
+}
+
+/// Loads the initramfs page-aligned as high as possible below the MMIO hole.
+fn load_initrd(mem: &GuestMemoryMmap, path: &std::path::Path, mem_size: u64) -> Result<(u64, u64)> {
+    let data = std::fs::read(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let top = mem_size.min(layout::MMIO_GAP_START);
+    let size = data.len() as u64;
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a > layout::HIMEM_START + (16 << 20))
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "initramfs of {size} bytes does not fit in guest RAM"
+            ))
+        })?;
+    mem.write_slice(&data, GuestAddress(addr))
+        .map_err(|e| Error::Memory(format!("writing the initramfs: {e}")))?;
+    Ok((addr, size))
+}
+
+fn build_cmdline(s: &str) -> Result<Cmdline> {
+    let mut c = Cmdline::new(layout::CMDLINE_MAX)
+        .map_err(|e| Error::InvalidConfig(format!("command line: {e}")))?;
+    c.insert_str(s)
+        .map_err(|e| Error::InvalidConfig(format!("command line {s:?}: {e}")))?;
+    Ok(c)
+}
+
+/// `boot_params`, as plain bytes for guest memory.
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct BootParams(boot_params);
+
+// SAFETY: boot_params is a C struct of integers and arrays of integers, with no padding
+// requirements beyond what its packed layout defines; every bit pattern is valid.
+unsafe impl ByteValued for BootParams {}
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+
+fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    kernel: &KernelLoaderResult,
+    initrd: Option<(u64, u64)>,
+    cmdline: &Cmdline,
+    rsdp: u64,
+    mem_size: u64,
+) -> Result<()> {
+    let mut p = BootParams::default();
+    let mut hdr: setup_header = kernel.setup_header.unwrap_or_default();
+    hdr.type_of_loader = 0xff;
+    hdr.boot_flag = 0xaa55;
+    hdr.header = 0x5372_6448; // "HdrS"
+    hdr.kernel_alignment = 0x0100_0000;
+    hdr.loadflags |= 1; // LOADED_HIGH
+    hdr.cmd_line_ptr = layout::CMDLINE as u32;
+    let len = cmdline
+        .as_cstring()
+        .map(|c| c.as_bytes().len())
+        .unwrap_or(0);
+    hdr.cmdline_size = len as u32;
+    if let Some((addr, size)) = initrd {
+        hdr.ramdisk_image = addr as u32;
+        hdr.ramdisk_size = size as u32;
+    }
+    p.0.hdr = hdr;
+    p.0.acpi_rsdp_addr = rsdp;
+    let low = mem_size.min(layout::MMIO_GAP_START);
+    let mut e820 = vec![
+        (0, layout::EBDA_START, E820_RAM),
+        (
+            layout::EBDA_START,
+            layout::HIMEM_START - layout::EBDA_START,
+            E820_RESERVED,
+        ),
+        (layout::HIMEM_START, low - layout::HIMEM_START, E820_RAM),
+    ];
+    if mem_size > low {
+        e820.push((layout::MMIO_GAP_END, mem_size - low, E820_RAM));
+    }
+    for (i, (addr, size, ty)) in e820.into_iter().enumerate() {
+        p.0.e820_table[i].addr = addr;
+        p.0.e820_table[i].size = size;
+        p.0.e820_table[i].r#type = ty;
+        p.0.e820_entries = i as u8 + 1;
+    }
+    mem.write_obj(p, GuestAddress(layout::ZERO_PAGE))
+        .map_err(|e| Error::Memory(format!("writing boot_params: {e}")))
+}
+
+/// Identity map of the first 4 GiB (RAM and the MMIO hole) with 2 MiB pages: four page
+/// directories from [`layout::PD`].
+fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
+    let w = |v: u64, a: u64| {
+        mem.write_obj(v, GuestAddress(a))
+            .map_err(|e| Error::Memory(format!("writing page tables: {e}")))
+    };
+    w(layout::PDPT | 3, layout::PML4)?;
+    for d in 0..4u64 {
+        w((layout::PD + d * 0x1000) | 3, layout::PDPT + d * 8)?;
+    }
+    for i in 0..2048u64 {
+        w((i << 21) | 0x83, layout::PD + i * 8)?;
+    }
+    Ok(())
+}
+
+fn create_vcpus(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    n: u8,
+    entry: u64,
+    zero_page: u64,
+) -> Result<Vec<VcpuFd>> {
+    let mut out = Vec::new();
+    for id in 0..n {
+        let vcpu = vm.create_vcpu(id)?;
+        if id == 0 {
+            setup_boot_cpu(&vcpu, mem, entry, zero_page)?;
+        }
+        out.push(vcpu);
+    }
+    Ok(out)
+}
+
+/// Long mode, paging on, flat segments, `rip = entry`, `rsi = zero_page`.
+fn setup_boot_cpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64, zero_page: u64) -> Result<()> {
+    let gdt: [u64; 4] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x008f_8b00_0000_ffff,
+    ];
+    for (i, e) in gdt.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(layout::BOOT_GDT + i as u64 * 8))
+            .map_err(|e| Error::Memory(format!("writing the GDT: {e}")))?;
+    }
+    mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT))
+        .map_err(|e| Error::Memory(format!("writing the IDT: {e}")))?;
+    let mut s = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+    let seg = |sel: u16, ty: u8, l: u8| kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: sel,
+        type_: ty,
+        present: 1,
+        dpl: 0,
+        db: u8::from(l == 0),
+        s: 1,
+        l,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    s.cs = seg(8, 0xb, 1);
+    s.ds = seg(16, 3, 0);
+    s.es = s.ds;
+    s.fs = s.ds;
+    s.gs = s.ds;
+    s.ss = s.ds;
+    s.tr = kvm_segment {
+        s: 0,
+        ..seg(24, 0xb, 0)
+    };
+    s.gdt.base = layout::BOOT_GDT;
+    s.gdt.limit = (gdt.len() * 8 - 1) as u16;
+    s.idt.base = layout::BOOT_IDT;
+    s.idt.limit = 7;
+    s.cr3 = layout::PML4;
+    s.cr4 = 0x20; // PAE
+    s.cr0 = 0x8000_0033; // PG | ET | MP | PE (+NE)
+    s.efer = 0x500; // LME | LMA
+    vcpu.set_sregs(&s).map_err(Error::kvm("KVM_SET_SREGS"))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(Error::kvm("KVM_SET_FPU"))?;
+    let regs = kvm_regs {
+        rip: entry,
+        rsp: layout::BOOT_STACK,
+        rbp: layout::BOOT_STACK,
+        rsi: zero_page,
+        rflags: 2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))
+}

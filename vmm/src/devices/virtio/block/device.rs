@@ -1,0 +1,439 @@
+//! The virtio-blk device: features, configuration space, and the queue thread that pops
+//! requests, parses them, and hands them to the worker pool.
+
+use super::request::{self, Disk, Negotiated, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGS, SECTOR_SIZE};
+use super::worker::WorkerPool;
+use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice};
+use crate::error::{Error, Result};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Tunables of a block device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// Threads executing requests; 0 executes them on the queue thread.
+    pub workers: usize,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        BlockOptions { workers: 4 }
+    }
+}
+
+/// A virtio-blk device on a [`Disk`].
+pub struct Block {
+    disk: Arc<Disk>,
+    options: BlockOptions,
+    avail_features: u64,
+    acked_features: u64,
+    config: Vec<u8>,
+    queue_sizes: [u16; 1],
+    running: Option<Running>,
+    name: String,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("name", &self.name)
+            .field("disk", &self.disk)
+            .field("acked_features", &self.acked_features)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+/// The queue thread of an activated device.
+struct Running {
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl Block {
+    /// A device for `disk`; `name` names its threads.
+    pub fn new(name: &str, disk: Arc<Disk>, options: BlockOptions) -> Block {
+        let mut avail_features = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE;
+        if disk.read_only() {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            avail_features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        let config = config_space(&disk);
+        Block {
+            disk,
+            options,
+            avail_features,
+            acked_features: 0,
+            config,
+            queue_sizes: [QUEUE_SIZE],
+            running: None,
+            name: name.to_string(),
+        }
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.disk
+    }
+
+    fn negotiated(&self) -> Negotiated {
+        Negotiated {
+            discard: self.acked_features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
+            write_zeroes: self.acked_features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
+        }
+    }
+}
+
+/// `struct virtio_blk_config`, little-endian.
+fn config_space(disk: &Disk) -> Vec<u8> {
+    let mut c = vec![0u8; 60];
+    let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
+    put(0, &(disk.capacity() / SECTOR_SIZE).to_le_bytes()); // capacity
+    put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+    let blk_size = disk
+        .backend()
+        .info()
+        .logical_block_size
+        .max(SECTOR_SIZE as u32);
+    put(20, &blk_size.to_le_bytes()); // blk_size
+    put(34, &1u16.to_le_bytes()); // num_queues
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_discard_sectors
+    put(40, &MAX_DISCARD_SEGS.to_le_bytes()); // max_discard_seg
+    put(44, &(blk_size / SECTOR_SIZE as u32).to_le_bytes()); // discard_sector_alignment
+    put(48, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+    put(52, &MAX_DISCARD_SEGS.to_le_bytes()); // max_write_zeroes_seg
+    put(56, &[1]); // write_zeroes_may_unmap
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let start = offset as usize;
+        match self.config.get(start..start.saturating_add(data.len())) {
+            Some(src) => data.copy_from_slice(src),
+            None => data.fill(0),
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        tracing::debug!("{}: ignoring a config write at {offset}", self.name);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<()> {
+        self.reset();
+        let Some(ActiveQueue { mut queue, kick }) = queues.into_iter().next() else {
+            return Err(Error::Queue("virtio-blk needs one queue".into()));
+        };
+        queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        let pool = match self.options.workers {
+            0 => None,
+            n => Some(
+                WorkerPool::new(&format!("{}-io", self.name), n)
+                    .map_err(Error::io("starting virtio-blk workers"))?,
+            ),
+        };
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("creating an eventfd"))?;
+        let stop2 = stop.try_clone().map_err(Error::io("cloning an eventfd"))?;
+        let shared = Arc::new(Shared {
+            mem,
+            queue: Mutex::new(queue),
+            interrupt,
+            disk: self.disk.clone(),
+            neg: self.negotiated(),
+        });
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-queue", self.name))
+            .spawn(move || queue_thread(&shared, pool, &kick, &stop2))
+            .map_err(Error::io("starting the virtio-blk queue thread"))?;
+        self.running = Some(Running { stop, thread });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(r) = self.running.take() {
+            if let Err(e) = r.stop.write(1) {
+                tracing::warn!("{}: stopping the queue thread: {e}", self.name);
+            }
+            let _ = r.thread.join();
+        }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+/// What the queue thread and the workers share.
+struct Shared {
+    mem: GuestMemoryMmap,
+    queue: Mutex<Queue>,
+    interrupt: Arc<Interrupt>,
+    disk: Arc<Disk>,
+    neg: Negotiated,
+}
+
+impl Shared {
+    /// Puts a finished chain on the used ring and interrupts the driver if it wants that.
+    fn complete(&self, head: u16, used_len: u32) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = q.add_used(&self.mem, head, used_len) {
+            tracing::warn!("virtio-blk: add_used({head}): {e}");
+            return;
+        }
+        match q.needs_notification(&self.mem) {
+            Ok(false) => {}
+            Ok(true) | Err(_) => self.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
+        }
+    }
+}
+
+/// Waits for kicks; pops, parses and dispatches every available chain.
+fn queue_thread(shared: &Arc<Shared>, pool: Option<WorkerPool>, kick: &EventFd, stop: &EventFd) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: kick.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds that outlives the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!("virtio-blk queue thread: poll: {e}");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents != 0 {
+            let _ = kick.read();
+            drain(shared, pool.as_ref());
+        }
+    }
+}
+
+fn drain(shared: &Arc<Shared>, pool: Option<&WorkerPool>) {
+    loop {
+        let mut batch = Vec::new();
+        let more = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = q.disable_notification(&shared.mem);
+            while let Some(chain) = q.pop_descriptor_chain(&shared.mem) {
+                let head = chain.head_index();
+                batch.push((head, request::parse(&shared.mem, chain)));
+            }
+            // True when the driver added chains after the last pop.
+            q.enable_notification(&shared.mem).unwrap_or(false)
+        };
+        for (head, parsed) in batch {
+            match parsed {
+                Err(e) => shared.complete(head, request::fail_parse(&shared.mem, e)),
+                Ok(req) => match pool {
+                    Some(pool) => {
+                        let s = shared.clone();
+                        pool.submit(move || {
+                            let c = req.execute(&s.mem, &s.disk, s.neg);
+                            s.complete(head, c.used_len);
+                        });
+                    }
+                    None => {
+                        let c = req.execute(&shared.mem, &shared.disk, shared.neg);
+                        shared.complete(head, c.used_len);
+                    }
+                },
+            }
+        }
+        if !more {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::block::test_utils::*;
+    use crate::devices::virtio::mmio::MmioTransport;
+    use virtio_bindings::virtio_config::*;
+    use virtio_bindings::virtio_mmio::*;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    fn w(t: &mut MmioTransport, reg: u32, v: u32) {
+        t.write(u64::from(reg), &v.to_le_bytes());
+    }
+    fn r(t: &MmioTransport, reg: u32) -> u32 {
+        let mut b = [0; 4];
+        t.read(u64::from(reg), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Drives the device like a Linux driver would: feature negotiation, queue setup,
+    /// DRIVER_OK; then `n` writes in one kick, served by the worker pool, then reads back.
+    #[test]
+    fn driver_round_trip_through_mmio() {
+        for kind in KINDS {
+            let m = mem();
+            let (_k, disk) = disk(kind, false);
+            let dev = Block::new("vda", disk.clone(), BlockOptions { workers: 3 });
+            let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
+            assert_eq!(r(&t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+            assert_eq!(r(&t, VIRTIO_MMIO_VERSION), 2);
+            assert_eq!(r(&t, VIRTIO_MMIO_DEVICE_ID), 2);
+            let mut cap = [0u8; 8];
+            t.read(u64::from(VIRTIO_MMIO_CONFIG), &mut cap);
+            assert_eq!(u64::from_le_bytes(cap), DISK_SIZE / 512);
+            w(
+                &mut t,
+                VIRTIO_MMIO_STATUS,
+                VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+            );
+            w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+            let hi = r(&t, VIRTIO_MMIO_DEVICE_FEATURES);
+            assert_eq!(hi & 1, 1, "VERSION_1 offered");
+            w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+            let lo = r(&t, VIRTIO_MMIO_DEVICE_FEATURES);
+            assert_eq!(lo & (1 << VIRTIO_BLK_F_RO), 0);
+            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, lo);
+            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, hi);
+            w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+            assert_eq!(
+                r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+                VIRTIO_CONFIG_S_FEATURES_OK
+            );
+
+            let q = MockSplitQueue::create(&m, GuestAddress(0), 64);
+            w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+            assert_eq!(r(&t, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
+            w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
+            w(
+                &mut t,
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                q.desc_table_addr().0 as u32,
+            );
+            w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
+            w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, q.used_addr().0 as u32);
+            w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+            w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+
+            // 16 writes of 4 KiB, each a 3-descriptor chain.
+            let n = 16u64;
+            let mut descs = Vec::new();
+            for i in 0..n {
+                let hdr = DATA + i * 0x100;
+                let buf = DATA + 0x10_0000 + i * 0x1000;
+                let st = DATA + 0x8000 + i;
+                header(&m, hdr, VIRTIO_BLK_T_OUT, i * 8);
+                m.write_slice(&[i as u8 + 1; 4096], GuestAddress(buf))
+                    .unwrap();
+                descs.push(linked(hdr, 16, 0, Some(descs.len() as u16 + 1)));
+                descs.push(linked(buf, 4096, 0, Some(descs.len() as u16 + 1)));
+                descs.push(linked(st, 1, WRITE, None));
+            }
+            q.add_desc_chains(&descs, 0).unwrap();
+            w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            // Wait for all completions (interrupts may coalesce).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let used = m.read_obj::<u16>(q.used_addr().unchecked_add(2)).unwrap();
+                if u64::from(used) == n {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{kind:?}: {used} of {n} done"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert_ne!(
+                r(&t, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_VRING,
+                0
+            );
+            w(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+            assert_eq!(r(&t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+            for i in 0..n {
+                assert_eq!(
+                    m.read_obj::<u8>(GuestAddress(DATA + 0x8000 + i)).unwrap(),
+                    0
+                );
+                let mut got = vec![0; 4096];
+                disk.backend().read_at(i * 4096, &mut got).unwrap();
+                assert!(got.iter().all(|&b| b == i as u8 + 1), "{kind:?} block {i}");
+            }
+            // Reset stops the queue thread and clears state.
+            w(&mut t, VIRTIO_MMIO_STATUS, 0);
+            assert_eq!(r(&t, VIRTIO_MMIO_STATUS), 0);
+        }
+    }
+
+    #[test]
+    fn read_only_feature_and_rings_outside_memory() {
+        let m = mem();
+        let (_k, disk) = disk(Kind::Raw, true);
+        let dev = Block::new("vdb", disk, BlockOptions::default());
+        assert_ne!(dev.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_eq!(dev.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+        let mut t = MmioTransport::new(m, Box::new(dev)).unwrap();
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
+        w(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xffff_0000);
+        w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        // Activation refused: the device asks for a reset instead of touching bad memory.
+        assert_ne!(r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    }
+}

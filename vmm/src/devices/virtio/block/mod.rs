@@ -1,0 +1,12 @@
+//! virtio-blk: the device ([`device`]), request parsing and execution with no KVM in it
+//! ([`request`], reusable by a vhost-user-blk server), and the worker pool ([`worker`]).
+
+pub mod device;
+pub mod request;
+pub mod worker;
+
+pub use device::{Block, BlockOptions};
+pub use request::{Disk, Request, RequestType};
+
+#[cfg(test)]
+pub(crate) mod test_utils;
