@@ -51,6 +51,25 @@ pub enum Command {
     /// Export pools over NFSv3.
     #[command(subcommand)]
     Nfs(NfsCommand),
+    /// Take snapshots `POOL/VOL@SNAP`, all at once (one txg, so they are consistent).
+    Snapshot(SnapshotArgs),
+    /// Create a writable volume from a snapshot, sharing every block.
+    Clone(CloneArgs),
+    /// Roll a volume back to a snapshot, discarding later changes.
+    Rollback(RollbackArgs),
+    /// Make a clone independent of its origin (it takes over the origin's older snapshots).
+    Promote(PromoteArgs),
+    /// Put a hold on snapshots: they cannot be destroyed until it is released.
+    Hold(HoldArgs),
+    /// Release a hold on snapshots.
+    Release(HoldArgs),
+    /// Show the byte ranges that changed since a snapshot.
+    Diff(DiffArgs),
+    /// Write a snapshot as a stream (full, or incremental with -i) to stdout or a file.
+    Send(SendArgs),
+    /// Create a volume (or a new snapshot of one) from a send stream on stdin or a file.
+    #[command(alias = "receive")]
+    Recv(RecvArgs),
 }
 
 /// `tarn pool ...`
@@ -130,8 +149,8 @@ pub struct JsonArgs {
 pub struct ListArgs {
     /// A pool, or a dataset (`POOL/NAME`: it and the datasets below it); all pools if absent.
     pub target: Option<String>,
-    /// Dataset types to show: volume, filesystem or all (comma-separated).
-    #[arg(short = 't', long = "type", default_value = "all")]
+    /// Dataset types to show: volume, filesystem, snapshot or all (comma-separated).
+    #[arg(short = 't', long = "type", default_value = "volume,filesystem")]
     pub types: String,
     /// Properties to show as columns (comma-separated), e.g. name,volsize,used,creation,com.example:owner.
     #[arg(short = 'o', long = "props")]
@@ -144,8 +163,105 @@ pub struct ListArgs {
 /// `tarn destroy`
 #[derive(Debug, Args)]
 pub struct DestroyArgs {
-    /// Dataset, `POOL/NAME`.
+    /// Dataset, `POOL/NAME` or `POOL/NAME@SNAP`.
     pub dataset: String,
+    /// Destroy the volume's snapshots too (refused while they have clones).
+    #[arg(short = 'r')]
+    pub recursive: bool,
+    /// Destroy snapshots and every clone of them, recursively.
+    #[arg(short = 'R', conflicts_with = "recursive")]
+    pub dependents: bool,
+}
+
+/// `tarn snapshot`
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Snapshots to take, `POOL/VOL@SNAP` (all in one pool).
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+}
+
+/// `tarn clone`
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// Origin snapshot, `POOL/VOL@SNAP`.
+    pub snapshot: String,
+    /// New volume, `POOL/NAME`.
+    pub name: String,
+    /// User properties of the clone, `KEY=VALUE` (repeatable).
+    #[arg(long = "prop", short = 'o')]
+    pub props: Vec<String>,
+}
+
+/// `tarn rollback`
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Snapshot to roll back to, `POOL/VOL@SNAP`.
+    pub snapshot: String,
+    /// Destroy newer snapshots first (refused while they have clones).
+    #[arg(short = 'r')]
+    pub recursive: bool,
+    /// Destroy newer snapshots and their clones first.
+    #[arg(short = 'R', conflicts_with = "recursive")]
+    pub dependents: bool,
+}
+
+/// `tarn promote`
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// Clone, `POOL/NAME`.
+    pub clone: String,
+}
+
+/// `tarn hold` / `tarn release`
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// Hold tag.
+    pub tag: String,
+    /// Snapshots, `POOL/VOL@SNAP`.
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+}
+
+/// `tarn diff`
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Older snapshot, `POOL/VOL@A`.
+    pub from: String,
+    /// Later snapshot of the same volume, `POOL/VOL@B`; the live volume if absent.
+    pub to: Option<String>,
+    /// Output format flags.
+    #[command(flatten)]
+    pub fmt: JsonArgs,
+}
+
+/// `tarn send`
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Snapshot to send, `POOL/VOL@SNAP`.
+    pub snapshot: String,
+    /// Send only the changes since this older snapshot (`@OLDER` or `POOL/VOL@OLDER`).
+    #[arg(short = 'i')]
+    pub incremental: Option<String>,
+    /// Write the stream to this file instead of stdout.
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+}
+
+/// `tarn recv`
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Target volume `POOL/NAME` (or `POOL/NAME@SNAP` to name the snapshot).
+    pub name: String,
+    /// For an incremental stream, discard changes made to the target since its base snapshot.
+    #[arg(short = 'F')]
+    pub force: bool,
+    /// Read the stream from this file instead of stdin.
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Print what was received.
+    #[arg(short = 'v')]
+    pub verbose: bool,
 }
 
 /// `tarn get`

@@ -11,6 +11,9 @@ pub enum CliError {
     /// A size or volume-layer error.
     #[error(transparent)]
     Zvol(#[from] zvol::Error),
+    /// A snapshot, send or receive error.
+    #[error(transparent)]
+    Snap(#[from] snapshots::Error),
     /// A file operation outside the pool failed.
     #[error("{what}: {source}")]
     Io {
@@ -45,6 +48,7 @@ impl CliError {
         let kind = match self {
             CliError::Pool(e) => Some(e.kind()),
             CliError::Zvol(e) => Some(e.kind()),
+            CliError::Snap(e) => Some(e.kind()),
             CliError::Usage(_) => return 2,
             CliError::Io { .. } | CliError::Failed(_) => None,
         };

@@ -407,6 +407,87 @@ impl Pool {
         fulls.iter().map(|f| self.dataset(f)).collect()
     }
 
+    /// Takes one snapshot and gives it `guid` (receive keeps the sender's identity so later
+    /// incremental streams find their base). Durable on return.
+    pub fn snapshot_with_guid(&self, full: &str, guid: u64) -> Result<DatasetInfo> {
+        self.snapshot(&[full])?;
+        let sh = &self.shared;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            let id = self.entry_id(&ds, full)?;
+            if let Some(e) = ds.get_mut(&id) {
+                e.guid = guid;
+            }
+        }
+        sh.commit_locked(&mut cs)?;
+        drop(cs);
+        self.dataset(full)
+    }
+
+    /// Gives volume `target` the contents of `clone`, a clone of `target`'s newest snapshot, and
+    /// destroys the clone (how a received incremental stream lands atomically). Refuses if
+    /// `target` changed since that snapshot, unless `force`, which discards those changes.
+    /// Durable on return.
+    pub fn replace_with_clone(&self, target: &str, clone: &str, force: bool) -> Result<()> {
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        let txg = cs.txg + 1;
+        {
+            let mut ds = write(&sh.datasets);
+            let tid = self.entry_id(&ds, target)?;
+            let cid = self.entry_id(&ds, clone)?;
+            let base = ds[&cid].parent;
+            let newest = snapshots_of(&ds, tid).last().copied();
+            if ds[&tid].kind != DatasetKind::Volume || base == 0 || newest != Some(base) {
+                return Err(Error::InvalidArgument(format!(
+                    "{clone} is not a clone of {target}'s newest snapshot"
+                )));
+            }
+            if !snapshots_of(&ds, cid).is_empty() || !clones_of(&ds, cid).is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{clone} has snapshots of its own"
+                )));
+            }
+            let tvol = ds[&tid].vol.clone();
+            let cvol = ds[&cid].vol.clone();
+            if tvol.block_size != cvol.block_size {
+                return Err(Error::InvalidArgument(format!(
+                    "{clone} and {target} differ in block size"
+                )));
+            }
+            {
+                let mut tst = lock(&tvol.state);
+                let changed = tst.written > 0 || !tst.open.is_empty();
+                if changed && !force {
+                    return Err(Error::HasDependents {
+                        action: "replace".into(),
+                        name: target.into(),
+                        reason:
+                            "it changed since its newest snapshot; use -F to discard those changes"
+                                .into(),
+                    });
+                }
+                self.shared.unreserve(tst.drop_dirty());
+                let mut cst = lock(&cvol.state);
+                self.shared.unreserve(cst.drop_dirty());
+                // Both heads share the same origin snapshot (same prev_snap_txg), so their states,
+                // trees and deadlists are interchangeable; the old head's state then dies with the
+                // clone entry.
+                std::mem::swap(&mut tst.root, &mut cst.root);
+                std::mem::swap(&mut tst.size, &mut cst.size);
+                std::mem::swap(&mut tst.tree, &mut cst.tree);
+                std::mem::swap(&mut tst.referenced, &mut cst.referenced);
+                std::mem::swap(&mut tst.written, &mut cst.written);
+                std::mem::swap(&mut tst.deadlist, &mut cst.deadlist);
+            }
+            sh.destroy_volume(&mut ds, txg, cid)?;
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
+    }
+
     /// Creates volume `new` from snapshot `snap`: O(1), sharing every block. Durable on return.
     pub fn clone_snapshot(
         &self,

@@ -2,25 +2,33 @@
 //! shared with `vol create`.
 
 use super::{execute, expect_dataset, open_for, parse_assignment, pool_of};
-use crate::cli::{GetArgs, ListArgs, SetArgs};
+use crate::cli::{DestroyArgs, GetArgs, ListArgs, SetArgs};
 use crate::error::{CliError, Result};
 use crate::output::{self, Table};
 use crate::registry::Registry;
 use ::pool::request::{Request, Response};
-use ::pool::{DatasetInfo, DatasetKind, Pool};
+use ::pool::{DatasetInfo, DatasetKind, Pool, Recursion};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Built-in properties, in the order `get all` shows them.
-pub const BUILTIN: [&str; 9] = [
+/// Built-in properties, in the order `get all` shows them. Space figures count data blocks
+/// only (metadata is the pool's overhead, see `tarn pool status`).
+pub const BUILTIN: [&str; 16] = [
     "name",
     "type",
     "volsize",
     "volblocksize",
     "used",
+    "referenced",
+    "written",
+    "usedbysnapshots",
+    "origin",
+    "clones",
+    "holds",
     "creation",
     "createtxg",
     "id",
+    "guid",
     "pool",
 ];
 
@@ -30,7 +38,9 @@ pub fn builtin(prop: &str) -> Option<&'static str> {
     let p = match p.as_str() {
         "size" => "volsize",
         "blocksize" | "volblock" => "volblocksize",
-        "guid" => "id",
+        "refer" => "referenced",
+        "usedsnap" => "usedbysnapshots",
+        "userrefs" => "holds",
         other => return BUILTIN.iter().copied().find(|b| *b == other),
     };
     Some(p)
@@ -90,6 +100,36 @@ pub fn prop_value(d: &DatasetInfo, prop: &str, parsable: bool) -> PropValue {
             Value::from(d.block_size),
         ),
         Some("used") => b(output::size(d.used, parsable), Value::from(d.used)),
+        Some("referenced") => b(
+            output::size(d.referenced, parsable),
+            Value::from(d.referenced),
+        ),
+        Some("written") => b(output::size(d.written, parsable), Value::from(d.written)),
+        Some("usedbysnapshots") => b(
+            output::size(d.usedbysnapshots, parsable),
+            Value::from(d.usedbysnapshots),
+        ),
+        Some("origin") => match &d.origin {
+            Some(o) => b(o.clone(), Value::from(o.clone())),
+            None => b("-".into(), Value::Null),
+        },
+        Some("clones") => b(
+            if d.clones.is_empty() {
+                "-".into()
+            } else {
+                d.clones.join(",")
+            },
+            Value::from(d.clones.clone()),
+        ),
+        Some("holds") => b(
+            if d.holds.is_empty() {
+                "-".into()
+            } else {
+                d.holds.join(",")
+            },
+            Value::from(d.holds.clone()),
+        ),
+        Some("guid") => b(d.guid.to_string(), Value::from(d.guid)),
         Some("creation") => b(
             output::time(d.creation_time, parsable),
             Value::from(d.creation_time),
@@ -139,12 +179,17 @@ fn parse_types(spec: &str) -> Result<Vec<DatasetKind>> {
     let mut out = Vec::new();
     for t in spec.split(',').map(str::trim) {
         match t {
-            "all" => out.extend([DatasetKind::Volume, DatasetKind::Filesystem]),
+            "all" => out.extend([
+                DatasetKind::Volume,
+                DatasetKind::Filesystem,
+                DatasetKind::Snapshot,
+            ]),
             "volume" | "vol" => out.push(DatasetKind::Volume),
             "filesystem" | "fs" => out.push(DatasetKind::Filesystem),
+            "snapshot" | "snap" => out.push(DatasetKind::Snapshot),
             other => {
                 return Err(CliError::Usage(format!(
-                    "unknown dataset type '{other}' (expected volume, filesystem or all)"
+                    "unknown dataset type '{other}' (expected volume, filesystem, snapshot or all)"
                 )))
             }
         }
@@ -152,11 +197,9 @@ fn parse_types(spec: &str) -> Result<Vec<DatasetKind>> {
     Ok(out)
 }
 
+/// Every volume and snapshot with its space figures (read from the pool's deadlists).
 fn list_datasets(pool: &Pool) -> Result<Vec<DatasetInfo>> {
-    match execute(pool, Request::List)? {
-        Response::Datasets(v) => Ok(v),
-        other => Err(super::unexpected(&other)),
-    }
+    Ok(pool.list()?)
 }
 
 /// `tarn list [POOL | POOL/NAME] [-t TYPES] [-o PROPS] [--json]`
@@ -193,7 +236,9 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
     }
     rows.retain(|d| types.contains(&d.kind));
     if let Some(p) = &prefix {
-        rows.retain(|d| d.name == *p || d.name.starts_with(&format!("{p}/")));
+        rows.retain(|d| {
+            d.name == *p || d.name.starts_with(&format!("{p}/")) || d.name.starts_with(&format!("{p}@"))
+        });
         if rows.is_empty() {
             return Err(::pool::Error::NotFound(p.clone()).into());
         }
@@ -214,9 +259,17 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
             output::print_json(&objs)?;
         }
         (props, false) => {
-            let default: Vec<String> = ["name", "type", "volsize", "used", "volblocksize"]
-                .map(String::from)
-                .to_vec();
+            let default: Vec<String> = [
+                "name",
+                "type",
+                "volsize",
+                "used",
+                "referenced",
+                "written",
+                "volblocksize",
+            ]
+            .map(String::from)
+            .to_vec();
             let props = props.as_ref().unwrap_or(&default);
             if rows.is_empty() && !a.fmt.scripted {
                 output::print_str("no datasets available\n")?;
@@ -226,7 +279,15 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
                     .map(|p| {
                         matches!(
                             p.as_str(),
-                            "volsize" | "volblocksize" | "used" | "createtxg" | "id"
+                            "volsize"
+                                | "volblocksize"
+                                | "used"
+                                | "referenced"
+                                | "written"
+                                | "usedbysnapshots"
+                                | "createtxg"
+                                | "id"
+                                | "guid"
                         )
                     })
                     .collect();
@@ -253,15 +314,25 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
     }
 }
 
-/// `tarn destroy POOL/NAME`
-pub fn destroy(reg: &Registry, full: &str) -> Result<()> {
+/// `tarn destroy [-r|-R] POOL/NAME[@SNAP]`
+pub fn destroy(reg: &Registry, a: &DestroyArgs) -> Result<()> {
+    let full = a.dataset.as_str();
     let (pool, _) = open_for(reg, full)?;
-    execute(
-        &pool,
-        Request::Destroy {
-            name: full.to_string(),
-        },
-    )?;
+    let rec = match (a.recursive, a.dependents) {
+        (_, true) => Recursion::All,
+        (true, false) => Recursion::Snapshots,
+        (false, false) => Recursion::None,
+    };
+    if rec == Recursion::None {
+        execute(
+            &pool,
+            Request::Destroy {
+                name: full.to_string(),
+            },
+        )?;
+    } else {
+        pool.destroy_with(full, rec)?;
+    }
     Ok(pool.close()?)
 }
 

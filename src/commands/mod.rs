@@ -3,6 +3,7 @@
 mod dataset;
 mod nfs;
 mod pool;
+mod snapshot;
 mod vm;
 mod vol;
 
@@ -32,13 +33,22 @@ pub fn run(cli: Cli) -> Result<()> {
             VolCommand::Export(a) => vol::export(&reg, &a),
         },
         Command::List(a) => dataset::list(&reg, &a),
-        Command::Destroy(a) => dataset::destroy(&reg, &a.dataset),
+        Command::Destroy(a) => dataset::destroy(&reg, &a),
         Command::Get(a) => dataset::get(&reg, &a),
         Command::Set(a) => dataset::set(&reg, &a),
         Command::Vm(crate::cli::VmCommand::Run(a)) => vm::run(&reg, &a),
         Command::Nfs(n) => match n {
             NfsCommand::Serve(a) => nfs::serve(&reg, &a),
         },
+        Command::Snapshot(a) => snapshot::snapshot(&reg, &a),
+        Command::Clone(a) => snapshot::clone(&reg, &a),
+        Command::Rollback(a) => snapshot::rollback(&reg, &a),
+        Command::Promote(a) => snapshot::promote(&reg, &a),
+        Command::Hold(a) => snapshot::hold(&reg, &a, true),
+        Command::Release(a) => snapshot::hold(&reg, &a, false),
+        Command::Diff(a) => snapshot::diff(&reg, &a),
+        Command::Send(a) => snapshot::send(&reg, &a),
+        Command::Recv(a) => snapshot::recv(&reg, &a),
     }
 }
 
@@ -65,9 +75,9 @@ fn unexpected(r: &Response) -> CliError {
     ))
 }
 
-/// Splits `POOL/NAME` (checking both parts) and returns the pool part.
+/// Splits `POOL/NAME` or `POOL/NAME@SNAP` (checking each part) and returns the pool part.
 pub(crate) fn pool_of(full: &str) -> Result<&str> {
-    Ok(::pool::names::split_dataset_name(full)?.0)
+    Ok(::pool::names::split_any_name(full)?.0)
 }
 
 /// Opens the pool holding `full` and checks the dataset exists.

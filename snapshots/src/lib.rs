@@ -1,0 +1,406 @@
+//! Snapshots as users see them, on top of the pool's mechanics (`pool::Pool::snapshot`,
+//! `clone_snapshot`, `rollback`, `promote`, `destroy_with`, `hold`, `diff`):
+//!
+//! - [`rollback`]: `-r`/`-R` semantics (destroy newer snapshots, and their clones, first;
+//!   checked up front so a refused rollback changes nothing);
+//! - [`send`] and [`recv`]: the send stream (`STREAM.md`), full and incremental, received
+//!   into a temporary volume that only becomes visible once the whole stream verified.
+
+mod error;
+pub mod stream;
+
+pub use error::{Error, Result};
+pub use pool::Recursion;
+
+use pool::{DatasetInfo, DatasetKind, Pool, VolumeHandle};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use stream::{Begin, Record, StreamReader, StreamWriter, CHUNK};
+
+/// Suffix of the temporary volume a receive writes into.
+pub const PARTIAL_SUFFIX: &str = ".recv-partial";
+
+/// Splits `POOL/VOL@SNAP` into (`POOL/VOL`, `SNAP`), checking the name.
+pub fn split_snapshot(full: &str) -> Result<(&str, &str)> {
+    pool::names::split_any_name(full)?;
+    full.split_once('@').ok_or_else(|| {
+        Error::InvalidArgument(format!("{full} is not a snapshot name (POOL/VOL@SNAP)"))
+    })
+}
+
+/// `vol`'s snapshots, oldest first.
+pub fn snapshots_of<'a>(all: &'a [DatasetInfo], vol: &str) -> Vec<&'a DatasetInfo> {
+    let prefix = format!("{vol}@");
+    let mut v: Vec<&DatasetInfo> = all
+        .iter()
+        .filter(|d| d.kind == DatasetKind::Snapshot && d.name.starts_with(&prefix))
+        .collect();
+    v.sort_by_key(|d| d.creation_txg);
+    v
+}
+
+/// Why destroying `name` with `rec` would be refused, if it would (mirrors the pool's rules).
+fn destroy_blocker(all: &BTreeMap<&str, &DatasetInfo>, name: &str, rec: Recursion) -> Option<String> {
+    let d = all.get(name)?;
+    if d.kind == DatasetKind::Snapshot {
+        if !d.holds.is_empty() {
+            return Some(format!("{name} has holds ({})", d.holds.join(", ")));
+        }
+        if !d.clones.is_empty() {
+            if rec < Recursion::All {
+                return Some(format!(
+                    "{name} has clones ({}); use -R",
+                    d.clones.join(", ")
+                ));
+            }
+            return d
+                .clones
+                .iter()
+                .find_map(|c| destroy_blocker(all, c, Recursion::All));
+        }
+        None
+    } else {
+        let prefix = format!("{name}@");
+        all.keys()
+            .filter(|k| k.starts_with(&prefix))
+            .find_map(|s| destroy_blocker(all, s, rec))
+    }
+}
+
+/// Rolls a volume back to snapshot `snap`. With `Recursion::None` newer snapshots make it
+/// refuse (naming them); `Snapshots` destroys them first (refusing if they have clones or
+/// holds), `All` their clones too. Everything is checked before anything is destroyed.
+/// Returns the names destroyed.
+pub fn rollback(pool: &Pool, snap: &str, rec: Recursion) -> Result<Vec<String>> {
+    let (vol, _) = split_snapshot(snap)?;
+    let all = pool.list()?;
+    let snaps = snapshots_of(&all, vol);
+    let pos = snaps
+        .iter()
+        .position(|d| d.name == snap)
+        .ok_or_else(|| pool::Error::NotFound(snap.into()))?;
+    let newer: Vec<String> = snaps[pos + 1..].iter().map(|d| d.name.clone()).collect();
+    let mut gone = Vec::new();
+    if rec > Recursion::None && !newer.is_empty() {
+        let by_name: BTreeMap<&str, &DatasetInfo> =
+            all.iter().map(|d| (d.name.as_str(), d)).collect();
+        if let Some(why) = newer
+            .iter()
+            .find_map(|n| destroy_blocker(&by_name, n, rec))
+        {
+            return Err(pool::Error::HasDependents {
+                action: "roll back to".into(),
+                name: snap.into(),
+                reason: format!("a newer snapshot cannot be destroyed: {why}"),
+            }
+            .into());
+        }
+        for n in newer.iter().rev() {
+            gone.extend(pool.destroy_with(n, rec)?);
+        }
+    }
+    pool.rollback(snap)?;
+    Ok(gone)
+}
+
+/// What a send wrote.
+#[derive(Clone, Debug, Default)]
+pub struct SendSummary {
+    /// Stream bytes.
+    pub bytes: u64,
+    /// Data bytes carried in WRITE records.
+    pub write_bytes: u64,
+    /// Bytes described by FREE records.
+    pub free_bytes: u64,
+}
+
+/// Resolves `-i` (`@OLDER` or `POOL/VOL@OLDER`) against `snap`'s volume.
+pub fn resolve_from(snap: &str, from: &str) -> Result<String> {
+    let (vol, _) = split_snapshot(snap)?;
+    let full = match from.strip_prefix('@') {
+        Some(s) => format!("{vol}@{s}"),
+        None => from.to_string(),
+    };
+    let (fvol, _) = split_snapshot(&full)?;
+    if fvol != vol {
+        return Err(Error::InvalidArgument(format!(
+            "{full} is not a snapshot of {vol}"
+        )));
+    }
+    if full == snap {
+        return Err(Error::InvalidArgument(format!(
+            "an incremental stream needs an older snapshot than {snap}"
+        )));
+    }
+    Ok(full)
+}
+
+fn copy_range<W: Write>(
+    vol: &VolumeHandle,
+    w: &mut StreamWriter<W>,
+    buf: &mut [u8],
+    off: u64,
+    len: u64,
+) -> Result<()> {
+    let mut p = off;
+    while p < off + len {
+        let n = (off + len - p).min(buf.len() as u64) as usize;
+        vol.read_at(p, &mut buf[..n])?;
+        w.write(p, &buf[..n])
+            .map_err(|e| Error::io("writing the stream", e))?;
+        p += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes a stream of snapshot `snap` to `out`: full (only blocks holding data), or
+/// incremental from `from` (a full `POOL/VOL@OLDER`; see [`resolve_from`]) carrying only the
+/// ranges `Pool::diff` reports, as WRITE records for data and FREE records for zeroed ranges.
+pub fn send<W: Write>(pool: &Pool, snap: &str, from: Option<&str>, out: W) -> Result<SendSummary> {
+    let (vol_name, _) = split_snapshot(snap)?;
+    let info = pool.dataset(snap)?;
+    if info.kind != DatasetKind::Snapshot {
+        return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
+    }
+    let volume = pool.dataset(vol_name)?;
+    let from_info = from.map(|f| pool.dataset(f)).transpose()?;
+    let begin = Begin {
+        to_guid: info.guid,
+        from_guid: from_info.as_ref().map(|f| f.guid).unwrap_or(0),
+        to_id: info.id,
+        volume_id: volume.id,
+        pool_guid: pool.guid(),
+        size: info.size,
+        block_size: info.block_size,
+        creation_time: info.creation_time,
+        creation_txg: info.creation_txg,
+        name: info.name.clone(),
+        from_name: from_info.as_ref().map(|f| f.name.clone()).unwrap_or_default(),
+        props: volume.props.into_iter().collect(),
+    };
+    // Work out what to send before writing anything, so a refused send writes nothing.
+    let ranges = match from {
+        Some(f) => pool.diff(f, Some(snap))?,
+        None => vec![(0, info.size)],
+    };
+    let vol = pool.volume(snap)?;
+    let size = vol.size();
+    let out = std::io::BufWriter::with_capacity(256 << 10, out);
+    let mut w = StreamWriter::new(out, &begin).map_err(|e| Error::io("writing the stream", e))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut sum = SendSummary::default();
+    for (off, len) in ranges {
+        if off >= size {
+            continue;
+        }
+        let end = (off + len).min(size);
+        let mut p = off;
+        for (d, dl) in vol.data_ranges(off, end - off)? {
+            if d > p && from.is_some() {
+                w.free(p, d - p)
+                    .map_err(|e| Error::io("writing the stream", e))?;
+                sum.free_bytes += d - p;
+            }
+            copy_range(&vol, &mut w, &mut buf, d, dl)?;
+            sum.write_bytes += dl;
+            p = d + dl;
+        }
+        if p < end && from.is_some() {
+            w.free(p, end - p)
+                .map_err(|e| Error::io("writing the stream", e))?;
+            sum.free_bytes += end - p;
+        }
+    }
+    let (_, bytes) = w.finish().map_err(|e| Error::io("writing the stream", e))?;
+    sum.bytes = bytes;
+    Ok(sum)
+}
+
+/// What a receive created.
+#[derive(Clone, Debug)]
+pub struct RecvSummary {
+    /// The snapshot received, `POOL/VOL@SNAP`.
+    pub snapshot: String,
+    /// The sender's name for it.
+    pub source: String,
+    /// Whether the stream was incremental.
+    pub incremental: bool,
+    /// Data bytes written.
+    pub write_bytes: u64,
+}
+
+/// Applies a stream's records to `vol`, then flushes. Returns data bytes written.
+fn apply<R: Read>(vol: &VolumeHandle, r: &mut StreamReader<R>, size: u64) -> Result<u64> {
+    let mut written = 0;
+    let check = |offset: u64, len: u64| {
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(Error::BadStream(format!(
+                "a record covers bytes {offset}..+{len}, past the volume's {size} bytes"
+            )));
+        }
+        Ok(())
+    };
+    while let Some(rec) = r.next_record()? {
+        match rec {
+            Record::Write { offset, len } => {
+                check(offset, len)?;
+                vol.write_at(offset, &r.buf)?;
+                written += len;
+            }
+            Record::Free { offset, len } => {
+                check(offset, len)?;
+                vol.write_zeroes(offset, len)?;
+            }
+        }
+    }
+    vol.flush()?;
+    Ok(written)
+}
+
+fn exists(pool: &Pool, full: &str) -> Result<Option<DatasetInfo>> {
+    match pool.dataset(full) {
+        Ok(d) => Ok(Some(d)),
+        Err(pool::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Destroys a leftover temporary volume of an interrupted receive.
+fn clear_partial(pool: &Pool, temp: &str) -> Result<()> {
+    if exists(pool, temp)?.is_some() {
+        tracing::warn!(dataset = temp, "destroying the leftover of an interrupted receive");
+        pool.destroy_with(temp, Recursion::All)?;
+    }
+    Ok(())
+}
+
+/// Runs `f`; on error destroys `temp` (best effort) and returns the error.
+fn or_discard<T>(pool: &Pool, temp: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f().inspect_err(|_| {
+        if let Err(e) = pool.destroy_with(temp, Recursion::All) {
+            tracing::error!(dataset = temp, error = %e, "could not discard a failed receive");
+        }
+    })
+}
+
+/// Receives a stream from `input` into `target` (`POOL/VOL`, or `POOL/VOL@SNAP` to rename the
+/// snapshot). A full stream creates `VOL`, which must not exist; an incremental one needs
+/// `VOL`'s newest snapshot to be the stream's base (matched by GUID), and refuses if `VOL`
+/// changed since that snapshot unless `force` (the changes are discarded). The data goes into
+/// `VOL.recv-partial` first; a stream that is truncated or fails a checksum leaves nothing.
+pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result<RecvSummary> {
+    let (vol, snap_arg) = match target.split_once('@') {
+        Some((v, s)) => {
+            pool::names::split_any_name(target)?;
+            (v, Some(s))
+        }
+        None => {
+            pool::names::split_dataset_name(target)?;
+            (target, None)
+        }
+    };
+    let (mut reader, begin) = StreamReader::new(input)?;
+    let snap = format!("{vol}@{}", snap_arg.unwrap_or(begin.snap_name()));
+    pool::names::split_any_name(&snap)?;
+    let temp = format!("{vol}{PARTIAL_SUFFIX}");
+    pool::names::split_dataset_name(&temp)?;
+    let props: BTreeMap<String, String> = begin.props.iter().cloned().collect();
+    let mut summary = RecvSummary {
+        snapshot: snap.clone(),
+        source: begin.name.clone(),
+        incremental: begin.is_incremental(),
+        write_bytes: 0,
+    };
+    if !begin.is_incremental() {
+        if exists(pool, vol)?.is_some() {
+            return Err(Error::Refused(format!(
+                "{vol} exists; a full stream creates a new volume (receive into another name, or send incrementally)"
+            )));
+        }
+        clear_partial(pool, &temp)?;
+        pool.create_volume(&temp, begin.size, begin.block_size, &props)?;
+        let temp_snap = format!("{temp}@{}", split_snapshot(&snap)?.1);
+        or_discard(pool, &temp, || {
+            let h = pool.volume(&temp)?;
+            summary.write_bytes = apply(&h, &mut reader, begin.size)?;
+            drop(h);
+            pool.snapshot_with_guid(&temp_snap, begin.to_guid)?;
+            pool.rename(&temp, vol)?;
+            Ok(())
+        })?;
+        return Ok(summary);
+    }
+    // Incremental: check everything before touching the pool.
+    let Some(t) = exists(pool, vol)? else {
+        return Err(Error::Refused(format!(
+            "{vol} does not exist; an incremental stream needs the volume holding its base {}",
+            begin.from_name
+        )));
+    };
+    if t.kind == DatasetKind::Snapshot {
+        return Err(Error::InvalidArgument(format!("{vol} is not a volume")));
+    }
+    let all = pool.list()?;
+    let snaps = snapshots_of(&all, vol);
+    if let Some(have) = snaps.iter().find(|d| d.guid == begin.to_guid) {
+        return Err(Error::Refused(format!(
+            "{vol} already has this stream's snapshot ({})",
+            have.name
+        )));
+    }
+    if snaps.iter().any(|d| d.name == snap) {
+        return Err(pool::Error::AlreadyExists(snap).into());
+    }
+    let base = match snaps.last() {
+        Some(n) if n.guid == begin.from_guid => n.name.clone(),
+        newest => {
+            return Err(Error::Refused(
+                match snaps.iter().find(|d| d.guid == begin.from_guid) {
+                    Some(b) => format!(
+                        "the stream's base {} is not {vol}'s newest snapshot ({}); destroy the newer snapshots first",
+                        b.name,
+                        newest.map(|n| n.name.as_str()).unwrap_or("-")
+                    ),
+                    None => format!(
+                        "{vol} has no snapshot matching the stream's base {} (guid {:#x})",
+                        begin.from_name, begin.from_guid
+                    ),
+                },
+            ))
+        }
+    };
+    if t.written > 0 && !force {
+        return Err(Error::Refused(format!(
+            "{vol} changed since {base} ({} bytes written); use -F to discard the changes",
+            t.written
+        )));
+    }
+    if t.block_size != begin.block_size {
+        return Err(Error::Refused(format!(
+            "{vol} has block size {}, the stream {}",
+            t.block_size, begin.block_size
+        )));
+    }
+    clear_partial(pool, &temp)?;
+    pool.clone_snapshot(&base, &temp, &BTreeMap::new())?;
+    or_discard(pool, &temp, || {
+        if t.size != begin.size {
+            pool.resize_volume(&temp, begin.size)?;
+        }
+        let h = pool.volume(&temp)?;
+        summary.write_bytes = apply(&h, &mut reader, begin.size)?;
+        drop(h);
+        pool.sync()?;
+        pool.replace_with_clone(vol, &temp, force)?;
+        Ok(())
+    })?;
+    pool.snapshot_with_guid(&snap, begin.to_guid)?;
+    let set: Vec<(String, String)> = props.into_iter().collect();
+    if !set.is_empty() {
+        pool.set_props(vol, &set)?;
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests;

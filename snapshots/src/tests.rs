@@ -1,0 +1,206 @@
+//! Send/receive and rollback against in-memory pools.
+
+use super::*;
+use pool::{MemDevice, PoolConfig};
+use std::sync::Arc;
+
+fn mkpool(name: &str) -> Pool {
+    let cfg = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    Pool::create_on(Arc::new(MemDevice::new(128 << 20)), name, cfg).expect("pool")
+}
+
+fn fill(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+fn read_all(pool: &Pool, name: &str) -> Vec<u8> {
+    let v = pool.volume(name).expect("open");
+    let mut b = vec![0u8; v.size() as usize];
+    v.read_at(0, &mut b).expect("read");
+    b
+}
+
+fn send_vec(pool: &Pool, snap: &str, from: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    send(pool, snap, from, &mut out).expect("send");
+    out
+}
+
+fn names(pool: &Pool) -> Vec<String> {
+    pool.list()
+        .expect("list")
+        .into_iter()
+        .map(|d| d.name)
+        .collect()
+}
+
+#[test]
+fn full_and_incremental_round_trip() {
+    let a = mkpool("a");
+    let mut props = BTreeMap::new();
+    props.insert("com.example:role".to_string(), "image".to_string());
+    a.create_volume("a/v", 4 << 20, 4096, &props).expect("create");
+    let v = a.volume("a/v").expect("vol");
+    v.write_at(0, &fill(1 << 20, 1)).expect("write");
+    v.write_at(3 << 20, &fill(8192, 2)).expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    let full = send_vec(&a, "a/v@s1", None);
+    // Holes are skipped: the stream is near the data size, not the volume size.
+    assert!(full.len() < (1 << 20) + 64 * 1024, "{}", full.len());
+
+    v.write_at(4096, &fill(4096, 3)).expect("write");
+    v.write_zeroes(512 << 10, 256 << 10).expect("zero");
+    drop(v);
+    a.resize_volume("a/v", 6 << 20).expect("grow");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(5 << 20, &fill(4096, 4))
+        .expect("write");
+    a.snapshot(&["a/v@s2"]).expect("snap");
+    let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+    assert!(inc.len() < 64 * 1024, "{}", inc.len());
+
+    let b = mkpool("b");
+    let r = recv(&b, "b/copy", &full[..], false).expect("recv full");
+    assert_eq!(r.snapshot, "b/copy@s1");
+    assert_eq!(read_all(&b, "b/copy@s1"), read_all(&a, "a/v@s1"));
+    let d = b.dataset("b/copy@s1").expect("snap");
+    assert_eq!(d.guid, a.dataset("a/v@s1").expect("snap").guid);
+    assert_eq!(
+        b.dataset("b/copy").expect("vol").props.get("com.example:role"),
+        Some(&"image".to_string())
+    );
+    recv(&b, "b/copy", &inc[..], false).expect("recv inc");
+    assert_eq!(read_all(&b, "b/copy@s2"), read_all(&a, "a/v@s2"));
+    assert_eq!(read_all(&b, "b/copy"), read_all(&a, "a/v@s2"));
+    assert_eq!(b.dataset("b/copy").expect("vol").size, 6 << 20);
+    assert!(!names(&b).iter().any(|n| n.contains(PARTIAL_SUFFIX)));
+    // The same stream again is refused.
+    let e = recv(&b, "b/copy", &inc[..], false).expect_err("twice");
+    assert!(e.to_string().contains("already has"), "{e}");
+}
+
+#[test]
+fn incremental_refused_when_target_changed_unless_forced() {
+    let a = mkpool("a");
+    a.create_volume("a/v", 1 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(65536, 1))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(4096, 9))
+        .expect("write");
+    a.snapshot(&["a/v@s2"]).expect("snap");
+    let full = send_vec(&a, "a/v@s1", None);
+    let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+
+    let b = mkpool("b");
+    recv(&b, "b/v", &full[..], false).expect("full");
+    b.volume("b/v")
+        .expect("vol")
+        .write_at(8192, &[1u8; 4096])
+        .expect("write");
+    b.sync().expect("sync");
+    let before = names(&b);
+    let e = recv(&b, "b/v", &inc[..], false).expect_err("changed");
+    assert!(e.to_string().contains("changed since"), "{e}");
+    assert_eq!(names(&b), before);
+    recv(&b, "b/v", &inc[..], true).expect("forced");
+    assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s2"));
+}
+
+#[test]
+fn bad_streams_leave_nothing_behind() {
+    let a = mkpool("a");
+    a.create_volume("a/v", 2 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(2 << 20, 5))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    let full = send_vec(&a, "a/v@s1", None);
+    let b = mkpool("b");
+    let before = names(&b);
+    let base_alloc = b.info().allocated;
+    for cut in [10, 100, full.len() / 2, full.len() - 1] {
+        let e = recv(&b, "b/v", &full[..cut], false).expect_err("truncated");
+        assert!(matches!(e, Error::BadStream(_)), "{e}");
+        assert_eq!(names(&b), before);
+    }
+    for at in [5, 40, full.len() / 3, full.len() - 3] {
+        let mut c = full.clone();
+        c[at] ^= 0x10;
+        recv(&b, "b/v", &c[..], false).expect_err("flipped");
+        assert_eq!(names(&b), before);
+    }
+    b.sync().expect("sync");
+    // Deferred frees aside, nothing stays allocated.
+    let info = b.info();
+    assert!(info.allocated - info.deferred <= base_alloc + (1 << 20), "{info:?}");
+}
+
+#[test]
+fn rollback_recursion() {
+    let p = mkpool("p");
+    p.create_volume("p/v", 1 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    let v = p.volume("p/v").expect("vol");
+    v.write_at(0, &[1u8; 4096]).expect("w");
+    p.snapshot(&["p/v@a"]).expect("snap");
+    v.write_at(0, &[2u8; 4096]).expect("w");
+    p.snapshot(&["p/v@b"]).expect("snap");
+    v.write_at(0, &[3u8; 4096]).expect("w");
+    p.snapshot(&["p/v@c"]).expect("snap");
+    p.clone_snapshot("p/v@c", "p/cl", &BTreeMap::new())
+        .expect("clone");
+    let e = rollback(&p, "p/v@a", Recursion::None).expect_err("newer");
+    assert!(e.to_string().contains("p/v@b"), "{e}");
+    let e = rollback(&p, "p/v@a", Recursion::Snapshots).expect_err("clones");
+    assert!(e.to_string().contains("p/cl"), "{e}");
+    assert_eq!(names(&p).len(), 5);
+    let gone = rollback(&p, "p/v@a", Recursion::All).expect("rollback -R");
+    assert_eq!(gone, ["p/cl", "p/v@c", "p/v@b"]);
+    let mut b = [0u8; 4096];
+    v.read_at(0, &mut b).expect("read");
+    assert_eq!(b, [1u8; 4096]);
+}
+
+#[test]
+fn resolve_from_forms() {
+    assert_eq!(resolve_from("t/v@b", "@a").expect("ok"), "t/v@a");
+    assert_eq!(resolve_from("t/v@b", "t/v@a").expect("ok"), "t/v@a");
+    assert!(resolve_from("t/v@b", "t/w@a").is_err());
+    assert!(resolve_from("t/v@b", "@b").is_err());
+}
+
+#[test]
+#[ignore = "pool bug: Pool::diff misses blocks dropped by a shrink and re-grown as holes (no hole birth), reported to the pool owner"]
+fn shrink_then_grow_between_snapshots_round_trips() {
+    let a = mkpool("a");
+    a.create_volume("a/v", 1 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(1 << 20, 7))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    a.resize_volume("a/v", 256 << 10).expect("shrink");
+    a.resize_volume("a/v", 1 << 20).expect("grow");
+    a.snapshot(&["a/v@s2"]).expect("snap");
+    let diff = a.diff("a/v@s1", Some("a/v@s2")).expect("diff");
+    assert_eq!(diff, [(256 << 10, 768 << 10)], "the zeroed tail is a change");
+    let b = mkpool("b");
+    recv(&b, "b/v", &send_vec(&a, "a/v@s1", None)[..], false).expect("full");
+    recv(&b, "b/v", &send_vec(&a, "a/v@s2", Some("a/v@s1"))[..], false).expect("inc");
+    assert_eq!(read_all(&b, "b/v@s2"), read_all(&a, "a/v@s2"));
+}
