@@ -323,9 +323,9 @@ impl FileView {
     /// Local names of every dataset (volumes and snapshots), with IDs and kinds.
     fn all(&self) -> Vec<(String, u64, DatasetKind)> {
         self.pool
-            .datasets()
+            .names()
             .into_iter()
-            .map(|d| (self.local_of(&d.name).to_string(), d.id, d.kind))
+            .map(|(name, id, kind)| (self.local_of(&name).to_string(), id, kind))
             .collect()
     }
 
@@ -394,10 +394,10 @@ impl FileView {
         }
         let name = self
             .pool
-            .datasets()
+            .names()
             .into_iter()
-            .find(|d| d.id == id)
-            .map(|d| d.name)
+            .find(|d| d.1 == id)
+            .map(|d| d.0)
             .ok_or(ViewError::Stale(id))?;
         let h = self.pool.volume(&name)?;
         wlock(&self.handles).insert(id, h.clone());
@@ -685,7 +685,7 @@ impl FileView {
         if end > h.size() {
             let _g = lock(&self.ns_lock);
             if end > h.size() {
-                self.pool.resize_volume(&h.name(), end)?;
+                self.pool.grow_volume(&h.name(), end)?;
             }
         }
         if !data.is_empty() {

@@ -216,6 +216,50 @@ impl Pool {
             .collect()
     }
 
+    /// Names, IDs and types of every dataset, volumes and snapshots, by name — cheap: no
+    /// space figures, no disk reads.
+    pub fn names(&self) -> Vec<(String, u64, DatasetKind)> {
+        let ds = read(&self.shared.datasets);
+        let mut v: Vec<_> = ds
+            .values()
+            .map(|d| (format!("{}/{}", self.name(), d.name), d.vol.id, d.kind))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Grows a volume to at least `size` bytes without waiting for a commit: the new size is
+    /// durable with the next commit, like the writes that need it (a file growing under NFS
+    /// WRITEs). Never shrinks.
+    pub fn grow_volume(&self, full: &str, size: u64) -> Result<()> {
+        let rest = self.local_volume(full)?;
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let cs = lock(&sh.commit);
+        let vol = sh.find(rest).ok_or_else(|| Error::NotFound(full.into()))?;
+        let size = round_size(size, vol.block_size)?;
+        let mut st = lock(&vol.state);
+        if size > st.size {
+            if st.tree.is_none() {
+                st.tree = Some(sh.load_tree(&vol, &st)?);
+            }
+            let nblocks = (size / u64::from(vol.block_size)) as usize;
+            let txg = cs.txg + 1;
+            let mut sm = lock(&sh.spacemap);
+            let st = &mut *st;
+            if let Some(t) = st.tree.as_mut() {
+                let mut dropped = Vec::new();
+                t.resize(nblocks, |p, level| dropped.push((p, level)));
+                for (p, level) in dropped {
+                    st.kill(&mut sm, txg, p, level);
+                }
+            }
+            st.size = size;
+            sh.pending.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Opens a volume for I/O, or a snapshot for reading (`POOL/VOL@SNAP`).
     pub fn volume(&self, full: &str) -> Result<VolumeHandle> {
         let rest = self.local(full)?;

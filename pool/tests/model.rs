@@ -251,3 +251,30 @@ fn data_ranges_skip_holes_and_zeroing_holes_needs_no_space() {
     assert!(v.data_ranges(0, 1 << 30).expect("ranges").is_empty());
     assert!(pool.scrub().expect("scrub").is_clean());
 }
+
+#[test]
+fn growing_without_a_commit_is_durable_with_the_next_one() {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(32 << 20));
+    let pool = Pool::create_on(dev.clone(), "tank", config()).expect("create");
+    pool.create_volume("tank/f", 4096, 4096, &BTreeMap::new())
+        .expect("vol");
+    let txg = pool.txg();
+    pool.grow_volume("tank/f", 3 << 20).expect("grow");
+    assert_eq!(pool.txg(), txg, "no commit yet");
+    let v = pool.volume("tank/f").expect("v");
+    v.write_at((3 << 20) - 5, b"tail!")
+        .expect("write at the new end");
+    pool.grow_volume("tank/f", 4096).expect("never shrinks");
+    assert_eq!(v.size(), 3 << 20);
+    v.flush().expect("flush");
+    drop(v);
+    drop(pool);
+    let pool = Pool::open(dev, config()).expect("reopen");
+    let mut buf = [0u8; 5];
+    pool.volume("tank/f")
+        .expect("v")
+        .read_at((3 << 20) - 5, &mut buf)
+        .expect("read");
+    assert_eq!(&buf, b"tail!");
+    assert!(pool.scrub().expect("scrub").is_clean());
+}

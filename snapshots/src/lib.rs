@@ -40,7 +40,11 @@ pub fn snapshots_of<'a>(all: &'a [DatasetInfo], vol: &str) -> Vec<&'a DatasetInf
 }
 
 /// Why destroying `name` with `rec` would be refused, if it would (mirrors the pool's rules).
-fn destroy_blocker(all: &BTreeMap<&str, &DatasetInfo>, name: &str, rec: Recursion) -> Option<String> {
+fn destroy_blocker(
+    all: &BTreeMap<&str, &DatasetInfo>,
+    name: &str,
+    rec: Recursion,
+) -> Option<String> {
     let d = all.get(name)?;
     if d.kind == DatasetKind::Snapshot {
         if !d.holds.is_empty() {
@@ -84,10 +88,7 @@ pub fn rollback(pool: &Pool, snap: &str, rec: Recursion) -> Result<Vec<String>> 
     if rec > Recursion::None && !newer.is_empty() {
         let by_name: BTreeMap<&str, &DatasetInfo> =
             all.iter().map(|d| (d.name.as_str(), d)).collect();
-        if let Some(why) = newer
-            .iter()
-            .find_map(|n| destroy_blocker(&by_name, n, rec))
-        {
+        if let Some(why) = newer.iter().find_map(|n| destroy_blocker(&by_name, n, rec)) {
             return Err(pool::Error::HasDependents {
                 action: "roll back to".into(),
                 name: snap.into(),
@@ -175,7 +176,10 @@ pub fn send<W: Write>(pool: &Pool, snap: &str, from: Option<&str>, out: W) -> Re
         creation_time: info.creation_time,
         creation_txg: info.creation_txg,
         name: info.name.clone(),
-        from_name: from_info.as_ref().map(|f| f.name.clone()).unwrap_or_default(),
+        from_name: from_info
+            .as_ref()
+            .map(|f| f.name.clone())
+            .unwrap_or_default(),
         props: volume.props.into_iter().collect(),
     };
     // Work out what to send before writing anything, so a refused send writes nothing.
@@ -268,7 +272,10 @@ fn exists(pool: &Pool, full: &str) -> Result<Option<DatasetInfo>> {
 /// Destroys a leftover temporary volume of an interrupted receive.
 fn clear_partial(pool: &Pool, temp: &str) -> Result<()> {
     if exists(pool, temp)?.is_some() {
-        tracing::warn!(dataset = temp, "destroying the leftover of an interrupted receive");
+        tracing::warn!(
+            dataset = temp,
+            "destroying the leftover of an interrupted receive"
+        );
         pool.destroy_with(temp, Recursion::All)?;
     }
     Ok(())

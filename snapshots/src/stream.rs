@@ -138,8 +138,7 @@ impl Begin {
                 b.len() - c.at
             )));
         }
-        if d.to_guid == 0 || d.size == 0 || !d.block_size.is_power_of_two() || d.block_size < 512
-        {
+        if d.to_guid == 0 || d.size == 0 || !d.block_size.is_power_of_two() || d.block_size < 512 {
             return Err(Error::BadStream(format!(
                 "BEGIN record is implausible (guid {}, size {}, block size {})",
                 d.to_guid, d.size, d.block_size
@@ -455,9 +454,7 @@ impl<R: Read> StreamReader<R> {
                 self.finish_end()?;
                 Ok(None)
             }
-            kind::BEGIN => Err(Error::BadStream(format!(
-                "record {n} is a second BEGIN"
-            ))),
+            kind::BEGIN => Err(Error::BadStream(format!("record {n} is a second BEGIN"))),
             other => Err(Error::Unsupported(format!(
                 "record {n} has unknown type {other}"
             ))),
@@ -569,7 +566,10 @@ mod tests {
         );
         // Layout: preamble, BEGIN header at 16.
         assert_eq!(&s[..8], b"TARNSTRM");
-        assert_eq!(u32::from_le_bytes([s[16], s[17], s[18], s[19]]), kind::BEGIN);
+        assert_eq!(
+            u32::from_le_bytes([s[16], s[17], s[18], s[19]]),
+            kind::BEGIN
+        );
     }
 
     #[test]
@@ -588,7 +588,10 @@ mod tests {
             for bit in [0u8, 3, 7] {
                 let mut c = s.clone();
                 c[i] ^= 1 << bit;
-                assert!(read_all(&c).is_err(), "flip of bit {bit} at byte {i} accepted");
+                assert!(
+                    read_all(&c).is_err(),
+                    "flip of bit {bit} at byte {i} accepted"
+                );
             }
         }
     }

@@ -44,7 +44,8 @@ fn full_and_incremental_round_trip() {
     let a = mkpool("a");
     let mut props = BTreeMap::new();
     props.insert("com.example:role".to_string(), "image".to_string());
-    a.create_volume("a/v", 4 << 20, 4096, &props).expect("create");
+    a.create_volume("a/v", 4 << 20, 4096, &props)
+        .expect("create");
     let v = a.volume("a/v").expect("vol");
     v.write_at(0, &fill(1 << 20, 1)).expect("write");
     v.write_at(3 << 20, &fill(8192, 2)).expect("write");
@@ -72,7 +73,10 @@ fn full_and_incremental_round_trip() {
     let d = b.dataset("b/copy@s1").expect("snap");
     assert_eq!(d.guid, a.dataset("a/v@s1").expect("snap").guid);
     assert_eq!(
-        b.dataset("b/copy").expect("vol").props.get("com.example:role"),
+        b.dataset("b/copy")
+            .expect("vol")
+            .props
+            .get("com.example:role"),
         Some(&"image".to_string())
     );
     recv(&b, "b/copy", &inc[..], false).expect("recv inc");
@@ -146,7 +150,10 @@ fn bad_streams_leave_nothing_behind() {
     b.sync().expect("sync");
     // Deferred frees aside, nothing stays allocated.
     let info = b.info();
-    assert!(info.allocated - info.deferred <= base_alloc + (1 << 20), "{info:?}");
+    assert!(
+        info.allocated - info.deferred <= base_alloc + (1 << 20),
+        "{info:?}"
+    );
 }
 
 #[test]
@@ -198,9 +205,19 @@ fn shrink_then_grow_between_snapshots_round_trips() {
     a.resize_volume("a/v", 1 << 20).expect("grow");
     a.snapshot(&["a/v@s2"]).expect("snap");
     let diff = a.diff("a/v@s1", Some("a/v@s2")).expect("diff");
-    assert_eq!(diff, [(256 << 10, 768 << 10)], "the zeroed tail is a change");
+    assert_eq!(
+        diff,
+        [(256 << 10, 768 << 10)],
+        "the zeroed tail is a change"
+    );
     let b = mkpool("b");
     recv(&b, "b/v", &send_vec(&a, "a/v@s1", None)[..], false).expect("full");
-    recv(&b, "b/v", &send_vec(&a, "a/v@s2", Some("a/v@s1"))[..], false).expect("inc");
+    recv(
+        &b,
+        "b/v",
+        &send_vec(&a, "a/v@s2", Some("a/v@s1"))[..],
+        false,
+    )
+    .expect("inc");
     assert_eq!(read_all(&b, "b/v@s2"), read_all(&a, "a/v@s2"));
 }

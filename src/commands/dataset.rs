@@ -6,7 +6,7 @@ use crate::cli::{DestroyArgs, GetArgs, ListArgs, SetArgs};
 use crate::error::{CliError, Result};
 use crate::output::{self, Table};
 use crate::registry::Registry;
-use ::pool::request::{Request, Response};
+use ::pool::request::Request;
 use ::pool::{DatasetInfo, DatasetKind, Pool, Recursion};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -237,7 +237,9 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
     rows.retain(|d| types.contains(&d.kind));
     if let Some(p) = &prefix {
         rows.retain(|d| {
-            d.name == *p || d.name.starts_with(&format!("{p}/")) || d.name.starts_with(&format!("{p}@"))
+            d.name == *p
+                || d.name.starts_with(&format!("{p}/"))
+                || d.name.starts_with(&format!("{p}@"))
         });
         if rows.is_empty() {
             return Err(::pool::Error::NotFound(p.clone()).into());

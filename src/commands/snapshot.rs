@@ -1,0 +1,246 @@
+//! Snapshot verbs, top-level as in zfs(8): snapshot, clone, rollback, promote, hold, release,
+//! diff, send and recv. The rules users see live in the `snapshots` crate; the mechanics in
+//! `pool`.
+
+use super::dataset::check_user_prop;
+use super::{open_for, parse_assignment, pool_of};
+use crate::cli::{
+    CloneArgs, DiffArgs, HoldArgs, PromoteArgs, RecvArgs, RollbackArgs, SendArgs, SnapshotArgs,
+};
+use crate::error::{CliError, Result};
+use crate::output::{self, Table};
+use crate::registry::Registry;
+use ::pool::Recursion;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+/// Checks that every name is in one pool and returns it.
+fn one_pool<'a>(names: &'a [String], what: &str) -> Result<&'a str> {
+    let first = pool_of(&names[0])?;
+    for n in names {
+        if pool_of(n)? != first {
+            return Err(CliError::Usage(format!(
+                "{what} must all be in one pool ({} and {n} are not)",
+                names[0]
+            )));
+        }
+    }
+    Ok(first)
+}
+
+/// Checks that `full` names a snapshot.
+fn snapshot_name(full: &str) -> Result<()> {
+    snapshots::split_snapshot(full)?;
+    Ok(())
+}
+
+/// `tarn snapshot POOL/VOL@SNAP...`
+pub fn snapshot(reg: &Registry, a: &SnapshotArgs) -> Result<()> {
+    for n in &a.snapshots {
+        snapshot_name(n)?;
+    }
+    let pool_name = one_pool(&a.snapshots, "snapshots taken together")?;
+    let (pool, _) = reg.open(pool_name)?;
+    let names: Vec<&str> = a.snapshots.iter().map(String::as_str).collect();
+    pool.snapshot(&names)?;
+    Ok(pool.close()?)
+}
+
+/// `tarn clone POOL/VOL@SNAP POOL/NEW [-o K=V]...`
+pub fn clone(reg: &Registry, a: &CloneArgs) -> Result<()> {
+    snapshot_name(&a.snapshot)?;
+    ::pool::names::split_dataset_name(&a.name)?;
+    let mut props = BTreeMap::new();
+    for p in &a.props {
+        let (k, v) = parse_assignment(p)?;
+        check_user_prop(&k)?;
+        props.insert(k, v);
+    }
+    if pool_of(&a.snapshot)? != pool_of(&a.name)? {
+        return Err(CliError::Usage(format!(
+            "a clone lives in its origin's pool: {} and {} differ (use send/recv to copy across pools)",
+            pool_of(&a.snapshot)?,
+            pool_of(&a.name)?
+        )));
+    }
+    let (pool, _) = open_for(reg, &a.snapshot)?;
+    pool.clone_snapshot(&a.snapshot, &a.name, &props)?;
+    Ok(pool.close()?)
+}
+
+/// `tarn rollback [-r|-R] POOL/VOL@SNAP`
+pub fn rollback(reg: &Registry, a: &RollbackArgs) -> Result<()> {
+    snapshot_name(&a.snapshot)?;
+    let rec = match (a.recursive, a.dependents) {
+        (_, true) => Recursion::All,
+        (true, false) => Recursion::Snapshots,
+        (false, false) => Recursion::None,
+    };
+    let (pool, _) = open_for(reg, &a.snapshot)?;
+    snapshots::rollback(&pool, &a.snapshot, rec)?;
+    Ok(pool.close()?)
+}
+
+/// `tarn promote POOL/CLONE`
+pub fn promote(reg: &Registry, a: &PromoteArgs) -> Result<()> {
+    ::pool::names::split_dataset_name(&a.clone)?;
+    let (pool, _) = open_for(reg, &a.clone)?;
+    pool.promote(&a.clone)?;
+    Ok(pool.close()?)
+}
+
+/// `tarn hold TAG SNAP...` and `tarn release TAG SNAP...`
+pub fn hold(reg: &Registry, a: &HoldArgs, add: bool) -> Result<()> {
+    if a.tag.is_empty() || a.tag.len() > 255 || a.tag.chars().any(char::is_control) {
+        return Err(CliError::Usage(format!(
+            "hold tag '{}' must be 1-255 printable characters",
+            a.tag
+        )));
+    }
+    for n in &a.snapshots {
+        snapshot_name(n)?;
+    }
+    let pool_name = one_pool(&a.snapshots, "snapshots")?;
+    let (pool, _) = reg.open(pool_name)?;
+    for n in &a.snapshots {
+        if add {
+            pool.hold(n, &a.tag)?;
+        } else {
+            pool.release(n, &a.tag)?;
+        }
+    }
+    Ok(pool.close()?)
+}
+
+#[derive(serde::Serialize)]
+struct DiffRange {
+    offset: u64,
+    length: u64,
+}
+
+#[derive(serde::Serialize)]
+struct DiffOut {
+    from: String,
+    to: String,
+    changed_bytes: u64,
+    ranges: Vec<DiffRange>,
+}
+
+/// `tarn diff POOL/VOL@A [POOL/VOL@B | @B]`
+pub fn diff(reg: &Registry, a: &DiffArgs) -> Result<()> {
+    let (vol, _) = snapshots::split_snapshot(&a.from)?;
+    let to = match &a.to {
+        Some(t) if t.starts_with('@') => Some(format!("{vol}{t}")),
+        Some(t) => Some(t.clone()),
+        None => None,
+    };
+    if let Some(t) = &to {
+        pool_of(t)?;
+    }
+    let (pool, _) = open_for(reg, &a.from)?;
+    let ranges = pool.diff(&a.from, to.as_deref())?;
+    drop(pool);
+    let changed: u64 = ranges.iter().map(|r| r.1).sum();
+    if a.fmt.json {
+        return output::print_json(&DiffOut {
+            from: a.from.clone(),
+            to: to.unwrap_or_else(|| vol.to_string()),
+            changed_bytes: changed,
+            ranges: ranges
+                .iter()
+                .map(|&(offset, length)| DiffRange { offset, length })
+                .collect(),
+        });
+    }
+    let mut t = Table::new(
+        ["OFFSET", "LENGTH"].map(String::from).to_vec(),
+        vec![true, true],
+    );
+    for (off, len) in &ranges {
+        t.row(vec![off.to_string(), output::size(*len, a.fmt.parsable)]);
+    }
+    t.print(a.fmt.scripted)?;
+    if !a.fmt.scripted {
+        output::print_str(&format!(
+            "{} range{}, {} changed\n",
+            ranges.len(),
+            if ranges.len() == 1 { "" } else { "s" },
+            output::size(changed, a.fmt.parsable)
+        ))?;
+    }
+    Ok(())
+}
+
+/// `tarn send [-i @OLDER] POOL/VOL@SNAP [-f FILE]`
+pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
+    snapshot_name(&a.snapshot)?;
+    let from = a
+        .incremental
+        .as_deref()
+        .map(|f| snapshots::resolve_from(&a.snapshot, f))
+        .transpose()?;
+    if a.file.is_none() && std::io::stdout().is_terminal() {
+        return Err(CliError::Usage(
+            "refusing to write a send stream to a terminal; redirect stdout or use --file".into(),
+        ));
+    }
+    let (pool, _) = open_for(reg, &a.snapshot)?;
+    let sent = match &a.file {
+        None => snapshots::send(
+            &pool,
+            &a.snapshot,
+            from.as_deref(),
+            std::io::stdout().lock(),
+        ),
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .map_err(|e| CliError::io(format!("creating {}", path.display()), e))?;
+            let r = snapshots::send(&pool, &a.snapshot, from.as_deref(), &f).and_then(|s| {
+                f.sync_all()
+                    .map_err(|e| snapshots::Error::io(format!("syncing {}", path.display()), e))
+                    .map(|()| s)
+            });
+            if r.is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            r
+        }
+    };
+    // Send only reads: the pool is dropped without committing.
+    drop(pool);
+    let s = sent?;
+    tracing::debug!(bytes = s.bytes, data = s.write_bytes, "sent");
+    Ok(())
+}
+
+/// `tarn recv [-F] POOL/NAME[@SNAP] [-f FILE]`
+pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
+    pool_of(&a.name)?;
+    let (pool, _) = reg.open(pool_of(&a.name)?)?;
+    let got = match &a.file {
+        None => snapshots::recv(&pool, &a.name, std::io::stdin().lock(), a.force),
+        Some(path) => {
+            let f = std::fs::File::open(path)
+                .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?;
+            snapshots::recv(
+                &pool,
+                &a.name,
+                std::io::BufReader::with_capacity(1 << 20, f),
+                a.force,
+            )
+        }
+    };
+    let closed = pool.close();
+    let s = got?;
+    closed?;
+    if a.verbose {
+        output::print_str(&format!(
+            "received {} stream of {} into {} ({} of data)\n",
+            if s.incremental { "incremental" } else { "full" },
+            s.source,
+            s.snapshot,
+            output::size(s.write_bytes, false)
+        ))?;
+    }
+    Ok(())
+}
