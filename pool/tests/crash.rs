@@ -5,7 +5,7 @@
 //!
 //! `TARN_CRASH_CASES` sets the number of cuts (default 300).
 
-use pool::{CrashDevice, CutMode, Device, MemDevice, Pool, PoolConfig};
+use pool::{CrashDevice, CutMode, Device, MemDevice, Pool, PoolConfig, Recursion};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -22,16 +22,36 @@ fn config() -> PoolConfig {
     }
 }
 
+/// Every dataset's bytes, snapshots included.
 fn read_all(pool: &Pool) -> State {
-    pool.datasets()
+    pool.names()
         .into_iter()
-        .map(|d| {
-            let v = pool.volume(&d.name).expect("open volume");
-            let mut buf = vec![0u8; d.size as usize];
-            v.read_at(0, &mut buf).expect("read volume");
-            (d.name, buf)
+        .map(|(name, _, _)| {
+            let v = pool.volume(&name).expect("open dataset");
+            let mut buf = vec![0u8; v.size() as usize];
+            v.read_at(0, &mut buf).expect("read dataset");
+            (name, buf)
         })
         .collect()
+}
+
+/// What `destroy -R name` takes with it: its snapshots, their clones, recursively.
+fn dependents(pool: &Pool, name: &str) -> Vec<String> {
+    let list = pool.list().expect("list");
+    let mut out = vec![name.to_string()];
+    let mut i = 0;
+    while i < out.len() {
+        let n = out[i].clone();
+        for d in &list {
+            let is_snap_of = d.name.split_once('@').is_some_and(|(h, _)| h == n);
+            let is_clone_of = d.origin.as_deref() == Some(n.as_str());
+            if (is_snap_of || is_clone_of) && !out.contains(&d.name) {
+                out.push(d.name.clone());
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Applies one random operation to the pool and the model. The model is updated first, so on
@@ -39,7 +59,7 @@ fn read_all(pool: &Pool) -> State {
 fn step(rng: &mut SmallRng, pool: &Pool, live: &mut State, n: &mut u32) -> pool::Result<()> {
     let names: Vec<String> = live.keys().cloned().collect();
     let pick = rng.gen_range(0..100);
-    if names.is_empty() || pick < 5 {
+    if names.iter().all(|n| n.contains('@')) || pick < 5 {
         *n += 1;
         let name = format!("crash/v{n}");
         let bs = [4096u32, 16384, 65536][rng.gen_range(0..3)];
@@ -50,12 +70,57 @@ fn step(rng: &mut SmallRng, pool: &Pool, live: &mut State, n: &mut u32) -> pool:
         return Ok(());
     }
     let name = &names[rng.gen_range(0..names.len())];
+    if name.contains('@') {
+        // A snapshot: clone it, or destroy it with everything that depends on it.
+        if pick % 2 == 0 {
+            *n += 1;
+            let clone = format!("crash/c{n}");
+            live.insert(clone.clone(), live[name].clone());
+            pool.clone_snapshot(name, &clone, &BTreeMap::new())?;
+        } else {
+            for d in dependents(pool, name) {
+                live.remove(&d);
+            }
+            pool.destroy_with(name, Recursion::All)?;
+        }
+        return Ok(());
+    }
+    if pick >= 90 {
+        match pick {
+            90..=93 => {
+                *n += 1;
+                let snap = format!("{name}@s{n}");
+                live.insert(snap.clone(), live[name].clone());
+                pool.snapshot(&[&snap])?;
+            }
+            94..=96 => {
+                let newest = pool
+                    .list()?
+                    .into_iter()
+                    .filter(|d| d.name.split_once('@').is_some_and(|(h, _)| h == name))
+                    .max_by_key(|d| d.creation_txg);
+                if let Some(s) = newest {
+                    live.insert(name.clone(), live[&s.name].clone());
+                    pool.rollback(&s.name)?;
+                }
+            }
+            _ => {
+                for d in dependents(pool, name) {
+                    live.remove(&d);
+                }
+                pool.destroy_with(name, Recursion::All)?;
+            }
+        }
+        return Ok(());
+    }
     let data = live.get_mut(name).expect("model volume");
     let size = data.len() as u64;
     match pick {
         5..=7 => {
-            live.remove(name);
-            pool.destroy(name)?;
+            for d in dependents(pool, name) {
+                live.remove(&d);
+            }
+            pool.destroy_with(name, Recursion::All)?;
         }
         8..=10 => {
             let bs = pool.dataset(name)?.block_size as u64;
@@ -147,6 +212,12 @@ fn crash_case(seed: u64) {
         .get(&txg)
         .unwrap_or_else(|| panic!("seed {seed}: txg {txg} was never committed"));
     let got = read_all(&reopened);
+    if std::env::var("TARN_CRASH_DEBUG").is_ok() {
+        eprintln!(
+            "seed {seed}: txg {txg}: {:?}",
+            got.keys().collect::<Vec<_>>()
+        );
+    }
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
