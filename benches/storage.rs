@@ -86,7 +86,7 @@ fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
-/// A zero-initialised buffer whose start is 4 KiB aligned, as `O_DIRECT` wants.
+/// A buffer of random bytes whose start is 4 KiB aligned, as `O_DIRECT` wants.
 struct Aligned {
     buf: Vec<u8>,
     start: usize,

@@ -131,14 +131,16 @@ impl BlockTree {
         Ok(())
     }
 
-    /// Changes the number of data blocks. Dropped data blocks and every indirect block go to
-    /// `free` with their level; the whole upper tree is rewritten at the next sync.
-    pub fn resize(&mut self, nblocks: usize, mut free: impl FnMut(BlockPtr, u8)) {
+    /// Changes the number of data blocks in `txg`. Dropped data blocks and every indirect block
+    /// go to `free` with their level; added blocks are holes born in `txg` (so a shrink and
+    /// regrow between two snapshots still shows as a change); the whole upper tree is
+    /// rewritten at the next sync.
+    pub fn resize(&mut self, nblocks: usize, txg: u64, mut free: impl FnMut(BlockPtr, u8)) {
         let mut data = std::mem::take(&mut self.levels[0]);
         if nblocks < data.len() {
             data.drain(nblocks..).for_each(|p| free(p, 0));
         }
-        data.resize(nblocks, BlockPtr::HOLE);
+        data.resize(nblocks, BlockPtr::hole(txg));
         for (k, level) in self.levels.iter().enumerate().skip(1) {
             level.iter().for_each(|p| free(*p, k as u8));
         }
@@ -278,7 +280,7 @@ mod tests {
         t.set(900, ptr(2));
         t.sync(2, |_| Ok(ptr(50)), |_, _| {}).unwrap();
         let mut freed = vec![];
-        t.resize(100, |p, _| freed.push(p));
+        t.resize(100, 3, |p, _| freed.push(p));
         assert!(freed.contains(&ptr(2)) && !freed.contains(&ptr(1)));
         assert_eq!(t.get(10), ptr(1));
         assert!(t.is_dirty());

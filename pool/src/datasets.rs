@@ -112,7 +112,7 @@ impl Pool {
             let st = &mut *st;
             if let Some(t) = st.tree.as_mut() {
                 let mut dropped = Vec::new();
-                t.resize(nblocks, |p, level| dropped.push((p, level)));
+                t.resize(nblocks, txg, |p, level| dropped.push((p, level)));
                 for (p, level) in dropped {
                     st.kill(&mut sm, txg, p, level);
                 }
@@ -249,7 +249,7 @@ impl Pool {
             let st = &mut *st;
             if let Some(t) = st.tree.as_mut() {
                 let mut dropped = Vec::new();
-                t.resize(nblocks, |p, level| dropped.push((p, level)));
+                t.resize(nblocks, txg, |p, level| dropped.push((p, level)));
                 for (p, level) in dropped {
                     st.kill(&mut sm, txg, p, level);
                 }

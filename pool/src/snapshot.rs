@@ -118,17 +118,24 @@ impl Shared {
                 0,
             ));
         }
-        let written = lock(&d.vol.state).written;
+        // Every block born since the origin that the volume or any of its snapshots holds was
+        // "written" in exactly one interval of the lineage: used is the sum of those.
         let snaps = snapshots_of(ds, id);
+        let used = snaps
+            .iter()
+            .copied()
+            .chain([id])
+            .map(|s| lock(&ds[&s].vol.state).written)
+            .sum();
         if snaps.is_empty() {
-            return Ok((written, 0));
+            return Ok((used, 0));
         }
         let origin = origin_txg(ds, id);
         let mut held = 0;
         for s in snaps.iter().copied().chain([id]) {
             held += self.dead_data(ds, s, origin, u64::MAX)?;
         }
-        Ok((written + held, held))
+        Ok((used, held))
     }
 
     /// Destroys snapshot `id` in `txg`: frees the next dataset's deadlist entries born after the
@@ -344,6 +351,10 @@ impl Pool {
     /// Takes snapshots `POOL/VOL@SNAP`, all in one txg (atomic), each holding every write made
     /// before the call. O(1) per snapshot: nothing is copied. Durable on return.
     pub fn snapshot(&self, fulls: &[&str]) -> Result<Vec<DatasetInfo>> {
+        self.snapshot_inner(fulls, None)
+    }
+
+    fn snapshot_inner(&self, fulls: &[&str], guid: Option<u64>) -> Result<Vec<DatasetInfo>> {
         let sh = &self.shared;
         sh.check_writable()?;
         let mut cs = lock(&sh.commit);
@@ -398,7 +409,9 @@ impl Pool {
                     BTreeMap::new(),
                     vol,
                 );
-                e.creation_txg = txg;
+                if let Some(g) = guid {
+                    e.guid = g;
+                }
                 ds.insert(id, e);
             }
             Ok(())
@@ -408,21 +421,10 @@ impl Pool {
     }
 
     /// Takes one snapshot and gives it `guid` (receive keeps the sender's identity so later
-    /// incremental streams find their base). Durable on return.
+    /// incremental streams find their base), in one txg. Durable on return.
     pub fn snapshot_with_guid(&self, full: &str, guid: u64) -> Result<DatasetInfo> {
-        self.snapshot(&[full])?;
-        let sh = &self.shared;
-        let mut cs = lock(&sh.commit);
-        {
-            let mut ds = write(&sh.datasets);
-            let id = self.entry_id(&ds, full)?;
-            if let Some(e) = ds.get_mut(&id) {
-                e.guid = guid;
-            }
-        }
-        sh.commit_locked(&mut cs)?;
-        drop(cs);
-        self.dataset(full)
+        self.snapshot_inner(&[full], Some(guid))
+            .map(|mut v| v.remove(0))
     }
 
     /// Gives volume `target` the contents of `clone`, a clone of `target`'s newest snapshot, and
@@ -432,6 +434,8 @@ impl Pool {
     pub fn replace_with_clone(&self, target: &str, clone: &str, force: bool) -> Result<()> {
         let sh = &self.shared;
         sh.check_writable()?;
+        // The clone's writes so far are part of what lands.
+        self.sync()?;
         let mut cs = lock(&sh.commit);
         let txg = cs.txg + 1;
         {

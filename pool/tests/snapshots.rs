@@ -133,7 +133,19 @@ impl Model {
             .filter(|id| !live.contains(id) && !origin_ids.contains(id))
             .collect();
         let usedsnap = (held.len() * BS) as u64;
-        (h.img.referenced(), written, written + usedsnap, usedsnap)
+        // Everything born since the origin that the volume or its snapshots still hold.
+        let mine: BTreeSet<Id> = snaps
+            .iter()
+            .flat_map(|s| self.snaps[s].img.id_set())
+            .chain(live.iter().copied())
+            .filter(|id| !origin_ids.contains(id))
+            .collect();
+        (
+            h.img.referenced(),
+            written,
+            (mine.len() * BS) as u64,
+            usedsnap,
+        )
     }
 }
 

@@ -144,7 +144,7 @@ impl Begin {
                 d.to_guid, d.size, d.block_size
             )));
         }
-        if d.size % u64::from(d.block_size) != 0 {
+        if !d.size.is_multiple_of(u64::from(d.block_size)) {
             return Err(Error::BadStream(format!(
                 "BEGIN record: size {} is not a multiple of the block size {}",
                 d.size, d.block_size

@@ -1,7 +1,7 @@
 //! Dataset verbs, top-level as in zfs(8): list, destroy, get, set. Also the property model
 //! shared with `vol create`.
 
-use super::{execute, expect_dataset, open_for, parse_assignment, pool_of};
+use super::{execute, expect_dataset, open_for, parse_assignment, pool_of, pool_of_any};
 use crate::cli::{DestroyArgs, GetArgs, ListArgs, SetArgs};
 use crate::error::{CliError, Result};
 use crate::output::{self, Table};
@@ -350,7 +350,7 @@ struct GetRow {
 pub fn get(reg: &Registry, a: &GetArgs) -> Result<()> {
     // Check every name and property before opening anything.
     for d in &a.datasets {
-        pool_of(d)?;
+        pool_of_any(d)?;
     }
     prop_list(&a.props, None)?;
     let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
@@ -362,7 +362,7 @@ pub fn get(reg: &Registry, a: &GetArgs) -> Result<()> {
     );
     let mut json = Vec::new();
     for full in &a.datasets {
-        let pool_name = pool_of(full)?.to_string();
+        let pool_name = pool_of_any(full)?.to_string();
         if !pools.contains_key(&pool_name) {
             let (p, _) = reg.open(&pool_name)?;
             pools.insert(pool_name.clone(), p);

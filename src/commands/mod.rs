@@ -75,14 +75,19 @@ fn unexpected(r: &Response) -> CliError {
     ))
 }
 
-/// Splits `POOL/NAME` or `POOL/NAME@SNAP` (checking each part) and returns the pool part.
+/// Splits `POOL/NAME` (checking both parts) and returns the pool part.
 pub(crate) fn pool_of(full: &str) -> Result<&str> {
+    Ok(::pool::names::split_dataset_name(full)?.0)
+}
+
+/// Like [`pool_of`], also accepting snapshot names `POOL/NAME@SNAP`.
+pub(crate) fn pool_of_any(full: &str) -> Result<&str> {
     Ok(::pool::names::split_any_name(full)?.0)
 }
 
-/// Opens the pool holding `full` and checks the dataset exists.
+/// Opens the pool holding `full` (a volume or a snapshot) and checks the dataset exists.
 pub(crate) fn open_for(reg: &Registry, full: &str) -> Result<(Pool, ::pool::DatasetInfo)> {
-    let pool_name = pool_of(full)?;
+    let pool_name = pool_of_any(full)?;
     let (pool, _) = reg.open(pool_name)?;
     let info = pool.dataset(full)?;
     Ok((pool, info))

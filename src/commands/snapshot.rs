@@ -3,7 +3,7 @@
 //! `pool`.
 
 use super::dataset::check_user_prop;
-use super::{open_for, parse_assignment, pool_of};
+use super::{open_for, parse_assignment, pool_of, pool_of_any as pool_of_snap};
 use crate::cli::{
     CloneArgs, DiffArgs, HoldArgs, PromoteArgs, RecvArgs, RollbackArgs, SendArgs, SnapshotArgs,
 };
@@ -16,9 +16,9 @@ use std::io::IsTerminal;
 
 /// Checks that every name is in one pool and returns it.
 fn one_pool<'a>(names: &'a [String], what: &str) -> Result<&'a str> {
-    let first = pool_of(&names[0])?;
+    let first = pool_of_snap(&names[0])?;
     for n in names {
-        if pool_of(n)? != first {
+        if pool_of_snap(n)? != first {
             return Err(CliError::Usage(format!(
                 "{what} must all be in one pool ({} and {n} are not)",
                 names[0]
@@ -56,10 +56,10 @@ pub fn clone(reg: &Registry, a: &CloneArgs) -> Result<()> {
         check_user_prop(&k)?;
         props.insert(k, v);
     }
-    if pool_of(&a.snapshot)? != pool_of(&a.name)? {
+    if pool_of_snap(&a.snapshot)? != pool_of(&a.name)? {
         return Err(CliError::Usage(format!(
             "a clone lives in its origin's pool: {} and {} differ (use send/recv to copy across pools)",
-            pool_of(&a.snapshot)?,
+            pool_of_snap(&a.snapshot)?,
             pool_of(&a.name)?
         )));
     }
@@ -135,7 +135,7 @@ pub fn diff(reg: &Registry, a: &DiffArgs) -> Result<()> {
         None => None,
     };
     if let Some(t) = &to {
-        pool_of(t)?;
+        pool_of_snap(t)?;
     }
     let (pool, _) = open_for(reg, &a.from)?;
     let ranges = pool.diff(&a.from, to.as_deref())?;
@@ -215,8 +215,7 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
 
 /// `tarn recv [-F] POOL/NAME[@SNAP] [-f FILE]`
 pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
-    pool_of(&a.name)?;
-    let (pool, _) = reg.open(pool_of(&a.name)?)?;
+    let (pool, _) = reg.open(pool_of_snap(&a.name)?)?;
     let got = match &a.file {
         None => snapshots::recv(&pool, &a.name, std::io::stdin().lock(), a.force),
         Some(path) => {
