@@ -117,7 +117,7 @@ impl Pool {
                     st.kill(&mut sm, txg, p, level);
                 }
             }
-            sh.unreserve(st.truncate_dirty(nblocks as u64, vol.block_size));
+            sh.unreserve(st.discard_dirty(&mut sm, nblocks as u64, vol.block_size));
             st.size = size;
         }
         sh.commit_locked(&mut cs)?;

@@ -215,13 +215,14 @@ impl Pool {
             }
         }
         let sm = lock(&sh.spacemap);
-        let expect = w.claimed.len() as u64 + sm.deferred_sectors();
+        let expect = w.claimed.len() as u64 + sm.deferred_sectors() + sm.placed();
         if sm.allocated() != expect {
             let msg = format!(
-                "space map says {} sectors are allocated, but {} are referenced and {} are deferred frees",
+                "space map says {} sectors are allocated, but {} are referenced, {} are deferred frees and {} are being written",
                 sm.allocated(),
                 w.claimed.len(),
-                sm.deferred_sectors()
+                sm.deferred_sectors(),
+                sm.placed()
             );
             drop(sm);
             w.err(&pool_name, None, msg);

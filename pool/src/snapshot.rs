@@ -204,7 +204,7 @@ impl Shared {
     fn destroy_volume(&self, ds: &mut Datasets, txg: u64, id: u64) -> Result<()> {
         let vol = ds[&id].vol.clone();
         let mut st = lock(&vol.state);
-        self.unreserve(st.drop_dirty());
+        self.unreserve(st.discard_dirty(&mut lock(&self.spacemap), 0, vol.block_size));
         let nblocks = (st.size / u64::from(vol.block_size)) as usize;
         let mut doomed = Vec::new();
         walk_born_after(
@@ -473,9 +473,17 @@ impl Pool {
                                 .into(),
                     });
                 }
-                self.shared.unreserve(tst.drop_dirty());
+                self.shared.unreserve(tst.discard_dirty(
+                    &mut lock(&sh.spacemap),
+                    0,
+                    tvol.block_size,
+                ));
                 let mut cst = lock(&cvol.state);
-                self.shared.unreserve(cst.drop_dirty());
+                self.shared.unreserve(cst.discard_dirty(
+                    &mut lock(&sh.spacemap),
+                    0,
+                    cvol.block_size,
+                ));
                 // Both heads share the same origin snapshot (same prev_snap_txg), so their states,
                 // trees and deadlists are interchangeable; the old head's state then dies with the
                 // clone entry.
@@ -590,7 +598,8 @@ impl Pool {
                 (st.root, st.size, st.referenced)
             };
             let mut st = lock(&hv.state);
-            self.shared.unreserve(st.drop_dirty());
+            self.shared
+                .unreserve(st.discard_dirty(&mut lock(&sh.spacemap), 0, hv.block_size));
             let nblocks = (st.size / u64::from(hv.block_size)) as usize;
             let mut doomed = Vec::new();
             walk_born_after(

@@ -34,6 +34,12 @@ pub struct SpaceMap {
     dirty: BTreeSet<u64>,
     prev_dirty: BTreeSet<u64>,
     deferred: BTreeMap<u64, Vec<Extent>>,
+    /// Extents writers placed ahead of the commit that will reference them (start → length).
+    /// Allocated here, but written to disk as free until committed, so a crash leaks nothing.
+    placed: BTreeMap<u64, u64>,
+    /// Placed extents dropped before any commit referenced them; freed at the next commit,
+    /// when no reader can still be reading them.
+    zombies: Vec<Extent>,
 }
 
 impl SpaceMap {
@@ -49,6 +55,8 @@ impl SpaceMap {
             dirty: BTreeSet::new(),
             prev_dirty: BTreeSet::new(),
             deferred: BTreeMap::new(),
+            placed: BTreeMap::new(),
+            zombies: Vec::new(),
         };
         sm.set_range(0, reserved, true);
         // Bits past the end of the device are permanently allocated.
@@ -150,6 +158,64 @@ impl SpaceMap {
         }
     }
 
+    /// Allocates `len` sectors for a writer placing data ahead of its commit.
+    /// Leaves at least `keep` sectors (space reserved by others) plus a slop of 1/32 of the
+    /// pool for metadata.
+    pub fn place(&mut self, len: u64, keep: u64) -> Option<u64> {
+        let slop = (self.usable() / 32).max(256);
+        if self.free() < len + keep + slop {
+            return None;
+        }
+        let s = self.alloc(len)?;
+        self.placed.insert(s, len);
+        Some(s)
+    }
+
+    /// Placed sectors `start..start + len` are referenced by the txg being committed (a placed
+    /// extent may be committed block by block).
+    pub fn commit_placed(&mut self, start: u64, len: u64) {
+        let Some((&s, &l)) = self.placed.range(..=start).next_back() else {
+            return;
+        };
+        if start + len > s + l {
+            return;
+        }
+        self.placed.remove(&s);
+        if start > s {
+            self.placed.insert(s, start - s);
+        }
+        if start + len < s + l {
+            self.placed.insert(start + len, s + l - start - len);
+        }
+        self.mark_dirty(start, len);
+    }
+
+    /// A placed block was replaced or dropped before any commit referenced it.
+    pub fn unplace(&mut self, start: u64, len: u64) {
+        self.zombies.push(Extent { start, len });
+    }
+
+    /// Frees the placed blocks dropped since the last call (no reader can hold them now).
+    pub fn bury_zombies(&mut self) {
+        for z in std::mem::take(&mut self.zombies) {
+            self.commit_placed(z.start, z.len);
+            self.set_range(z.start, z.len, false);
+        }
+    }
+
+    /// Sectors placed by writers and not yet committed (zombies included).
+    pub fn placed(&self) -> u64 {
+        self.placed.values().sum()
+    }
+
+    fn mark_dirty(&mut self, start: u64, len: u64) {
+        if len > 0 {
+            self.dirty.extend(
+                start / SPACEMAP_BITS_PER_CHUNK..=(start + len - 1) / SPACEMAP_BITS_PER_CHUNK,
+            );
+        }
+    }
+
     /// Marks an extent allocated (used when rebuilding from a tree walk).
     pub fn claim(&mut self, start: u64, len: u64) {
         self.set_range(start, len, true);
@@ -235,8 +301,26 @@ impl SpaceMap {
     /// Encodes chunk `c` as written in `txg`.
     pub fn encode_chunk(&self, c: u64, txg: u64, guid: u64) -> Vec<u8> {
         let w = (c * WORDS_PER_CHUNK) as usize;
+        let mut words = self.words[w..w + WORDS_PER_CHUNK as usize].to_vec();
+        // Placed but uncommitted extents are written as free.
+        let (lo, hi) = (
+            c * SPACEMAP_BITS_PER_CHUNK,
+            (c + 1) * SPACEMAP_BITS_PER_CHUNK,
+        );
+        let first = self
+            .placed
+            .range(..lo)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(lo);
+        for (&s, &l) in self.placed.range(first..hi) {
+            for sector in s.max(lo)..(s + l).min(hi) {
+                let rel = sector - lo;
+                words[(rel / 64) as usize] &= !(1 << (rel % 64));
+            }
+        }
         let mut bits = Enc::default();
-        for word in &self.words[w..w + WORDS_PER_CHUNK as usize] {
+        for word in &words {
             bits.u64(*word);
         }
         let sum = checksum(&bits.0, guid ^ c ^ txg.rotate_left(32));
@@ -295,6 +379,18 @@ mod tests {
         let a = sm.alloc(100).unwrap();
         let b = sm.alloc(100).unwrap();
         assert_eq!((a, b), (10, 110));
+        let p = sm.place(10, 0).unwrap();
+        let enc = sm.encode_chunk(0, 1, 9);
+        let mut other = SpaceMap::new(1000, 10);
+        assert!(other.load_chunk(0, &enc, 1, 9));
+        other.recount();
+        assert_eq!(other.allocated(), 200, "placed blocks are written as free");
+        sm.commit_placed(p, 4);
+        sm.unplace(p + 4, 6);
+        assert_eq!(sm.placed(), 6);
+        sm.bury_zombies();
+        assert_eq!((sm.placed(), sm.allocated()), (0, 204));
+        sm.free_now(p, 4);
         sm.free_deferred(5, a, 60);
         sm.free_deferred(5, a + 60, 40);
         assert_eq!(sm.deferred(), vec![(5, vec![(a, 100)])]);

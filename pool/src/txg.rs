@@ -16,19 +16,11 @@ use crate::phys::{
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
 use crate::spacemap::{Extent, DEFER_TXGS};
-use crate::volume::{Dirty, DirtyMap, Volume};
+use crate::volume::{is_zero, Dirty, DirtyMap, Volume};
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-fn is_zero(b: &[u8]) -> bool {
-    let (pre, words, post) = {
-        // SAFETY: u64 has no invalid bit patterns; align_to only splits at aligned boundaries.
-        unsafe { b.align_to::<u64>() }
-    };
-    pre.iter().all(|&x| x == 0) && words.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
-}
 
 impl Shared {
     /// Whether anything waits to be committed.
@@ -106,7 +98,9 @@ impl Shared {
         // 1. Release old frees.
         let released = {
             let _fence = write(&self.fence);
-            lock(&self.spacemap).release(txg.saturating_sub(DEFER_TXGS))
+            let mut sm = lock(&self.spacemap);
+            sm.bury_zombies();
+            sm.release(txg.saturating_sub(DEFER_TXGS))
         };
         self.punch(released);
 
@@ -130,7 +124,7 @@ impl Shared {
         }
 
         // 3. Write data blocks.
-        let mut placed: Vec<Vec<(u64, BlockPtr)>> = Vec::with_capacity(work.len());
+        let mut placed: Vec<Vec<(u64, BlockPtr, bool)>> = Vec::with_capacity(work.len());
         for (v, map) in &work {
             placed.push(self.write_data(v, map, txg)?);
         }
@@ -141,12 +135,17 @@ impl Shared {
             let mut sm = lock(&self.spacemap);
             let st = &mut *st;
             let nblocks = st.tree.as_ref().map(|t| t.nblocks() as u64).unwrap_or(0);
-            for (idx, p) in ptrs {
+            for (idx, p, was_placed) in ptrs {
                 if idx >= nblocks || st.destroyed {
-                    if !p.is_hole() {
+                    if was_placed {
+                        sm.unplace(p.sector, u64::from(p.sectors));
+                    } else if !p.is_hole() {
                         sm.free_now(p.sector, u64::from(p.sectors));
                     }
                     continue;
+                }
+                if was_placed {
+                    sm.commit_placed(p.sector, u64::from(p.sectors));
                 }
                 let Some(tree) = st.tree.as_mut() else {
                     continue;
@@ -288,7 +287,12 @@ impl Shared {
 
     /// Places one volume's dirty blocks: allocates contiguous space in index order, checksums,
     /// and writes runs that are contiguous on disk with one vectored write each.
-    fn write_data(&self, v: &Volume, map: &DirtyMap, txg: u64) -> Result<Vec<(u64, BlockPtr)>> {
+    fn write_data(
+        &self,
+        v: &Volume,
+        map: &DirtyMap,
+        txg: u64,
+    ) -> Result<Vec<(u64, BlockPtr, bool)>> {
         let guid = self.label.guid;
         let sectors = u64::from(v.block_size) / SECTOR;
         let mut idxs: Vec<u64> = map.keys().copied().collect();
@@ -298,7 +302,8 @@ impl Shared {
         for idx in idxs {
             match &map[&idx] {
                 Dirty::Data(b) if !is_zero(b) => pending.push((idx, b)),
-                _ => out.push((idx, BlockPtr::hole(txg))),
+                Dirty::Placed(p) => out.push((idx, BlockPtr { birth: txg, ..*p }, true)),
+                _ => out.push((idx, BlockPtr::hole(txg), false)),
             }
         }
         let mut placed: Vec<(u64, BlockPtr, &[u8])> = Vec::with_capacity(pending.len());
@@ -350,12 +355,16 @@ impl Shared {
                 })?;
             i = j;
         }
-        out.extend(placed.into_iter().map(|(idx, p, _)| (idx, p)));
+        out.extend(placed.into_iter().map(|(idx, p, _)| (idx, p, false)));
         Ok(out)
     }
 
-    /// Gives released space back to the file system (best effort, coalesced).
+    /// Gives released space back to the file system: only coalesced runs of at least 1 MiB
+    /// (a destroyed volume, a discarded range). Scattered small frees stay allocated in the file
+    /// because copy-on-write reuses them soon, and punching each one costs a synchronous
+    /// discard on file systems mounted with `discard`.
     fn punch(&self, mut released: Vec<Extent>) {
+        const MIN_RUN: u64 = (1 << 20) / SECTOR;
         released.sort_unstable();
         let mut i = 0;
         while i < released.len() {
@@ -366,8 +375,10 @@ impl Shared {
                 end += released[j].len;
                 j += 1;
             }
-            if let Err(e) = self.dev.punch_hole(start * SECTOR, (end - start) * SECTOR) {
-                tracing::debug!(error = %e, "punching freed space failed");
+            if end - start >= MIN_RUN {
+                if let Err(e) = self.dev.punch_hole(start * SECTOR, (end - start) * SECTOR) {
+                    tracing::debug!(error = %e, "punching freed space failed");
+                }
             }
             i = j;
         }

@@ -8,7 +8,7 @@ use crate::blocktree::BlockTree;
 use crate::deadlist::Deadlist;
 use crate::error::{Error, Result};
 use crate::iov::{Iov, IovMut};
-use crate::phys::{BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
+use crate::phys::{checksum, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
 use crate::pool::{lock, read, Shared};
 use crate::spacemap::SpaceMap;
 use std::collections::{HashMap, HashSet};
@@ -18,10 +18,23 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// A block's pending contents.
 pub(crate) enum Dirty {
-    /// New bytes (exactly one block).
+    /// New bytes (exactly one block), written at commit (partial writes merge here).
     Data(Box<[u8]>),
+    /// Already written to fresh space by the writer (whole-block writes): the commit only
+    /// points the tree at it, with the commit's txg as its birth.
+    Placed(BlockPtr),
     /// All zeroes: becomes a hole.
     Zero,
+}
+
+impl Dirty {
+    /// The block this entry placed on disk, if any.
+    pub(crate) fn placed(&self) -> Option<BlockPtr> {
+        match self {
+            Dirty::Placed(p) => Some(*p),
+            _ => None,
+        }
+    }
 }
 
 /// One txg's dirty blocks of a volume, by block index.
@@ -103,17 +116,28 @@ impl VolumeState {
         }
     }
 
-    /// Drops all dirty data, returning the bytes reserved for it.
-    pub(crate) fn drop_dirty(&mut self) -> u64 {
-        self.open.clear();
-        self.open_l1.clear();
-        std::mem::take(&mut self.open_reserved)
-    }
-
-    /// Drops dirty blocks at or past `nblocks` (after a shrink); returns bytes to unreserve.
-    pub(crate) fn truncate_dirty(&mut self, nblocks: u64, block_size: u32) -> u64 {
+    /// Drops dirty blocks at or past `nblocks` (all of them for 0): frees what writers already
+    /// placed (never referenced by a committed txg) and returns the bytes reserved for them.
+    pub(crate) fn discard_dirty(
+        &mut self,
+        sm: &mut SpaceMap,
+        nblocks: u64,
+        block_size: u32,
+    ) -> u64 {
         let before = self.open.len();
-        self.open.retain(|&i, _| i < nblocks);
+        self.open.retain(|&i, d| {
+            let keep = i < nblocks;
+            if !keep {
+                if let Some(p) = d.placed() {
+                    sm.unplace(p.sector, u64::from(p.sectors));
+                }
+            }
+            keep
+        });
+        if nblocks == 0 {
+            self.open_l1.clear();
+            return std::mem::take(&mut self.open_reserved);
+        }
         let dropped = (before - self.open.len()) as u64 * u64::from(block_size);
         let r = dropped.min(self.open_reserved);
         self.open_reserved -= r;
@@ -249,6 +273,13 @@ impl VolumeHandle {
                 match dirty {
                     Some(Dirty::Data(b)) => dst.copy_in(at, &b[in_block..in_block + n]),
                     Some(Dirty::Zero) => dst.zero(at, n),
+                    Some(Dirty::Placed(ptr)) => fetches.push(Fetch {
+                        buf_at: at,
+                        in_block,
+                        len: n,
+                        ptr: *ptr,
+                        idx,
+                    }),
                     None => {
                         let ptr = st
                             .tree
@@ -353,15 +384,18 @@ impl VolumeHandle {
         self.shared.commit().map(|_| ())
     }
 
-    /// Reservation a write of `len` bytes at `offset` needs at most. Zeroing needs space only
-    /// for the partial blocks at either end (whole blocks become holes, which cost nothing).
+    /// Reservation a write of `len` bytes at `offset` needs at most: the partial blocks at
+    /// either end (buffered until the commit) and the indirect blocks the commit rewrites. Whole
+    /// blocks of data are allocated when placed, and whole blocks of zeroes become holes.
     fn worst_case(&self, offset: u64, len: u64, height: u64, data: bool) -> u64 {
         let bs = u64::from(self.vol.block_size);
         let blocks = (offset + len).div_ceil(bs) - offset / bs;
-        if !data {
-            return 2 * (bs + INDIRECT_SIZE as u64 * height);
-        }
-        blocks * bs + (blocks / PTRS_PER_INDIRECT as u64 + 2) * INDIRECT_SIZE as u64 * height
+        let indirect_paths = if data {
+            blocks / PTRS_PER_INDIRECT as u64 + 2
+        } else {
+            2
+        };
+        2 * bs + indirect_paths * INDIRECT_SIZE as u64 * height
     }
 
     /// The byte ranges within `offset..offset + len` that hold data rather than holes, merged
@@ -381,7 +415,7 @@ impl VolumeHandle {
                 .get(&idx)
                 .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)));
             let data = match dirty {
-                Some(Dirty::Data(_)) => true,
+                Some(Dirty::Data(_) | Dirty::Placed(_)) => true,
                 Some(Dirty::Zero) => false,
                 None => st
                     .tree
@@ -419,22 +453,38 @@ impl VolumeHandle {
         }
         let reserve = self.worst_case(offset, len, height, src.is_some());
         self.reserve(reserve)?;
+        // Whole blocks of data go to disk now, from the caller's buffers, outside any lock.
+        let mut placed = match src {
+            Some(iov) => match self.place_whole_blocks(offset, len, iov) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.shared.unreserve(reserve);
+                    return Err(e);
+                }
+            },
+            None => Vec::new(),
+        }
+        .into_iter()
+        .peekable();
         let fill = |dst: &mut [u8], at: usize| match src {
             Some(iov) => iov.copy_out(at, dst),
             None => dst.fill(0),
         };
         let _fence = read(&self.shared.fence);
-        let mut st = match self.state() {
+        let st = self
+            .state()
+            .and_then(|st| self.check_range(&st, offset, len).map(|_| st));
+        let mut st = match st {
             Ok(st) => st,
             Err(e) => {
+                let mut sm = lock(&self.shared.spacemap);
+                placed
+                    .filter_map(|(_, d)| d.placed())
+                    .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
                 self.shared.unreserve(reserve);
                 return Err(e);
             }
         };
-        if let Err(e) = self.check_range(&st, offset, len) {
-            self.shared.unreserve(reserve);
-            return Err(e);
-        }
         let mut used = 0u64;
         let mut at = 0u64;
         let mut result = Ok(());
@@ -446,13 +496,13 @@ impl VolumeHandle {
             let fresh = !st.open.contains_key(&idx);
             let had_data = matches!(st.open.get(&idx), Some(Dirty::Data(_)));
             let whole = n as u64 == bs;
-            if whole && src.is_none() {
+            let replaced = if whole && src.is_none() {
                 // Only blocks that hold data now need a hole recorded; the rest already read as zero.
                 let data = match st.open.get(&idx) {
-                    Some(Dirty::Data(_)) => true,
+                    Some(Dirty::Data(_) | Dirty::Placed(_)) => true,
                     Some(Dirty::Zero) => false,
                     None => match st.syncing.as_ref().and_then(|s| s.get(&idx)) {
-                        Some(d) => matches!(d, Dirty::Data(_)),
+                        Some(d) => !matches!(d, Dirty::Zero),
                         None => st
                             .tree
                             .as_ref()
@@ -460,36 +510,40 @@ impl VolumeHandle {
                     },
                 };
                 if data {
-                    st.open.insert(idx, Dirty::Zero);
+                    st.open.insert(idx, Dirty::Zero)
+                } else {
+                    None
                 }
             } else if whole {
-                let dirty = match src {
-                    None => Dirty::Zero,
-                    Some(iov) => Dirty::Data(match iov.contiguous(at as usize, n) {
-                        Some(b) => b.into(),
-                        None => {
-                            let mut b = vec![0u8; n].into_boxed_slice();
-                            iov.copy_out(at as usize, &mut b);
-                            b
-                        }
-                    }),
-                };
-                st.open.insert(idx, dirty);
+                match placed.next_if(|(i, _)| *i == idx) {
+                    Some((_, d)) => st.open.insert(idx, d),
+                    None => {
+                        result = Err(Error::InvalidArgument(format!(
+                            "internal: block {idx} was not placed"
+                        )));
+                        break;
+                    }
+                }
             } else if let Some(Dirty::Data(b)) = st.open.get_mut(&idx) {
                 fill(&mut b[in_block..in_block + n], at as usize);
+                None
             } else {
                 match self.current_block(&st, idx) {
                     Ok(mut b) => {
                         fill(&mut b[in_block..in_block + n], at as usize);
-                        st.open.insert(idx, Dirty::Data(b));
+                        st.open.insert(idx, Dirty::Data(b))
                     }
                     Err(e) => {
                         result = Err(e);
                         break;
                     }
                 }
+            };
+            if let Some(p) = replaced.and_then(|d| d.placed()) {
+                lock(&self.shared.spacemap).unplace(p.sector, u64::from(p.sectors));
             }
-            if !had_data && (src.is_some() || !whole) {
+            // Buffered partial blocks need space at commit; placed blocks already have theirs.
+            if !had_data && !whole {
                 used += bs;
             }
             if fresh
@@ -500,6 +554,12 @@ impl VolumeHandle {
             }
             at += n as u64;
         }
+        if result.is_err() {
+            let mut sm = lock(&self.shared.spacemap);
+            placed
+                .filter_map(|(_, d)| d.placed())
+                .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
+        }
         st.open_reserved += used;
         self.shared.pending.store(true, Ordering::Release);
         drop(st);
@@ -509,26 +569,145 @@ impl VolumeHandle {
         self.shared.throttle()
     }
 
+    /// Writes the whole blocks of a request to fresh space: consecutive non-zero blocks share
+    /// one allocation and one vectored write straight from the caller's buffers; all-zero blocks
+    /// become holes. Returns each whole block's dirty entry, in order.
+    fn place_whole_blocks(
+        &self,
+        offset: u64,
+        len: u64,
+        iov: &Iov<'_, '_>,
+    ) -> Result<Vec<(u64, Dirty)>> {
+        let bs = u64::from(self.vol.block_size);
+        let sectors = bs / SECTOR;
+        let (first, end) = (offset.div_ceil(bs), (offset + len) / bs);
+        let mut gathered: Vec<Box<[u8]>> = Vec::new();
+        let mut blocks: Vec<(u64, usize, bool)> = Vec::new(); // (idx, gathered index or usize::MAX, zero)
+        for idx in first..end {
+            let at = (idx * bs - offset) as usize;
+            let (slot, zero) = match iov.contiguous(at, bs as usize) {
+                Some(b) => (usize::MAX, is_zero(b)),
+                None => {
+                    let mut b = vec![0u8; bs as usize].into_boxed_slice();
+                    iov.copy_out(at, &mut b);
+                    let z = is_zero(&b);
+                    gathered.push(b);
+                    (gathered.len() - 1, z)
+                }
+            };
+            blocks.push((idx, slot, zero));
+        }
+        let bytes = |idx: u64, slot: usize| -> &[u8] {
+            if slot == usize::MAX {
+                iov.contiguous((idx * bs - offset) as usize, bs as usize)
+                    .unwrap_or_default()
+            } else {
+                &gathered[slot]
+            }
+        };
+        let guid = self.shared.label.guid;
+        let mut out: Vec<(u64, Dirty)> = Vec::with_capacity(blocks.len());
+        let mut i = 0;
+        while i < blocks.len() {
+            if blocks[i].2 {
+                out.push((blocks[i].0, Dirty::Zero));
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < blocks.len() && !blocks[j].2 && j - i < 1024 {
+                j += 1;
+            }
+            let run = (j - i) as u64;
+            let start = match self.place_extent(run * sectors) {
+                Ok(s) => s,
+                Err(e) => {
+                    let mut sm = lock(&self.shared.spacemap);
+                    out.iter()
+                        .filter_map(|(_, d)| d.placed())
+                        .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
+                    return Err(e);
+                }
+            };
+            let mut iovs = Vec::with_capacity(run as usize);
+            for (k, &(idx, slot, _)) in blocks[i..j].iter().enumerate() {
+                let b = bytes(idx, slot);
+                let ptr = BlockPtr {
+                    sector: start + k as u64 * sectors,
+                    sectors: sectors as u32,
+                    birth: 0,
+                    checksum: checksum(b, guid),
+                };
+                out.push((idx, Dirty::Placed(ptr)));
+                iovs.push(IoSlice::new(b));
+            }
+            if let Err(e) = self.shared.dev.write_placed_at(&iovs, start * SECTOR) {
+                let err = Error::io(
+                    format!(
+                        "writing {} to {}",
+                        (self.what(blocks[i].0))(),
+                        self.shared.dev.describe()
+                    ),
+                    e,
+                );
+                self.shared.poison(&err);
+                let mut sm = lock(&self.shared.spacemap);
+                out.iter()
+                    .filter_map(|(_, d)| d.placed())
+                    .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
+                return Err(err);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// Allocates `len` contiguous sectors for placed data, leaving room for what others have
+    /// reserved; commits to release deferred frees when the pool looks full.
+    fn place_extent(&self, len: u64) -> Result<u64> {
+        let mut tries = 0;
+        loop {
+            let keep = self
+                .shared
+                .dirty_bytes
+                .load(Ordering::Acquire)
+                .div_ceil(SECTOR);
+            if let Some(s) = lock(&self.shared.spacemap).place(len, keep) {
+                return Ok(s);
+            }
+            let pending =
+                lock(&self.shared.spacemap).deferred_sectors() > 0 || self.shared.has_dirty();
+            if !pending || tries > crate::spacemap::DEFER_TXGS {
+                let avail = self.shared.writable_bytes();
+                return Err(Error::NoSpace {
+                    pool: self.shared.name().into(),
+                    needed: len * SECTOR,
+                    available: avail,
+                });
+            }
+            self.shared.commit()?;
+            tries += 1;
+        }
+    }
+
     /// The block's current bytes (open txg, syncing txg, or disk), as an owned buffer.
     fn current_block(&self, st: &VolumeState, idx: u64) -> Result<Box<[u8]>> {
         let bs = self.vol.block_size as usize;
-        if let Some(Dirty::Data(b)) = st.open.get(&idx) {
-            return Ok(b.clone());
-        }
-        if st.open.contains_key(&idx) {
-            return Ok(vec![0u8; bs].into_boxed_slice());
-        }
-        match st.syncing.as_ref().and_then(|s| s.get(&idx)) {
+        let ptr = match st
+            .open
+            .get(&idx)
+            .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)))
+        {
             Some(Dirty::Data(b)) => return Ok(b.clone()),
             Some(Dirty::Zero) => return Ok(vec![0u8; bs].into_boxed_slice()),
-            None => {}
-        }
+            Some(Dirty::Placed(p)) => *p,
+            None => st
+                .tree
+                .as_ref()
+                .map(|t| t.get(idx as usize))
+                .unwrap_or_default(),
+        };
         let mut b = vec![0u8; bs].into_boxed_slice();
-        let ptr = st
-            .tree
-            .as_ref()
-            .map(|t| t.get(idx as usize))
-            .unwrap_or_default();
         if !ptr.is_hole() {
             self.shared.read_block(&ptr, &mut b, &self.what(idx))?;
         }
@@ -564,4 +743,11 @@ impl VolumeHandle {
     pub fn is_read_only(&self) -> bool {
         lock(&self.vol.state).read_only
     }
+}
+
+/// Whether a buffer is all zero bytes.
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: u64 has no invalid bit patterns; align_to only splits at aligned boundaries.
+    let (pre, words, post) = unsafe { b.align_to::<u64>() };
+    pre.iter().all(|&x| x == 0) && words.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
 }

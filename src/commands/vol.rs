@@ -12,6 +12,7 @@ use crate::error::{CliError, Result};
 use crate::output;
 use crate::registry::{open_entry_with, Registry};
 use ::pool::request::Request;
+use ::pool::AlignedBuf;
 use ::pool::{Pool, PoolConfig, PoolInfo, VolumeHandle};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -185,7 +186,8 @@ fn data_ranges(f: &File, size: u64, align: u64) -> Vec<(u64, u64)> {
 /// One piece of the image: `data` at `offset` (block-aligned except at the end of the file).
 struct Chunk {
     offset: u64,
-    data: Vec<u8>,
+    /// Page-aligned, so whole blocks go to the pool with O_DIRECT, skipping the page cache.
+    data: AlignedBuf,
 }
 
 /// Reads the source in `CHUNK`s and sends them on; recycled buffers come back on `back`.
@@ -193,9 +195,9 @@ fn read_source(
     src: &Source,
     bs: u64,
     tx: &mpsc::SyncSender<std::io::Result<Chunk>>,
-    back: &mpsc::Receiver<Vec<u8>>,
+    back: &mpsc::Receiver<AlignedBuf>,
 ) {
-    let buffer = || back.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+    let buffer = || back.try_recv().unwrap_or_else(|_| AlignedBuf::new(CHUNK));
     match src.size {
         Some(size) => {
             let ranges = if src.sparse_aware {
@@ -208,7 +210,7 @@ fn read_source(
                 while pos < end {
                     let n = (end - pos).min(CHUNK as u64) as usize;
                     let mut buf = buffer();
-                    buf.resize(n, 0);
+                    buf.set_len(n);
                     let r = src.file.read_exact_at(&mut buf, pos).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
                             std::io::Error::other(format!("{} shrank while being read", src.label))
@@ -236,7 +238,7 @@ fn read_source(
             let mut reader = &src.file;
             loop {
                 let mut buf = buffer();
-                buf.resize(CHUNK, 0);
+                buf.set_len(CHUNK);
                 let mut filled = 0;
                 while filled < CHUNK {
                     match reader.read(&mut buf[filled..]) {
@@ -252,7 +254,7 @@ fn read_source(
                 if filled == 0 {
                     return;
                 }
-                buf.truncate(filled);
+                buf.set_len(filled);
                 let last = filled < CHUNK;
                 if tx
                     .send(Ok(Chunk {
@@ -512,7 +514,7 @@ fn copy_in(pool: &Pool, src: &Source, name: &str, bs: u32, fresh: bool) -> Resul
     let bsz = bs as usize;
     let pb = output::progress(src.size, &format!("importing {name}"));
     let (tx, rx) = mpsc::sync_channel::<std::io::Result<Chunk>>(3);
-    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
+    let (back_tx, back_rx) = mpsc::channel::<AlignedBuf>();
     let result = std::thread::scope(|s| -> Result<()> {
         // Owned by this closure, so an early return drops it and unblocks the reader.
         let rx = rx;
