@@ -93,6 +93,29 @@ fn step(rng: &mut SmallRng, pool: &Pool, live: &mut State, n: &mut u32) -> pool:
                 live.insert(snap.clone(), live[name].clone());
                 pool.snapshot(&[&snap])?;
             }
+            97 => {
+                // Promote, if this volume is a clone: its origin's snapshots up to the one it
+                // came from move to it, renamed.
+                let list = pool.list()?;
+                let me = list.iter().find(|d| &d.name == name).cloned();
+                if let Some(origin) = me.and_then(|d| d.origin) {
+                    let (o, _) = origin.split_once('@').expect("snapshot name");
+                    let cut = list
+                        .iter()
+                        .find(|d| d.name == origin)
+                        .map(|d| d.creation_txg)
+                        .unwrap_or(0);
+                    for d in list.iter().filter(|d| d.creation_txg <= cut) {
+                        if let Some((head, snap)) = d.name.split_once('@') {
+                            if head == o {
+                                let bytes = live.remove(&d.name).expect("model snapshot");
+                                live.insert(format!("{name}@{snap}"), bytes);
+                            }
+                        }
+                    }
+                    pool.promote(name)?;
+                }
+            }
             94..=96 => {
                 let newest = pool
                     .list()?
