@@ -100,12 +100,11 @@ impl BlockTree {
         self.dirty.iter().any(|d| !d.is_empty())
     }
 
-    /// Rewrites every dirty indirect block bottom-up in `txg`. `write` places a block and
+    /// Rewrites every dirty indirect block bottom-up. `write` places a block and
     /// returns its pointer; `free` receives each replaced indirect block with its level. An
-    /// indirect block whose children are all holes becomes a hole born in `txg`.
+    /// indirect block whose children are all holes becomes a hole.
     pub fn sync(
         &mut self,
-        txg: u64,
         mut write: impl FnMut(&[u8]) -> Result<BlockPtr>,
         mut free: impl FnMut(BlockPtr, u8),
     ) -> Result<()> {
@@ -117,7 +116,9 @@ impl BlockTree {
                 let end = (start + PTRS_PER_INDIRECT).min(below.len());
                 let children = &below[start.min(end)..end];
                 let new = if children.iter().all(BlockPtr::is_hole) {
-                    BlockPtr::hole(txg)
+                    // A hole standing for holes: born when the newest of them was made, so a
+                    // subtree that was never written stays unborn and diffs skip it.
+                    BlockPtr::hole(children.iter().map(|c| c.birth).max().unwrap_or(0))
                 } else {
                     write(&encode_indirect(children))?
                 };
@@ -246,7 +247,6 @@ mod tests {
         }
         let mut freed = vec![];
         t.sync(
-            2,
             |b| {
                 next += 4;
                 store.insert(next, b.to_vec());
@@ -278,7 +278,7 @@ mod tests {
         let mut t = BlockTree::empty(1000);
         t.set(10, ptr(1));
         t.set(900, ptr(2));
-        t.sync(2, |_| Ok(ptr(50)), |_, _| {}).unwrap();
+        t.sync(|_| Ok(ptr(50)), |_, _| {}).unwrap();
         let mut freed = vec![];
         t.resize(100, 3, |p, _| freed.push(p));
         assert!(freed.contains(&ptr(2)) && !freed.contains(&ptr(1)));

@@ -85,6 +85,25 @@ fn free(sm: &mut SpaceMap, txg: u64, p: &BlockPtr) {
     }
 }
 
+/// Whether snapshot `from` is in the history of `to` (a volume or snapshot): `to`'s volume
+/// took it, earlier than `to`, or `to` descends from a clone of it or of a later one.
+fn is_ancestor(ds: &Datasets, from: u64, to: u64) -> bool {
+    let (mut vol, mut limit) = match ds[&to].kind {
+        DatasetKind::Snapshot => (ds[&to].parent, ds[&to].creation_txg),
+        _ => (to, u64::MAX),
+    };
+    loop {
+        if ds[&from].parent == vol && ds[&from].creation_txg <= limit {
+            return true;
+        }
+        let origin = ds[&vol].parent;
+        let Some(o) = ds.get(&origin) else {
+            return false;
+        };
+        (vol, limit) = (o.parent, o.creation_txg);
+    }
+}
+
 impl Shared {
     /// Reads a whole metadata block (its pointer's length) and verifies it.
     pub(crate) fn read_whole(&self, p: &BlockPtr, what: &str) -> Result<Vec<u8>> {
@@ -736,14 +755,14 @@ impl Pool {
         Ok(())
     }
 
-    /// Byte ranges that differ between snapshot `from` and `to` (a later snapshot of the same
-    /// volume, or the volume itself — committed first — when `None`), merged and sorted. Only
-    /// blocks born after `from` are visited.
+    /// Byte ranges that differ between snapshot `from` and `to`: a later snapshot of its volume,
+    /// a volume descended from it (a clone, or a clone of a clone) with writes committed first,
+    /// or its own volume when `None`. Merged and sorted; only blocks born after `from` are
+    /// visited.
     pub fn diff(&self, from: &str, to: Option<&str>) -> Result<Vec<(u64, u64)>> {
         let sh = &self.shared;
-        if to.is_none() {
-            self.sync()?;
-        }
+        // A volume's side of the diff is its committed state: commit what was written first.
+        self.sync()?;
         let _cs = lock(&sh.commit);
         let ds = read(&sh.datasets);
         let fid = self.entry_id(&ds, from)?;
@@ -756,11 +775,9 @@ impl Pool {
             None => f.parent,
         };
         let t = &ds[&tid];
-        let same_volume =
-            tid == f.parent || (t.kind == DatasetKind::Snapshot && t.parent == f.parent);
-        if !same_volume || (t.kind == DatasetKind::Snapshot && t.creation_txg < f.creation_txg) {
+        if !is_ancestor(&ds, fid, tid) {
             return Err(Error::InvalidArgument(format!(
-                "{} is not a later state of {from}'s volume",
+                "{} is not a later state of {from} (its volume, a later snapshot of it, or a clone descended from it)",
                 to.unwrap_or("the volume")
             )));
         }

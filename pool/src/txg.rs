@@ -171,7 +171,6 @@ impl Shared {
             }
             let mut killed = Vec::new();
             tree.sync(
-                txg,
                 |b| self.write_meta_block(b, txg),
                 |p, level| killed.push((p, level)),
             )?;

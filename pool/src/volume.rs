@@ -65,6 +65,10 @@ pub(crate) struct VolumeState {
     pub destroyed: bool,
 }
 
+/// Writes with at least this many bytes of whole blocks place them on disk directly; smaller
+/// ones are buffered and batched into the commit (cheaper for scattered small writes).
+const PLACE_MIN_BYTES: u64 = 64 << 10;
+
 /// What a dataset's state starts from: its directory entry's fields.
 pub(crate) struct StateInit {
     pub size: u64,
@@ -384,10 +388,11 @@ impl VolumeHandle {
         self.shared.commit().map(|_| ())
     }
 
-    /// Reservation a write of `len` bytes at `offset` needs at most: the partial blocks at
-    /// either end (buffered until the commit) and the indirect blocks the commit rewrites. Whole
-    /// blocks of data are allocated when placed, and whole blocks of zeroes become holes.
-    fn worst_case(&self, offset: u64, len: u64, height: u64, data: bool) -> u64 {
+    /// Reservation a write of `len` bytes at `offset` needs at most: the blocks buffered until
+    /// the commit (the partial ones at either end, or all of them when `buffered`) and the
+    /// indirect blocks the commit rewrites. Placed blocks are allocated when placed, and whole
+    /// blocks of zeroes (`data` false) become holes.
+    fn worst_case(&self, offset: u64, len: u64, height: u64, data: bool, buffered: bool) -> u64 {
         let bs = u64::from(self.vol.block_size);
         let blocks = (offset + len).div_ceil(bs) - offset / bs;
         let indirect_paths = if data {
@@ -395,7 +400,8 @@ impl VolumeHandle {
         } else {
             2
         };
-        2 * bs + indirect_paths * INDIRECT_SIZE as u64 * height
+        let data_blocks = if data && buffered { blocks } else { 2 };
+        data_blocks * bs + indirect_paths * INDIRECT_SIZE as u64 * height
     }
 
     /// The byte ranges within `offset..offset + len` that hold data rather than holes, merged
@@ -451,18 +457,21 @@ impl VolumeHandle {
         if len == 0 {
             return Ok(());
         }
-        let reserve = self.worst_case(offset, len, height, src.is_some());
+        // Large writes put their whole blocks on disk now, from the caller's buffers, outside any
+        // lock; small ones are buffered and batched into the commit's writes.
+        let whole_bytes = ((offset + len) / bs).saturating_sub(offset.div_ceil(bs)) * bs;
+        let place = src.is_some() && whole_bytes >= PLACE_MIN_BYTES;
+        let reserve = self.worst_case(offset, len, height, src.is_some(), !place);
         self.reserve(reserve)?;
-        // Whole blocks of data go to disk now, from the caller's buffers, outside any lock.
         let mut placed = match src {
-            Some(iov) => match self.place_whole_blocks(offset, len, iov) {
+            Some(iov) if place => match self.place_whole_blocks(offset, len, iov) {
                 Ok(p) => p,
                 Err(e) => {
                     self.shared.unreserve(reserve);
                     return Err(e);
                 }
             },
-            None => Vec::new(),
+            _ => Vec::new(),
         }
         .into_iter()
         .peekable();
@@ -514,6 +523,16 @@ impl VolumeHandle {
                 } else {
                     None
                 }
+            } else if whole && !place {
+                let b: Box<[u8]> = match src.and_then(|iov| iov.contiguous(at as usize, n)) {
+                    Some(b) => b.into(),
+                    None => {
+                        let mut b = vec![0u8; n].into_boxed_slice();
+                        fill(&mut b, at as usize);
+                        b
+                    }
+                };
+                st.open.insert(idx, Dirty::Data(b))
             } else if whole {
                 match placed.next_if(|(i, _)| *i == idx) {
                     Some((_, d)) => st.open.insert(idx, d),
@@ -543,7 +562,7 @@ impl VolumeHandle {
                 lock(&self.shared.spacemap).unplace(p.sector, u64::from(p.sectors));
             }
             // Buffered partial blocks need space at commit; placed blocks already have theirs.
-            if !had_data && !whole {
+            if !had_data && (!whole || (src.is_some() && !place)) {
                 used += bs;
             }
             if fresh

@@ -160,7 +160,8 @@ fn step(rng: &mut SmallRng, pool: &Pool, live: &mut State, n: &mut u32) -> pool:
         }
         _ => {
             let off = rng.gen_range(0..size);
-            let len = rng.gen_range(1..=(size - off).min(70_000));
+            let len =
+                rng.gen_range(1..=(size - off).min(if pick % 3 == 0 { 300_000 } else { 70_000 }));
             let byte: u8 = rng.gen_range(1..=255);
             let chunk: Vec<u8> = (0..len)
                 .map(|i| byte.wrapping_add((i / 512) as u8))

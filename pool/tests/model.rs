@@ -278,3 +278,41 @@ fn growing_without_a_commit_is_durable_with_the_next_one() {
     assert_eq!(&buf, b"tail!");
     assert!(pool.scrub().expect("scrub").is_clean());
 }
+
+#[test]
+fn diff_reaches_clones_of_a_snapshot() {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(32 << 20));
+    let pool = Pool::create_on(dev, "tank", config()).expect("create");
+    pool.create_volume("tank/img", 1 << 20, 4096, &BTreeMap::new())
+        .expect("vol");
+    pool.volume("tank/img")
+        .expect("v")
+        .write_at(0, &[1u8; 1 << 20])
+        .expect("write");
+    pool.snapshot(&["tank/img@a"]).expect("snap");
+    pool.clone_snapshot("tank/img@a", "tank/c", &BTreeMap::new())
+        .expect("clone");
+    assert!(pool
+        .diff("tank/img@a", Some("tank/c"))
+        .expect("diff")
+        .is_empty());
+    pool.volume("tank/c")
+        .expect("v")
+        .write_at(8192, &[2u8; 4096])
+        .expect("write");
+    assert_eq!(
+        pool.diff("tank/img@a", Some("tank/c")).expect("diff"),
+        vec![(8192, 4096)]
+    );
+    pool.snapshot(&["tank/c@b"]).expect("snap");
+    pool.create_volume("tank/other", 1 << 20, 4096, &BTreeMap::new())
+        .expect("vol");
+    assert!(
+        pool.diff("tank/img@a", Some("tank/other")).is_err(),
+        "unrelated volume"
+    );
+    assert!(
+        pool.diff("tank/c@b", Some("tank/img")).is_err(),
+        "not a descendant"
+    );
+}

@@ -244,7 +244,8 @@ fn run(seed: u64, steps: usize) {
             5..=35 => {
                 let len = m.heads[&h].img.data.len();
                 let off = rng.gen_range(0..len);
-                let l = rng.gen_range(1..=(len - off).min(5 * BS));
+                let most = if rng.gen_bool(0.3) { 24 * BS } else { 5 * BS };
+                let l = rng.gen_range(1..=(len - off).min(most));
                 let fill: u8 = if rng.gen_bool(0.2) { 0 } else { rng.gen() };
                 let bytes = vec![fill; l];
                 pool.volume(&h)
