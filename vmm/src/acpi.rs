@@ -47,8 +47,51 @@ pub fn dsdt_aml(devices: &[MmioDeviceInfo]) -> Vec<u8> {
         )
         .to_aml_bytes(&mut devs);
     }
+    // COM1, so that the kernel maps its IRQ: a hardware-reduced machine has no legacy PIC,
+    // so ISA IRQs exist only where ACPI declares a device using them (the legacy 8250 probe
+    // alone finds the port but cannot request IRQ 4, and ttyS0 then fails every write).
+    let port = layout::SERIAL_PORT;
+    let io = aml::IO::new(port, port, 1, 8);
+    let irq = aml::Interrupt::new(true, true, false, false, layout::SERIAL_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    aml::Device::new(
+        "COM1".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+            &aml::Name::new("_UID".into(), &0u32),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(&mut devs);
     aml::Scope::new("\\_SB_".into(), vec![&RawAml(&devs)]).to_aml_bytes(&mut out);
     out
+}
+
+/// FADT `IAPC_BOOT_ARCH`: no VGA.
+const IAPC_NO_VGA: u16 = 1 << 2;
+/// FADT `IAPC_BOOT_ARCH`: no CMOS RTC.
+const IAPC_NO_CMOS_RTC: u16 = 1 << 5;
+
+/// Appends an interrupt source override for the serial IRQ (ISA IRQ 4 -> GSI 4, edge, active
+/// high) to a serialised MADT and fixes its length and checksum.
+///
+/// A hardware-reduced ACPI machine has no legacy PIC, so the kernel sets up no ISA IRQ
+/// mapping by itself; this entry states COM1's (as cloud-hypervisor's MADT does). It is not
+/// enough alone: the kernel allocates IRQ 4 only for a device ACPI declares (`COM1` in the
+/// DSDT); without that, ttyS0 cannot get its IRQ, /dev/console fails every write and init's
+/// output is lost while kernel messages (polled out) still appear. acpi_tables 0.2 has no
+/// type for this entry.
+fn with_serial_override(mut madt: Vec<u8>) -> Vec<u8> {
+    let irq = layout::SERIAL_IRQ as u8;
+    madt.extend_from_slice(&[2, 10, 0, irq]); // type, length, bus (ISA), source IRQ
+    madt.extend_from_slice(&layout::SERIAL_IRQ.to_le_bytes()); // GSI
+    madt.extend_from_slice(&0u16.to_le_bytes()); // flags: conforms to the bus
+    let len = madt.len() as u32;
+    madt[4..8].copy_from_slice(&len.to_le_bytes());
+    madt[9] = 0;
+    let sum = madt.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    madt[9] = sum.wrapping_neg();
+    madt
 }
 
 /// Pre-serialised AML.
@@ -108,6 +151,9 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[MmioDeviceInfo]
     f.sleep_control_reg = io(8);
     f.sleep_status_reg = io(8);
     f.hypervisor_vendor_identity = u64::from_le_bytes(*b"TARNVMM\0").into();
+    // No CMOS RTC (else the kernel's rtc_cmos probe polls ports 0x70/0x71 for seconds), no
+    // VGA; the 8042 bit stays clear (no PS/2 controller).
+    f.iapc_boot_arch = (IAPC_NO_CMOS_RTC | IAPC_NO_VGA).into();
     let fadt_addr = place(&bytes(&f.finalize()))?;
 
     // MADT
@@ -125,7 +171,8 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[MmioDeviceInfo]
         ));
     }
     m.add_structure(madt::IoApic::new(cpus, layout::IOAPIC_ADDR as u32, 0));
-    let madt_addr = place(&bytes(&m))?;
+    let madt = with_serial_override(bytes(&m));
+    let madt_addr = place(&madt)?;
 
     let mut x = XSDT::new(OEM_ID, OEM_TABLE, 1);
     x.add_entry(fadt_addr);
@@ -187,6 +234,10 @@ mod tests {
         assert_eq!(&fadt[..4], b"FACP");
         let madt = read_table(u64::from_le_bytes(x[44..52].try_into().unwrap()));
         assert_eq!(&madt[..4], b"APIC");
+        // The serial IRQ's interrupt source override is the last entry.
+        assert_eq!(&madt[madt.len() - 10..madt.len() - 6], &[2, 10, 0, 4]);
+        let boot_arch = u16::from_le_bytes(fadt[109..111].try_into().unwrap());
+        assert_eq!(boot_arch & IAPC_NO_CMOS_RTC, IAPC_NO_CMOS_RTC);
         let dsdt = read_table(u64::from_le_bytes(fadt[140..148].try_into().unwrap()));
         assert_eq!(&dsdt[..4], b"DSDT");
         let body = &dsdt[36..];
