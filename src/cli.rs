@@ -409,6 +409,16 @@ pub struct VmRunArgs {
     /// Write the serial console to this file instead of stdout.
     #[arg(long)]
     pub console: Option<PathBuf>,
+    /// Provision from an image: clone this snapshot (`POOL/VOL@SNAP`) and boot with the clone
+    /// as the first disk.
+    #[arg(long = "clone-from")]
+    pub clone_from: Option<String>,
+    /// Name of the clone, below the snapshot's pool (default: a generated `vm-…` name, printed).
+    #[arg(long, requires = "clone_from")]
+    pub name: Option<String>,
+    /// Destroy the clone after the guest exits.
+    #[arg(long, requires = "clone_from")]
+    pub rm: bool,
 }
 
 #[cfg(test)]

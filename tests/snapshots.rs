@@ -418,3 +418,36 @@ fn truncated_and_corrupt_streams_leave_nothing_behind() {
     env.run_stdin(["recv", "backup/x"], b"not a stream at all")
         .fails_with("not a tarn send stream");
 }
+
+#[test]
+fn vm_run_clone_from_provisions_and_a_failed_boot_leaves_no_clone() {
+    let env = Env::new();
+    env.pool("tank", "64M");
+    env.import("tank/img", &random_bytes(M as usize, 7));
+    env.run(["snapshot", "tank/img@golden"]).ok();
+    // The kernel does not exist: the boot fails after the clone was made, and the clone goes.
+    let missing = env.path("no-such-kernel");
+    let r = env.run([
+        "vm",
+        "run",
+        "--kernel",
+        missing.to_str().expect("utf-8"),
+        "--clone-from",
+        "tank/img@golden",
+        "--name",
+        "vm1",
+    ]);
+    assert_ne!(r.code, 0, "a missing kernel must fail");
+    assert!(
+        r.stderr.contains("cloned tank/img@golden to tank/vm1"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        names(&env, "tank"),
+        ["tank/img", "tank/img@golden"],
+        "no clone left behind"
+    );
+    env.run(["vm", "run", "--kernel", "k", "--rm"])
+        .fails_with("--clone-from");
+}

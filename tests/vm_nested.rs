@@ -216,6 +216,39 @@ fn marker_f64(console: &str, marker: &str) -> Option<f64> {
 
 #[test]
 fn stock_kernel_makes_ext4_on_virtio_blk() {
+    boot_and_check(DiskMode::Raw);
+}
+
+/// The same guest test, its disk a clone of an image snapshot in a pool (`--clone-from`); the
+/// host then imports the pool, scrubs it, and reads the clone.
+#[test]
+fn stock_kernel_boots_from_a_pool_clone() {
+    boot_and_check(DiskMode::PoolClone);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum DiskMode {
+    Raw,
+    PoolClone,
+}
+
+fn tarn(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tarn"));
+    c.env("TARN_HOME", home);
+    c
+}
+
+fn ok(c: &mut Command) -> String {
+    let o = c.output().expect("running tarn");
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn boot_and_check(mode: DiskMode) {
     let t0 = Instant::now();
     let host = detect_host();
     let nested = matches!(host, Host::Nested(_));
@@ -243,9 +276,20 @@ fn stock_kernel_makes_ext4_on_virtio_blk() {
     let mut cmd = match &host {
         Host::HardwareKvm(m) => {
             eprintln!("vm_nested: hardware KVM ({m}): running tarn vm run directly (tier 4)");
-            let mut c = Command::new(env!("CARGO_BIN_EXE_tarn"));
-            c.env("TARN_HOME", work.path().join("home"))
-                .args(["vm", "run", "--kernel"])
+            let home = work.path().join("home");
+            let mut c = tarn(&home);
+            if mode == DiskMode::PoolClone {
+                fs::remove_file(&disk).expect("the pool makes its own file");
+                ok(tarn(&home)
+                    .args(["pool", "create", "p"])
+                    .arg(&disk)
+                    .args(["--size", "64M"]));
+                ok(tarn(&home).args(["vol", "create", "p/img", "--size", "32M"]));
+                ok(tarn(&home).args(["snapshot", "p/img@golden"]));
+                ok(tarn(&home).args(["pool", "export", "p"]));
+                ok(tarn(&home).args(["pool", "import"]).arg(&disk));
+            }
+            c.args(["vm", "run", "--kernel"])
                 .arg(fx.join("vmlinuz"))
                 .arg("--initrd")
                 .arg(fx.join("inner.cpio.gz"))
@@ -256,9 +300,11 @@ fn stock_kernel_makes_ext4_on_virtio_blk() {
                     "1",
                     "--mem",
                     "256M",
-                    "--disk",
-                ])
-                .arg(&disk);
+                ]);
+            match mode {
+                DiskMode::Raw => c.arg("--disk").arg(&disk),
+                DiskMode::PoolClone => c.args(["--clone-from", "p/img@golden", "--name", "vm1"]),
+            };
             c
         }
         Host::Nested(why) => {
@@ -288,7 +334,12 @@ fn stock_kernel_makes_ext4_on_virtio_blk() {
             .arg(fx.join("outer.cpio"))
             .args([
                 "-append",
-                "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4",
+                match mode {
+                    DiskMode::Raw => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4",
+                    DiskMode::PoolClone => {
+                        "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=pool"
+                    }
+                },
                 "-drive",
             ])
             .arg(format!(
@@ -344,6 +395,32 @@ fn stock_kernel_makes_ext4_on_virtio_blk() {
         let (_, gsha, gmd5) = find(name);
         assert_eq!((gsha, gmd5), (sha, md5), "{name}: guest checksum");
     }
+
+    // The pool case: import the pool the outer VM left on the disk, scrub it, and read the
+    // clone's bytes out; the image it was cloned from is still all zeroes.
+    let disk = match mode {
+        DiskMode::Raw => disk,
+        DiskMode::PoolClone => {
+            let home = work.path().join("host-home");
+            ok(tarn(&home).args(["pool", "import"]).arg(&disk));
+            let scrub = ok(tarn(&home).args(["pool", "scrub", "p"]));
+            assert!(scrub.contains("0 errors"), "scrub: {scrub}");
+            let listing = ok(tarn(&home).args(["list", "-t", "all", "-H", "-o", "name,origin"]));
+            assert!(
+                listing.contains("p/vm1\tp/img@golden"),
+                "the guest's disk is a clone: {listing}"
+            );
+            let image = work.path().join("img.raw");
+            ok(tarn(&home).args(["vol", "export", "p/img"]).arg(&image));
+            assert!(
+                fs::read(&image).expect("image").iter().all(|&b| b == 0),
+                "the image is untouched"
+            );
+            let out = work.path().join("vm1.raw");
+            ok(tarn(&home).args(["vol", "export", "p/vm1"]).arg(&out));
+            out
+        }
+    };
 
     // The disk, read from outside: a clean ext4 holding the same bytes.
     let fsck = Command::new("e2fsck")

@@ -2,7 +2,7 @@
 //!
 //! The CLI opens pools and files and hands the VMM ready backends; the VMM never opens pools.
 
-use super::pool_of;
+use super::{pool_of, pool_of_any};
 use crate::cli::VmRunArgs;
 use crate::error::{CliError, Result};
 use crate::registry::Registry;
@@ -56,6 +56,40 @@ fn open_disks(
     Ok(out)
 }
 
+/// Clones `snap` to `POOL/NAME` (a generated name when none is given) and returns the clone's
+/// full name: O(1), whatever the image's size.
+fn provision(
+    reg: &Registry,
+    snap: &str,
+    name: Option<&str>,
+    pools: &mut BTreeMap<String, Pool>,
+) -> Result<String> {
+    let pool_name = pool_of_any(snap)?.to_string();
+    if !pools.contains_key(&pool_name) {
+        let (pool, _) = reg.open(&pool_name)?;
+        pools.insert(pool_name.clone(), pool);
+    }
+    let pool = pools
+        .get(&pool_name)
+        .ok_or_else(|| CliError::Failed(format!("pool {pool_name} vanished")))?;
+    let full = match name {
+        Some(n) => format!("{pool_name}/{n}"),
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!(
+                "{pool_name}/vm-{:08x}",
+                (t as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32
+            )
+        }
+    };
+    pool.clone_snapshot(snap, &full, &BTreeMap::new())?;
+    eprintln!("tarn: cloned {snap} to {full}");
+    Ok(full)
+}
+
 /// Boots the guest and waits for it to power off (exit 0) or reboot (exit [`EXIT_REBOOT`]).
 pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     let disks = a
@@ -72,15 +106,48 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         disks,
         console: a.console.clone(),
     };
-    config.validate().map_err(vmm_err)?;
     let mut pools = BTreeMap::new();
-    let backends = open_disks(reg, &config.disks, &mut pools)?;
+    let mut config = config;
+    let clone = match &a.clone_from {
+        Some(snap) => {
+            let full = provision(reg, snap, a.name.as_deref(), &mut pools)?;
+            config
+                .disks
+                .insert(0, DiskConfig::parse(&full).map_err(vmm_err)?);
+            Some(full)
+        }
+        None => None,
+    };
     let console = match &config.console {
         Some(p) => Console::File(p.clone()),
         None => Console::Stdout,
     };
-    let vmm = vmm::build_linux(&config, backends, console).map_err(vmm_err)?;
-    let report = vmm.run().map_err(vmm_err)?;
+    let built = config
+        .validate()
+        .map_err(vmm_err)
+        .and_then(|()| open_disks(reg, &config.disks, &mut pools))
+        .and_then(|backends| vmm::build_linux(&config, backends, console).map_err(vmm_err));
+    let vmm = match built {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            // The guest never ran: a clone made for it is of no use to anyone.
+            if let Some(full) = &clone {
+                if let Some(pool) = pools.get(pool_of(full)?) {
+                    pool.destroy(full)?;
+                }
+            }
+            return Err(e);
+        }
+    };
+    let report = vmm.run().map_err(vmm_err);
+    if let (true, Some(full)) = (a.rm, &clone) {
+        let pool = pools
+            .get(pool_of(full)?)
+            .ok_or_else(|| CliError::Failed(format!("pool of {full} vanished")))?;
+        pool.destroy(full)?;
+        eprintln!("tarn: destroyed {full}");
+    }
+    let report = report?;
     // Close pools (durably) before reporting.
     drop(pools);
     let what = match report.status {
