@@ -454,7 +454,9 @@ impl Pool {
         let sh = &self.shared;
         sh.check_writable()?;
         // The clone's writes so far are part of what lands.
-        self.sync()?;
+        if sh.has_dirty() {
+            self.sync()?;
+        }
         let mut cs = lock(&sh.commit);
         let txg = cs.txg + 1;
         {

@@ -56,7 +56,16 @@ fn dependents(pool: &Pool, name: &str) -> Vec<String> {
 
 /// Applies one random operation to the pool and the model. The model is updated first, so on
 /// failure it holds what the interrupted commit would have made durable.
-fn step(rng: &mut SmallRng, pool: &Pool, live: &mut State, n: &mut u32) -> pool::Result<()> {
+/// Committed states by txg, for composite operations that commit more than once.
+type History = BTreeMap<u64, State>;
+
+fn step(
+    rng: &mut SmallRng,
+    pool: &Pool,
+    live: &mut State,
+    n: &mut u32,
+    history: &mut History,
+) -> pool::Result<()> {
     let names: Vec<String> = live.keys().cloned().collect();
     let pick = rng.gen_range(0..100);
     if names.iter().all(|n| n.contains('@')) || pick < 5 {
@@ -92,6 +101,34 @@ fn step(rng: &mut SmallRng, pool: &Pool, live: &mut State, n: &mut u32) -> pool:
                 let snap = format!("{name}@s{n}");
                 live.insert(snap.clone(), live[name].clone());
                 pool.snapshot(&[&snap])?;
+            }
+            98 => {
+                // Receive's landing: clone the newest snapshot, write into the clone, make it
+                // durable, then swap it in for the volume (replace_with_clone).
+                let newest = pool
+                    .list()?
+                    .into_iter()
+                    .filter(|d| d.name.split_once('@').is_some_and(|(h, _)| h == name))
+                    .max_by_key(|d| d.creation_txg);
+                if let Some(s) = newest {
+                    *n += 1;
+                    let temp = format!("crash/r{n}");
+                    live.insert(temp.clone(), live[&s.name].clone());
+                    pool.clone_snapshot(&s.name, &temp, &BTreeMap::new())?;
+                    history.insert(pool.txg(), live.clone());
+                    let size = live[&temp].len() as u64;
+                    let off = rng.gen_range(0..size);
+                    let len = rng.gen_range(1..=(size - off).min(200_000));
+                    let chunk: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) | 1).collect();
+                    live.get_mut(&temp).expect("temp")[off as usize..(off + len) as usize]
+                        .copy_from_slice(&chunk);
+                    pool.volume(&temp)?.write_at(off, &chunk)?;
+                    pool.sync()?;
+                    history.insert(pool.txg(), live.clone());
+                    let landed = live.remove(&temp).expect("temp");
+                    live.insert(name.clone(), landed);
+                    pool.replace_with_clone(name, &temp, true)?;
+                }
             }
             97 => {
                 // Promote, if this volume is a clone: its origin's snapshots up to the one it
@@ -181,7 +218,7 @@ fn workload_ops(seed: u64) -> u64 {
     let start = dev.ops();
     let (mut live, mut n) = (State::new(), 0);
     for _ in 0..WORKLOAD_STEPS {
-        step(&mut rng, &pool, &mut live, &mut n).expect("uncut workload");
+        step(&mut rng, &pool, &mut live, &mut n, &mut History::new()).expect("uncut workload");
     }
     dev.ops() - start
 }
@@ -202,7 +239,7 @@ fn crash_case(seed: u64) {
     dev.cut_after(Some(SmallRng::seed_from_u64(!seed).gen_range(0..=total)));
     for _ in 0..WORKLOAD_STEPS {
         let before = pool.txg();
-        match step(&mut rng, &pool, &mut live, &mut n) {
+        match step(&mut rng, &pool, &mut live, &mut n, &mut history) {
             Ok(()) => {
                 if pool.txg() != before {
                     acked = pool.txg();
@@ -262,7 +299,7 @@ fn crash_case(seed: u64) {
     // The pool keeps working: more writes, a commit, a reopen, a clean scrub.
     let mut live = got;
     for _ in 0..20 {
-        step(&mut rng, &reopened, &mut live, &mut n)
+        step(&mut rng, &reopened, &mut live, &mut n, &mut History::new())
             .unwrap_or_else(|e| panic!("seed {seed}: after reopen: {e}"));
     }
     reopened.sync().expect("sync");
