@@ -5,7 +5,8 @@
 //! beside: `qemu-img create -f qcow2 -b` as a process, and the numbers REFERENCES.md measured for
 //! zfs-fuse. Prints; never asserts.
 //!
-//! `cargo bench --bench snapshots` (TARN_BENCH_DIR, default /var/tmp).
+//! `cargo bench --bench snapshots` (TARN_BENCH_DIR, default /var/tmp; TARN_BENCH_ONLY=sendrecv
+//! runs only the `tarn send | tarn recv` part).
 
 use pool::{Pool, PoolConfig};
 use std::collections::BTreeMap;
@@ -67,6 +68,47 @@ fn qemu_img_create(dir: &Path) -> Option<f64> {
     Some(pct(&mut times, 0.5))
 }
 
+/// `tarn send | tarn recv` of a volume with 1 GiB (÷ scale) written, into a second pool, against
+/// `cp` of its raw export — each followed by `sync`, same run. Needs target/release/tarn.
+fn send_recv(dir: &Path, scale: u64) {
+    let tarn = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tarn");
+    if !tarn.exists() {
+        println!("send | recv: skipped (build target/release/tarn first: cargo build --release --bin tarn)");
+        return;
+    }
+    let work = dir.join("bench-sendrecv");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let bytes = (1u64 << 30) / scale;
+    let sh = |cmd: &str| -> Duration {
+        let t = Instant::now();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("TARN_HOME", work.join("home"))
+            .env("T", &tarn)
+            .env("W", &work)
+            .status()
+            .expect("sh");
+        assert!(st.success(), "{cmd}");
+        t.elapsed()
+    };
+    sh(&format!("head -c {bytes} /dev/urandom > $W/img.raw && $T pool create a $W/a.pool --size {} && $T pool create b $W/b.pool --size {} && $T vol import $W/img.raw a/v && $T snapshot a/v@s && $T vol export a/v $W/export.raw && sync", bytes * 2 + (256 << 20), bytes * 2 + (256 << 20)));
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let cp = sh("cp $W/export.raw $W/copy.raw && sync");
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let sr = sh("$T send a/v@s | $T recv b/v && sync");
+    sh("$T vol export b/v $W/received.raw && cmp $W/export.raw $W/received.raw");
+    println!(
+        "send | recv of {} MiB: {:.2} s; cp of its raw export: {:.2} s; ratio {:.2}",
+        bytes >> 20,
+        sr.as_secs_f64(),
+        cp.as_secs_f64(),
+        sr.as_secs_f64() / cp.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 fn main() {
     let dir = std::env::var("TARN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
     let dir = Path::new(&dir);
@@ -74,6 +116,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    if std::env::var("TARN_BENCH_ONLY").as_deref() == Ok("sendrecv") {
+        send_recv(dir, scale);
+        return;
+    }
     let config = PoolConfig {
         sync_interval: None,
         dirty_max: 256 << 20,
@@ -175,6 +221,7 @@ fn main() {
         drop(pool);
         let _ = std::fs::remove_file(&path);
     }
+    send_recv(dir, scale);
     match qemu_img_create(dir) {
         Some(ms) => println!("reference: qemu-img create -f qcow2 -b (a process) p50 {ms:.2} ms"),
         None => println!("reference: qemu-img not available; skipped"),

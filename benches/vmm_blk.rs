@@ -1,0 +1,232 @@
+//! The in-process storage path (issue 5, "Speed"): virtio-blk requests driven through a
+//! virtqueue in plain memory against calling the same `zvol::BlockBackend` directly, on a raw
+//! file and on a pool volume, in one run. Prints throughput and the ratio virtio/direct against
+//! the target (>= 0.9x); never fails on speed.
+//!
+//! Paths, all on the same backend object, the same operations and the same buffer contents:
+//! - `direct`: the backend's `read_vectored`/`write_vectored`, one request after another,
+//!   cycling through `QD` buffers of the request size;
+//! - `inline`: chains popped from the queue, parsed, executed and put on the used ring on the
+//!   caller's thread (`request::process`): the request handling alone;
+//! - `dev w0`: the real `Block` device behind virtio-mmio, its queue thread running requests
+//!   one after another (`workers: 0`): the whole virtio path with direct's serial execution;
+//!   this is the column the target applies to;
+//! - `dev w4`: the device as VMs get it (4 I/O threads), for information: it runs requests in
+//!   parallel, which `direct` does not.
+//!
+//! The driver kicks once per batch of `QD` requests and waits on the interrupt (event index).
+//! The page cache is left warm, so the backend is as fast as it gets and the virtio overhead is
+//! at its most visible.
+//!
+//! `cargo bench --bench vmm_blk`, tuned by environment variables:
+//! - `TARN_BENCH_SIZE` (default `256M`): disk size; the 1 MiB tests cover it once;
+//! - `TARN_BENCH_DIR` (default `/var/tmp`): where the raw file and the pool file go (removed);
+//! - `TARN_BENCH_OPS` (default `20000`): requests in each random 4 KiB test;
+//! - `TARN_BENCH_QD` (default `32`): requests per kick (and buffers of every path);
+//! - `TARN_BENCH_ROUNDS` (default `3`): each path runs this often per test, in rotating order;
+//!   the median is reported.
+
+use pool::{Pool, PoolConfig};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::Arc;
+use std::time::Instant;
+use vmm::devices::virtio::block::bench_utils::{Driver, Mode, Op};
+use vmm::devices::virtio::block::Disk;
+use zvol::{parse_size, BlockBackend, PoolVolume, RawFile, RawFileOptions};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const MIB: u64 = 1 << 20;
+const SMALL: u32 = 4096;
+const TARGET: f64 = 0.9;
+const PATHS: [&str; 4] = ["direct", "inline", "dev w0", "dev w4"];
+
+struct Opts {
+    size: u64,
+    dir: std::path::PathBuf,
+    ops: usize,
+    qd: usize,
+    rounds: usize,
+}
+
+fn main() -> Res<()> {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let o = Opts {
+        size: (parse_size(&var("TARN_BENCH_SIZE", "256M"))? / MIB).max(1) * MIB,
+        dir: var("TARN_BENCH_DIR", "/var/tmp").into(),
+        ops: var("TARN_BENCH_OPS", "20000").parse()?,
+        qd: var("TARN_BENCH_QD", "32").parse::<usize>()?.clamp(1, 64),
+        rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("tarn-vmm-blk-")
+        .tempdir_in(&o.dir)?;
+    println!(
+        "vmm_blk: disk {} MiB in {}, {} random 4 KiB ops, {} sequential 1 MiB ops, \
+         {} per kick, median of {} rounds, page cache warm",
+        o.size / MIB,
+        o.dir.display(),
+        o.ops,
+        o.size / MIB,
+        o.qd,
+        o.rounds
+    );
+    let mut rows = Vec::new();
+
+    let raw_path = tmp.path().join("disk.img");
+    let opts = RawFileOptions {
+        read_only: false,
+        direct: false,
+    };
+    drop(RawFile::create(&raw_path, o.size, opts)?);
+    let raw: Arc<dyn BlockBackend> = Arc::new(RawFile::open(&raw_path, opts)?);
+    rows.extend(bench_backend("raw", &raw, &o)?);
+    drop(raw);
+
+    let pool_path = tmp.path().join("pool.tarn");
+    let pool = Pool::create_file(
+        &pool_path,
+        "vmmblk",
+        2 * o.size + 256 * MIB,
+        PoolConfig::default(),
+    )?;
+    zvol::VolumeConfig::new(o.size).create(&pool, "vmmblk/vol")?;
+    let vol: Arc<dyn BlockBackend> = Arc::new(PoolVolume::open(&pool, "vmmblk/vol", false)?);
+    rows.extend(bench_backend("pool", &vol, &o)?);
+    drop(vol);
+    pool.close()?;
+
+    print_table(&rows);
+    Ok(())
+}
+
+/// One line of the table: backend, test, ops, bytes per op, median seconds per path.
+struct Row {
+    backend: &'static str,
+    test: &'static str,
+    ops: usize,
+    len: u32,
+    secs: [f64; 4],
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
+}
+
+fn bench_backend(name: &'static str, backend: &Arc<dyn BlockBackend>, o: &Opts) -> Res<Vec<Row>> {
+    let big = pattern(MIB as usize, 0x7a4e);
+    // Allocate every block first (untimed), so no path pays for first writes.
+    eprintln!("  [{name}] filling {} MiB", o.size / MIB);
+    for off in (0..o.size).step_by(MIB as usize) {
+        backend.write_at(off, &big)?;
+    }
+    backend.flush()?;
+
+    let mut rng = SmallRng::seed_from_u64(0x5eed);
+    let blocks = o.size / u64::from(SMALL);
+    let offsets: Vec<u64> = (0..o.ops)
+        .map(|_| rng.gen_range(0..blocks) * u64::from(SMALL))
+        .collect();
+    let seq: Vec<u64> = (0..o.size / MIB).map(|i| i * MIB).collect();
+    let tests: [(&str, bool, u32, &[u64]); 4] = [
+        ("4K randread", false, SMALL, &offsets),
+        ("4K randwrite", true, SMALL, &offsets),
+        ("1M seqread", false, MIB as u32, &seq),
+        ("1M seqwrite", true, MIB as u32, &seq),
+    ];
+
+    let disk = Arc::new(Disk::new(backend.clone(), false));
+    let mut drivers = Vec::new();
+    for mode in [
+        Mode::Inline,
+        Mode::Device { workers: 0 },
+        Mode::Device { workers: 4 },
+    ] {
+        drivers.push(Driver::new(disk.clone(), mode, o.qd, &big)?);
+    }
+    let mut bufs: Vec<Vec<u8>> = (0..o.qd).map(|_| big.clone()).collect();
+
+    let mut rows = Vec::new();
+    for (test, write, len, offs) in tests {
+        eprintln!("  [{name}] {test}");
+        let ops: Vec<Op> = offs
+            .iter()
+            .map(|&offset| Op { write, offset, len })
+            .collect();
+        let mut times: [Vec<f64>; 4] = Default::default();
+        for round in 0..o.rounds {
+            for k in 0..PATHS.len() {
+                let p = (k + round) % PATHS.len();
+                let t = Instant::now();
+                match p {
+                    0 => direct(backend.as_ref(), &ops, &mut bufs)?,
+                    _ => drivers[p - 1].run(&ops)?,
+                }
+                times[p].push(t.elapsed().as_secs_f64());
+                if write {
+                    backend.flush()?;
+                }
+            }
+        }
+        rows.push(Row {
+            backend: name,
+            test,
+            ops: ops.len(),
+            len,
+            secs: times.map(median),
+        });
+    }
+    Ok(rows)
+}
+
+/// The same requests as straight backend calls, cycling through the buffers.
+fn direct(backend: &dyn BlockBackend, ops: &[Op], bufs: &mut [Vec<u8>]) -> Res<()> {
+    let n = bufs.len();
+    for (i, op) in ops.iter().enumerate() {
+        let buf = &mut bufs[i % n][..op.len as usize];
+        if op.write {
+            backend.write_vectored(op.offset, &[IoSlice::new(buf)])?;
+        } else {
+            backend.read_vectored(op.offset, &mut [IoSliceMut::new(buf)])?;
+        }
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<5} {:<13} {:>6} {:>12} {:>8} {:>8} {:>8}  target (dev w0 >= {TARGET}x)",
+        "disk", "test", "ops", "direct", "inline", "dev w0", "dev w4"
+    );
+    for r in rows {
+        let rate = if r.len == SMALL {
+            format!("{:.0} kIOPS", r.ops as f64 / r.secs[0] / 1e3)
+        } else {
+            format!(
+                "{:.0} MiB/s",
+                r.ops as f64 * f64::from(r.len) / MIB as f64 / r.secs[0]
+            )
+        };
+        let ratio = |p: usize| r.secs[0] / r.secs[p];
+        let verdict = if ratio(2) >= TARGET { "met" } else { "MISSED" };
+        println!(
+            "{:<5} {:<13} {:>6} {:>12} {:>7.2}x {:>7.2}x {:>7.2}x  {verdict}",
+            r.backend,
+            r.test,
+            r.ops,
+            rate,
+            ratio(1),
+            ratio(2),
+            ratio(3)
+        );
+    }
+    println!("(ratios: direct time / path time, >1 is faster than direct)");
+}
