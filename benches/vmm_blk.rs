@@ -19,9 +19,11 @@
 //! at its most visible.
 //!
 //! `cargo bench --bench vmm_blk`, tuned by environment variables:
-//! - `TARN_BENCH_SIZE` (default `256M`): disk size; the 1 MiB tests cover it once;
+//! - `TARN_BENCH_SIZE` (default `256M`): disk size;
 //! - `TARN_BENCH_DIR` (default `/var/tmp`): where the raw file and the pool file go (removed);
-//! - `TARN_BENCH_OPS` (default `20000`): requests in each random 4 KiB test;
+//! - `TARN_BENCH_OPS` (default `200000`): requests in each random 4 KiB test;
+//! - `TARN_BENCH_SEQ_OPS` (default `1024`): requests in each sequential 1 MiB test (wrapping
+//!   around the disk);
 //! - `TARN_BENCH_QD` (default `32`): requests per kick (and buffers of every path);
 //! - `TARN_BENCH_ROUNDS` (default `3`): each path runs this often per test, in rotating order;
 //!   the median is reported.
@@ -46,6 +48,7 @@ struct Opts {
     size: u64,
     dir: std::path::PathBuf,
     ops: usize,
+    seq_ops: u64,
     qd: usize,
     rounds: usize,
 }
@@ -55,7 +58,8 @@ fn main() -> Res<()> {
     let o = Opts {
         size: (parse_size(&var("TARN_BENCH_SIZE", "256M"))? / MIB).max(1) * MIB,
         dir: var("TARN_BENCH_DIR", "/var/tmp").into(),
-        ops: var("TARN_BENCH_OPS", "20000").parse()?,
+        ops: var("TARN_BENCH_OPS", "200000").parse()?,
+        seq_ops: var("TARN_BENCH_SEQ_OPS", "1024").parse()?,
         qd: var("TARN_BENCH_QD", "32").parse::<usize>()?.clamp(1, 64),
         rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
     };
@@ -68,7 +72,7 @@ fn main() -> Res<()> {
         o.size / MIB,
         o.dir.display(),
         o.ops,
-        o.size / MIB,
+        o.seq_ops,
         o.qd,
         o.rounds
     );
@@ -129,7 +133,7 @@ fn bench_backend(name: &'static str, backend: &Arc<dyn BlockBackend>, o: &Opts) 
     let offsets: Vec<u64> = (0..o.ops)
         .map(|_| rng.gen_range(0..blocks) * u64::from(SMALL))
         .collect();
-    let seq: Vec<u64> = (0..o.size / MIB).map(|i| i * MIB).collect();
+    let seq: Vec<u64> = (0..o.seq_ops).map(|i| i % (o.size / MIB) * MIB).collect();
     let tests: [(&str, bool, u32, &[u64]); 4] = [
         ("4K randread", false, SMALL, &offsets),
         ("4K randwrite", true, SMALL, &offsets),

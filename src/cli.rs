@@ -333,7 +333,8 @@ pub struct VolResizeArgs {
 /// `tarn vol import`
 #[derive(Debug, Args)]
 pub struct VolImportArgs {
-    /// Raw image: a file, block device, FIFO, or `-` for stdin.
+    /// Raw image: a file, block device, FIFO, `-` for stdin, or an image another host serves,
+    /// `nfs://HOST:PORT/POOL/VOL` (`tarn nfs serve`).
     pub file: PathBuf,
     /// Volume, `POOL/NAME`; created (sized to the file) if it does not exist.
     pub name: String,
@@ -403,7 +404,8 @@ pub struct VmRunArgs {
     #[arg(long, value_parser = size_arg, default_value = "512M")]
     pub mem: u64,
     /// A disk, `SPEC[,ro]` (repeatable, in vda, vdb... order): an absolute or `./` path is a
-    /// raw file or block device, anything else `POOL/VOL`.
+    /// raw file or block device, `nfs://HOST:PORT/POOL/VOL` an image another host serves
+    /// (`tarn nfs serve`), anything else `POOL/VOL`.
     #[arg(long = "disk")]
     pub disks: Vec<String>,
     /// Write the serial console to this file instead of stdout.

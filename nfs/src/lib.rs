@@ -3,9 +3,12 @@
 //! - [`view`]: a pool as files and directories (no NFS in it; a FUSE mount can reuse it).
 //! - [`server`]: `nfs3_server` over the view — NFSv3, MOUNT and portmapper on one TCP port,
 //!   stable handles, writes durable before they are acknowledged, `--allow` at accept time.
-//! - (planned) `client`: a `zvol::BlockBackend` over `nfs3_client` (`nfs://HOST:PORT/POOL/VOL`).
+//! - [`client`]: [`NfsDisk`], a `zvol::BlockBackend` over `nfs3_client`
+//!   (`nfs://HOST:PORT/POOL/VOL`).
+pub mod client;
 pub mod server;
 pub mod view;
 
+pub use client::{NfsDisk, NfsUrl};
 pub use server::{Cidr, NfsExport, ServeConfig, Server};
 pub use view::{FileView, ViewError, ViewOptions};

@@ -1,4 +1,5 @@
-//! `tarn vm run`: boot a Linux guest whose disks are pool volumes or raw files.
+//! `tarn vm run`: boot a Linux guest whose disks are pool volumes, raw files or NFS-served
+//! images (`nfs://HOST:PORT/POOL/VOL`).
 //!
 //! The CLI opens pools and files and hands the VMM ready backends; the VMM never opens pools.
 
@@ -23,7 +24,7 @@ fn vmm_err(e: vmm::Error) -> CliError {
     }
 }
 
-/// Opens each disk: files directly, volumes through their (opened once) pools.
+/// Opens each disk: files and `nfs://` URLs directly, volumes through their (opened once) pools.
 fn open_disks(
     reg: &Registry,
     disks: &[DiskConfig],
@@ -31,7 +32,10 @@ fn open_disks(
 ) -> Result<Vec<DiskBackend>> {
     let mut out = Vec::new();
     for d in disks {
-        let backend: Arc<dyn BlockBackend> = if d.is_path() {
+        let backend: Arc<dyn BlockBackend> = if d.source.starts_with("nfs://") {
+            // An image another host serves (`tarn nfs serve`): nfs://HOST:PORT/POOL/VOL.
+            Arc::new(nfs::NfsDisk::connect(&d.source, d.read_only)?)
+        } else if d.is_path() {
             let opts = RawFileOptions {
                 read_only: d.read_only,
                 direct: false,

@@ -1,9 +1,10 @@
 //! `tarn vol ...`: create, resize, import (raw image in), export (raw image out).
 //!
 //! Import reads the source in a separate thread (large reads, skipping the holes of a sparse
-//! file) while the pool's sync thread commits in the background; all-zero blocks are not
-//! written, so they stay holes. Export writes a sparse file: zero runs are skipped and the
-//! file is sized at the end; it is written under a temporary name and renamed into place.
+//! file; an `nfs://` image through [`nfs::NfsDisk`]) while the pool's sync thread commits in
+//! the background; all-zero blocks are not written, so they stay holes. Export writes a sparse
+//! file: zero runs are skipped and the file is sized at the end; it is written under a
+//! temporary name and renamed into place.
 
 use super::dataset::check_user_prop;
 use super::{execute, expect_dataset, open_for, parse_assignment, pool_of};
@@ -77,9 +78,17 @@ pub fn resize(reg: &Registry, a: &VolResizeArgs) -> Result<()> {
     Ok(pool.close()?)
 }
 
+/// Where an imported image's bytes come from.
+enum Input {
+    /// A file, block device, FIFO or stdin.
+    File(File),
+    /// An image another host serves (`nfs://HOST:PORT/POOL/VOL`), read through its backend.
+    Backend(Box<dyn zvol::BlockBackend>),
+}
+
 /// An image being imported.
 struct Source {
-    file: File,
+    input: Input,
     label: String,
     /// Length, when known (regular files and block devices).
     size: Option<u64>,
@@ -91,6 +100,17 @@ struct Source {
 
 impl Source {
     fn open(path: &Path) -> Result<Source> {
+        if let Some(url) = path.to_str().filter(|p| p.starts_with("nfs://")) {
+            let disk = nfs::NfsDisk::connect(url, true)?;
+            let size = zvol::BlockBackend::info(&disk).size;
+            return Ok(Source {
+                input: Input::Backend(Box::new(disk)),
+                label: url.to_string(),
+                size: Some(size),
+                allocated: Some(size),
+                sparse_aware: false,
+            });
+        }
         let (file, label) = if path.as_os_str() == "-" {
             let fd = std::io::stdin()
                 .as_fd()
@@ -121,12 +141,30 @@ impl Source {
             (None, None, false)
         };
         Ok(Source {
-            file,
+            input: Input::File(file),
             label,
             size,
             allocated,
             sparse_aware,
         })
+    }
+
+    /// Reads exactly `buf.len()` bytes at `pos`.
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        match &self.input {
+            Input::File(f) => f.read_exact_at(buf, pos),
+            Input::Backend(b) => b
+                .read_at(pos, buf)
+                .map_err(|e| std::io::Error::other(e.to_string())),
+        }
+    }
+
+    /// The data ranges to read (holes left out where the file says where they are).
+    fn ranges(&self, size: u64, align: u64) -> Vec<(u64, u64)> {
+        match &self.input {
+            Input::File(f) if self.sparse_aware => data_ranges(f, size, align),
+            _ => vec![(0, size)],
+        }
     }
 }
 
@@ -200,18 +238,13 @@ fn read_source(
     let buffer = || back.try_recv().unwrap_or_else(|_| AlignedBuf::new(CHUNK));
     match src.size {
         Some(size) => {
-            let ranges = if src.sparse_aware {
-                data_ranges(&src.file, size, bs)
-            } else {
-                vec![(0, size)]
-            };
-            for (start, end) in ranges {
+            for (start, end) in src.ranges(size, bs) {
                 let mut pos = start;
                 while pos < end {
                     let n = (end - pos).min(CHUNK as u64) as usize;
                     let mut buf = buffer();
                     buf.set_len(n);
-                    let r = src.file.read_exact_at(&mut buf, pos).map_err(|e| {
+                    let r = src.read_exact_at(&mut buf, pos).map_err(|e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
                             std::io::Error::other(format!("{} shrank while being read", src.label))
                         } else {
@@ -235,7 +268,11 @@ fn read_source(
         }
         None => {
             let mut pos = 0u64;
-            let mut reader = &src.file;
+            // Only files have no known size.
+            let Input::File(file) = &src.input else {
+                return;
+            };
+            let mut reader = file;
             loop {
                 let mut buf = buffer();
                 buf.set_len(CHUNK);
@@ -290,17 +327,11 @@ fn space_available(info: &PoolInfo) -> u64 {
 fn nonzero_bytes(src: &Source, size: u64, bs: u64) -> Result<u64> {
     let mut total = 0u64;
     let mut buf = vec![0u8; CHUNK];
-    let ranges = if src.sparse_aware {
-        data_ranges(&src.file, size, bs)
-    } else {
-        vec![(0, size)]
-    };
-    for (start, end) in ranges {
+    for (start, end) in src.ranges(size, bs) {
         let mut pos = start;
         while pos < end {
             let n = (end - pos).min(CHUNK as u64) as usize;
-            src.file
-                .read_exact_at(&mut buf[..n], pos)
+            src.read_exact_at(&mut buf[..n], pos)
                 .map_err(|e| CliError::io(format!("reading {}", src.label), e))?;
             total += buf[..n]
                 .chunks(bs as usize)
@@ -408,7 +439,7 @@ fn zero_existing(
     Ok(())
 }
 
-/// `tarn vol import FILE POOL/NAME`
+/// `tarn vol import FILE|nfs://HOST:PORT/POOL/VOL POOL/NAME`
 pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
     let pool_name = pool_of(&a.name)?;
     let entry = reg.require(pool_name)?;

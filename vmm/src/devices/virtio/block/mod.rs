@@ -8,5 +8,7 @@ pub mod worker;
 pub use device::{Block, BlockOptions};
 pub use request::{Disk, Request, RequestType};
 
+#[cfg(feature = "bench-utils")]
+pub mod bench_utils;
 #[cfg(test)]
 pub(crate) mod test_utils;

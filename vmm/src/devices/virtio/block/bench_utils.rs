@@ -1,0 +1,294 @@
+//! Benchmark support (feature `bench-utils`): a driver that pushes virtio-blk requests through
+//! a split virtqueue laid out in plain memory (no KVM, no guest), either handled on the
+//! caller's thread by [`request::process`] or served by the real [`Block`] device behind its
+//! [`MmioTransport`] (queue thread, worker pool, event-index notifications).
+
+use super::request::{self, Disk, Negotiated, HEADER_LEN};
+use super::{Block, BlockOptions};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::error::{Error, Result};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Descriptors in the queue (three per request).
+const QUEUE_SIZE: u16 = 256;
+/// Most requests in flight.
+pub const MAX_DEPTH: usize = QUEUE_SIZE as usize / 3;
+const DESC: u64 = 0;
+const AVAIL: u64 = 0x1000;
+const USED: u64 = 0x2000;
+const HEADERS: u64 = 0x3000;
+const STATUS: u64 = 0x4000;
+const DATA: u64 = 0x1_0000;
+/// `VRING_DESC_F_NEXT`, `VRING_DESC_F_WRITE`.
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+
+/// One read or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Write (else read).
+    pub write: bool,
+    /// Byte offset (a multiple of 512).
+    pub offset: u64,
+    /// Bytes (a multiple of 512, at most the driver's buffer size).
+    pub len: u32,
+}
+
+/// Who serves the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The caller's thread pops each chain, runs [`request::process`] and fills the used ring.
+    Inline,
+    /// The [`Block`] device, activated through virtio-mmio with `workers` I/O threads (0: the
+    /// queue thread runs requests itself); one kick per batch, waiting on its interrupt.
+    Device {
+        /// [`BlockOptions::workers`].
+        workers: usize,
+    },
+}
+
+/// A virtio-blk driver on plain memory.
+pub struct Driver {
+    mem: GuestMemoryMmap,
+    depth: usize,
+    buf_len: u32,
+    disk: Arc<Disk>,
+    served: Served,
+    avail_idx: u16,
+}
+
+enum Served {
+    Inline(Box<Queue>),
+    Device(Box<MmioTransport>),
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("depth", &self.depth)
+            .field("buf_len", &self.buf_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// A driver for `disk` with `depth` request slots (at most [`MAX_DEPTH`]) whose data
+    /// buffers are `pattern.len()` bytes (a multiple of 4096), each filled with `pattern`.
+    pub fn new(disk: Arc<Disk>, mode: Mode, depth: usize, pattern: &[u8]) -> Result<Driver> {
+        let buf_len = u32::try_from(pattern.len())
+            .ok()
+            .filter(|l| *l > 0 && l % 4096 == 0)
+            .ok_or_else(|| Error::InvalidConfig("buffer size".into()))?;
+        if depth == 0 || depth > MAX_DEPTH {
+            return Err(Error::InvalidConfig(format!("depth {depth}")));
+        }
+        let size = DATA as usize + depth * buf_len as usize;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        let wr = |r: std::result::Result<(), vm_memory::GuestMemoryError>| {
+            r.map_err(|e| Error::Memory(e.to_string()))
+        };
+        for i in 0..depth as u64 {
+            wr(mem.write_slice(pattern, GuestAddress(DATA + i * u64::from(buf_len))))?;
+            // Fixed chains: header -> data -> status; the data descriptor is set per request.
+            let d = DESC + i * 48;
+            wr(write_desc(
+                &mem,
+                d,
+                HEADERS + i * 16,
+                HEADER_LEN,
+                NEXT,
+                3 * i as u16 + 1,
+            ))?;
+            wr(write_desc(&mem, d + 32, STATUS + i, 1, WRITE, 0))?;
+        }
+        let served = match mode {
+            Mode::Inline => {
+                let mut q = Queue::new(QUEUE_SIZE).map_err(|e| Error::Queue(e.to_string()))?;
+                q.set_desc_table_address(Some(DESC as u32), Some(0));
+                q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+                q.set_used_ring_address(Some(USED as u32), Some(0));
+                q.set_ready(true);
+                Served::Inline(Box::new(q))
+            }
+            Mode::Device { workers } => {
+                let dev = Block::new("bench", disk.clone(), BlockOptions { workers });
+                Served::Device(Box::new(activate(&mem, dev)?))
+            }
+        };
+        Ok(Driver {
+            mem,
+            depth,
+            buf_len,
+            disk,
+            served,
+            avail_idx: 0,
+        })
+    }
+
+    /// Request slots.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Runs `ops` in batches of [`Driver::depth`] requests (one kick each); fails if a
+    /// request completes with an error status or the device stalls.
+    pub fn run(&mut self, ops: &[Op]) -> Result<()> {
+        for batch in ops.chunks(self.depth) {
+            self.run_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn run_batch(&mut self, batch: &[Op]) -> Result<()> {
+        let mem = &self.mem;
+        let wr = |r: std::result::Result<(), vm_memory::GuestMemoryError>| {
+            r.map_err(|e| Error::Memory(e.to_string()))
+        };
+        for (i, op) in batch.iter().enumerate() {
+            if op.len > self.buf_len || op.len % 512 != 0 || op.offset % 512 != 0 {
+                return Err(Error::InvalidConfig(format!("{op:?}")));
+            }
+            let i64 = i as u64;
+            let kind = if op.write {
+                VIRTIO_BLK_T_OUT
+            } else {
+                VIRTIO_BLK_T_IN
+            };
+            let hdr = GuestAddress(HEADERS + i64 * 16);
+            wr(mem.write_obj(kind.to_le(), hdr))?;
+            wr(mem.write_obj((op.offset / 512).to_le(), GuestAddress(hdr.0 + 8)))?;
+            wr(mem.write_obj(0xffu8, GuestAddress(STATUS + i64)))?;
+            let data = DATA + i64 * u64::from(self.buf_len);
+            let flags = NEXT | if op.write { 0 } else { WRITE };
+            let d = DESC + i64 * 48 + 16;
+            wr(write_desc(mem, d, data, op.len, flags, 3 * i as u16 + 2))?;
+            let slot = u64::from(self.avail_idx.wrapping_add(i as u16) % QUEUE_SIZE);
+            wr(mem.write_obj((3 * i as u16).to_le(), GuestAddress(AVAIL + 4 + 2 * slot)))?;
+        }
+        let target = self.avail_idx.wrapping_add(batch.len() as u16);
+        // Interrupt only when the whole batch is done (VIRTIO_RING_F_EVENT_IDX's used_event).
+        let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(QUEUE_SIZE));
+        wr(mem.write_obj(target.wrapping_sub(1).to_le(), used_event))?;
+        wr(mem.store(target.to_le(), GuestAddress(AVAIL + 2), Ordering::Release))?;
+        self.avail_idx = target;
+        match &mut self.served {
+            Served::Inline(q) => {
+                while let Some(chain) = q.pop_descriptor_chain(mem) {
+                    let head = chain.head_index();
+                    let used = request::process(mem, chain, &self.disk, Negotiated::default());
+                    q.add_used(mem, head, used)
+                        .map_err(|e| Error::Queue(e.to_string()))?;
+                }
+                let _ = q.needs_notification(mem);
+            }
+            Served::Device(t) => {
+                t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
+                wait_used(mem, t, target)?;
+            }
+        }
+        for i in 0..batch.len() as u64 {
+            let s: u8 = mem
+                .read_obj(GuestAddress(STATUS + i))
+                .map_err(|e| Error::Memory(e.to_string()))?;
+            if s != 0 {
+                return Err(Error::Queue(format!("request {i}: status {s}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Served::Device(t) = &mut self.served {
+            t.shutdown();
+        }
+    }
+}
+
+fn write_desc(
+    mem: &GuestMemoryMmap,
+    at: u64,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+) -> std::result::Result<(), vm_memory::GuestMemoryError> {
+    let next = if flags & NEXT != 0 { next } else { 0 };
+    mem.write_obj(addr.to_le(), GuestAddress(at))?;
+    mem.write_obj(len.to_le(), GuestAddress(at + 8))?;
+    mem.write_obj(flags.to_le(), GuestAddress(at + 12))?;
+    mem.write_obj(next.to_le(), GuestAddress(at + 14))
+}
+
+/// Negotiates every offered feature and sets up the queue, as Linux's driver would.
+fn activate(mem: &GuestMemoryMmap, dev: Block) -> Result<MmioTransport> {
+    fn w(t: &mut MmioTransport, reg: u32, v: u32) {
+        t.write(u64::from(reg), &v.to_le_bytes());
+    }
+    fn r(t: &MmioTransport, reg: u32) -> u32 {
+        let mut b = [0; 4];
+        t.read(u64::from(reg), &mut b);
+        u32::from_le_bytes(b)
+    }
+    let mut t = MmioTransport::new(mem.clone(), Box::new(dev))?;
+    w(&mut t, VIRTIO_MMIO_STATUS, 3);
+    for sel in 0..2 {
+        w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        let f = r(&t, VIRTIO_MMIO_DEVICE_FEATURES);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, f);
+    }
+    w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+    w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    w(&mut t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
+    w(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
+    w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
+    w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
+    w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+    w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+    match r(&t, VIRTIO_MMIO_STATUS) {
+        0xf => Ok(t),
+        s => Err(Error::Queue(format!(
+            "device status {s:#x} after DRIVER_OK"
+        ))),
+    }
+}
+
+/// Waits (on the interrupt eventfd) until the used index reaches `target`.
+fn wait_used(mem: &GuestMemoryMmap, t: &mut MmioTransport, target: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let interrupt = t.interrupt().clone();
+    let evt = interrupt.eventfd();
+    loop {
+        let used: u16 = mem
+            .load(GuestAddress(USED + 2), Ordering::Acquire)
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        if u16::from_le(used) == target {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Queue(format!("stalled at used index {used}")));
+        }
+        let mut pfd = libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd that outlives the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        let _ = evt.read();
+        t.write(
+            u64::from(VIRTIO_MMIO_INTERRUPT_ACK),
+            &VIRTIO_MMIO_INT_VRING.to_le_bytes(),
+        );
+    }
+}
