@@ -92,7 +92,7 @@ fn main() -> Res<()> {
     let pool = Pool::create_file(
         &pool_path,
         "vmmblk",
-        2 * o.size + 256 * MIB,
+        4 * o.size + 512 * MIB,
         PoolConfig::default(),
     )?;
     zvol::VolumeConfig::new(o.size).create(&pool, "vmmblk/vol")?;

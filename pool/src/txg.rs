@@ -72,9 +72,9 @@ impl Shared {
     /// Allocates and writes one metadata block.
     fn write_meta_block(&self, data: &[u8], txg: u64) -> Result<BlockPtr> {
         let sectors = (data.len() as u64).div_ceil(SECTOR);
-        let sector = lock(&self.spacemap)
-            .alloc(sectors)
-            .ok_or_else(|| self.no_space(data.len() as u64))?;
+        // Bind the allocation first: `no_space` takes the space-map lock itself.
+        let allocated = lock(&self.spacemap).alloc(sectors);
+        let sector = allocated.ok_or_else(|| self.no_space(data.len() as u64))?;
         let p = BlockPtr {
             sector,
             sectors: sectors as u32,
