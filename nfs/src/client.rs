@@ -23,6 +23,7 @@ use nfs3_client::nfs3_types::nfs3::{
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::{MountClient, Nfs3Client, RpcError};
+use pool::{gather, scatter};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Mutex;
@@ -511,40 +512,6 @@ impl NfsDisk {
             pos += n as u64;
         }
         Ok(())
-    }
-}
-
-/// Copies `data` into `bufs`, starting `at` bytes into them (as one flat buffer).
-fn scatter(bufs: &mut [IoSliceMut<'_>], mut at: usize, mut data: &[u8]) {
-    for b in bufs.iter_mut() {
-        if data.is_empty() {
-            return;
-        }
-        if at >= b.len() {
-            at -= b.len();
-            continue;
-        }
-        let n = (b.len() - at).min(data.len());
-        b[at..at + n].copy_from_slice(&data[..n]);
-        data = &data[n..];
-        at = 0;
-    }
-}
-
-/// Fills `out` from `bufs`, starting `at` bytes into them (as one flat buffer).
-fn gather(bufs: &[IoSlice<'_>], mut at: usize, mut out: &mut [u8]) {
-    for b in bufs {
-        if out.is_empty() {
-            return;
-        }
-        if at >= b.len() {
-            at -= b.len();
-            continue;
-        }
-        let n = (b.len() - at).min(out.len());
-        out[..n].copy_from_slice(&b[at..at + n]);
-        out = &mut out[n..];
-        at = 0;
     }
 }
 

@@ -112,6 +112,20 @@ impl<'a, 'b> IovMut<'a, 'b> {
     }
 }
 
+/// Copies bytes `at..at + dst.len()` of `bufs`, seen as one buffer, into `dst`.
+pub fn gather(bufs: &[IoSlice<'_>], at: usize, dst: &mut [u8]) {
+    if !dst.is_empty() {
+        Iov::new(bufs).copy_out(at, dst);
+    }
+}
+
+/// Copies `src` into `bufs`, seen as one buffer, starting `at` bytes in.
+pub fn scatter(bufs: &mut [IoSliceMut<'_>], at: usize, src: &[u8]) {
+    if !src.is_empty() {
+        IovMut::new(bufs).copy_in(at, src);
+    }
+}
+
 /// A heap buffer aligned to 4 KiB with a length up to its capacity. Whole blocks written from
 /// it can go to a file-backed pool with O_DIRECT, skipping the page-cache copy.
 pub struct AlignedBuf {

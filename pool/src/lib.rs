@@ -34,7 +34,7 @@ mod volume;
 
 pub use device::{CrashDevice, CutMode, Device, FileDevice, MemDevice};
 pub use error::{Error, ErrorKind, Result};
-pub use iov::AlignedBuf;
+pub use iov::{gather, scatter, AlignedBuf};
 pub use phys::DatasetKind;
 pub use pool::{DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE};
 pub use scrub::{ScrubError, ScrubReport};

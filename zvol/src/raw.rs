@@ -8,6 +8,7 @@
 
 use crate::backend::{BackendInfo, BlockBackend};
 use crate::error::{Error, Result};
+use pool::{gather, scatter};
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
@@ -351,7 +352,7 @@ impl RawFile {
                 .map_err(|e| self.io_err("reading", a_start, a_end - a_start, e))?;
             scatter(
                 bufs,
-                pos - offset,
+                (pos - offset) as usize,
                 &bounce.as_mut()[(pos - a_start) as usize..(stop - a_start) as usize],
             );
             pos = stop;
@@ -432,7 +433,7 @@ impl RawFile {
             }
             gather(
                 bufs,
-                pos - offset,
+                (pos - offset) as usize,
                 &mut b[(pos - a_start) as usize..(stop - a_start) as usize],
             );
             self.file
@@ -631,45 +632,6 @@ impl Bounce {
 
     fn as_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
-    }
-}
-
-/// Copies `src` into `bufs`, starting `skip` bytes into them.
-fn scatter(bufs: &mut [IoSliceMut<'_>], mut skip: u64, mut src: &[u8]) {
-    for b in bufs.iter_mut() {
-        if src.is_empty() {
-            return;
-        }
-        let blen = b.len() as u64;
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let at = skip as usize;
-        let n = (b.len() - at).min(src.len());
-        b[at..at + n].copy_from_slice(&src[..n]);
-        src = &src[n..];
-        skip = 0;
-    }
-}
-
-/// Fills `dst` from `bufs`, starting `skip` bytes into them.
-fn gather(bufs: &[IoSlice<'_>], mut skip: u64, mut dst: &mut [u8]) {
-    for b in bufs {
-        if dst.is_empty() {
-            return;
-        }
-        let blen = b.len() as u64;
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let at = skip as usize;
-        let n = (b.len() - at).min(dst.len());
-        let (head, rest) = dst.split_at_mut(n);
-        head.copy_from_slice(&b[at..at + n]);
-        dst = rest;
-        skip = 0;
     }
 }
 
