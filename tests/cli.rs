@@ -49,7 +49,7 @@ fn pool_create_list_status_and_json() {
         "allocated:",
         "free:",
         "txg:",
-        "format: version 1",
+        "format: version 2",
     ] {
         assert!(human.contains(k), "{human}");
     }

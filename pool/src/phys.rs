@@ -7,13 +7,18 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 /// Allocation unit and alignment of everything on disk.
 pub const SECTOR: u64 = 4096;
 /// The only pool format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Label magic, at byte 0 of the device and of the backup label.
 pub const LABEL_MAGIC: [u8; 8] = *b"TARNPOOL";
 /// Uberblock magic.
 pub const UBER_MAGIC: [u8; 8] = *b"TARNUBER";
 /// Dataset directory ("meta block") magic.
 pub const META_MAGIC: [u8; 8] = *b"TARNMETA";
+/// Magic of a directory leaf block.
+pub const DIR_LEAF_MAGIC: [u8; 8] = *b"TARNDIRL";
+/// Dataset IDs per directory leaf: leaf `i` holds the datasets with `id / DIR_LEAF_IDS == i`,
+/// so a commit rewrites only the leaves whose datasets changed.
+pub const DIR_LEAF_IDS: u64 = 64;
 /// Space-map chunk magic.
 pub const SPACEMAP_MAGIC: [u8; 8] = *b"TARNSMAP";
 /// Uberblock ring slots; slot = txg % RING_SLOTS.
@@ -527,8 +532,8 @@ pub struct MetaPhys {
     pub txg: u64,
     /// Next dataset ID to hand out.
     pub next_dataset_id: u64,
-    /// Every dataset, sorted by ID.
-    pub datasets: Vec<DatasetPhys>,
+    /// The dataset directory: (leaf index, leaf block), sorted by index; empty leaves absent.
+    pub leaves: Vec<(u64, BlockPtr)>,
     /// Blocks freed in recent txgs, not yet reusable: (txg, [(first sector, sectors)]).
     pub deferred: Vec<(u64, Vec<(u64, u32)>)>,
 }
@@ -542,32 +547,10 @@ impl MetaPhys {
             .u32(0)
             .u64(self.txg)
             .u64(self.next_dataset_id)
-            .u32(self.datasets.len() as u32)
+            .u32(self.leaves.len() as u32)
             .u32(self.deferred.len() as u32);
-        for d in &self.datasets {
-            e.u64(d.id)
-                .u8(d.kind.code())
-                .str(&d.name)
-                .u64(d.guid)
-                .u64(d.parent)
-                .u64(d.creation_txg)
-                .u64(d.creation_time)
-                .u64(d.size)
-                .u32(d.block_size)
-                .ptr(&d.root)
-                .u64(d.referenced)
-                .u64(d.written)
-                .u64(d.prev_snap_txg)
-                .ptr(&d.deadlist)
-                .u64(d.deadlist_count)
-                .u16(d.holds.len() as u16);
-            for h in &d.holds {
-                e.str(h);
-            }
-            e.u32(d.props.len() as u32);
-            for (k, v) in &d.props {
-                e.str(k).str(v);
-            }
+        for (index, ptr) in &self.leaves {
+            e.u64(*index).ptr(ptr);
         }
         for (txg, extents) in &self.deferred {
             e.u64(*txg).u32(extents.len() as u32);
@@ -595,59 +578,16 @@ impl MetaPhys {
         d.u32()?;
         let txg = d.u64()?;
         let next_dataset_id = d.u64()?;
-        let nds = d.u32()?;
+        let nleaves = d.u32()?;
         let ndef = d.u32()?;
-        let mut datasets = Vec::with_capacity(nds.min(1 << 16) as usize);
-        for _ in 0..nds {
-            let id = d.u64()?;
-            let kind = DatasetKind::from_code(d.u8()?)?;
-            let name = d.str()?;
-            let guid = d.u64()?;
-            let parent = d.u64()?;
-            let creation_txg = d.u64()?;
-            let creation_time = d.u64()?;
-            let size = d.u64()?;
-            let block_size = d.u32()?;
-            let root = d.ptr()?;
-            let referenced = d.u64()?;
-            let written = d.u64()?;
-            let prev_snap_txg = d.u64()?;
-            let deadlist = d.ptr()?;
-            let deadlist_count = d.u64()?;
-            let nh = d.u16()?;
-            let holds = (0..nh).map(|_| d.str()).collect::<Result<Vec<_>>>()?;
-            let np = d.u32()?;
-            let mut props = Vec::new();
-            for _ in 0..np {
-                props.push((d.str()?, d.str()?));
-            }
-            if block_size < 4096
-                || !block_size.is_power_of_two()
-                || size % u64::from(block_size) != 0
-            {
-                return Err(Error::Corrupt(format!(
-                    "meta block: dataset {id} has block size {block_size} and size {size}"
-                )));
-            }
-            datasets.push(DatasetPhys {
-                id,
-                kind,
-                name,
-                guid,
-                parent,
-                creation_txg,
-                creation_time,
-                size,
-                block_size,
-                root,
-                referenced,
-                written,
-                prev_snap_txg,
-                deadlist,
-                deadlist_count,
-                holds,
-                props,
-            });
+        let mut leaves = Vec::with_capacity(nleaves.min(1 << 16) as usize);
+        for _ in 0..nleaves {
+            leaves.push((d.u64()?, d.ptr()?));
+        }
+        if leaves.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(Error::Corrupt(
+                "meta block: directory leaves out of order".into(),
+            ));
         }
         let mut deferred = Vec::new();
         for _ in 0..ndef {
@@ -662,10 +602,126 @@ impl MetaPhys {
         Ok(MetaPhys {
             txg,
             next_dataset_id,
-            datasets,
+            leaves,
             deferred,
         })
     }
+}
+
+/// Encodes directory leaf `index` holding `datasets` (sorted by ID, each with
+/// `id / DIR_LEAF_IDS == index`), padded to whole sectors.
+pub fn encode_dir_leaf(index: u64, datasets: &[&DatasetPhys]) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.bytes(&DIR_LEAF_MAGIC)
+        .u32(FORMAT_VERSION)
+        .u32(datasets.len() as u32)
+        .u64(index);
+    for d in datasets {
+        e.u64(d.id)
+            .u8(d.kind.code())
+            .str(&d.name)
+            .u64(d.guid)
+            .u64(d.parent)
+            .u64(d.creation_txg)
+            .u64(d.creation_time)
+            .u64(d.size)
+            .u32(d.block_size)
+            .ptr(&d.root)
+            .u64(d.referenced)
+            .u64(d.written)
+            .u64(d.prev_snap_txg)
+            .ptr(&d.deadlist)
+            .u64(d.deadlist_count)
+            .u16(d.holds.len() as u16);
+        for h in &d.holds {
+            e.str(h);
+        }
+        e.u32(d.props.len() as u32);
+        for (k, v) in &d.props {
+            e.str(k).str(v);
+        }
+    }
+    let mut b = e.0;
+    b.resize(b.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+    b
+}
+
+/// Decodes directory leaf `index` (checksum already verified) into its datasets.
+pub fn decode_dir_leaf(b: &[u8], index: u64) -> Result<Vec<DatasetPhys>> {
+    let mut d = Dec::new(b, "directory leaf");
+    if d.take(8)? != DIR_LEAF_MAGIC {
+        return Err(Error::Corrupt(format!(
+            "directory leaf {index} has a bad magic"
+        )));
+    }
+    let version = d.u32()?;
+    if version != FORMAT_VERSION {
+        return Err(Error::Corrupt(format!(
+            "directory leaf {index} has unknown version {version}"
+        )));
+    }
+    let nds = d.u32()?;
+    let stored = d.u64()?;
+    if stored != index {
+        return Err(Error::Corrupt(format!(
+            "directory leaf {index} says it is leaf {stored}"
+        )));
+    }
+    let mut datasets = Vec::with_capacity(nds.min(DIR_LEAF_IDS as u32) as usize);
+    for _ in 0..nds {
+        let id = d.u64()?;
+        let kind = DatasetKind::from_code(d.u8()?)?;
+        let name = d.str()?;
+        let guid = d.u64()?;
+        let parent = d.u64()?;
+        let creation_txg = d.u64()?;
+        let creation_time = d.u64()?;
+        let size = d.u64()?;
+        let block_size = d.u32()?;
+        let root = d.ptr()?;
+        let referenced = d.u64()?;
+        let written = d.u64()?;
+        let prev_snap_txg = d.u64()?;
+        let deadlist = d.ptr()?;
+        let deadlist_count = d.u64()?;
+        let nh = d.u16()?;
+        let holds = (0..nh).map(|_| d.str()).collect::<Result<Vec<_>>>()?;
+        let np = d.u32()?;
+        let mut props = Vec::new();
+        for _ in 0..np {
+            props.push((d.str()?, d.str()?));
+        }
+        if block_size < 4096 || !block_size.is_power_of_two() || size % u64::from(block_size) != 0 {
+            return Err(Error::Corrupt(format!(
+                "meta block: dataset {id} has block size {block_size} and size {size}"
+            )));
+        }
+        datasets.push(DatasetPhys {
+            id,
+            kind,
+            name,
+            guid,
+            parent,
+            creation_txg,
+            creation_time,
+            size,
+            block_size,
+            root,
+            referenced,
+            written,
+            prev_snap_txg,
+            deadlist,
+            deadlist_count,
+            holds,
+            props,
+        });
+    }
+    if datasets.iter().any(|x| x.id / DIR_LEAF_IDS != index) {
+        return Err(Error::Corrupt(format!(
+            "directory leaf {index} holds a dataset of another leaf"
+        )));
+    }
+    Ok(datasets)
 }
 
 /// Encodes block pointers into one indirect block (missing tail entries are holes).
@@ -757,41 +813,60 @@ mod tests {
     }
 
     #[test]
-    fn meta_round_trips() {
+    fn meta_and_directory_leaves_round_trip() {
+        let leaf = BlockPtr {
+            sector: 300,
+            sectors: 1,
+            birth: 3,
+            checksum: 1,
+        };
         let m = MetaPhys {
             txg: 3,
             next_dataset_id: 9,
-            datasets: vec![DatasetPhys {
-                id: 4,
-                kind: DatasetKind::Snapshot,
-                name: "a/b".into(),
-                guid: 0x1234,
-                parent: 2,
-                creation_txg: 2,
-                creation_time: 77,
-                size: 1 << 20,
-                block_size: 16384,
-                root: BlockPtr {
-                    sector: 100,
-                    sectors: 4,
-                    birth: 3,
-                    checksum: 99,
-                },
-                referenced: 12,
-                written: 5,
-                prev_snap_txg: 1,
-                deadlist: BlockPtr {
-                    sector: 200,
-                    sectors: 1,
-                    birth: 3,
-                    checksum: 7,
-                },
-                deadlist_count: 9,
-                holds: vec!["keep".into()],
-                props: vec![("k".into(), "v=1".into())],
-            }],
+            leaves: vec![(0, leaf), (5, leaf)],
             deferred: vec![(2, vec![(50, 4), (70, 1)])],
         };
         assert_eq!(MetaPhys::decode(&m.encode()).unwrap(), m);
+        let d = DatasetPhys {
+            id: 4,
+            kind: DatasetKind::Snapshot,
+            name: "a/b".into(),
+            guid: 0x1234,
+            parent: 2,
+            creation_txg: 2,
+            creation_time: 77,
+            size: 1 << 20,
+            block_size: 16384,
+            root: BlockPtr {
+                sector: 100,
+                sectors: 4,
+                birth: 3,
+                checksum: 99,
+            },
+            referenced: 12,
+            written: 5,
+            prev_snap_txg: 1,
+            deadlist: BlockPtr {
+                sector: 200,
+                sectors: 1,
+                birth: 3,
+                checksum: 7,
+            },
+            deadlist_count: 9,
+            holds: vec!["keep".into()],
+            props: vec![("k".into(), "v=1".into())],
+        };
+        let b = encode_dir_leaf(0, &[&d]);
+        assert_eq!(b.len() % SECTOR as usize, 0);
+        assert_eq!(decode_dir_leaf(&b, 0).unwrap(), vec![d.clone()]);
+        assert!(
+            decode_dir_leaf(&b, 1).is_err(),
+            "a leaf read as another is refused"
+        );
+        let wrong = encode_dir_leaf(1, &[&d]);
+        assert!(
+            decode_dir_leaf(&wrong, 1).is_err(),
+            "a dataset filed in the wrong leaf is refused"
+        );
     }
 }

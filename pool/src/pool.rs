@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::lock::{lock_exclusive, LockError};
 use crate::names::check_pool_name;
 use crate::phys::{
-    checksum, BlockPtr, DatasetKind, LabelPhys, MetaPhys, UberblockPhys, LABEL_OFFSETS,
-    RING_OFFSET, RING_SLOTS, SECTOR,
+    checksum, decode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys, LabelPhys, MetaPhys,
+    UberblockPhys, LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
@@ -82,6 +82,8 @@ pub(crate) struct DatasetEntry {
 pub(crate) struct CommitState {
     pub txg: u64,
     pub meta: BlockPtr,
+    /// The committed directory leaves, by index.
+    pub leaves: BTreeMap<u64, BlockPtr>,
     pub next_id: u64,
 }
 
@@ -425,6 +427,7 @@ impl Pool {
             CommitState {
                 txg: 0,
                 meta: BlockPtr::HOLE,
+                leaves: BTreeMap::new(),
                 next_id: 1,
             },
             BTreeMap::new(),
@@ -456,7 +459,9 @@ impl Pool {
         let mut last_err = None;
         for ub in &ubs {
             match Self::load_meta(dev.as_ref(), &label, ub) {
-                Ok(meta) => return Self::open_at(dev.clone(), label, *ub, meta, config),
+                Ok((meta, datasets)) => {
+                    return Self::open_at(dev.clone(), label, *ub, meta, datasets, config)
+                }
                 Err(e) => {
                     tracing::warn!(pool = %label.name, txg = ub.txg, error = %e, "skipping uberblock");
                     last_err = Some(e);
@@ -474,31 +479,46 @@ impl Pool {
         })
     }
 
-    fn load_meta(dev: &dyn Device, label: &LabelPhys, ub: &UberblockPhys) -> Result<MetaPhys> {
-        let p = ub.root;
-        if p.is_hole() || p.offset() < label.data_offset || p.offset() + p.byte_len() > label.size {
-            return Err(Error::Corrupt(format!(
-                "uberblock {} points outside the data region",
-                ub.txg
-            )));
-        }
-        let mut b = vec![0u8; p.byte_len() as usize];
-        dev.read_at(&mut b, p.offset())
-            .map_err(|e| Error::io("reading the meta block", e))?;
-        if checksum(&b, label.guid) != p.checksum {
-            return Err(Error::Corrupt(format!(
-                "meta block of txg {} fails its checksum",
-                ub.txg
-            )));
-        }
-        let meta = MetaPhys::decode(&b)?;
+    /// Reads and verifies the meta block `ub` roots and its directory leaves.
+    fn load_meta(
+        dev: &dyn Device,
+        label: &LabelPhys,
+        ub: &UberblockPhys,
+    ) -> Result<(MetaPhys, Vec<DatasetPhys>)> {
+        let read_verified = |p: &BlockPtr, what: &str| -> Result<Vec<u8>> {
+            if p.is_hole()
+                || p.offset() < label.data_offset
+                || p.offset() + p.byte_len() > label.size
+            {
+                return Err(Error::Corrupt(format!(
+                    "the {what} of txg {} lies outside the data region",
+                    ub.txg
+                )));
+            }
+            let mut b = vec![0u8; p.byte_len() as usize];
+            dev.read_at(&mut b, p.offset())
+                .map_err(|e| Error::io(format!("reading the {what}"), e))?;
+            if checksum(&b, label.guid) != p.checksum {
+                return Err(Error::Corrupt(format!(
+                    "the {what} of txg {} fails its checksum",
+                    ub.txg
+                )));
+            }
+            Ok(b)
+        };
+        let meta = MetaPhys::decode(&read_verified(&ub.root, "meta block")?)?;
         if meta.txg != ub.txg {
             return Err(Error::Corrupt(format!(
                 "meta block says txg {} but its uberblock says {}",
                 meta.txg, ub.txg
             )));
         }
-        Ok(meta)
+        let mut datasets = Vec::new();
+        for (index, p) in &meta.leaves {
+            let b = read_verified(p, &format!("directory leaf {index}"))?;
+            datasets.extend(decode_dir_leaf(&b, *index)?);
+        }
+        Ok((meta, datasets))
     }
 
     fn open_at(
@@ -506,6 +526,7 @@ impl Pool {
         label: LabelPhys,
         ub: UberblockPhys,
         meta: MetaPhys,
+        datasets_phys: Vec<DatasetPhys>,
         config: PoolConfig,
     ) -> Result<Pool> {
         let mut sm = SpaceMap::new(label.size / SECTOR, label.data_offset / SECTOR);
@@ -519,14 +540,13 @@ impl Pool {
         }
         sm.recount();
         sm.set_deferred(&meta.deferred);
-        let heads: BTreeMap<u64, &str> = meta
-            .datasets
+        let heads: BTreeMap<u64, &str> = datasets_phys
             .iter()
             .filter(|d| d.kind != DatasetKind::Snapshot)
             .map(|d| (d.id, d.name.as_str()))
             .collect();
         let mut datasets = BTreeMap::new();
-        for d in &meta.datasets {
+        for d in &datasets_phys {
             let name = match d.kind {
                 DatasetKind::Snapshot => {
                     let head = heads.get(&d.parent).ok_or_else(|| {
@@ -567,6 +587,7 @@ impl Pool {
         let state = CommitState {
             txg: ub.txg,
             meta: ub.root,
+            leaves: meta.leaves.iter().copied().collect(),
             next_id: meta.next_dataset_id,
         };
         let pool = Self::assemble(dev, label, sm, state, datasets, config);

@@ -166,6 +166,14 @@ impl Pool {
         };
         let pool_name = self.name().to_string();
         w.claim(&pool_name, &cs.meta);
+        let leaves: Vec<(u64, BlockPtr)> = cs.leaves.iter().map(|(&i, &p)| (i, p)).collect();
+        for (index, p) in leaves {
+            w.claim(&pool_name, &p);
+            let mut buf = vec![0u8; p.byte_len() as usize];
+            if let Err(e) = sh.read_block(&p, &mut buf, &|| format!("directory leaf {index}")) {
+                w.err(&pool_name, None, e.to_string());
+            }
+        }
         let vols: Vec<_> = read(&sh.datasets).values().map(|d| d.vol.clone()).collect();
         let mut deadlists = Vec::new();
         for v in &vols {

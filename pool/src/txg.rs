@@ -11,12 +11,13 @@
 
 use crate::error::{Error, Result};
 use crate::phys::{
-    checksum, BlockPtr, DatasetKind, DatasetPhys, MetaPhys, UberblockPhys, RING_OFFSET, RING_SLOTS,
-    SECTOR,
+    checksum, encode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys, MetaPhys, UberblockPhys,
+    DIR_LEAF_IDS, RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
 use crate::spacemap::{Extent, DEFER_TXGS};
 use crate::volume::{is_zero, Dirty, DirtyMap, Volume};
+use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -192,41 +193,11 @@ impl Shared {
         if !cs.meta.is_hole() {
             lock(&self.spacemap).free_deferred(txg, cs.meta.sector, u64::from(cs.meta.sectors));
         }
+        let leaves = self.write_directory(&cs.leaves, txg)?;
         let meta = MetaPhys {
             txg,
             next_dataset_id: cs.next_id,
-            datasets: read(&self.datasets)
-                .iter()
-                .map(|(&id, d)| {
-                    let st = lock(&d.vol.state);
-                    DatasetPhys {
-                        id,
-                        kind: d.kind,
-                        name: match d.kind {
-                            DatasetKind::Snapshot => d.snap_name().to_string(),
-                            _ => d.name.clone(),
-                        },
-                        guid: d.guid,
-                        parent: d.parent,
-                        creation_txg: d.creation_txg,
-                        creation_time: d.creation_time,
-                        size: st.size,
-                        block_size: d.vol.block_size,
-                        root: st.root,
-                        referenced: st.referenced,
-                        written: st.written,
-                        prev_snap_txg: st.prev_snap_txg,
-                        deadlist: st.deadlist.head,
-                        deadlist_count: st.deadlist.count,
-                        holds: d.holds.iter().cloned().collect(),
-                        props: d
-                            .props
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                    }
-                })
-                .collect(),
+            leaves: leaves.iter().map(|(&i, &p)| (i, p)).collect(),
             deferred: lock(&self.spacemap).deferred(),
         };
         let meta_ptr = self.write_meta_block(&meta.encode(), txg)?;
@@ -276,12 +247,90 @@ impl Shared {
 
         cs.txg = txg;
         cs.meta = meta_ptr;
+        cs.leaves = leaves;
         self.last_txg.store(txg, Ordering::Release);
         if reserved > 0 {
             self.dirty_bytes.fetch_sub(reserved, Ordering::AcqRel);
         }
         tracing::trace!(pool = self.name(), txg, time = now_secs(), "txg committed");
         Ok(txg)
+    }
+
+    /// Writes the directory leaves whose contents changed since `committed` (a leaf is
+    /// unchanged when its encoding checksums to the committed pointer's checksum), freeing the
+    /// blocks they replace; returns the new leaf map. The cost in I/O follows what changed,
+    /// not how many datasets exist.
+    fn write_directory(
+        &self,
+        committed: &BTreeMap<u64, BlockPtr>,
+        txg: u64,
+    ) -> Result<BTreeMap<u64, BlockPtr>> {
+        let records: Vec<DatasetPhys> = read(&self.datasets)
+            .iter()
+            .map(|(&id, d)| {
+                let st = lock(&d.vol.state);
+                DatasetPhys {
+                    id,
+                    kind: d.kind,
+                    name: match d.kind {
+                        DatasetKind::Snapshot => d.snap_name().to_string(),
+                        _ => d.name.clone(),
+                    },
+                    guid: d.guid,
+                    parent: d.parent,
+                    creation_txg: d.creation_txg,
+                    creation_time: d.creation_time,
+                    size: st.size,
+                    block_size: d.vol.block_size,
+                    root: st.root,
+                    referenced: st.referenced,
+                    written: st.written,
+                    prev_snap_txg: st.prev_snap_txg,
+                    deadlist: st.deadlist.head,
+                    deadlist_count: st.deadlist.count,
+                    holds: d.holds.iter().cloned().collect(),
+                    props: d
+                        .props
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                }
+            })
+            .collect();
+        let mut by_leaf: BTreeMap<u64, Vec<&DatasetPhys>> = BTreeMap::new();
+        for r in &records {
+            by_leaf.entry(r.id / DIR_LEAF_IDS).or_default().push(r);
+        }
+        let mut leaves = BTreeMap::new();
+        let mut replaced = Vec::new();
+        for (index, datasets) in by_leaf {
+            let b = encode_dir_leaf(index, &datasets);
+            let old = committed.get(&index);
+            let ptr = match old {
+                Some(p)
+                    if p.byte_len() == b.len() as u64
+                        && p.checksum == checksum(&b, self.label.guid) =>
+                {
+                    *p
+                }
+                _ => {
+                    replaced.extend(old.copied());
+                    self.write_meta_block(&b, txg)?
+                }
+            };
+            leaves.insert(index, ptr);
+        }
+        replaced.extend(
+            committed
+                .iter()
+                .filter(|(i, _)| !leaves.contains_key(i))
+                .map(|(_, p)| *p),
+        );
+        let mut sm = lock(&self.spacemap);
+        for p in replaced {
+            sm.free_deferred(txg, p.sector, u64::from(p.sectors));
+        }
+        Ok(leaves)
     }
 
     /// Places one volume's dirty blocks: allocates contiguous space in index order, checksums,
@@ -391,6 +440,7 @@ impl Shared {
             .map(|d| d.vol.clone())
             .collect();
         let mut claims: Vec<(u64, u64)> = vec![(cs.meta.sector, u64::from(cs.meta.sectors))];
+        claims.extend(cs.leaves.values().map(|p| (p.sector, u64::from(p.sectors))));
         for v in vols {
             let mut st = lock(&v.state);
             if st.tree.is_none() {

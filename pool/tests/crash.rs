@@ -210,13 +210,30 @@ fn step(
     Ok(())
 }
 
+/// Spreads the dataset IDs over several directory leaves (64 IDs each): creates 70 small
+/// volumes and destroys all but every tenth, so the workload's datasets join leaves 0 and 1
+/// and start leaf 2.
+fn prime(pool: &Pool, live: &mut State) {
+    for i in 0..70 {
+        let name = format!("crash/pad{i}");
+        pool.create_volume(&name, 4096, 4096, &BTreeMap::new())
+            .expect("pad volume");
+        if i % 10 == 0 {
+            live.insert(name, vec![0; 4096]);
+        } else {
+            pool.destroy(&name).expect("destroy pad volume");
+        }
+    }
+}
+
 /// Device writes and syncs the workload of `seed` issues when nothing cuts it.
 fn workload_ops(seed: u64) -> u64 {
     let mut rng = SmallRng::seed_from_u64(seed);
     let dev = Arc::new(CrashDevice::new(DEV));
     let pool = Pool::create_on(dev.clone(), "crash", config()).expect("create");
-    let start = dev.ops();
     let (mut live, mut n) = (State::new(), 0);
+    prime(&pool, &mut live);
+    let start = dev.ops();
     for _ in 0..WORKLOAD_STEPS {
         step(&mut rng, &pool, &mut live, &mut n, &mut History::new()).expect("uncut workload");
     }
@@ -231,6 +248,7 @@ fn crash_case(seed: u64) {
     let dev = Arc::new(CrashDevice::new(DEV));
     let pool = Pool::create_on(dev.clone(), "crash", config()).expect("create");
     let mut live = State::new();
+    prime(&pool, &mut live);
     let mut history: BTreeMap<u64, State> = BTreeMap::new();
     history.insert(pool.txg(), live.clone());
     let mut acked = pool.txg();
