@@ -29,6 +29,11 @@ pub trait Device: Send + Sync {
     fn write_placed_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         self.write_vectored_at(bufs, offset)
     }
+    /// Reads a large run, bypassing the device's cache (O_DIRECT) when the buffer, length and
+    /// offset allow; otherwise like `read_at`. Same contents either way.
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
+    }
     /// Makes every completed write durable.
     fn sync(&self) -> io::Result<()>;
     /// Size in bytes.
@@ -46,7 +51,8 @@ pub trait Device: Send + Sync {
 /// A regular file or block device.
 pub struct FileDevice {
     file: File,
-    /// A second descriptor with O_DIRECT, where the file system allows it, for placed data.
+    /// A second descriptor with O_DIRECT, where the file system allows it, for placed data and
+    /// large reads.
     direct: Option<File>,
     path: PathBuf,
     len: u64,
@@ -81,6 +87,7 @@ impl FileDevice {
             meta.len()
         };
         let direct = OpenOptions::new()
+            .read(true)
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)
@@ -116,6 +123,19 @@ impl Device for FileDevice {
 
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         pwritev_all(&self.file, bufs, offset)
+    }
+
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let aligned = |p: usize| p.is_multiple_of(4096);
+        if let Some(d) = &self.direct {
+            if aligned(offset as usize) && aligned(buf.as_ptr() as usize) && aligned(buf.len()) {
+                match d.read_exact_at(buf, offset) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    r => return r,
+                }
+            }
+        }
+        self.file.read_exact_at(buf, offset)
     }
 
     fn write_placed_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {

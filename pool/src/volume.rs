@@ -69,6 +69,11 @@ pub(crate) struct VolumeState {
 /// ones are buffered and batched into the commit (cheaper for scattered small writes).
 const PLACE_MIN_BYTES: u64 = 64 << 10;
 
+/// Runs of committed blocks at least this long are read bypassing the page cache when the
+/// caller's buffer allows it, as large writes bypass it: big sequential I/O streams at device
+/// speed without evicting (or copying through) cached metadata and small blocks.
+const DIRECT_READ_MIN: usize = 64 << 10;
+
 /// What a dataset's state starts from: its directory entry's fields.
 pub(crate) struct StateInit {
     pub size: u64,
@@ -331,7 +336,12 @@ impl VolumeHandle {
                     j = i + 1;
                 }
                 if let Some(run) = dst.contiguous(f.buf_at, (j - i) * bs) {
-                    self.shared.dev.read_at(run, f.ptr.offset()).map_err(|e| {
+                    let read = if run.len() >= DIRECT_READ_MIN {
+                        self.shared.dev.read_direct_at(run, f.ptr.offset())
+                    } else {
+                        self.shared.dev.read_at(run, f.ptr.offset())
+                    };
+                    read.map_err(|e| {
                         Error::io(
                             format!(
                                 "reading {} from {}",
