@@ -270,6 +270,11 @@ fn boot_and_check(mode: DiskMode) {
     fs::File::create(&disk)
         .and_then(|f| f.set_len(DISK_SIZE))
         .expect("creating the disk image");
+    // The pool case boots two vCPUs (the guest counts them), the raw case one.
+    let cpus = match mode {
+        DiskMode::Raw => "1",
+        DiskMode::PoolClone => "2",
+    };
     let console_path = work.path().join("console.log");
     let console_file = fs::File::create(&console_path).expect("console file");
 
@@ -297,7 +302,7 @@ fn boot_and_check(mode: DiskMode) {
                     "--cmdline",
                     "console=ttyS0 reboot=k panic=-1 tarn.test=ext4",
                     "--cpus",
-                    "1",
+                    cpus,
                     "--mem",
                     "256M",
                 ]);
@@ -337,7 +342,7 @@ fn boot_and_check(mode: DiskMode) {
                 match mode {
                     DiskMode::Raw => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4",
                     DiskMode::PoolClone => {
-                        "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=pool"
+                        "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=pool tarn.cpus=2"
                     }
                 },
                 "-drive",
@@ -380,6 +385,11 @@ fn boot_and_check(mode: DiskMode) {
             "tarn vm run failed in the outer VM; console tail:\n{tail}"
         );
     }
+
+    assert!(
+        console.contains(&format!("TARN-CPUS {cpus}\n")),
+        "the guest should see {cpus} CPU(s); console tail:\n{tail}"
+    );
 
     // The checksums the guest printed, against files made here.
     let sums = guest_sums(&console);

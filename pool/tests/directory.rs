@@ -76,7 +76,9 @@ fn a_commit_writes_only_the_directory_leaves_that_changed() {
             small.push(cost);
         }
     }
-    let large: Vec<u64> = (0..5).map(|i| clone_cost(&format!("tank/late{i}"))).collect();
+    let large: Vec<u64> = (0..5)
+        .map(|i| clone_cost(&format!("tank/late{i}")))
+        .collect();
     let (small, large) = (small.iter().max().copied(), large.iter().max().copied());
     let (small, large) = (small.expect("costs"), large.expect("costs"));
     // The whole directory of 400 clones encodes to well over 40 KiB; one leaf is a few KiB.
