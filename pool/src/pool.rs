@@ -8,7 +8,7 @@ use crate::lock::{lock_exclusive, LockError};
 use crate::names::check_pool_name;
 use crate::phys::{
     checksum, decode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys, LabelPhys, MetaPhys,
-    UberblockPhys, LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR,
+    UberblockPhys, LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
 };
 use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
@@ -540,6 +540,23 @@ impl Pool {
         }
         sm.recount();
         sm.set_deferred(&meta.deferred);
+        // The next commit writes the other copy: only its chunks that differ from this one (or
+        // were written by an abandoned newer txg) need rewriting, so a commit after an open
+        // costs what it changed, not the pool's size.
+        let other = label.spacemap_offsets[1 - ub.spacemap_copy as usize];
+        let mut theirs = vec![0u8; chunks.len()];
+        dev.read_at(&mut theirs, other)
+            .map_err(|e| Error::io("reading the other space-map copy", e))?;
+        let sector = SECTOR as usize;
+        sm.set_stale_after_open((0..u64::from(label.spacemap_chunks)).filter(|&c| {
+            let at = c as usize * sector;
+            let (mine, other) = (&chunks[at..at + sector], &theirs[at..at + sector]);
+            // Bits equal to the verified copy's need no checksum of their own: a damaged
+            // header there fails that copy's next load, which rebuilds the map.
+            mine[SPACEMAP_HEADER..] != other[SPACEMAP_HEADER..]
+                || other[..8] != mine[..8]
+                || SpaceMap::stamp(other).is_none_or(|t| t > ub.txg)
+        }));
         let heads: BTreeMap<u64, &str> = datasets_phys
             .iter()
             .filter(|d| d.kind != DatasetKind::Snapshot)

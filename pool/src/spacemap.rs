@@ -278,7 +278,15 @@ impl SpaceMap {
             .collect();
     }
 
-    /// Forces the next two commits to rewrite every chunk (after open or a rebuild).
+    /// After an open: the next commit writes the copy that was not loaded, and must rewrite
+    /// exactly its chunks in `stale` (those that differ from the loaded copy); the rest already
+    /// match.
+    pub fn set_stale_after_open(&mut self, stale: impl IntoIterator<Item = u64>) {
+        self.prev_dirty.clear();
+        self.dirty = stale.into_iter().collect();
+    }
+
+    /// Forces the next two commits to rewrite every chunk (after a rebuild).
     pub fn mark_all_dirty(&mut self) {
         let n = self.chunks();
         self.dirty.extend(0..n);
@@ -330,17 +338,27 @@ impl SpaceMap {
         e.0
     }
 
+    /// The txg stamped on an encoded chunk (unverified: `chunk_txg` checks the checksum).
+    pub fn stamp(b: &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))
+    }
+
+    /// The txg that wrote encoded chunk `c`, if it verifies (magic and checksum).
+    pub fn chunk_txg(c: u64, b: &[u8], guid: u64) -> Option<u64> {
+        if b.len() != SECTOR as usize || b[0..8] != SPACEMAP_MAGIC {
+            return None;
+        }
+        let txg = Self::stamp(b)?;
+        let sum = u128::from_le_bytes(b[16..32].try_into().ok()?);
+        (checksum(&b[SPACEMAP_HEADER..], guid ^ c ^ txg.rotate_left(32)) == sum).then_some(txg)
+    }
+
     /// Loads chunk `c` if it verifies and was written no later than `max_txg`.
     pub fn load_chunk(&mut self, c: u64, b: &[u8], max_txg: u64, guid: u64) -> bool {
-        if b.len() != SECTOR as usize || b[0..8] != SPACEMAP_MAGIC {
+        if Self::chunk_txg(c, b, guid).is_none_or(|txg| txg > max_txg) {
             return false;
         }
-        let txg = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
-        let sum = u128::from_le_bytes(b[16..32].try_into().unwrap_or_default());
         let bits = &b[SPACEMAP_HEADER..];
-        if txg > max_txg || checksum(bits, guid ^ c ^ txg.rotate_left(32)) != sum {
-            return false;
-        }
         let w = (c * WORDS_PER_CHUNK) as usize;
         for (i, word) in bits.chunks_exact(8).enumerate() {
             let v = u64::from_le_bytes(word.try_into().unwrap_or_default());
