@@ -17,6 +17,9 @@
 //! run; the whole process group of a VM is killed on timeout or panic, so nothing is left
 //! behind.
 
+mod common;
+
+use common::NfsServer;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -226,10 +229,19 @@ fn stock_kernel_boots_from_a_pool_clone() {
     boot_and_check(DiskMode::PoolClone);
 }
 
+/// The same guest test, its disk a pool volume served by `tarn nfs serve` and opened by the VMM
+/// as `nfs://…` (an NFS-backed disk, as another host would use it); the host then imports the
+/// pool, scrubs it, and reads the volume.
+#[test]
+fn stock_kernel_boots_from_a_volume_served_over_nfs() {
+    boot_and_check(DiskMode::Nfs);
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum DiskMode {
     Raw,
     PoolClone,
+    Nfs,
 }
 
 fn tarn(home: &Path) -> Command {
@@ -272,18 +284,19 @@ fn boot_and_check(mode: DiskMode) {
         .expect("creating the disk image");
     // The pool case boots two vCPUs (the guest counts them), the raw case one.
     let cpus = match mode {
-        DiskMode::Raw => "1",
+        DiskMode::Raw | DiskMode::Nfs => "1",
         DiskMode::PoolClone => "2",
     };
     let console_path = work.path().join("console.log");
     let console_file = fs::File::create(&console_path).expect("console file");
 
+    let mut nfs_server: Option<NfsServer> = None;
     let mut cmd = match &host {
         Host::HardwareKvm(m) => {
             eprintln!("vm_nested: hardware KVM ({m}): running tarn vm run directly (tier 4)");
             let home = work.path().join("home");
             let mut c = tarn(&home);
-            if mode == DiskMode::PoolClone {
+            if mode != DiskMode::Raw {
                 fs::remove_file(&disk).expect("the pool makes its own file");
                 ok(tarn(&home)
                     .args(["pool", "create", "p"])
@@ -291,6 +304,9 @@ fn boot_and_check(mode: DiskMode) {
                     .args(["--size", "64M"]));
                 ok(tarn(&home).args(["vol", "create", "p/img", "--size", "32M"]));
                 ok(tarn(&home).args(["snapshot", "p/img@golden"]));
+                if mode == DiskMode::Nfs {
+                    ok(tarn(&home).args(["clone", "p/img@golden", "p/vm1"]));
+                }
                 ok(tarn(&home).args(["pool", "export", "p"]));
                 ok(tarn(&home).args(["pool", "import"]).arg(&disk));
             }
@@ -309,6 +325,12 @@ fn boot_and_check(mode: DiskMode) {
             match mode {
                 DiskMode::Raw => c.arg("--disk").arg(&disk),
                 DiskMode::PoolClone => c.args(["--clone-from", "p/img@golden", "--name", "vm1"]),
+                DiskMode::Nfs => {
+                    let port = nfs_server
+                        .insert(NfsServer::start(&home, "p", &["--allow", "127.0.0.1/32"]))
+                        .port;
+                    c.args(["--disk", &format!("nfs://127.0.0.1:{port}/p/vm1")])
+                }
             };
             c
         }
@@ -344,6 +366,7 @@ fn boot_and_check(mode: DiskMode) {
                     DiskMode::PoolClone => {
                         "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=pool tarn.cpus=2"
                     }
+                    DiskMode::Nfs => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=nfs",
                 },
                 "-drive",
             ])
@@ -362,6 +385,9 @@ fn boot_and_check(mode: DiskMode) {
     let mut vm = Group::spawn(&mut cmd);
     let status = vm.wait(timeout());
     let wall = launch.elapsed();
+    if let Some(mut server) = nfs_server.take() {
+        assert!(server.stop(), "tarn nfs serve did not exit cleanly");
+    }
     let console = fs::read_to_string(&console_path)
         .map(|s| s.replace('\r', ""))
         .unwrap_or_default();
@@ -384,6 +410,12 @@ fn boot_and_check(mode: DiskMode) {
             console.contains("TARN-VMM-RC 0"),
             "tarn vm run failed in the outer VM; console tail:\n{tail}"
         );
+        if mode == DiskMode::Nfs {
+            assert!(
+                console.contains("TARN-NFS-SERVER-RC 0"),
+                "tarn nfs serve did not exit cleanly in the outer VM; console tail:\n{tail}"
+            );
+        }
     }
 
     assert!(
@@ -406,26 +438,29 @@ fn boot_and_check(mode: DiskMode) {
         assert_eq!((gsha, gmd5), (sha, md5), "{name}: guest checksum");
     }
 
-    // The pool case: import the pool the outer VM left on the disk, scrub it, and read the
-    // clone's bytes out; the image it was cloned from is still all zeroes.
+    // The pool cases: import the pool the outer VM left on the disk, scrub it, and read the
+    // guest's volume out; a clone's image is still all zeroes.
     let disk = match mode {
         DiskMode::Raw => disk,
-        DiskMode::PoolClone => {
+        DiskMode::PoolClone | DiskMode::Nfs => {
             let home = work.path().join("host-home");
             ok(tarn(&home).args(["pool", "import"]).arg(&disk));
             let scrub = ok(tarn(&home).args(["pool", "scrub", "p"]));
             assert!(scrub.contains("0 errors"), "scrub: {scrub}");
-            let listing = ok(tarn(&home).args(["list", "-t", "all", "-H", "-o", "name,origin"]));
-            assert!(
-                listing.contains("p/vm1\tp/img@golden"),
-                "the guest's disk is a clone: {listing}"
-            );
-            let image = work.path().join("img.raw");
-            ok(tarn(&home).args(["vol", "export", "p/img"]).arg(&image));
-            assert!(
-                fs::read(&image).expect("image").iter().all(|&b| b == 0),
-                "the image is untouched"
-            );
+            if mode == DiskMode::PoolClone {
+                let listing =
+                    ok(tarn(&home).args(["list", "-t", "all", "-H", "-o", "name,origin"]));
+                assert!(
+                    listing.contains("p/vm1\tp/img@golden"),
+                    "the guest's disk is a clone: {listing}"
+                );
+                let image = work.path().join("img.raw");
+                ok(tarn(&home).args(["vol", "export", "p/img"]).arg(&image));
+                assert!(
+                    fs::read(&image).expect("image").iter().all(|&b| b == 0),
+                    "the image is untouched"
+                );
+            }
             let out = work.path().join("vm1.raw");
             ok(tarn(&home).args(["vol", "export", "p/vm1"]).arg(&out));
             out

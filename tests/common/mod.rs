@@ -235,3 +235,66 @@ pub fn lock_holder(p: &Path) -> Option<i32> {
     let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
     (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
 }
+
+/// `tarn nfs serve POOL --listen 127.0.0.1:0 ARGS…` for the registry at `home`, on the port it
+/// reports; stopped by SIGTERM (then SIGKILL after 10 s) on drop, so the pool is closed.
+pub struct NfsServer {
+    child: std::process::Child,
+    /// The TCP port it serves NFSv3, MOUNT and the portmapper on.
+    pub port: u16,
+}
+
+impl NfsServer {
+    /// Starts the server and waits for its "serving" line.
+    pub fn start(home: &Path, pool: &str, args: &[&str]) -> NfsServer {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tarn"))
+            .args(["nfs", "serve", pool, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("TARN_HOME", home)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning tarn nfs serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reading the server's first line");
+        let port = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("127.0.0.1:"))
+            .and_then(|p| {
+                p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        NfsServer { child, port }
+    }
+
+    /// Stops the server (SIGTERM; SIGKILL after 10 s) and returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(10) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for NfsServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
