@@ -6,7 +6,8 @@
 //! zfs-fuse. Prints; never asserts.
 //!
 //! `cargo bench --bench snapshots` (TARN_BENCH_DIR, default /var/tmp; TARN_BENCH_ONLY=sendrecv
-//! runs only the `tarn send | tarn recv` part).
+//! runs only the `tarn send | tarn recv` part, TARN_BENCH_ONLY=process only `tarn clone` as a
+//! process against `qemu-img create`).
 
 use pool::{Pool, PoolConfig};
 use std::collections::BTreeMap;
@@ -109,6 +110,58 @@ fn send_recv(dir: &Path, scale: u64) {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// `tarn clone` as a whole process (open the pool, clone, commit, close) at 1, 100 and 1000
+/// existing clones, p50 of 20 each, against `qemu-img create -f qcow2 -b` in the same run.
+/// Needs target/release/tarn.
+fn clone_process(dir: &Path) {
+    let tarn = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tarn");
+    if !tarn.exists() {
+        println!("tarn clone (process): skipped (build target/release/tarn first: cargo build --release --bin tarn)");
+        return;
+    }
+    let work = dir.join("bench-clone-process");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new(&tarn)
+            .args(args)
+            .env("TARN_HOME", work.join("home"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("tarn");
+        assert!(st.success(), "tarn {args:?}");
+    };
+    let pool_file = work.join("c.pool");
+    run(&[
+        "pool",
+        "create",
+        "c",
+        pool_file.to_str().expect("path"),
+        "--size",
+        "4G",
+    ]);
+    run(&["vol", "create", "c/img", "--size", "1G"]);
+    run(&["snapshot", "c/img@s"]);
+    let mut existing = 0;
+    let mut line = String::new();
+    for target in [1usize, 100, 1000] {
+        while existing < target {
+            run(&["clone", "c/img@s", &format!("c/p{existing}")]);
+            existing += 1;
+        }
+        let mut times: Vec<Duration> = (0..20)
+            .map(|i| {
+                let t = Instant::now();
+                run(&["clone", "c/img@s", &format!("c/m{target}-{i}")]);
+                t.elapsed()
+            })
+            .collect();
+        line.push_str(&format!("  at {target}: {:.2} ms", pct(&mut times, 0.5)));
+    }
+    println!("tarn clone (a process, p50):{line}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 fn main() {
     let dir = std::env::var("TARN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
     let dir = Path::new(&dir);
@@ -116,9 +169,16 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    if std::env::var("TARN_BENCH_ONLY").as_deref() == Ok("sendrecv") {
-        send_recv(dir, scale);
-        return;
+    match std::env::var("TARN_BENCH_ONLY").as_deref() {
+        Ok("sendrecv") => return send_recv(dir, scale),
+        Ok("process") => {
+            clone_process(dir);
+            if let Some(ms) = qemu_img_create(dir) {
+                println!("reference: qemu-img create -f qcow2 -b (a process) p50 {ms:.2} ms");
+            }
+            return;
+        }
+        _ => {}
     }
     let config = PoolConfig {
         sync_interval: None,
@@ -222,6 +282,7 @@ fn main() {
         let _ = std::fs::remove_file(&path);
     }
     send_recv(dir, scale);
+    clone_process(dir);
     match qemu_img_create(dir) {
         Some(ms) => println!("reference: qemu-img create -f qcow2 -b (a process) p50 {ms:.2} ms"),
         None => println!("reference: qemu-img not available; skipped"),
