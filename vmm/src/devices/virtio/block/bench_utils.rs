@@ -119,7 +119,14 @@ impl Driver {
                 Served::Inline(Box::new(q))
             }
             Mode::Device { workers } => {
-                let dev = Block::new("bench", disk.clone(), BlockOptions { workers });
+                let dev = Block::new(
+                    "bench",
+                    disk.clone(),
+                    BlockOptions {
+                        workers,
+                        ..BlockOptions::default()
+                    },
+                );
                 Served::Device(Box::new(activate(&mem, dev)?))
             }
         };
