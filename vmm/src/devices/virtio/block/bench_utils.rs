@@ -413,6 +413,8 @@ fn wait_used(
             for _ in 0..16 {
                 std::hint::spin_loop();
             }
+            // Never hold a CPU that the device's thread may be waiting for.
+            std::thread::yield_now();
             continue;
         }
         if Instant::now() > deadline {

@@ -39,8 +39,9 @@ pub struct BlockOptions {
     /// How long, in microseconds, the queue thread keeps polling the available ring after
     /// it ran dry, with driver notifications still suppressed, before it sleeps until the
     /// next kick (QEMU's iothread `poll-max-ns` in spirit). 0 sleeps at once. Polling burns
-    /// up to this much CPU per burst of requests and saves a kick and a thread wake-up
-    /// whenever the driver comes back within the window.
+    /// up to this much CPU per burst of requests (yielding to other runnable threads) and
+    /// saves a kick and a thread wake-up whenever the driver comes back within the window.
+    /// Only with `workers: 0`: with workers it would compete with them for CPUs.
     pub poll_us: u32,
 }
 
@@ -429,8 +430,11 @@ impl QueueServer {
     }
 
     /// Polls the available ring for up to the polling window; true if a chain showed up.
+    /// Only a queue thread that executes requests itself polls: with workers, the requests
+    /// just dispatched are still running, and a polling queue thread would take a CPU from
+    /// them.
     fn poll_for(&self, next_avail: u16) -> bool {
-        if self.poll.is_zero() {
+        if self.poll.is_zero() || !matches!(self.serve, Serve::Inline(_)) {
             return false;
         }
         let deadline = Instant::now() + self.poll;
@@ -444,6 +448,9 @@ impl QueueServer {
             if Instant::now() >= deadline || self.stopping.load(Ordering::Relaxed) {
                 return false;
             }
+            // Let whatever else is runnable on this CPU (the driver, the guest's vCPU) go
+            // first: polling must not stand in the way of the work it waits for.
+            std::thread::yield_now();
         }
     }
 
