@@ -1,7 +1,12 @@
 //! Benchmark support (feature `bench-utils`): a driver that pushes virtio-blk requests through
 //! a split virtqueue laid out in plain memory (no KVM, no guest), either handled on the
 //! caller's thread by [`request::process`] or served by the real [`Block`] device behind its
-//! [`MmioTransport`] (queue thread, worker pool, event-index notifications).
+//! [`MmioTransport`] (queue thread, worker pool, event-index notifications); and
+//! [`HostBuffers`], the same data buffers for a baseline that calls the backend directly.
+//!
+//! The driver behaves like Linux's: it publishes a batch, kicks only when the device's
+//! `avail_event` asks for it (`VIRTIO_RING_F_EVENT_IDX`), and sets `used_event` so that it is
+//! interrupted once per batch.
 
 use super::request::{self, Disk, Negotiated, HEADER_LEN};
 use super::{Block, BlockOptions};
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Descriptors in the queue (three per request).
 const QUEUE_SIZE: u16 = 256;
@@ -54,6 +59,87 @@ pub enum Mode {
     },
 }
 
+/// Guest memory laid out as a [`Driver`]'s: data slot `i` at the same offset, in the same
+/// kind of mapping, so that a baseline copies to and from identically placed (page-aligned)
+/// buffers. Buffers from the heap sit 16 bytes past a page boundary, which alone makes
+/// 1 MiB copies to or from the page cache up to twice as slow.
+pub struct HostBuffers {
+    mem: GuestMemoryMmap,
+    depth: usize,
+    buf_len: u32,
+}
+
+impl std::fmt::Debug for HostBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostBuffers")
+            .field("depth", &self.depth)
+            .field("buf_len", &self.buf_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostBuffers {
+    /// `depth` buffers of `pattern.len()` bytes (as for [`Driver::new`]), each filled with
+    /// `pattern`.
+    pub fn new(depth: usize, pattern: &[u8]) -> Result<HostBuffers> {
+        let buf_len = check_buffers(depth, pattern)?;
+        let mem = data_memory(depth, buf_len, pattern)?;
+        Ok(HostBuffers {
+            mem,
+            depth,
+            buf_len,
+        })
+    }
+
+    /// Buffers.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// All buffers, whole.
+    pub fn slices_mut(&mut self) -> Result<Vec<&mut [u8]>> {
+        let mut out = Vec::with_capacity(self.depth);
+        for i in 0..self.depth {
+            let addr = GuestAddress(DATA + i as u64 * u64::from(self.buf_len));
+            let vs = self
+                .mem
+                .get_slice(addr, self.buf_len as usize)
+                .map_err(|e| Error::Memory(e.to_string()))?;
+            // SAFETY: `get_slice` checked that the range lies inside the mapping, which lives
+            // as long as `self`; the slots do not overlap, and `&mut self` makes these the
+            // only views of them (no device uses this memory).
+            out.push(unsafe {
+                std::slice::from_raw_parts_mut(vs.ptr_guard_mut().as_ptr(), self.buf_len as usize)
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a buffer pattern and depth; returns the buffer size.
+fn check_buffers(depth: usize, pattern: &[u8]) -> Result<u32> {
+    let buf_len = u32::try_from(pattern.len())
+        .ok()
+        .filter(|l| *l > 0 && l % 4096 == 0)
+        .ok_or_else(|| Error::InvalidConfig("buffer size".into()))?;
+    if depth == 0 || depth > MAX_DEPTH {
+        return Err(Error::InvalidConfig(format!("depth {depth}")));
+    }
+    Ok(buf_len)
+}
+
+/// Memory with `depth` data slots from [`DATA`], each filled with `pattern`.
+fn data_memory(depth: usize, buf_len: u32, pattern: &[u8]) -> Result<GuestMemoryMmap> {
+    let size = DATA as usize + depth * buf_len as usize;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
+        .map_err(|e| Error::Memory(e.to_string()))?;
+    for i in 0..depth as u64 {
+        mem.write_slice(pattern, GuestAddress(DATA + i * u64::from(buf_len)))
+            .map_err(|e| Error::Memory(e.to_string()))?;
+    }
+    Ok(mem)
+}
+
 /// A virtio-blk driver on plain memory.
 pub struct Driver {
     mem: GuestMemoryMmap,
@@ -62,6 +148,7 @@ pub struct Driver {
     disk: Arc<Disk>,
     served: Served,
     avail_idx: u16,
+    spin: Duration,
 }
 
 enum Served {
@@ -82,21 +169,12 @@ impl Driver {
     /// A driver for `disk` with `depth` request slots (at most [`MAX_DEPTH`]) whose data
     /// buffers are `pattern.len()` bytes (a multiple of 4096), each filled with `pattern`.
     pub fn new(disk: Arc<Disk>, mode: Mode, depth: usize, pattern: &[u8]) -> Result<Driver> {
-        let buf_len = u32::try_from(pattern.len())
-            .ok()
-            .filter(|l| *l > 0 && l % 4096 == 0)
-            .ok_or_else(|| Error::InvalidConfig("buffer size".into()))?;
-        if depth == 0 || depth > MAX_DEPTH {
-            return Err(Error::InvalidConfig(format!("depth {depth}")));
-        }
-        let size = DATA as usize + depth * buf_len as usize;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
-            .map_err(|e| Error::Memory(e.to_string()))?;
+        let buf_len = check_buffers(depth, pattern)?;
+        let mem = data_memory(depth, buf_len, pattern)?;
         let wr = |r: std::result::Result<(), vm_memory::GuestMemoryError>| {
             r.map_err(|e| Error::Memory(e.to_string()))
         };
         for i in 0..depth as u64 {
-            wr(mem.write_slice(pattern, GuestAddress(DATA + i * u64::from(buf_len))))?;
             // Fixed chains: header -> data -> status; the data descriptor is set per request.
             let d = DESC + i * 48;
             wr(write_desc(
@@ -119,7 +197,14 @@ impl Driver {
                 Served::Inline(Box::new(q))
             }
             Mode::Device { workers } => {
-                let dev = Block::new("bench", disk.clone(), BlockOptions { workers });
+                let dev = Block::new(
+                    "bench",
+                    disk.clone(),
+                    BlockOptions {
+                        workers,
+                        ..BlockOptions::default()
+                    },
+                );
                 Served::Device(Box::new(activate(&mem, dev)?))
             }
         };
@@ -130,7 +215,18 @@ impl Driver {
             disk,
             served,
             avail_idx: 0,
+            spin: Duration::ZERO,
         })
+    }
+
+    /// How long the driver polls the used ring for a batch's completion before it sleeps on
+    /// the interrupt (0, the default: sleep at once). This models the host's halt polling
+    /// (KVM's `halt_poll_ns`) that keeps an idle guest vCPU from being scheduled out while it
+    /// waits for an interrupt; a thread of this process has no such thing, and waking it
+    /// costs a full cross-CPU wake-up. The interrupt is raised, consumed and acknowledged
+    /// either way.
+    pub fn set_completion_spin(&mut self, spin: Duration) {
+        self.spin = spin;
     }
 
     /// Request slots.
@@ -138,7 +234,7 @@ impl Driver {
         self.depth
     }
 
-    /// Runs `ops` in batches of [`Driver::depth`] requests (one kick each); fails if a
+    /// Runs `ops` in batches of [`Driver::depth`] requests (at most one kick each); fails if a
     /// request completes with an error status or the device stalls.
     pub fn run(&mut self, ops: &[Op]) -> Result<()> {
         for batch in ops.chunks(self.depth) {
@@ -162,9 +258,11 @@ impl Driver {
             } else {
                 VIRTIO_BLK_T_IN
             };
-            let hdr = GuestAddress(HEADERS + i64 * 16);
-            wr(mem.write_obj(kind.to_le(), hdr))?;
-            wr(mem.write_obj((op.offset / 512).to_le(), GuestAddress(hdr.0 + 8)))?;
+            // One store per structure, as a guest's driver fills them.
+            let mut hdr = [0u8; 16];
+            hdr[..4].copy_from_slice(&kind.to_le_bytes());
+            hdr[8..].copy_from_slice(&(op.offset / 512).to_le_bytes());
+            wr(mem.write_obj(hdr, GuestAddress(HEADERS + i64 * 16)))?;
             wr(mem.write_obj(0xffu8, GuestAddress(STATUS + i64)))?;
             let data = DATA + i64 * u64::from(self.buf_len);
             let flags = NEXT | if op.write { 0 } else { WRITE };
@@ -173,12 +271,22 @@ impl Driver {
             let slot = u64::from(self.avail_idx.wrapping_add(i as u16) % QUEUE_SIZE);
             wr(mem.write_obj((3 * i as u16).to_le(), GuestAddress(AVAIL + 4 + 2 * slot)))?;
         }
-        let target = self.avail_idx.wrapping_add(batch.len() as u16);
+        let old = self.avail_idx;
+        let target = old.wrapping_add(batch.len() as u16);
         // Interrupt only when the whole batch is done (VIRTIO_RING_F_EVENT_IDX's used_event).
         let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(QUEUE_SIZE));
         wr(mem.write_obj(target.wrapping_sub(1).to_le(), used_event))?;
         wr(mem.store(target.to_le(), GuestAddress(AVAIL + 2), Ordering::Release))?;
         self.avail_idx = target;
+        // As Linux's virtqueue_kick_prepare: the index store before the avail_event load.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let avail_event: u16 = mem
+            .load(
+                GuestAddress(USED + 4 + 8 * u64::from(QUEUE_SIZE)),
+                Ordering::Relaxed,
+            )
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        let kick = need_event(u16::from_le(avail_event), target, old);
         match &mut self.served {
             Served::Inline(q) => {
                 while let Some(chain) = q.pop_descriptor_chain(mem) {
@@ -190,8 +298,10 @@ impl Driver {
                 let _ = q.needs_notification(mem);
             }
             Served::Device(t) => {
-                t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
-                wait_used(mem, t, target)?;
+                if kick {
+                    t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
+                }
+                wait_used(mem, t, target, self.spin)?;
             }
         }
         for i in 0..batch.len() as u64 {
@@ -214,6 +324,11 @@ impl Drop for Driver {
     }
 }
 
+/// `vring_need_event`: whether moving an index from `old` to `new` passes `event`.
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 fn write_desc(
     mem: &GuestMemoryMmap,
     at: u64,
@@ -223,10 +338,12 @@ fn write_desc(
     next: u16,
 ) -> std::result::Result<(), vm_memory::GuestMemoryError> {
     let next = if flags & NEXT != 0 { next } else { 0 };
-    mem.write_obj(addr.to_le(), GuestAddress(at))?;
-    mem.write_obj(len.to_le(), GuestAddress(at + 8))?;
-    mem.write_obj(flags.to_le(), GuestAddress(at + 12))?;
-    mem.write_obj(next.to_le(), GuestAddress(at + 14))
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..].copy_from_slice(&next.to_le_bytes());
+    mem.write_obj(d, GuestAddress(at))
 }
 
 /// Negotiates every offered feature and sets up the queue, as Linux's driver would.
@@ -263,17 +380,42 @@ fn activate(mem: &GuestMemoryMmap, dev: Block) -> Result<MmioTransport> {
     }
 }
 
-/// Waits (on the interrupt eventfd) until the used index reaches `target`.
-fn wait_used(mem: &GuestMemoryMmap, t: &mut MmioTransport, target: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits until the used index reaches `target`: polls it for up to `spin`, then sleeps on
+/// the interrupt eventfd. The interrupt is consumed and acknowledged in both cases.
+fn wait_used(
+    mem: &GuestMemoryMmap,
+    t: &mut MmioTransport,
+    target: u16,
+    spin: Duration,
+) -> Result<()> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
     let interrupt = t.interrupt().clone();
     let evt = interrupt.eventfd();
+    let mut spun = false;
     loop {
         let used: u16 = mem
             .load(GuestAddress(USED + 2), Ordering::Acquire)
             .map_err(|e| Error::Memory(e.to_string()))?;
         if u16::from_le(used) == target {
+            if spun {
+                // What the interrupt handler would do (the device raised it all the same).
+                let _ = evt.read();
+                t.write(
+                    u64::from(VIRTIO_MMIO_INTERRUPT_ACK),
+                    &VIRTIO_MMIO_INT_VRING.to_le_bytes(),
+                );
+            }
             return Ok(());
+        }
+        if !spin.is_zero() && start.elapsed() < spin {
+            spun = true;
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+            // Never hold a CPU that the device's thread may be waiting for.
+            std::thread::yield_now();
+            continue;
         }
         if Instant::now() > deadline {
             return Err(Error::Queue(format!("stalled at used index {used}")));

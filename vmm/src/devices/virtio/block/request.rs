@@ -7,6 +7,7 @@
 //! status (when it has somewhere to put one), never VMM memory, a hang or a crash.
 
 use crate::error::{Error, Result};
+use smallvec::SmallVec;
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
@@ -28,6 +29,14 @@ pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 const SEGMENT_LEN: u32 = 16;
 /// `VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`.
 const FLAG_UNMAP: u32 = 1;
+/// Data segments a [`Request`] holds without a heap allocation. Linux sends one per
+/// physically contiguous run of the bio; the common request has one or two.
+pub const INLINE_SEGMENTS: usize = 4;
+/// Descriptors of a chain [`parse`] holds without a heap allocation (header, data, status).
+const INLINE_DESCRIPTORS: usize = 16;
+
+/// The data buffers of a request.
+pub type Segments = SmallVec<[Segment; INLINE_SEGMENTS]>;
 
 /// A disk as the request handler sees it: the backend plus what the guest was promised.
 pub struct Disk {
@@ -141,6 +150,8 @@ pub struct Segment {
 }
 
 /// A parsed request. Plain data: it can be sent to a worker thread and executed there.
+/// Up to [`INLINE_SEGMENTS`] data buffers live inside it: parsing and executing a common
+/// request allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// What to do.
@@ -148,7 +159,7 @@ pub struct Request {
     /// First sector (In, Out).
     pub sector: u64,
     /// Data buffers, in order.
-    pub data: Vec<Segment>,
+    pub data: Segments,
     /// Total bytes in `data`.
     pub data_len: u64,
     /// Where the one-byte status goes.
@@ -184,7 +195,8 @@ pub fn parse(
     mem: &GuestMemoryMmap,
     descs: impl IntoIterator<Item = Descriptor>,
 ) -> Result<Request, ParseError> {
-    let descs: Vec<Descriptor> = descs.into_iter().collect();
+    // On the stack for ordinary chains; the iterator bounds the length for the others.
+    let descs: SmallVec<[Descriptor; INLINE_DESCRIPTORS]> = descs.into_iter().collect();
     let fail = |error, status| Err(ParseError { error, status });
 
     // The status byte first, so that later errors can be reported.
@@ -231,21 +243,24 @@ pub fn parse(
     if let Err(e) = check_mem(mem, first.addr(), HEADER_LEN) {
         return status_err(e);
     }
-    let read_u32 = |a: GuestAddress| mem.read_obj::<u32>(a).map(u32::from_le);
-    let (kind, sector) = match (
-        read_u32(first.addr()),
-        first
-            .addr()
-            .checked_add(8)
-            .map(|a| mem.read_obj::<u64>(a).map(u64::from_le)),
-    ) {
-        (Ok(t), Some(Ok(s))) => (RequestType::from(t), s),
-        _ => return status_err(Error::BadRequest("unreadable header".into())),
+    // One read of the whole header (it lies inside one region, checked above).
+    let Ok(header) = mem.read_obj::<[u8; HEADER_LEN as usize]>(first.addr()) else {
+        return status_err(Error::BadRequest("unreadable header".into()));
     };
+    let mut t = [0u8; 4];
+    t.copy_from_slice(&header[0..4]);
+    let mut sec = [0u8; 8];
+    sec.copy_from_slice(&header[8..16]);
+    let (kind, sector) = (
+        RequestType::from(u32::from_le_bytes(t)),
+        u64::from_le_bytes(sec),
+    );
 
     // Data: the rest of the first descriptor, the middle ones, and all but the last byte of
     // the last one.
-    let mut data = Vec::with_capacity(descs.len());
+    let want_writable = matches!(kind, RequestType::In | RequestType::GetId);
+    let mut data = Segments::new();
+    let mut data_len = 0u64;
     let n = descs.len();
     for (i, d) in descs.iter().enumerate() {
         let (mut addr, mut len) = (d.addr(), d.len());
@@ -267,7 +282,6 @@ pub fn parse(
         } else if let Err(e) = check_mem(mem, d.addr(), d.len()) {
             return status_err(e);
         }
-        let want_writable = matches!(kind, RequestType::In | RequestType::GetId);
         if d.is_write_only() != want_writable {
             return status_err(Error::BadRequest(format!(
                 "{kind:?} request has a {} data buffer",
@@ -279,8 +293,8 @@ pub fn parse(
             )));
         }
         data.push(Segment { addr, len });
+        data_len += u64::from(len);
     }
-    let data_len = data.iter().map(|s| u64::from(s.len)).sum();
     Ok(Request {
         kind,
         sector,
@@ -357,7 +371,6 @@ impl Request {
                 }
                 let offset = self.check_rw(disk)?;
                 let bufs = guest_slices(mem, &self.data)?;
-                let bufs: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
                 disk.backend.write_vectored(offset, &bufs)?;
                 Ok(0)
             }
@@ -499,9 +512,13 @@ pub fn fail_parse(mem: &GuestMemoryMmap, e: ParseError) -> u32 {
     }
 }
 
-/// Host views of guest buffers, for vectored reads into them.
-fn guest_slices_mut<'m>(mem: &'m GuestMemoryMmap, segs: &[Segment]) -> Result<Vec<IoSliceMut<'m>>> {
-    let mut out = Vec::with_capacity(segs.len());
+/// Host views of guest buffers, for vectored reads into them (no allocation for up to
+/// [`INLINE_SEGMENTS`] buffers).
+fn guest_slices_mut<'m>(
+    mem: &'m GuestMemoryMmap,
+    segs: &[Segment],
+) -> Result<SmallVec<[IoSliceMut<'m>; INLINE_SEGMENTS]>> {
+    let mut out = SmallVec::with_capacity(segs.len());
     for s in segs {
         let vs = mem
             .get_slice(s.addr, s.len as usize)
@@ -518,16 +535,22 @@ fn guest_slices_mut<'m>(mem: &'m GuestMemoryMmap, segs: &[Segment]) -> Result<Ve
     Ok(out)
 }
 
-/// Host views of guest buffers, for vectored writes from them.
-fn guest_slices<'m>(mem: &'m GuestMemoryMmap, segs: &[Segment]) -> Result<Vec<&'m [u8]>> {
-    let mut out = Vec::with_capacity(segs.len());
+/// Host views of guest buffers, for vectored writes from them (no allocation for up to
+/// [`INLINE_SEGMENTS`] buffers).
+fn guest_slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    segs: &[Segment],
+) -> Result<SmallVec<[IoSlice<'m>; INLINE_SEGMENTS]>> {
+    let mut out = SmallVec::with_capacity(segs.len());
     for s in segs {
         let vs = mem
             .get_slice(s.addr, s.len as usize)
             .map_err(|e| Error::BadRequest(format!("buffer {:#x}: {e}", s.addr.0)))?;
         let ptr = vs.ptr_guard().as_ptr();
         // SAFETY: as in `guest_slices_mut`: the range is inside one mapping that outlives 'm.
-        out.push(unsafe { std::slice::from_raw_parts(ptr, s.len as usize) });
+        out.push(IoSlice::new(unsafe {
+            std::slice::from_raw_parts(ptr, s.len as usize)
+        }));
     }
     Ok(out)
 }
