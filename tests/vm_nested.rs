@@ -219,14 +219,14 @@ fn marker_f64(console: &str, marker: &str) -> Option<f64> {
 
 #[test]
 fn stock_kernel_makes_ext4_on_virtio_blk() {
-    boot_and_check(DiskMode::Raw);
+    boot_and_check(Case::Raw);
 }
 
 /// The same guest test, its disk a clone of an image snapshot in a pool (`--clone-from`); the
 /// host then imports the pool, scrubs it, and reads the clone.
 #[test]
 fn stock_kernel_boots_from_a_pool_clone() {
-    boot_and_check(DiskMode::PoolClone);
+    boot_and_check(Case::PoolClone);
 }
 
 /// The same guest test, its disk a pool volume served by `tarn nfs serve` and opened by the VMM
@@ -234,12 +234,21 @@ fn stock_kernel_boots_from_a_pool_clone() {
 /// pool, scrubs it, and reads the volume.
 #[test]
 fn stock_kernel_boots_from_a_volume_served_over_nfs() {
-    boot_and_check(DiskMode::Nfs);
+    boot_and_check(Case::Nfs);
 }
 
+/// The same guest test on a raw disk, the kernel loaded as an ELF vmlinux (the bzImage's
+/// payload, decompressed by fixtures/guest.sh) instead of a bzImage.
+#[test]
+fn stock_kernel_boots_as_an_elf_vmlinux() {
+    boot_and_check(Case::ElfKernel);
+}
+
+/// What a boot test varies: the guest's disk and how its kernel is loaded.
 #[derive(Clone, Copy, PartialEq)]
-enum DiskMode {
+enum Case {
     Raw,
+    ElfKernel,
     PoolClone,
     Nfs,
 }
@@ -260,7 +269,7 @@ fn ok(c: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn boot_and_check(mode: DiskMode) {
+fn boot_and_check(mode: Case) {
     let t0 = Instant::now();
     let host = detect_host();
     let nested = matches!(host, Host::Nested(_));
@@ -284,8 +293,23 @@ fn boot_and_check(mode: DiskMode) {
         .expect("creating the disk image");
     // The pool case boots two vCPUs (the guest counts them), the raw case one.
     let cpus = match mode {
-        DiskMode::Raw | DiskMode::Nfs => "1",
-        DiskMode::PoolClone => "2",
+        Case::Raw | Case::ElfKernel | Case::Nfs => "1",
+        Case::PoolClone => "2",
+    };
+    // The ELF case's vmlinux, padded to whole sectors (it is also the outer VM's /dev/vdb).
+    let kernel = match mode {
+        Case::ElfKernel => {
+            let Ok(elf) = fs::read(fx.join("vmlinux")) else {
+                skip("fixtures/guest.sh made no vmlinux (see its message: python3 and the kernel's decompressor, e.g. lz4, are needed)");
+                return;
+            };
+            let path = work.path().join("vmlinux");
+            let mut padded = elf;
+            padded.resize(padded.len().div_ceil(512) * 512, 0);
+            fs::write(&path, padded).expect("writing the vmlinux copy");
+            Some(path)
+        }
+        _ => None,
     };
     let console_path = work.path().join("console.log");
     let console_file = fs::File::create(&console_path).expect("console file");
@@ -296,7 +320,7 @@ fn boot_and_check(mode: DiskMode) {
             eprintln!("vm_nested: hardware KVM ({m}): running tarn vm run directly (tier 4)");
             let home = work.path().join("home");
             let mut c = tarn(&home);
-            if mode != DiskMode::Raw {
+            if !matches!(mode, Case::Raw | Case::ElfKernel) {
                 fs::remove_file(&disk).expect("the pool makes its own file");
                 ok(tarn(&home)
                     .args(["pool", "create", "p"])
@@ -304,14 +328,14 @@ fn boot_and_check(mode: DiskMode) {
                     .args(["--size", "64M"]));
                 ok(tarn(&home).args(["vol", "create", "p/img", "--size", "32M"]));
                 ok(tarn(&home).args(["snapshot", "p/img@golden"]));
-                if mode == DiskMode::Nfs {
+                if mode == Case::Nfs {
                     ok(tarn(&home).args(["clone", "p/img@golden", "p/vm1"]));
                 }
                 ok(tarn(&home).args(["pool", "export", "p"]));
                 ok(tarn(&home).args(["pool", "import"]).arg(&disk));
             }
             c.args(["vm", "run", "--kernel"])
-                .arg(fx.join("vmlinuz"))
+                .arg(kernel.as_ref().unwrap_or(&fx.join("vmlinuz")))
                 .arg("--initrd")
                 .arg(fx.join("inner.cpio.gz"))
                 .args([
@@ -323,9 +347,9 @@ fn boot_and_check(mode: DiskMode) {
                     "256M",
                 ]);
             match mode {
-                DiskMode::Raw => c.arg("--disk").arg(&disk),
-                DiskMode::PoolClone => c.args(["--clone-from", "p/img@golden", "--name", "vm1"]),
-                DiskMode::Nfs => {
+                Case::Raw | Case::ElfKernel => c.arg("--disk").arg(&disk),
+                Case::PoolClone => c.args(["--clone-from", "p/img@golden", "--name", "vm1"]),
+                Case::Nfs => {
                     let port = nfs_server
                         .insert(NfsServer::start(&home, "p", &["--allow", "127.0.0.1/32"]))
                         .port;
@@ -362,11 +386,14 @@ fn boot_and_check(mode: DiskMode) {
             .args([
                 "-append",
                 match mode {
-                    DiskMode::Raw => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4",
-                    DiskMode::PoolClone => {
+                    Case::Raw => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4",
+                    Case::ElfKernel => {
+                        "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.kernel=vdb"
+                    }
+                    Case::PoolClone => {
                         "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=pool tarn.cpus=2"
                     }
-                    DiskMode::Nfs => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=nfs",
+                    Case::Nfs => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=nfs",
                 },
                 "-drive",
             ])
@@ -375,6 +402,15 @@ fn boot_and_check(mode: DiskMode) {
                 disk.display()
             ))
             .args(["-device", "virtio-blk-pci,drive=d0"]);
+            if let Some(k) = &kernel {
+                // The vmlinux reaches the outer VM as its second disk, /dev/vdb.
+                c.arg("-drive")
+                    .arg(format!(
+                        "file={},format=raw,if=none,id=d1,readonly=on",
+                        k.display()
+                    ))
+                    .args(["-device", "virtio-blk-pci,drive=d1"]);
+            }
             c
         }
     };
@@ -410,7 +446,7 @@ fn boot_and_check(mode: DiskMode) {
             console.contains("TARN-VMM-RC 0"),
             "tarn vm run failed in the outer VM; console tail:\n{tail}"
         );
-        if mode == DiskMode::Nfs {
+        if mode == Case::Nfs {
             assert!(
                 console.contains("TARN-NFS-SERVER-RC 0"),
                 "tarn nfs serve did not exit cleanly in the outer VM; console tail:\n{tail}"
@@ -441,13 +477,13 @@ fn boot_and_check(mode: DiskMode) {
     // The pool cases: import the pool the outer VM left on the disk, scrub it, and read the
     // guest's volume out; a clone's image is still all zeroes.
     let disk = match mode {
-        DiskMode::Raw => disk,
-        DiskMode::PoolClone | DiskMode::Nfs => {
+        Case::Raw | Case::ElfKernel => disk,
+        Case::PoolClone | Case::Nfs => {
             let home = work.path().join("host-home");
             ok(tarn(&home).args(["pool", "import"]).arg(&disk));
             let scrub = ok(tarn(&home).args(["pool", "scrub", "p"]));
             assert!(scrub.contains("0 errors"), "scrub: {scrub}");
-            if mode == DiskMode::PoolClone {
+            if mode == Case::PoolClone {
                 let listing =
                     ok(tarn(&home).args(["list", "-t", "all", "-H", "-o", "name,origin"]));
                 assert!(
