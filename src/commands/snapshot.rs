@@ -185,6 +185,9 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
         ));
     }
     let (pool, _) = open_for(reg, &a.snapshot)?;
+    if a.file.is_none() {
+        widen_pipe(&std::io::stdout());
+    }
     let sent = match &a.file {
         None => snapshots::send(
             &pool,
@@ -213,9 +216,22 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
     Ok(())
 }
 
+/// Grows the pipe behind `fd`, if it is one, to 1 MiB (the default `pipe-max-size`): a
+/// `send | recv` pipeline then moves a stream chunk per wake-up instead of 64 KiB. Best effort.
+fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: fcntl on a descriptor we hold; F_SETPIPE_SZ fails harmlessly on non-pipes.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    if rc < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "not widening the pipe");
+    }
+}
+
 /// `tarn recv [-F] POOL/NAME[@SNAP] [-f FILE]`
 pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
     let (pool, _) = reg.open(pool_of_snap(&a.name)?)?;
+    if a.file.is_none() {
+        widen_pipe(&std::io::stdin());
+    }
     let got = match &a.file {
         None => snapshots::recv(&pool, &a.name, std::io::stdin().lock(), a.force),
         Some(path) => {
