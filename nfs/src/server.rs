@@ -2,9 +2,13 @@
 //!
 //! - Handles are the view's stable file IDs behind a generation derived from the pool GUID
 //!   (`bind_with_generation`), so they survive a restart of the server.
-//! - The crate uses that same number as the write verifier, which therefore never changes: a
-//!   WRITE is answered only once its data is durable (always `FILE_SYNC`), with concurrent
-//!   writes sharing one pool commit ([`FileView::sync`]). COMMIT is a flush.
+//! - The write verifier is a separate per-start value (patched into the crate, see
+//!   `vendor/nfs3_server/TARN-PATCH.md`): an `UNSTABLE` WRITE is answered `UNSTABLE` as soon
+//!   as its data is in the pool's open txg, and COMMIT makes it durable (one pool commit,
+//!   shared by concurrent callers, [`FileView::sync`]). A restart (or crash) changes the
+//!   verifier, so a client resends what it wrote since its last COMMIT, as NFSv3 has it.
+//!   `FILE_SYNC`/`DATA_SYNC` WRITEs, and every WRITE with [`ServeConfig::sync_writes`], are
+//!   durable before the reply.
 //! - `--allow`: the listener checks each connection's peer before any byte is read; a refused
 //!   peer's connection is closed unread.
 
@@ -67,13 +71,25 @@ fn nfstime(ns: u64) -> nfstime3 {
 pub struct NfsExport {
     view: Arc<FileView>,
     fsid: u64,
+    sync_writes: bool,
 }
 
 impl NfsExport {
-    /// Wraps a view.
+    /// Wraps a view. Unstable WRITEs are answered `UNSTABLE` (durable at COMMIT).
     pub fn new(view: Arc<FileView>) -> NfsExport {
         let fsid = view.pool().guid();
-        NfsExport { view, fsid }
+        NfsExport {
+            view,
+            fsid,
+            sync_writes: false,
+        }
+    }
+
+    /// Whether every WRITE is made durable before its reply (`FILE_SYNC`), whatever the
+    /// client asked: for clients that ignore the write verifier (see [`ServeConfig`]).
+    pub fn with_sync_writes(mut self, sync_writes: bool) -> NfsExport {
+        self.sync_writes = sync_writes;
+        self
     }
 
     /// The view.
@@ -267,22 +283,33 @@ impl NfsFileSystem for NfsExport {
         id: &FileHandleU64,
         offset: u64,
         data: &[u8],
-        _stable: stable_how,
+        stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
         if data.len() > MAX_TRANSFER as usize {
             return Err(nfsstat3::NFS3ERR_INVAL);
         }
+        let durable = self.sync_writes || stable != stable_how::UNSTABLE;
         let a = self.call(|v| {
-            let a = v.getattr(id.as_u64())?;
-            if a.is_dir() {
-                return Err(ViewError::Invalid("WRITE to a directory".into()));
+            let a = v.write(id.as_u64(), offset, data).map_err(|e| match e {
+                ViewError::IsDir(_) => ViewError::Invalid("WRITE to a directory".into()),
+                e => e,
+            })?;
+            if durable {
+                // FILE_SYNC asked for (or `--sync`): durable before the reply, sharing one
+                // pool commit with concurrent writers.
+                v.sync()?;
             }
-            v.write(id.as_u64(), offset, data)?;
-            // Durable before the reply: the verifier never changes (see the module docs).
-            v.sync()?;
-            v.getattr(id.as_u64())
+            Ok(a)
         })?;
-        Ok((self.fattr(&a), stable_how::FILE_SYNC))
+        // UNSTABLE: the data sits in the pool's open txg until COMMIT (or the pool's own
+        // periodic commit); a restart loses it, and the changed write verifier tells the
+        // client to send it again.
+        let committed = if durable {
+            stable_how::FILE_SYNC
+        } else {
+            stable_how::UNSTABLE
+        };
+        Ok((self.fattr(&a), committed))
     }
 
     async fn create(
@@ -472,6 +499,11 @@ pub struct ServeConfig {
     pub listen: String,
     /// Peers allowed to connect; empty allows everyone.
     pub allow: Vec<Cidr>,
+    /// Answer every WRITE only once it is durable (`FILE_SYNC`), even an `UNSTABLE` one.
+    /// Slower (a pool commit per WRITE, shared by concurrent ones), but safe with clients
+    /// that never check the write verifier and so would not resend unstable writes a server
+    /// crash lost (libnfs 4.0, `nfs-cp`, is one).
+    pub sync_writes: bool,
 }
 
 /// The handle generation for a pool: derived from its GUID, so handles survive restarts and
@@ -492,14 +524,25 @@ impl Server {
     pub async fn bind(view: Arc<FileView>, config: &ServeConfig) -> std::io::Result<Server> {
         let name = view.pool().name().to_string();
         let generation = generation(view.pool().guid());
+        let export = NfsExport::new(view).with_sync_writes(config.sync_writes);
         let mut listener =
-            NFSTcpListener::bind_with_generation(&config.listen, NfsExport::new(view), generation)
-                .await?;
+            NFSTcpListener::bind_with_generation(&config.listen, export, generation).await?;
         listener.with_export_name(&name);
+        tracing::info!(
+            write_verifier = format_args!("{:016x}", u64::from_le_bytes(listener.write_verifier())),
+            sync_writes = config.sync_writes,
+            "NFS server bound"
+        );
         Ok(Server {
             listener,
             allow: Arc::new(config.allow.clone()),
         })
+    }
+
+    /// The WRITE/COMMIT verifier of this server start (new on every bind; handles, by
+    /// contrast, stay valid across restarts).
+    pub fn write_verifier(&self) -> [u8; 8] {
+        self.listener.write_verifier()
     }
 
     /// The address it listens on.

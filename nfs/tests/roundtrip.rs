@@ -21,6 +21,7 @@ async fn start(pool: Arc<Pool>, port: u16) -> (u16, tokio::task::JoinHandle<()>)
         &ServeConfig {
             listen: format!("127.0.0.1:{port}"),
             allow: Vec::new(),
+            sync_writes: false,
         },
     )
     .await

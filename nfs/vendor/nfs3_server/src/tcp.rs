@@ -140,6 +140,13 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
         Self::bind_inner(ipstr, fs, None).await
     }
 
+    /// The write verifier this listener answers WRITE and COMMIT with: new for every bind
+    /// (TARN-PATCH.md, item 4), so a client learns that a restart may have lost its
+    /// unstable writes.
+    pub const fn write_verifier(&self) -> [u8; 8] {
+        self.file_handle_converter.verf().0
+    }
+
     /// Create a new `NFSTcpListener` with a specific generation number.
     ///
     /// The generation number is embedded in file handles and used to detect
