@@ -1,12 +1,13 @@
-//! Round trips through `nfs3_client` against the in-process server: create, write (always
-//! FILE_SYNC), read back, FSSTAT, and handles that survive a server restart.
+//! Round trips through `nfs3_client` against the in-process server: create, write (UNSTABLE
+//! and FILE_SYNC, each answered as asked), COMMIT, read back, FSSTAT, and handles that survive
+//! a server restart while the write verifier does not.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use nfs::{FileView, ServeConfig, Server, ViewOptions};
 use nfs3_client::nfs3_types::nfs3::{
-    createhow3, diropargs3, nfs_fh3, post_op_fh3, sattr3, stable_how, CREATE3args, FSSTAT3args,
-    GETATTR3args, Nfs3Result, READ3args, WRITE3args,
+    createhow3, diropargs3, nfs_fh3, post_op_fh3, sattr3, stable_how, COMMIT3args, CREATE3args,
+    FSSTAT3args, GETATTR3args, Nfs3Result, READ3args, WRITE3args,
 };
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::TokioConnector;
@@ -71,22 +72,43 @@ async fn create_write_read_fsstat_and_restart() {
     };
     let data: Vec<u8> = (0..(1u32 << 20) + 4096).map(|i| (i % 251) as u8).collect();
     let mut off = 0u64;
-    for chunk in data.chunks(1 << 20) {
+    let mut verf = None;
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        // The first UNSTABLE, the rest FILE_SYNC: each is answered at the level asked for.
+        let stable = if i == 0 {
+            stable_how::UNSTABLE
+        } else {
+            stable_how::FILE_SYNC
+        };
         let w = conn
             .write(&WRITE3args {
                 file: fh.clone(),
                 offset: off,
                 count: chunk.len() as u32,
-                stable: stable_how::UNSTABLE,
+                stable,
                 data: Opaque::borrowed(chunk),
             })
             .await
             .unwrap()
             .unwrap();
-        // Never UNSTABLE: the verifier cannot change across restarts.
-        assert_eq!(w.committed, stable_how::FILE_SYNC);
+        assert_eq!(w.committed, stable);
+        assert_eq!(
+            *verf.get_or_insert(w.verf),
+            w.verf,
+            "one verifier per start"
+        );
         off += chunk.len() as u64;
     }
+    let c = conn
+        .commit(&COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Some(c.verf), verf);
     let r = conn
         .read(&READ3args {
             file: fh.clone(),
@@ -132,5 +154,16 @@ async fn create_write_read_fsstat_and_restart() {
     };
     assert_eq!(attr.obj_attributes.size, data.len() as u64);
     assert_eq!(conn.root_nfs_fh3(), root);
+    // ... but the write verifier is new: a client resends what it had not committed.
+    let c = conn
+        .commit(&COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(Some(c.verf), verf, "the write verifier survived a restart");
     task2.abort();
 }
