@@ -12,6 +12,7 @@
 //! - `--allow`: the listener checks each connection's peer before any byte is read; a refused
 //!   peer's connection is closed unread.
 
+use crate::readahead::ReadAhead;
 use crate::view::{Attr, FileView, NodeKind, ViewError};
 use nfs3_server::nfs3_types::nfs3::{
     createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, post_op_attr, sattr3,
@@ -72,6 +73,7 @@ pub struct NfsExport {
     view: Arc<FileView>,
     fsid: u64,
     sync_writes: bool,
+    readahead: ReadAhead,
 }
 
 impl NfsExport {
@@ -82,6 +84,7 @@ impl NfsExport {
             view,
             fsid,
             sync_writes: false,
+            readahead: ReadAhead::default(),
         }
     }
 
@@ -124,17 +127,31 @@ impl NfsExport {
 
     /// Runs a blocking view call off the async workers.
     fn call<T>(&self, f: impl FnOnce(&FileView) -> crate::view::Result<T>) -> Result<T, nfsstat3> {
-        tokio::task::block_in_place(|| f(&self.view)).map_err(|e| {
-            let st = nfs_status(&e);
-            if !matches!(
-                st,
-                nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_STALE
-            ) {
-                tracing::warn!(error = %e, status = ?st, "NFS request failed");
-            }
-            st
-        })
+        tokio::task::block_in_place(|| f(&self.view)).map_err(|e| status(&e))
     }
+
+    /// [`NfsExport::call`] for a call that may change files: chunks read ahead before it are
+    /// not used after it.
+    fn call_mut<T>(
+        &self,
+        f: impl FnOnce(&FileView) -> crate::view::Result<T>,
+    ) -> Result<T, nfsstat3> {
+        let r = self.call(f);
+        self.readahead.changed();
+        r
+    }
+}
+
+/// The status for a failed view call, logged unless it is an everyday one.
+fn status(e: &ViewError) -> nfsstat3 {
+    let st = nfs_status(e);
+    if !matches!(
+        st,
+        nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_STALE
+    ) {
+        tracing::warn!(error = %e, status = ?st, "NFS request failed");
+    }
+    st
 }
 
 fn name_str<'a>(n: &'a filename3<'_>) -> Result<&'a str, nfsstat3> {
@@ -183,7 +200,23 @@ impl NfsReadFileSystem for NfsExport {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
-        self.call(|v| v.read(id.as_u64(), offset, count.min(MAX_TRANSFER)))
+        self.read_with_attr(id, offset, count).await.1
+    }
+
+    async fn read_with_attr(
+        &self,
+        id: &FileHandleU64,
+        offset: u64,
+        count: u32,
+    ) -> (Result<fattr3, nfsstat3>, Result<(Vec<u8>, bool), nfsstat3>) {
+        let c = self
+            .readahead
+            .read(&self.view, id.as_u64(), offset, count.min(MAX_TRANSFER))
+            .await;
+        (
+            c.attr.map(|a| self.fattr(&a)).map_err(|e| status(&e)),
+            c.data.map_err(|e| status(&e)),
+        )
     }
 
     async fn readdirplus(
@@ -266,7 +299,7 @@ impl NfsFileSystem for NfsExport {
     }
 
     async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3, nfsstat3> {
-        let a = self.call(|v| {
+        let a = self.call_mut(|v| {
             let a = v.getattr(id.as_u64())?;
             match setattr.size {
                 set_size3::Some(size) if !a.is_dir() => v.set_size(id.as_u64(), size),
@@ -289,7 +322,7 @@ impl NfsFileSystem for NfsExport {
             return Err(nfsstat3::NFS3ERR_INVAL);
         }
         let durable = self.sync_writes || stable != stable_how::UNSTABLE;
-        let a = self.call(|v| {
+        let a = self.call_mut(|v| {
             let a = v.write(id.as_u64(), offset, data).map_err(|e| match e {
                 ViewError::IsDir(_) => ViewError::Invalid("WRITE to a directory".into()),
                 e => e,
@@ -323,7 +356,7 @@ impl NfsFileSystem for NfsExport {
             set_size3::Some(s) => Some(s),
             set_size3::None => None,
         };
-        let a = self.call(
+        let a = self.call_mut(
             |v| match v.create(dirid.as_u64(), name, size.unwrap_or(0)) {
                 // UNCHECKED: an existing file is opened (and truncated/extended if asked).
                 Err(ViewError::Exists(_)) => {
@@ -351,7 +384,7 @@ impl NfsFileSystem for NfsExport {
     ) -> Result<FileHandleU64, nfsstat3> {
         let name = name_str(filename)?;
         let verf: String = createverf.0.iter().map(|b| format!("{b:02x}")).collect();
-        let id = self.call(|v| {
+        let id = self.call_mut(|v| {
             let mut props = BTreeMap::new();
             props.insert(CREATEVERF_PROP.to_string(), verf.clone());
             match v.create_with(dirid.as_u64(), name, 0, &props) {
@@ -387,7 +420,7 @@ impl NfsFileSystem for NfsExport {
         filename: &filename3<'_>,
     ) -> Result<(), nfsstat3> {
         let name = name_str(filename)?;
-        self.call(|v| v.remove(dirid.as_u64(), name))
+        self.call_mut(|v| v.remove(dirid.as_u64(), name))
     }
 
     async fn rename<'a>(
@@ -399,7 +432,7 @@ impl NfsFileSystem for NfsExport {
     ) -> Result<(), nfsstat3> {
         let from = name_str(from_filename)?;
         let to = name_str(to_filename)?;
-        self.call(|v| v.rename(from_dirid.as_u64(), from, to_dirid.as_u64(), to))
+        self.call_mut(|v| v.rename(from_dirid.as_u64(), from, to_dirid.as_u64(), to))
     }
 
     async fn symlink<'a>(

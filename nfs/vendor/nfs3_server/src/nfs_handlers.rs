@@ -181,12 +181,12 @@ where
             return (Nfs3Result::Err((stat, Default::default())), None);
         }
     };
-    let file_attributes = nfs_option_from_result(context.vfs.getattr(&id).await);
-    match context
+    let (attr, read) = context
         .vfs
-        .read(&id, read3args.offset, read3args.count)
-        .await
-    {
+        .read_with_attr(&id, read3args.offset, read3args.count)
+        .await;
+    let file_attributes = nfs_option_from_result(attr);
+    match read {
         Ok((bytes, eof)) => {
             debug!(" {xid} --> read {} bytes, eof: {eof}", bytes.len());
             let Ok(count) = u32::try_from(bytes.len()) else {

@@ -176,6 +176,7 @@ pub async fn write_fragment<IO: tokio::io::AsyncWrite + Unpin>(
         }
         at += written;
     }
+    crate::buffers::give(payload);
     Ok(())
 }
 

@@ -111,6 +111,26 @@ pub trait NfsReadFileSystem: Send + Sync {
         count: u32,
     ) -> impl Future<Output = Result<(Vec<u8>, bool), nfsstat3>> + Send;
 
+    /// READ's two calls in one (tarn patch): the file's attributes (for the reply) and
+    /// [`Self::read`], so a file system can fetch both at once, or ahead of time. The
+    /// default calls `getattr`, then `read`.
+    fn read_with_attr(
+        &self,
+        id: &Self::Handle,
+        offset: u64,
+        count: u32,
+    ) -> impl Future<
+        Output = (
+            Result<fattr3, nfsstat3>,
+            Result<(Vec<u8>, bool), nfsstat3>,
+        ),
+    > + Send {
+        async move {
+            let attr = self.getattr(id).await;
+            (attr, self.read(id, offset, count).await)
+        }
+    }
+
     /// Simple version of readdir. Only need to return filename and id
     ///
     /// By default it uses `readdirplus` method to create an iterator
