@@ -318,22 +318,44 @@ impl NfsFileSystem for NfsExport {
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
+        self.write_with_wcc(id, offset, data, stable).await.1
+    }
+
+    async fn write_with_wcc(
+        &self,
+        id: &FileHandleU64,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> (
+        Result<fattr3, nfsstat3>,
+        Result<(fattr3, stable_how), nfsstat3>,
+    ) {
         if data.len() > MAX_TRANSFER as usize {
-            return Err(nfsstat3::NFS3ERR_INVAL);
+            return (Err(nfsstat3::NFS3ERR_INVAL), Err(nfsstat3::NFS3ERR_INVAL));
         }
         let durable = self.sync_writes || stable != stable_how::UNSTABLE;
-        let a = self.call_mut(|v| {
-            let a = v.write(id.as_u64(), offset, data).map_err(|e| match e {
-                ViewError::IsDir(_) => ViewError::Invalid("WRITE to a directory".into()),
-                e => e,
-            })?;
-            if durable {
-                // FILE_SYNC asked for (or `--sync`): durable before the reply, sharing one
-                // pool commit with concurrent writers.
-                v.sync()?;
-            }
-            Ok(a)
-        })?;
+        // One trip to a blocking thread: the attributes before, the write, the sync if asked.
+        let (before, after) = tokio::task::block_in_place(|| {
+            let v = &self.view;
+            let before = v.getattr(id.as_u64());
+            let after = v
+                .write(id.as_u64(), offset, data)
+                .map_err(|e| match e {
+                    ViewError::IsDir(_) => ViewError::Invalid("WRITE to a directory".into()),
+                    e => e,
+                })
+                .and_then(|a| {
+                    if durable {
+                        // FILE_SYNC asked for (or `--sync`): durable before the reply,
+                        // sharing one pool commit with concurrent writers.
+                        v.sync()?;
+                    }
+                    Ok(a)
+                });
+            (before, after)
+        });
+        self.readahead.changed();
         // UNSTABLE: the data sits in the pool's open txg until COMMIT (or the pool's own
         // periodic commit); a restart loses it, and the changed write verifier tells the
         // client to send it again.
@@ -342,7 +364,12 @@ impl NfsFileSystem for NfsExport {
         } else {
             stable_how::UNSTABLE
         };
-        Ok((self.fattr(&a), committed))
+        (
+            before.map(|a| self.fattr(&a)).map_err(|e| status(&e)),
+            after
+                .map(|a| (self.fattr(&a), committed))
+                .map_err(|e| status(&e)),
+        )
     }
 
     async fn create(

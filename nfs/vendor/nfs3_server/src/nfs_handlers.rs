@@ -640,15 +640,19 @@ where
     }
 
     let id = fh_to_id!(context, &write3args.file);
-    let before = get_wcc_attr(&context, &id)
-        .await
-        .map_or(pre_op_attr::None, pre_op_attr::Some);
-
-    match context
+    let (before, written) = context
         .vfs
-        .write(&id, write3args.offset, &write3args.data, write3args.stable)
-        .await
-    {
+        .write_with_wcc(&id, write3args.offset, &write3args.data, write3args.stable)
+        .await;
+    let before = before.map_or(pre_op_attr::None, |v| {
+        pre_op_attr::Some(wcc_attr {
+            size: v.size,
+            mtime: v.mtime,
+            ctime: v.ctime,
+        })
+    });
+
+    match written {
         Ok((fattr, committed)) => {
             debug!("write success {xid} --> {fattr:?}, committed: {committed}");
             WRITE3res::Ok(WRITE3resok {

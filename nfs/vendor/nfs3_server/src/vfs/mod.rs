@@ -289,6 +289,27 @@ pub trait NfsFileSystem: NfsReadFileSystem {
         stable: stable_how,
     ) -> impl Future<Output = Result<(fattr3, stable_how), nfsstat3>> + Send;
 
+    /// WRITE's two calls in one (tarn patch): the attributes before the write (for the
+    /// reply's weak cache consistency data) and [`Self::write`], so a file system can do
+    /// both in one trip to a blocking thread. The default calls `getattr`, then `write`.
+    fn write_with_wcc(
+        &self,
+        id: &Self::Handle,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> impl Future<
+        Output = (
+            Result<fattr3, nfsstat3>,
+            Result<(fattr3, stable_how), nfsstat3>,
+        ),
+    > + Send {
+        async move {
+            let before = self.getattr(id).await;
+            (before, self.write(id, offset, data, stable).await)
+        }
+    }
+
     /// Creates a file with the following attributes.
     /// If not supported due to readonly file system
     /// this should return `Err(nfsstat3::NFS3ERR_ROFS)`
