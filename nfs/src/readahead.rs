@@ -3,8 +3,8 @@
 //! NFSv3 clients such as `nfs-cp` read a file one request at a time: the server reads (and
 //! verifies) a chunk while the client waits, then the client stores it while the server
 //! waits. Once a file is read sequentially (a READ starts where the previous one of that file
-//! ended), the chunk after it is read on a blocking thread right away, so the next READ finds
-//! it ready and the two sides overlap.
+//! ended), the chunks after it (two of them) are read on blocking threads right away, so the
+//! next READ finds its chunk ready, the two sides overlap and the device has work queued.
 //!
 //! A chunk read ahead is used only if nothing changed the export since it was started: every
 //! change bumps a counter ([`ReadAhead::changed`]) after it is done, and a chunk started before
@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 
 /// Files read ahead at once (the oldest stream is forgotten past this).
 const STREAMS: usize = 8;
+/// Chunks read ahead of the last READ of a file: two keep the device busy while one is sent.
+const DEPTH: usize = 2;
 
 /// What a READ needs: the file's attributes and the bytes (with whether they reach the end).
 pub struct Chunk {
@@ -48,7 +50,8 @@ struct Stream {
     id: u64,
     /// Where the last READ of this file ended.
     next: u64,
-    pending: Option<Pending>,
+    /// Chunks being read ahead, in file order.
+    pending: std::collections::VecDeque<Pending>,
 }
 
 /// Sequential read detection and one chunk of read-ahead per file.
@@ -65,13 +68,21 @@ impl ReadAhead {
     }
 
     /// Takes the chunk read ahead for exactly `offset..offset + len` of file `id`, if any.
-    /// Any other chunk pending for that file is dropped.
+    /// Chunks pending before it are dropped (the reader skipped them), and all of them if it is
+    /// not there.
     fn take(&self, id: u64, offset: u64, len: u32) -> Option<Pending> {
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         let s = streams.iter_mut().find(|s| s.id == id)?;
-        s.pending
-            .take()
-            .filter(|p| p.offset == offset && p.len == len)
+        let Some(i) = s
+            .pending
+            .iter()
+            .position(|p| p.offset == offset && p.len == len)
+        else {
+            s.pending.clear();
+            return None;
+        };
+        s.pending.drain(..i);
+        s.pending.pop_front()
     }
 
     /// Reads `len` bytes of file `id` at `offset`, and its attributes: from the chunk read
@@ -114,7 +125,7 @@ impl ReadAhead {
                 streams.push(Stream {
                     id,
                     next: u64::MAX,
-                    pending: None,
+                    pending: std::collections::VecDeque::new(),
                 });
                 streams.len() - 1
             }
@@ -122,15 +133,23 @@ impl ReadAhead {
         let s = &mut streams[i];
         let sequential = sequential || s.next == offset;
         s.next = end;
-        if sequential && s.pending.is_none() {
+        if sequential {
             let changes = self.changes.load(Ordering::Acquire);
-            let view = view.clone();
-            s.pending = Some(Pending {
-                offset: end,
-                len,
-                changes,
-                task: tokio::task::spawn_blocking(move || fetch(&view, id, end, len)),
-            });
+            let step = u64::from(len);
+            let mut at = s
+                .pending
+                .back()
+                .map_or(end, |p| p.offset + u64::from(p.len));
+            while s.pending.len() < DEPTH {
+                let view = view.clone();
+                s.pending.push_back(Pending {
+                    offset: at,
+                    len,
+                    changes,
+                    task: tokio::task::spawn_blocking(move || fetch(&view, id, at, len)),
+                });
+                at += step;
+            }
         }
         // Most recently used last.
         let s = streams.remove(i);
