@@ -9,14 +9,21 @@
 //! - `TARN_BENCH_DIR` (default `/var/tmp`): where the file, the pool and the export go (all
 //!   removed afterwards);
 //! - `TARN_BENCH_ONLY` (default all): a comma list of `local`, `tarn`, `ganesha` (for
-//!   profiling one side).
+//!   profiling one side);
+//! - `TARN_BENCH_ROUNDS` (default `3`): rounds; each round times every side once each way,
+//!   the servers in alternating order (both run throughout), and the table shows medians.
+//!   Ratios are also printed per round: on shared, noisy machines only ratios taken side by
+//!   side mean much.
 //!
 //! What is timed, each as a whole process after dropping the page cache:
 //! - read: `nfs-cp nfs://…/FILE OUT` against `cp FILE OUT` (neither syncs OUT);
 //! - write: `nfs-cp FILE nfs://…/NEW` (the client COMMITs before it exits, so the data is
 //!   durable on the server) against `cp FILE NEW; sync`.
 //!
-//! Needs `nfs-cp` (`apt-get install libnfs-utils`), the release `tarn` binary (`cargo build
+//! Disk: the source, its copy, and a pool holding the source and one written copy per round:
+//! about `(ROUNDS + 4) x SIZE` free in `TARN_BENCH_DIR`.
+//!
+//! Needs `nfs-cp` and `nfs-cat` (`apt-get install libnfs-utils`), the release `tarn` binary (`cargo build
 //! --release`; cargo builds it for this bench) and, for the reference, `ganesha.nfsd` and
 //! `rpcbind` (`apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind`; skipped with a message
 //! when missing). Run it as root so the page cache can be dropped.
@@ -38,6 +45,7 @@ struct Opts {
     size: u64,
     dir: PathBuf,
     only: Option<String>,
+    rounds: usize,
     can_drop: bool,
 }
 
@@ -48,6 +56,7 @@ impl Opts {
             size: parse_size(&var("TARN_BENCH_SIZE", "1G"))?.max(MIB),
             dir: var("TARN_BENCH_DIR", "/var/tmp").into(),
             only: std::env::var("TARN_BENCH_ONLY").ok(),
+            rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
             can_drop: drop_caches(),
         })
     }
@@ -108,6 +117,22 @@ fn which(prog: &str) -> Option<PathBuf> {
     })
 }
 
+/// Whether a stream holds exactly the bytes of file `a`.
+fn same_stream(a: &Path, b: &mut impl Read) -> Res<bool> {
+    let mut fa = std::fs::File::open(a)?;
+    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            // The stream must end here too.
+            return Ok(b.read(&mut bb[..1])? == 0);
+        }
+        if b.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
 /// Whether two files hold the same bytes.
 fn same_bytes(a: &Path, b: &Path) -> Res<bool> {
     let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
@@ -132,60 +157,79 @@ fn free_port() -> Res<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Read and write times (seconds) of one server or of the local copy.
-#[derive(Clone, Copy)]
-struct Times {
-    read: f64,
-    write: f64,
+/// An export under test: `base` is `nfs://…/EXPORT`, `query` the `?version=3&…` part; it holds
+/// `data.img` (the source bytes). Dropping it stops its server.
+struct Export {
+    name: &'static str,
+    base: String,
+    query: String,
+    /// Where files written through the export land, to remove them (ganesha), if anywhere.
+    dir: Option<PathBuf>,
+    _servers: Vec<Reaped>,
 }
 
-/// `nfs-cp` both ways against an export: reads `FILE` (holding the source bytes) from
-/// `base` (`nfs://…/EXPORT`, `query` the `?version=3&…` part), writes `NEW`, then checks both.
-fn nfs_copies(o: &Opts, tmp: &Path, src: &Path, base: &str, query: &str, name: &str) -> Res<Times> {
+/// Reads `data.img` through the export with `nfs-cp` (page cache dropped first) and checks
+/// it; seconds.
+fn nfs_read(o: &Opts, tmp: &Path, src: &Path, e: &Export) -> Res<f64> {
     let out = tmp.join("nfs-read.out");
     let _ = std::fs::remove_file(&out);
-    eprintln!("  [{name}] nfs-cp read");
+    eprintln!("  [{}] nfs-cp read", e.name);
     o.cold();
-    let read = timed(
+    let t = timed(
         Command::new("nfs-cp")
-            .arg(format!("{base}/data.img{query}"))
+            .arg(format!("{}/data.img{}", e.base, e.query))
             .arg(&out),
         false,
     )?;
     if !same_bytes(src, &out)? {
-        return Err(format!("{name}: the file read back differs from the source").into());
+        return Err(format!("{}: the file read back differs from the source", e.name).into());
     }
     std::fs::remove_file(&out)?;
-    eprintln!("  [{name}] nfs-cp write");
-    o.cold();
-    let write = timed(
-        Command::new("nfs-cp")
-            .arg(src)
-            .arg(format!("{base}/new.img{query}")),
-        false,
-    )?;
-    eprintln!("  [{name}] checking the written file");
-    run(Command::new("nfs-cp")
-        .arg(format!("{base}/new.img{query}"))
-        .arg(&out))?;
-    if !same_bytes(src, &out)? {
-        return Err(format!("{name}: the file written differs from the source").into());
-    }
-    std::fs::remove_file(&out)?;
-    Ok(Times { read, write })
+    Ok(t)
 }
 
-fn local_copies(o: &Opts, tmp: &Path, src: &Path) -> Res<Times> {
+/// Writes the source as a new file `name` through the export with `nfs-cp` (page cache
+/// dropped first; the client COMMITs before it exits), then reads it back (`nfs-cat`, no
+/// local copy) to check it; seconds.
+fn nfs_write(o: &Opts, src: &Path, e: &Export, name: &str) -> Res<f64> {
+    eprintln!("  [{}] nfs-cp write", e.name);
+    o.cold();
+    let url = format!("{}/{name}{}", e.base, e.query);
+    let t = timed(Command::new("nfs-cp").arg(src).arg(&url), false)?;
+    let mut cat = Command::new("nfs-cat")
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let same = match cat.stdout.take() {
+        Some(mut out) => same_stream(src, &mut out)?,
+        None => false,
+    };
+    if !cat.wait()?.success() || !same {
+        return Err(format!("{}: the file written differs from the source", e.name).into());
+    }
+    if let Some(d) = &e.dir {
+        std::fs::remove_file(d.join(name))?;
+    }
+    Ok(t)
+}
+
+fn local_read(o: &Opts, tmp: &Path, src: &Path) -> Res<f64> {
     let out = tmp.join("local.out");
     eprintln!("  [local] cp read");
     o.cold();
-    let read = timed(Command::new("cp").arg(src).arg(&out), false)?;
+    let t = timed(Command::new("cp").arg(src).arg(&out), false)?;
     std::fs::remove_file(&out)?;
+    Ok(t)
+}
+
+fn local_write(o: &Opts, tmp: &Path, src: &Path) -> Res<f64> {
+    let out = tmp.join("local.out");
     eprintln!("  [local] cp write + sync");
     o.cold();
-    let write = timed(Command::new("cp").arg(src).arg(&out), true)?;
+    let t = timed(Command::new("cp").arg(src).arg(&out), true)?;
     std::fs::remove_file(&out)?;
-    Ok(Times { read, write })
+    Ok(t)
 }
 
 /// Kills a child we started when dropped.
@@ -208,7 +252,7 @@ impl Drop for Reaped {
     }
 }
 
-fn tarn_side(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Times>> {
+fn start_tarn(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Export>> {
     let tarn = PathBuf::from(env!("CARGO_BIN_EXE_tarn"));
     if !tarn.is_file() {
         println!(
@@ -223,7 +267,8 @@ fn tarn_side(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Times>> {
         c
     };
     eprintln!("  [tarn] pool create, vol import");
-    let pool_size = (3 * o.size + 256 * MIB).to_string();
+    // The source, one written file per round (NFS clients here cannot remove them) and room.
+    let pool_size = ((o.rounds as u64 + 2) * o.size + 256 * MIB).to_string();
     run(tarn_cmd()
         .args(["pool", "create", "benchnfs"])
         .arg(tmp.join("nfs.tarn"))
@@ -249,14 +294,16 @@ fn tarn_side(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Times>> {
         .and_then(|a| a.rsplit_once(':'))
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .ok_or_else(|| format!("unexpected first line from tarn nfs serve: {line:?}"))?;
-    let query = format!("?version=3&nfsport={port}&mountport={port}");
-    let t = nfs_copies(o, tmp, src, "nfs://127.0.0.1/benchnfs", &query, "tarn")?;
-    drop(server);
-    let _ = run(tarn_cmd().args(["pool", "destroy", "benchnfs"]));
-    Ok(Some(t))
+    Ok(Some(Export {
+        name: "tarn",
+        base: "nfs://127.0.0.1/benchnfs".into(),
+        query: format!("?version=3&nfsport={port}&mountport={port}"),
+        dir: None,
+        _servers: vec![server],
+    }))
 }
 
-fn ganesha_side(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Times>> {
+fn start_ganesha(tmp: &Path, src: &Path) -> Res<Option<Export>> {
     let (Some(ganesha), Some(rpcbind)) = (which("ganesha.nfsd"), which("rpcbind")) else {
         println!(
             "skip: ganesha: ganesha.nfsd or rpcbind not found (apt-get install nfs-ganesha \
@@ -268,12 +315,11 @@ fn ganesha_side(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Times>> {
     std::fs::create_dir_all(&export)?;
     // The same file (a hard link: same bytes, nothing copied).
     std::fs::hard_link(src, export.join("data.img"))?;
-    let (nfs_port, mnt_port) = (free_port()?, free_port()?);
-    let mnt_port = if mnt_port == nfs_port {
-        free_port()?
-    } else {
-        mnt_port
-    };
+    let nfs_port = free_port()?;
+    let mut mnt_port = free_port()?;
+    while mnt_port == nfs_port {
+        mnt_port = free_port()?;
+    }
     let conf = tmp.join("ganesha.conf");
     std::fs::File::create(&conf)?.write_all(
         format!(
@@ -330,14 +376,27 @@ fn ganesha_side(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Times>> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Ganesha starts in a grace period; its first requests may wait it out.
+    // Settle (ganesha finishes starting up after it listens).
     std::thread::sleep(Duration::from_secs(1));
     drop(rpcb);
-    let query = format!("?version=3&nfsport={nfs_port}&mountport={mnt_port}");
-    let base = format!("nfs://127.0.0.1{}", export.display());
-    let t = nfs_copies(o, tmp, src, &base, &query, "ganesha")?;
-    drop(server);
-    Ok(Some(t))
+    Ok(Some(Export {
+        name: "ganesha",
+        base: format!("nfs://127.0.0.1{}", export.display()),
+        query: format!("?version=3&nfsport={nfs_port}&mountport={mnt_port}"),
+        dir: Some(export),
+        _servers: vec![server],
+    }))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() -> Res<()> {
@@ -374,49 +433,87 @@ fn main() -> Res<()> {
         }
         f.sync_all()?;
     }
-    let local = if o.wants("local") {
-        Some(local_copies(&o, tmp, &src)?)
-    } else {
-        None
+    let mut exports = Vec::new();
+    if o.wants("tarn") {
+        exports.extend(start_tarn(&o, tmp, &src)?);
+    }
+    if o.wants("ganesha") {
+        exports.extend(start_ganesha(tmp, &src)?);
+    }
+    // times[side] = (reads, writes); side 0 is the local copy.
+    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); exports.len() + 1];
+    for round in 0..o.rounds {
+        eprintln!("  round {} of {}", round + 1, o.rounds);
+        // Servers in alternating order, so a drift in the machine's load favours no one.
+        let mut order: Vec<usize> = (0..exports.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        if o.wants("local") {
+            times[0].0.push(local_read(&o, tmp, &src)?);
+        }
+        for &i in &order {
+            times[i + 1].0.push(nfs_read(&o, tmp, &src, &exports[i])?);
+        }
+        if o.wants("local") {
+            times[0].1.push(local_write(&o, tmp, &src)?);
+        }
+        for &i in &order {
+            let name = format!("new-{round}.img");
+            times[i + 1]
+                .1
+                .push(nfs_write(&o, &src, &exports[i], &name)?);
+        }
+    }
+    let label = |name: &str| match name {
+        "tarn" => "tarn nfs serve --allow",
+        _ => "nfs-ganesha (FSAL VFS)",
     };
-    let tarn = if o.wants("tarn") {
-        tarn_side(&o, tmp, &src)?
-    } else {
-        None
-    };
-    let ganesha = if o.wants("ganesha") {
-        ganesha_side(&o, tmp, &src)?
-    } else {
-        None
-    };
-
+    let sides: Vec<(&str, &(Vec<f64>, Vec<f64>))> = std::iter::once("local cp (write: + sync)")
+        .chain(exports.iter().map(|e| label(e.name)))
+        .zip(&times)
+        .collect();
+    drop(exports);
+    let local = (!times[0].0.is_empty()).then(|| (median(&times[0].0), median(&times[0].1)));
     println!();
     println!(
-        "{:<28} {:>10} {:>8} {:>11} {:>8}",
-        "", "read MiB/s", "x cp", "write MiB/s", "x cp"
+        "{:<28} {:>10} {:>8} {:>11} {:>8}   (medians of {} rounds)",
+        "", "read MiB/s", "x cp", "write MiB/s", "x cp", o.rounds
     );
     let ratio =
         |t: f64, base: Option<f64>| base.map_or("-".to_string(), |b| format!("{:.2}x", b / t));
-    for (name, t) in [
-        ("local cp (write: + sync)", local),
-        ("tarn nfs serve --allow", tarn),
-        ("nfs-ganesha (FSAL VFS)", ganesha),
-    ] {
-        if let Some(t) = t {
-            println!(
-                "{name:<28} {:>10.0} {:>8} {:>11.0} {:>8}",
-                o.rate(t.read),
-                ratio(t.read, local.map(|l| l.read)),
-                o.rate(t.write),
-                ratio(t.write, local.map(|l| l.write)),
-            );
+    for (name, (r, w)) in &sides {
+        if r.is_empty() {
+            continue;
         }
-    }
-    if let (Some(t), Some(g)) = (tarn, ganesha) {
-        let mark = |r: f64| if r >= 1.0 { "PASS" } else { "MISS" };
-        let (r, w) = (g.read / t.read, g.write / t.write);
+        let (r, w) = (median(r), median(w));
         println!(
-            "tarn/ganesha: read {r:.2}x {}, write {w:.2}x {} (target >= 1.0x both ways)",
+            "{name:<28} {:>10.0} {:>8} {:>11.0} {:>8}",
+            o.rate(r),
+            ratio(r, local.map(|l| l.0)),
+            o.rate(w),
+            ratio(w, local.map(|l| l.1)),
+        );
+    }
+    let tarn = sides.iter().find(|s| s.0 == label("tarn")).map(|s| s.1);
+    let ganesha = sides.iter().find(|s| s.0 == label("ganesha")).map(|s| s.1);
+    if let (Some(t), Some(g)) = (tarn, ganesha) {
+        let per_round = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(t, g)| format!("{:.2}", g / t))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "tarn/ganesha per round: read {}; write {}",
+            per_round(&t.0, &g.0),
+            per_round(&t.1, &g.1)
+        );
+        let mark = |r: f64| if r >= 1.0 { "PASS" } else { "MISS" };
+        let (r, w) = (median(&g.0) / median(&t.0), median(&g.1) / median(&t.1));
+        println!(
+            "tarn/ganesha (medians): read {r:.2}x {}, write {w:.2}x {} (target >= 1.0x both ways)",
             mark(r),
             mark(w)
         );
