@@ -693,8 +693,8 @@ impl FileView {
         Ok((buf, offset + n >= size))
     }
 
-    /// Writes `data` at `offset`, growing the volume if the write ends past it. The data is
-    /// durable after the next [`FileView::sync`] (the growth already is).
+    /// Writes `data` at `offset`, growing the volume if the write ends past it. The data, and
+    /// the growth, are durable after the next [`FileView::sync`] (or the pool's own commit).
     pub fn write(&self, id: u64, offset: u64, data: &[u8]) -> Result<Attr> {
         let (h, snap) = self.file_handle(id)?;
         self.check_writable(&h.name())?;
