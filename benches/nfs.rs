@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 use zvol::{format_size, parse_size};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+/// Seconds of each round's read and write, for one side.
+type Runs = (Vec<f64>, Vec<f64>);
 
 const MIB: u64 = 1 << 20;
 const SEED: u64 = 0x6e_f5;
@@ -441,7 +443,7 @@ fn main() -> Res<()> {
         exports.extend(start_ganesha(tmp, &src)?);
     }
     // times[side] = (reads, writes); side 0 is the local copy.
-    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); exports.len() + 1];
+    let mut times: Vec<Runs> = vec![(Vec::new(), Vec::new()); exports.len() + 1];
     for round in 0..o.rounds {
         eprintln!("  round {} of {}", round + 1, o.rounds);
         // Servers in alternating order, so a drift in the machine's load favours no one.
@@ -469,7 +471,7 @@ fn main() -> Res<()> {
         "tarn" => "tarn nfs serve --allow",
         _ => "nfs-ganesha (FSAL VFS)",
     };
-    let sides: Vec<(&str, &(Vec<f64>, Vec<f64>))> = std::iter::once("local cp (write: + sync)")
+    let sides: Vec<(&str, &Runs)> = std::iter::once("local cp (write: + sync)")
         .chain(exports.iter().map(|e| label(e.name)))
         .zip(&times)
         .collect();

@@ -192,26 +192,26 @@ async fn read_ahead_sees_writes_and_reused_buffers_keep_holes_zero() {
         .await
         .unwrap();
     let root = conn.root_nfs_fh3();
-    let mut create = async |name: &[u8]| {
-        let created = conn
-            .create(&CREATE3args {
-                where_: diropargs3 {
-                    dir: root.clone(),
-                    name: name.to_vec().into(),
-                },
-                how: createhow3::GUARDED(sattr3::default()),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        let post_op_fh3::Some(fh) = created.obj else {
-            panic!("no handle")
+    let (a, b) = {
+        let mut create = async |name: &[u8]| {
+            let created = conn
+                .create(&CREATE3args {
+                    where_: diropargs3 {
+                        dir: root.clone(),
+                        name: name.to_vec().into(),
+                    },
+                    how: createhow3::GUARDED(sattr3::default()),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            let post_op_fh3::Some(fh) = created.obj else {
+                panic!("no handle")
+            };
+            fh
         };
-        fh
+        (create(b"a").await, create(b"b").await)
     };
-    let a = create(b"a").await;
-    let b = create(b"b").await;
-    drop(create);
     let write =
         async |conn: &mut nfs3_client::Nfs3Connection<_>, fh: &nfs_fh3, off: usize, d: &[u8]| {
             conn.write(&WRITE3args {
