@@ -10,18 +10,23 @@
 //!   removed afterwards);
 //! - `TARN_BENCH_ONLY` (default all): a comma list of `local`, `tarn`, `ganesha` (for
 //!   profiling one side);
-//! - `TARN_BENCH_ROUNDS` (default `3`): rounds; each round times every side once each way,
-//!   the servers in alternating order (both run throughout), and the table shows medians.
-//!   Ratios are also printed per round: on shared, noisy machines only ratios taken side by
-//!   side mean much.
+//! - `TARN_BENCH_ROUNDS` (default `4`): rounds; each round times every side once each way,
+//!   the servers in alternating order (both run throughout; an even count puts each first
+//!   equally often), and the table shows medians. Ratios are also printed per round: on
+//!   shared, noisy machines only ratios taken side by side mean much.
+//!
+//! Files written and synced are kept until the end: on a file system mounted with `discard`,
+//! deleting one issues a gigabyte of TRIM that would slow whichever copy came next. Before each
+//! copy the page cache is dropped and the device given a second to settle.
 //!
 //! What is timed, each as a whole process after dropping the page cache:
 //! - read: `nfs-cp nfs://…/FILE OUT` against `cp FILE OUT` (neither syncs OUT);
 //! - write: `nfs-cp FILE nfs://…/NEW` (the client COMMITs before it exits, so the data is
 //!   durable on the server) against `cp FILE NEW; sync`.
 //!
-//! Disk: the source, its copy, and a pool holding the source and one written copy per round:
-//! about `(ROUNDS + 4) x SIZE` free in `TARN_BENCH_DIR`.
+//! Disk: the source, a read copy, and per round a local copy, a file written to ganesha and
+//! one in the pool (which also holds the source): about `(3 x ROUNDS + 4) x SIZE` free in
+//! `TARN_BENCH_DIR`.
 //!
 //! Needs `nfs-cp` and `nfs-cat` (`apt-get install libnfs-utils`), the release `tarn` binary (`cargo build
 //! --release`; cargo builds it for this bench) and, for the reference, `ganesha.nfsd` and
@@ -58,7 +63,7 @@ impl Opts {
             size: parse_size(&var("TARN_BENCH_SIZE", "1G"))?.max(MIB),
             dir: var("TARN_BENCH_DIR", "/var/tmp").into(),
             only: std::env::var("TARN_BENCH_ONLY").ok(),
-            rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
+            rounds: var("TARN_BENCH_ROUNDS", "4").parse::<usize>()?.max(1),
             can_drop: drop_caches(),
         })
     }
@@ -74,6 +79,7 @@ impl Opts {
         if self.can_drop {
             drop_caches();
         }
+        std::thread::sleep(Duration::from_secs(1));
     }
 
     fn rate(&self, secs: f64) -> f64 {
@@ -165,8 +171,6 @@ struct Export {
     name: &'static str,
     base: String,
     query: String,
-    /// Where files written through the export land, to remove them (ganesha), if anywhere.
-    dir: Option<PathBuf>,
     _servers: Vec<Reaped>,
 }
 
@@ -210,9 +214,7 @@ fn nfs_write(o: &Opts, src: &Path, e: &Export, name: &str) -> Res<f64> {
     if !cat.wait()?.success() || !same {
         return Err(format!("{}: the file written differs from the source", e.name).into());
     }
-    if let Some(d) = &e.dir {
-        std::fs::remove_file(d.join(name))?;
-    }
+    // Kept (see the module docs on TRIM); the temporary directory goes at the end.
     Ok(t)
 }
 
@@ -225,13 +227,12 @@ fn local_read(o: &Opts, tmp: &Path, src: &Path) -> Res<f64> {
     Ok(t)
 }
 
-fn local_write(o: &Opts, tmp: &Path, src: &Path) -> Res<f64> {
-    let out = tmp.join("local.out");
+/// `cp FILE NEW; sync`; NEW is kept (see the module docs on TRIM).
+fn local_write(o: &Opts, tmp: &Path, src: &Path, round: usize) -> Res<f64> {
+    let out = tmp.join(format!("local-{round}.out"));
     eprintln!("  [local] cp write + sync");
     o.cold();
-    let t = timed(Command::new("cp").arg(src).arg(&out), true)?;
-    std::fs::remove_file(&out)?;
-    Ok(t)
+    timed(Command::new("cp").arg(src).arg(&out), true)
 }
 
 /// Kills a child we started when dropped.
@@ -300,7 +301,6 @@ fn start_tarn(o: &Opts, tmp: &Path, src: &Path) -> Res<Option<Export>> {
         name: "tarn",
         base: "nfs://127.0.0.1/benchnfs".into(),
         query: format!("?version=3&nfsport={port}&mountport={port}"),
-        dir: None,
         _servers: vec![server],
     }))
 }
@@ -385,7 +385,6 @@ fn start_ganesha(tmp: &Path, src: &Path) -> Res<Option<Export>> {
         name: "ganesha",
         base: format!("nfs://127.0.0.1{}", export.display()),
         query: format!("?version=3&nfsport={nfs_port}&mountport={mnt_port}"),
-        dir: Some(export),
         _servers: vec![server],
     }))
 }
@@ -458,7 +457,7 @@ fn main() -> Res<()> {
             times[i + 1].0.push(nfs_read(&o, tmp, &src, &exports[i])?);
         }
         if o.wants("local") {
-            times[0].1.push(local_write(&o, tmp, &src)?);
+            times[0].1.push(local_write(&o, tmp, &src, round)?);
         }
         for &i in &order {
             let name = format!("new-{round}.img");
