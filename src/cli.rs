@@ -376,6 +376,14 @@ pub struct NfsServeArgs {
     /// Accept connections only from these addresses or CIDR ranges (repeatable); default: all.
     #[arg(long = "allow", value_parser = clap::value_parser!(nfs::Cidr))]
     pub allow: Vec<nfs::Cidr>,
+    /// Make every WRITE durable before replying (FILE_SYNC), even unstable ones.
+    ///
+    /// By default an unstable WRITE is answered once its data is in the pool's open
+    /// transaction group and COMMIT makes it durable; a restart changes the write verifier so
+    /// clients resend. Use --sync for clients that ignore the verifier (libnfs 4.0's nfs-cp):
+    /// slower, but no acknowledged write is ever lost.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 /// `tarn vm ...`

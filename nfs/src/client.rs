@@ -11,9 +11,10 @@
 //! [`MAX_IDLE_CONNECTIONS`]). A transport failure drops that connection and retries on a new one
 //! (handles survive a server restart), at most [`ATTEMPTS`] times per request.
 //!
-//! Writes go out `UNSTABLE`; a server that answers `FILE_SYNC` (as `tarn nfs serve` always does)
-//! needs nothing more, otherwise `flush` sends COMMIT and fails if the server's write verifier
-//! changed meanwhile (it restarted: acknowledged unstable writes may be lost).
+//! Writes go out `UNSTABLE`; a server that answers `FILE_SYNC` (`tarn nfs serve --sync`) needs
+//! nothing more, otherwise (`tarn nfs serve` by default) `flush` sends COMMIT and fails if the
+//! server's write verifier changed meanwhile (it restarted: acknowledged unstable writes may be
+//! lost; this client keeps no copy to resend them, so the guest sees an I/O error).
 
 use nfs3_client::nfs3_types::mount::dirpath;
 use nfs3_client::nfs3_types::nfs3::{

@@ -2,10 +2,12 @@
 //!
 //! - [`view`]: a pool as files and directories (no NFS in it; a FUSE mount can reuse it).
 //! - [`server`]: `nfs3_server` over the view — NFSv3, MOUNT and portmapper on one TCP port,
-//!   stable handles, writes durable before they are acknowledged, `--allow` at accept time.
+//!   stable handles, UNSTABLE writes durable at COMMIT (a per-start write verifier),
+//!   `--allow` at accept time; [`readahead`] for sequential READs.
 //! - [`client`]: [`NfsDisk`], a `zvol::BlockBackend` over `nfs3_client`
 //!   (`nfs://HOST:PORT/POOL/VOL`).
 pub mod client;
+pub mod readahead;
 pub mod server;
 pub mod view;
 

@@ -2,12 +2,17 @@
 //!
 //! - Handles are the view's stable file IDs behind a generation derived from the pool GUID
 //!   (`bind_with_generation`), so they survive a restart of the server.
-//! - The crate uses that same number as the write verifier, which therefore never changes: a
-//!   WRITE is answered only once its data is durable (always `FILE_SYNC`), with concurrent
-//!   writes sharing one pool commit ([`FileView::sync`]). COMMIT is a flush.
+//! - The write verifier is a separate per-start value (patched into the crate, see
+//!   `vendor/nfs3_server/TARN-PATCH.md`): an `UNSTABLE` WRITE is answered `UNSTABLE` as soon
+//!   as its data is in the pool's open txg, and COMMIT makes it durable (one pool commit,
+//!   shared by concurrent callers, [`FileView::sync`]). A restart (or crash) changes the
+//!   verifier, so a client resends what it wrote since its last COMMIT, as NFSv3 has it.
+//!   `FILE_SYNC`/`DATA_SYNC` WRITEs, and every WRITE with [`ServeConfig::sync_writes`], are
+//!   durable before the reply.
 //! - `--allow`: the listener checks each connection's peer before any byte is read; a refused
 //!   peer's connection is closed unread.
 
+use crate::readahead::ReadAhead;
 use crate::view::{Attr, FileView, NodeKind, ViewError};
 use nfs3_server::nfs3_types::nfs3::{
     createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, post_op_attr, sattr3,
@@ -67,13 +72,27 @@ fn nfstime(ns: u64) -> nfstime3 {
 pub struct NfsExport {
     view: Arc<FileView>,
     fsid: u64,
+    sync_writes: bool,
+    readahead: ReadAhead,
 }
 
 impl NfsExport {
-    /// Wraps a view.
+    /// Wraps a view. Unstable WRITEs are answered `UNSTABLE` (durable at COMMIT).
     pub fn new(view: Arc<FileView>) -> NfsExport {
         let fsid = view.pool().guid();
-        NfsExport { view, fsid }
+        NfsExport {
+            view,
+            fsid,
+            sync_writes: false,
+            readahead: ReadAhead::default(),
+        }
+    }
+
+    /// Whether every WRITE is made durable before its reply (`FILE_SYNC`), whatever the
+    /// client asked: for clients that ignore the write verifier (see [`ServeConfig`]).
+    pub fn with_sync_writes(mut self, sync_writes: bool) -> NfsExport {
+        self.sync_writes = sync_writes;
+        self
     }
 
     /// The view.
@@ -108,17 +127,31 @@ impl NfsExport {
 
     /// Runs a blocking view call off the async workers.
     fn call<T>(&self, f: impl FnOnce(&FileView) -> crate::view::Result<T>) -> Result<T, nfsstat3> {
-        tokio::task::block_in_place(|| f(&self.view)).map_err(|e| {
-            let st = nfs_status(&e);
-            if !matches!(
-                st,
-                nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_STALE
-            ) {
-                tracing::warn!(error = %e, status = ?st, "NFS request failed");
-            }
-            st
-        })
+        tokio::task::block_in_place(|| f(&self.view)).map_err(|e| status(&e))
     }
+
+    /// [`NfsExport::call`] for a call that may change files: chunks read ahead before it are
+    /// not used after it.
+    fn call_mut<T>(
+        &self,
+        f: impl FnOnce(&FileView) -> crate::view::Result<T>,
+    ) -> Result<T, nfsstat3> {
+        let r = self.call(f);
+        self.readahead.changed();
+        r
+    }
+}
+
+/// The status for a failed view call, logged unless it is an everyday one.
+fn status(e: &ViewError) -> nfsstat3 {
+    let st = nfs_status(e);
+    if !matches!(
+        st,
+        nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_STALE
+    ) {
+        tracing::warn!(error = %e, status = ?st, "NFS request failed");
+    }
+    st
 }
 
 fn name_str<'a>(n: &'a filename3<'_>) -> Result<&'a str, nfsstat3> {
@@ -167,7 +200,23 @@ impl NfsReadFileSystem for NfsExport {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
-        self.call(|v| v.read(id.as_u64(), offset, count.min(MAX_TRANSFER)))
+        self.read_with_attr(id, offset, count).await.1
+    }
+
+    async fn read_with_attr(
+        &self,
+        id: &FileHandleU64,
+        offset: u64,
+        count: u32,
+    ) -> (Result<fattr3, nfsstat3>, Result<(Vec<u8>, bool), nfsstat3>) {
+        let c = self
+            .readahead
+            .read(&self.view, id.as_u64(), offset, count.min(MAX_TRANSFER))
+            .await;
+        (
+            c.attr.map(|a| self.fattr(&a)).map_err(|e| status(&e)),
+            c.data.map_err(|e| status(&e)),
+        )
     }
 
     async fn readdirplus(
@@ -250,7 +299,7 @@ impl NfsFileSystem for NfsExport {
     }
 
     async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3, nfsstat3> {
-        let a = self.call(|v| {
+        let a = self.call_mut(|v| {
             let a = v.getattr(id.as_u64())?;
             match setattr.size {
                 set_size3::Some(size) if !a.is_dir() => v.set_size(id.as_u64(), size),
@@ -267,22 +316,60 @@ impl NfsFileSystem for NfsExport {
         id: &FileHandleU64,
         offset: u64,
         data: &[u8],
-        _stable: stable_how,
+        stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
+        self.write_with_wcc(id, offset, data, stable).await.1
+    }
+
+    async fn write_with_wcc(
+        &self,
+        id: &FileHandleU64,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> (
+        Result<fattr3, nfsstat3>,
+        Result<(fattr3, stable_how), nfsstat3>,
+    ) {
         if data.len() > MAX_TRANSFER as usize {
-            return Err(nfsstat3::NFS3ERR_INVAL);
+            return (Err(nfsstat3::NFS3ERR_INVAL), Err(nfsstat3::NFS3ERR_INVAL));
         }
-        let a = self.call(|v| {
-            let a = v.getattr(id.as_u64())?;
-            if a.is_dir() {
-                return Err(ViewError::Invalid("WRITE to a directory".into()));
-            }
-            v.write(id.as_u64(), offset, data)?;
-            // Durable before the reply: the verifier never changes (see the module docs).
-            v.sync()?;
-            v.getattr(id.as_u64())
-        })?;
-        Ok((self.fattr(&a), stable_how::FILE_SYNC))
+        let durable = self.sync_writes || stable != stable_how::UNSTABLE;
+        // One trip to a blocking thread: the attributes before, the write, the sync if asked.
+        let (before, after) = tokio::task::block_in_place(|| {
+            let v = &self.view;
+            let before = v.getattr(id.as_u64());
+            let after = v
+                .write(id.as_u64(), offset, data)
+                .map_err(|e| match e {
+                    ViewError::IsDir(_) => ViewError::Invalid("WRITE to a directory".into()),
+                    e => e,
+                })
+                .and_then(|a| {
+                    if durable {
+                        // FILE_SYNC asked for (or `--sync`): durable before the reply,
+                        // sharing one pool commit with concurrent writers.
+                        v.sync()?;
+                    }
+                    Ok(a)
+                });
+            (before, after)
+        });
+        self.readahead.changed();
+        // UNSTABLE: the data sits in the pool's open txg until COMMIT (or the pool's own
+        // periodic commit); a restart loses it, and the changed write verifier tells the
+        // client to send it again.
+        let committed = if durable {
+            stable_how::FILE_SYNC
+        } else {
+            stable_how::UNSTABLE
+        };
+        (
+            before.map(|a| self.fattr(&a)).map_err(|e| status(&e)),
+            after
+                .map(|a| (self.fattr(&a), committed))
+                .map_err(|e| status(&e)),
+        )
     }
 
     async fn create(
@@ -296,7 +383,7 @@ impl NfsFileSystem for NfsExport {
             set_size3::Some(s) => Some(s),
             set_size3::None => None,
         };
-        let a = self.call(
+        let a = self.call_mut(
             |v| match v.create(dirid.as_u64(), name, size.unwrap_or(0)) {
                 // UNCHECKED: an existing file is opened (and truncated/extended if asked).
                 Err(ViewError::Exists(_)) => {
@@ -324,7 +411,7 @@ impl NfsFileSystem for NfsExport {
     ) -> Result<FileHandleU64, nfsstat3> {
         let name = name_str(filename)?;
         let verf: String = createverf.0.iter().map(|b| format!("{b:02x}")).collect();
-        let id = self.call(|v| {
+        let id = self.call_mut(|v| {
             let mut props = BTreeMap::new();
             props.insert(CREATEVERF_PROP.to_string(), verf.clone());
             match v.create_with(dirid.as_u64(), name, 0, &props) {
@@ -360,7 +447,7 @@ impl NfsFileSystem for NfsExport {
         filename: &filename3<'_>,
     ) -> Result<(), nfsstat3> {
         let name = name_str(filename)?;
-        self.call(|v| v.remove(dirid.as_u64(), name))
+        self.call_mut(|v| v.remove(dirid.as_u64(), name))
     }
 
     async fn rename<'a>(
@@ -372,7 +459,7 @@ impl NfsFileSystem for NfsExport {
     ) -> Result<(), nfsstat3> {
         let from = name_str(from_filename)?;
         let to = name_str(to_filename)?;
-        self.call(|v| v.rename(from_dirid.as_u64(), from, to_dirid.as_u64(), to))
+        self.call_mut(|v| v.rename(from_dirid.as_u64(), from, to_dirid.as_u64(), to))
     }
 
     async fn symlink<'a>(
@@ -472,6 +559,11 @@ pub struct ServeConfig {
     pub listen: String,
     /// Peers allowed to connect; empty allows everyone.
     pub allow: Vec<Cidr>,
+    /// Answer every WRITE only once it is durable (`FILE_SYNC`), even an `UNSTABLE` one.
+    /// Slower (a pool commit per WRITE, shared by concurrent ones), but safe with clients
+    /// that never check the write verifier and so would not resend unstable writes a server
+    /// crash lost (libnfs 4.0, `nfs-cp`, is one).
+    pub sync_writes: bool,
 }
 
 /// The handle generation for a pool: derived from its GUID, so handles survive restarts and
@@ -492,14 +584,25 @@ impl Server {
     pub async fn bind(view: Arc<FileView>, config: &ServeConfig) -> std::io::Result<Server> {
         let name = view.pool().name().to_string();
         let generation = generation(view.pool().guid());
+        let export = NfsExport::new(view).with_sync_writes(config.sync_writes);
         let mut listener =
-            NFSTcpListener::bind_with_generation(&config.listen, NfsExport::new(view), generation)
-                .await?;
+            NFSTcpListener::bind_with_generation(&config.listen, export, generation).await?;
         listener.with_export_name(&name);
+        tracing::info!(
+            write_verifier = format_args!("{:016x}", u64::from_le_bytes(listener.write_verifier())),
+            sync_writes = config.sync_writes,
+            "NFS server bound"
+        );
         Ok(Server {
             listener,
             allow: Arc::new(config.allow.clone()),
         })
+    }
+
+    /// The WRITE/COMMIT verifier of this server start (new on every bind; handles, by
+    /// contrast, stay valid across restarts).
+    pub fn write_verifier(&self) -> [u8; 8] {
+        self.listener.write_verifier()
     }
 
     /// The address it listens on.

@@ -656,23 +656,45 @@ impl FileView {
     /// Reads up to `len` bytes at `offset`; returns the bytes and whether they reach the end.
     /// Holes are not read from the device.
     pub fn read(&self, id: u64, offset: u64, len: u32) -> Result<(Vec<u8>, bool)> {
+        self.read_into(id, offset, len, Vec::new())
+    }
+
+    /// [`FileView::read`] into `buf`'s allocation. Whatever `buf` held (another file's bytes,
+    /// say) is overwritten: data ranges are read, holes zeroed, the length set.
+    pub fn read_into(
+        &self,
+        id: u64,
+        offset: u64,
+        len: u32,
+        mut buf: Vec<u8>,
+    ) -> Result<(Vec<u8>, bool)> {
         let (h, _) = self.file_handle(id)?;
         let size = h.size();
         if offset >= size {
-            return Ok((Vec::new(), true));
+            buf.clear();
+            return Ok((buf, true));
         }
         let n = u64::from(len).min(size - offset);
-        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
+        let n_usize = usize::try_from(n).unwrap_or(usize::MAX);
+        // Only bytes beyond the old length are zero-filled here; the rest are overwritten below.
+        buf.truncate(n_usize);
+        buf.resize(n_usize, 0);
+        let mut filled = 0usize;
         for (start, rlen) in h.data_ranges(offset, n)? {
             let at = usize::try_from(start - offset).unwrap_or(usize::MAX);
             let l = usize::try_from(rlen).unwrap_or(usize::MAX);
+            if at > filled {
+                buf[filled..at].fill(0);
+            }
             h.read_at(start, &mut buf[at..at + l])?;
+            filled = filled.max(at + l);
         }
+        buf[filled..].fill(0);
         Ok((buf, offset + n >= size))
     }
 
-    /// Writes `data` at `offset`, growing the volume if the write ends past it. The data is
-    /// durable after the next [`FileView::sync`] (the growth already is).
+    /// Writes `data` at `offset`, growing the volume if the write ends past it. The data, and
+    /// the growth, are durable after the next [`FileView::sync`] (or the pool's own commit).
     pub fn write(&self, id: u64, offset: u64, data: &[u8]) -> Result<Attr> {
         let (h, snap) = self.file_handle(id)?;
         self.check_writable(&h.name())?;

@@ -31,6 +31,7 @@ fn start(pool: Arc<Pool>, port: u16) -> Running {
             &ServeConfig {
                 listen: format!("127.0.0.1:{port}"),
                 allow: Vec::new(),
+                sync_writes: false,
             },
         ))
         .unwrap();

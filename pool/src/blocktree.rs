@@ -145,10 +145,15 @@ impl BlockTree {
         for (k, level) in self.levels.iter().enumerate().skip(1) {
             level.iter().for_each(|p| free(*p, k as u8));
         }
-        *self = Self::empty(nblocks);
-        self.levels[0] = data;
-        let l1 = self.levels[1].len();
-        self.dirty[1].extend(0..l1);
+        // Fresh upper levels around the old data level (not `empty`, which would also build
+        // a level 0 of holes only to drop it: a file growing by one WRITE at a time paid for
+        // its whole size on every WRITE).
+        let s = shape(nblocks);
+        self.levels = std::iter::once(data)
+            .chain(s[1..].iter().map(|&n| vec![BlockPtr::HOLE; n]))
+            .collect();
+        self.dirty = vec![BTreeSet::new(); s.len()];
+        self.dirty[1].extend(0..s[1]);
     }
 
     /// Every non-hole pointer, data and indirect, with its level (0 = data).

@@ -152,7 +152,21 @@ impl Device for FileDevice {
                 }
             }
         }
-        pwritev_all(&self.file, bufs, offset)
+        pwritev_all(&self.file, bufs, offset)?;
+        // Start writing the fresh blocks back now, without waiting: the commit's sync then
+        // finds little left to flush, and holds the commit lock (which writers that grow a
+        // volume wait for) that much shorter. Only a hint; durability is still the sync's.
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if let (Ok(off), Ok(n)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) {
+            // SAFETY: sync_file_range(2) on our own open descriptor; it touches no memory.
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -28,6 +28,7 @@ pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
     let config = ::nfs::ServeConfig {
         listen: a.listen.clone(),
         allow: a.allow.clone(),
+        sync_writes: a.sync,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

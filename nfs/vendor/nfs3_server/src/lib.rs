@@ -1,6 +1,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc = include_str!("../README.md")]
 
+pub mod buffers;
 mod context;
 mod mount_handlers;
 pub(crate) mod nfs_ext;

@@ -44,14 +44,14 @@ where
         NFSPROC3_NULL => handle(context, message, nfsproc3_null).await,
         NFSPROC3_GETATTR => handle(context, message, nfsproc3_getattr).await,
         NFSPROC3_LOOKUP => handle(context, message, nfsproc3_lookup).await,
-        NFSPROC3_READ => handle(context, message, nfsproc3_read).await,
+        NFSPROC3_READ => handle_read(context, message).await,
         NFSPROC3_FSINFO => handle(context, message, nfsproc3_fsinfo).await,
         NFSPROC3_ACCESS => handle(context, message, nfsproc3_access).await,
         NFSPROC3_PATHCONF => handle(context, message, nfsproc3_pathconf).await,
         NFSPROC3_FSSTAT => handle(context, message, nfsproc3_fsstat).await,
         NFSPROC3_READDIR => handle(context, message, nfsproc3_readdir).await,
         NFSPROC3_READDIRPLUS => handle(context, message, nfsproc3_readdirplus).await,
-        NFSPROC3_WRITE => handle(context, message, nfsproc3_write).await,
+        NFSPROC3_WRITE => handle_write(context, message).await,
         NFSPROC3_CREATE => handle(context, message, nfsproc3_create).await,
         NFSPROC3_SETATTR => handle(context, message, nfsproc3_setattr).await,
         NFSPROC3_REMOVE | NFSPROC3_RMDIR => handle(context, message, nfsproc3_remove).await,
@@ -137,36 +137,126 @@ where
     }
 }
 
+/// READ, with the data sent from the file system's buffer rather than copied into the
+/// packed reply (tarn patch).
+async fn handle_read<T>(
+    context: RPCContext<T>,
+    mut message: IncomingRpcMessage,
+) -> anyhow::Result<HandleResult>
+where
+    T: NfsFileSystem,
+{
+    let mut cursor = message.take_data();
+    let args = match READ3args::unpack(&mut cursor) {
+        Ok((args, _)) if cursor.position() == cursor.get_ref().len() as u64 => args,
+        Ok(_) | Err(_) => {
+            error!("Failed to unpack READ3args");
+            return message.into_error_reply(accept_stat_data::GARBAGE_ARGS);
+        }
+    };
+    let xid = message.xid();
+    let (result, payload) = nfsproc3_read(context, xid, args).await;
+    match (message.into_success_reply(&result)?, payload) {
+        (HandleResult::Reply(reply), Some(data)) => {
+            Ok(HandleResult::Reply(reply.with_opaque_payload(data)?))
+        }
+        (reply, _) => Ok(reply),
+    }
+}
+
+/// The reply, its data left empty, and the data to send after it.
 async fn nfsproc3_read<T>(
     context: RPCContext<T>,
     xid: u32,
     read3args: READ3args,
-) -> READ3res<'static>
+) -> (READ3res<'static>, Option<Vec<u8>>)
 where
     T: NfsFileSystem,
 {
     let handle = read3args.file;
-    let id = fh_to_id!(context, &handle);
-    let file_attributes = nfs_option_from_result(context.vfs.getattr(&id).await);
-    match context
+    let id = match context.file_handle_converter.fh_from_nfs(&handle) {
+        Ok(id) => id,
+        Err(stat) => {
+            warn!("cannot resolve fh: {stat}");
+            return (Nfs3Result::Err((stat, Default::default())), None);
+        }
+    };
+    let (attr, read) = context
         .vfs
-        .read(&id, read3args.offset, read3args.count)
-        .await
-    {
+        .read_with_attr(&id, read3args.offset, read3args.count)
+        .await;
+    let file_attributes = nfs_option_from_result(attr);
+    match read {
         Ok((bytes, eof)) => {
             debug!(" {xid} --> read {} bytes, eof: {eof}", bytes.len());
-            READ3res::Ok(READ3resok {
-                file_attributes,
-                count: u32::try_from(bytes.len()).expect("buffer is too big"),
-                eof,
-                data: Opaque::owned(bytes),
-            })
+            let Ok(count) = u32::try_from(bytes.len()) else {
+                error!("read error {xid} --> buffer is too big");
+                return (
+                    READ3res::Err((nfsstat3::NFS3ERR_IO, READ3resfail { file_attributes })),
+                    None,
+                );
+            };
+            (
+                READ3res::Ok(READ3resok {
+                    file_attributes,
+                    count,
+                    eof,
+                    data: Opaque::borrowed(&[]),
+                }),
+                Some(bytes),
+            )
         }
         Err(stat) => {
             error!("read error {} --> {stat}", xid);
-            READ3res::Err((stat, READ3resfail { file_attributes }))
+            (
+                READ3res::Err((stat, READ3resfail { file_attributes })),
+                None,
+            )
         }
     }
+}
+
+/// WRITE, its data borrowed from the received record rather than copied out of it (tarn
+/// patch).
+async fn handle_write<T>(
+    context: RPCContext<T>,
+    mut message: IncomingRpcMessage,
+) -> anyhow::Result<HandleResult>
+where
+    T: NfsFileSystem,
+{
+    let cursor = message.take_data();
+    let start = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    let record = cursor.into_inner();
+    let Some(args) = record.get(start..).and_then(unpack_write3args) else {
+        error!("Failed to unpack WRITE3args");
+        return message.into_error_reply(accept_stat_data::GARBAGE_ARGS);
+    };
+    let result = nfsproc3_write(context, message.xid(), args).await;
+    message.into_success_reply(&result)
+}
+
+/// `WRITE3args` whose data borrows from `buf`, which must hold exactly the arguments.
+fn unpack_write3args(buf: &[u8]) -> Option<WRITE3args<'_>> {
+    let mut cur = std::io::Cursor::new(buf);
+    let (file, _) = nfs_fh3::unpack(&mut cur).ok()?;
+    let (offset, _) = u64::unpack(&mut cur).ok()?;
+    let (count, _) = u32::unpack(&mut cur).ok()?;
+    let (stable, _) = stable_how::unpack(&mut cur).ok()?;
+    let (len, _) = u32::unpack(&mut cur).ok()?;
+    let at = usize::try_from(cur.position()).ok()?;
+    let len = usize::try_from(len).ok()?;
+    let end = at.checked_add(len)?;
+    if end.checked_add((4 - len % 4) % 4)? != buf.len() {
+        return None;
+    }
+    Some(WRITE3args {
+        file,
+        offset,
+        count,
+        stable,
+        data: Opaque::borrowed(&buf[at..end]),
+    })
 }
 
 async fn nfsproc3_fsinfo<T>(context: RPCContext<T>, xid: u32, args: FSINFO3args) -> FSINFO3res
@@ -550,15 +640,19 @@ where
     }
 
     let id = fh_to_id!(context, &write3args.file);
-    let before = get_wcc_attr(&context, &id)
-        .await
-        .map_or(pre_op_attr::None, pre_op_attr::Some);
-
-    match context
+    let (before, written) = context
         .vfs
-        .write(&id, write3args.offset, &write3args.data, write3args.stable)
-        .await
-    {
+        .write_with_wcc(&id, write3args.offset, &write3args.data, write3args.stable)
+        .await;
+    let before = before.map_or(pre_op_attr::None, |v| {
+        pre_op_attr::Some(wcc_attr {
+            size: v.size,
+            mtime: v.mtime,
+            ctime: v.ctime,
+        })
+    });
+
+    match written {
         Ok((fattr, committed)) => {
             debug!("write success {xid} --> {fattr:?}, committed: {committed}");
             WRITE3res::Ok(WRITE3resok {

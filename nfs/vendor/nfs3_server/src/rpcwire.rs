@@ -8,13 +8,12 @@ use nfs3_types::rpc::{
 };
 use nfs3_types::xdr_codec::{Pack, Unpack};
 use nfs3_types::{nfs3 as nfs, portmap};
-use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{error, info, trace, warn};
 
 use crate::context::RPCContext;
 use crate::transaction_tracker::{self, TransactionError, TransactionLock};
-use crate::units::KIBIBYTE;
 use crate::vfs::NfsFileSystem;
 use crate::{mount_handlers, nfs_handlers, portmap_handlers};
 
@@ -140,57 +139,79 @@ fn lock_transaction(
     }
 }
 
+/// Writes a reply as one record in one fragment: header, packed bytes, payload and its XDR
+/// padding go out together (tarn patch: one vectored write, where upstream wrote the 4-byte
+/// header on its own, a packet by itself under `TCP_NODELAY`).
 #[allow(clippy::cast_possible_truncation)]
 pub async fn write_fragment<IO: tokio::io::AsyncWrite + Unpin>(
     socket: &mut IO,
     buf: CompleteRpcMessage,
 ) -> Result<(), anyhow::Error> {
-    // TODO: split into many fragments
-    let buf = buf.into_inner();
-    assert!(buf.len() < (1 << 31));
-    let fragment_header = fragment_header::new(buf.len() as u32, true);
-    let header_buf = fragment_header.into_xdr_buf();
-    socket.write_all(&header_buf).await?;
-    trace!("Writing fragment length: {}", buf.len());
-    socket.write_all(&buf).await?;
+    let (head, payload) = buf.into_parts();
+    let pad = (4 - payload.len() % 4) % 4;
+    let len = head.len() + payload.len() + pad;
+    if len >= 1 << 31 {
+        anyhow::bail!("reply of {len} bytes is too long for one fragment");
+    }
+    let header_buf = fragment_header::new(len as u32, true).into_xdr_buf();
+    trace!("Writing fragment length: {len}");
+    let zeroes = [0u8; 4];
+    let parts: [&[u8]; 4] = [&header_buf, &head, &payload, &zeroes[..pad]];
+    let (mut part, mut at) = (0, 0);
+    while part < parts.len() {
+        let mut slices = [std::io::IoSlice::new(&[]); 4];
+        let mut n = 0;
+        for (i, p) in parts[part..].iter().enumerate() {
+            slices[i] = std::io::IoSlice::new(if i == 0 { &p[at..] } else { p });
+            n += 1;
+        }
+        let mut written = socket.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        while part < parts.len() && written >= parts[part].len() - at {
+            written -= parts[part].len() - at;
+            part += 1;
+            at = 0;
+        }
+        at += written;
+    }
+    crate::buffers::give(payload);
     Ok(())
 }
 
 pub type SocketMessageType = Result<CompleteRpcMessage, anyhow::Error>;
 
-/// The Socket Message Handler reads from a `TcpStream` and spawns off
-/// subtasks to handle each message. replies are queued into the
-/// `reply_send_channel`.
+/// The Socket Message Handler reads records from the socket (its read half: tarn patch, where
+/// upstream copied every byte through an in-memory pipe first) and spawns off subtasks to
+/// handle each message. replies are queued into the `reply_send_channel`.
 #[derive(Debug)]
-pub struct SocketMessageHandler<T: NfsFileSystem + 'static> {
+pub struct SocketMessageHandler<T: NfsFileSystem + 'static, R> {
     cur_fragment: PackedRpcMessage,
-    socket_receive_channel: DuplexStream,
+    socket_receive_channel: R,
     reply_send_channel: mpsc::UnboundedSender<SocketMessageType>,
     context: RPCContext<T>,
 }
 
-impl<T> SocketMessageHandler<T>
+impl<T, R> SocketMessageHandler<T, R>
 where
     T: NfsFileSystem + 'static,
+    R: tokio::io::AsyncRead + Unpin,
 {
-    /// Creates a new `SocketMessageHandler` with the receiver for queued message replies
+    /// Creates a new `SocketMessageHandler` reading from `input`, with the receiver for queued
+    /// message replies
     pub fn new(
         context: RPCContext<T>,
-    ) -> (
-        Self,
-        DuplexStream,
-        mpsc::UnboundedReceiver<SocketMessageType>,
-    ) {
-        let (socksend, sockrecv) = tokio::io::duplex(256 * KIBIBYTE as usize);
+        input: R,
+    ) -> (Self, mpsc::UnboundedReceiver<SocketMessageType>) {
         let (msgsend, msgrecv) = mpsc::unbounded_channel();
         (
             Self {
                 cur_fragment: PackedRpcMessage::new(),
-                socket_receive_channel: sockrecv,
+                socket_receive_channel: input,
                 reply_send_channel: msgsend,
                 context,
             },
-            socksend,
             msgrecv,
         )
     }

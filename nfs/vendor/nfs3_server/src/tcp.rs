@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info};
@@ -12,7 +12,6 @@ use tracing::{debug, error, info};
 use crate::context::RPCContext;
 use crate::rpcwire::{SocketMessageHandler, write_fragment};
 use crate::transaction_tracker::{Cleaner, TransactionTracker};
-use crate::units::KIBIBYTE;
 use crate::vfs::adapters::ReadOnlyAdapter;
 use crate::vfs::{NfsFileSystem, NfsReadFileSystem};
 
@@ -45,17 +44,19 @@ pub fn generate_host_ip(hostnum: u16) -> String {
 
 /// processes an established socket
 pub(crate) async fn process_socket<IO, T>(
-    mut socket: IO,
+    socket: IO,
     context: RPCContext<T>,
 ) -> Result<(), anyhow::Error>
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: NfsFileSystem + 'static,
 {
-    let (mut message_handler, mut socksend, mut msgrecvchan) =
-        SocketMessageHandler::new(context.clone());
-
-    tokio::spawn(async move {
+    // tarn patch: records are read straight from the socket's read half by their own task,
+    // and replies written to the write half here, so a long reply never holds up reading
+    // (upstream did both in one select loop, through an in-memory pipe).
+    let (read_half, mut write_half) = tokio::io::split(socket);
+    let (mut message_handler, mut msgrecvchan) = SocketMessageHandler::new(context, read_half);
+    let reader = tokio::spawn(async move {
         loop {
             if let Err(e) = message_handler.read().await {
                 debug!("Message loop broken due to {e}");
@@ -63,40 +64,29 @@ where
             }
         }
     });
-    let mut buf = vec![0u8; 128 * KIBIBYTE as usize].into_boxed_slice();
+    // Stop reading when replies can no longer be written, however this returns.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _reader = AbortOnDrop(reader);
     loop {
-        tokio::select! {
-            result = socket.read(&mut buf) => {
-                match result {
-                    Ok(0) => {
-                        return Ok(());
-                    }
-                    Ok(n) => {
-                        let _ = socksend.write_all(&buf[..n]).await;
-                    }
-                    Err(ref e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        debug!("Message handling closed : {e}");
-                        return Err(e.into());
-                    }
-                }
-            },
-            reply = msgrecvchan.recv() => {
-                match reply {
-                    Some(Err(e)) => {
-                        debug!("Message handling closed : {e}");
-                        return Err(e);
-                    }
-                    Some(Ok(msg)) => {
-                        if let Err(e) = write_fragment(&mut socket, msg).await {
-                            error!("Write error {e}");
-                        }
-                    }
-                    None => {
-                        return Err(anyhow::anyhow!("Unexpected socket context termination"));
-                    }
+        match msgrecvchan.recv().await {
+            Some(Err(e)) => {
+                debug!("Message handling closed : {e}");
+                return Err(e);
+            }
+            Some(Ok(msg)) => {
+                if let Err(e) = write_fragment(&mut write_half, msg).await {
+                    error!("Write error {e}");
+                    return Err(e);
                 }
             }
+            // The reader stopped (end of stream or a bad record) and every request it
+            // started has been answered.
+            None => return Ok(()),
         }
     }
 }
@@ -138,6 +128,13 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
     /// of [`NfsFileSystem`].
     pub async fn bind(ipstr: &str, fs: T) -> io::Result<Self> {
         Self::bind_inner(ipstr, fs, None).await
+    }
+
+    /// The write verifier this listener answers WRITE and COMMIT with: new for every bind
+    /// (TARN-PATCH.md, item 4), so a client learns that a restart may have lost its
+    /// unstable writes.
+    pub const fn write_verifier(&self) -> [u8; 8] {
+        self.file_handle_converter.verf().0
     }
 
     /// Create a new `NFSTcpListener` with a specific generation number.

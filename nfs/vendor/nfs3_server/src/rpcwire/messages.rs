@@ -24,7 +24,7 @@ impl PackedRpcMessage {
                 let eof = incomplete.recv(input).await?;
                 if eof {
                     let data = std::mem::take(incomplete);
-                    *self = Self::Complete(CompleteRpcMessage(data.0));
+                    *self = Self::Complete(CompleteRpcMessage(data.0, Vec::new()));
                 }
                 Ok(eof)
             }
@@ -55,19 +55,42 @@ impl IncompleteRpcMessage {
                 prev_length + fragment_length
             );
         }
-        self.0.resize(prev_length + fragment_length, 0);
-        input.read_exact(&mut self.0[prev_length..]).await?;
+        // tarn patch: read straight into the spare capacity (no zero-fill of up to 1 MiB).
+        let end = prev_length + fragment_length;
+        self.0.reserve_exact(fragment_length);
+        while self.0.len() < end {
+            let want = (end - self.0.len()) as u64;
+            if (&mut *input).take(want).read_buf(&mut self.0).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
 
         Ok(header.eof())
     }
 }
 
+/// A whole record. A reply may carry a payload (READ data) after its packed bytes, sent
+/// from its own buffer with the XDR padding it needs (tarn patch: no copy into the record).
 #[derive(Debug)]
-pub struct CompleteRpcMessage(Vec<u8>);
+pub struct CompleteRpcMessage(Vec<u8>, Vec<u8>);
 
 impl CompleteRpcMessage {
-    pub fn into_inner(self) -> Vec<u8> {
-        self.0
+    /// The packed bytes and the payload that follows them.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
+        (self.0, self.1)
+    }
+
+    /// A reply whose last packed item is an opaque of length 0 standing for `payload`: the
+    /// length is patched in, and the payload (then its padding) is sent after the bytes.
+    pub fn with_opaque_payload(mut self, payload: Vec<u8>) -> anyhow::Result<Self> {
+        let len = u32::try_from(payload.len())?;
+        let n = self.0.len();
+        if n < 4 || self.0[n - 4..] != [0; 4] || !self.1.is_empty() {
+            bail!("internal: a reply without an empty opaque at its end");
+        }
+        self.0[n - 4..].copy_from_slice(&len.to_be_bytes());
+        self.1 = payload;
+        Ok(self)
     }
 }
 
@@ -187,5 +210,5 @@ where
     let mut cursor = Cursor::new(Vec::with_capacity(size));
     rpc.pack(&mut cursor)?;
     message.pack(&mut cursor)?;
-    Ok(CompleteRpcMessage(cursor.into_inner()))
+    Ok(CompleteRpcMessage(cursor.into_inner(), Vec::new()))
 }

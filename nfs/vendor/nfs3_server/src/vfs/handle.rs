@@ -98,6 +98,22 @@ impl PartialEq<u64> for FileHandleU64 {
 pub struct FileHandleConverter {
     generation_number: u64,
     generation_number_le: [u8; 8],
+    /// The WRITE/COMMIT verifier: new for every converter (every server start), unlike the
+    /// generation number, which a caller may keep across restarts (TARN-PATCH.md, item 4).
+    write_verf: [u8; 8],
+}
+
+/// A write verifier for one server start: the clock in nanoseconds, the process ID and a
+/// per-process counter, so two starts (even two listeners in one process) never share one.
+fn boot_verifier() -> [u8; 8] {
+    static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    #[allow(clippy::cast_possible_truncation)] // the low 64 bits of the clock are plenty
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let starts = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let v = nanos ^ (u64::from(std::process::id()) << 40) ^ starts.rotate_right(8);
+    v.max(1).to_le_bytes()
 }
 
 impl FileHandleConverter {
@@ -116,11 +132,14 @@ impl FileHandleConverter {
     /// Use this when multiple NFS server instances need to share the same
     /// generation number so that file handles remain valid across all
     /// instances (e.g. behind a load balancer).
+    ///
+    /// The write verifier is still new for each converter (see [`Self::verf`]).
     #[must_use]
-    pub const fn with_generation_number(generation_number: u64) -> Self {
+    pub fn with_generation_number(generation_number: u64) -> Self {
         Self {
             generation_number,
             generation_number_le: generation_number.to_le_bytes(),
+            write_verf: boot_verifier(),
         }
     }
 
@@ -168,8 +187,12 @@ impl FileHandleConverter {
     /// consistent during a single boot session and must be
     /// unique between instances of the NFS version 3 protocol
     /// server where uncommitted data may be lost.
+    ///
+    /// TARN-PATCH: a per-start value, no longer the generation number (which
+    /// `with_generation_number` lets callers keep across restarts, so that it could not
+    /// change when a restart loses unstable writes).
     pub const fn verf(&self) -> writeverf3 {
-        writeverf3(self.generation_number_le)
+        writeverf3(self.write_verf)
     }
 }
 
@@ -233,6 +256,15 @@ mod tests {
     }
 
     #[test]
+    fn test_write_verifier_is_per_start_not_the_generation() {
+        let a = FileHandleConverter::with_generation_number(42);
+        let b = FileHandleConverter::with_generation_number(42);
+        assert_ne!(a.verf(), b.verf());
+        assert_ne!(a.verf().0, 42u64.to_le_bytes());
+        assert_eq!(a.verf(), a.verf());
+    }
+
+    #[test]
     fn test_with_generation_number_shared_across_instances() {
         // Two converters with the same generation (simulating cluster nodes)
         // must accept each other's handles.
@@ -269,8 +301,9 @@ mod tests {
 
     #[test]
     fn test_with_generation_number_verf() {
+        // TARN-PATCH: the verifier is no longer the generation (it must change on restart).
         let converter = FileHandleConverter::with_generation_number(12345);
-        assert_eq!(converter.verf().0, 12345u64.to_le_bytes());
+        assert_ne!(converter.verf().0, 12345u64.to_le_bytes());
     }
 
     #[test]

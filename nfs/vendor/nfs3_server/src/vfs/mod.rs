@@ -111,6 +111,26 @@ pub trait NfsReadFileSystem: Send + Sync {
         count: u32,
     ) -> impl Future<Output = Result<(Vec<u8>, bool), nfsstat3>> + Send;
 
+    /// READ's two calls in one (tarn patch): the file's attributes (for the reply) and
+    /// [`Self::read`], so a file system can fetch both at once, or ahead of time. The
+    /// default calls `getattr`, then `read`.
+    fn read_with_attr(
+        &self,
+        id: &Self::Handle,
+        offset: u64,
+        count: u32,
+    ) -> impl Future<
+        Output = (
+            Result<fattr3, nfsstat3>,
+            Result<(Vec<u8>, bool), nfsstat3>,
+        ),
+    > + Send {
+        async move {
+            let attr = self.getattr(id).await;
+            (attr, self.read(id, offset, count).await)
+        }
+    }
+
     /// Simple version of readdir. Only need to return filename and id
     ///
     /// By default it uses `readdirplus` method to create an iterator
@@ -268,6 +288,27 @@ pub trait NfsFileSystem: NfsReadFileSystem {
         data: &[u8],
         stable: stable_how,
     ) -> impl Future<Output = Result<(fattr3, stable_how), nfsstat3>> + Send;
+
+    /// WRITE's two calls in one (tarn patch): the attributes before the write (for the
+    /// reply's weak cache consistency data) and [`Self::write`], so a file system can do
+    /// both in one trip to a blocking thread. The default calls `getattr`, then `write`.
+    fn write_with_wcc(
+        &self,
+        id: &Self::Handle,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> impl Future<
+        Output = (
+            Result<fattr3, nfsstat3>,
+            Result<(fattr3, stable_how), nfsstat3>,
+        ),
+    > + Send {
+        async move {
+            let before = self.getattr(id).await;
+            (before, self.write(id, offset, data, stable).await)
+        }
+    }
 
     /// Creates a file with the following attributes.
     /// If not supported due to readonly file system
