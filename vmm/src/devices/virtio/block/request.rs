@@ -192,26 +192,33 @@ impl<'m> Lookup<'m> {
     }
 
     /// The `len` bytes at `addr`, which must lie inside one region.
+    #[inline]
     fn slice(&mut self, addr: GuestAddress, len: u32) -> Result<VolatileSlice<'m>> {
-        let hit = self
-            .last
-            .and_then(|r| r.to_region_addr(addr).map(|off| (r, off)));
-        let found = hit.or_else(|| {
-            let r = self.mem.find_region(addr)?;
-            self.last = Some(r);
-            r.to_region_addr(addr).map(|off| (r, off))
-        });
-        let res = match found {
-            Some((r, off)) => r.get_slice(off, len as usize).map_err(|e| e.to_string()),
-            None => Err("no such address".to_string()),
-        };
-        res.map_err(|e| {
-            Error::BadRequest(format!(
-                "descriptor {:#x}+{len:#x} is not in guest memory: {e}",
-                addr.0
-            ))
-        })
+        match self.find(addr, len) {
+            Some(vs) => Ok(vs),
+            None => Err(not_in_memory(addr, len)),
+        }
     }
+
+    #[inline]
+    fn find(&mut self, addr: GuestAddress, len: u32) -> Option<VolatileSlice<'m>> {
+        if let Some(r) = self.last {
+            if let Some(off) = r.to_region_addr(addr) {
+                return r.get_slice(off, len as usize).ok();
+            }
+        }
+        let r = self.mem.find_region(addr)?;
+        self.last = Some(r);
+        r.get_slice(r.to_region_addr(addr)?, len as usize).ok()
+    }
+}
+
+#[cold]
+fn not_in_memory(addr: GuestAddress, len: u32) -> Error {
+    Error::BadRequest(format!(
+        "descriptor {:#x}+{len:#x} is not inside one guest memory region",
+        addr.0
+    ))
 }
 
 /// Checks that `len` bytes at `addr` lie inside one region of `mem`.
