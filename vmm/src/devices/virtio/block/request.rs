@@ -181,18 +181,19 @@ pub struct ParseError {
 /// Guest memory lookups that remember the last region found: the buffers of a request (and
 /// of the next one) usually lie in one region, so most lookups skip the region search and
 /// cost a range check. Every lookup still checks that the whole range lies inside a region.
-struct Lookup<'m> {
+pub(crate) struct Lookup<'m> {
     mem: &'m GuestMemoryMmap,
     last: Option<&'m GuestRegionMmap>,
 }
 
 impl<'m> Lookup<'m> {
-    fn new(mem: &'m GuestMemoryMmap) -> Self {
+    /// Lookups in `mem`.
+    pub(crate) fn new(mem: &'m GuestMemoryMmap) -> Self {
         Lookup { mem, last: None }
     }
 
     /// The `len` bytes at `addr`, which must lie inside one region.
-    #[inline]
+    #[inline(always)]
     fn slice(&mut self, addr: GuestAddress, len: u32) -> Result<VolatileSlice<'m>> {
         match self.find(addr, len) {
             Some(vs) => Ok(vs),
@@ -200,7 +201,7 @@ impl<'m> Lookup<'m> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&mut self, addr: GuestAddress, len: u32) -> Option<VolatileSlice<'m>> {
         if let Some(r) = self.last {
             if let Some(off) = r.to_region_addr(addr) {
@@ -236,9 +237,16 @@ pub fn parse(
     mem: &GuestMemoryMmap,
     descs: impl IntoIterator<Item = Descriptor>,
 ) -> Result<Request, ParseError> {
+    parse_in(&mut Lookup::new(mem), descs)
+}
+
+/// [`parse`] with the caller's lookups.
+fn parse_in(
+    look: &mut Lookup<'_>,
+    descs: impl IntoIterator<Item = Descriptor>,
+) -> Result<Request, ParseError> {
     // On the stack for ordinary chains; the iterator bounds the length for the others.
     let descs: SmallVec<[Descriptor; INLINE_DESCRIPTORS]> = descs.into_iter().collect();
-    let look = &mut Lookup::new(mem);
     let fail = |error, status| Err(ParseError { error, status });
 
     // The status byte first, so that later errors can be reported.
@@ -380,7 +388,12 @@ impl Request {
     /// Runs the request on `disk`, writes the status byte and returns the completion.
     /// Never fails: errors become a status for the guest (and a debug trace for us).
     pub fn execute(&self, mem: &GuestMemoryMmap, disk: &Disk, neg: Negotiated) -> Completion {
-        let (status, written) = match self.run(mem, disk, neg) {
+        self.execute_in(&mut Lookup::new(mem), disk, neg)
+    }
+
+    /// [`Request::execute`] with the caller's lookups.
+    fn execute_in(&self, look: &mut Lookup<'_>, disk: &Disk, neg: Negotiated) -> Completion {
+        let (status, written) = match self.run(look, disk, neg) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
                 tracing::debug!("virtio-blk {:?} at sector {}: {e}", self.kind, self.sector);
@@ -389,7 +402,7 @@ impl Request {
         };
         // The status address was validated at parse time; a failure here means the memory
         // map changed under us, and there is nobody left to tell.
-        match Lookup::new(mem).slice(self.status, 1) {
+        match look.slice(self.status, 1) {
             Ok(vs) => match vs.get_ref::<u8>(0) {
                 Ok(r) => r.store(status),
                 Err(e) => tracing::warn!("virtio-blk: writing the status byte: {e}"),
@@ -403,11 +416,12 @@ impl Request {
     }
 
     /// Does the work; returns the bytes written into guest buffers.
-    fn run(&self, mem: &GuestMemoryMmap, disk: &Disk, neg: Negotiated) -> Result<u32> {
+    fn run(&self, look: &mut Lookup<'_>, disk: &Disk, neg: Negotiated) -> Result<u32> {
+        let mem = look.mem;
         match self.kind {
             RequestType::In => {
                 let offset = self.check_rw(disk)?;
-                let mut bufs = guest_slices_mut(mem, &self.data)?;
+                let mut bufs = guest_slices_mut(look, &self.data)?;
                 disk.backend.read_vectored(offset, &mut bufs)?;
                 // The chain's total length is bounded by 2^32 (virtio-queue enforces it).
                 Ok(u32::try_from(self.data_len).unwrap_or(u32::MAX))
@@ -417,7 +431,7 @@ impl Request {
                     return Err(Error::BadRequest("write to a read-only disk".into()));
                 }
                 let offset = self.check_rw(disk)?;
-                let bufs = guest_slices(mem, &self.data)?;
+                let bufs = guest_slices(look, &self.data)?;
                 disk.backend.write_vectored(offset, &bufs)?;
                 Ok(0)
             }
@@ -541,9 +555,19 @@ pub fn process(
     disk: &Disk,
     neg: Negotiated,
 ) -> u32 {
-    match parse(mem, descs) {
-        Ok(req) => req.execute(mem, disk, neg).used_len,
-        Err(e) => fail_parse(mem, e),
+    process_in(&mut Lookup::new(mem), descs, disk, neg)
+}
+
+/// [`process`] with the caller's lookups (kept over a batch of requests).
+pub(crate) fn process_in(
+    look: &mut Lookup<'_>,
+    descs: impl IntoIterator<Item = Descriptor>,
+    disk: &Disk,
+    neg: Negotiated,
+) -> u32 {
+    match parse_in(look, descs) {
+        Ok(req) => req.execute_in(look, disk, neg).used_len,
+        Err(e) => fail_parse(look.mem, e),
     }
 }
 
@@ -562,16 +586,16 @@ pub fn fail_parse(mem: &GuestMemoryMmap, e: ParseError) -> u32 {
 /// Host views of guest buffers, for vectored reads into them (no allocation for up to
 /// [`INLINE_SEGMENTS`] buffers).
 fn guest_slices_mut<'m>(
-    mem: &'m GuestMemoryMmap,
+    look: &mut Lookup<'m>,
     segs: &[Segment],
 ) -> Result<SmallVec<[IoSliceMut<'m>; INLINE_SEGMENTS]>> {
     let mut out = SmallVec::with_capacity(segs.len());
-    let mut look = Lookup::new(mem);
     for s in segs {
         let vs = look.slice(s.addr, s.len)?;
         let ptr = vs.ptr_guard_mut().as_ptr();
-        // SAFETY: `get_slice` checked that `s.len` bytes at `ptr` lie inside one mapped guest
-        // memory region, which stays mapped while `mem` (borrowed for 'm) lives. The guest may
+        // SAFETY: `Lookup::slice` (the region's `get_slice`) checked that `s.len` bytes at
+        // `ptr` lie inside one mapped guest memory region, which stays mapped while the guest
+        // memory the lookups borrow for 'm lives. The guest may
         // touch these bytes concurrently, as with any DMA; they are plain bytes, never
         // references the VMM relies on, so the worst outcome is garbage data for the guest.
         out.push(IoSliceMut::new(unsafe {
@@ -584,11 +608,10 @@ fn guest_slices_mut<'m>(
 /// Host views of guest buffers, for vectored writes from them (no allocation for up to
 /// [`INLINE_SEGMENTS`] buffers).
 fn guest_slices<'m>(
-    mem: &'m GuestMemoryMmap,
+    look: &mut Lookup<'m>,
     segs: &[Segment],
 ) -> Result<SmallVec<[IoSlice<'m>; INLINE_SEGMENTS]>> {
     let mut out = SmallVec::with_capacity(segs.len());
-    let mut look = Lookup::new(mem);
     for s in segs {
         let vs = look.slice(s.addr, s.len)?;
         let ptr = vs.ptr_guard().as_ptr();

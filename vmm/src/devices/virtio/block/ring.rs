@@ -218,8 +218,10 @@ impl<'m> Rings<'m> {
     ) -> Pass {
         let old_used = q.next_used();
         let mut used = old_used;
+        // One region cache for the whole batch: the buffers usually share a region.
+        let mut look = request::Lookup::new(mem);
         let popped = self.pop_each(q, |head, chain| {
-            let len = request::process(mem, chain, disk, neg);
+            let len = request::process_in(&mut look, chain, disk, neg);
             // A head past the table (a chain that could not be parsed) has no used element
             // (`virtio_queue` refuses it too).
             if head < self.size && self.put_used(used, head, len).is_some() {
