@@ -6,7 +6,8 @@
 //! and then polls the available ring for a short while ([`BlockOptions::poll_us`]) before it
 //! re-enables notifications and sleeps, so that a driver that comes back quickly costs no
 //! kick and no thread wake-up. With no workers, requests run on the queue thread as they are
-//! popped: no channel, no lock, no allocation per request.
+//! popped: no channel, no lock, no allocation per request. The rings are read and written
+//! through [`ring::Rings`] (host views looked up once per pass) where their layout allows it.
 
 use super::request::{
     self, Disk, Negotiated, ParseError, Request, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGS, SECTOR_SIZE,
