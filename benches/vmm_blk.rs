@@ -9,7 +9,8 @@
 //!   drivers' guest buffers (page-aligned; heap buffers are not, which used to make `direct`
 //!   up to 2x slower at 1 MiB);
 //! - `inline`: chains popped from the queue, parsed, executed and put on the used ring on the
-//!   caller's thread (`request::process`): the request handling alone;
+//!   caller's thread (`ring::serve_inline`, the pass the queue thread runs): the request
+//!   handling alone (`valgrind --tool=callgrind --toggle-collect='*inline_pass*'` counts it);
 //! - `dev w0`: the real `Block` device behind virtio-mmio, its queue thread running requests
 //!   one after another (`workers: 0`): the whole virtio path with direct's serial execution;
 //!   this is the column the target applies to;

@@ -6,11 +6,13 @@
 //! and then polls the available ring for a short while ([`BlockOptions::poll_us`]) before it
 //! re-enables notifications and sleeps, so that a driver that comes back quickly costs no
 //! kick and no thread wake-up. With no workers, requests run on the queue thread as they are
-//! popped: no channel, no lock, no allocation per request.
+//! popped: no channel, no lock, no allocation per request. The rings are read and written
+//! through [`ring::Rings`] (host views looked up once per pass) where their layout allows it.
 
 use super::request::{
     self, Disk, Negotiated, ParseError, Request, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGS, SECTOR_SIZE,
 };
+use super::ring;
 use super::worker::WorkerPool;
 use crate::devices::virtio::{ActiveQueue, Interrupt, VirtioDevice};
 use crate::error::{Error, Result};
@@ -365,26 +367,20 @@ impl QueueServer {
     }
 
     /// Pops every available chain and executes (or dispatches) it, notifying the driver at
-    /// most once. Returns the chains popped and the queue's next available index.
+    /// most once. Returns the chains popped and the queue's next available index. Never
+    /// inlined, so that profiles can single it out.
+    #[inline(never)]
     fn serve_available(&mut self) -> (usize, u16) {
         let ctx = &*self.ctx;
         let mem = &ctx.mem;
-        let mut n = 0;
         match &mut self.serve {
             Serve::Inline(q) => {
                 let _ = q.disable_notification(mem);
-                while let Some(chain) = q.pop_descriptor_chain(mem) {
-                    let head = chain.head_index();
-                    let used = request::process(mem, chain, &ctx.disk, ctx.neg);
-                    if let Err(e) = q.add_used(mem, head, used) {
-                        tracing::warn!("virtio-blk: add_used({head}): {e}");
-                    }
-                    n += 1;
+                let pass = ring::serve_inline(mem, q, &ctx.disk, ctx.neg);
+                if pass.notify {
+                    ctx.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
                 }
-                if n > 0 {
-                    notify(ctx, q);
-                }
-                (n, q.next_avail())
+                (pass.popped, q.next_avail())
             }
             Serve::Pool {
                 queue,
@@ -394,13 +390,19 @@ impl QueueServer {
                 let next_avail = {
                     let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = q.disable_notification(mem);
-                    while let Some(chain) = q.pop_descriptor_chain(mem) {
-                        let head = chain.head_index();
-                        popped.push((head, request::parse(mem, chain)));
+                    if let Some(rings) = ring::Rings::new(mem, &q) {
+                        rings.pop_each(&mut q, |head, chain| {
+                            popped.push((head, request::parse(mem, chain)));
+                        });
+                    } else {
+                        while let Some(chain) = q.pop_descriptor_chain(mem) {
+                            let head = chain.head_index();
+                            popped.push((head, request::parse(mem, chain)));
+                        }
                     }
                     q.next_avail()
                 };
-                n = popped.len();
+                let n = popped.len();
                 for (head, parsed) in popped.drain(..) {
                     match parsed {
                         Err(e) => complete(ctx, queue, head, request::fail_parse(mem, e)),

@@ -1,8 +1,10 @@
 //! virtio-blk: the device ([`device`]), request parsing and execution with no KVM in it
-//! ([`request`], reusable by a vhost-user-blk server), and the worker pool ([`worker`]).
+//! ([`request`], reusable by a vhost-user-blk server), fast split-ring access ([`ring`]) and the
+//! worker pool ([`worker`]).
 
 pub mod device;
 pub mod request;
+pub mod ring;
 pub mod worker;
 
 pub use device::{Block, BlockOptions};

@@ -12,7 +12,10 @@ use std::io::{IoSlice, IoSliceMut};
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, VolatileMemory, VolatileSlice,
+};
 use zvol::BlockBackend;
 
 /// Sector size of the virtio-blk protocol (offsets and capacity are in these units).
@@ -175,14 +178,53 @@ pub struct ParseError {
     pub status: Option<GuestAddress>,
 }
 
+/// Guest memory lookups that remember the last region found: the buffers of a request (and
+/// of the next one) usually lie in one region, so most lookups skip the region search and
+/// cost a range check. Every lookup still checks that the whole range lies inside a region.
+pub(crate) struct Lookup<'m> {
+    mem: &'m GuestMemoryMmap,
+    last: Option<&'m GuestRegionMmap>,
+}
+
+impl<'m> Lookup<'m> {
+    /// Lookups in `mem`.
+    pub(crate) fn new(mem: &'m GuestMemoryMmap) -> Self {
+        Lookup { mem, last: None }
+    }
+
+    /// The `len` bytes at `addr`, which must lie inside one region.
+    #[inline(always)]
+    fn slice(&mut self, addr: GuestAddress, len: u32) -> Result<VolatileSlice<'m>> {
+        match self.find(addr, len) {
+            Some(vs) => Ok(vs),
+            None => Err(not_in_memory(addr, len)),
+        }
+    }
+
+    #[inline(always)]
+    fn find(&mut self, addr: GuestAddress, len: u32) -> Option<VolatileSlice<'m>> {
+        if let Some(r) = self.last {
+            if let Some(off) = r.to_region_addr(addr) {
+                return r.get_slice(off, len as usize).ok();
+            }
+        }
+        let r = self.mem.find_region(addr)?;
+        self.last = Some(r);
+        r.get_slice(r.to_region_addr(addr)?, len as usize).ok()
+    }
+}
+
+#[cold]
+fn not_in_memory(addr: GuestAddress, len: u32) -> Error {
+    Error::BadRequest(format!(
+        "descriptor {:#x}+{len:#x} is not inside one guest memory region",
+        addr.0
+    ))
+}
+
 /// Checks that `len` bytes at `addr` lie inside one region of `mem`.
-fn check_mem(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> Result<()> {
-    mem.get_slice(addr, len as usize).map(|_| ()).map_err(|e| {
-        Error::BadRequest(format!(
-            "descriptor {:#x}+{len:#x} is not in guest memory: {e}",
-            addr.0
-        ))
-    })
+fn check_mem(look: &mut Lookup<'_>, addr: GuestAddress, len: u32) -> Result<()> {
+    look.slice(addr, len).map(|_| ())
 }
 
 /// Parses the descriptors of one chain (as yielded by `virtio_queue::DescriptorChain`,
@@ -193,6 +235,14 @@ fn check_mem(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> Result<()> 
 /// rest of those two descriptors, is data.
 pub fn parse(
     mem: &GuestMemoryMmap,
+    descs: impl IntoIterator<Item = Descriptor>,
+) -> Result<Request, ParseError> {
+    parse_in(&mut Lookup::new(mem), descs)
+}
+
+/// [`parse`] with the caller's lookups.
+fn parse_in(
+    look: &mut Lookup<'_>,
     descs: impl IntoIterator<Item = Descriptor>,
 ) -> Result<Request, ParseError> {
     // On the stack for ordinary chains; the iterator bounds the length for the others.
@@ -210,7 +260,7 @@ pub fn parse(
         );
     }
     let status = match last.addr().checked_add(u64::from(last.len()) - 1) {
-        Some(a) if check_mem(mem, a, 1).is_ok() => a,
+        Some(a) if check_mem(look, a, 1).is_ok() => a,
         _ => {
             return fail(
                 Error::BadRequest("status byte is not in guest memory".into()),
@@ -240,12 +290,13 @@ pub fn parse(
             }
         )));
     }
-    if let Err(e) = check_mem(mem, first.addr(), HEADER_LEN) {
-        return status_err(e);
-    }
-    // One read of the whole header (it lies inside one region, checked above).
-    let Ok(header) = mem.read_obj::<[u8; HEADER_LEN as usize]>(first.addr()) else {
-        return status_err(Error::BadRequest("unreadable header".into()));
+    // One read of the whole header, which must lie inside one region.
+    let header = match look.slice(first.addr(), HEADER_LEN) {
+        Ok(vs) => match vs.get_ref::<[u8; HEADER_LEN as usize]>(0) {
+            Ok(r) => r.load(),
+            Err(_) => return status_err(Error::BadRequest("unreadable header".into())),
+        },
+        Err(e) => return status_err(e),
     };
     let mut t = [0u8; 4];
     t.copy_from_slice(&header[0..4]);
@@ -276,10 +327,10 @@ pub fn parse(
             continue;
         }
         if i != 0 {
-            if let Err(e) = check_mem(mem, addr, len) {
+            if let Err(e) = check_mem(look, addr, len) {
                 return status_err(e);
             }
-        } else if let Err(e) = check_mem(mem, d.addr(), d.len()) {
+        } else if let Err(e) = check_mem(look, d.addr(), d.len()) {
             return status_err(e);
         }
         if d.is_write_only() != want_writable {
@@ -337,7 +388,12 @@ impl Request {
     /// Runs the request on `disk`, writes the status byte and returns the completion.
     /// Never fails: errors become a status for the guest (and a debug trace for us).
     pub fn execute(&self, mem: &GuestMemoryMmap, disk: &Disk, neg: Negotiated) -> Completion {
-        let (status, written) = match self.run(mem, disk, neg) {
+        self.execute_in(&mut Lookup::new(mem), disk, neg)
+    }
+
+    /// [`Request::execute`] with the caller's lookups.
+    fn execute_in(&self, look: &mut Lookup<'_>, disk: &Disk, neg: Negotiated) -> Completion {
+        let (status, written) = match self.run(look, disk, neg) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
                 tracing::debug!("virtio-blk {:?} at sector {}: {e}", self.kind, self.sector);
@@ -346,8 +402,12 @@ impl Request {
         };
         // The status address was validated at parse time; a failure here means the memory
         // map changed under us, and there is nobody left to tell.
-        if let Err(e) = mem.write_obj(status, self.status) {
-            tracing::warn!("virtio-blk: writing the status byte: {e}");
+        match look.slice(self.status, 1) {
+            Ok(vs) => match vs.get_ref::<u8>(0) {
+                Ok(r) => r.store(status),
+                Err(e) => tracing::warn!("virtio-blk: writing the status byte: {e}"),
+            },
+            Err(e) => tracing::warn!("virtio-blk: writing the status byte: {e}"),
         }
         Completion {
             status,
@@ -356,11 +416,12 @@ impl Request {
     }
 
     /// Does the work; returns the bytes written into guest buffers.
-    fn run(&self, mem: &GuestMemoryMmap, disk: &Disk, neg: Negotiated) -> Result<u32> {
+    fn run(&self, look: &mut Lookup<'_>, disk: &Disk, neg: Negotiated) -> Result<u32> {
+        let mem = look.mem;
         match self.kind {
             RequestType::In => {
                 let offset = self.check_rw(disk)?;
-                let mut bufs = guest_slices_mut(mem, &self.data)?;
+                let mut bufs = guest_slices_mut(look, &self.data)?;
                 disk.backend.read_vectored(offset, &mut bufs)?;
                 // The chain's total length is bounded by 2^32 (virtio-queue enforces it).
                 Ok(u32::try_from(self.data_len).unwrap_or(u32::MAX))
@@ -370,7 +431,7 @@ impl Request {
                     return Err(Error::BadRequest("write to a read-only disk".into()));
                 }
                 let offset = self.check_rw(disk)?;
-                let bufs = guest_slices(mem, &self.data)?;
+                let bufs = guest_slices(look, &self.data)?;
                 disk.backend.write_vectored(offset, &bufs)?;
                 Ok(0)
             }
@@ -494,9 +555,19 @@ pub fn process(
     disk: &Disk,
     neg: Negotiated,
 ) -> u32 {
-    match parse(mem, descs) {
-        Ok(req) => req.execute(mem, disk, neg).used_len,
-        Err(e) => fail_parse(mem, e),
+    process_in(&mut Lookup::new(mem), descs, disk, neg)
+}
+
+/// [`process`] with the caller's lookups (kept over a batch of requests).
+pub(crate) fn process_in(
+    look: &mut Lookup<'_>,
+    descs: impl IntoIterator<Item = Descriptor>,
+    disk: &Disk,
+    neg: Negotiated,
+) -> u32 {
+    match parse_in(look, descs) {
+        Ok(req) => req.execute_in(look, disk, neg).used_len,
+        Err(e) => fail_parse(look.mem, e),
     }
 }
 
@@ -515,17 +586,16 @@ pub fn fail_parse(mem: &GuestMemoryMmap, e: ParseError) -> u32 {
 /// Host views of guest buffers, for vectored reads into them (no allocation for up to
 /// [`INLINE_SEGMENTS`] buffers).
 fn guest_slices_mut<'m>(
-    mem: &'m GuestMemoryMmap,
+    look: &mut Lookup<'m>,
     segs: &[Segment],
 ) -> Result<SmallVec<[IoSliceMut<'m>; INLINE_SEGMENTS]>> {
     let mut out = SmallVec::with_capacity(segs.len());
     for s in segs {
-        let vs = mem
-            .get_slice(s.addr, s.len as usize)
-            .map_err(|e| Error::BadRequest(format!("buffer {:#x}: {e}", s.addr.0)))?;
+        let vs = look.slice(s.addr, s.len)?;
         let ptr = vs.ptr_guard_mut().as_ptr();
-        // SAFETY: `get_slice` checked that `s.len` bytes at `ptr` lie inside one mapped guest
-        // memory region, which stays mapped while `mem` (borrowed for 'm) lives. The guest may
+        // SAFETY: `Lookup::slice` (the region's `get_slice`) checked that `s.len` bytes at
+        // `ptr` lie inside one mapped guest memory region, which stays mapped while the guest
+        // memory the lookups borrow for 'm lives. The guest may
         // touch these bytes concurrently, as with any DMA; they are plain bytes, never
         // references the VMM relies on, so the worst outcome is garbage data for the guest.
         out.push(IoSliceMut::new(unsafe {
@@ -538,14 +608,12 @@ fn guest_slices_mut<'m>(
 /// Host views of guest buffers, for vectored writes from them (no allocation for up to
 /// [`INLINE_SEGMENTS`] buffers).
 fn guest_slices<'m>(
-    mem: &'m GuestMemoryMmap,
+    look: &mut Lookup<'m>,
     segs: &[Segment],
 ) -> Result<SmallVec<[IoSlice<'m>; INLINE_SEGMENTS]>> {
     let mut out = SmallVec::with_capacity(segs.len());
     for s in segs {
-        let vs = mem
-            .get_slice(s.addr, s.len as usize)
-            .map_err(|e| Error::BadRequest(format!("buffer {:#x}: {e}", s.addr.0)))?;
+        let vs = look.slice(s.addr, s.len)?;
         let ptr = vs.ptr_guard().as_ptr();
         // SAFETY: as in `guest_slices_mut`: the range is inside one mapping that outlives 'm.
         out.push(IoSlice::new(unsafe {
@@ -577,12 +645,26 @@ mod tests {
     type Case = (&'static str, u32, u64, Vec<RawDescriptor>, (u8, u32));
 
     /// Runs one chain built from `descs` through parse + execute; returns (status, used len).
+    /// Walks the chain twice, with `virtio_queue`'s iterator and with the fast ring accessor
+    /// (`ring::Rings`), and checks that both come to the same result.
     fn run(mem: &GuestMemoryMmap, disk: &Disk, descs: &[RawDescriptor]) -> (u8, u32) {
         mem.write_obj(0xaau8, GuestAddress(ST)).unwrap();
         let q = MockSplitQueue::new(mem, 16);
         let chain = q.build_desc_chain(descs).unwrap();
+        let head = chain.head_index();
         let used = process(mem, chain, disk, ALL);
-        (mem.read_obj::<u8>(GuestAddress(ST)).unwrap(), used)
+        let slow = (mem.read_obj::<u8>(GuestAddress(ST)).unwrap(), used);
+
+        mem.write_obj(0xaau8, GuestAddress(ST)).unwrap();
+        let queue: virtio_queue::Queue = q.create_queue().unwrap();
+        let rings = crate::devices::virtio::block::ring::Rings::new(mem, &queue).unwrap();
+        let used = process(mem, rings.chain(head), disk, ALL);
+        let fast = (mem.read_obj::<u8>(GuestAddress(ST)).unwrap(), used);
+        assert_eq!(
+            slow, fast,
+            "virtio-queue's chain walk vs the ring accessor's"
+        );
+        fast
     }
 
     fn fill(mem: &GuestMemoryMmap, addr: u64, len: usize, seed: u8) -> Vec<u8> {
@@ -932,6 +1014,63 @@ mod tests {
         let chain = queue.pop_descriptor_chain(&m).unwrap();
         let used = process(&m, chain, &disk, ALL);
         assert!(used <= 1);
+    }
+
+    #[test]
+    fn buffers_in_two_regions() {
+        // Two adjacent regions, split in the middle of the data area.
+        let split = DATA + 0x8000;
+        let m = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), split as usize),
+            (GuestAddress(split), MEM_SIZE - split as usize),
+        ])
+        .unwrap();
+        let (_k, disk) = disk(Kind::Raw, false);
+        header(&m, HDR, VIRTIO_BLK_T_OUT, 0);
+        let a = fill(&m, split - 0x1000, 512, 4);
+        let b = fill(&m, split + 0x1000, 512, 5);
+        // One buffer in each region (the lookup changes regions), then the first again.
+        let r = run(
+            &m,
+            &disk,
+            &[
+                desc(HDR, 16, 0),
+                desc(split - 0x1000, 512, 0),
+                desc(split + 0x1000, 512, 0),
+                desc(split - 0x1000, 512, 0),
+                desc(ST, 1, WRITE),
+            ],
+        );
+        assert_eq!(r, (OK, 1));
+        let mut got = vec![0; 1536];
+        disk.backend().read_at(0, &mut got).unwrap();
+        assert_eq!(&got[..512], &a[..]);
+        assert_eq!(&got[512..1024], &b[..]);
+        assert_eq!(&got[1024..], &a[..]);
+        // A buffer across the boundary is refused, before and after a hit in either region.
+        for descs in [
+            vec![
+                desc(HDR, 16, 0),
+                desc(split - 256, 512, 0),
+                desc(ST, 1, WRITE),
+            ],
+            vec![
+                desc(HDR, 16, 0),
+                desc(split + 0x1000, 512, 0),
+                desc(split - 256, 512, 0),
+                desc(ST, 1, WRITE),
+            ],
+        ] {
+            assert_eq!(run(&m, &disk, &descs), (IOERR, 1));
+        }
+        // A header across the boundary too.
+        header(&m, split - 8, VIRTIO_BLK_T_OUT, 0);
+        let d = [
+            desc(split - 8, 16, 0),
+            desc(BUF, 512, 0),
+            desc(ST, 1, WRITE),
+        ];
+        assert_eq!(run(&m, &disk, &d), (IOERR, 1));
     }
 
     #[test]
