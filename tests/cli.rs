@@ -34,7 +34,7 @@ fn pool_create_list_status_and_json() {
 
     let st = env.run(["pool", "status", "tank", "--json"]).json();
     assert_eq!(st["name"], "tank");
-    assert_eq!(st["version"], 1);
+    assert_eq!(st["version"], 2);
     assert_eq!(st["size"], 128u64 << 20);
     assert!(st["txg"].as_u64().expect("txg") >= 1);
     assert!(st["allocated"].as_u64().is_some());
