@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::NfsServer;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 const TARN: &str = env!("CARGO_BIN_EXE_tarn");
 
@@ -41,56 +42,6 @@ impl Env {
     }
 }
 
-/// `tarn nfs serve` on a free loopback port; SIGTERM (then SIGKILL) by PID on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(env: &Env, pool: &str) -> Server {
-        let mut child = Command::new(TARN)
-            .args(["nfs", "serve", pool, "--listen", "127.0.0.1:0"])
-            .env("TARN_HOME", env.path("home"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("127.0.0.1:"))
-            .and_then(|p| {
-                p.trim_end_matches(|c: char| !c.is_ascii_digit())
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's PID.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn vol_import_from_nfs_matches_export() {
     use rand::{Rng, SeedableRng};
@@ -108,7 +59,7 @@ fn vol_import_from_nfs_matches_export() {
     std::fs::write(&src, &image).unwrap();
     env.ok(&["vol", "import", src.to_str().unwrap(), "tank/img"]);
 
-    let server = Server::start(&env, "tank");
+    let server = NfsServer::start(&env.path("home"), "tank", &[]);
     let url = format!("nfs://127.0.0.1:{}/tank/img", server.port);
     env.ok(&["vol", "import", &url, "dst/copy"]);
     // A missing source fails and leaves nothing behind.

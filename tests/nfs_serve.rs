@@ -4,10 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::NfsServer;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const TARN: &str = env!("CARGO_BIN_EXE_tarn");
@@ -66,61 +69,31 @@ impl Env {
         self.serve_on("127.0.0.1:0", extra)
     }
     fn serve_on(&self, listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(TARN)
-            .args(["nfs", "serve", "tank", "--listen", listen])
-            .args(extra)
-            .env("TARN_HOME", self.path("home"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split_whitespace()
-            .find(|w| w.starts_with("127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-        Server { child, port }
+        Server(NfsServer::start_on(
+            &self.path("home"),
+            "tank",
+            listen,
+            extra,
+        ))
     }
 }
 
-struct Server {
-    child: Child,
-    port: u16,
+/// The server of this file's pool, `tank`.
+struct Server(NfsServer);
+
+impl std::ops::Deref for Server {
+    type Target = NfsServer;
+    fn deref(&self) -> &NfsServer {
+        &self.0
+    }
 }
 
 impl Server {
     fn url(&self, path: &str) -> String {
-        format!(
-            "nfs://127.0.0.1/tank{path}?version=3&nfsport={p}&mountport={p}",
-            p = self.port
-        )
+        self.0.url("tank", path)
     }
     fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM: the server commits and closes the pool.
-        // SAFETY: kill(2) on our own child's PID.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.kill9();
     }
 }
 

@@ -236,7 +236,7 @@ pub fn lock_holder(p: &Path) -> Option<i32> {
     (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
 }
 
-/// `tarn nfs serve POOL --listen 127.0.0.1:0 ARGS…` for the registry at `home`, on the port it
+/// `tarn nfs serve POOL --listen ADDR ARGS…` for the registry at `home`, on the port it
 /// reports; stopped by SIGTERM (then SIGKILL after 10 s) on drop, so the pool is closed.
 pub struct NfsServer {
     child: std::process::Child,
@@ -245,11 +245,16 @@ pub struct NfsServer {
 }
 
 impl NfsServer {
-    /// Starts the server and waits for its "serving" line.
+    /// Starts the server on a free loopback port and waits for its "serving" line.
     pub fn start(home: &Path, pool: &str, args: &[&str]) -> NfsServer {
+        Self::start_on(home, pool, "127.0.0.1:0", args)
+    }
+
+    /// Starts the server listening on `listen` and waits for its "serving" line.
+    pub fn start_on(home: &Path, pool: &str, listen: &str, args: &[&str]) -> NfsServer {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_tarn"))
-            .args(["nfs", "serve", pool, "--listen", "127.0.0.1:0"])
+            .args(["nfs", "serve", pool, "--listen", listen])
             .args(args)
             .env("TARN_HOME", home)
             .stdout(Stdio::piped())
@@ -272,6 +277,20 @@ impl NfsServer {
         NfsServer { child, port }
     }
 
+    /// A libnfs URL for `path` (starting with `/`, or empty) in the export of `pool`.
+    pub fn url(&self, pool: &str, path: &str) -> String {
+        format!(
+            "nfs://127.0.0.1/{pool}{path}?version=3&nfsport={p}&mountport={p}",
+            p = self.port
+        )
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is committed on the way out).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the server (SIGTERM; SIGKILL after 10 s) and returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         // SAFETY: kill(2) on our own child's PID.
@@ -285,8 +304,7 @@ impl NfsServer {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
         false
     }
 }
