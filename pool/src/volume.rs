@@ -658,7 +658,15 @@ impl VolumeHandle {
                     return Err(e);
                 }
             };
-            let mut iovs = Vec::with_capacity(run as usize);
+            // One iovec for the run when it lies in one caller buffer (fewer segments for the
+            // kernel to pin and map); otherwise one per block.
+            let whole = blocks[i..j]
+                .iter()
+                .all(|b| b.1 == usize::MAX)
+                .then(|| iov.contiguous((blocks[i].0 * bs - offset) as usize, (run * bs) as usize))
+                .flatten();
+            let mut iovs = Vec::with_capacity(if whole.is_some() { 1 } else { run as usize });
+            iovs.extend(whole.map(IoSlice::new));
             for (k, &(idx, slot, _)) in blocks[i..j].iter().enumerate() {
                 let b = bytes(idx, slot);
                 let ptr = BlockPtr {
@@ -668,7 +676,9 @@ impl VolumeHandle {
                     checksum: checksum(b, guid),
                 };
                 out.push((idx, Dirty::Placed(ptr)));
-                iovs.push(IoSlice::new(b));
+                if whole.is_none() {
+                    iovs.push(IoSlice::new(b));
+                }
             }
             if let Err(e) = self.shared.dev.write_placed_at(&iovs, start * SECTOR) {
                 let err = Error::io(
