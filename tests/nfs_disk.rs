@@ -85,3 +85,43 @@ fn vol_import_from_nfs_matches_export() {
         "imported image differs from the original file"
     );
 }
+
+/// `tarn nfs serve` answers UNSTABLE and may lose those writes when it dies; an NfsDisk keeps
+/// copies until a good COMMIT, so a flush after the server restarted (new write verifier)
+/// resends them and the guest never sees the crash. The bytes then survive another crash.
+#[test]
+fn nfs_disk_resends_unstable_writes_after_a_server_crash() {
+    use zvol::BlockBackend;
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    env.pool("tank");
+    env.ok(&["vol", "create", "tank/vol", "--size", "16M"]);
+    let home = env.path("home");
+    let mut srv = NfsServer::start(&home, "tank", &[]);
+    let port = srv.port;
+    let url = format!("nfs://127.0.0.1:{port}/tank/vol");
+    let disk = nfs::NfsDisk::connect(&url, false).unwrap();
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8 | 1).collect();
+    disk.write_at(1 << 20, &big).unwrap();
+    disk.write_at(12_345, b"small unstable write").unwrap();
+    // A crash before any COMMIT: the server's open txg (if it had not synced yet) is gone.
+    srv.kill9();
+    let mut srv = NfsServer::start_on(&home, "tank", &format!("127.0.0.1:{port}"), &[]);
+    disk.flush().unwrap();
+    let check = |disk: &nfs::NfsDisk| {
+        let mut back = vec![0u8; big.len()];
+        disk.read_at(1 << 20, &mut back).unwrap();
+        assert!(back == big, "the large write did not survive");
+        let mut small = [0u8; 20];
+        disk.read_at(12_345, &mut small).unwrap();
+        assert_eq!(&small, b"small unstable write");
+    };
+    check(&disk);
+    // Flushed means durable: another crash keeps every byte.
+    srv.kill9();
+    let _srv = NfsServer::start_on(&home, "tank", &format!("127.0.0.1:{port}"), &[]);
+    let fresh = nfs::NfsDisk::connect(&url, false).unwrap();
+    check(&fresh);
+    drop(disk);
+}

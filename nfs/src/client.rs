@@ -12,9 +12,11 @@
 //! (handles survive a server restart), at most [`ATTEMPTS`] times per request.
 //!
 //! Writes go out `UNSTABLE`; a server that answers `FILE_SYNC` (`tarn nfs serve --sync`) needs
-//! nothing more, otherwise (`tarn nfs serve` by default) `flush` sends COMMIT and fails if the
-//! server's write verifier changed meanwhile (it restarted: acknowledged unstable writes may be
-//! lost; this client keeps no copy to resend them, so the guest sees an I/O error).
+//! nothing more, otherwise (`tarn nfs serve` by default) `flush` sends COMMIT. The disk keeps a
+//! copy of every unstable write since the last good COMMIT (at most [`REPLAY_MAX`] bytes: past
+//! that a write commits first), so when the server's write verifier changed (it restarted and
+//! may have lost them) `flush` resends them all `FILE_SYNC`, in order, with new writes held
+//! back meanwhile, and the guest never sees the restart.
 
 use nfs3_client::nfs3_types::mount::dirpath;
 use nfs3_client::nfs3_types::nfs3::{
@@ -168,6 +170,9 @@ impl NfsUrl {
     }
 }
 
+/// Most bytes of unstable writes kept for a resend; a write past it commits first.
+pub const REPLAY_MAX: usize = 64 << 20;
+
 /// Unstable writes not yet committed.
 #[derive(Default)]
 struct Unstable {
@@ -175,6 +180,11 @@ struct Unstable {
     verf: Option<writeverf3>,
     /// A later unstable write came back with another verifier (the server restarted).
     changed: bool,
+    /// Copies of those writes, in the order they were acknowledged, to resend if the server
+    /// lost them.
+    pending: Vec<(u64, Vec<u8>)>,
+    /// Bytes in `pending`.
+    bytes: usize,
 }
 
 /// A file on an NFSv3 server as a [`BlockBackend`]. The size is read once, at connect.
@@ -190,6 +200,12 @@ pub struct NfsDisk {
     id: String,
     idle: Mutex<Vec<Client>>,
     unstable: Mutex<Unstable>,
+    /// Writes hold it shared; a resend holds it exclusively, so no newer write to the same
+    /// bytes can land before an older copy is resent over it.
+    replay_gate: std::sync::RwLock<()>,
+    /// Serializes flushes: a flush that found nothing to commit must not return while another
+    /// one is still committing writes acknowledged before it.
+    flushing: Mutex<()>,
     /// Last, so connections are dropped before it.
     rt: tokio::runtime::Runtime,
 }
@@ -276,6 +292,8 @@ impl NfsDisk {
             id: String::new(),
             idle: Mutex::new(Vec::new()),
             unstable: Mutex::new(Unstable::default()),
+            replay_gate: std::sync::RwLock::new(()),
+            flushing: Mutex::new(()),
             rt,
         };
         for name in &u.path {
@@ -463,8 +481,23 @@ impl NfsDisk {
         Ok(())
     }
 
-    /// Writes all of `data` at `offset`, recording unstable replies for the next flush.
-    fn write_all(&self, mut offset: u64, mut data: &[u8]) -> Result<()> {
+    /// Writes all of `data` at `offset`, keeping unstable ones for the next flush (which it
+    /// runs first when too much is kept).
+    fn write_all(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let full = {
+            let _gate = self.replay_gate.read().unwrap_or_else(|p| p.into_inner());
+            self.send_writes(offset, data, stable_how::UNSTABLE)?
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends WRITEs for `data` at `offset` with `stable`; records unstable replies. Returns
+    /// whether the kept copies passed [`REPLAY_MAX`].
+    fn send_writes(&self, mut offset: u64, mut data: &[u8], stable: stable_how) -> Result<bool> {
+        let mut full = false;
         while !data.is_empty() {
             let piece = &data[..data.len().min(self.wtmax as usize)];
             let fh = &self.fh;
@@ -473,7 +506,7 @@ impl NfsDisk {
                     file: fh.clone(),
                     offset,
                     count: piece.len() as u32,
-                    stable: stable_how::UNSTABLE,
+                    stable,
                     data: Opaque::borrowed(piece),
                 };
                 let r = c.write(&args).await;
@@ -493,11 +526,42 @@ impl NfsDisk {
                     Some(v) if v != verf => u.changed = true,
                     Some(_) => {}
                 }
+                u.pending.push((offset, piece[..count as usize].to_vec()));
+                u.bytes += count as usize;
+                full |= u.bytes > REPLAY_MAX;
             }
             data = &data[count as usize..];
             offset += u64::from(count);
         }
-        Ok(())
+        Ok(full)
+    }
+
+    /// The server lost unstable writes (its verifier changed): with new writes held back,
+    /// resends `taken`'s copies and then those acknowledged since, `FILE_SYNC`, in order. On
+    /// failure the later copies are kept for the next flush (the caller keeps `taken`'s).
+    fn resend(&self, taken: &Unstable) -> Result<()> {
+        let _gate = self.replay_gate.write().unwrap_or_else(|p| p.into_inner());
+        let since = std::mem::take(&mut *self.unstable.lock().unwrap_or_else(|p| p.into_inner()));
+        tracing::warn!(
+            url = %self.url,
+            bytes = taken.bytes + since.bytes,
+            "the NFS server restarted and may have lost unstable writes; resending them"
+        );
+        let sent = taken
+            .pending
+            .iter()
+            .chain(&since.pending)
+            .try_for_each(|(offset, data)| {
+                self.send_writes(*offset, data, stable_how::FILE_SYNC)
+                    .map(|_| ())
+            });
+        if sent.is_err() {
+            *self.unstable.lock().unwrap_or_else(|p| p.into_inner()) = Unstable {
+                changed: true,
+                ..since
+            };
+        }
+        sent
     }
 
     /// Writes `len` zero bytes at `offset`, in bounded pieces.
@@ -606,20 +670,15 @@ impl BlockBackend for NfsDisk {
     }
 
     fn flush(&self) -> Result<()> {
+        let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         let taken = std::mem::take(&mut *self.unstable.lock().unwrap_or_else(|p| p.into_inner()));
         let Some(verf) = taken.verf else {
             // Every write so far came back FILE_SYNC (or there were none).
             return Ok(());
         };
-        let lost = || Error::Io {
-            what: format!("NFS COMMIT of {}", self.url),
-            source: std::io::Error::other(
-                "the server's write verifier changed (it restarted): unstable writes may be lost",
-            ),
-        };
         let fh = &self.fh;
-        let r = if taken.changed {
-            Err(lost())
+        let committed = if taken.changed {
+            Ok(false)
         } else {
             self.call("COMMIT", 0, |mut c| async move {
                 let args = COMMIT3args {
@@ -630,13 +689,23 @@ impl BlockBackend for NfsDisk {
                 let r = c.commit(&args).await;
                 (c, outcome(r))
             })
-            .and_then(|ok| if ok.verf == verf { Ok(()) } else { Err(lost()) })
+            .map(|ok| ok.verf == verf)
+        };
+        let lost = matches!(committed, Ok(false));
+        let r = match committed {
+            Ok(true) => return Ok(()),
+            Ok(false) => self.resend(&taken),
+            Err(e) => Err(e),
         };
         if r.is_err() {
-            // Not durable: the next flush must try (and, after a verifier change, fail) again.
+            // Not durable: the next flush tries again, these copies first.
             let mut u = self.unstable.lock().unwrap_or_else(|p| p.into_inner());
-            u.changed |= taken.changed || u.verf.is_some_and(|v| v != verf);
+            let mut pending = taken.pending;
+            pending.append(&mut u.pending);
+            u.changed |= taken.changed || lost || u.verf.is_some_and(|v| v != verf);
             u.verf = Some(verf);
+            u.bytes += taken.bytes;
+            u.pending = pending;
         }
         r
     }
