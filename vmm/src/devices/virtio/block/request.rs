@@ -630,16 +630,7 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 
-    const HDR: u64 = DATA;
-    const BUF: u64 = DATA + 0x1000;
-    const ST: u64 = DATA + 0xff000;
-    const OK: u8 = VIRTIO_BLK_S_OK as u8;
-    const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
     const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
-    const ALL: Negotiated = Negotiated {
-        discard: true,
-        write_zeroes: true,
-    };
 
     /// (what, request type, sector, descriptors, expected (status, used length)).
     type Case = (&'static str, u32, u64, Vec<RawDescriptor>, (u8, u32));

@@ -305,16 +305,6 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 
-    const HDR: u64 = DATA;
-    const BUF: u64 = DATA + 0x1000;
-    const ST: u64 = DATA + 0xff000;
-    const OK: u8 = VIRTIO_BLK_S_OK as u8;
-    const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-    const ALL: Negotiated = Negotiated {
-        discard: true,
-        write_zeroes: true,
-    };
-
     /// A queue of `size` (at most 64) at `start` holding the chains `descs` (from descriptor
     /// 0). The used ring goes to `start + 0x800`: the mock puts it on top of the end of the
     /// available ring (its `end()` counts entries, not bytes), `used_event` included.

@@ -15,6 +15,21 @@ pub const DATA: u64 = 0x10_0000;
 pub const DISK_SIZE: u64 = 1 << 20;
 /// `VRING_DESC_F_WRITE`.
 pub const WRITE: u16 = 2;
+/// Where tests put a request header.
+pub const HDR: u64 = DATA;
+/// Where tests put a request's data buffer.
+pub const BUF: u64 = DATA + 0x1000;
+/// Where tests put a request's status byte.
+pub const ST: u64 = DATA + 0xff000;
+/// Status `VIRTIO_BLK_S_OK`.
+pub const OK: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK as u8;
+/// Status `VIRTIO_BLK_S_IOERR`.
+pub const IOERR: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8;
+/// Every optional feature negotiated.
+pub const ALL: super::request::Negotiated = super::request::Negotiated {
+    discard: true,
+    write_zeroes: true,
+};
 
 /// Fresh zeroed guest memory.
 pub fn mem() -> GuestMemoryMmap {
