@@ -54,12 +54,16 @@ impl BlockTree {
             let (lower, upper) = t.levels.split_at_mut(k);
             let below = &mut lower[k - 1];
             for (i, p) in upper[0].iter().enumerate() {
+                let start = i * PTRS_PER_INDIRECT;
+                let end = (start + PTRS_PER_INDIRECT).min(below.len());
                 if p.is_hole() {
+                    // The children of a hole are holes born when it was (no later than it):
+                    // giving them birth 0 would hide, from a diff or an incremental send, data
+                    // that was zeroed after a snapshot once anything below is written again.
+                    below[start..end].fill(BlockPtr::hole(p.birth));
                     continue;
                 }
                 read(p, &mut buf)?;
-                let start = i * PTRS_PER_INDIRECT;
-                let end = (start + PTRS_PER_INDIRECT).min(below.len());
                 decode_indirect(&buf, &mut below[start..end])?;
             }
         }
