@@ -149,7 +149,7 @@ fn random_operations_match_the_model() {
     let seeds: u64 = std::env::var("TARN_MODEL_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(32);
     for seed in 0..seeds {
         run(seed, 300);
     }

@@ -474,7 +474,7 @@ fn snapshots_and_clones_match_the_model() {
     let seeds: u64 = std::env::var("TARN_MODEL_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(32);
     for seed in 0..seeds {
         run(seed, 250);
     }
