@@ -6,50 +6,14 @@
 
 mod common;
 
-use common::NfsServer;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-const TARN: &str = env!("CARGO_BIN_EXE_tarn");
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn tarn(&self, args: &[&str]) -> Output {
-        Command::new(TARN)
-            .args(args)
-            .env("TARN_HOME", self.path("home"))
-            .output()
-            .unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> Output {
-        let o = self.tarn(args);
-        assert!(
-            o.status.success(),
-            "tarn {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
-    }
-    fn pool(&self, name: &str) {
-        let file = self.path(&format!("{name}.pool"));
-        self.ok(&["pool", "create", name, file.to_str().unwrap(), "-s", "256M"]);
-    }
-}
+use common::{Env, NfsServer};
 
 #[test]
 fn vol_import_from_nfs_matches_export() {
     use rand::{Rng, SeedableRng};
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    env.pool("tank");
-    env.pool("dst");
+    let env = Env::new();
+    env.pool("tank", "256M");
+    env.pool("dst", "256M");
     // 5 MiB: random data around a 1 MiB run of zeroes.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(6);
     let mut image = vec![0u8; 5 << 20];
@@ -57,26 +21,25 @@ fn vol_import_from_nfs_matches_export() {
     rng.fill(&mut image[3 << 20..]);
     let src = env.path("src.img");
     std::fs::write(&src, &image).unwrap();
-    env.ok(&["vol", "import", src.to_str().unwrap(), "tank/img"]);
+    env.run(["vol", "import", src.to_str().unwrap(), "tank/img"])
+        .ok();
 
-    let server = NfsServer::start(&env.path("home"), "tank", &[]);
+    let server = NfsServer::start(&env.home(), "tank", &[]);
     let url = format!("nfs://127.0.0.1:{}/tank/img", server.port);
-    env.ok(&["vol", "import", &url, "dst/copy"]);
+    env.run(["vol", "import", &url, "dst/copy"]).ok();
     // A missing source fails and leaves nothing behind.
     let missing = format!("nfs://127.0.0.1:{}/tank/nope", server.port);
-    let o = env.tarn(&["vol", "import", &missing, "dst/nope"]);
-    assert!(!o.status.success());
+    assert_ne!(env.run(["vol", "import", &missing, "dst/nope"]).code, 0);
     drop(server);
-    assert!(!env
-        .tarn(&["vol", "export", "dst/nope", "-"])
-        .status
-        .success());
+    assert_ne!(env.run(["vol", "export", "dst/nope", "-"]).code, 0);
 
     let out = env.path("copy.img");
-    env.ok(&["vol", "export", "dst/copy", out.to_str().unwrap()]);
+    env.run(["vol", "export", "dst/copy", out.to_str().unwrap()])
+        .ok();
     let copy = std::fs::read(&out).unwrap();
     let orig = env.path("orig.img");
-    env.ok(&["vol", "export", "tank/img", orig.to_str().unwrap()]);
+    env.run(["vol", "export", "tank/img", orig.to_str().unwrap()])
+        .ok();
     let orig = std::fs::read(&orig).unwrap();
     assert_eq!(copy.len(), orig.len());
     assert!(copy == orig, "imported image differs from the served one");
@@ -92,12 +55,10 @@ fn vol_import_from_nfs_matches_export() {
 #[test]
 fn nfs_disk_resends_unstable_writes_after_a_server_crash() {
     use zvol::BlockBackend;
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    env.pool("tank");
-    env.ok(&["vol", "create", "tank/vol", "--size", "16M"]);
-    let home = env.path("home");
+    let env = Env::new();
+    env.pool("tank", "256M");
+    env.run(["vol", "create", "tank/vol", "--size", "16M"]).ok();
+    let home = env.home();
     let mut srv = NfsServer::start(&home, "tank", &[]);
     let port = srv.port;
     let url = format!("nfs://127.0.0.1:{port}/tank/vol");
