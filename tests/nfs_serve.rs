@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const TARN: &str = env!("CARGO_BIN_EXE_tarn");
-
 fn have_libnfs() -> bool {
     let ok = Command::new("nfs-ls")
         .arg("--help")
@@ -28,33 +26,20 @@ fn have_libnfs() -> bool {
     ok
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-}
+/// A test's world (`common::Env`) with the pool `tank` (1 GiB) in it.
+struct Env(common::Env);
 
 impl Env {
     fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let e = Env { dir };
-        e.ok(&[
-            "pool",
-            "create",
-            "tank",
-            e.path("tank.pool").to_str().unwrap(),
-            "-s",
-            "1G",
-        ]);
+        let e = Env(common::Env::new());
+        e.0.pool("tank", "1G");
         e
     }
     fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
+        self.0.path(p)
     }
     fn tarn(&self, args: &[&str]) -> Output {
-        Command::new(TARN)
-            .args(args)
-            .env("TARN_HOME", self.path("home"))
-            .output()
-            .unwrap()
+        self.0.cmd(args).output().unwrap()
     }
     fn ok(&self, args: &[&str]) -> Output {
         let o = self.tarn(args);
