@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// One disk, as the user names it. The VMM does not open it: the caller turns `source` into a
-/// [`zvol::BlockBackend`] and hands that to [`crate::builder::VmResources`].
+/// [`zvol::BlockBackend`] and hands it to [`crate::builder::build_linux`] as a
+/// [`crate::builder::DiskBackend`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskConfig {
     /// `POOL/VOL`, or a path (absolute or `./`) to a raw file or block device.
