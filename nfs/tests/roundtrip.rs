@@ -10,8 +10,8 @@ use nfs3_client::nfs3_types::nfs3::{
     FSSTAT3args, GETATTR3args, Nfs3Result, READ3args, WRITE3args,
 };
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-use nfs3_client::tokio::TokioConnector;
-use nfs3_client::Nfs3ConnectionBuilder;
+use nfs3_client::tokio::{TokioConnector, TokioIo};
+use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
 use pool::{Pool, PoolConfig};
 use std::sync::Arc;
 
@@ -34,26 +34,36 @@ async fn start(pool: Arc<Pool>, port: u16) -> (u16, tokio::task::JoinHandle<()>)
     (port, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_write_read_fsstat_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let pool = Arc::new(
+/// A 256 MiB pool `tank` in `dir`.
+fn new_pool(dir: &std::path::Path) -> Arc<Pool> {
+    Arc::new(
         Pool::create_file(
-            &dir.path().join("p.tarn"),
+            &dir.join("p.tarn"),
             "tank",
             256 << 20,
             PoolConfig::default(),
         )
         .unwrap(),
-    );
-    let (port, task) = start(pool.clone(), 0).await;
-    let mut conn = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/tank")
+    )
+}
+
+/// MOUNTs `/tank` from the server on `port` (NFS and MOUNT on the same port).
+async fn mount(port: u16) -> Nfs3Connection<TokioIo<tokio::net::TcpStream>> {
+    Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/tank")
         .connect_from_privileged_port(false)
         .mount_port(port)
         .nfs3_port(port)
         .mount()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_write_read_fsstat_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    let (port, task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
     let root = conn.root_nfs_fh3();
 
     let created = conn
@@ -138,13 +148,7 @@ async fn create_write_read_fsstat_and_restart() {
     let fh_saved: nfs_fh3 = fh.clone();
     drop(conn);
     let (_, task2) = start(pool.clone(), port).await;
-    let mut conn = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/tank")
-        .connect_from_privileged_port(false)
-        .mount_port(port)
-        .nfs3_port(port)
-        .mount()
-        .await
-        .unwrap();
+    let mut conn = mount(port).await;
     let attr = conn
         .getattr(&GETATTR3args { object: fh_saved })
         .await
@@ -174,23 +178,9 @@ async fn create_write_read_fsstat_and_restart() {
 async fn read_ahead_sees_writes_and_reused_buffers_keep_holes_zero() {
     const MIB: usize = 1 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let pool = Arc::new(
-        Pool::create_file(
-            &dir.path().join("p.tarn"),
-            "tank",
-            256 << 20,
-            PoolConfig::default(),
-        )
-        .unwrap(),
-    );
+    let pool = new_pool(dir.path());
     let (port, task) = start(pool.clone(), 0).await;
-    let mut conn = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/tank")
-        .connect_from_privileged_port(false)
-        .mount_port(port)
-        .nfs3_port(port)
-        .mount()
-        .await
-        .unwrap();
+    let mut conn = mount(port).await;
     let root = conn.root_nfs_fh3();
     let (a, b) = {
         let mut create = async |name: &[u8]| {
