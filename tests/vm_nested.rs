@@ -203,10 +203,16 @@ fn guest_sums(console: &str) -> Vec<(String, String, String)> {
             let l = l.trim_end_matches('\r');
             let rest = &l[l.find("TARN-SUM ")? + 9..];
             let mut w = rest.split_whitespace();
+            // A kernel message can start right after the digits, before the newline (the
+            // console interleaves printk with tty writes): keep only the hex digits.
+            let hex = |s: &str, n: usize| -> Option<String> {
+                let h: String = s.chars().take_while(char::is_ascii_hexdigit).collect();
+                (h.len() == n).then_some(h)
+            };
             Some((
                 w.next()?.to_string(),
-                w.next()?.to_string(),
-                w.next()?.to_string(),
+                hex(w.next()?, 64)?,
+                hex(w.next()?, 32)?,
             ))
         })
         .collect()
