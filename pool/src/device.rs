@@ -1,6 +1,7 @@
 //! Where a pool's bytes live: a narrow device trait with a file/block-device implementation,
 //! an in-memory one, and a crash-simulating one for power-cut tests.
 
+use crate::positioned::pwritev_all;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -122,7 +123,7 @@ impl Device for FileDevice {
     }
 
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
-        pwritev_all(&self.file, bufs, offset)
+        pwritev_all(self.file.as_raw_fd(), bufs, offset)
     }
 
     fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -146,13 +147,13 @@ impl Device for FileDevice {
                     .iter()
                     .all(|b| aligned(b.as_ptr() as usize) && aligned(b.len()))
             {
-                match pwritev_all(d, bufs, offset) {
+                match pwritev_all(d.as_raw_fd(), bufs, offset) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                     r => return r,
                 }
             }
         }
-        pwritev_all(&self.file, bufs, offset)?;
+        pwritev_all(self.file.as_raw_fd(), bufs, offset)?;
         // Start writing the fresh blocks back now, without waiting: the commit's sync then
         // finds little left to flush, and holds the commit lock (which writers that grow a
         // volume wait for) that much shorter. Only a hint; durability is still the sync's.
@@ -203,65 +204,6 @@ impl Device for FileDevice {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
-}
-
-/// Writes all of `bufs` at `offset`, resuming after short writes and interruptions.
-fn pwritev_all(file: &File, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
-    let total: usize = bufs.iter().map(|b| b.len()).sum();
-    let mut done = 0usize;
-    let mut first = 0usize;
-    let mut skip = 0usize;
-    while done < total {
-        // Rebuild the iovec window past what is already written (short writes are rare).
-        let window: Vec<IoSlice<'_>> = bufs[first..]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if i == 0 {
-                    IoSlice::new(&b[skip..])
-                } else {
-                    IoSlice::new(b)
-                }
-            })
-            .take(1024)
-            .collect();
-        // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
-        let n = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                window.as_ptr() as *const libc::iovec,
-                window.len() as libc::c_int,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "pwritev wrote nothing",
-            ));
-        }
-        let mut n = n as usize;
-        done += n;
-        while n > 0 && first < bufs.len() {
-            let left = bufs[first].len() - skip;
-            if n >= left {
-                n -= left;
-                first += 1;
-                skip = 0;
-            } else {
-                skip += n;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 fn check_range(len: usize, offset: u64, n: usize) -> io::Result<usize> {

@@ -25,6 +25,7 @@ mod lock;
 pub mod names;
 pub mod phys;
 mod pool;
+pub mod positioned;
 pub mod request;
 mod scrub;
 mod snapshot;
