@@ -36,6 +36,9 @@
 //! `rpcbind` (`apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind`; skipped with a message
 //! when missing). Run it as root so the page cache can be dropped.
 
+mod common;
+
+use common::{drop_caches, median, MIB};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -48,7 +51,6 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// Seconds of each round's read and write, for one side.
 type Runs = (Vec<f64>, Vec<f64>);
 
-const MIB: u64 = 1 << 20;
 const SEED: u64 = 0x6e_f5;
 
 struct Opts {
@@ -72,10 +74,7 @@ impl Opts {
     }
 
     fn wants(&self, part: &str) -> bool {
-        match &self.only {
-            None => true,
-            Some(o) => o.split(',').any(|p| p.trim() == part),
-        }
+        common::wants(self.only.as_deref(), part)
     }
 
     fn cold(&self) {
@@ -88,11 +87,6 @@ impl Opts {
     fn rate(&self, secs: f64) -> f64 {
         self.size as f64 / MIB as f64 / secs
     }
-}
-
-fn drop_caches() -> bool {
-    let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
 fn run(cmd: &mut Command) -> Res<()> {
@@ -390,17 +384,6 @@ fn start_ganesha(tmp: &Path, src: &Path) -> Res<Option<Export>> {
         query: format!("?version=3&nfsport={nfs_port}&mountport={mnt_port}"),
         _servers: vec![server],
     }))
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() -> Res<()> {

@@ -16,6 +16,9 @@
 //! Run it as root so the page cache can be dropped before every workload (reads then come
 //! from the disk, not from memory).
 
+mod common;
+
+use common::{drop_caches, MIB};
 use pool::{Pool, PoolConfig};
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -29,7 +32,6 @@ use zvol::{format_size, parse_size, BlockBackend, PoolVolume, RawFile, RawFileOp
 type Backend = Arc<dyn BlockBackend>;
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const MIB: u64 = 1 << 20;
 const SMALL: u64 = 4096;
 /// Queue depth (threads) of the random and first-write tests.
 const QD: u64 = 32;
@@ -67,10 +69,7 @@ impl Opts {
 
     /// Whether `part` (`pool`, `raw`, `qemu`, `import`) is to run.
     fn wants(&self, part: &str) -> bool {
-        match &self.only {
-            None => true,
-            Some(o) => o.split(',').any(|p| p.trim() == part),
-        }
+        common::wants(self.only.as_deref(), part)
     }
 
     /// Drops the page cache before a workload, if we can.
@@ -79,11 +78,6 @@ impl Opts {
             drop_caches();
         }
     }
-}
-
-fn drop_caches() -> bool {
-    let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
 /// A buffer of random bytes whose start is 4 KiB aligned, as `O_DIRECT` wants.

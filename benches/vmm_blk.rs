@@ -37,6 +37,9 @@
 //!   this process, which a guest on a KVM host mostly does not. Off by default, so that the
 //!   table measures what it always did.
 
+mod common;
+
+use common::{median, MIB};
 use pool::{Pool, PoolConfig};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use std::io::{IoSlice, IoSliceMut};
@@ -48,7 +51,6 @@ use zvol::{parse_size, BlockBackend, PoolVolume, RawFile, RawFileOptions};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const MIB: u64 = 1 << 20;
 const SMALL: u32 = 4096;
 const TARGET: f64 = 0.9;
 const PATHS: [&str; 4] = ["direct", "inline", "dev w0", "dev w4"];
@@ -194,7 +196,7 @@ fn bench_backend(name: &'static str, backend: &Arc<dyn BlockBackend>, o: &Opts) 
             test,
             ops: ops.len(),
             len,
-            secs: times.map(median),
+            secs: times.map(|t| median(&t)),
         });
     }
     Ok(rows)
@@ -213,11 +215,6 @@ fn direct(backend: &dyn BlockBackend, ops: &[Op], bufs: &mut HostBuffers) -> Res
         }
     }
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn print_table(rows: &[Row]) {

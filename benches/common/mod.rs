@@ -1,0 +1,28 @@
+//! What the benchmarks share: sizes, dropping the page cache, `TARN_BENCH_ONLY`, medians.
+
+#![allow(dead_code)]
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+
+/// Syncs, then drops the page cache; whether the kernel took the request (root only).
+pub fn drop_caches() -> bool {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Whether `part` is to run, given `TARN_BENCH_ONLY` (a comma list; unset runs everything).
+pub fn wants(only: Option<&str>, part: &str) -> bool {
+    only.is_none_or(|o| o.split(',').any(|p| p.trim() == part))
+}
+
+/// The median (the mean of the middle two for an even count); `NaN` when empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
