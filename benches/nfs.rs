@@ -39,7 +39,6 @@
 mod common;
 
 use common::{drop_caches, median, MIB};
-use rand::{rngs::SmallRng, Rng, SeedableRng};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -410,16 +409,7 @@ fn main() -> Res<()> {
     }
     eprintln!("  writing a {} random file", format_size(o.size));
     let src = tmp.join("src.img");
-    {
-        let mut f = std::fs::File::create(&src)?;
-        let mut rng = SmallRng::seed_from_u64(SEED);
-        let mut buf = vec![0u8; MIB as usize];
-        for c in 0..o.size.div_ceil(MIB) {
-            rng.fill(&mut buf[..]);
-            f.write_all(&buf[..MIB.min(o.size - c * MIB) as usize])?;
-        }
-        f.sync_all()?;
-    }
+    common::write_random_file(&src, o.size, SEED)?;
     let mut exports = Vec::new();
     if o.wants("tarn") {
         exports.extend(start_tarn(&o, tmp, &src)?);

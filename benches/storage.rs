@@ -429,17 +429,7 @@ fn import_vs_cp(o: &Opts, tmp: &Path) -> Res<()> {
     };
     eprintln!("  [import] writing a {} random file", format_size(o.size));
     let src = tmp.join("import-src.img");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&src)?;
-        let mut rng = SmallRng::seed_from_u64(SEED);
-        let mut buf = vec![0u8; MIB as usize];
-        for c in 0..o.size.div_ceil(MIB) {
-            rng.fill(&mut buf[..]);
-            f.write_all(&buf[..MIB.min(o.size - c * MIB) as usize])?;
-        }
-        f.sync_all()?;
-    }
+    common::write_random_file(&src, o.size, SEED)?;
     eprintln!("  [import] cp + sync");
     let copy = tmp.join("import-copy.img");
     o.cold();

@@ -26,3 +26,17 @@ pub fn median(v: &[f64]) -> f64 {
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
+
+/// Writes `size` pseudo-random bytes (seeded) to a new file at `path`, synced.
+pub fn write_random_file(path: &std::path::Path, size: u64, seed: u64) -> std::io::Result<()> {
+    use rand::{Rng, SeedableRng};
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; MIB as usize];
+    for c in 0..size.div_ceil(MIB) {
+        rng.fill(&mut buf[..]);
+        f.write_all(&buf[..MIB.min(size - c * MIB) as usize])?;
+    }
+    f.sync_all()
+}
