@@ -83,8 +83,10 @@ impl BlockTree {
     /// Replaces the data block pointer at `idx`, returning the old one.
     pub fn set(&mut self, idx: usize, p: BlockPtr) -> BlockPtr {
         let old = std::mem::replace(&mut self.levels[0][idx], p);
-        if old != p {
-            self.dirty[1].insert(idx / PTRS_PER_INDIRECT);
+        let parent = idx / PTRS_PER_INDIRECT;
+        // Runs of sets in index order mostly hit the last-marked parent: skip the insert then.
+        if old != p && self.dirty[1].last() != Some(&parent) {
+            self.dirty[1].insert(parent);
         }
         old
     }

@@ -2,6 +2,7 @@
 //! an in-memory one, and a crash-simulating one for power-cut tests.
 
 use crate::positioned::pwritev_all;
+use crate::uring::pwritev_overlapped;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -25,9 +26,16 @@ pub trait Device: Send + Sync {
         }
         Ok(())
     }
-    /// Writes freshly allocated data blocks; a device may bypass its cache for them (O_DIRECT)
-    /// when the buffers allow. Same durability as `write_vectored_at`.
-    fn write_placed_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+    /// Writes freshly allocated data blocks, running `work` exactly once meanwhile (a device
+    /// may overlap the two); it may bypass its cache for them (O_DIRECT) when the buffers
+    /// allow. Same durability as `write_vectored_at`.
+    fn write_placed_at(
+        &self,
+        bufs: &[IoSlice<'_>],
+        offset: u64,
+        work: &mut dyn FnMut(),
+    ) -> io::Result<()> {
+        work();
         self.write_vectored_at(bufs, offset)
     }
     /// Reads a large run, bypassing the device's cache (O_DIRECT) when the buffer, length and
@@ -139,19 +147,33 @@ impl Device for FileDevice {
         self.file.read_exact_at(buf, offset)
     }
 
-    fn write_placed_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+    fn write_placed_at(
+        &self,
+        bufs: &[IoSlice<'_>],
+        offset: u64,
+        work: &mut dyn FnMut(),
+    ) -> io::Result<()> {
         let aligned = |p: usize| p.is_multiple_of(4096);
+        let mut work = Some(work);
         if let Some(d) = &self.direct {
             if aligned(offset as usize)
                 && bufs
                     .iter()
                     .all(|b| aligned(b.as_ptr() as usize) && aligned(b.len()))
             {
-                match pwritev_all(d.as_raw_fd(), bufs, offset) {
+                let mut once = || {
+                    if let Some(w) = work.take() {
+                        w()
+                    }
+                };
+                match pwritev_overlapped(d.as_raw_fd(), bufs, offset, &mut once) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                     r => return r,
                 }
             }
+        }
+        if let Some(w) = work.take() {
+            w();
         }
         pwritev_all(self.file.as_raw_fd(), bufs, offset)?;
         // Start writing the fresh blocks back now, without waiting: the commit's sync then

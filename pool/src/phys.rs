@@ -2,7 +2,7 @@
 //! the two in step.
 
 use crate::error::{Error, Result};
-use xxhash_rust::xxh3::xxh3_128_with_seed;
+use twox_hash::XxHash3_128;
 
 /// Allocation unit and alignment of everything on disk.
 pub const SECTOR: u64 = 4096;
@@ -40,7 +40,7 @@ pub const RING_OFFSET: u64 = 2 * SECTOR;
 /// Checksum of a block's bytes: XXH3-128, seeded with the pool GUID so that blocks of another
 /// pool in the same file never verify.
 pub fn checksum(data: &[u8], seed: u64) -> u128 {
-    xxh3_128_with_seed(data, seed)
+    XxHash3_128::oneshot_with_seed(seed, data)
 }
 
 /// Appends little-endian fields to a buffer.

@@ -172,22 +172,28 @@ impl SpaceMap {
     }
 
     /// Placed sectors `start..start + len` are referenced by the txg being committed (a placed
-    /// extent may be committed block by block).
-    pub fn commit_placed(&mut self, start: u64, len: u64) {
-        let Some((&s, &l)) = self.placed.range(..=start).next_back() else {
-            return;
-        };
-        if start + len > s + l {
-            return;
+    /// extent may be committed block by block, and a range may span adjacent placed extents).
+    /// Sectors not placed are left alone.
+    pub fn commit_placed(&mut self, mut start: u64, mut len: u64) {
+        while len > 0 {
+            let Some((&s, &l)) = self.placed.range(..=start).next_back() else {
+                return;
+            };
+            if start >= s + l {
+                return;
+            }
+            let n = len.min(s + l - start);
+            self.placed.remove(&s);
+            if start > s {
+                self.placed.insert(s, start - s);
+            }
+            if start + n < s + l {
+                self.placed.insert(start + n, s + l - start - n);
+            }
+            self.mark_dirty(start, n);
+            start += n;
+            len -= n;
         }
-        self.placed.remove(&s);
-        if start > s {
-            self.placed.insert(s, start - s);
-        }
-        if start + len < s + l {
-            self.placed.insert(start + len, s + l - start - len);
-        }
-        self.mark_dirty(start, len);
     }
 
     /// A placed block was replaced or dropped before any commit referenced it.
@@ -390,6 +396,25 @@ impl SpaceMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_committed_run_may_span_adjacent_placed_extents() {
+        let mut sm = SpaceMap::new(1000, 10);
+        let a = sm.place(8, 0).unwrap();
+        let b = sm.place(8, 0).unwrap();
+        let c = sm.place(8, 0).unwrap();
+        assert_eq!((b, c), (a + 8, a + 16), "adjacent extents");
+        // The middle of the first through the middle of the third, in one call.
+        sm.commit_placed(a + 4, 16);
+        assert_eq!(sm.placed(), 8, "only the outer halves stay placed");
+        sm.unplace(a, 4);
+        sm.unplace(c + 4, 4);
+        sm.bury_zombies();
+        assert_eq!((sm.placed(), sm.allocated()), (0, 16));
+        // Sectors that were never placed are left alone.
+        sm.commit_placed(500, 4);
+        assert_eq!((sm.placed(), sm.allocated()), (0, 16));
+    }
 
     #[test]
     fn allocates_contiguously_and_defers_frees() {

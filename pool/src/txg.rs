@@ -136,6 +136,8 @@ impl Shared {
             let mut sm = lock(&self.spacemap);
             let st = &mut *st;
             let nblocks = st.tree.as_ref().map(|t| t.nblocks() as u64).unwrap_or(0);
+            // Placed blocks committed, as runs of adjacent sectors: (start, len).
+            let mut run = (0u64, 0u64);
             for (idx, p, was_placed) in ptrs {
                 if idx >= nblocks || st.destroyed {
                     if was_placed {
@@ -146,7 +148,11 @@ impl Shared {
                     continue;
                 }
                 if was_placed {
-                    sm.commit_placed(p.sector, u64::from(p.sectors));
+                    if run.0 + run.1 != p.sector {
+                        sm.commit_placed(run.0, run.1);
+                        run = (p.sector, 0);
+                    }
+                    run.1 += u64::from(p.sectors);
                 }
                 let Some(tree) = st.tree.as_mut() else {
                     continue;
@@ -159,6 +165,7 @@ impl Shared {
                 st.referenced += u64::from(p.sectors);
                 st.written += u64::from(p.sectors);
             }
+            sm.commit_placed(run.0, run.1);
             st.syncing = None;
         }
         for v in &vols {
@@ -343,12 +350,10 @@ impl Shared {
     ) -> Result<Vec<(u64, BlockPtr, bool)>> {
         let guid = self.label.guid;
         let sectors = u64::from(v.block_size) / SECTOR;
-        let mut idxs: Vec<u64> = map.keys().copied().collect();
-        idxs.sort_unstable();
-        let mut out = Vec::with_capacity(idxs.len());
+        let mut out = Vec::with_capacity(map.len());
         let mut pending: Vec<(u64, &[u8])> = Vec::new();
-        for idx in idxs {
-            match &map[&idx] {
+        for (&idx, dirty) in map {
+            match dirty {
                 Dirty::Data(b) if !is_zero(b) => pending.push((idx, b)),
                 Dirty::Placed(p) => out.push((idx, BlockPtr { birth: txg, ..*p }, true)),
                 _ => out.push((idx, BlockPtr::hole(txg), false)),

@@ -11,7 +11,7 @@ use crate::iov::{Iov, IovMut};
 use crate::phys::{checksum, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
 use crate::pool::{lock, read, Shared};
 use crate::spacemap::SpaceMap;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,12 +37,14 @@ impl Dirty {
     }
 }
 
-/// One txg's dirty blocks of a volume, by block index.
-/// Maps keyed by block index: foldhash (fast, randomly seeded per map, so a guest choosing its
-/// write offsets cannot aim for collisions) instead of SipHash, which took a fifth of the CPU
-/// of a sequential write.
+/// Hash sets keyed by block index: foldhash (fast, randomly seeded per map, so a guest choosing
+/// its write offsets cannot aim for collisions) instead of SipHash.
 pub(crate) type BlockHasher = foldhash::fast::RandomState;
-pub(crate) type DirtyMap = HashMap<u64, Dirty, BlockHasher>;
+/// One txg's dirty blocks of a volume, by block index. Ordered: the commit walks it in index
+/// order without sorting, and a sequential writer appends at its right edge. A hash map
+/// here spent a quarter of a 1 GiB sequential write's CPU growing and rehashing (262,144
+/// entries) and its commit sorting keys and looking each one up again.
+pub(crate) type DirtyMap = std::collections::BTreeMap<u64, Dirty>;
 
 /// Mutable state of one volume or snapshot.
 pub(crate) struct VolumeState {
@@ -95,7 +97,7 @@ impl VolumeState {
             size: init.size,
             tree: None,
             root: init.root,
-            open: HashMap::default(),
+            open: DirtyMap::new(),
             open_l1: HashSet::default(),
             open_reserved: 0,
             syncing: None,
@@ -672,20 +674,36 @@ impl VolumeHandle {
                 .flatten();
             let mut iovs = Vec::with_capacity(if whole.is_some() { 1 } else { run as usize });
             iovs.extend(whole.map(IoSlice::new));
-            for (k, &(idx, slot, _)) in blocks[i..j].iter().enumerate() {
-                let b = bytes(idx, slot);
+            if whole.is_none() {
+                iovs.extend(
+                    blocks[i..j]
+                        .iter()
+                        .map(|&(idx, slot, _)| IoSlice::new(bytes(idx, slot))),
+                );
+            }
+            let first_out = out.len();
+            out.extend(blocks[i..j].iter().enumerate().map(|(k, &(idx, _, _))| {
                 let ptr = BlockPtr {
                     sector: start + k as u64 * sectors,
                     sectors: sectors as u32,
                     birth: 0,
-                    checksum: checksum(b, guid),
+                    checksum: 0,
                 };
-                out.push((idx, Dirty::Placed(ptr)));
-                if whole.is_none() {
-                    iovs.push(IoSlice::new(b));
+                (idx, Dirty::Placed(ptr))
+            }));
+            // Checksum the run while the device writes it.
+            let mut sum = || {
+                for ((idx, d), &(_, slot, _)) in out[first_out..].iter_mut().zip(&blocks[i..j]) {
+                    if let Dirty::Placed(p) = d {
+                        p.checksum = checksum(bytes(*idx, slot), guid);
+                    }
                 }
-            }
-            if let Err(e) = self.shared.dev.write_placed_at(&iovs, start * SECTOR) {
+            };
+            if let Err(e) = self
+                .shared
+                .dev
+                .write_placed_at(&iovs, start * SECTOR, &mut sum)
+            {
                 let err = Error::io(
                     format!(
                         "writing {} to {}",

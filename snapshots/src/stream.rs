@@ -3,8 +3,9 @@
 //! its own checksum too, verified before the record is acted on.
 
 use crate::error::{Error, Result};
+use std::hash::Hasher;
 use std::io::{self, Read, Write};
-use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+use twox_hash::XxHash3_64 as Xxh3;
 
 /// The first eight bytes of every stream.
 pub const MAGIC: [u8; 8] = *b"TARNSTRM";
@@ -219,9 +220,9 @@ fn header(kind: u32, offset: u64, length: u64, payload_len: u64) -> [u8; HEADER_
 
 fn record_checksum(h: &[u8], payload: &[u8]) -> u64 {
     let mut x = Xxh3::with_seed(RECORD_SEED);
-    x.update(h);
-    x.update(payload);
-    x.digest()
+    x.write(h);
+    x.write(payload);
+    x.finish()
 }
 
 /// Writes a stream.
@@ -253,7 +254,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
-        self.hash.update(b);
+        self.hash.write(b);
         self.bytes += b.len() as u64;
         self.out.write_all(b)
     }
@@ -284,7 +285,7 @@ impl<W: Write> StreamWriter<W> {
         let end = End {
             records: self.records,
             write_bytes: self.write_bytes,
-            stream_checksum: self.hash.digest(),
+            stream_checksum: self.hash.finish(),
         };
         let mut p = Vec::with_capacity(24);
         for v in [end.records, end.write_bytes, end.stream_checksum] {
@@ -359,7 +360,7 @@ impl<R: Read> StreamReader<R> {
             )));
         }
         let mut hash = Xxh3::with_seed(STREAM_SEED);
-        hash.update(&pre);
+        hash.write(&pre);
         let mut r = StreamReader {
             inp,
             hash,
@@ -410,9 +411,9 @@ impl<R: Read> StreamReader<R> {
             )));
         }
         if k != kind::END {
-            self.hash.update(&h);
-            self.hash.update(&self.buf);
-            self.hash.update(&sum);
+            self.hash.write(&h);
+            self.hash.write(&self.buf);
+            self.hash.write(&sum);
             self.records += 1;
         }
         Ok((k, offset, length))
@@ -475,7 +476,7 @@ impl<R: Read> StreamReader<R> {
             write_bytes: v(1),
             stream_checksum: v(2),
         };
-        if end.stream_checksum != self.hash.digest() {
+        if end.stream_checksum != self.hash.finish() {
             return Err(Error::BadStream(
                 "whole-stream checksum mismatch; the stream is corrupt".into(),
             ));
@@ -506,7 +507,7 @@ impl<R: Read> StreamReader<R> {
 
 /// xxh3-64 of `b` with the record seed (exposed for tests and tools).
 pub fn checksum(b: &[u8]) -> u64 {
-    xxh3_64_with_seed(b, RECORD_SEED)
+    Xxh3::oneshot_with_seed(RECORD_SEED, b)
 }
 
 #[cfg(test)]
