@@ -10,6 +10,12 @@
 //!   offsets for every backend, so each touches the same blocks);
 //! - `TARN_BENCH_SECS` (default `30`): a cap on each random 4 KiB test (noted when hit);
 //! - `TARN_BENCH_SEQ_QD` (default `1`): queue depth of the sequential tests (ours and qemu's);
+//! - `TARN_BENCH_ROUNDS` (default `3`): rounds of the steady-state workloads. Each round runs
+//!   a workload once on every backend, in an order that rotates from round to round, and a
+//!   cell is the median of its rounds: the disk's rate drifts by tens of percent within
+//!   minutes on shared machines, and interleaving puts each backend's runs in the same stretches;
+//! - `TARN_BENCH_SETTLE_MS` (default `0`): a pause before every workload, for disks whose host
+//!   is still writing back the previous workload's data when the next one starts;
 //! - `TARN_BENCH_ONLY` (default all): a comma list of the parts to run, from `pool`, `raw`,
 //!   `qemu`, `import` (for profiling one side).
 //!
@@ -18,7 +24,7 @@
 
 mod common;
 
-use common::{drop_caches, MIB};
+use common::{drop_caches, median, MIB};
 use pool::{Pool, PoolConfig};
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -46,6 +52,8 @@ struct Opts {
     ops: u64,
     secs: f64,
     seq_qd: u64,
+    rounds: usize,
+    settle: Duration,
     only: Option<String>,
     /// Whether `/proc/sys/vm/drop_caches` took our write.
     can_drop: bool,
@@ -62,6 +70,8 @@ impl Opts {
             ops: var("TARN_BENCH_OPS", "160000").parse::<u64>()?.max(QD),
             secs: var("TARN_BENCH_SECS", "30").parse()?,
             seq_qd: var("TARN_BENCH_SEQ_QD", "1").parse::<u64>()?.max(1),
+            rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
+            settle: Duration::from_millis(var("TARN_BENCH_SETTLE_MS", "0").parse()?),
             only: std::env::var("TARN_BENCH_ONLY").ok(),
             can_drop: drop_caches(),
         })
@@ -77,6 +87,7 @@ impl Opts {
         if self.can_drop {
             drop_caches();
         }
+        thread::sleep(self.settle);
     }
 }
 
@@ -259,21 +270,49 @@ impl Table {
         self.0[r as usize][c as usize] = Some(v);
     }
 
-    /// Runs the steady-state workloads (all but first writes) on one backend.
-    fn run_suite(&mut self, c: Col, name: &str, b: &Backend, o: &Opts) -> Res<()> {
-        let step = |what: &str| eprintln!("  [{name}] {what}");
-        step("sequential write");
-        o.cold();
-        self.set(Row::SeqWrite, c, sequential(b, true, o.seq_qd)?);
-        step("sequential read");
-        o.cold();
-        self.set(Row::SeqRead, c, sequential(b, false, o.seq_qd)?);
-        step("random 4K write");
-        o.cold();
-        self.set(Row::RandWrite, c, random_4k(b, true, o.ops, o.secs)?);
-        step("random 4K read");
-        o.cold();
-        self.set(Row::RandRead, c, random_4k(b, false, o.ops, o.secs)?);
+    /// Runs the steady-state workloads (all but first writes) on every backend, interleaved:
+    /// round after round, each workload once per backend in an order that rotates, so that
+    /// every backend meets the disk's slow and fast stretches alike. A cell is the median.
+    fn run_interleaved(&mut self, backends: &[(Col, &str, Backend)], o: &Opts) -> Res<()> {
+        type Workload<'a> = (Row, &'a str, Box<dyn Fn(&Backend) -> Res<f64> + 'a>);
+        let workloads: [Workload<'_>; 4] = [
+            (
+                Row::SeqWrite,
+                "sequential write",
+                Box::new(|b| sequential(b, true, o.seq_qd)),
+            ),
+            (
+                Row::SeqRead,
+                "sequential read",
+                Box::new(|b| sequential(b, false, o.seq_qd)),
+            ),
+            (
+                Row::RandWrite,
+                "random 4K write",
+                Box::new(|b| random_4k(b, true, o.ops, o.secs)),
+            ),
+            (
+                Row::RandRead,
+                "random 4K read",
+                Box::new(|b| random_4k(b, false, o.ops, o.secs)),
+            ),
+        ];
+        for (row, what, run) in &workloads {
+            let mut samples: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+            for round in 0..o.rounds {
+                eprintln!("  {what}, round {} of {}", round + 1, o.rounds);
+                for k in 0..backends.len() {
+                    let i = (k + round) % backends.len();
+                    o.cold();
+                    samples[i].push(run(&backends[i].2)?);
+                }
+            }
+            for ((col, name, _), v) in backends.iter().zip(&samples) {
+                let shown: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+                eprintln!("    {name}: {}", shown.join(" "));
+                self.set(*row, *col, median(v));
+            }
+        }
         Ok(())
     }
 
@@ -473,61 +512,86 @@ fn import_vs_cp(o: &Opts, tmp: &Path) -> Res<()> {
     Ok(())
 }
 
-/// (a) A pool volume in a pool file (the pool's default configuration and block size).
-fn bench_pool(table: &mut Table, o: &Opts, tmp: &Path, offsets: &[u64]) -> Res<()> {
-    let pool_path = tmp.join("bench.tarn");
-    let pool_size = 3 * o.size + 256 * MIB;
-    let pool = Pool::create_file(&pool_path, "bench", pool_size, PoolConfig::default())?;
-    let volume = |name: &str| -> Res<Backend> {
-        let full = format!("bench/{name}");
-        zvol::VolumeConfig::new(o.size).create(&pool, &full)?;
-        Ok(Arc::new(PoolVolume::open(&pool, &full, false)?))
-    };
-    let vol = volume("vol")?;
-    let bs = vol.info().block_size;
-    println!("pool volume: block size {bs} (zvol::DEFAULT_BLOCK_SIZE)");
-    table.run_suite(Col::Pool, "pool", &vol, o)?;
-    drop(vol);
-    eprintln!("  [pool] first writes");
-    let fresh = volume("fresh")?;
-    o.cold();
-    table.set(Row::FirstWrite, Col::Pool, first_writes(&fresh, offsets)?);
-    drop(fresh);
-    pool.close()?;
-    std::fs::remove_file(&pool_path)?;
-    Ok(())
+/// A new volume of the benchmark's size in `pool` (the default block size).
+fn pool_volume(pool: &Pool, name: &str, o: &Opts) -> Res<Backend> {
+    let full = format!("bench/{name}");
+    zvol::VolumeConfig::new(o.size).create(pool, &full)?;
+    Ok(Arc::new(PoolVolume::open(pool, &full, false)?))
 }
 
-/// (b), (c) A raw file, buffered and `O_DIRECT`.
-fn bench_raw(table: &mut Table, o: &Opts, tmp: &Path, offsets: &[u64]) -> Res<()> {
-    for (col, name, direct) in [
-        (Col::RawBuf, "raw buffered", false),
-        (Col::RawDirect, "raw direct", true),
-    ] {
-        let opts = RawFileOptions {
-            direct,
-            read_only: false,
-        };
-        let path = tmp.join("raw.img");
-        let raw = RawFile::create(&path, o.size, opts)?;
-        if direct {
-            let how = if raw.is_direct() {
-                "in effect"
-            } else {
-                "REFUSED: fell back to buffered"
-            };
-            println!("raw direct: O_DIRECT {how}");
+/// A new raw file of the benchmark's size, buffered or `O_DIRECT` (saying whether the file
+/// system took `O_DIRECT`).
+fn raw_file(path: &Path, o: &Opts, direct: bool) -> Res<Backend> {
+    let _ = std::fs::remove_file(path);
+    let opts = RawFileOptions {
+        direct,
+        read_only: false,
+    };
+    let raw = RawFile::create(path, o.size, opts)?;
+    if direct && !raw.is_direct() {
+        println!("raw direct: O_DIRECT REFUSED, fell back to buffered");
+    }
+    Ok(Arc::new(raw))
+}
+
+/// The raw files' columns: (column, name, file name, O_DIRECT).
+const RAW: [(Col, &str, &str, bool); 2] = [
+    (Col::RawBuf, "raw buffered", "raw-buf.img", false),
+    (Col::RawDirect, "raw direct", "raw-direct.img", true),
+];
+
+/// (a) a pool volume in a pool file (the pool's default configuration), (b) a buffered raw
+/// file, (c) an `O_DIRECT` raw file: the steady-state workloads interleaved across them, then
+/// first writes into a fresh one of each.
+fn bench_ours(table: &mut Table, o: &Opts, tmp: &Path, offsets: &[u64]) -> Res<()> {
+    let pool_path = tmp.join("bench.tarn");
+    let pool = if o.wants("pool") {
+        let size = 3 * o.size + 256 * MIB;
+        Some(Pool::create_file(
+            &pool_path,
+            "bench",
+            size,
+            PoolConfig::default(),
+        )?)
+    } else {
+        None
+    };
+    let mut backends: Vec<(Col, &str, Backend)> = Vec::new();
+    if let Some(pool) = &pool {
+        let vol = pool_volume(pool, "vol", o)?;
+        println!(
+            "pool volume: block size {} (zvol::DEFAULT_BLOCK_SIZE)",
+            vol.info().block_size
+        );
+        backends.push((Col::Pool, "pool", vol));
+    }
+    if o.wants("raw") {
+        for (col, name, file, direct) in RAW {
+            let raw = raw_file(&tmp.join(file), o, direct)?;
+            backends.push((col, name, raw));
         }
-        let raw: Backend = Arc::new(raw);
-        table.run_suite(col, name, &raw, o)?;
-        drop(raw);
-        std::fs::remove_file(&path)?;
-        eprintln!("  [{name}] first writes");
-        let fresh: Backend = Arc::new(RawFile::create(&path, o.size, opts)?);
+    }
+    table.run_interleaved(&backends, o)?;
+    drop(backends);
+    if let Some(pool) = pool {
+        eprintln!("  [pool] first writes");
+        let fresh = pool_volume(&pool, "fresh", o)?;
         o.cold();
-        table.set(Row::FirstWrite, col, first_writes(&fresh, offsets)?);
+        table.set(Row::FirstWrite, Col::Pool, first_writes(&fresh, offsets)?);
         drop(fresh);
-        std::fs::remove_file(&path)?;
+        pool.close()?;
+        std::fs::remove_file(&pool_path)?;
+    }
+    if o.wants("raw") {
+        for (col, name, file, direct) in RAW {
+            eprintln!("  [{name}] first writes");
+            let path = tmp.join(file);
+            let fresh = raw_file(&path, o, direct)?;
+            o.cold();
+            table.set(Row::FirstWrite, col, first_writes(&fresh, offsets)?);
+            drop(fresh);
+            std::fs::remove_file(&path)?;
+        }
     }
     Ok(())
 }
@@ -540,11 +604,13 @@ fn main() -> Res<()> {
         .tempdir_in(&o.dir)?;
     let tmp = tmp_dir.path();
     println!(
-        "tarn storage bench: size {}, dir {}, random tests {} requests each, sequential QD {}, {} CPUs",
+        "tarn storage bench: size {}, dir {}, random tests {} requests each, sequential QD {}, \
+         {} interleaved rounds (cells are medians), {} CPUs",
         format_size(o.size),
         o.dir.display(),
         o.ops,
         o.seq_qd,
+        o.rounds,
         thread::available_parallelism().map_or(0, |n| n.get()),
     );
     if o.can_drop {
@@ -554,12 +620,7 @@ fn main() -> Res<()> {
     }
     let mut table = Table::default();
     let offsets = first_write_offsets(o.size);
-    if o.wants("pool") {
-        bench_pool(&mut table, &o, tmp, &offsets)?;
-    }
-    if o.wants("raw") {
-        bench_raw(&mut table, &o, tmp, &offsets)?;
-    }
+    bench_ours(&mut table, &o, tmp, &offsets)?;
     if o.wants("qemu") {
         qemu_reference(&mut table, &o, tmp)?;
     }
