@@ -2,7 +2,6 @@
 //! an in-memory one, and a crash-simulating one for power-cut tests.
 
 use crate::positioned::pwritev_all;
-use crate::uring::pwritev_overlapped;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -26,16 +25,9 @@ pub trait Device: Send + Sync {
         }
         Ok(())
     }
-    /// Writes freshly allocated data blocks, running `work` exactly once meanwhile (a device
-    /// may overlap the two); it may bypass its cache for them (O_DIRECT) when the buffers
-    /// allow. Same durability as `write_vectored_at`.
-    fn write_placed_at(
-        &self,
-        bufs: &[IoSlice<'_>],
-        offset: u64,
-        work: &mut dyn FnMut(),
-    ) -> io::Result<()> {
-        work();
+    /// Writes freshly allocated data blocks (a device may start writing them back at once).
+    /// Same durability as `write_vectored_at`.
+    fn write_placed_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         self.write_vectored_at(bufs, offset)
     }
     /// Reads a large run, bypassing the device's cache (O_DIRECT) when the buffer, length and
@@ -60,8 +52,7 @@ pub trait Device: Send + Sync {
 /// A regular file or block device.
 pub struct FileDevice {
     file: File,
-    /// A second descriptor with O_DIRECT, where the file system allows it, for placed data and
-    /// large reads.
+    /// A second descriptor with O_DIRECT, where the file system allows it, for large reads.
     direct: Option<File>,
     path: PathBuf,
     len: u64,
@@ -147,34 +138,11 @@ impl Device for FileDevice {
         self.file.read_exact_at(buf, offset)
     }
 
-    fn write_placed_at(
-        &self,
-        bufs: &[IoSlice<'_>],
-        offset: u64,
-        work: &mut dyn FnMut(),
-    ) -> io::Result<()> {
-        let aligned = |p: usize| p.is_multiple_of(4096);
-        let mut work = Some(work);
-        if let Some(d) = &self.direct {
-            if aligned(offset as usize)
-                && bufs
-                    .iter()
-                    .all(|b| aligned(b.as_ptr() as usize) && aligned(b.len()))
-            {
-                let mut once = || {
-                    if let Some(w) = work.take() {
-                        w()
-                    }
-                };
-                match pwritev_overlapped(d.as_raw_fd(), bufs, offset, &mut once) {
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    r => return r,
-                }
-            }
-        }
-        if let Some(w) = work.take() {
-            w();
-        }
+    fn write_placed_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        // Through the page cache, not O_DIRECT: a writer then waits for a copy, not for the
+        // device, and the kernel writes back while it goes on. Measured in the storage bench
+        // (1 GiB, QD 1, 1 MiB, interleaved with raw files): 1,650-2,050 MiB/s buffered
+        // against 870-1,100 MiB/s with O_DIRECT from the caller's buffers.
         pwritev_all(self.file.as_raw_fd(), bufs, offset)?;
         // Start writing the fresh blocks back now, without waiting: the commit's sync then
         // finds little left to flush, and holds the commit lock (which writers that grow a

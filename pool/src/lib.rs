@@ -31,7 +31,6 @@ mod scrub;
 mod snapshot;
 pub mod spacemap;
 mod txg;
-mod uring;
 mod volume;
 
 pub use device::{CrashDevice, CutMode, Device, FileDevice, MemDevice};

@@ -681,29 +681,16 @@ impl VolumeHandle {
                         .map(|&(idx, slot, _)| IoSlice::new(bytes(idx, slot))),
                 );
             }
-            let first_out = out.len();
-            out.extend(blocks[i..j].iter().enumerate().map(|(k, &(idx, _, _))| {
+            out.extend(blocks[i..j].iter().enumerate().map(|(k, &(idx, slot, _))| {
                 let ptr = BlockPtr {
                     sector: start + k as u64 * sectors,
                     sectors: sectors as u32,
                     birth: 0,
-                    checksum: 0,
+                    checksum: checksum(bytes(idx, slot), guid),
                 };
                 (idx, Dirty::Placed(ptr))
             }));
-            // Checksum the run while the device writes it.
-            let mut sum = || {
-                for ((idx, d), &(_, slot, _)) in out[first_out..].iter_mut().zip(&blocks[i..j]) {
-                    if let Dirty::Placed(p) = d {
-                        p.checksum = checksum(bytes(*idx, slot), guid);
-                    }
-                }
-            };
-            if let Err(e) = self
-                .shared
-                .dev
-                .write_placed_at(&iovs, start * SECTOR, &mut sum)
-            {
+            if let Err(e) = self.shared.dev.write_placed_at(&iovs, start * SECTOR) {
                 let err = Error::io(
                     format!(
                         "writing {} to {}",
