@@ -10,6 +10,10 @@
 //!   removed afterwards);
 //! - `TARN_BENCH_ONLY` (default all): a comma list of `local`, `tarn`, `ganesha` (for
 //!   profiling one side);
+//! - `TARN_BENCH_SETTLE_MS` (default `5000`): the pause before each copy, after the page
+//!   cache is dropped: a virtual disk's host may still be writing back the previous copy. With
+//!   1 s here, whichever server read first in a round ran at 0.4-0.5x of the other, in both
+//!   orders; with 6 s the per-round read ratios agreed within 0.2;
 //! - `TARN_BENCH_ROUNDS` (default `4`): rounds; each round times every side once each way,
 //!   the servers in alternating order (both run throughout; an even count puts each first
 //!   equally often), and the table shows medians. Ratios are also printed per round: on
@@ -20,7 +24,7 @@
 //!
 //! Files written and synced are kept until the end: on a file system mounted with `discard`,
 //! deleting one issues a gigabyte of TRIM that would slow whichever copy came next. Before each
-//! copy the page cache is dropped and the device given a second to settle.
+//! copy the page cache is dropped and the device given a moment to settle.
 //!
 //! What is timed, each as a whole process after dropping the page cache:
 //! - read: `nfs-cp nfs://…/FILE OUT` against `cp FILE OUT` (neither syncs OUT);
@@ -57,6 +61,7 @@ struct Opts {
     dir: PathBuf,
     only: Option<String>,
     rounds: usize,
+    settle: Duration,
     can_drop: bool,
 }
 
@@ -68,6 +73,7 @@ impl Opts {
             dir: var("TARN_BENCH_DIR", "/var/tmp").into(),
             only: std::env::var("TARN_BENCH_ONLY").ok(),
             rounds: var("TARN_BENCH_ROUNDS", "4").parse::<usize>()?.max(1),
+            settle: Duration::from_millis(var("TARN_BENCH_SETTLE_MS", "5000").parse()?),
             can_drop: drop_caches(),
         })
     }
@@ -80,7 +86,7 @@ impl Opts {
         if self.can_drop {
             drop_caches();
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(self.settle);
     }
 
     fn rate(&self, secs: f64) -> f64 {
