@@ -542,7 +542,9 @@ mod tests {
             let path = dir.path().join(format!("disk-{workers}-{pipelined}.img"));
             let raw = RawFile::create(&path, 1 << 20, RawFileOptions::default()).expect("disk");
             let disk = Arc::new(Disk::new(Arc::new(raw), false));
-            let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + workers as u32) as u8).collect();
+            let pattern: Vec<u8> = (0..4096u32)
+                .map(|i| (i * 7 + workers as u32) as u8)
+                .collect();
             let mut d = Driver::new(disk, Mode::Device { workers }, 8, &pattern).expect("driver");
             d.set_pipelined(pipelined);
             let ops: Vec<Op> = (0..100u64)
