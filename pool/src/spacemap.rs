@@ -172,16 +172,23 @@ impl SpaceMap {
     }
 
     /// Placed sectors `start..start + len` are referenced by the txg being committed (a placed
-    /// extent may be committed block by block, and a range may span adjacent placed extents).
-    /// Sectors not placed are left alone.
+    /// extent may be committed block by block, and a range may span several placed extents).
+    /// Sectors in the range that are not placed are left alone.
     pub fn commit_placed(&mut self, mut start: u64, mut len: u64) {
         while len > 0 {
-            let Some((&s, &l)) = self.placed.range(..=start).next_back() else {
-                return;
+            let end = start + len;
+            let (s, l) = match self.placed.range(..=start).next_back() {
+                Some((&s, &l)) if start < s + l => (s, l),
+                // Not placed here: go on at the next placed extent inside the range, if any.
+                _ => match self.placed.range(start..end).next() {
+                    Some((&s, &l)) => {
+                        len = end - s;
+                        start = s;
+                        (s, l)
+                    }
+                    None => return,
+                },
             };
-            if start >= s + l {
-                return;
-            }
             let n = len.min(s + l - start);
             self.placed.remove(&s);
             if start > s {
@@ -246,16 +253,20 @@ impl SpaceMap {
         self.set_range(start, len, false);
     }
 
-    /// Releases the frees of txgs <= `upto`, returning them (for hole punching).
-    pub fn release(&mut self, upto: u64) -> Vec<Extent> {
+    /// Takes the frees of txgs <= `upto` out of the deferred list, leaving them allocated:
+    /// the caller may punch holes in them while no writer can be given them, then frees them
+    /// with [`SpaceMap::free_released`].
+    pub fn take_released(&mut self, upto: u64) -> Vec<Extent> {
         let keep = self.deferred.split_off(&(upto + 1));
         let ready = std::mem::replace(&mut self.deferred, keep);
-        let mut out = Vec::new();
-        for e in ready.into_values().flatten() {
+        ready.into_values().flatten().collect()
+    }
+
+    /// Frees extents taken with [`SpaceMap::take_released`].
+    pub fn free_released(&mut self, released: &[Extent]) {
+        for e in released {
             self.set_range(e.start, e.len, false);
-            out.push(e);
         }
-        out
     }
 
     /// The pending frees, for the meta block.
@@ -414,6 +425,13 @@ mod tests {
         // Sectors that were never placed are left alone.
         sm.commit_placed(500, 4);
         assert_eq!((sm.placed(), sm.allocated()), (0, 16));
+        // A gap inside the range does not stop the extents after it from being committed.
+        let d = sm.place(8, 0).unwrap();
+        let e = sm.place(8, 0).unwrap();
+        sm.unplace(d, 8);
+        sm.bury_zombies();
+        sm.commit_placed(d, e + 8 - d);
+        assert_eq!((sm.placed(), sm.allocated()), (0, 24));
     }
 
     #[test]
@@ -438,8 +456,11 @@ mod tests {
         sm.free_deferred(5, a + 60, 40);
         assert_eq!(sm.deferred(), vec![(5, vec![(a, 100)])]);
         assert_eq!(sm.allocated(), 200);
-        assert!(sm.release(4).is_empty());
-        assert_eq!(sm.release(5).len(), 1);
+        assert!(sm.take_released(4).is_empty());
+        let released = sm.take_released(5);
+        assert_eq!(released.len(), 1);
+        assert_eq!(sm.allocated(), 200, "taken, not yet freed");
+        sm.free_released(&released);
         assert_eq!(sm.allocated(), 100);
         // Fill the rest; a wrap finds the freed hole.
         assert!(sm.alloc(790).is_some());

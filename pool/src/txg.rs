@@ -96,14 +96,17 @@ impl Shared {
         let txg = cs.txg + 1;
         let guid = self.label.guid;
 
-        // 1. Release old frees.
+        // 1. Release old frees: take them under the fence (no reader still holds one of
+        // them), punch holes in them while they are still allocated (a writer placing data
+        // there first would have it zeroed by the punch), then free them.
         let released = {
             let _fence = write(&self.fence);
             let mut sm = lock(&self.spacemap);
             sm.bury_zombies();
-            sm.release(txg.saturating_sub(DEFER_TXGS))
+            sm.take_released(txg.saturating_sub(DEFER_TXGS))
         };
-        self.punch(released);
+        self.punch(&released);
+        lock(&self.spacemap).free_released(&released);
 
         // 2. Take the dirty maps.
         let vols: Vec<Arc<Volume>> = read(&self.datasets)
@@ -416,8 +419,9 @@ impl Shared {
     /// (a destroyed volume, a discarded range). Scattered small frees stay allocated in the file
     /// because copy-on-write reuses them soon, and punching each one costs a synchronous
     /// discard on file systems mounted with `discard`.
-    fn punch(&self, mut released: Vec<Extent>) {
+    fn punch(&self, released: &[Extent]) {
         const MIN_RUN: u64 = (1 << 20) / SECTOR;
+        let mut released = released.to_vec();
         released.sort_unstable();
         let mut i = 0;
         while i < released.len() {
