@@ -395,7 +395,11 @@ impl QueueServer {
                             popped.push((head, request::parse(mem, chain)));
                         });
                     } else {
-                        while let Some(chain) = q.pop_descriptor_chain(mem) {
+                        // At most a queue size of chains per pass, as `Rings::pop_each`.
+                        while popped.len() < usize::from(q.size()) {
+                            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                                break;
+                            };
                             let head = chain.head_index();
                             popped.push((head, request::parse(mem, chain)));
                         }

@@ -333,7 +333,8 @@ fn parse_in(
         } else if let Err(e) = check_mem(look, d.addr(), d.len()) {
             return status_err(e);
         }
-        if d.is_write_only() != want_writable {
+        // Unknown types get UNSUPP whatever their buffers' direction (at execution).
+        if d.is_write_only() != want_writable && !matches!(kind, RequestType::Unsupported(_)) {
             return status_err(Error::BadRequest(format!(
                 "{kind:?} request has a {} data buffer",
                 if d.is_write_only() {
@@ -920,6 +921,20 @@ mod tests {
                     77,
                     0,
                     vec![desc(HDR, 16, 0), desc(ST, 1, WRITE)],
+                    (UNSUPP, 1),
+                ),
+                (
+                    "unknown type with a device-writable buffer (GET_LIFETIME)",
+                    10,
+                    0,
+                    vec![desc(HDR, 16, 0), desc(BUF, 16, WRITE), desc(ST, 1, WRITE)],
+                    (UNSUPP, 1),
+                ),
+                (
+                    "unknown type with a device-readable buffer",
+                    77,
+                    0,
+                    vec![desc(HDR, 16, 0), desc(BUF, 512, 0), desc(ST, 1, WRITE)],
                     (UNSUPP, 1),
                 ),
                 (

@@ -170,15 +170,17 @@ impl<'m> Rings<'m> {
         }
     }
 
-    /// Pops every available chain (also those made available meanwhile) and hands each to
-    /// `f` with its head index, advancing `q`'s next available index. Stops, logging, where
-    /// the driver's index runs more than a queue size ahead (nothing is popped then, as
-    /// `virtio_queue` refuses such an index too). Returns the chains popped.
+    /// Pops every available chain (also those made available meanwhile, up to a queue size
+    /// of them in all) and hands each to `f` with its head index, advancing `q`'s next
+    /// available index. Stops, logging, where the driver's index runs more than a queue size
+    /// ahead (nothing is popped then, as `virtio_queue` refuses such an index too). Returns
+    /// the chains popped. The cap bounds one pass: a driver that keeps publishing as fast as
+    /// chains complete cannot keep the caller from looking at its stop flag.
     pub fn pop_each(&self, q: &mut Queue, mut f: impl FnMut(u16, Chain<'_, 'm>)) -> usize {
         let mut next = Wrapping(q.next_avail());
         let mut n = 0;
         let mut avail = None;
-        loop {
+        while n < usize::from(self.size) {
             // Look at the driver's index again only once the known entries are used up.
             let idx = match avail {
                 Some(idx) if idx != next.0 => idx,
@@ -285,7 +287,11 @@ pub fn serve_inline(mem: &GuestMemoryMmap, q: &mut Queue, disk: &Disk, neg: Nego
         return rings.serve(q, mem, disk, neg);
     }
     let mut popped = 0;
-    while let Some(chain) = q.pop_descriptor_chain(mem) {
+    // At most a queue size of chains per pass, as `Rings::pop_each`.
+    while popped < usize::from(q.size()) {
+        let Some(chain) = q.pop_descriptor_chain(mem) else {
+            break;
+        };
         let head = chain.head_index();
         let used = request::process(mem, chain, disk, neg);
         if let Err(e) = q.add_used(mem, head, used) {
@@ -573,6 +579,34 @@ mod tests {
         );
         let rings = Rings::new(&m, &q).unwrap();
         assert_eq!(rings.chain(0).count(), 1);
+    }
+
+    /// A hostile driver that publishes a new chain each time one is popped cannot keep a
+    /// pass going: it ends after a queue size of chains (the device thread then looks at its
+    /// stop flag before the next pass).
+    #[test]
+    fn a_driver_that_keeps_publishing_cannot_hold_a_pass() {
+        let m = mem();
+        let mut q = queue(
+            &m,
+            0,
+            16,
+            &[linked(HDR, 16, 0, Some(1)), linked(ST, 1, WRITE, None)],
+        );
+        let avail_idx = GuestAddress(q.avail_ring() + 2);
+        let rings = Rings::new(&m, &q).expect("fast path");
+        let mut calls = 0;
+        let popped = rings.pop_each(&mut q, |head, _| {
+            assert_eq!(head, 0, "every available entry names chain 0");
+            calls += 1;
+            if calls > 1000 {
+                return; // the guest gives up (the test would hang without the cap)
+            }
+            let next: u16 = m.read_obj(avail_idx).unwrap();
+            m.write_obj(next.wrapping_add(1), avail_idx).unwrap();
+        });
+        assert_eq!((popped, calls), (16, 16));
+        assert_eq!(q.next_avail(), 16);
     }
 
     #[test]
