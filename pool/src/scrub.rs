@@ -157,7 +157,7 @@ impl Pool {
     pub fn scrub(&self) -> Result<ScrubReport> {
         self.sync()?;
         let sh = &self.shared;
-        let cs = lock(&sh.commit);
+        let cs = sh.lock_commit_settled()?;
         let mut w = Walk {
             pool: self,
             report: ScrubReport::default(),

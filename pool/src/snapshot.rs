@@ -223,7 +223,6 @@ impl Shared {
     fn destroy_volume(&self, ds: &mut Datasets, txg: u64, id: u64) -> Result<()> {
         let vol = ds[&id].vol.clone();
         let mut st = lock(&vol.state);
-        self.unreserve(st.discard_dirty(&mut lock(&self.spacemap), 0, vol.block_size));
         let nblocks = (st.size / u64::from(vol.block_size)) as usize;
         let mut doomed = Vec::new();
         walk_born_after(
@@ -241,6 +240,8 @@ impl Shared {
             },
         )?;
         let (_, chain) = self.load_deadlist(&st.deadlist)?;
+        // Pending writes are dropped only once nothing can fail.
+        self.unreserve(st.discard_dirty(&mut lock(&self.spacemap), 0, vol.block_size));
         let mut sm = lock(&self.spacemap);
         doomed
             .iter()
@@ -309,7 +310,7 @@ impl Pool {
     pub fn destroy_with(&self, full: &str, rec: Recursion) -> Result<Vec<String>> {
         let sh = &self.shared;
         sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
+        let mut cs = sh.lock_commit_settled()?;
         let txg = cs.txg + 1;
         let gone = {
             let mut ds = write(&sh.datasets);
@@ -457,7 +458,7 @@ impl Pool {
         if sh.has_dirty() {
             self.sync()?;
         }
-        let mut cs = lock(&sh.commit);
+        let mut cs = sh.lock_commit_settled()?;
         let txg = cs.txg + 1;
         {
             let mut ds = write(&sh.datasets);
@@ -586,7 +587,7 @@ impl Pool {
     pub fn rollback(&self, snap: &str) -> Result<()> {
         let sh = &self.shared;
         sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
+        let mut cs = sh.lock_commit_settled()?;
         let txg = cs.txg + 1;
         {
             let ds = read(&sh.datasets);
@@ -619,8 +620,6 @@ impl Pool {
                 (st.root, st.size, st.referenced)
             };
             let mut st = lock(&hv.state);
-            self.shared
-                .unreserve(st.discard_dirty(&mut lock(&sh.spacemap), 0, hv.block_size));
             let nblocks = (st.size / u64::from(hv.block_size)) as usize;
             let mut doomed = Vec::new();
             walk_born_after(
@@ -638,6 +637,9 @@ impl Pool {
                 },
             )?;
             let (_, chain) = sh.load_deadlist(&st.deadlist)?;
+            // Pending writes are dropped only once nothing can fail.
+            self.shared
+                .unreserve(st.discard_dirty(&mut lock(&sh.spacemap), 0, hv.block_size));
             let mut sm = lock(&sh.spacemap);
             doomed
                 .iter()
@@ -660,7 +662,7 @@ impl Pool {
     pub fn promote(&self, full: &str) -> Result<()> {
         let sh = &self.shared;
         sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
+        let mut cs = sh.lock_commit_settled()?;
         {
             let mut ds = write(&sh.datasets);
             let cid = self.entry_id(&ds, full)?;
@@ -765,7 +767,7 @@ impl Pool {
         let sh = &self.shared;
         // A volume's side of the diff is its committed state: commit what was written first.
         self.sync()?;
-        let _cs = lock(&sh.commit);
+        let _cs = sh.lock_commit_settled()?;
         let ds = read(&sh.datasets);
         let fid = self.entry_id(&ds, from)?;
         let f = &ds[&fid];

@@ -20,7 +20,7 @@ use crate::volume::{is_zero, Dirty, DirtyMap, Volume};
 use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 impl Shared {
@@ -38,6 +38,25 @@ impl Shared {
     /// Commits with the commit lock already held. Any failure poisons the pool.
     pub(crate) fn commit_locked(&self, cs: &mut CommitState) -> Result<u64> {
         self.commit_with(cs, &mut |_| Ok(()))
+    }
+
+    /// Takes the commit lock, committing first if a volume grew since the last commit. A
+    /// grow waits for the next commit, and until then a volume's committed `root` is the tree
+    /// of its old size while `size` is the new one: a walk of `root` (destroy, rollback, diff,
+    /// scrub) would read data blocks as indirect ones across a change of height, or free the
+    /// replaced indirect blocks a second time.
+    pub(crate) fn lock_commit_settled(&self) -> Result<MutexGuard<'_, CommitState>> {
+        let mut cs = lock(&self.commit);
+        let grown = read(&self.datasets).values().any(|d| {
+            lock(&d.vol.state)
+                .tree
+                .as_ref()
+                .is_some_and(|t| t.is_dirty())
+        });
+        if grown {
+            self.commit_locked(&mut cs)?;
+        }
+        Ok(cs)
     }
 
     /// Commits, running `hook(txg)` once every volume's tree is final for the txg and before
