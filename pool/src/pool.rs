@@ -45,6 +45,12 @@ impl Default for PoolConfig {
     }
 }
 
+/// Bytes free for new data in `sm` beyond the slop kept for metadata.
+fn writable(sm: &SpaceMap) -> u64 {
+    let slop = (sm.usable() * SECTOR / 32).max(1 << 20);
+    (sm.free() * SECTOR).saturating_sub(slop)
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -173,16 +179,20 @@ impl Shared {
     /// Bytes free for new data beyond the slop kept for metadata (frees still deferred count
     /// as free: a writer that needs them commits until they are released).
     pub(crate) fn writable_bytes(&self) -> u64 {
-        let sm = lock(&self.spacemap);
-        let slop = (sm.usable() * SECTOR / 32).max(1 << 20);
-        (sm.free() * SECTOR).saturating_sub(slop)
+        writable(&lock(&self.spacemap))
     }
 
+    /// Reserves `bytes` of dirty data against the writable space. Checked and counted under
+    /// the space-map lock, where placement checks its room against the same count, so that
+    /// neither can spend space the other has just counted on (near full, that would end in
+    /// a commit failing for space, which poisons the pool).
     pub(crate) fn reserve(&self, bytes: u64) -> Result<()> {
-        let avail = self.writable_bytes();
+        let sm = lock(&self.spacemap);
+        let avail = writable(&sm);
         let dirty = self.dirty_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if dirty > avail {
             self.dirty_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            drop(sm);
             return Err(Error::NoSpace {
                 pool: self.name().into(),
                 needed: bytes,

@@ -716,13 +716,17 @@ impl VolumeHandle {
     fn place_extent(&self, len: u64) -> Result<u64> {
         let mut tries = 0;
         loop {
-            let keep = self
-                .shared
-                .dirty_bytes
-                .load(Ordering::Acquire)
-                .div_ceil(SECTOR);
-            if let Some(s) = lock(&self.shared.spacemap).place(len, keep) {
-                return Ok(s);
+            {
+                // Read the reserved count under the space-map lock, as `reserve` counts it.
+                let mut sm = lock(&self.shared.spacemap);
+                let keep = self
+                    .shared
+                    .dirty_bytes
+                    .load(Ordering::Acquire)
+                    .div_ceil(SECTOR);
+                if let Some(s) = sm.place(len, keep) {
+                    return Ok(s);
+                }
             }
             let pending =
                 lock(&self.shared.spacemap).deferred_sectors() > 0 || self.shared.has_dirty();
