@@ -58,19 +58,17 @@ async fn mount(port: u16) -> Nfs3Connection<TokioIo<tokio::net::TcpStream>> {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_write_read_fsstat_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let pool = new_pool(dir.path());
-    let (port, task) = start(pool.clone(), 0).await;
-    let mut conn = mount(port).await;
-    let root = conn.root_nfs_fh3();
-
+/// Creates the file `name` in `dir` (GUARDED) and returns its handle.
+async fn create_file(
+    conn: &mut Nfs3Connection<TokioIo<tokio::net::TcpStream>>,
+    dir: &nfs_fh3,
+    name: &[u8],
+) -> nfs_fh3 {
     let created = conn
         .create(&CREATE3args {
             where_: diropargs3 {
-                dir: root.clone(),
-                name: b"disk".to_vec().into(),
+                dir: dir.clone(),
+                name: name.to_vec().into(),
             },
             how: createhow3::GUARDED(sattr3::default()),
         })
@@ -80,6 +78,18 @@ async fn create_write_read_fsstat_and_restart() {
     let post_op_fh3::Some(fh) = created.obj else {
         panic!("no handle")
     };
+    fh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_write_read_fsstat_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    let (port, task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+
+    let fh = create_file(&mut conn, &root, b"disk").await;
     let data: Vec<u8> = (0..(1u32 << 20) + 4096).map(|i| (i % 251) as u8).collect();
     let mut off = 0u64;
     let mut verf = None;
@@ -182,26 +192,8 @@ async fn read_ahead_sees_writes_and_reused_buffers_keep_holes_zero() {
     let (port, task) = start(pool.clone(), 0).await;
     let mut conn = mount(port).await;
     let root = conn.root_nfs_fh3();
-    let (a, b) = {
-        let mut create = async |name: &[u8]| {
-            let created = conn
-                .create(&CREATE3args {
-                    where_: diropargs3 {
-                        dir: root.clone(),
-                        name: name.to_vec().into(),
-                    },
-                    how: createhow3::GUARDED(sattr3::default()),
-                })
-                .await
-                .unwrap()
-                .unwrap();
-            let post_op_fh3::Some(fh) = created.obj else {
-                panic!("no handle")
-            };
-            fh
-        };
-        (create(b"a").await, create(b"b").await)
-    };
+    let a = create_file(&mut conn, &root, b"a").await;
+    let b = create_file(&mut conn, &root, b"b").await;
     let write =
         async |conn: &mut nfs3_client::Nfs3Connection<_>, fh: &nfs_fh3, off: usize, d: &[u8]| {
             conn.write(&WRITE3args {

@@ -3,44 +3,12 @@
 //! the changed leaf, not the whole directory); destroying some, reopening and scrubbing keeps
 //! exactly the rest.
 
-use pool::{Device, MemDevice, Pool, PoolConfig};
+mod common;
+
+use common::Watched;
+use pool::{MemDevice, Pool, PoolConfig};
 use std::collections::BTreeMap;
-use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// A memory device that counts the bytes written to it.
-struct Counting {
-    inner: MemDevice,
-    written: AtomicU64,
-}
-
-impl Device for Counting {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.write_at(buf, offset)
-    }
-    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
-        let n: usize = bufs.iter().map(|b| b.len()).sum();
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.write_vectored_at(bufs, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.inner.sync()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.punch_hole(offset, len)
-    }
-    fn describe(&self) -> String {
-        "counting memory device".into()
-    }
-}
 
 fn config() -> PoolConfig {
     PoolConfig {
@@ -52,10 +20,7 @@ fn config() -> PoolConfig {
 #[test]
 fn a_commit_writes_only_the_directory_leaves_that_changed() {
     const CLONES: usize = 400;
-    let dev = Arc::new(Counting {
-        inner: MemDevice::new(64 << 20),
-        written: AtomicU64::new(0),
-    });
+    let dev = Arc::new(Watched::new(64 << 20));
     let pool = Pool::create_on(dev.clone(), "tank", config()).expect("create");
     pool.create_volume("tank/img", 1 << 20, 4096, &BTreeMap::new())
         .expect("image");
@@ -64,10 +29,10 @@ fn a_commit_writes_only_the_directory_leaves_that_changed() {
     img.flush().expect("flush");
     pool.snapshot(&["tank/img@base"]).expect("snapshot");
     let clone_cost = |name: &str| {
-        let before = dev.written.load(Ordering::Relaxed);
+        let before = dev.written();
         pool.clone_snapshot("tank/img@base", name, &BTreeMap::new())
             .expect("clone");
-        dev.written.load(Ordering::Relaxed) - before
+        dev.written() - before
     };
     let mut small = Vec::new();
     for i in 0..CLONES {
@@ -98,7 +63,7 @@ fn a_commit_writes_only_the_directory_leaves_that_changed() {
     pool.sync().expect("sync");
     drop(img);
     drop(pool);
-    let bytes = dev.inner.snapshot();
+    let bytes = dev.snapshot();
     let pool = Pool::open(Arc::new(MemDevice::from_bytes(bytes)), config()).expect("reopen");
     let names: Vec<String> = pool.names().into_iter().map(|(n, _, _)| n).collect();
     for i in 0..CLONES {

@@ -3,49 +3,15 @@
 //! where the punch is. It must not get that space before the punch is done (its data would be
 //! zeroed under it): it waits for the commit and lands after, intact.
 
-use pool::{Device, MemDevice, Pool, PoolConfig, VolumeHandle};
-use std::io::{self, IoSlice};
+mod common;
+
+use common::Watched;
+use pool::{Pool, PoolConfig, VolumeHandle};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
-
-/// Runs a hook (once) when a hole of at least 4 MiB is punched, before punching it.
-struct PunchHook {
-    inner: MemDevice,
-    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-impl Device for PunchHook {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
-        self.inner.write_vectored_at(bufs, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.inner.sync()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        if len >= 4 * MIB as u64 {
-            let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(h) = hook {
-                h();
-            }
-        }
-        self.inner.punch_hole(offset, len)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
 
 /// Writes `fill` over the whole volume in 1 MiB requests.
 fn write_whole(v: &VolumeHandle, fill: u8) {
@@ -57,10 +23,7 @@ fn write_whole(v: &VolumeHandle, fill: u8) {
 
 #[test]
 fn a_writer_never_gets_space_that_is_being_punched() {
-    let dev = Arc::new(PunchHook {
-        inner: MemDevice::new(16 * MIB),
-        hook: Mutex::new(None),
-    });
+    let dev = Arc::new(Watched::new(16 * MIB));
     let config = PoolConfig {
         sync_interval: None,
         ..PoolConfig::default()
@@ -83,13 +46,16 @@ fn a_writer_never_gets_space_that_is_being_punched() {
     // it time to finish if it can (it must not, before the punch is done).
     let writer: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::new(Mutex::new(None));
     let (slot, bw) = (writer.clone(), b.clone());
-    *dev.hook.lock().expect("hook") = Some(Box::new(move || {
-        let h = std::thread::spawn(move || {
-            bw.write_at(0, &vec![0xb5u8; 4 * MIB]).expect("write b");
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        *slot.lock().expect("slot") = Some(h);
-    }));
+    dev.on_punch(
+        4 * MIB as u64,
+        Box::new(move || {
+            let h = std::thread::spawn(move || {
+                bw.write_at(0, &vec![0xb5u8; 4 * MIB]).expect("write b");
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            *slot.lock().expect("slot") = Some(h);
+        }),
+    );
     for _ in 0..pool::spacemap::DEFER_TXGS + 1 {
         pool.sync().expect("sync");
         if writer.lock().expect("writer").is_some() {

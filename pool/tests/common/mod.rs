@@ -1,0 +1,85 @@
+//! A memory device for tests that watch what the pool does to its device: it counts the bytes
+//! written, and can run a hook (once) just before a hole of at least a given size is punched.
+
+#![allow(dead_code)]
+
+use pool::{Device, MemDevice};
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A hook run in place of a punch's start.
+pub type PunchHook = Box<dyn FnOnce() + Send>;
+
+/// [`MemDevice`] with a write counter and an optional punch hook.
+pub struct Watched {
+    inner: MemDevice,
+    written: AtomicU64,
+    punch_hook: Mutex<Option<(u64, PunchHook)>>,
+}
+
+impl Watched {
+    /// A device of `len` bytes.
+    pub fn new(len: usize) -> Watched {
+        Watched {
+            inner: MemDevice::new(len),
+            written: AtomicU64::new(0),
+            punch_hook: Mutex::new(None),
+        }
+    }
+
+    /// The device's bytes as they are now (see [`MemDevice::snapshot`]).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.inner.snapshot()
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Runs `hook` once, before the first punch of at least `min_len` bytes goes through.
+    pub fn on_punch(&self, min_len: u64, hook: PunchHook) {
+        *self.punch_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some((min_len, hook));
+    }
+}
+
+impl Device for Watched {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.write_at(buf, offset)
+    }
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        let n: usize = bufs.iter().map(|b| b.len()).sum();
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.inner.write_vectored_at(bufs, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let hook = {
+            let mut h = self.punch_hook.lock().unwrap_or_else(|e| e.into_inner());
+            match h.take() {
+                Some((min, hook)) if len >= min => Some(hook),
+                other => {
+                    *h = other;
+                    None
+                }
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.inner.punch_hole(offset, len)
+    }
+    fn describe(&self) -> String {
+        "watched memory device".into()
+    }
+}
