@@ -182,7 +182,7 @@ fn main() {
     }
     let config = PoolConfig {
         sync_interval: None,
-        dirty_max: 256 << 20,
+        ..PoolConfig::default()
     };
     println!(
         "snapshot and clone latency (durable: each is one committed txg), TARN_BENCH_SCALE={scale}"

@@ -87,6 +87,9 @@ pub enum PoolCommand {
     Status(PoolStatusArgs),
     /// Read and verify every allocated block; exit non-zero if any is damaged.
     Scrub(PoolStatusArgs),
+    /// Give free space back to the file system under a pool file (punch holes), as
+    /// `zpool trim`; freed space is otherwise kept and reused, which is faster.
+    Trim(PoolStatusArgs),
     /// Destroy a pool: wipe its labels and uberblocks (a pool file is removed).
     Destroy(PoolNameArgs),
 }

@@ -188,6 +188,39 @@ fn vol_import_export_round_trip_is_sparse() {
 }
 
 #[test]
+fn pool_trim_gives_a_destroyed_volumes_space_back_to_the_file_system() {
+    let env = Env::new();
+    let pool = env.pool("tank", "256M");
+    env.import("tank/keep", &random_bytes(4 << 20, 7));
+    env.import("tank/big", &random_bytes(48 << 20, 8));
+    let before = allocated(&pool);
+    env.run(["destroy", "tank/big"]).ok();
+    let kept = allocated(&pool);
+    assert!(
+        kept + (1 << 20) > before,
+        "without trim the pool file keeps its space for reuse: {before} -> {kept}"
+    );
+    let out = env.run(["pool", "trim", "tank", "--json"]).json();
+    assert_eq!(out["pool"], "tank");
+    let bytes = out["bytes"].as_u64().expect("bytes");
+    assert!(bytes >= 47 << 20, "trimmed only {bytes} bytes");
+    let after = allocated(&pool);
+    assert!(
+        after + (47 << 20) <= kept,
+        "the file still holds the space: {kept} -> {after}"
+    );
+    let text = env.run(["pool", "trim", "tank"]).ok().to_string();
+    assert!(text.starts_with("trimmed "), "{text}");
+    same_bytes(
+        &env.export("tank/keep"),
+        &random_bytes(4 << 20, 7),
+        "a live volume after trim",
+    );
+    env.run(["pool", "scrub", "tank"]).ok();
+    env.run(["pool", "trim", "nosuch"]).fails_with("nosuch");
+}
+
+#[test]
 fn vol_import_into_existing_volume_overwrites_and_zeroes() {
     let env = Env::new();
     env.pool("tank", "128M");

@@ -30,6 +30,7 @@ pub mod request;
 mod scrub;
 mod snapshot;
 pub mod spacemap;
+mod trim;
 mod txg;
 mod volume;
 
@@ -40,4 +41,5 @@ pub use phys::DatasetKind;
 pub use pool::{DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE};
 pub use scrub::{ScrubError, ScrubReport};
 pub use snapshot::Recursion;
+pub use trim::TrimReport;
 pub use volume::VolumeHandle;

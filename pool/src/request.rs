@@ -4,6 +4,7 @@
 use crate::error::Result;
 use crate::pool::{DatasetInfo, Pool, PoolInfo};
 use crate::scrub::ScrubReport;
+use crate::trim::TrimReport;
 use std::collections::BTreeMap;
 
 /// One request against an open pool.
@@ -47,6 +48,8 @@ pub enum Request {
     Status,
     /// Verify every block.
     Scrub,
+    /// Punch free space out of a pool file.
+    Trim,
 }
 
 /// What a request returns.
@@ -63,6 +66,8 @@ pub enum Response {
     Pool(PoolInfo),
     /// A scrub's findings.
     Scrub(ScrubReport),
+    /// What a trim gave back.
+    Trim(TrimReport),
 }
 
 impl Request {
@@ -89,6 +94,7 @@ impl Request {
             Request::List => Response::Datasets(pool.datasets()),
             Request::Status => Response::Pool(pool.info()),
             Request::Scrub => Response::Scrub(pool.scrub()?),
+            Request::Trim => Response::Trim(pool.trim()?),
         })
     }
 }

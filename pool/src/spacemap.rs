@@ -2,6 +2,9 @@
 //!
 //! Freed blocks are deferred: a block freed in txg T becomes allocatable only once txg
 //! T + [`DEFER_TXGS`] commits, so the previous few uberblocks stay openable after a crash.
+//! Allocation is next-fit, and rewinds to space as it is freed: a pool file then reuses the
+//! space it already holds before it grows into holes, which cost the file system (and a
+//! thin-provisioned disk under it) an allocation on first write.
 //! Txg T writes copy `T % 2`, rewriting each chunk dirtied in T or T-1, so each copy is exact for
 //! the txgs that wrote it.
 
@@ -122,7 +125,8 @@ impl SpaceMap {
         start + len <= self.sectors && (start..start + len).all(|s| self.bit(s))
     }
 
-    /// Allocates `len` contiguous sectors, next-fit from the last allocation.
+    /// Allocates `len` contiguous sectors, next-fit from the last allocation (or the lowest
+    /// space freed since).
     pub fn alloc(&mut self, len: u64) -> Option<u64> {
         if len == 0 || len > self.free() {
             return None;
@@ -212,8 +216,14 @@ impl SpaceMap {
     pub fn bury_zombies(&mut self) {
         for z in std::mem::take(&mut self.zombies) {
             self.commit_placed(z.start, z.len);
-            self.set_range(z.start, z.len, false);
+            self.release(z.start, z.len);
         }
+    }
+
+    /// Frees an extent and lets the next allocation start there if it is below the cursor.
+    fn release(&mut self, start: u64, len: u64) {
+        self.set_range(start, len, false);
+        self.cursor = self.cursor.min(start);
     }
 
     /// Sectors placed by writers and not yet committed (zombies included).
@@ -250,7 +260,7 @@ impl SpaceMap {
 
     /// Frees immediately: only for blocks that no committed txg ever referenced.
     pub fn free_now(&mut self, start: u64, len: u64) {
-        self.set_range(start, len, false);
+        self.release(start, len);
     }
 
     /// Takes the frees of txgs <= `upto` out of the deferred list, leaving them allocated:
@@ -262,11 +272,40 @@ impl SpaceMap {
         ready.into_values().flatten().collect()
     }
 
-    /// Frees extents taken with [`SpaceMap::take_released`].
+    /// Frees extents taken with [`SpaceMap::take_released`] or [`SpaceMap::take_free_run`].
     pub fn free_released(&mut self, released: &[Extent]) {
         for e in released {
-            self.set_range(e.start, e.len, false);
+            self.release(e.start, e.len);
         }
+    }
+
+    /// Takes the first free run at or after sector `from` that is at least `min` sectors
+    /// long (at most `max` of it), marking it allocated so that no writer is given it while
+    /// the caller trims it; give it back with [`SpaceMap::free_released`].
+    pub fn take_free_run(&mut self, from: u64, min: u64, max: u64) -> Option<Extent> {
+        let mut s = from.max(self.reserved);
+        while s < self.sectors {
+            if s.is_multiple_of(64) && self.words[(s / 64) as usize] == u64::MAX {
+                s += 64;
+                continue;
+            }
+            if self.bit(s) {
+                s += 1;
+                continue;
+            }
+            let end = (s..self.sectors.min(s + max))
+                .find(|&x| self.bit(x))
+                .unwrap_or(self.sectors.min(s + max));
+            if end - s >= min {
+                self.set_range(s, end - s, true);
+                return Some(Extent {
+                    start: s,
+                    len: end - s,
+                });
+            }
+            s = end;
+        }
+        None
     }
 
     /// The pending frees, for the meta block.
@@ -467,6 +506,76 @@ mod tests {
         assert_eq!(sm.alloc(100), Some(10));
         assert_eq!(sm.alloc(1), None);
         assert_eq!(sm.free(), 0);
+    }
+
+    #[test]
+    fn released_space_is_reused_before_fresh_space() {
+        let mut sm = SpaceMap::new(1000, 10);
+        let a = sm.alloc(100).unwrap();
+        let b = sm.alloc(100).unwrap();
+        sm.free_deferred(1, a, 100);
+        assert_eq!(sm.alloc(50), Some(b + 100), "deferred space is not reused");
+        let released = sm.take_released(1);
+        sm.free_released(&released);
+        assert_eq!(
+            sm.alloc(60),
+            Some(a),
+            "next-fit moved back to the released run"
+        );
+        assert_eq!(
+            sm.alloc(60),
+            Some(b + 150),
+            "only 40 sectors left there: on to fresh space"
+        );
+        sm.free_now(b, 10);
+        assert_eq!(sm.alloc(10), Some(b));
+    }
+
+    #[test]
+    fn free_runs_are_taken_whole_or_in_pieces_of_at_most_max() {
+        let mut sm = SpaceMap::new(1000, 10);
+        sm.alloc(90).unwrap(); // 10..100
+        let hole = sm.alloc(5).unwrap(); // 100..105
+        sm.alloc(95).unwrap(); // 105..200
+        sm.free_now(hole, 5);
+        let before = sm.allocated();
+        assert_eq!(
+            sm.take_free_run(0, 10, 500),
+            Some(Extent {
+                start: 200,
+                len: 500
+            })
+        );
+        assert_eq!(
+            sm.take_free_run(700, 10, 500),
+            Some(Extent {
+                start: 700,
+                len: 300
+            })
+        );
+        assert_eq!(
+            sm.take_free_run(0, 10, 500),
+            None,
+            "the 5-sector hole is too short"
+        );
+        assert_eq!(
+            sm.take_free_run(0, 5, 500),
+            Some(Extent {
+                start: hole,
+                len: 5
+            })
+        );
+        assert_eq!(
+            sm.allocated(),
+            before + 805,
+            "taken runs are allocated meanwhile"
+        );
+        sm.free_released(&[Extent {
+            start: 200,
+            len: 500,
+        }]);
+        assert_eq!(sm.allocated(), before + 305);
+        assert_eq!(sm.alloc(1), Some(200));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Committing a transaction group: the one path by which anything becomes durable.
 //!
 //! Order (each step only writes free space until the last):
-//! 1. release frees old enough to reuse (DEFER_TXGS back) and punch them out of the file;
+//! 1. release frees old enough to reuse (DEFER_TXGS back), punching them out of the file
+//!    first with `autotrim`;
 //! 2. take every volume's dirty map (writers continue into the next txg);
 //! 3. write dirty data blocks to fresh space, all-zero blocks becoming holes;
 //! 4. point the trees at them and rewrite dirty indirect blocks bottom-up;
@@ -15,7 +16,7 @@ use crate::phys::{
     DIR_LEAF_IDS, RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
-use crate::spacemap::{Extent, DEFER_TXGS};
+use crate::spacemap::DEFER_TXGS;
 use crate::volume::{is_zero, Dirty, DirtyMap, Volume};
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -116,18 +117,19 @@ impl Shared {
         let guid = self.label.guid;
 
         // 1. Release old frees: take them under the fence (no reader still holds one of
-        // them), punch holes in them while they are still allocated (a writer placing data
-        // there first would have it zeroed by the punch), then free them.
+        // them), punch holes in them (autotrim) while they are still allocated (a writer
+        // placing data there first would have it zeroed by the punch), then free them.
         let released = {
             let _fence = write(&self.fence);
             let mut sm = lock(&self.spacemap);
             sm.bury_zombies();
             sm.take_released(txg.saturating_sub(DEFER_TXGS))
         };
-        self.punch(&released);
+        self.autotrim(&released);
         lock(&self.spacemap).free_released(&released);
 
         // 2. Take the dirty maps.
+        self.placed_bytes.store(0, Ordering::Release);
         let vols: Vec<Arc<Volume>> = read(&self.datasets)
             .values()
             .map(|d| d.vol.clone())
@@ -432,32 +434,6 @@ impl Shared {
         }
         out.extend(placed.into_iter().map(|(idx, p, _)| (idx, p, false)));
         Ok(out)
-    }
-
-    /// Gives released space back to the file system: only coalesced runs of at least 1 MiB
-    /// (a destroyed volume, a discarded range). Scattered small frees stay allocated in the file
-    /// because copy-on-write reuses them soon, and punching each one costs a synchronous
-    /// discard on file systems mounted with `discard`.
-    fn punch(&self, released: &[Extent]) {
-        const MIN_RUN: u64 = (1 << 20) / SECTOR;
-        let mut released = released.to_vec();
-        released.sort_unstable();
-        let mut i = 0;
-        while i < released.len() {
-            let start = released[i].start;
-            let mut end = start + released[i].len;
-            let mut j = i + 1;
-            while j < released.len() && released[j].start == end {
-                end += released[j].len;
-                j += 1;
-            }
-            if end - start >= MIN_RUN {
-                if let Err(e) = self.dev.punch_hole(start * SECTOR, (end - start) * SECTOR) {
-                    tracing::debug!(error = %e, "punching freed space failed");
-                }
-            }
-            i = j;
-        }
     }
 
     /// Rebuilds the allocator from the meta block and every block tree.

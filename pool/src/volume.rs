@@ -706,6 +706,7 @@ impl VolumeHandle {
                     .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
                 return Err(err);
             }
+            self.shared.note_placed(run * bs);
             i = j;
         }
         Ok(out)

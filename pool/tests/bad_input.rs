@@ -8,6 +8,7 @@ fn config() -> PoolConfig {
     PoolConfig {
         sync_interval: None,
         dirty_max: 16 << 20,
+        ..PoolConfig::default()
     }
 }
 

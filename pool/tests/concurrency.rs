@@ -90,6 +90,8 @@ fn threads_on_shared_and_private_ranges_of_several_volumes() {
     let config = PoolConfig {
         sync_interval: Some(Duration::from_millis(5)),
         dirty_max: 4 << 20,
+        // Punching released space while writers place data is the riskier path.
+        autotrim: true,
     };
     let pool =
         Arc::new(Pool::create_file(&path, "tank", 128 << 20, config.clone()).expect("create"));

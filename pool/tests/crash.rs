@@ -15,10 +15,12 @@ type State = BTreeMap<String, Vec<u8>>;
 
 const DEV: usize = 24 << 20;
 
-fn config() -> PoolConfig {
+/// Odd seeds punch released space at every commit (`autotrim`), even seeds keep it.
+fn config(seed: u64) -> PoolConfig {
     PoolConfig {
         sync_interval: None,
         dirty_max: 1 << 20,
+        autotrim: seed % 2 == 1,
     }
 }
 
@@ -188,7 +190,17 @@ fn step(
             data.resize(new as usize, 0);
             pool.resize_volume(name, new)?;
         }
-        11..=20 => pool.sync().map(|_| ())?,
+        11..=19 => pool.sync().map(|_| ())?,
+        20 => {
+            // Trim commits up to DEFER_TXGS + 1 times, each with the state as it is now.
+            let before = pool.txg();
+            for t in before + 1..=before + pool::spacemap::DEFER_TXGS + 1 {
+                history.insert(t, live.clone());
+            }
+            pool.trim()?;
+            let done = pool.txg();
+            history.retain(|&t, _| t <= done);
+        }
         21..=30 => {
             let off = rng.gen_range(0..size);
             let len = rng.gen_range(1..=(size - off).min(100_000));
@@ -230,7 +242,7 @@ fn prime(pool: &Pool, live: &mut State) {
 fn workload_ops(seed: u64) -> u64 {
     let mut rng = SmallRng::seed_from_u64(seed);
     let dev = Arc::new(CrashDevice::new(DEV));
-    let pool = Pool::create_on(dev.clone(), "crash", config()).expect("create");
+    let pool = Pool::create_on(dev.clone(), "crash", config(seed)).expect("create");
     let (mut live, mut n) = (State::new(), 0);
     prime(&pool, &mut live);
     let start = dev.ops();
@@ -246,7 +258,7 @@ fn crash_case(seed: u64) {
     let total = workload_ops(seed);
     let mut rng = SmallRng::seed_from_u64(seed);
     let dev = Arc::new(CrashDevice::new(DEV));
-    let pool = Pool::create_on(dev.clone(), "crash", config()).expect("create");
+    let pool = Pool::create_on(dev.clone(), "crash", config(seed)).expect("create");
     let mut live = State::new();
     prime(&pool, &mut live);
     let mut history: BTreeMap<u64, State> = BTreeMap::new();
@@ -280,7 +292,7 @@ fn crash_case(seed: u64) {
     let image = dev.crash_image(mode);
     drop(pool);
     let mem = Arc::new(MemDevice::from_bytes(image));
-    let reopened = Pool::open(mem.clone(), config())
+    let reopened = Pool::open(mem.clone(), config(seed))
         .unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
     let txg = reopened.txg();
     assert!(
@@ -322,7 +334,7 @@ fn crash_case(seed: u64) {
     }
     reopened.sync().expect("sync");
     drop(reopened);
-    let again = Pool::open(mem as Arc<dyn Device>, config()).expect("second reopen");
+    let again = Pool::open(mem as Arc<dyn Device>, config(seed)).expect("second reopen");
     assert_eq!(
         read_all(&again),
         live,

@@ -12,6 +12,7 @@ fn config() -> PoolConfig {
     PoolConfig {
         sync_interval: None,
         dirty_max: 4 << 20,
+        ..PoolConfig::default()
     }
 }
 

@@ -153,6 +153,7 @@ fn config() -> PoolConfig {
     PoolConfig {
         sync_interval: None,
         dirty_max: 64 << 20,
+        ..PoolConfig::default()
     }
 }
 

@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
             PoolCommand::List(a) => pool::list(&reg, &a),
             PoolCommand::Status(a) => pool::status(&reg, &a),
             PoolCommand::Scrub(a) => pool::scrub(&reg, &a),
+            PoolCommand::Trim(a) => pool::trim(&reg, &a),
             PoolCommand::Destroy(a) => pool::destroy(&reg, &a.name),
         },
         Command::Vol(v) => match v {

@@ -1,4 +1,4 @@
-//! `tarn pool ...`: create, import, export, list, status, scrub, destroy.
+//! `tarn pool ...`: create, import, export, list, status, scrub, trim, destroy.
 
 use super::execute;
 use crate::cli::{JsonArgs, PoolCreateArgs, PoolImportArgs, PoolStatusArgs};
@@ -439,6 +439,41 @@ pub fn scrub(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
             a.name,
             report.errors.len()
         )))
+    }
+}
+
+/// What `tarn pool trim --json` prints.
+#[derive(serde::Serialize)]
+struct TrimOut<'a> {
+    pool: &'a str,
+    runs: u64,
+    bytes: u64,
+}
+
+/// `tarn pool trim NAME`
+pub fn trim(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
+    let (pool, _) = reg.open(&a.name)?;
+    let pb = output::spinner(&format!("trimming {}", a.name));
+    let report = execute(&pool, Request::Trim);
+    pb.finish_and_clear();
+    let report = match report? {
+        Response::Trim(r) => r,
+        other => return Err(super::unexpected(&other)),
+    };
+    pool.close()?;
+    if a.json {
+        output::print_json(&TrimOut {
+            pool: &a.name,
+            runs: report.runs,
+            bytes: report.bytes,
+        })
+    } else {
+        output::print_str(&format!(
+            "trimmed {} in {} free runs of {}\n",
+            zvol::format_size(report.bytes),
+            report.runs,
+            a.name
+        ))
     }
 }
 

@@ -1,0 +1,108 @@
+//! Giving free space back to the file system under a pool file (`fallocate` punch), as ZFS's
+//! `autotrim` property and `zpool trim` do for devices.
+//!
+//! By default a pool punches nothing: copy-on-write frees are reused, and space the file
+//! already holds is cheap to write again, while a hole costs the file system (and a
+//! thin-provisioned disk under it) an allocation on the next write. Measured with
+//! `cargo run --release -p pool --example reuse`: rounds of 1 GiB sequential overwrites of one
+//! volume ran at 1,500-1,900 MiB/s when released runs were punched, and at raw-file speed
+//! (2,200-3,400 MiB/s) when they were kept and reused. [`PoolConfig::autotrim`] punches
+//! released runs at every commit; [`Pool::trim`] punches all free space once.
+//!
+//! [`PoolConfig::autotrim`]: crate::PoolConfig::autotrim
+
+use crate::error::Result;
+use crate::phys::SECTOR;
+use crate::pool::{lock, Pool, Shared};
+use crate::spacemap::{Extent, DEFER_TXGS};
+
+/// Shortest free run worth a punch: scattered small frees are reused soon, and each punch
+/// costs a synchronous discard on file systems mounted with `discard`.
+const MIN_RUN: u64 = (1 << 20) / SECTOR;
+
+/// Longest run taken out of the allocator at once by [`Pool::trim`], so that writers are
+/// never short of more than this while it runs.
+const MAX_RUN: u64 = (256 << 20) / SECTOR;
+
+/// What [`Pool::trim`] gave back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrimReport {
+    /// Free runs punched.
+    pub runs: u64,
+    /// Bytes punched.
+    pub bytes: u64,
+}
+
+impl Shared {
+    /// Punches the coalesced runs of at least [`MIN_RUN`] among `released` (extents still
+    /// allocated, so that no writer is given them meanwhile) when `autotrim` is on.
+    pub(crate) fn autotrim(&self, released: &[Extent]) {
+        if !self.config.autotrim {
+            return;
+        }
+        let mut released = released.to_vec();
+        released.sort_unstable();
+        let mut i = 0;
+        while i < released.len() {
+            let start = released[i].start;
+            let mut end = start + released[i].len;
+            let mut j = i + 1;
+            while j < released.len() && released[j].start == end {
+                end += released[j].len;
+                j += 1;
+            }
+            if end - start >= MIN_RUN {
+                self.punch(Extent {
+                    start,
+                    len: end - start,
+                });
+            }
+            i = j;
+        }
+    }
+
+    /// Punches one extent; a failure only leaves the space allocated in the file.
+    fn punch(&self, e: Extent) -> bool {
+        match self.dev.punch_hole(e.start * SECTOR, e.len * SECTOR) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(error = %err, start = e.start, len = e.len, "punching free space failed");
+                false
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// Punches every free run of at least 1 MiB out of the pool file, giving the space back
+    /// to the file system (a block device is left as it is). First commits until the frees
+    /// deferred for crash safety are released (at most `DEFER_TXGS + 1` commits), so that
+    /// space freed by a destroy just before is trimmed too. Each run is taken out of the
+    /// allocator while it is punched, and commits wait, so no writer is given it and no
+    /// space map records it as allocated.
+    pub fn trim(&self) -> Result<TrimReport> {
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        for _ in 0..=DEFER_TXGS {
+            if lock(&sh.spacemap).deferred_sectors() == 0 {
+                break;
+            }
+            sh.commit_locked(&mut cs)?;
+        }
+        let mut report = TrimReport::default();
+        let mut from = 0;
+        loop {
+            let Some(run) = lock(&sh.spacemap).take_free_run(from, MIN_RUN, MAX_RUN) else {
+                break;
+            };
+            if sh.punch(run) {
+                report.runs += 1;
+                report.bytes += run.len * SECTOR;
+            }
+            lock(&sh.spacemap).free_released(&[run]);
+            from = run.start + run.len;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,168 @@
+//! Giving free space back to the file system: `autotrim` punches released runs at commit,
+//! `Pool::trim` punches all free space once, and a default pool punches nothing (it reuses
+//! the space its file holds).
+//!
+//! A punch must never zero data: a writer placing data at the very moment space is punched
+//! (here a 4 MiB write that only fits where the punch is) must not get that space before the
+//! punch is done; it waits and lands after, intact.
+
+mod common;
+
+use common::Watched;
+use pool::{Pool, PoolConfig, VolumeHandle};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+/// Writes `fill` over the whole volume in 1 MiB requests.
+fn write_whole(v: &VolumeHandle, fill: u8) {
+    let buf = vec![fill; MIB];
+    for at in (0..v.size()).step_by(MIB) {
+        v.write_at(at, &buf).expect("write");
+    }
+}
+
+/// A 16 MiB pool holding volume `a` (written three times: two freed copies, one live) and an
+/// empty 4 MiB volume `b` that only fits where a freed copy was. When the first punch of at
+/// least 4 MiB starts (`punch` triggers it), b is written from another thread, which must
+/// wait until the punch is done. b reads back intact, a too, and the pool scrubs clean.
+fn writer_during_punch(autotrim: bool, punch: impl FnOnce(&Pool)) {
+    let dev = Arc::new(Watched::new(16 * MIB));
+    let config = PoolConfig {
+        sync_interval: None,
+        autotrim,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_on(dev.clone(), "p", config).expect("pool");
+    let props = Default::default();
+    pool.create_volume("p/a", 4 * MIB as u64, 4096, &props)
+        .expect("volume a");
+    pool.create_volume("p/b", 4 * MIB as u64, 4096, &props)
+        .expect("volume b");
+    let a = pool.volume("p/a").expect("a");
+    let b = pool.volume("p/b").expect("b");
+    for fill in [1u8, 2, 3] {
+        write_whole(&a, fill);
+        pool.sync().expect("sync");
+    }
+    // Give the writer time to finish if it can (it must not, before the punch is done).
+    let writer: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::new(Mutex::new(None));
+    let (slot, bw) = (writer.clone(), b.clone());
+    dev.on_punch(
+        4 * MIB as u64,
+        Box::new(move || {
+            let h = std::thread::spawn(move || {
+                bw.write_at(0, &vec![0xb5u8; 4 * MIB]).expect("write b");
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            *slot.lock().expect("slot") = Some(h);
+        }),
+    );
+    punch(&pool);
+    let h = writer.lock().expect("writer").take();
+    h.expect("the freed space was punched")
+        .join()
+        .expect("the writer finished");
+    pool.sync().expect("sync");
+    let mut got = vec![0u8; 4 * MIB];
+    b.read_at(0, &mut got).expect("read b back");
+    assert!(got.iter().all(|&x| x == 0xb5), "b's data was zeroed");
+    let mut got_a = vec![0u8; 4 * MIB];
+    a.read_at(0, &mut got_a).expect("read a back");
+    assert!(got_a.iter().all(|&x| x == 3));
+    let report = pool.scrub().expect("scrub");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
+#[test]
+fn a_writer_never_gets_space_that_autotrim_is_punching() {
+    writer_during_punch(true, |pool| {
+        for _ in 0..pool::spacemap::DEFER_TXGS + 1 {
+            pool.sync().expect("sync");
+        }
+    });
+}
+
+#[test]
+fn a_writer_never_gets_space_that_trim_is_punching() {
+    writer_during_punch(false, |pool| {
+        let report = pool.trim().expect("trim");
+        assert!(report.bytes >= 4 * MIB as u64, "{report:?}");
+    });
+}
+
+/// Bytes the file has allocated on disk.
+fn held(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("stat").blocks() * 512
+}
+
+/// Writes 32 MiB to a volume of a new pool file, destroys it and commits until its frees are
+/// released; returns the pool and how much its file holds before the destroy and after.
+fn destroy_big_volume(dir: &Path, autotrim: bool) -> (Pool, u64, u64) {
+    let path = dir.join(format!("trim-{autotrim}.tarn"));
+    let config = PoolConfig {
+        sync_interval: None,
+        autotrim,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_file(&path, "p", 128 * MIB as u64, config).expect("pool");
+    pool.create_volume("p/keep", 4 * MIB as u64, 4096, &Default::default())
+        .expect("keep");
+    pool.create_volume("p/big", 32 * MIB as u64, 4096, &Default::default())
+        .expect("big");
+    write_whole(&pool.volume("p/keep").expect("keep"), 0x4b);
+    write_whole(&pool.volume("p/big").expect("big"), 0x42);
+    pool.sync().expect("sync");
+    let before = held(&path);
+    pool.destroy("p/big").expect("destroy");
+    for _ in 0..pool::spacemap::DEFER_TXGS + 1 {
+        pool.sync().expect("sync");
+    }
+    (pool, before, held(&path))
+}
+
+#[test]
+fn a_default_pool_keeps_freed_space_and_trim_gives_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pool, before, after) = destroy_big_volume(dir.path(), false);
+    assert!(
+        after + MIB as u64 > before,
+        "a pool without autotrim punched: {before} -> {after}"
+    );
+    let report = pool.trim().expect("trim");
+    assert!(report.bytes >= 32 * MIB as u64, "{report:?}");
+    let trimmed = held(&dir.path().join("trim-false.tarn"));
+    assert!(
+        trimmed + 31 * MIB as u64 <= before,
+        "trim gave back too little: {before} -> {trimmed}"
+    );
+    let mut got = vec![0u8; 4 * MIB];
+    pool.volume("p/keep")
+        .expect("keep")
+        .read_at(0, &mut got)
+        .expect("read keep");
+    assert!(got.iter().all(|&x| x == 0x4b), "trim damaged a live volume");
+    let report = pool.scrub().expect("scrub");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // Trimmed space is written again like any other.
+    pool.create_volume("p/again", 32 * MIB as u64, 4096, &Default::default())
+        .expect("again");
+    write_whole(&pool.volume("p/again").expect("again"), 0x61);
+    pool.sync().expect("sync");
+    assert!(pool.scrub().expect("scrub").errors.is_empty());
+}
+
+#[test]
+fn autotrim_punches_released_runs_at_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pool, before, after) = destroy_big_volume(dir.path(), true);
+    assert!(
+        after + 31 * MIB as u64 <= before,
+        "autotrim gave back too little: {before} -> {after}"
+    );
+    assert!(pool.scrub().expect("scrub").errors.is_empty());
+}
