@@ -2,9 +2,9 @@
 //!
 //! Freed blocks are deferred: a block freed in txg T becomes allocatable only once txg
 //! T + [`DEFER_TXGS`] commits, so the previous few uberblocks stay openable after a crash.
-//! Allocation is next-fit, and rewinds to space as it is freed: a pool file then reuses the
-//! space it already holds before it grows into holes, which cost the file system (and a
-//! thin-provisioned disk under it) an allocation on first write.
+//! Allocation is next-fit, and rewinds to freed runs of at least [`REWIND_MIN`]: a pool file
+//! then reuses the space it already holds before it grows into holes, which cost the file
+//! system (and a thin-provisioned disk under it) an allocation on first write.
 //! Txg T writes copy `T % 2`, rewriting each chunk dirtied in T or T-1, so each copy is exact for
 //! the txgs that wrote it.
 
@@ -15,6 +15,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Txgs a freed block waits before reuse.
 pub const DEFER_TXGS: u64 = 4;
+
+/// Shortest freed run that next-fit moves back to (1 MiB). Longer runs come from sequential
+/// overwrites and destroys, and writing them again fills them in order; scattered small frees
+/// (random overwrites) are left for the cursor to reach, or they would turn the random
+/// writes that copy-on-write lays out in sequence back into random writes.
+pub const REWIND_MIN: u64 = (1 << 20) / SECTOR;
 
 /// A run of sectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,10 +226,13 @@ impl SpaceMap {
         }
     }
 
-    /// Frees an extent and lets the next allocation start there if it is below the cursor.
+    /// Frees an extent; a run of at least [`REWIND_MIN`] below the cursor is where the next
+    /// allocation starts.
     fn release(&mut self, start: u64, len: u64) {
         self.set_range(start, len, false);
-        self.cursor = self.cursor.min(start);
+        if len >= REWIND_MIN {
+            self.cursor = self.cursor.min(start);
+        }
     }
 
     /// Sectors placed by writers and not yet committed (zombies included).
@@ -509,26 +518,30 @@ mod tests {
     }
 
     #[test]
-    fn released_space_is_reused_before_fresh_space() {
-        let mut sm = SpaceMap::new(1000, 10);
-        let a = sm.alloc(100).unwrap();
-        let b = sm.alloc(100).unwrap();
-        sm.free_deferred(1, a, 100);
-        assert_eq!(sm.alloc(50), Some(b + 100), "deferred space is not reused");
-        let released = sm.take_released(1);
+    fn released_runs_are_reused_before_fresh_space() {
+        let m = REWIND_MIN;
+        let mut sm = SpaceMap::new(100 * m, 10);
+        let a = sm.alloc(4 * m).unwrap();
+        let b = sm.alloc(4 * m).unwrap();
+        sm.free_deferred(1, a, 2 * m);
+        sm.free_deferred(2, a + 3 * m, 1);
+        assert_eq!(sm.alloc(m), Some(b + 4 * m), "deferred space is not reused");
+        let released = sm.take_released(2);
         sm.free_released(&released);
         assert_eq!(
-            sm.alloc(60),
+            sm.alloc(m),
             Some(a),
             "next-fit moved back to the released run"
         );
         assert_eq!(
-            sm.alloc(60),
-            Some(b + 150),
-            "only 40 sectors left there: on to fresh space"
+            sm.alloc(2 * m),
+            Some(b + 5 * m),
+            "too little left there: on to fresh space"
         );
-        sm.free_now(b, 10);
-        assert_eq!(sm.alloc(10), Some(b));
+        let small = sm.alloc(1).unwrap();
+        assert_eq!(small, b + 7 * m, "a short free does not move next-fit back");
+        sm.free_now(b, m);
+        assert_eq!(sm.alloc(1), Some(b), "a freed run of REWIND_MIN does");
     }
 
     #[test]
