@@ -22,10 +22,6 @@ pub const DEFER_TXGS: u64 = 4;
 /// writes that copy-on-write lays out in sequence back into random writes.
 pub const REWIND_MIN: u64 = (1 << 20) / SECTOR;
 
-/// Free space a short allocation starts in while the pool is roomy (1 MiB); see
-/// [`SpaceMap::alloc`].
-pub const FIT_MIN: u64 = (1 << 20) / SECTOR;
-
 /// A run of sectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Extent {
@@ -44,9 +40,6 @@ pub struct SpaceMap {
     allocated: u64,
     reserved: u64,
     cursor: u64,
-    /// Sectors freed since the last search for free space of [`FIT_MIN`] found none: the
-    /// search (a scan of the whole map) is tried again only once this reaches `FIT_MIN`.
-    freed_since_no_room: u64,
     dirty: BTreeSet<u64>,
     prev_dirty: BTreeSet<u64>,
     deferred: BTreeMap<u64, Vec<Extent>>,
@@ -68,7 +61,6 @@ impl SpaceMap {
             allocated: 0,
             reserved,
             cursor: reserved,
-            freed_since_no_room: FIT_MIN,
             dirty: BTreeSet::new(),
             prev_dirty: BTreeSet::new(),
             deferred: BTreeMap::new(),
@@ -140,26 +132,11 @@ impl SpaceMap {
     }
 
     /// Allocates `len` contiguous sectors, next-fit from the last allocation (or the lowest
-    /// long run freed since). While more than a quarter of the pool is free, a short allocation
-    /// that cannot continue where the last one ended starts only in free space of at least
-    /// [`FIT_MIN`]: small writes then go down in sequence instead of into the holes that
-    /// random overwrites leave (as ZFS's allocator avoids fragmented space while it can).
+    /// space freed since).
     pub fn alloc(&mut self, len: u64) -> Option<u64> {
         if len == 0 || len > self.free() {
             return None;
         }
-        if len < FIT_MIN && self.free() > self.usable() / 4 && self.freed_since_no_room >= FIT_MIN {
-            if let Some(s) = self.next_fit(len, FIT_MIN) {
-                return Some(s);
-            }
-            self.freed_since_no_room = 0;
-        }
-        self.next_fit(len, len)
-    }
-
-    /// Next-fit of `len` sectors starting at the cursor, or anywhere else in free space of at
-    /// least `room` sectors (less at the very end of the device).
-    fn next_fit(&mut self, len: u64, room: u64) -> Option<u64> {
         let lo = self.reserved;
         let mut s = self.cursor.max(lo);
         let mut wrapped = false;
@@ -180,12 +157,7 @@ impl SpaceMap {
                 s += 64;
                 continue;
             }
-            let need = if s == self.cursor {
-                len
-            } else {
-                room.min(self.sectors - s)
-            };
-            match (s..s + need).find(|&x| self.bit(x)) {
+            match (s..s + len).find(|&x| self.bit(x)) {
                 None => {
                     self.set_range(s, len, true);
                     self.cursor = s + len;
@@ -258,7 +230,6 @@ impl SpaceMap {
     /// allocation starts.
     fn release(&mut self, start: u64, len: u64) {
         self.set_range(start, len, false);
-        self.freed_since_no_room = self.freed_since_no_room.saturating_add(len);
         if len >= REWIND_MIN {
             self.cursor = self.cursor.min(start);
         }
@@ -477,7 +448,6 @@ impl SpaceMap {
         self.words = fresh.words;
         self.allocated = 0;
         self.deferred.clear();
-        self.freed_since_no_room = FIT_MIN;
         self.mark_all_dirty();
     }
 }
@@ -572,63 +542,6 @@ mod tests {
         assert_eq!(small, b + 7 * m, "a short free does not move next-fit back");
         sm.free_now(b, m);
         assert_eq!(sm.alloc(1), Some(b), "a freed run of REWIND_MIN does");
-    }
-
-    #[test]
-    fn short_allocations_skip_small_holes_while_the_pool_is_roomy() {
-        let m = FIT_MIN;
-        let mut sm = SpaceMap::new(40 * m, 10);
-        let a = sm.alloc(sm.usable()).unwrap();
-        sm.set_range(a + 5, 1, false);
-        sm.set_range(a + 100, 3, false);
-        sm.set_range(a + 15 * m, 20 * m, false);
-        assert_eq!(
-            sm.alloc(1),
-            Some(a + 15 * m),
-            "holes of 1 and 3 sectors skipped"
-        );
-        assert_eq!(
-            sm.alloc(2),
-            Some(a + 15 * m + 1),
-            "continues where it ended"
-        );
-        let rest = 20 * m - 3;
-        assert_eq!(sm.alloc(rest), Some(a + 15 * m + 3));
-        assert!(sm.free() <= sm.usable() / 4);
-        assert_eq!(
-            sm.alloc(2),
-            Some(a + 100),
-            "short of space, any hole will do"
-        );
-        assert_eq!(sm.alloc(1), Some(a + 102));
-        assert_eq!(sm.alloc(1), Some(a + 5));
-        assert_eq!(sm.alloc(1), None);
-    }
-
-    #[test]
-    fn a_fruitless_search_for_room_waits_until_enough_is_freed() {
-        let m = FIT_MIN;
-        let mut sm = SpaceMap::new(40 * m, 10);
-        let a = sm.alloc(sm.usable()).unwrap();
-        for i in 0..20 * m / 2 {
-            sm.set_range(a + 2 * i + 1, 1, false);
-        }
-        assert!(
-            sm.free() > sm.usable() / 4,
-            "roomy, but no free run of FIT_MIN"
-        );
-        assert_eq!(sm.alloc(1), Some(a + 1));
-        assert_eq!(sm.freed_since_no_room, 0, "the search found nothing");
-        assert_eq!(sm.alloc(1), Some(a + 3), "and is not repeated");
-        // Free one run of FIT_MIN a sector at a time (too short to move the cursor back).
-        for s in a + 30 * m..a + 31 * m {
-            sm.free_now(s, 1);
-        }
-        assert_eq!(
-            sm.alloc(1),
-            Some(a + 30 * m),
-            "freed enough: searched again, found"
-        );
     }
 
     #[test]
