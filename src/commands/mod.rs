@@ -61,6 +61,14 @@ pub(crate) fn execute(pool: &Pool, req: Request) -> Result<Response> {
     Ok(req.execute(pool)?)
 }
 
+/// Executes a request that may take seconds, with a spinner saying `what` meanwhile.
+pub(crate) fn execute_spinning(pool: &Pool, req: Request, what: &str) -> Result<Response> {
+    let pb = crate::output::spinner(what);
+    let r = execute(pool, req);
+    pb.finish_and_clear();
+    r
+}
+
 /// The dataset a request returned, or an internal error.
 pub(crate) fn expect_dataset(r: Response) -> Result<::pool::DatasetInfo> {
     match r {

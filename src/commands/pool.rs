@@ -1,6 +1,6 @@
 //! `tarn pool ...`: create, import, export, list, status, scrub, trim, destroy.
 
-use super::execute;
+use super::{execute, execute_spinning};
 use crate::cli::{JsonArgs, PoolCreateArgs, PoolImportArgs, PoolStatusArgs};
 use crate::error::{CliError, Result};
 use crate::output::{self, Table};
@@ -382,10 +382,8 @@ struct ScrubOut<'a> {
 /// `tarn pool scrub NAME`
 pub fn scrub(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
     let (pool, mut entry) = reg.open(&a.name)?;
-    let pb = output::spinner(&format!("scrubbing {}", a.name));
-    let report = execute(&pool, Request::Scrub);
-    pb.finish_and_clear();
-    let report = match report? {
+    let what = format!("scrubbing {}", a.name);
+    let report = match execute_spinning(&pool, Request::Scrub, &what)? {
         Response::Scrub(r) => r,
         other => return Err(super::unexpected(&other)),
     };
@@ -453,10 +451,8 @@ struct TrimOut<'a> {
 /// `tarn pool trim NAME`
 pub fn trim(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
     let (pool, _) = reg.open(&a.name)?;
-    let pb = output::spinner(&format!("trimming {}", a.name));
-    let report = execute(&pool, Request::Trim);
-    pb.finish_and_clear();
-    let report = match report? {
+    let what = format!("trimming {}", a.name);
+    let report = match execute_spinning(&pool, Request::Trim, &what)? {
         Response::Trim(r) => r,
         other => return Err(super::unexpected(&other)),
     };
