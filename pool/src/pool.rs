@@ -220,7 +220,7 @@ impl Shared {
     /// quarter of `dirty_max` is placed: its commit releases older frees while a long write
     /// goes on, so a sequential overwrite reuses space the file already holds instead of
     /// growing into holes. (At one commit a second, the `reuse` example's pool file grew by
-    /// the whole 1 GiB in each of its first three rounds; with this, by 0.4-0.6 GiB once.)
+    /// the whole 1 GiB in each of its first three rounds; with this, by 0.4-1.0 GiB once.)
     pub(crate) fn note_placed(&self, bytes: u64) {
         let step = (self.config.dirty_max / 4).max(1);
         let before = self.placed_bytes.fetch_add(bytes, Ordering::AcqRel);
