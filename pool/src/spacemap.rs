@@ -18,8 +18,8 @@ pub const DEFER_TXGS: u64 = 4;
 
 /// Shortest freed run that next-fit moves back to (1 MiB). Longer runs come from sequential
 /// overwrites and destroys, and writing them again fills them in order; scattered small frees
-/// (random overwrites) are left for the cursor to reach, or they would turn the random
-/// writes that copy-on-write lays out in sequence back into random writes.
+/// (random overwrites) are filled when the cursor comes round, not sought out after every
+/// commit.
 pub const REWIND_MIN: u64 = (1 << 20) / SECTOR;
 
 /// A run of sectors.
