@@ -35,6 +35,9 @@ pub trait Device: Send + Sync {
     fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_at(buf, offset)
     }
+    /// Starts reading `len` bytes at `offset` into the device's cache without waiting, for
+    /// `read_at`s that are about to come. Best effort: a device without a cache ignores it.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
     /// Makes every completed write durable.
     fn sync(&self) -> io::Result<()>;
     /// Size in bytes.
@@ -123,6 +126,21 @@ impl Device for FileDevice {
 
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         pwritev_all(self.file.as_raw_fd(), bufs, offset)
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        // SAFETY: posix_fadvise(2) on our open descriptor; it reads no memory of ours.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(path = %self.path.display(), offset, len, rc, "prefetch refused");
+        }
     }
 
     fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -26,6 +26,7 @@ pub mod names;
 pub mod phys;
 mod pool;
 pub mod positioned;
+mod prefetch;
 pub mod request;
 mod scrub;
 mod snapshot;

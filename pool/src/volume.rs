@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::iov::{Iov, IovMut};
 use crate::phys::{checksum, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
 use crate::pool::{lock, read, Shared};
+use crate::prefetch::Streams;
 use crate::spacemap::SpaceMap;
 use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
@@ -167,6 +168,8 @@ pub(crate) struct Volume {
     pub name: RwLock<String>,
     pub block_size: u32,
     pub state: Mutex<VolumeState>,
+    /// Sequential read streams, for prefetch.
+    pub streams: Streams,
 }
 
 impl Volume {
@@ -176,6 +179,7 @@ impl Volume {
             name: RwLock::new(name),
             block_size,
             state: Mutex::new(VolumeState::new(init)),
+            streams: Streams::default(),
         }
     }
 }
@@ -194,6 +198,35 @@ struct Fetch {
     len: usize,
     ptr: BlockPtr,
     idx: u64,
+}
+
+/// Most device runs one prefetch asks for (a scattered layout stops it early).
+const PREFETCH_RUNS: usize = 64;
+
+/// Device byte ranges of the committed, not rewritten blocks of volume bytes `range`, with
+/// blocks contiguous on the device merged, in volume order: what a prefetch reads.
+fn committed_runs(st: &VolumeState, bs: u64, range: &std::ops::Range<u64>) -> Vec<(u64, u64)> {
+    let Some(tree) = &st.tree else {
+        return Vec::new();
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for idx in range.start / bs..range.end.div_ceil(bs) {
+        let rewritten =
+            st.open.contains_key(&idx) || st.syncing.as_ref().is_some_and(|s| s.contains_key(&idx));
+        let ptr = tree.get(idx as usize);
+        if rewritten || ptr.is_hole() {
+            continue;
+        }
+        let (at, n) = (ptr.offset(), u64::from(ptr.sectors) * SECTOR);
+        if let Some((_, len)) = runs.last_mut().filter(|(s, l)| *s + *l == at) {
+            *len += n;
+        } else if runs.len() < PREFETCH_RUNS {
+            runs.push((at, n));
+        } else {
+            break;
+        }
+    }
+    runs
 }
 
 impl VolumeHandle {
@@ -265,16 +298,24 @@ impl VolumeHandle {
     }
 
     /// Reads into several buffers back to back, starting at `offset`. Committed blocks are read
-    /// from the device straight into the buffers wherever a block lies within one of them.
+    /// from the device straight into the buffers wherever a block lies within one of them. A
+    /// read that continues a sequential stream goes through the device's cache and prefetches
+    /// the blocks after it (see `prefetch.rs`).
     pub fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
         let mut dst = IovMut::new(bufs);
         let len = dst.len();
         let bs = u64::from(self.vol.block_size);
         let _fence = read(&self.shared.fence);
         let mut fetches = Vec::new();
-        {
+        let (plan, ahead) = {
             let st = self.state()?;
             self.check_range(&st, offset, len as u64)?;
+            let plan = self.vol.streams.observe(offset, len as u64, st.size);
+            let ahead = plan
+                .prefetch
+                .as_ref()
+                .map(|r| committed_runs(&st, bs, r))
+                .unwrap_or_default();
             let mut at = 0usize;
             while at < len {
                 let pos = offset + at as u64;
@@ -316,13 +357,19 @@ impl VolumeHandle {
                 }
                 at += n;
             }
+            (plan, ahead)
+        };
+        self.fetch(&mut dst, &fetches, plan.sequential)?;
+        for (at, n) in ahead {
+            self.shared.dev.prefetch(at, n);
         }
-        self.fetch(&mut dst, &fetches)
+        Ok(())
     }
 
     /// Reads committed blocks outside the volume lock. Whole blocks contiguous on disk and in
-    /// one destination buffer are read with one device read, in place; the rest bounce.
-    fn fetch(&self, dst: &mut IovMut<'_, '_>, fetches: &[Fetch]) -> Result<()> {
+    /// one destination buffer are read with one device read, in place; the rest bounce. Long
+    /// runs bypass the device's cache unless `cached` (a sequential stream, prefetched).
+    fn fetch(&self, dst: &mut IovMut<'_, '_>, fetches: &[Fetch], cached: bool) -> Result<()> {
         let bs = self.vol.block_size as usize;
         let mut i = 0;
         while i < fetches.len() {
@@ -342,7 +389,7 @@ impl VolumeHandle {
                     j = i + 1;
                 }
                 if let Some(run) = dst.contiguous(f.buf_at, (j - i) * bs) {
-                    let read = if run.len() >= DIRECT_READ_MIN {
+                    let read = if run.len() >= DIRECT_READ_MIN && !cached {
                         self.shared.dev.read_direct_at(run, f.ptr.offset())
                     } else {
                         self.shared.dev.read_at(run, f.ptr.offset())

@@ -1,0 +1,163 @@
+//! Sequential prefetch. A volume follows a few read streams; a read that starts where one of
+//! them ended is sequential, and the stream then asks the device to start reading the next
+//! blocks (`Device::prefetch`), so a reader at queue depth 1 finds them cached instead of
+//! waiting for the device on every request. ZFS's zfetch does this for its ARC; here the
+//! cache is the host's page cache, which the pool file's reads go through.
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Streams followed per volume: readers scanning different parts at once (a guest's
+/// readahead of several files, a copy of two volumes in one pool) each keep theirs.
+const STREAMS: usize = 8;
+/// Least and most bytes a stream reads ahead of its reader: four requests ahead, within these.
+const MIN_AHEAD: u64 = 1 << 20;
+const MAX_AHEAD: u64 = 8 << 20;
+
+/// One followed stream: where its next read is expected and how far it has prefetched.
+#[derive(Clone, Copy, Default)]
+struct Stream {
+    next: u64,
+    ahead: u64,
+    /// Tick of the last read that matched or started it; 0 for an unused slot.
+    used: u64,
+}
+
+/// What to do for one read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The read continues a stream: read through the cache, where the prefetch lands.
+    pub sequential: bool,
+    /// Byte range of the volume to prefetch now, if any.
+    pub prefetch: Option<Range<u64>>,
+}
+
+/// The read streams of one volume.
+#[derive(Default)]
+pub(crate) struct Streams {
+    inner: Mutex<(u64, [Stream; STREAMS])>,
+}
+
+impl Streams {
+    /// Notes a read of `len` bytes at `offset` in a volume of `size` bytes. A read that no
+    /// stream expects starts one in the least recently used slot; one that continues a stream
+    /// prefetches up to four of its requests ahead, in batches of at least half that distance.
+    pub(crate) fn observe(&self, offset: u64, len: u64, size: u64) -> Plan {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (tick, streams) = &mut *g;
+        *tick += 1;
+        let end = offset.saturating_add(len).min(size);
+        let Some(i) = streams
+            .iter()
+            .position(|s| s.used != 0 && s.next == offset && len > 0)
+        else {
+            let lru = streams
+                .iter_mut()
+                .min_by_key(|s| s.used)
+                .expect("STREAMS > 0");
+            *lru = Stream {
+                next: end,
+                ahead: end,
+                used: *tick,
+            };
+            return Plan {
+                sequential: false,
+                prefetch: None,
+            };
+        };
+        // Two streams that meet (a reader jumped back and caught up) become one.
+        for (j, o) in streams.iter_mut().enumerate() {
+            if j != i && o.used != 0 && o.next == end {
+                *o = Stream::default();
+            }
+        }
+        let s = &mut streams[i];
+        s.next = end;
+        s.used = *tick;
+        let distance = len.saturating_mul(4).clamp(MIN_AHEAD, MAX_AHEAD);
+        let target = end.saturating_add(distance).min(size);
+        let from = s.ahead.max(end);
+        // The first batch of a stream goes at once; later ones when half the distance is free.
+        let prefetch =
+            (target > from && (s.ahead <= end || target - from >= distance / 2)).then(|| {
+                s.ahead = target;
+                from..target
+            });
+        Plan {
+            sequential: true,
+            prefetch,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_sequential_reader_is_prefetched_ahead_in_batches() {
+        let s = Streams::default();
+        let size = 64 * MIB;
+        assert_eq!(
+            s.observe(0, MIB, size),
+            Plan {
+                sequential: false,
+                prefetch: None
+            },
+            "a first read is not yet a stream"
+        );
+        let p = s.observe(MIB, MIB, size);
+        assert!(p.sequential);
+        assert_eq!(p.prefetch, Some(2 * MIB..6 * MIB), "four requests ahead");
+        let p = s.observe(2 * MIB, MIB, size);
+        assert!(p.sequential);
+        assert_eq!(p.prefetch, None, "less than half the distance to fill");
+        let p = s.observe(3 * MIB, MIB, size);
+        assert_eq!(
+            p.prefetch,
+            Some(6 * MIB..8 * MIB),
+            "a batch of half the distance"
+        );
+    }
+
+    #[test]
+    fn prefetch_stops_at_the_end_of_the_volume() {
+        let s = Streams::default();
+        let size = 3 * MIB;
+        s.observe(0, MIB, size);
+        assert_eq!(s.observe(MIB, MIB, size).prefetch, Some(2 * MIB..3 * MIB));
+        let p = s.observe(2 * MIB, MIB, size);
+        assert!(p.sequential);
+        assert_eq!(p.prefetch, None);
+    }
+
+    #[test]
+    fn random_reads_prefetch_nothing_and_interleaved_streams_are_each_followed() {
+        let s = Streams::default();
+        let size = 1 << 30;
+        for i in 0..100u64 {
+            let off = (i * 7919 % 1000) * 4096 * 3;
+            assert!(s.observe(off, 4096, size).prefetch.is_none());
+        }
+        // Two scans, alternating.
+        s.observe(0, MIB, size);
+        s.observe(512 * MIB, MIB, size);
+        assert_eq!(s.observe(MIB, MIB, size).prefetch, Some(2 * MIB..6 * MIB));
+        assert_eq!(
+            s.observe(513 * MIB, MIB, size).prefetch,
+            Some(514 * MIB..518 * MIB)
+        );
+    }
+
+    #[test]
+    fn a_jump_backwards_starts_over_without_prefetching_what_was_read() {
+        let s = Streams::default();
+        let size = 64 * MIB;
+        s.observe(0, MIB, size);
+        s.observe(MIB, MIB, size);
+        assert!(!s.observe(0, MIB, size).sequential);
+        assert_eq!(s.observe(MIB, MIB, size).prefetch, Some(2 * MIB..6 * MIB));
+    }
+}
