@@ -129,17 +129,25 @@ impl Device for FileDevice {
     }
 
     fn prefetch(&self, offset: u64, len: u64) {
-        // SAFETY: posix_fadvise(2) on our open descriptor; it reads no memory of ours.
-        let rc = unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                offset as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(path = %self.path.display(), offset, len, rc, "prefetch refused");
+        // One WILLNEED reads at most max(read_ahead_kb, max_sectors_kb) of the device (Linux's
+        // force_page_cache_ra), so a long range goes in pieces of the default read_ahead_kb.
+        const PIECE: u64 = 128 << 10;
+        let end = offset.saturating_add(len);
+        for at in (offset..end).step_by(PIECE as usize) {
+            let n = PIECE.min(end - at);
+            // SAFETY: posix_fadvise(2) on our open descriptor; it reads no memory of ours.
+            let rc = unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    at as libc::off_t,
+                    n as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            if rc != 0 {
+                tracing::debug!(path = %self.path.display(), at, n, rc, "prefetch refused");
+                return;
+            }
         }
     }
 
