@@ -13,8 +13,13 @@ const STREAMS: usize = 8;
 /// Least and most bytes a stream reads ahead of its reader: four requests ahead, within these.
 const MIN_AHEAD: u64 = 1 << 20;
 const MAX_AHEAD: u64 = 8 << 20;
+/// How many requests away from where a stream expects its next read (before or after) a read
+/// may start and still continue it: a device that serves several requests at once (virtio-blk
+/// workers) runs neighbours out of order.
+const REORDER: u64 = 4;
 
-/// One followed stream: where its next read is expected and how far it has prefetched.
+/// One followed stream: where its next read is expected (the furthest end read so far) and how
+/// far it has prefetched.
 #[derive(Clone, Copy, Default)]
 struct Stream {
     next: u64,
@@ -39,17 +44,21 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    /// Notes a read of `len` bytes at `offset` in a volume of `size` bytes. A read that no
-    /// stream expects starts one in the least recently used slot; one that continues a stream
-    /// prefetches up to four of its requests ahead, in batches of at least half that distance.
+    /// Notes a read of `len` bytes at `offset` in a volume of `size` bytes. A read that starts
+    /// within [`REORDER`] requests of where a stream expects its next read continues it;
+    /// any other starts a stream in the least recently used slot. A continued stream
+    /// prefetches up to four requests past its furthest end, in batches of at least half that
+    /// distance.
     pub(crate) fn observe(&self, offset: u64, len: u64, size: u64) -> Plan {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (tick, streams) = &mut *g;
         *tick += 1;
         let end = offset.saturating_add(len).min(size);
+        let slack = len.saturating_mul(REORDER);
+        let near = |s: &Stream| offset.saturating_add(slack) >= s.next && offset <= s.next + slack;
         let Some(i) = streams
             .iter()
-            .position(|s| s.used != 0 && s.next == offset && len > 0)
+            .position(|s| s.used != 0 && len > 0 && near(s))
         else {
             let lru = streams
                 .iter_mut()
@@ -65,9 +74,10 @@ impl Streams {
                 prefetch: None,
             };
         };
+        let end = end.max(streams[i].next);
         // Two streams that meet (a reader jumped back and caught up) become one.
         for (j, o) in streams.iter_mut().enumerate() {
-            if j != i && o.used != 0 && o.next == end {
+            if j != i && o.used != 0 && o.next.abs_diff(end) <= slack {
                 *o = Stream::default();
             }
         }
@@ -138,8 +148,9 @@ mod tests {
         let s = Streams::default();
         let size = 1 << 30;
         for i in 0..100u64 {
-            let off = (i * 7919 % 1000) * 4096 * 3;
-            assert!(s.observe(off, 4096, size).prefetch.is_none());
+            let off = (i * 7919 % 1000) * MIB;
+            let p = s.observe(off, 4096, size);
+            assert!(!p.sequential && p.prefetch.is_none(), "{off}");
         }
         // Two scans, alternating.
         s.observe(0, MIB, size);
@@ -152,12 +163,35 @@ mod tests {
     }
 
     #[test]
-    fn a_jump_backwards_starts_over_without_prefetching_what_was_read() {
+    fn a_jump_backwards_starts_over() {
+        let s = Streams::default();
+        let size = 64 * MIB;
+        for c in 0..6 {
+            s.observe(c * MIB, MIB, size);
+        }
+        assert!(!s.observe(0, MIB, size).sequential);
+        assert_eq!(s.observe(MIB, MIB, size).prefetch, Some(2 * MIB..6 * MIB));
+    }
+
+    #[test]
+    fn neighbours_served_out_of_order_still_make_a_stream() {
         let s = Streams::default();
         let size = 64 * MIB;
         s.observe(0, MIB, size);
-        s.observe(MIB, MIB, size);
-        assert!(!s.observe(0, MIB, size).sequential);
-        assert_eq!(s.observe(MIB, MIB, size).prefetch, Some(2 * MIB..6 * MIB));
+        // Request 2 overtakes request 1, 4 overtakes 3: all continue the stream, and the
+        // prefetch runs four requests past the furthest end.
+        let p = s.observe(2 * MIB, MIB, size);
+        assert_eq!((p.sequential, p.prefetch), (true, Some(3 * MIB..7 * MIB)));
+        let p = s.observe(MIB, MIB, size);
+        assert_eq!((p.sequential, p.prefetch), (true, None));
+        let p = s.observe(4 * MIB, MIB, size);
+        assert_eq!((p.sequential, p.prefetch), (true, Some(7 * MIB..9 * MIB)));
+        let p = s.observe(3 * MIB, MIB, size);
+        assert_eq!((p.sequential, p.prefetch), (true, None));
+        assert_eq!(s.observe(5 * MIB, MIB, size).prefetch, None);
+        assert_eq!(
+            s.observe(6 * MIB, MIB, size).prefetch,
+            Some(9 * MIB..11 * MIB)
+        );
     }
 }
