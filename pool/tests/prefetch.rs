@@ -4,10 +4,11 @@
 //! dirty) read back new, and a block damaged on disk fails its checksum.
 
 use pool::{ErrorKind, Pool, PoolConfig, VolumeHandle};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const MIB: u64 = 1 << 20;
 const BS: u64 = 4096;
@@ -29,7 +30,7 @@ fn chunk(c: u64, g: u8) -> Vec<u8> {
 
 /// Where each generation-0 block of the volume lies in the pool file: volume offset to file
 /// offset, found by scanning the file for the headers.
-fn block_offsets(path: &Path) -> std::collections::HashMap<u64, u64> {
+fn block_offsets(path: &Path) -> HashMap<u64, u64> {
     let bytes = std::fs::read(path).expect("read the pool file");
     bytes
         .chunks(BS as usize)
@@ -77,10 +78,10 @@ fn read_chunk(v: &VolumeHandle, c: u64) -> pool::Result<Vec<u8>> {
     Ok(buf.to_vec())
 }
 
-#[test]
-fn a_sequential_reader_finds_the_next_blocks_cached() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("p.tarn");
+/// A pool file in `dir` with volume `p/v` written whole (generation 0) and committed; the
+/// file's path and where each block lies in it.
+fn written_pool(dir: &Path) -> (Pool, VolumeHandle, PathBuf, HashMap<u64, u64>) {
+    let path = dir.join("p.tarn");
     let pool = Pool::create_file(&path, "p", 64 * MIB, PoolConfig::default()).expect("pool");
     pool.create_volume("p/v", CHUNKS * MIB, BS as u32, &Default::default())
         .expect("volume");
@@ -95,6 +96,13 @@ fn a_sequential_reader_finds_the_next_blocks_cached() {
         CHUNKS * MIB / BS,
         "every block found once"
     );
+    (pool, v, path, where_)
+}
+
+#[test]
+fn a_sequential_reader_finds_the_next_blocks_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pool, v, path, where_) = written_pool(dir.path());
     let file = File::open(&path).expect("open the pool file");
     evict(&file);
     let in_cache = |c: u64| cached(&file, where_[&(c * MIB + MIB / 2)]);
@@ -124,16 +132,7 @@ fn a_sequential_reader_finds_the_next_blocks_cached() {
 #[test]
 fn prefetched_reads_see_rewrites_and_fail_on_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("p.tarn");
-    let pool = Pool::create_file(&path, "p", 64 * MIB, PoolConfig::default()).expect("pool");
-    pool.create_volume("p/v", CHUNKS * MIB, BS as u32, &Default::default())
-        .expect("volume");
-    let v = pool.volume("p/v").expect("open");
-    for c in 0..CHUNKS {
-        v.write_at(c * MIB, &chunk(c, 0)).expect("write");
-    }
-    pool.sync().expect("sync");
-    let where_ = block_offsets(&path);
+    let (pool, v, path, where_) = written_pool(dir.path());
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
