@@ -60,6 +60,32 @@ pub struct FileDevice {
     path: PathBuf,
     len: u64,
     is_block: bool,
+    /// Most bytes one prefetch hint reads (see [`prefetch_piece`]).
+    prefetch_piece: u64,
+}
+
+/// Most bytes one `POSIX_FADV_WILLNEED` reads on the block device holding a file (or on the
+/// block device itself): max(read_ahead_kb, max_sectors_kb) of its queue, as Linux's
+/// `force_page_cache_ra` caps it; 128 KiB (the default read_ahead_kb) where sysfs does not
+/// say (no such device, a file system without one).
+fn prefetch_piece(meta: &std::fs::Metadata, is_block: bool) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = if is_block { meta.rdev() } else { meta.dev() };
+    let base = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+    // A partition's queue is its disk's, one level up.
+    for queue in [format!("{base}/queue"), format!("{base}/../queue")] {
+        let kib = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("{queue}/{name}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        if let (Some(ra), Some(max)) = (kib("read_ahead_kb"), kib("max_sectors_kb")) {
+            return (ra.max(max) << 10).max(4096);
+        }
+    }
+    128 << 10
 }
 
 impl FileDevice {
@@ -101,6 +127,7 @@ impl FileDevice {
             path: path.to_path_buf(),
             len,
             is_block,
+            prefetch_piece: prefetch_piece(&meta, is_block),
         })
     }
 
@@ -129,12 +156,10 @@ impl Device for FileDevice {
     }
 
     fn prefetch(&self, offset: u64, len: u64) {
-        // One WILLNEED reads at most max(read_ahead_kb, max_sectors_kb) of the device (Linux's
-        // force_page_cache_ra), so a long range goes in pieces of the default read_ahead_kb.
-        const PIECE: u64 = 128 << 10;
+        // One WILLNEED reads at most a piece; a longer range goes in pieces.
         let end = offset.saturating_add(len);
-        for at in (offset..end).step_by(PIECE as usize) {
-            let n = PIECE.min(end - at);
+        for at in (offset..end).step_by(self.prefetch_piece as usize) {
+            let n = self.prefetch_piece.min(end - at);
             // SAFETY: posix_fadvise(2) on our open descriptor; it reads no memory of ours.
             let rc = unsafe {
                 libc::posix_fadvise(

@@ -24,17 +24,24 @@ const REORDER: u64 = 4;
 struct Stream {
     next: u64,
     ahead: u64,
-    /// Tick of the last read that matched or started it; 0 for an unused slot.
+    /// Tick of the last read that advanced or started it; 0 for an unused slot.
     used: u64,
 }
 
 /// What to do for one read.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
-    /// The read continues a stream: read through the cache, where the prefetch lands.
+    /// The read belongs to a stream: read through the cache, where the prefetch lands.
     pub sequential: bool,
     /// Byte range of the volume to prefetch now, if any.
     pub prefetch: Option<Range<u64>>,
+}
+
+impl Plan {
+    const RANDOM: Plan = Plan {
+        sequential: false,
+        prefetch: None,
+    };
 }
 
 /// The read streams of one volume.
@@ -45,21 +52,32 @@ pub(crate) struct Streams {
 
 impl Streams {
     /// Notes a read of `len` bytes at `offset` in a volume of `size` bytes. A read that starts
-    /// within [`REORDER`] requests of where a stream expects its next read continues it;
-    /// any other starts a stream in the least recently used slot. A continued stream
-    /// prefetches up to four requests past its furthest end, in batches of at least half that
-    /// distance.
+    /// within [`REORDER`] requests of a stream's front and ends past it advances the stream,
+    /// which then prefetches up to four requests past its new front, in batches of at least
+    /// half that distance. One that starts that near but ends at or before the front (a
+    /// request overtaken by its successor, a re-read) belongs to the stream and changes
+    /// nothing. Any other read starts a stream in the least recently used slot.
     pub(crate) fn observe(&self, offset: u64, len: u64, size: u64) -> Plan {
+        if len == 0 {
+            return Plan::RANDOM;
+        }
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (tick, streams) = &mut *g;
         *tick += 1;
         let end = offset.saturating_add(len).min(size);
         let slack = len.saturating_mul(REORDER);
-        let near = |s: &Stream| offset.saturating_add(slack) >= s.next && offset <= s.next + slack;
-        let Some(i) = streams
-            .iter()
-            .position(|s| s.used != 0 && len > 0 && near(s))
-        else {
+        let near = |s: &Stream| {
+            s.used != 0
+                && offset.saturating_add(slack) >= s.next
+                && offset <= s.next.saturating_add(slack)
+        };
+        let Some(i) = streams.iter().position(|s| near(s) && end > s.next) else {
+            if streams.iter().any(near) {
+                return Plan {
+                    sequential: true,
+                    prefetch: None,
+                };
+            }
             let lru = streams
                 .iter_mut()
                 .min_by_key(|s| s.used)
@@ -69,12 +87,8 @@ impl Streams {
                 ahead: end,
                 used: *tick,
             };
-            return Plan {
-                sequential: false,
-                prefetch: None,
-            };
+            return Plan::RANDOM;
         };
-        let end = end.max(streams[i].next);
         // Two streams that meet (a reader jumped back and caught up) become one.
         for (j, o) in streams.iter_mut().enumerate() {
             if j != i && o.used != 0 && o.next.abs_diff(end) <= slack {
@@ -96,6 +110,17 @@ impl Streams {
         Plan {
             sequential: true,
             prefetch,
+        }
+    }
+
+    /// Says that the prefetch of `planned` (from [`Streams::observe`]) stopped at `reached`
+    /// (the device runs it would take were too many): the stream goes on from there.
+    pub(crate) fn cut_short(&self, planned: &Range<u64>, reached: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for s in g.1.iter_mut() {
+            if s.used != 0 && s.ahead == planned.end {
+                s.ahead = reached.clamp(planned.start, planned.end);
+            }
         }
     }
 }
@@ -192,6 +217,56 @@ mod tests {
         assert_eq!(
             s.observe(6 * MIB, MIB, size).prefetch,
             Some(9 * MIB..11 * MIB)
+        );
+    }
+
+    #[test]
+    fn rereads_and_backward_scans_prefetch_nothing() {
+        let s = Streams::default();
+        let size = 1 << 30;
+        s.observe(MIB, 4096, size);
+        for _ in 0..10 {
+            let p = s.observe(MIB, 4096, size);
+            assert_eq!(p.prefetch, None, "a re-read");
+        }
+        let s = Streams::default();
+        for k in (0..200u64).rev() {
+            assert_eq!(s.observe(k * 4096, 4096, size).prefetch, None, "block {k}");
+        }
+    }
+
+    #[test]
+    fn empty_reads_leave_the_streams_alone() {
+        let s = Streams::default();
+        let size = 64 * MIB;
+        s.observe(0, MIB, size);
+        for k in 0..2 * STREAMS as u64 {
+            assert_eq!(s.observe(k * 8 * MIB, 0, size), Plan::RANDOM);
+        }
+        assert_eq!(s.observe(MIB, MIB, size).prefetch, Some(2 * MIB..6 * MIB));
+    }
+
+    #[test]
+    fn offsets_near_the_top_of_the_range_do_not_overflow() {
+        let s = Streams::default();
+        let size = u64::MAX;
+        s.observe(u64::MAX - 3 * MIB, MIB, size);
+        let p = s.observe(u64::MAX - 2 * MIB, MIB, size);
+        assert!(p.sequential);
+        assert_eq!(p.prefetch, Some(u64::MAX - MIB..u64::MAX));
+    }
+
+    #[test]
+    fn a_prefetch_cut_short_goes_on_from_where_it_stopped() {
+        let s = Streams::default();
+        let size = 64 * MIB;
+        s.observe(0, MIB, size);
+        let planned = s.observe(MIB, MIB, size).prefetch.expect("a first batch");
+        assert_eq!(planned, 2 * MIB..6 * MIB);
+        s.cut_short(&planned, 3 * MIB);
+        assert_eq!(
+            s.observe(2 * MIB, MIB, size).prefetch,
+            Some(3 * MIB..7 * MIB)
         );
     }
 }

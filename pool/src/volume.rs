@@ -204,10 +204,15 @@ struct Fetch {
 const PREFETCH_RUNS: usize = 64;
 
 /// Device byte ranges of the committed, not rewritten blocks of volume bytes `range`, with
-/// blocks contiguous on the device merged, in volume order: what a prefetch reads.
-fn committed_runs(st: &VolumeState, bs: u64, range: &std::ops::Range<u64>) -> Vec<(u64, u64)> {
+/// blocks contiguous on the device merged, in volume order: what a prefetch reads. At most
+/// [`PREFETCH_RUNS`] of them; the second value says where in the volume they stop.
+fn committed_runs(
+    st: &VolumeState,
+    bs: u64,
+    range: &std::ops::Range<u64>,
+) -> (Vec<(u64, u64)>, u64) {
     let Some(tree) = &st.tree else {
-        return Vec::new();
+        return (Vec::new(), range.start);
     };
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for idx in range.start / bs..range.end.div_ceil(bs) {
@@ -223,10 +228,10 @@ fn committed_runs(st: &VolumeState, bs: u64, range: &std::ops::Range<u64>) -> Ve
         } else if runs.len() < PREFETCH_RUNS {
             runs.push((at, n));
         } else {
-            break;
+            return (runs, idx * bs);
         }
     }
-    runs
+    (runs, range.end)
 }
 
 impl VolumeHandle {
@@ -305,17 +310,20 @@ impl VolumeHandle {
         let mut dst = IovMut::new(bufs);
         let len = dst.len();
         let bs = u64::from(self.vol.block_size);
-        let _fence = read(&self.shared.fence);
+        let fence = read(&self.shared.fence);
         let mut fetches = Vec::new();
         let (plan, ahead) = {
             let st = self.state()?;
             self.check_range(&st, offset, len as u64)?;
             let plan = self.vol.streams.observe(offset, len as u64, st.size);
-            let ahead = plan
-                .prefetch
-                .as_ref()
-                .map(|r| committed_runs(&st, bs, r))
-                .unwrap_or_default();
+            let mut ahead = Vec::new();
+            if let Some(r) = &plan.prefetch {
+                let reached;
+                (ahead, reached) = committed_runs(&st, bs, r);
+                if reached < r.end {
+                    self.vol.streams.cut_short(r, reached);
+                }
+            }
             let mut at = 0usize;
             while at < len {
                 let pos = offset + at as u64;
@@ -360,6 +368,9 @@ impl VolumeHandle {
             (plan, ahead)
         };
         self.fetch(&mut dst, &fetches, plan.sequential)?;
+        // A hint only, which may block on the device: not under the fence that commits wait
+        // for (a run freed meanwhile is just read into the cache).
+        drop(fence);
         for (at, n) in ahead {
             self.shared.dev.prefetch(at, n);
         }

@@ -1,18 +1,24 @@
-//! Sequential prefetch on a pool file: a reader that goes on where its last read ended gets
-//! the next blocks read into the page cache ahead of it, and what it reads from there is
-//! exactly what a read of any other kind returns: rewritten blocks (committed or still
-//! dirty) read back new, and a block damaged on disk fails its checksum.
+//! Sequential prefetch. On a device that records its hints: a reader that goes on where its
+//! last read ended gets exactly the device ranges of the next four requests prefetched, in
+//! batches, and reads far apart, re-reads and stragglers get none. On a real pool file: a hint
+//! lands in the page cache, and what a stream reads from there is exactly what any other read
+//! returns (rewritten blocks, committed or still dirty, read back new, and a block damaged on
+//! disk fails its checksum).
 
-use pool::{ErrorKind, Pool, PoolConfig, VolumeHandle};
-use std::collections::HashMap;
+mod common;
+
+use common::Watched;
+use pool::{Device, ErrorKind, FileDevice, Pool, PoolConfig, VolumeHandle};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 const BS: u64 = 4096;
-const CHUNKS: u64 = 16;
+const CHUNKS: u64 = 32;
 
 /// Chunk `c` (1 MiB) of generation `g`: every 4 KiB block starts with a findable header.
 fn chunk(c: u64, g: u8) -> Vec<u8> {
@@ -28,11 +34,10 @@ fn chunk(c: u64, g: u8) -> Vec<u8> {
     v
 }
 
-/// Where each generation-0 block of the volume lies in the pool file: volume offset to file
-/// offset, found by scanning the file for the headers.
-fn block_offsets(path: &Path) -> HashMap<u64, u64> {
-    let bytes = std::fs::read(path).expect("read the pool file");
-    bytes
+/// Where each generation-0 block of the volume lies on the device: volume offset to device
+/// offset, found by scanning the device's bytes for the headers.
+fn block_offsets(bytes: &[u8]) -> HashMap<u64, u64> {
+    let found: HashMap<u64, u64> = bytes
         .chunks(BS as usize)
         .enumerate()
         .filter(|(_, b)| &b[..8] == b"TARNPREF" && b[16] == 0)
@@ -40,36 +45,25 @@ fn block_offsets(path: &Path) -> HashMap<u64, u64> {
             let at = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
             (at, i as u64 * BS)
         })
-        .collect()
+        .collect();
+    assert_eq!(
+        found.len() as u64,
+        CHUNKS * MIB / BS,
+        "every block found once"
+    );
+    found
 }
 
-/// Drops the pool file's clean pages from the page cache.
-fn evict(file: &File) {
-    // SAFETY: posix_fadvise(2) on an open descriptor.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise(DONTNEED)");
-}
-
-/// Whether the page at `offset` of the file is in the page cache (mincore(2) on a mapping).
-fn cached(file: &File, offset: u64) -> bool {
-    // SAFETY: a fresh shared read-only mapping of one page of the file, unmapped before return;
-    // mincore writes one byte into `vec`.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            BS as usize,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            offset as libc::off_t,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "mmap of the pool file");
-        let mut vec = 0u8;
-        let rc = libc::mincore(p, BS as usize, &mut vec);
-        libc::munmap(p, BS as usize);
-        assert_eq!(rc, 0, "mincore");
-        vec & 1 == 1
+/// Writes volume `p/v` of `pool` whole (generation 0) and commits it.
+fn write_volume(pool: &Pool) -> VolumeHandle {
+    pool.create_volume("p/v", CHUNKS * MIB, BS as u32, &Default::default())
+        .expect("volume");
+    let v = pool.volume("p/v").expect("open");
+    for c in 0..CHUNKS {
+        v.write_at(c * MIB, &chunk(c, 0)).expect("write");
     }
+    pool.sync().expect("sync");
+    v
 }
 
 fn read_chunk(v: &VolumeHandle, c: u64) -> pool::Result<Vec<u8>> {
@@ -78,61 +72,143 @@ fn read_chunk(v: &VolumeHandle, c: u64) -> pool::Result<Vec<u8>> {
     Ok(buf.to_vec())
 }
 
-/// A pool file in `dir` with volume `p/v` written whole (generation 0) and committed; the
-/// file's path and where each block lies in it.
-fn written_pool(dir: &Path) -> (Pool, VolumeHandle, PathBuf, HashMap<u64, u64>) {
-    let path = dir.join("p.tarn");
-    let pool = Pool::create_file(&path, "p", 64 * MIB, PoolConfig::default()).expect("pool");
-    pool.create_volume("p/v", CHUNKS * MIB, BS as u32, &Default::default())
-        .expect("volume");
-    let v = pool.volume("p/v").expect("open");
-    for c in 0..CHUNKS {
-        v.write_at(c * MIB, &chunk(c, 0)).expect("write");
-    }
-    pool.sync().expect("sync");
-    let where_ = block_offsets(&path);
-    assert_eq!(
-        where_.len() as u64,
-        CHUNKS * MIB / BS,
-        "every block found once"
-    );
-    (pool, v, path, where_)
+/// The device blocks the hints covered.
+fn hinted_blocks(hints: &[(u64, u64)]) -> BTreeSet<u64> {
+    hints
+        .iter()
+        .flat_map(|&(at, n)| (at..at + n).step_by(BS as usize))
+        .collect()
+}
+
+/// The device blocks of volume chunks `chunks`.
+fn blocks_of(where_: &HashMap<u64, u64>, chunks: std::ops::Range<u64>) -> BTreeSet<u64> {
+    (chunks.start * MIB..chunks.end * MIB)
+        .step_by(BS as usize)
+        .map(|at| where_[&at])
+        .collect()
 }
 
 #[test]
-fn a_sequential_reader_finds_the_next_blocks_cached() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (pool, v, path, where_) = written_pool(dir.path());
-    let file = File::open(&path).expect("open the pool file");
-    evict(&file);
-    let in_cache = |c: u64| cached(&file, where_[&(c * MIB + MIB / 2)]);
-    assert!(!in_cache(4), "evicted");
+fn a_sequential_reader_gets_the_next_four_requests_prefetched() {
+    let dev = Arc::new(Watched::new(64 * MIB as usize));
+    let config = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_on(dev.clone(), "p", config).expect("pool");
+    let v = write_volume(&pool);
+    let where_ = block_offsets(&dev.snapshot());
+    dev.take_prefetches();
 
-    // Reads far apart (more than four requests) prefetch nothing.
-    for c in [9, 3, 15] {
+    // Reads more than four requests apart prefetch nothing.
+    for c in [31, 20, 26] {
         assert_eq!(read_chunk(&v, c).expect("read"), chunk(c, 0));
     }
-    evict(&file);
-    assert!(!in_cache(4) && !in_cache(13));
+    assert_eq!(dev.take_prefetches(), vec![], "far-apart reads");
 
-    // Two reads in sequence: the stream prefetches four requests ahead.
+    // The second read in sequence prefetches the next four requests, chunks 2-5.
     for c in 0..2 {
         assert_eq!(read_chunk(&v, c).expect("read"), chunk(c, 0));
     }
-    let wait = std::time::Instant::now();
-    while !(in_cache(4) && in_cache(5)) && wait.elapsed().as_secs() < 10 {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    assert_eq!(
+        hinted_blocks(&dev.take_prefetches()),
+        blocks_of(&where_, 2..6)
+    );
+    // Then batches of half that once half is free: nothing after chunk 2, chunks 6-7 after 3.
+    assert_eq!(read_chunk(&v, 2).expect("read"), chunk(2, 0));
+    assert_eq!(dev.take_prefetches(), vec![]);
+    assert_eq!(read_chunk(&v, 3).expect("read"), chunk(3, 0));
+    assert_eq!(
+        hinted_blocks(&dev.take_prefetches()),
+        blocks_of(&where_, 6..8)
+    );
+    // A re-read and a straggler behind the front prefetch nothing.
+    assert_eq!(read_chunk(&v, 3).expect("read"), chunk(3, 0));
+    assert_eq!(read_chunk(&v, 1).expect("read"), chunk(1, 0));
+    assert_eq!(dev.take_prefetches(), vec![]);
+
+    // Blocks rewritten since the last commit are not hinted: their data is not where the
+    // tree says.
+    v.write_at(9 * MIB, &chunk(9, 1)).expect("rewrite chunk 9");
+    for c in 4..6 {
+        assert_eq!(read_chunk(&v, c).expect("read"), chunk(c, 0));
     }
-    assert!(in_cache(2) && in_cache(5), "chunks 2-5 prefetched");
-    assert!(!in_cache(9), "no further than four requests ahead");
+    assert_eq!(
+        hinted_blocks(&dev.take_prefetches()),
+        blocks_of(&where_, 8..9)
+    );
+    assert_eq!(read_chunk(&v, 9).expect("read"), chunk(9, 1));
     drop(v);
     pool.close().expect("close");
+}
+
+/// Drops the file's clean pages from the page cache.
+fn evict(file: &File) {
+    // SAFETY: posix_fadvise(2) on an open descriptor.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise(DONTNEED)");
+}
+
+/// How many of the `len / 4096` pages at `offset` of the file are in the page cache.
+fn cached_pages(file: &File, offset: u64, len: u64) -> usize {
+    let pages = (len / BS) as usize;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a fresh shared read-only mapping of `len` bytes of the file, unmapped before
+    // return; mincore writes one byte per page into `vec`, which has that many.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            offset as libc::off_t,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap");
+        let rc = libc::mincore(p, len as usize, vec.as_mut_ptr());
+        libc::munmap(p, len as usize);
+        assert_eq!(rc, 0, "mincore");
+    }
+    vec.iter().filter(|&&b| b & 1 == 1).count()
+}
+
+#[test]
+fn a_file_device_prefetch_lands_in_the_page_cache() {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    let path = dir.path().join("dev");
+    let dev = FileDevice::create(&path, 32 * MIB).expect("device");
+    for c in 0..32 {
+        dev.write_at(&chunk(c, 0), c * MIB).expect("write");
+    }
+    dev.sync().expect("sync");
+    let file = File::open(&path).expect("open");
+    evict(&file);
+    if cached_pages(&file, 0, 32 * MIB) != 0 {
+        eprintln!(
+            "SKIP a_file_device_prefetch_lands_in_the_page_cache: {} keeps its pages cached \
+             after POSIX_FADV_DONTNEED (tmpfs?)",
+            dir.path().display()
+        );
+        return;
+    }
+    // 12 MiB: more than one WILLNEED reads with a default read_ahead_kb.
+    dev.prefetch(4 * MIB, 12 * MIB);
+    let want = (12 * MIB / BS) as usize;
+    let t = Instant::now();
+    while cached_pages(&file, 4 * MIB, 12 * MIB) < want && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(cached_pages(&file, 4 * MIB, 12 * MIB), want, "all of it");
+    assert_eq!(cached_pages(&file, 24 * MIB, 8 * MIB), 0, "nothing else");
 }
 
 #[test]
 fn prefetched_reads_see_rewrites_and_fail_on_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (pool, v, path, where_) = written_pool(dir.path());
+    let path = dir.path().join("p.tarn");
+    let pool = Pool::create_file(&path, "p", 64 * MIB, PoolConfig::default()).expect("pool");
+    let v = write_volume(&pool);
+    let where_ = block_offsets(&std::fs::read(&path).expect("read the pool file"));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -1,5 +1,6 @@
 //! A memory device for tests that watch what the pool does to its device: it counts the bytes
-//! written, and can run a hook (once) just before a hole of at least a given size is punched.
+//! written, records prefetch hints, and can run a hook (once) just before a hole of at least a
+//! given size is punched.
 
 #![allow(dead_code)]
 
@@ -11,10 +12,11 @@ use std::sync::Mutex;
 /// A hook run in place of a punch's start.
 pub type PunchHook = Box<dyn FnOnce() + Send>;
 
-/// [`MemDevice`] with a write counter and an optional punch hook.
+/// [`MemDevice`] with a write counter, a prefetch log and an optional punch hook.
 pub struct Watched {
     inner: MemDevice,
     written: AtomicU64,
+    prefetches: Mutex<Vec<(u64, u64)>>,
     punch_hook: Mutex<Option<(u64, PunchHook)>>,
 }
 
@@ -24,6 +26,7 @@ impl Watched {
         Watched {
             inner: MemDevice::new(len),
             written: AtomicU64::new(0),
+            prefetches: Mutex::new(Vec::new()),
             punch_hook: Mutex::new(None),
         }
     }
@@ -36,6 +39,11 @@ impl Watched {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+
+    /// The (offset, length) of each prefetch hint since the last call, in order.
+    pub fn take_prefetches(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.prefetches.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Runs `hook` once, before the first punch of at least `min_len` bytes goes through.
@@ -56,6 +64,12 @@ impl Device for Watched {
         let n: usize = bufs.iter().map(|b| b.len()).sum();
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         self.inner.write_vectored_at(bufs, offset)
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.prefetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((offset, len));
     }
     fn sync(&self) -> io::Result<()> {
         self.inner.sync()
