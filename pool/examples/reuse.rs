@@ -6,7 +6,9 @@
 //!
 //! A copy-on-write pool writes every round to space other than the last round's; the raw file
 //! overwrites blocks it already holds. Without `--autotrim` the pool reuses the space it
-//! released, and the file stops growing after the first rounds.
+//! released, and the file stops growing after the first rounds. Each pool round also prints
+//! its writes' latencies and the time spent in writes over 2 ms (stalls: the kernel holding a
+//! writer back while it writes dirty pages into space the file system has to allocate).
 use pool::{Pool, PoolConfig};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -65,11 +67,26 @@ fn main() {
     let time_pool = || {
         settle();
         let t = Instant::now();
-        for c in 0..SIZE / MIB {
-            vol.write_at(c * MIB, buf).expect("pool write");
-        }
+        let mut micros: Vec<u64> = (0..SIZE / MIB)
+            .map(|c| {
+                let w = Instant::now();
+                vol.write_at(c * MIB, buf).expect("pool write");
+                w.elapsed().as_micros() as u64
+            })
+            .collect();
         vol.flush().expect("pool flush");
-        t.elapsed()
+        let took = t.elapsed();
+        micros.sort_unstable();
+        let at = |q: usize| micros[(micros.len() - 1) * q / 100];
+        println!(
+            "  pool writes: p50 {} us, p90 {} us, p99 {} us, max {} us; in writes over 2 ms: {} ms",
+            at(50),
+            at(90),
+            at(99),
+            at(100),
+            micros.iter().filter(|&&m| m > 2000).sum::<u64>() / 1000
+        );
+        took
     };
     let time_raw = || {
         settle();
