@@ -35,12 +35,15 @@ pub(crate) struct Plan {
     pub sequential: bool,
     /// Byte range of the volume to prefetch now, if any.
     pub prefetch: Option<Range<u64>>,
+    /// The stream's slot, for [`Streams::cut_short`].
+    slot: usize,
 }
 
 impl Plan {
     const RANDOM: Plan = Plan {
         sequential: false,
         prefetch: None,
+        slot: 0,
     };
 }
 
@@ -76,6 +79,7 @@ impl Streams {
                 return Plan {
                     sequential: true,
                     prefetch: None,
+                    slot: 0,
                 };
             }
             let lru = streams
@@ -110,17 +114,21 @@ impl Streams {
         Plan {
             sequential: true,
             prefetch,
+            slot: i,
         }
     }
 
-    /// Says that the prefetch of `planned` (from [`Streams::observe`]) stopped at `reached`
-    /// (the device runs it would take were too many): the stream goes on from there.
-    pub(crate) fn cut_short(&self, planned: &Range<u64>, reached: u64) {
+    /// Says that the prefetch `plan` asked for stopped at `reached` (the device runs it would
+    /// take were too many): its stream goes on from there, unless another read has moved the
+    /// stream since.
+    pub(crate) fn cut_short(&self, plan: &Plan, reached: u64) {
+        let Some(planned) = &plan.prefetch else {
+            return;
+        };
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for s in g.1.iter_mut() {
-            if s.used != 0 && s.ahead == planned.end {
-                s.ahead = reached.clamp(planned.start, planned.end);
-            }
+        let s = &mut g.1[plan.slot];
+        if s.used != 0 && s.ahead == planned.end {
+            s.ahead = reached.clamp(planned.start, planned.end);
         }
     }
 }
@@ -137,10 +145,7 @@ mod tests {
         let size = 64 * MIB;
         assert_eq!(
             s.observe(0, MIB, size),
-            Plan {
-                sequential: false,
-                prefetch: None
-            },
+            Plan::RANDOM,
             "a first read is not yet a stream"
         );
         let p = s.observe(MIB, MIB, size);
@@ -261,9 +266,9 @@ mod tests {
         let s = Streams::default();
         let size = 64 * MIB;
         s.observe(0, MIB, size);
-        let planned = s.observe(MIB, MIB, size).prefetch.expect("a first batch");
-        assert_eq!(planned, 2 * MIB..6 * MIB);
-        s.cut_short(&planned, 3 * MIB);
+        let plan = s.observe(MIB, MIB, size);
+        assert_eq!(plan.prefetch, Some(2 * MIB..6 * MIB));
+        s.cut_short(&plan, 3 * MIB);
         assert_eq!(
             s.observe(2 * MIB, MIB, size).prefetch,
             Some(3 * MIB..7 * MIB)

@@ -321,7 +321,7 @@ impl VolumeHandle {
                 let reached;
                 (ahead, reached) = committed_runs(&st, bs, r);
                 if reached < r.end {
-                    self.vol.streams.cut_short(r, reached);
+                    self.vol.streams.cut_short(&plan, reached);
                 }
             }
             let mut at = 0usize;
@@ -367,14 +367,15 @@ impl VolumeHandle {
             }
             (plan, ahead)
         };
-        self.fetch(&mut dst, &fetches, plan.sequential)?;
-        // A hint only, which may block on the device: not under the fence that commits wait
-        // for (a run freed meanwhile is just read into the cache).
+        let read = self.fetch(&mut dst, &fetches, plan.sequential);
+        // Hints only, which may block on the device: not under the fence that commits wait
+        // for (a run freed meanwhile is just read into the cache). Sent even when the read
+        // failed, since the stream counts them as sent.
         drop(fence);
         for (at, n) in ahead {
             self.shared.dev.prefetch(at, n);
         }
-        Ok(())
+        read
     }
 
     /// Reads committed blocks outside the volume lock. Whole blocks contiguous on disk and in

@@ -1,6 +1,6 @@
 //! A memory device for tests that watch what the pool does to its device: it counts the bytes
-//! written, records prefetch hints, and can run a hook (once) just before a hole of at least a
-//! given size is punched.
+//! written and read (through the cache or around it), records prefetch hints, and can run a
+//! hook (once) just before a hole of at least a given size is punched.
 
 #![allow(dead_code)]
 
@@ -12,10 +12,12 @@ use std::sync::Mutex;
 /// A hook run in place of a punch's start.
 pub type PunchHook = Box<dyn FnOnce() + Send>;
 
-/// [`MemDevice`] with a write counter, a prefetch log and an optional punch hook.
+/// [`MemDevice`] with write and read counters, a prefetch log and an optional punch hook.
 pub struct Watched {
     inner: MemDevice,
     written: AtomicU64,
+    read_cached: AtomicU64,
+    read_direct: AtomicU64,
     prefetches: Mutex<Vec<(u64, u64)>>,
     punch_hook: Mutex<Option<(u64, PunchHook)>>,
 }
@@ -26,6 +28,8 @@ impl Watched {
         Watched {
             inner: MemDevice::new(len),
             written: AtomicU64::new(0),
+            read_cached: AtomicU64::new(0),
+            read_direct: AtomicU64::new(0),
             prefetches: Mutex::new(Vec::new()),
             punch_hook: Mutex::new(None),
         }
@@ -41,6 +45,15 @@ impl Watched {
         self.written.load(Ordering::Relaxed)
     }
 
+    /// Bytes read since the last call: (through the cache with `read_at`, around it with
+    /// `read_direct_at`).
+    pub fn take_reads(&self) -> (u64, u64) {
+        (
+            self.read_cached.swap(0, Ordering::Relaxed),
+            self.read_direct.swap(0, Ordering::Relaxed),
+        )
+    }
+
     /// The (offset, length) of each prefetch hint since the last call, in order.
     pub fn take_prefetches(&self) -> Vec<(u64, u64)> {
         std::mem::take(&mut *self.prefetches.lock().unwrap_or_else(|e| e.into_inner()))
@@ -54,6 +67,13 @@ impl Watched {
 
 impl Device for Watched {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_cached
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.read_at(buf, offset)
+    }
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_direct
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
