@@ -1,7 +1,7 @@
-//! Sequential prefetch. A volume follows a few read streams; a read that starts where one of
-//! them ended is sequential, and the stream then asks the device to start reading the next
-//! blocks (`Device::prefetch`), so a reader at queue depth 1 finds them cached instead of
-//! waiting for the device on every request. ZFS's zfetch does this for its ARC; here the
+//! Sequential prefetch. A volume follows a few read streams; a read that goes on from near
+//! where one of them ended advances it, and the stream then asks the device to start reading
+//! the next blocks (`Device::prefetch`), so a reader at queue depth 1 finds them cached instead
+//! of waiting for the device on every request. ZFS's zfetch does this for its ARC; here the
 //! cache is the host's page cache, which the pool file's reads go through.
 
 use std::ops::Range;
