@@ -1,7 +1,9 @@
 //! The allocator: one bit per sector, resident, persisted as two alternating on-disk copies.
 //!
 //! Freed blocks are deferred: a block freed in txg T becomes allocatable only once txg
-//! T + [`DEFER_TXGS`] commits, so the previous few uberblocks stay openable after a crash.
+//! T + [`DEFER_TXGS`] has committed (the commit of T + DEFER_TXGS + 1 releases it, see
+//! [`released_by`]), so the DEFER_TXGS uberblocks before the newest durable one stay openable
+//! even after a crash in the middle of the next commit.
 //! Allocation is next-fit, and rewinds to freed runs of at least [`REWIND_MIN`]: a pool file
 //! then reuses the space it already holds before it grows into holes, which cost the file
 //! system (and a thin-provisioned disk under it) an allocation on first write.
@@ -15,6 +17,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Txgs a freed block waits before reuse.
 pub const DEFER_TXGS: u64 = 4;
+
+/// Commits after which every free committed before the first of them is released (and one
+/// more releases the frees of the txg open when they started).
+pub const RELEASE_COMMITS: u64 = DEFER_TXGS + 1;
+
+/// The newest txg whose frees the commit of `txg` releases: T's wait until T + DEFER_TXGS is
+/// durable, because until then a crash can leave T − 1 … T − DEFER_TXGS as the fallbacks of
+/// a damaged newest uberblock, and T − 1's tree still holds what T freed.
+pub fn released_by(txg: u64) -> u64 {
+    txg.saturating_sub(RELEASE_COMMITS)
+}
 
 /// Shortest freed run that next-fit moves back to (1 MiB). Longer runs come from sequential
 /// overwrites and destroys, and writing them again fills them in order; scattered small frees
@@ -99,6 +112,11 @@ impl SpaceMap {
     /// Sectors freed but waiting out their deferral.
     pub fn deferred_sectors(&self) -> u64 {
         self.deferred.values().flatten().map(|e| e.len).sum()
+    }
+
+    /// The oldest txg with frees still deferred, if any.
+    pub fn oldest_deferred(&self) -> Option<u64> {
+        self.deferred.keys().next().copied()
     }
 
     fn bit(&self, s: u64) -> bool {

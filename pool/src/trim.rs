@@ -15,7 +15,7 @@
 use crate::error::Result;
 use crate::phys::SECTOR;
 use crate::pool::{lock, Pool, Shared};
-use crate::spacemap::{Extent, DEFER_TXGS};
+use crate::spacemap::{Extent, RELEASE_COMMITS};
 
 /// Shortest free run worth a punch: scattered small frees are reused soon, and each punch
 /// costs a synchronous discard on file systems mounted with `discard`.
@@ -77,7 +77,7 @@ impl Shared {
 impl Pool {
     /// Punches every free run of at least 1 MiB out of the pool file, giving the space back
     /// to the file system (a block device is left as it is). First commits until the frees
-    /// deferred for crash safety are released (at most `DEFER_TXGS + 1` commits), so that
+    /// deferred for crash safety are released (at most `RELEASE_COMMITS + 1` commits), so that
     /// space freed by a destroy just before is trimmed too. Each run is taken out of the
     /// allocator while it is punched, and commits wait, so no writer is given it and no
     /// space map records it as allocated.
@@ -85,8 +85,14 @@ impl Pool {
         let sh = &self.shared;
         sh.check_writable()?;
         let mut cs = lock(&sh.commit);
-        for _ in 0..=DEFER_TXGS {
-            if lock(&sh.spacemap).deferred_sectors() == 0 {
+        // Frees made up to the open txg; later commits only add their own (the meta block
+        // each replaces), which trim does not wait for.
+        let upto = cs.txg + 1;
+        for _ in 0..=RELEASE_COMMITS {
+            if lock(&sh.spacemap)
+                .oldest_deferred()
+                .is_none_or(|t| t > upto)
+            {
                 break;
             }
             sh.commit_locked(&mut cs)?;

@@ -1,8 +1,8 @@
 //! Committing a transaction group: the one path by which anything becomes durable.
 //!
 //! Order (each step only writes free space until the last):
-//! 1. release frees old enough to reuse (DEFER_TXGS back), punching them out of the file
-//!    first with `autotrim`;
+//! 1. release frees old enough to reuse (`spacemap::released_by`: DEFER_TXGS + 1 back), punching
+//!    them out of the file first with `autotrim`;
 //! 2. take every volume's dirty map (writers continue into the next txg);
 //! 3. write dirty data blocks to fresh space, all-zero blocks becoming holes;
 //! 4. point the trees at them and rewrite dirty indirect blocks bottom-up;
@@ -16,7 +16,7 @@ use crate::phys::{
     DIR_LEAF_IDS, RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
-use crate::spacemap::DEFER_TXGS;
+use crate::spacemap::released_by;
 use crate::volume::{is_zero, Dirty, DirtyMap, Volume};
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -123,7 +123,7 @@ impl Shared {
             let _fence = write(&self.fence);
             let mut sm = lock(&self.spacemap);
             sm.bury_zombies();
-            sm.take_released(txg.saturating_sub(DEFER_TXGS))
+            sm.take_released(released_by(txg))
         };
         self.autotrim(&released);
         lock(&self.spacemap).free_released(&released);

@@ -790,7 +790,7 @@ impl VolumeHandle {
             }
             let pending =
                 lock(&self.shared.spacemap).deferred_sectors() > 0 || self.shared.has_dirty();
-            if !pending || tries > crate::spacemap::DEFER_TXGS {
+            if !pending || tries > crate::spacemap::RELEASE_COMMITS {
                 let avail = self.shared.writable_bytes();
                 return Err(Error::NoSpace {
                     pool: self.shared.name().into(),
@@ -833,7 +833,7 @@ impl VolumeHandle {
         loop {
             match self.shared.reserve(bytes) {
                 Ok(()) => return Ok(()),
-                Err(e) if tries > crate::spacemap::DEFER_TXGS => return Err(e),
+                Err(e) if tries > crate::spacemap::RELEASE_COMMITS => return Err(e),
                 Err(e) => {
                     let pending = lock(&self.shared.spacemap).deferred_sectors() > 0
                         || self.shared.dirty_bytes.load(Ordering::Acquire) > 0;

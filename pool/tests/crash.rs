@@ -192,9 +192,9 @@ fn step(
         }
         11..=19 => pool.sync().map(|_| ())?,
         20 => {
-            // Trim commits up to DEFER_TXGS + 1 times, each with the state as it is now.
+            // Trim commits up to RELEASE_COMMITS + 1 times, each with the state as it is now.
             let before = pool.txg();
-            for t in before + 1..=before + pool::spacemap::DEFER_TXGS + 1 {
+            for t in before + 1..=before + pool::spacemap::RELEASE_COMMITS + 1 {
                 history.insert(t, live.clone());
             }
             pool.trim()?;

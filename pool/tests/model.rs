@@ -127,13 +127,13 @@ fn run(seed: u64, steps: usize) {
     for name in model.keys() {
         pool.destroy(name).expect("destroy all");
     }
-    for _ in 0..=pool::spacemap::DEFER_TXGS {
+    for _ in 0..=pool::spacemap::RELEASE_COMMITS {
         pool.sync().expect("sync");
     }
     // What remains deferred is only the last few txgs' meta blocks.
     let info = pool.info();
     assert!(
-        info.deferred <= pool::spacemap::DEFER_TXGS * 4096,
+        info.deferred <= pool::spacemap::RELEASE_COMMITS * 4096,
         "seed {seed}: {} bytes still deferred",
         info.deferred
     );

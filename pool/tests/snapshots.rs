@@ -458,7 +458,7 @@ fn run(seed: u64, steps: usize) {
         pool.list().expect("list").is_empty(),
         "seed {seed}: everything destroyed"
     );
-    for _ in 0..=pool::spacemap::DEFER_TXGS {
+    for _ in 0..=pool::spacemap::RELEASE_COMMITS {
         pool.sync().expect("sync");
     }
     let info = pool.info();

@@ -81,7 +81,7 @@ fn writer_during_punch(autotrim: bool, punch: impl FnOnce(&Pool)) {
 #[test]
 fn a_writer_never_gets_space_that_autotrim_is_punching() {
     writer_during_punch(true, |pool| {
-        for _ in 0..pool::spacemap::DEFER_TXGS + 1 {
+        for _ in 0..pool::spacemap::RELEASE_COMMITS {
             pool.sync().expect("sync");
         }
     });
@@ -119,7 +119,7 @@ fn destroy_big_volume(dir: &Path, autotrim: bool) -> (Pool, u64, u64) {
     pool.sync().expect("sync");
     let before = held(&path);
     pool.destroy("p/big").expect("destroy");
-    for _ in 0..pool::spacemap::DEFER_TXGS + 1 {
+    for _ in 0..pool::spacemap::RELEASE_COMMITS {
         pool.sync().expect("sync");
     }
     (pool, before, held(&path))
