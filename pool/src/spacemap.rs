@@ -460,12 +460,17 @@ impl SpaceMap {
         self.allocated = total - self.reserved - tail;
     }
 
-    /// Clears every bit except the reserved area and the tail (before a rebuild).
+    /// Clears every bit except the reserved area, the tail and the deferred frees (before a
+    /// rebuild): what a txg freed stays allocated until its release, rebuilt or not, since
+    /// older uberblocks' trees still hold it.
     pub fn reset(&mut self) {
         let fresh = SpaceMap::new(self.sectors, self.reserved);
         self.words = fresh.words;
         self.allocated = 0;
-        self.deferred.clear();
+        let deferred: Vec<Extent> = self.deferred.values().flatten().copied().collect();
+        for e in deferred {
+            self.claim(e.start, e.len);
+        }
         self.mark_all_dirty();
     }
 }
