@@ -5,7 +5,7 @@
 //! after an open that fell back far enough to rebuild the space map.
 
 use pool::spacemap::DEFER_TXGS;
-use pool::{Device, MemDevice, Pool, PoolConfig};
+use pool::{Device, MemDevice, Pool, PoolConfig, VolumeHandle};
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,19 @@ impl Device for CutBeforeUberblock {
     }
 }
 
+/// A pool on `dev` whose volume `p/v` holds 1s as of the returned txg A, and 2s written over
+/// them but not yet committed.
+fn overwritten_once(dev: Arc<dyn Device>, config: &PoolConfig) -> (Pool, VolumeHandle, u64) {
+    let pool = Pool::create_on(dev, "p", config.clone()).expect("pool");
+    pool.create_volume("p/v", 4 * MIB as u64, 4096, &Default::default())
+        .expect("volume");
+    let v = pool.volume("p/v").expect("open");
+    v.write_at(0, &vec![1u8; 4 * MIB]).expect("write 1s");
+    let a = pool.sync().expect("commit A");
+    v.write_at(0, &vec![2u8; 4 * MIB]).expect("write 2s");
+    (pool, v, a)
+}
+
 /// Txg A holds a volume of 1s; A + 1 overwrites them (freeing A's blocks); empty commits make
 /// A + DEFER_TXGS the newest. The next commit writes 3s and is cut before its uberblock, and
 /// the uberblocks after A are lost: the pool must open at A with the 1s intact.
@@ -61,13 +74,7 @@ fn oldest_fallback_survives_a_cut_in_the_next_commit(autotrim: bool) {
         autotrim,
         ..PoolConfig::default()
     };
-    let pool = Pool::create_on(dev.clone(), "p", config.clone()).expect("pool");
-    pool.create_volume("p/v", 4 * MIB as u64, 4096, &Default::default())
-        .expect("volume");
-    let v = pool.volume("p/v").expect("open");
-    v.write_at(0, &vec![1u8; 4 * MIB]).expect("write 1s");
-    let a = pool.sync().expect("commit A");
-    v.write_at(0, &vec![2u8; 4 * MIB]).expect("write 2s");
+    let (pool, v, a) = overwritten_once(dev.clone(), &config);
     for _ in 0..DEFER_TXGS {
         pool.sync().expect("commit");
     }
@@ -120,14 +127,9 @@ fn a_rebuilt_space_map_keeps_deferred_frees_allocated() {
         sync_interval: None,
         ..PoolConfig::default()
     };
-    let pool = Pool::create_on(dev.clone(), "p", config.clone()).expect("pool");
-    pool.create_volume("p/v", 4 * MIB as u64, 4096, &Default::default())
-        .expect("volume");
-    let v = pool.volume("p/v").expect("open");
-    v.write_at(0, &vec![1u8; 4 * MIB]).expect("write 1s");
-    pool.sync().expect("commit A");
-    v.write_at(0, &vec![2u8; 4 * MIB]).expect("write 2s");
+    let (pool, v, a) = overwritten_once(dev.clone(), &config);
     let b = pool.sync().expect("commit B, freeing A's blocks");
+    assert_eq!(b, a + 1);
     let at_b = dev.snapshot();
     pool.sync().expect("commit B + 1");
     pool.sync().expect("commit B + 2");
