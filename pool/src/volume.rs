@@ -93,6 +93,14 @@ pub(crate) struct StateInit {
 }
 
 impl VolumeState {
+    /// Block `idx`'s contents not yet in the committed tree: the open txg's, else the syncing
+    /// txg's.
+    pub(crate) fn pending(&self, idx: u64) -> Option<&Dirty> {
+        self.open
+            .get(&idx)
+            .or_else(|| self.syncing.as_ref().and_then(|s| s.get(&idx)))
+    }
+
     pub(crate) fn new(init: StateInit) -> Self {
         VolumeState {
             size: init.size,
@@ -216,10 +224,8 @@ fn committed_runs(
     };
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for idx in range.start / bs..range.end.div_ceil(bs) {
-        let rewritten =
-            st.open.contains_key(&idx) || st.syncing.as_ref().is_some_and(|s| s.contains_key(&idx));
         let ptr = tree.get(idx as usize);
-        if rewritten || ptr.is_hole() {
+        if st.pending(idx).is_some() || ptr.is_hole() {
             continue;
         }
         let (at, n) = (ptr.offset(), u64::from(ptr.sectors) * SECTOR);
@@ -330,10 +336,7 @@ impl VolumeHandle {
                 let idx = pos / bs;
                 let in_block = (pos % bs) as usize;
                 let n = (bs as usize - in_block).min(len - at);
-                let dirty = st
-                    .open
-                    .get(&idx)
-                    .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)));
+                let dirty = st.pending(idx);
                 match dirty {
                     Some(Dirty::Data(b)) => dst.copy_in(at, &b[in_block..in_block + n]),
                     Some(Dirty::Zero) => dst.zero(at, n),
@@ -491,10 +494,7 @@ impl VolumeHandle {
             return Ok(out);
         }
         for idx in offset / bs..(offset + len).div_ceil(bs) {
-            let dirty = st
-                .open
-                .get(&idx)
-                .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)));
+            let dirty = st.pending(idx);
             let data = match dirty {
                 Some(Dirty::Data(_) | Dirty::Placed(_)) => true,
                 Some(Dirty::Zero) => false,
@@ -583,16 +583,12 @@ impl VolumeHandle {
             let whole = n as u64 == bs;
             let replaced = if whole && src.is_none() {
                 // Only blocks that hold data now need a hole recorded; the rest already read as zero.
-                let data = match st.open.get(&idx) {
-                    Some(Dirty::Data(_) | Dirty::Placed(_)) => true,
-                    Some(Dirty::Zero) => false,
-                    None => match st.syncing.as_ref().and_then(|s| s.get(&idx)) {
-                        Some(d) => !matches!(d, Dirty::Zero),
-                        None => st
-                            .tree
-                            .as_ref()
-                            .is_some_and(|t| !t.get(idx as usize).is_hole()),
-                    },
+                let data = match st.pending(idx) {
+                    Some(d) => !matches!(d, Dirty::Zero),
+                    None => st
+                        .tree
+                        .as_ref()
+                        .is_some_and(|t| !t.get(idx as usize).is_hole()),
                 };
                 if data {
                     st.open.insert(idx, Dirty::Zero)
@@ -806,11 +802,7 @@ impl VolumeHandle {
     /// The block's current bytes (open txg, syncing txg, or disk), as an owned buffer.
     fn current_block(&self, st: &VolumeState, idx: u64) -> Result<Box<[u8]>> {
         let bs = self.vol.block_size as usize;
-        let ptr = match st
-            .open
-            .get(&idx)
-            .or_else(|| st.syncing.as_ref().and_then(|s| s.get(&idx)))
-        {
+        let ptr = match st.pending(idx) {
             Some(Dirty::Data(b)) => return Ok(b.clone()),
             Some(Dirty::Zero) => return Ok(vec![0u8; bs].into_boxed_slice()),
             Some(Dirty::Placed(p)) => *p,

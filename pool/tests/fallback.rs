@@ -4,48 +4,14 @@
 //! (the commit that releases old frees and may write into, or punch, what they held), and
 //! after an open that fell back far enough to rebuild the space map.
 
+mod common;
+
+use common::Watched;
 use pool::spacemap::DEFER_TXGS;
 use pool::{Device, MemDevice, Pool, PoolConfig, VolumeHandle};
-use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const MIB: usize = 1 << 20;
-
-/// A memory device that, once armed, keeps a copy of its bytes as they are at the next sync:
-/// in a commit, the sync before the uberblock is written.
-struct CutBeforeUberblock {
-    inner: MemDevice,
-    armed: AtomicBool,
-    image: Mutex<Option<Vec<u8>>>,
-}
-
-impl Device for CutBeforeUberblock {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
-        self.inner.write_vectored_at(bufs, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        if self.armed.swap(false, Ordering::AcqRel) {
-            *self.image.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.inner.snapshot());
-        }
-        self.inner.sync()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.punch_hole(offset, len)
-    }
-    fn describe(&self) -> String {
-        "memory device cut before an uberblock".into()
-    }
-}
 
 /// A pool on `dev` whose volume `p/v` holds 1s as of the returned txg A, and 2s written over
 /// them but not yet committed.
@@ -64,11 +30,7 @@ fn overwritten_once(dev: Arc<dyn Device>, config: &PoolConfig) -> (Pool, VolumeH
 /// A + DEFER_TXGS the newest. The next commit writes 3s and is cut before its uberblock, and
 /// the uberblocks after A are lost: the pool must open at A with the 1s intact.
 fn oldest_fallback_survives_a_cut_in_the_next_commit(autotrim: bool) {
-    let dev = Arc::new(CutBeforeUberblock {
-        inner: MemDevice::new(32 * MIB),
-        armed: AtomicBool::new(false),
-        image: Mutex::new(None),
-    });
+    let dev = Arc::new(Watched::new(32 * MIB));
     let config = PoolConfig {
         sync_interval: None,
         autotrim,
@@ -79,15 +41,10 @@ fn oldest_fallback_survives_a_cut_in_the_next_commit(autotrim: bool) {
         pool.sync().expect("commit");
     }
     assert_eq!(pool.txg(), a + DEFER_TXGS);
-    dev.armed.store(true, Ordering::Release);
+    dev.image_at_next_sync();
     v.write_at(0, &vec![3u8; 4 * MIB]).expect("write 3s");
     pool.sync().expect("the commit that is cut");
-    let mut image = dev
-        .image
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .expect("an image taken at the cut");
+    let mut image = dev.take_sync_image().expect("an image taken at the cut");
     drop(v);
     drop(pool);
     // The uberblock ring starts at sector 2, one slot per txg modulo 64.

@@ -1,6 +1,7 @@
 //! A memory device for tests that watch what the pool does to its device: it counts the bytes
-//! written and read (through the cache or around it), records prefetch hints, and can run a
-//! hook (once) just before a hole of at least a given size is punched.
+//! written and read (through the cache or around it), records prefetch hints, can run a hook
+//! (once) just before a hole of at least a given size is punched, and can keep a copy of its
+//! bytes as they are at the next sync (a power cut there).
 
 #![allow(dead_code)]
 
@@ -12,9 +13,12 @@ use std::sync::Mutex;
 /// A hook run in place of a punch's start.
 pub type PunchHook = Box<dyn FnOnce() + Send>;
 
-/// [`MemDevice`] with write and read counters, a prefetch log and an optional punch hook.
+/// [`MemDevice`] with write and read counters, a prefetch log, an optional punch hook and an
+/// optional image taken at the next sync.
 pub struct Watched {
     inner: MemDevice,
+    /// Armed: the next sync stores the bytes here (`Some(None)` until it happens).
+    sync_image: Mutex<Option<Option<Vec<u8>>>>,
     written: AtomicU64,
     read_cached: AtomicU64,
     read_direct: AtomicU64,
@@ -27,6 +31,7 @@ impl Watched {
     pub fn new(len: usize) -> Watched {
         Watched {
             inner: MemDevice::new(len),
+            sync_image: Mutex::new(None),
             written: AtomicU64::new(0),
             read_cached: AtomicU64::new(0),
             read_direct: AtomicU64::new(0),
@@ -57,6 +62,21 @@ impl Watched {
     /// The (offset, length) of each prefetch hint since the last call, in order.
     pub fn take_prefetches(&self) -> Vec<(u64, u64)> {
         std::mem::take(&mut *self.prefetches.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Makes the next sync keep a copy of the device's bytes as they are before it: in a
+    /// commit, everything written but the uberblock.
+    pub fn image_at_next_sync(&self) {
+        *self.sync_image.lock().unwrap_or_else(|e| e.into_inner()) = Some(None);
+    }
+
+    /// The copy the sync after [`Watched::image_at_next_sync`] kept, if it has happened.
+    pub fn take_sync_image(&self) -> Option<Vec<u8>> {
+        self.sync_image
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .flatten()
     }
 
     /// Runs `hook` once, before the first punch of at least `min_len` bytes goes through.
@@ -92,6 +112,9 @@ impl Device for Watched {
             .push((offset, len));
     }
     fn sync(&self) -> io::Result<()> {
+        if let Some(slot @ None) = &mut *self.sync_image.lock().unwrap_or_else(|e| e.into_inner()) {
+            *slot = Some(self.inner.snapshot());
+        }
         self.inner.sync()
     }
     fn len(&self) -> u64 {
