@@ -108,6 +108,9 @@ pub(crate) struct Shared {
     /// exclusively to release deferred frees, so no block is reused under a reader.
     pub fence: RwLock<()>,
     pub commit: Mutex<CommitState>,
+    /// Held by [`Pool::trim`] while a free run is out of the allocator; a writer short of
+    /// space takes it to wait for the run to come back (and to keep the next one in).
+    pub trim_gate: Mutex<()>,
     pub datasets: RwLock<BTreeMap<u64, DatasetEntry>>,
     pub dirty_bytes: AtomicU64,
     /// Bytes of data placed since a commit last took the dirty maps.
@@ -672,6 +675,7 @@ impl Pool {
             last_txg: AtomicU64::new(txg),
             sync_signal: (Mutex::new(false), Condvar::new()),
             throttle: (Mutex::new(()), Condvar::new()),
+            trim_gate: Mutex::new(()),
             stop: AtomicBool::new(false),
         });
         let sync_thread = config.sync_interval.map(|every| {

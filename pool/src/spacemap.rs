@@ -190,13 +190,17 @@ impl SpaceMap {
     /// Leaves at least `keep` sectors (space reserved by others) plus a slop of 1/32 of the
     /// pool for metadata.
     pub fn place(&mut self, len: u64, keep: u64) -> Option<u64> {
-        let slop = (self.usable() / 32).max(256);
-        if self.free() < len + keep + slop {
+        if self.free() < len + keep + self.slop() {
             return None;
         }
         let s = self.alloc(len)?;
         self.placed.insert(s, len);
         Some(s)
+    }
+
+    /// Sectors kept free for the metadata commits write: 1/32 of the pool.
+    fn slop(&self) -> u64 {
+        (self.usable() / 32).max(256)
     }
 
     /// Placed sectors `start..start + len` are referenced by the txg being committed (a placed
@@ -299,7 +303,7 @@ impl SpaceMap {
         ready.into_values().flatten().collect()
     }
 
-    /// Frees extents taken with [`SpaceMap::take_released`] or [`SpaceMap::take_free_run`].
+    /// Frees extents taken with [`SpaceMap::take_released`].
     pub fn free_released(&mut self, released: &[Extent]) {
         for e in released {
             self.release(e.start, e.len);
@@ -308,8 +312,15 @@ impl SpaceMap {
 
     /// Takes the first free run at or after sector `from` that is at least `min` sectors
     /// long (at most `max` of it), marking it allocated so that no writer is given it while
-    /// the caller trims it; give it back with [`SpaceMap::free_released`].
-    pub fn take_free_run(&mut self, from: u64, min: u64, max: u64) -> Option<Extent> {
+    /// the caller trims it; give it back with [`SpaceMap::return_free_run`]. Like placed
+    /// data, the run is written to disk as free meanwhile, so commits may go on while it is
+    /// out and a crash leaks nothing. Leaves `keep` sectors (space reserved by writers) and
+    /// the metadata slop free, as [`SpaceMap::place`] does.
+    pub fn take_free_run(&mut self, from: u64, min: u64, max: u64, keep: u64) -> Option<Extent> {
+        let max = max.min(self.free().saturating_sub(keep + self.slop()));
+        if max < min {
+            return None;
+        }
         let mut s = from.max(self.reserved);
         while s < self.sectors {
             if s.is_multiple_of(64) && self.words[(s / 64) as usize] == u64::MAX {
@@ -325,6 +336,7 @@ impl SpaceMap {
                 .unwrap_or(self.sectors.min(s + max));
             if end - s >= min {
                 self.set_range(s, end - s, true);
+                self.placed.insert(s, end - s);
                 return Some(Extent {
                     start: s,
                     len: end - s,
@@ -333,6 +345,14 @@ impl SpaceMap {
             s = end;
         }
         None
+    }
+
+    /// Gives back a run taken with [`SpaceMap::take_free_run`].
+    pub fn return_free_run(&mut self, run: Extent) {
+        if self.placed.get(&run.start) == Some(&run.len) {
+            self.placed.remove(&run.start);
+            self.release(run.start, run.len);
+        }
     }
 
     /// The pending frees, for the meta block.
@@ -569,48 +589,51 @@ mod tests {
 
     #[test]
     fn free_runs_are_taken_whole_or_in_pieces_of_at_most_max() {
-        let mut sm = SpaceMap::new(1000, 10);
+        let mut sm = SpaceMap::new(10_000, 10);
+        assert_eq!(sm.slop(), 312);
         sm.alloc(90).unwrap(); // 10..100
         let hole = sm.alloc(5).unwrap(); // 100..105
         sm.alloc(95).unwrap(); // 105..200
         sm.free_now(hole, 5);
         let before = sm.allocated();
+        let run = |start, len| Some(Extent { start, len });
+        assert_eq!(sm.take_free_run(0, 10, 500, 0), run(200, 500));
+        assert_eq!(sm.take_free_run(700, 10, 500, 0), run(700, 500));
         assert_eq!(
-            sm.take_free_run(0, 10, 500),
-            Some(Extent {
-                start: 200,
-                len: 500
-            })
+            sm.take_free_run(9_800, 10, 500, 0),
+            run(9_800, 200),
+            "a run ends at the end of the map"
         );
+        // 8,605 free: keeping 8,000 and the slop leaves 293 to take.
+        assert_eq!(sm.take_free_run(1_200, 10, 100_000, 8_000), run(1_200, 293));
+        assert_eq!(sm.take_free_run(1_200, 10, 100_000, 8_300), None);
         assert_eq!(
-            sm.take_free_run(700, 10, 500),
-            Some(Extent {
-                start: 700,
-                len: 300
-            })
-        );
-        assert_eq!(
-            sm.take_free_run(0, 10, 500),
-            None,
+            sm.take_free_run(0, 10, 500, 0),
+            run(1_493, 500),
             "the 5-sector hole is too short"
         );
-        assert_eq!(
-            sm.take_free_run(0, 5, 500),
-            Some(Extent {
-                start: hole,
-                len: 5
-            })
-        );
+        assert_eq!(sm.take_free_run(0, 5, 500, 0), run(hole, 5));
+        let taken = 500 + 500 + 200 + 293 + 500 + 5;
         assert_eq!(
             sm.allocated(),
-            before + 805,
+            before + taken,
             "taken runs are allocated meanwhile"
         );
-        sm.free_released(&[Extent {
+        assert_eq!(sm.placed(), taken, "and counted as being written");
+        let mut on_disk = SpaceMap::new(10_000, 10);
+        assert!(on_disk.load_chunk(0, &sm.encode_chunk(0, 1, 1), 1, 1));
+        on_disk.recount();
+        assert_eq!(
+            on_disk.allocated(),
+            before,
+            "taken runs are written to disk as free"
+        );
+        sm.return_free_run(Extent {
             start: 200,
             len: 500,
-        }]);
-        assert_eq!(sm.allocated(), before + 305);
+        });
+        assert_eq!(sm.allocated(), before + taken - 500);
+        assert_eq!(sm.placed(), taken - 500);
         assert_eq!(sm.alloc(1), Some(200));
     }
 

@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::phys::SECTOR;
 use crate::pool::{lock, Pool, Shared};
 use crate::spacemap::{Extent, RELEASE_COMMITS};
+use std::sync::atomic::Ordering;
 
 /// Shortest free run worth a punch: scattered small frees are reused soon, and each punch
 /// costs a synchronous discard on file systems mounted with `discard`.
@@ -78,36 +79,46 @@ impl Pool {
     /// Punches every free run of at least 1 MiB out of the pool file, giving the space back
     /// to the file system (a block device is left as it is). First commits until the frees
     /// deferred for crash safety are released (at most `RELEASE_COMMITS + 1` commits), so that
-    /// space freed by a destroy just before is trimmed too. Each run is taken out of the
-    /// allocator while it is punched, and commits wait, so no writer is given it and no
-    /// space map records it as allocated.
+    /// space freed by a destroy just before is trimmed too. Then takes one run at a time out
+    /// of the allocator (never space writers have reserved), punches it and gives it back.
+    /// Commits go on meanwhile and write the run as free; a writer short of space waits for
+    /// the run to come back.
     pub fn trim(&self) -> Result<TrimReport> {
         let sh = &self.shared;
         sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        // Frees made up to the open txg; later commits only add their own (the meta block
-        // each replaces), which trim does not wait for.
-        let upto = cs.txg + 1;
-        for _ in 0..=RELEASE_COMMITS {
-            if lock(&sh.spacemap)
-                .oldest_deferred()
-                .is_none_or(|t| t > upto)
-            {
-                break;
+        {
+            let mut cs = lock(&sh.commit);
+            // Frees made up to the open txg; later commits only add their own (the meta block
+            // each replaces), which trim does not wait for.
+            let upto = cs.txg + 1;
+            for _ in 0..=RELEASE_COMMITS {
+                if lock(&sh.spacemap)
+                    .oldest_deferred()
+                    .is_none_or(|t| t > upto)
+                {
+                    break;
+                }
+                sh.commit_locked(&mut cs)?;
             }
-            sh.commit_locked(&mut cs)?;
         }
         let mut report = TrimReport::default();
         let mut from = 0;
         loop {
-            let Some(run) = lock(&sh.spacemap).take_free_run(from, MIN_RUN, MAX_RUN) else {
+            let _gate = lock(&sh.trim_gate);
+            // Read the reserved count under the space-map lock, as `reserve` counts it.
+            let run = {
+                let mut sm = lock(&sh.spacemap);
+                let keep = sh.dirty_bytes.load(Ordering::Acquire).div_ceil(SECTOR);
+                sm.take_free_run(from, MIN_RUN, MAX_RUN, keep)
+            };
+            let Some(run) = run else {
                 break;
             };
             if sh.punch(run) {
                 report.runs += 1;
                 report.bytes += run.len * SECTOR;
             }
-            lock(&sh.spacemap).free_released(&[run]);
+            lock(&sh.spacemap).return_free_run(run);
             from = run.start + run.len;
         }
         Ok(report)

@@ -771,6 +771,7 @@ impl VolumeHandle {
     /// reserved; commits to release deferred frees when the pool looks full.
     fn place_extent(&self, len: u64) -> Result<u64> {
         let mut tries = 0;
+        let mut gate = None;
         loop {
             {
                 // Read the reserved count under the space-map lock, as `reserve` counts it.
@@ -783,6 +784,11 @@ impl VolumeHandle {
                 if let Some(s) = sm.place(len, keep) {
                     return Ok(s);
                 }
+            }
+            if gate.is_none() {
+                // Short of space: a trim may have a free run out; wait for it, and try again.
+                gate = Some(lock(&self.shared.trim_gate));
+                continue;
             }
             let pending =
                 lock(&self.shared.spacemap).deferred_sectors() > 0 || self.shared.has_dirty();
@@ -822,9 +828,14 @@ impl VolumeHandle {
     /// Reserves space, committing to release deferred frees when the pool looks full.
     fn reserve(&self, bytes: u64) -> Result<()> {
         let mut tries = 0;
+        let mut gate = None;
         loop {
             match self.shared.reserve(bytes) {
                 Ok(()) => return Ok(()),
+                Err(_) if gate.is_none() => {
+                    // A trim may have a free run out; wait for it, and try again.
+                    gate = Some(lock(&self.shared.trim_gate));
+                }
                 Err(e) if tries > crate::spacemap::RELEASE_COMMITS => return Err(e),
                 Err(e) => {
                     let pending = lock(&self.shared.spacemap).deferred_sectors() > 0

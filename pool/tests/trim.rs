@@ -95,6 +95,56 @@ fn a_writer_never_gets_space_that_trim_is_punching() {
     });
 }
 
+/// While `Pool::trim` punches a run, a commit goes through (trim holds no commit lock then,
+/// so a guest's FLUSH does not wait for the whole trim), and what it writes describes the
+/// run as free: the pool as that commit left it opens with the run free and scrubs clean.
+#[test]
+fn commits_go_on_while_trim_punches_and_write_the_run_as_free() {
+    let dev = Arc::new(Watched::new(32 * MIB));
+    let config = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_on(dev.clone(), "p", config.clone()).expect("pool");
+    pool.create_volume("p/a", 4 * MIB as u64, 4096, &Default::default())
+        .expect("volume");
+    let a = pool.volume("p/a").expect("a");
+    write_whole(&a, 1);
+    pool.sync().expect("sync");
+    let free_before = pool.info().free;
+    /// Whether the commit finished while the punch was held, and the device after it.
+    type Seen = Option<(bool, Vec<u8>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new(None));
+    let (slot, watched) = (seen.clone(), dev.clone());
+    dev.on_punch(
+        MIB as u64,
+        Box::new(move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(a.flush());
+            });
+            let done = matches!(rx.recv_timeout(Duration::from_secs(30)), Ok(Ok(())));
+            *slot.lock().expect("slot") = Some((done, watched.snapshot()));
+        }),
+    );
+    let report = pool.trim().expect("trim");
+    assert!(report.bytes >= 16 * MIB as u64, "{report:?}");
+    let (done, image) = seen.lock().expect("seen").take().expect("trim punched");
+    assert!(done, "a commit waited for trim to finish");
+    let reopened = Pool::open(Arc::new(pool::MemDevice::from_bytes(image)), config).expect("open");
+    assert!(
+        reopened.info().free + MIB as u64 >= free_before,
+        "the run being punched was committed as allocated: {} free, {free_before} before",
+        reopened.info().free
+    );
+    let report = reopened.scrub().expect("scrub");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        pool.info().free + MIB as u64 >= free_before,
+        "trim gave every run back"
+    );
+}
+
 /// Bytes the file has allocated on disk.
 fn held(p: &Path) -> u64 {
     std::fs::metadata(p).expect("stat").blocks() * 512
