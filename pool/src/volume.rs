@@ -736,6 +736,7 @@ impl VolumeHandle {
                         .map(|&(idx, slot, _)| IoSlice::new(bytes(idx, slot))),
                 );
             }
+            let first = out.len();
             out.extend(blocks[i..j].iter().enumerate().map(|(k, &(idx, slot, _))| {
                 let ptr = BlockPtr {
                     sector: start + k as u64 * sectors,
@@ -745,7 +746,11 @@ impl VolumeHandle {
                 };
                 (idx, Dirty::Placed(ptr))
             }));
-            if let Err(e) = self.shared.dev.write_placed_at(&iovs, start * SECTOR) {
+            let mut written = self.shared.dev.write_placed_at(&iovs, start * SECTOR);
+            if written.is_ok() {
+                written = self.restabilize(&mut out[first..], &blocks[i..j], &bytes);
+            }
+            if let Err(e) = written {
                 let err = Error::io(
                     format!(
                         "writing {} to {}",
@@ -765,6 +770,37 @@ impl VolumeHandle {
             i = j;
         }
         Ok(out)
+    }
+
+    /// Checksums again the blocks just written from the caller's buffers, and writes any
+    /// that changed meanwhile once more, from a copy of its own. A caller's buffer may change
+    /// while it is written (a guest rewriting a page under writeback: virtio-blk does not ask
+    /// for stable pages); the first checksum then describes bytes other than those on disk,
+    /// and the block would read as damaged (ZFS verifies its Direct I/O writes for the same
+    /// reason). Blocks gathered into buffers of the pool's own cannot change.
+    fn restabilize<'b>(
+        &self,
+        placed: &mut [(u64, Dirty)],
+        blocks: &[(u64, usize, bool)],
+        bytes: &dyn Fn(u64, usize) -> &'b [u8],
+    ) -> std::io::Result<()> {
+        let guid = self.shared.label.guid;
+        for ((_, dirty), &(idx, slot, _)) in placed.iter_mut().zip(blocks) {
+            let Dirty::Placed(ptr) = dirty else { continue };
+            if slot != usize::MAX || checksum(bytes(idx, slot), guid) == ptr.checksum {
+                continue;
+            }
+            let copy: Box<[u8]> = bytes(idx, slot).into();
+            ptr.checksum = checksum(&copy, guid);
+            tracing::debug!(
+                block = idx,
+                "a buffer changed while it was written; rewriting it"
+            );
+            self.shared
+                .dev
+                .write_placed_at(&[IoSlice::new(&copy)], ptr.sector * SECTOR)?;
+        }
+        Ok(())
     }
 
     /// Allocates `len` contiguous sectors for placed data, leaving room for what others have

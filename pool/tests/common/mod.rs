@@ -1,7 +1,7 @@
 //! A memory device for tests that watch what the pool does to its device: it counts the bytes
 //! written and read (through the cache or around it), records prefetch hints, can run a hook
-//! (once) just before a hole of at least a given size is punched, and can keep a copy of its
-//! bytes as they are at the next sync (a power cut there).
+//! (once) just before a hole of at least a given size is punched or placed data is written,
+//! and can keep a copy of its bytes as they are at the next sync (a power cut there).
 
 #![allow(dead_code)]
 
@@ -10,8 +10,8 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// A hook run in place of a punch's start.
-pub type PunchHook = Box<dyn FnOnce() + Send>;
+/// A hook run just before a punch or a write of placed data goes through.
+pub type Hook = Box<dyn FnOnce() + Send>;
 
 /// [`MemDevice`] with write and read counters, a prefetch log, an optional punch hook and an
 /// optional image taken at the next sync.
@@ -23,7 +23,8 @@ pub struct Watched {
     read_cached: AtomicU64,
     read_direct: AtomicU64,
     prefetches: Mutex<Vec<(u64, u64)>>,
-    punch_hook: Mutex<Option<(u64, PunchHook)>>,
+    punch_hook: Mutex<Option<(u64, Hook)>>,
+    placed_write_hook: Mutex<Option<Hook>>,
 }
 
 impl Watched {
@@ -37,6 +38,7 @@ impl Watched {
             read_direct: AtomicU64::new(0),
             prefetches: Mutex::new(Vec::new()),
             punch_hook: Mutex::new(None),
+            placed_write_hook: Mutex::new(None),
         }
     }
 
@@ -80,8 +82,16 @@ impl Watched {
     }
 
     /// Runs `hook` once, before the first punch of at least `min_len` bytes goes through.
-    pub fn on_punch(&self, min_len: u64, hook: PunchHook) {
+    pub fn on_punch(&self, min_len: u64, hook: Hook) {
         *self.punch_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some((min_len, hook));
+    }
+
+    /// Runs `hook` once, before the next write of placed data goes through.
+    pub fn on_placed_write(&self, hook: Hook) {
+        *self
+            .placed_write_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 }
 
@@ -104,6 +114,17 @@ impl Device for Watched {
         let n: usize = bufs.iter().map(|b| b.len()).sum();
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         self.inner.write_vectored_at(bufs, offset)
+    }
+    fn write_placed_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        let hook = self
+            .placed_write_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.write_vectored_at(bufs, offset)
     }
     fn prefetch(&self, offset: u64, len: u64) {
         self.prefetches
