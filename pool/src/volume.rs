@@ -420,11 +420,20 @@ impl VolumeHandle {
                         )
                     })?;
                     for (k, fk) in fetches[i..j].iter().enumerate() {
-                        self.shared.verify(
-                            &fk.ptr,
-                            &run[k * bs..(k + 1) * bs],
-                            &self.what(fk.idx),
-                        )?;
+                        let got = &mut run[k * bs..(k + 1) * bs];
+                        if self
+                            .shared
+                            .verify(&fk.ptr, got, &self.what(fk.idx))
+                            .is_err()
+                        {
+                            // The bytes went straight into the caller's buffer, which the
+                            // caller may change meanwhile (a guest's page): read the block
+                            // again into one of ours before calling it damaged.
+                            let mut own = vec![0u8; bs];
+                            self.shared
+                                .read_block(&fk.ptr, &mut own, &self.what(fk.idx))?;
+                            got.copy_from_slice(&own);
+                        }
                     }
                     i = j;
                     continue;

@@ -1,7 +1,8 @@
 //! A memory device for tests that watch what the pool does to its device: it counts the bytes
 //! written and read (through the cache or around it), records prefetch hints, can run a hook
 //! (once) just before a hole of at least a given size is punched or placed data is written,
-//! and can keep a copy of its bytes as they are at the next sync (a power cut there).
+//! can change the first byte a read delivers (a caller scribbling on its buffer), and can
+//! keep a copy of its bytes as they are at the next sync (a power cut there).
 
 #![allow(dead_code)]
 
@@ -25,6 +26,7 @@ pub struct Watched {
     prefetches: Mutex<Vec<(u64, u64)>>,
     punch_hook: Mutex<Option<(u64, Hook)>>,
     placed_write_hook: Mutex<Option<Hook>>,
+    scribble_min: Mutex<Option<usize>>,
 }
 
 impl Watched {
@@ -39,6 +41,7 @@ impl Watched {
             prefetches: Mutex::new(Vec::new()),
             punch_hook: Mutex::new(None),
             placed_write_hook: Mutex::new(None),
+            scribble_min: Mutex::new(None),
         }
     }
 
@@ -86,6 +89,20 @@ impl Watched {
         *self.punch_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some((min_len, hook));
     }
 
+    /// Flips the first byte that the next read of at least `min_len` bytes delivers, as a
+    /// caller that changes its buffer while the read fills it (the device is left intact).
+    pub fn scribble_on_next_read(&self, min_len: usize) {
+        *self.scribble_min.lock().unwrap_or_else(|e| e.into_inner()) = Some(min_len);
+    }
+
+    fn scribble(&self, buf: &mut [u8]) {
+        let mut armed = self.scribble_min.lock().unwrap_or_else(|e| e.into_inner());
+        if armed.is_some_and(|min| buf.len() >= min) {
+            *armed = None;
+            buf[0] ^= 0xff;
+        }
+    }
+
     /// Runs `hook` once, before the next write of placed data goes through.
     pub fn on_placed_write(&self, hook: Hook) {
         *self
@@ -99,12 +116,16 @@ impl Device for Watched {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_cached
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.read_at(buf, offset)
+        self.inner.read_at(buf, offset)?;
+        self.scribble(buf);
+        Ok(())
     }
     fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_direct
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.read_at(buf, offset)
+        self.inner.read_at(buf, offset)?;
+        self.scribble(buf);
+        Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
