@@ -142,18 +142,22 @@ impl VolumeState {
 
     /// Drops dirty blocks at or past `nblocks` (all of them for 0): frees what writers already
     /// placed (never referenced by a committed txg) and returns the bytes reserved for them.
+    /// Only buffered data reserved its block until the commit; placed blocks have their space
+    /// and zeroes need none, so dropping them gives back nothing the kept blocks still need.
     pub(crate) fn discard_dirty(
         &mut self,
         sm: &mut SpaceMap,
         nblocks: u64,
         block_size: u32,
     ) -> u64 {
-        let before = self.open.len();
+        let mut buffered = 0u64;
         self.open.retain(|&i, d| {
             let keep = i < nblocks;
             if !keep {
-                if let Some(p) = d.placed() {
-                    sm.unplace(p.sector, u64::from(p.sectors));
+                match d {
+                    Dirty::Placed(p) => sm.unplace(p.sector, u64::from(p.sectors)),
+                    Dirty::Data(_) => buffered += 1,
+                    Dirty::Zero => {}
                 }
             }
             keep
@@ -162,8 +166,7 @@ impl VolumeState {
             self.open_l1.clear();
             return std::mem::take(&mut self.open_reserved);
         }
-        let dropped = (before - self.open.len()) as u64 * u64::from(block_size);
-        let r = dropped.min(self.open_reserved);
+        let r = (buffered * u64::from(block_size)).min(self.open_reserved);
         self.open_reserved -= r;
         r
     }
@@ -911,4 +914,44 @@ pub(crate) fn is_zero(b: &[u8]) -> bool {
     // SAFETY: u64 has no invalid bit patterns; align_to only splits at aligned boundaries.
     let (pre, words, post) = unsafe { b.align_to::<u64>() };
     pre.iter().all(|&x| x == 0) && words.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shrinking_gives_back_only_what_the_dropped_buffered_blocks_reserved() {
+        let mut st = VolumeState::new(StateInit {
+            size: 64 * 4096,
+            root: BlockPtr::default(),
+            referenced: 0,
+            written: 0,
+            prev_snap_txg: 0,
+            deadlist: Deadlist::default(),
+            read_only: false,
+        });
+        let mut sm = SpaceMap::new(10_000, 10);
+        let placed = sm.place(8, 0).expect("room");
+        // Kept: two buffered blocks. Dropped: one buffered, one placed, one zeroed.
+        for idx in [1, 2, 40] {
+            st.open.insert(idx, Dirty::Data(vec![1u8; 4096].into()));
+        }
+        st.open.insert(
+            41,
+            Dirty::Placed(BlockPtr {
+                sector: placed,
+                sectors: 8,
+                birth: 0,
+                checksum: 0,
+            }),
+        );
+        st.open.insert(42, Dirty::Zero);
+        st.open_reserved = 3 * 4096;
+        assert_eq!(st.discard_dirty(&mut sm, 32, 4096), 4096);
+        assert_eq!(st.open_reserved, 2 * 4096, "the kept blocks keep theirs");
+        assert_eq!(st.open.len(), 2);
+        sm.bury_zombies();
+        assert_eq!(sm.placed(), 0, "the dropped placed block is freed");
+    }
 }
