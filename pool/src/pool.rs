@@ -14,7 +14,7 @@ use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,8 +109,11 @@ pub(crate) struct Shared {
     pub fence: RwLock<()>,
     pub commit: Mutex<CommitState>,
     /// Held by [`Pool::trim`] while a free run is out of the allocator; a writer short of
-    /// space takes it to wait for the run to come back (and to keep the next one in).
+    /// space takes it ([`Shared::wait_for_trim`]) to wait for the run to come back, and to
+    /// keep the next one in.
     pub trim_gate: Mutex<()>,
+    /// Writers waiting for `trim_gate`: trim lets them in before it takes its next run.
+    pub trim_waiters: AtomicUsize,
     pub datasets: RwLock<BTreeMap<u64, DatasetEntry>>,
     pub dirty_bytes: AtomicU64,
     /// Bytes of data placed since a commit last took the dirty maps.
@@ -210,6 +213,15 @@ impl Shared {
             });
         }
         Ok(())
+    }
+
+    /// Waits until no free run is out for trimming, and keeps trim from taking another
+    /// while the guard lives (for a writer short of space).
+    pub(crate) fn wait_for_trim(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.trim_waiters.fetch_add(1, Ordering::AcqRel);
+        let gate = lock(&self.trim_gate);
+        self.trim_waiters.fetch_sub(1, Ordering::AcqRel);
+        gate
     }
 
     pub(crate) fn unreserve(&self, bytes: u64) {
@@ -676,6 +688,7 @@ impl Pool {
             sync_signal: (Mutex::new(false), Condvar::new()),
             throttle: (Mutex::new(()), Condvar::new()),
             trim_gate: Mutex::new(()),
+            trim_waiters: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let sync_thread = config.sync_interval.map(|every| {

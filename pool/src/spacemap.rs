@@ -198,8 +198,8 @@ impl SpaceMap {
         Some(s)
     }
 
-    /// Sectors kept free for the metadata commits write: 1/32 of the pool.
-    fn slop(&self) -> u64 {
+    /// Sectors writers leave free for the metadata commits write: 1/32 of the pool.
+    pub fn slop(&self) -> u64 {
         (self.usable() / 32).max(256)
     }
 
@@ -314,10 +314,10 @@ impl SpaceMap {
     /// long (at most `max` of it), marking it allocated so that no writer is given it while
     /// the caller trims it; give it back with [`SpaceMap::return_free_run`]. Like placed
     /// data, the run is written to disk as free meanwhile, so commits may go on while it is
-    /// out and a crash leaks nothing. Leaves `keep` sectors (space reserved by writers) and
-    /// the metadata slop free, as [`SpaceMap::place`] does.
+    /// out and a crash leaks nothing. Leaves at least `keep` sectors free (space reserved by
+    /// writers, and the slop where commits may run meanwhile).
     pub fn take_free_run(&mut self, from: u64, min: u64, max: u64, keep: u64) -> Option<Extent> {
-        let max = max.min(self.free().saturating_sub(keep + self.slop()));
+        let max = max.min(self.free().saturating_sub(keep));
         if max < min {
             return None;
         }
@@ -349,8 +349,9 @@ impl SpaceMap {
 
     /// Gives back a run taken with [`SpaceMap::take_free_run`].
     pub fn return_free_run(&mut self, run: Extent) {
-        if self.placed.get(&run.start) == Some(&run.len) {
-            self.placed.remove(&run.start);
+        let taken = self.placed.remove(&run.start);
+        debug_assert_eq!(taken, Some(run.len), "{run:?} was not taken whole");
+        if taken.is_some() {
             self.release(run.start, run.len);
         }
     }
@@ -605,8 +606,12 @@ mod tests {
             "a run ends at the end of the map"
         );
         // 8,605 free: keeping 8,000 and the slop leaves 293 to take.
-        assert_eq!(sm.take_free_run(1_200, 10, 100_000, 8_000), run(1_200, 293));
-        assert_eq!(sm.take_free_run(1_200, 10, 100_000, 8_300), None);
+        let slop = sm.slop();
+        assert_eq!(
+            sm.take_free_run(1_200, 10, 100_000, 8_000 + slop),
+            run(1_200, 293)
+        );
+        assert_eq!(sm.take_free_run(1_200, 10, 100_000, 8_300 + slop), None);
         assert_eq!(
             sm.take_free_run(0, 10, 500, 0),
             run(1_493, 500),

@@ -81,8 +81,9 @@ impl Pool {
     /// deferred for crash safety are released (at most `RELEASE_COMMITS + 1` commits), so that
     /// space freed by a destroy just before is trimmed too. Then takes one run at a time out
     /// of the allocator (never space writers have reserved), punches it and gives it back.
-    /// Commits go on meanwhile and write the run as free; a writer short of space waits for
-    /// the run to come back.
+    /// Commits go on meanwhile and write the run as free (where taking a run would leave
+    /// them less than the slop, they wait for that run instead); a writer short of space
+    /// waits for the run to come back, and goes before the next.
     pub fn trim(&self) -> Result<TrimReport> {
         let sh = &self.shared;
         sh.check_writable()?;
@@ -104,15 +105,32 @@ impl Pool {
         let mut report = TrimReport::default();
         let mut from = 0;
         loop {
+            // Writers that waited for the last run go first: a plain mutex would let trim
+            // take the gate straight back, run after run.
+            while sh.trim_waiters.load(Ordering::Acquire) > 0 {
+                std::thread::yield_now();
+            }
             let _gate = lock(&sh.trim_gate);
+            let reserved = || sh.dirty_bytes.load(Ordering::Acquire).div_ceil(SECTOR);
             // Read the reserved count under the space-map lock, as `reserve` counts it.
-            let run = {
+            let taken = {
                 let mut sm = lock(&sh.spacemap);
-                let keep = sh.dirty_bytes.load(Ordering::Acquire).div_ceil(SECTOR);
+                let keep = reserved() + sm.slop();
                 sm.take_free_run(from, MIN_RUN, MAX_RUN, keep)
             };
-            let Some(run) = run else {
-                break;
+            let (run, _commits_held) = match taken {
+                Some(run) => (run, None),
+                None => {
+                    // No run leaves the slop free (a nearly full pool): take one with commits
+                    // held off, as only they spend the slop.
+                    let cs = lock(&sh.commit);
+                    let mut sm = lock(&sh.spacemap);
+                    let keep = reserved();
+                    match sm.take_free_run(from, MIN_RUN, MAX_RUN, keep) {
+                        Some(run) => (run, Some(cs)),
+                        None => break,
+                    }
+                }
             };
             if sh.punch(run) {
                 report.runs += 1;

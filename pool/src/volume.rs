@@ -835,7 +835,7 @@ impl VolumeHandle {
             }
             if gate.is_none() {
                 // Short of space: a trim may have a free run out; wait for it, and try again.
-                gate = Some(lock(&self.shared.trim_gate));
+                gate = Some(self.shared.wait_for_trim());
                 continue;
             }
             let pending =
@@ -882,7 +882,7 @@ impl VolumeHandle {
                 Ok(()) => return Ok(()),
                 Err(_) if gate.is_none() => {
                     // A trim may have a free run out; wait for it, and try again.
-                    gate = Some(lock(&self.shared.trim_gate));
+                    gate = Some(self.shared.wait_for_trim());
                 }
                 Err(e) if tries > crate::spacemap::RELEASE_COMMITS => return Err(e),
                 Err(e) => {

@@ -12,6 +12,7 @@ use common::Watched;
 use pool::{Pool, PoolConfig, VolumeHandle};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -143,6 +144,118 @@ fn commits_go_on_while_trim_punches_and_write_the_run_as_free() {
         pool.info().free + MIB as u64 >= free_before,
         "trim gave every run back"
     );
+}
+
+/// A nearly full pool is trimmed too: where taking a run would leave commits less than the
+/// slop they write metadata into, trim takes it with commits held off instead of skipping it.
+#[test]
+fn a_nearly_full_pool_is_trimmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("full.tarn");
+    let config = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_file(&path, "p", 64 * MIB as u64, config).expect("pool");
+    pool.create_volume("p/big", 128 * MIB as u64, 4096, &Default::default())
+        .expect("thin volume");
+    let big = pool.volume("p/big").expect("big");
+    let chunk = vec![0x42u8; MIB];
+    let written = (0..128u64)
+        .take_while(|&i| big.write_at(i * MIB as u64, &chunk).is_ok())
+        .count();
+    assert!(written < 128, "a 64 MiB pool took 128 MiB");
+    pool.sync().expect("sync");
+    let free = pool.info().free;
+    assert!(free < 6 * MIB as u64, "not nearly full: {free} bytes free");
+    let report = pool.trim().expect("trim");
+    assert!(
+        report.bytes >= MIB as u64,
+        "{report:?} with {free} bytes free"
+    );
+    assert!(pool.scrub().expect("scrub").errors.is_empty());
+}
+
+/// A writer short of space waits for the run trim has out, and then goes before trim takes
+/// the next one: trim does not take the gate straight back, run after run.
+#[test]
+fn a_waiting_writer_goes_before_the_next_run() {
+    let dev = Arc::new(Watched::new(32 * MIB));
+    let config = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_on(dev.clone(), "p", config).expect("pool");
+    let props = Default::default();
+    for (name, mib) in [("a", 8), ("d", 2), ("b", 2), ("fill", 64)] {
+        pool.create_volume(&format!("p/{name}"), mib * MIB as u64, 4096, &props)
+            .expect("volume");
+    }
+    let a = pool.volume("p/a").expect("a");
+    // a's first copy becomes the first free run, d (destroyed) the second; b and a's second
+    // copy keep them apart, and `fill` takes the rest but a little.
+    write_whole(&a, 1);
+    write_whole(&pool.volume("p/d").expect("d"), 2);
+    write_whole(&pool.volume("p/b").expect("b"), 3);
+    pool.sync().expect("sync");
+    let fill = pool.volume("p/fill").expect("fill");
+    let spare = pool.info().free / MIB as u64 - 8 - 1 - 2;
+    let chunk = vec![5u8; MIB];
+    for i in 0..spare {
+        fill.write_at(i * MIB as u64, &chunk).expect("fill");
+    }
+    write_whole(&a, 4);
+    pool.destroy("p/d").expect("destroy d");
+    pool.sync().expect("sync");
+    let done = Arc::new(AtomicBool::new(false));
+    // Whether the writer was done when the second run was punched (None: no second run).
+    let seen: Arc<Mutex<Option<bool>>> = Arc::new(Mutex::new(None));
+    let writer: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::new(Mutex::new(None));
+    let (slot, watched, seen_by_hook) = (writer.clone(), dev.clone(), seen.clone());
+    let (flag, flag_seen) = (done.clone(), done.clone());
+    dev.on_punch(
+        4 * MIB as u64,
+        Box::new(move || {
+            // During the first run: a 4 MiB write that only fits there.
+            let h = std::thread::spawn(move || {
+                a.write_at(0, &vec![6u8; 4 * MIB]).expect("write a");
+                flag.store(true, Ordering::Release);
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            *slot.lock().expect("slot") = Some(h);
+            watched.on_punch(
+                MIB as u64,
+                Box::new(move || {
+                    let until = std::time::Instant::now() + Duration::from_secs(10);
+                    while !flag_seen.load(Ordering::Acquire) && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    *seen_by_hook.lock().expect("seen") = Some(flag_seen.load(Ordering::Acquire));
+                }),
+            );
+        }),
+    );
+    let report = pool.trim().expect("trim");
+    writer
+        .lock()
+        .expect("writer")
+        .take()
+        .expect("the first run was punched")
+        .join()
+        .expect("the writer finished");
+    let seen = seen.lock().expect("seen").take();
+    assert_eq!(
+        seen,
+        Some(true),
+        "the waiting writer did not go before the second run ({report:?})"
+    );
+    let mut got = vec![0u8; 4 * MIB];
+    pool.volume("p/a")
+        .expect("a")
+        .read_at(0, &mut got)
+        .expect("read a");
+    assert!(got.iter().all(|&x| x == 6));
+    assert!(pool.scrub().expect("scrub").errors.is_empty());
 }
 
 /// Bytes the file has allocated on disk.
