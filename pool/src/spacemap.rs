@@ -119,8 +119,20 @@ impl SpaceMap {
         self.deferred.keys().next().copied()
     }
 
-    fn bit(&self, s: u64) -> bool {
-        self.words[(s / 64) as usize] & (1 << (s % 64)) != 0
+    /// The first sector in `from..to` that is allocated (`on`) or free (`!on`), a word at a
+    /// time.
+    fn find_bit(&self, from: u64, to: u64, on: bool) -> Option<u64> {
+        let mut s = from;
+        while s < to {
+            let word = self.words[(s / 64) as usize];
+            let word = if on { word } else { !word } & (u64::MAX << (s % 64));
+            if word != 0 {
+                let hit = s / 64 * 64 + u64::from(word.trailing_zeros());
+                return (hit < to).then_some(hit);
+            }
+            s = (s / 64 + 1) * 64;
+        }
+        None
     }
 
     fn set_range(&mut self, start: u64, len: u64, on: bool) {
@@ -146,7 +158,7 @@ impl SpaceMap {
 
     /// Whether every sector of the extent is allocated.
     pub fn is_allocated(&self, start: u64, len: u64) -> bool {
-        start + len <= self.sectors && (start..start + len).all(|s| self.bit(s))
+        start + len <= self.sectors && self.find_bit(start, start + len, false).is_none()
     }
 
     /// Allocates `len` contiguous sectors, next-fit from the last allocation (or the lowest
@@ -170,18 +182,18 @@ impl SpaceMap {
             if wrapped && s >= self.cursor {
                 return None;
             }
-            // Skip whole allocated words quickly.
-            if s.is_multiple_of(64) && self.words[(s / 64) as usize] == u64::MAX {
-                s += 64;
-                continue;
-            }
-            match (s..s + len).find(|&x| self.bit(x)) {
+            match self.find_bit(s, s + len, true) {
                 None => {
                     self.set_range(s, len, true);
                     self.cursor = s + len;
                     return Some(s);
                 }
-                Some(used) => s = used + 1,
+                // Go on at the next free sector past the allocated one.
+                Some(used) => {
+                    s = self
+                        .find_bit(used, self.sectors, false)
+                        .unwrap_or(self.sectors)
+                }
             }
         }
     }
@@ -322,29 +334,20 @@ impl SpaceMap {
             return None;
         }
         let mut s = from.max(self.reserved);
-        while s < self.sectors {
-            if s.is_multiple_of(64) && self.words[(s / 64) as usize] == u64::MAX {
-                s += 64;
-                continue;
-            }
-            if self.bit(s) {
-                s += 1;
-                continue;
-            }
-            let end = (s..self.sectors.min(s + max))
-                .find(|&x| self.bit(x))
-                .unwrap_or(self.sectors.min(s + max));
-            if end - s >= min {
-                self.set_range(s, end - s, true);
-                self.placed.insert(s, end - s);
+        loop {
+            let start = self.find_bit(s, self.sectors, false)?;
+            let limit = self.sectors.min(start + max);
+            let end = self.find_bit(start, limit, true).unwrap_or(limit);
+            if end - start >= min {
+                self.set_range(start, end - start, true);
+                self.placed.insert(start, end - start);
                 return Some(Extent {
-                    start: s,
-                    len: end - s,
+                    start,
+                    len: end - start,
                 });
             }
             s = end;
         }
-        None
     }
 
     /// Gives back a run taken with [`SpaceMap::take_free_run`].
@@ -640,6 +643,25 @@ mod tests {
         assert_eq!(sm.allocated(), before + taken - 500);
         assert_eq!(sm.placed(), taken - 500);
         assert_eq!(sm.alloc(1), Some(200));
+    }
+
+    #[test]
+    fn find_bit_agrees_with_a_bit_by_bit_scan() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut sm = SpaceMap::new(1_000, 0);
+        for _ in 0..60 {
+            let (start, len) = (rng.gen_range(0..990), rng.gen_range(1..10));
+            sm.set_range(start, len.min(1_000 - start), true);
+        }
+        for _ in 0..5_000 {
+            let from = rng.gen_range(0..1_000);
+            let to = rng.gen_range(from..=1_000);
+            let on = rng.gen_bool(0.5);
+            let bit = |s: u64| sm.words[(s / 64) as usize] & (1 << (s % 64)) != 0;
+            let naive = (from..to).find(|&s| bit(s) == on);
+            assert_eq!(sm.find_bit(from, to, on), naive, "{from}..{to} {on}");
+        }
     }
 
     #[test]

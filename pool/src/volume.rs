@@ -789,7 +789,9 @@ impl VolumeHandle {
     /// while it is written (a guest rewriting a page under writeback: virtio-blk does not ask
     /// for stable pages); the first checksum then describes bytes other than those on disk,
     /// and the block would read as damaged (ZFS verifies its Direct I/O writes for the same
-    /// reason). Blocks gathered into buffers of the pool's own cannot change.
+    /// reason). Blocks gathered into buffers of the pool's own cannot change. A buffer changed
+    /// and changed back within the write still escapes, as in ZFS: only the caller's own
+    /// block can be damaged that way.
     fn restabilize<'b>(
         &self,
         placed: &mut [(u64, Dirty)],
