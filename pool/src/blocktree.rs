@@ -3,7 +3,7 @@
 //! level has exactly one pointer, the root. Changes mark indirect blocks dirty; `sync` rewrites
 //! them bottom-up into fresh space (copy-on-write).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::phys::{decode_indirect, encode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT};
 use std::collections::BTreeSet;
 
@@ -30,14 +30,41 @@ fn shape(nblocks: usize) -> Vec<usize> {
     }
 }
 
-impl BlockTree {
-    /// A tree of `nblocks` holes.
-    pub fn empty(nblocks: usize) -> Self {
-        let s = shape(nblocks);
-        BlockTree {
-            levels: s.iter().map(|&n| vec![BlockPtr::HOLE; n]).collect(),
-            dirty: vec![BTreeSet::new(); s.len()],
+/// Bytes of memory the resident tree of `nblocks` data blocks takes (all its levels).
+pub fn map_bytes(nblocks: u64) -> u64 {
+    let mut total = 0u64;
+    let mut n = nblocks;
+    loop {
+        total = total.saturating_add(n.saturating_mul(std::mem::size_of::<BlockPtr>() as u64));
+        if n <= 1 {
+            return total;
         }
+        n = n.div_ceil(PTRS_PER_INDIRECT as u64);
+    }
+}
+
+/// `n` holes, or an error (not an abort) where memory cannot hold them.
+fn holes(n: usize) -> Result<Vec<BlockPtr>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "a block map of {n} blocks ({} bytes) does not fit in this host's memory; \
+             open the pool on a host with more memory",
+            map_bytes(n as u64)
+        ))
+    })?;
+    v.resize(n, BlockPtr::HOLE);
+    Ok(v)
+}
+
+impl BlockTree {
+    /// A tree of `nblocks` holes; an error where memory cannot hold it.
+    pub fn empty(nblocks: usize) -> Result<Self> {
+        let s = shape(nblocks);
+        Ok(BlockTree {
+            levels: s.iter().map(|&n| holes(n)).collect::<Result<_>>()?,
+            dirty: vec![BTreeSet::new(); s.len()],
+        })
     }
 
     /// Reads a tree from its root. `read` fetches and verifies one indirect block.
@@ -46,7 +73,7 @@ impl BlockTree {
         nblocks: usize,
         mut read: impl FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
     ) -> Result<Self> {
-        let mut t = Self::empty(nblocks);
+        let mut t = Self::empty(nblocks)?;
         let top = t.levels.len() - 1;
         t.levels[top][0] = root;
         let mut buf = vec![0u8; INDIRECT_SIZE];
@@ -252,7 +279,7 @@ mod tests {
     fn sync_then_load_round_trips() {
         let mut store: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut next = 1000u64;
-        let mut t = BlockTree::empty(2000);
+        let mut t = BlockTree::empty(2000).unwrap();
         for i in [0usize, 511, 512, 1999] {
             t.set(i, ptr(i as u64 + 1));
         }
@@ -286,7 +313,7 @@ mod tests {
 
     #[test]
     fn resize_frees_tail_and_indirects() {
-        let mut t = BlockTree::empty(1000);
+        let mut t = BlockTree::empty(1000).unwrap();
         t.set(10, ptr(1));
         t.set(900, ptr(2));
         t.sync(|_| Ok(ptr(50)), |_, _| {}).unwrap();

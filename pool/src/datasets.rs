@@ -367,12 +367,32 @@ pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {
     }
     let bs = u64::from(block_size);
     let blocks = size.div_ceil(bs);
-    if blocks > (1 << 40) {
+    // The block map stays resident while a volume is in use.
+    let map = crate::blocktree::map_bytes(blocks);
+    let budget = map_budget();
+    if blocks > (1 << 40) || map > budget {
         return Err(Error::InvalidArgument(format!(
-            "volume size {size} is too large"
+            "a volume of {size} bytes in {bs}-byte blocks is too large: its block map, kept in \
+             memory, would take {map} bytes, more than half of this host's memory ({budget} \
+             bytes allowed); use a larger block size or a smaller volume"
         )));
     }
     Ok(blocks * bs)
+}
+
+/// Most memory one volume's resident block map may take: half of the host's.
+fn map_budget() -> u64 {
+    // SAFETY: sysconf(3) reads system configuration; it touches no memory of ours.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    match (u64::try_from(pages), u64::try_from(page)) {
+        (Ok(n), Ok(p)) if n > 0 && p > 0 => n.saturating_mul(p) / 2,
+        _ => u64::MAX,
+    }
 }
 
 /// Checks a user property: the key's characters and length, the value's length.

@@ -150,6 +150,18 @@ fn bad_names_sizes_and_block_sizes_are_rejected() {
         );
     }
     assert!(pool.datasets().len() == 1);
+    // A volume whose resident block map would not fit in memory (2^40 blocks of 4 KiB take
+    // 48 TiB of map) is refused, with the reason, instead of aborting on first use.
+    let err = pool
+        .create_volume("tank/huge", (1 << 40) * 4096, 4096, &none)
+        .expect_err("4 PiB in 4 KiB blocks");
+    assert!(err.to_string().contains("block map"), "{err}");
+    assert!(pool.datasets().len() == 1);
+    let err = pool
+        .resize_volume("tank/v", (1 << 40) * 4096)
+        .expect_err("grown to 4 PiB");
+    assert!(err.to_string().contains("block map"), "{err}");
+    assert_eq!(pool.dataset("tank/v").expect("v").size, 1 << 20);
     let err = pool
         .volume("tank/v")
         .expect("v")

@@ -156,6 +156,28 @@ fn bad_streams_leave_nothing_behind() {
     );
 }
 
+/// A stream whose BEGIN claims a volume of 2^40 blocks: the stream itself is well formed
+/// (its checksums only catch damage), so the pool's limit on a volume's resident block map
+/// must refuse it, before anything is created, instead of an allocation aborting the process.
+#[test]
+fn a_stream_claiming_a_huge_volume_is_refused() {
+    let begin = Begin {
+        to_guid: 0xabc,
+        size: (1u64 << 40) * 4096,
+        block_size: 4096,
+        name: "x/v@s".into(),
+        ..Begin::default()
+    };
+    let mut w = StreamWriter::new(Vec::new(), &begin).expect("writer");
+    w.write(0, &[1u8; 4096]).expect("record");
+    let stream = w.finish().expect("finish").0;
+    let b = mkpool("b");
+    let before = names(&b);
+    let e = recv(&b, "b/big", &stream[..], false).expect_err("a 4 PiB volume");
+    assert!(e.to_string().contains("block map"), "{e}");
+    assert_eq!(names(&b), before);
+}
+
 #[test]
 fn rollback_recursion() {
     let p = mkpool("p");
