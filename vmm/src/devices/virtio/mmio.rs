@@ -208,9 +208,9 @@ impl MmioTransport {
         }
         if newly & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.active {
             if let Err(e) = self.activate() {
-                tracing::warn!("virtio-mmio: activation failed: {e}");
+                super::guest_fault(format_args!("virtio-mmio: activation failed: {e}"));
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-                self.config_generation += 1;
+                self.config_generation = self.config_generation.wrapping_add(1);
                 self.interrupt.trigger(VIRTIO_MMIO_INT_CONFIG);
             }
         }

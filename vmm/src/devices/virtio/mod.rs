@@ -4,8 +4,10 @@ pub mod block;
 pub mod mmio;
 
 use crate::error::Result;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::Instant;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -84,4 +86,80 @@ pub trait VirtioDevice: Send {
     ) -> Result<()>;
     /// Stops serving (waiting for requests in flight) and forgets negotiated state.
     fn reset(&mut self);
+}
+
+/// Warnings about guest faults logged per second; the rest go to `debug`.
+const GUEST_FAULTS_PER_SEC: u64 = 10;
+
+/// Logs a fault a guest caused (a malformed ring, chain or register write): at most
+/// [`GUEST_FAULTS_PER_SEC`] warnings a second, then one line saying how many more there were,
+/// so that a hostile guest cannot flood the host's log (one broken chain per request is
+/// hundreds of thousands of lines a second).
+pub(crate) fn guest_fault(msg: std::fmt::Arguments<'_>) {
+    static START: OnceLock<Instant> = OnceLock::new();
+    static SECOND: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let now = START.get_or_init(Instant::now).elapsed().as_secs();
+    let second = SECOND.load(Ordering::Relaxed);
+    if now != second
+        && SECOND
+            .compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let more = COUNT
+            .swap(0, Ordering::Relaxed)
+            .saturating_sub(GUEST_FAULTS_PER_SEC);
+        if more > 0 {
+            tracing::warn!("virtio: {more} more guest faults in the last second (debug logs them)");
+        }
+    }
+    if COUNT.fetch_add(1, Ordering::Relaxed) < GUEST_FAULTS_PER_SEC {
+        tracing::warn!("{msg}");
+    } else {
+        tracing::debug!("{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_faults_are_logged_at_most_ten_a_second() {
+        use std::sync::{Arc, Mutex};
+        use tracing::subscriber::with_default;
+        /// Counts WARN events.
+        struct Count(Arc<Mutex<u64>>);
+        impl tracing::Subscriber for Count {
+            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+                tracing::span::Id::from_u64(1)
+            }
+            fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+            fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+            fn event(&self, e: &tracing::Event<'_>) {
+                if *e.metadata().level() == tracing::Level::WARN {
+                    *self.0.lock().unwrap() += 1;
+                }
+            }
+            fn enter(&self, _: &tracing::span::Id) {}
+            fn exit(&self, _: &tracing::span::Id) {}
+        }
+        let warned = Arc::new(Mutex::new(0));
+        let t = Instant::now();
+        with_default(Count(warned.clone()), || {
+            for i in 0..100_000 {
+                guest_fault(format_args!("broken chain {i}"));
+            }
+        });
+        let secs = t.elapsed().as_secs() + 2;
+        let n = *warned.lock().unwrap();
+        assert!(
+            n <= (GUEST_FAULTS_PER_SEC + 1) * secs,
+            "{n} warnings for 100,000 faults in under {secs} s"
+        );
+        assert!(n >= 1, "faults are still reported");
+    }
 }

@@ -200,16 +200,22 @@ impl VirtioDevice for Block {
             disk: self.disk.clone(),
             neg: self.negotiated(),
         });
+        let stopping = Arc::new(AtomicBool::new(false));
         let serve = match self.options.workers {
             0 => Serve::Inline(queue),
             n => {
                 let queue = Arc::new(Mutex::new(queue));
-                let (c, q) = (ctx.clone(), queue.clone());
+                let (c, q, stop) = (ctx.clone(), queue.clone(), stopping.clone());
                 let pool = WorkerPool::new(
                     &format!("{}-io", self.name),
                     n,
                     usize::from(QUEUE_SIZE),
                     move |(head, req): (u16, Request)| {
+                        // A reset discards the rings: requests not started by then are
+                        // dropped, so that reset and shutdown wait only for those running.
+                        if stop.load(Ordering::Acquire) {
+                            return;
+                        }
                         let used = req.execute(&c.mem, &c.disk, c.neg).used_len;
                         complete(&c, &q, head, used);
                     },
@@ -224,7 +230,6 @@ impl VirtioDevice for Block {
         };
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("creating an eventfd"))?;
         let stop2 = stop.try_clone().map_err(Error::io("cloning an eventfd"))?;
-        let stopping = Arc::new(AtomicBool::new(false));
         let mut server = QueueServer {
             ctx,
             serve,
@@ -273,7 +278,7 @@ struct Ctx {
 fn complete(ctx: &Ctx, queue: &Mutex<Queue>, head: u16, used_len: u32) {
     let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = q.add_used(&ctx.mem, head, used_len) {
-        tracing::warn!("virtio-blk: add_used({head}): {e}");
+        super::super::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
         return;
     }
     notify(ctx, &mut q);
@@ -408,6 +413,10 @@ impl QueueServer {
                 };
                 let n = popped.len();
                 for (head, parsed) in popped.drain(..) {
+                    if self.stopping.load(Ordering::Acquire) {
+                        // Reset: the rest is dropped with the rings.
+                        continue;
+                    }
                     match parsed {
                         Err(e) => complete(ctx, queue, head, request::fail_parse(mem, e)),
                         Ok(req) => {
@@ -491,6 +500,91 @@ mod tests {
         let mut b = [0; 4];
         t.read(u64::from(reg), &mut b);
         u32::from_le_bytes(b)
+    }
+
+    /// A backend whose reads take 20 ms each, counting them.
+    struct Slow(std::sync::atomic::AtomicU64);
+
+    impl zvol::BlockBackend for Slow {
+        fn info(&self) -> zvol::BackendInfo {
+            zvol::BackendInfo {
+                size: DISK_SIZE,
+                block_size: 4096,
+                logical_block_size: 512,
+                read_only: false,
+                id: "slow".into(),
+            }
+        }
+        fn read_vectored(&self, _: u64, _: &mut [std::io::IoSliceMut<'_>]) -> zvol::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(())
+        }
+        fn write_vectored(&self, _: u64, _: &[std::io::IoSlice<'_>]) -> zvol::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> zvol::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> zvol::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64) -> zvol::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A guest that queues a deep backlog and then resets the device (or is shut down) waits
+    /// for the requests already running, not for the whole backlog: without this, 512 slow
+    /// reads ran to the end first (half an hour of I/O for 4 GiB requests).
+    #[test]
+    fn reset_drops_requests_not_yet_started() {
+        let m = mem();
+        let slow = Arc::new(Slow(std::sync::atomic::AtomicU64::new(0)));
+        let disk = Arc::new(Disk::new(slow.clone(), false));
+        let dev = Block::new("vda", disk, BlockOptions::default());
+        let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
+        w(&mut t, VIRTIO_MMIO_STATUS, 3);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        let q = MockSplitQueue::create(&m, GuestAddress(0), 256);
+        w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 256);
+        w(
+            &mut t,
+            VIRTIO_MMIO_QUEUE_DESC_LOW,
+            q.desc_table_addr().0 as u32,
+        );
+        w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
+        w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x8000);
+        w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        // 512 reads, all the same chain, published in two kicks without waiting.
+        header(&m, HDR, VIRTIO_BLK_T_IN, 0);
+        q.add_desc_chains(
+            &[
+                linked(HDR, 16, 0, Some(1)),
+                linked(BUF, 512, WRITE, Some(2)),
+                linked(ST, 1, WRITE, None),
+            ],
+            0,
+        )
+        .unwrap();
+        let avail = q.avail_addr();
+        for i in 0..256u64 {
+            m.write_obj(0u16, avail.unchecked_add(4 + 2 * i)).unwrap();
+        }
+        for idx in [256u16, 512] {
+            m.write_obj(idx, avail.unchecked_add(2)).unwrap();
+            w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        w(&mut t, VIRTIO_MMIO_STATUS, 0);
+        let ran = slow.0.load(Ordering::SeqCst);
+        assert!(
+            ran < 100,
+            "{ran} of 512 queued reads ran before the reset returned"
+        );
     }
 
     /// Drives the device like a Linux driver would: feature negotiation, queue setup,

@@ -190,11 +190,10 @@ impl<'m> Rings<'m> {
                 },
             };
             if idx.wrapping_sub(next.0) > self.size {
-                tracing::warn!(
+                crate::devices::virtio::guest_fault(format_args!(
                     "virtio-blk: available index {idx} is more than {} ahead of {}",
-                    self.size,
-                    next.0
-                );
+                    self.size, next.0
+                ));
                 break;
             }
             avail = Some(idx);
@@ -229,10 +228,14 @@ impl<'m> Rings<'m> {
             if head < self.size && self.put_used(used, head, len).is_some() {
                 used = used.wrapping_add(1);
                 if self.publish_used(used).is_none() {
-                    tracing::warn!("virtio-blk: cannot publish used index {used}");
+                    crate::devices::virtio::guest_fault(format_args!(
+                        "virtio-blk: cannot publish used index {used}"
+                    ));
                 }
             } else {
-                tracing::warn!("virtio-blk: no used element for head {head}");
+                crate::devices::virtio::guest_fault(format_args!(
+                    "virtio-blk: no used element for head {head}"
+                ));
             }
         });
         q.set_next_used(used);
@@ -295,7 +298,7 @@ pub fn serve_inline(mem: &GuestMemoryMmap, q: &mut Queue, disk: &Disk, neg: Nego
         let head = chain.head_index();
         let used = request::process(mem, chain, disk, neg);
         if let Err(e) = q.add_used(mem, head, used) {
-            tracing::warn!("virtio-blk: add_used({head}): {e}");
+            crate::devices::virtio::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
         }
         popped += 1;
     }
