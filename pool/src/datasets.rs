@@ -396,7 +396,7 @@ fn map_budget() -> u64 {
 }
 
 /// Checks a user property: the key's characters and length, the value's length.
-fn check_prop(k: &str, v: &str) -> Result<()> {
+pub(crate) fn check_prop(k: &str, v: &str) -> Result<()> {
     if k.is_empty()
         || k.len() > 255
         || !k

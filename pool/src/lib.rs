@@ -41,6 +41,6 @@ pub use iov::{gather, scatter, AlignedBuf};
 pub use phys::DatasetKind;
 pub use pool::{DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE};
 pub use scrub::{ScrubError, ScrubReport};
-pub use snapshot::Recursion;
+pub use snapshot::{Landing, Recursion};
 pub use trim::TrimReport;
 pub use volume::VolumeHandle;

@@ -3,6 +3,7 @@
 //! directory entry (O(1)); destroying costs in proportion to what changed, not the volume size.
 
 use crate::blocktree::walk_born_after;
+use crate::datasets::check_prop;
 use crate::deadlist::Deadlist;
 use crate::error::{Error, Result};
 use crate::phys::{BlockPtr, DatasetKind, DeadEntry};
@@ -24,6 +25,50 @@ pub enum Recursion {
 }
 
 type Datasets = BTreeMap<u64, DatasetEntry>;
+
+/// Adds snapshot `rest` (below the pool name) of volume `head_id` as dataset `id`, in `txg`
+/// (from a commit hook: the head's tree is final for the txg), with `guid` if given.
+fn add_snapshot(ds: &mut Datasets, head_id: u64, rest: &str, id: u64, txg: u64, guid: Option<u64>) {
+    let head = ds[&head_id].vol.clone();
+    let mut st = lock(&head.state);
+    let init = StateInit {
+        size: st.size,
+        root: st.root,
+        referenced: st.referenced,
+        written: st.written,
+        prev_snap_txg: 0,
+        deadlist: std::mem::take(&mut st.deadlist),
+        read_only: true,
+    };
+    st.prev_snap_txg = txg;
+    st.written = 0;
+    drop(st);
+    let vol = Arc::new(Volume::new(id, rest.to_string(), head.block_size, init));
+    let mut e = DatasetEntry::new(
+        DatasetKind::Snapshot,
+        rest.to_string(),
+        head_id,
+        txg,
+        BTreeMap::new(),
+        vol,
+    );
+    if let Some(g) = guid {
+        e.guid = g;
+    }
+    ds.insert(id, e);
+}
+
+/// What lands with a received incremental stream, in the txg that gives the volume the
+/// stream's data ([`Pool::land_clone`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Landing<'a> {
+    /// The snapshot to take, `POOL/VOL@SNAP` (of the target volume).
+    pub snapshot: &'a str,
+    /// Its GUID (the sender's).
+    pub guid: u64,
+    /// Properties to set on the volume (an empty value removes one).
+    pub props: &'a [(String, String)],
+}
 
 /// A volume's snapshots, oldest first.
 fn snapshots_of(ds: &Datasets, head: u64) -> Vec<u64> {
@@ -406,33 +451,7 @@ impl Pool {
         sh.commit_with(&mut cs, &mut |txg| {
             let mut ds = write(&sh.datasets);
             for (i, (head_id, rest)) in targets.iter().enumerate() {
-                let head = ds[head_id].vol.clone();
-                let mut st = lock(&head.state);
-                let init = StateInit {
-                    size: st.size,
-                    root: st.root,
-                    referenced: st.referenced,
-                    written: st.written,
-                    prev_snap_txg: 0,
-                    deadlist: std::mem::take(&mut st.deadlist),
-                    read_only: true,
-                };
-                st.prev_snap_txg = txg;
-                st.written = 0;
-                let id = first_id + i as u64;
-                let vol = Arc::new(Volume::new(id, rest.to_string(), head.block_size, init));
-                let mut e = DatasetEntry::new(
-                    DatasetKind::Snapshot,
-                    rest.to_string(),
-                    *head_id,
-                    txg,
-                    BTreeMap::new(),
-                    vol,
-                );
-                if let Some(g) = guid {
-                    e.guid = g;
-                }
-                ds.insert(id, e);
+                add_snapshot(&mut ds, *head_id, rest, first_id + i as u64, txg, guid);
             }
             Ok(())
         })?;
@@ -452,8 +471,47 @@ impl Pool {
     /// `target` changed since that snapshot, unless `force`, which discards those changes.
     /// Durable on return.
     pub fn replace_with_clone(&self, target: &str, clone: &str, force: bool) -> Result<()> {
+        self.replace_inner(target, clone, force, None)
+    }
+
+    /// [`Pool::replace_with_clone`], and in the same txg takes `landing`'s snapshot of
+    /// `target` (with the given GUID) and sets its properties: a crash leaves the volume
+    /// either as it was or with the stream's data, snapshot and properties, never part of
+    /// them. Durable on return.
+    pub fn land_clone(
+        &self,
+        target: &str,
+        clone: &str,
+        force: bool,
+        landing: Landing<'_>,
+    ) -> Result<()> {
+        self.replace_inner(target, clone, force, Some(landing))
+    }
+
+    fn replace_inner(
+        &self,
+        target: &str,
+        clone: &str,
+        force: bool,
+        landing: Option<Landing<'_>>,
+    ) -> Result<()> {
         let sh = &self.shared;
         sh.check_writable()?;
+        // Everything the landing adds is checked before anything changes.
+        let snap_rest = match landing {
+            Some(l) => {
+                let rest = self.local(l.snapshot)?;
+                if rest.split_once('@').map(|(h, _)| h) != Some(self.local(target)?) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} is not a snapshot name of {target}",
+                        l.snapshot
+                    )));
+                }
+                l.props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+                Some(rest.to_string())
+            }
+            None => None,
+        };
         // The clone's writes so far are part of what lands.
         if sh.has_dirty() {
             self.sync()?;
@@ -516,9 +574,37 @@ impl Pool {
                 std::mem::swap(&mut tst.written, &mut cst.written);
                 std::mem::swap(&mut tst.deadlist, &mut cst.deadlist);
             }
+            if let Some(rest) = &snap_rest {
+                if ds.values().any(|d| &d.name == rest) {
+                    return Err(Error::AlreadyExists(format!("{}/{rest}", self.name())));
+                }
+            }
             sh.destroy_volume(&mut ds, txg, cid)?;
         }
-        sh.commit_locked(&mut cs)?;
+        match (landing, snap_rest) {
+            (Some(l), Some(rest)) => {
+                let id = cs.next_id;
+                cs.next_id += 1;
+                let tid = self.entry_id(&read(&sh.datasets), target)?;
+                sh.commit_with(&mut cs, &mut |txg| {
+                    let mut ds = write(&sh.datasets);
+                    add_snapshot(&mut ds, tid, &rest, id, txg, Some(l.guid));
+                    if let Some(t) = ds.get_mut(&tid) {
+                        for (k, v) in l.props {
+                            if v.is_empty() {
+                                t.props.remove(k);
+                            } else {
+                                t.props.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            _ => {
+                sh.commit_locked(&mut cs)?;
+            }
+        }
         Ok(())
     }
 

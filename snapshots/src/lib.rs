@@ -12,13 +12,25 @@ pub mod stream;
 pub use error::{Error, Result};
 pub use pool::Recursion;
 
-use pool::{DatasetInfo, DatasetKind, Pool, VolumeHandle};
+use pool::{DatasetInfo, DatasetKind, Landing, Pool, VolumeHandle};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use stream::{Begin, Record, StreamReader, StreamWriter, CHUNK};
 
 /// Suffix of the temporary volume a receive writes into.
 pub const PARTIAL_SUFFIX: &str = ".recv-partial";
+
+/// Property that marks a volume as a receive's temporary one: only a volume carrying it is
+/// destroyed as the leftover of an interrupted receive (a user's own volume of that name is
+/// not).
+pub const PARTIAL_TAG: &str = "tarn:receiving";
+
+/// `props` with [`PARTIAL_TAG`] added.
+fn tagged(props: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut p = props.clone();
+    p.insert(PARTIAL_TAG.into(), "1".into());
+    p
+}
 
 /// Splits `POOL/VOL@SNAP` into (`POOL/VOL`, `SNAP`), checking the name.
 pub fn split_snapshot(full: &str) -> Result<(&str, &str)> {
@@ -269,15 +281,23 @@ fn exists(pool: &Pool, full: &str) -> Result<Option<DatasetInfo>> {
     }
 }
 
-/// Destroys a leftover temporary volume of an interrupted receive.
+/// Destroys a leftover temporary volume of an interrupted receive (with its snapshots; a
+/// clone of them is refused, not destroyed). A volume of that name that no receive made is
+/// left alone, and the receive refused.
 fn clear_partial(pool: &Pool, temp: &str) -> Result<()> {
-    if exists(pool, temp)?.is_some() {
-        tracing::warn!(
-            dataset = temp,
-            "destroying the leftover of an interrupted receive"
-        );
-        pool.destroy_with(temp, Recursion::All)?;
+    let Some(d) = exists(pool, temp)? else {
+        return Ok(());
+    };
+    if !d.props.contains_key(PARTIAL_TAG) {
+        return Err(Error::Refused(format!(
+            "{temp} exists and was not made by a receive; rename or destroy it first"
+        )));
     }
+    tracing::warn!(
+        dataset = temp,
+        "destroying the leftover of an interrupted receive"
+    );
+    pool.destroy_with(temp, Recursion::Snapshots)?;
     Ok(())
 }
 
@@ -325,7 +345,7 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             )));
         }
         clear_partial(pool, &temp)?;
-        pool.create_volume(&temp, begin.size, begin.block_size, &props)?;
+        pool.create_volume(&temp, begin.size, begin.block_size, &tagged(&props))?;
         let temp_snap = format!("{temp}@{}", split_snapshot(&snap)?.1);
         or_discard(pool, &temp, || {
             let h = pool.volume(&temp)?;
@@ -335,6 +355,10 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             pool.rename(&temp, vol)?;
             Ok(())
         })?;
+        // Under its own name the tag means nothing; a crash before this leaves it, harmless.
+        if let Err(e) = pool.set_props(vol, &[(PARTIAL_TAG.into(), String::new())]) {
+            tracing::warn!(dataset = vol, error = %e, "could not drop the receive's tag");
+        }
         return Ok(summary);
     }
     // Incremental: check everything before touching the pool.
@@ -376,10 +400,11 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             ))
         }
     };
-    if t.written > 0 && !force {
+    let base_size = pool.dataset(&base)?.size;
+    if (t.written > 0 || t.size != base_size) && !force {
         return Err(Error::Refused(format!(
-            "{vol} changed since {base} ({} bytes written); use -F to discard the changes",
-            t.written
+            "{vol} changed since {base} ({} bytes written, size {} then {}); use -F to discard the changes",
+            t.written, base_size, t.size
         )));
     }
     if t.block_size != begin.block_size {
@@ -389,23 +414,26 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         )));
     }
     clear_partial(pool, &temp)?;
-    pool.clone_snapshot(&base, &temp, &BTreeMap::new())?;
+    pool.clone_snapshot(&base, &temp, &tagged(&BTreeMap::new()))?;
     or_discard(pool, &temp, || {
-        if t.size != begin.size {
+        // The clone has the base's size, whatever the volume's is now.
+        if base_size != begin.size {
             pool.resize_volume(&temp, begin.size)?;
         }
         let h = pool.volume(&temp)?;
         summary.write_bytes = apply(&h, &mut reader, begin.size)?;
         drop(h);
         pool.sync()?;
-        pool.replace_with_clone(vol, &temp, force)?;
+        // Data, snapshot and properties land in one txg.
+        let set: Vec<(String, String)> = props.into_iter().collect();
+        let landing = Landing {
+            snapshot: &snap,
+            guid: begin.to_guid,
+            props: &set,
+        };
+        pool.land_clone(vol, &temp, force, landing)?;
         Ok(())
     })?;
-    pool.snapshot_with_guid(&snap, begin.to_guid)?;
-    let set: Vec<(String, String)> = props.into_iter().collect();
-    if !set.is_empty() {
-        pool.set_props(vol, &set)?;
-    }
     Ok(summary)
 }
 

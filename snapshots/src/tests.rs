@@ -178,6 +178,141 @@ fn a_stream_claiming_a_huge_volume_is_refused() {
     assert_eq!(names(&b), before);
 }
 
+/// A user's own volume named like a receive's temporary one (with a snapshot and a clone of
+/// it) is not destroyed by a receive into the base name: the receive is refused. A real
+/// leftover (tagged) is cleared and the receive goes on.
+#[test]
+fn a_receive_clears_only_its_own_leftovers() {
+    let a = mkpool("a");
+    a.create_volume("a/v", 1 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(1 << 20, 3))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    let full = send_vec(&a, "a/v@s1", None);
+
+    let b = mkpool("b");
+    let none = BTreeMap::new();
+    b.create_volume("b/db.recv-partial", 1 << 20, 4096, &none)
+        .expect("user volume");
+    b.snapshot(&["b/db.recv-partial@keep"]).expect("snap");
+    b.clone_snapshot("b/db.recv-partial@keep", "b/important", &none)
+        .expect("clone");
+    let before = names(&b);
+    let e = recv(&b, "b/db", &full[..], false).expect_err("refused");
+    assert!(matches!(e, Error::Refused(_)), "{e}");
+    assert_eq!(names(&b), before, "the user's datasets were touched");
+
+    // What an interrupted receive leaves: the tagged temporary volume.
+    b.create_volume("b/v.recv-partial", 1 << 20, 4096, &tagged(&none))
+        .expect("leftover");
+    recv(&b, "b/v", &full[..], false).expect("receive over a leftover");
+    assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s1"));
+    assert!(!names(&b).contains(&"b/v.recv-partial".to_string()));
+    assert!(
+        !b.dataset("b/v").expect("v").props.contains_key(PARTIAL_TAG),
+        "the tag stays on the received volume"
+    );
+}
+
+/// A target resized since the base counts as changed (a resize writes no bytes, so
+/// `written` does not show it): refused without -F; with -F the stream's size and data land,
+/// whatever the target's size was.
+#[test]
+fn a_target_resized_since_the_base_counts_as_changed() {
+    let a = mkpool("a");
+    a.create_volume("a/v", 4 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(1 << 20, 1))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("s1");
+    let full = send_vec(&a, "a/v@s1", None);
+    a.resize_volume("a/v", 8 << 20).expect("grow");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(6 << 20, &fill(4096, 9))
+        .expect("write");
+    a.snapshot(&["a/v@s2"]).expect("s2");
+    let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+    for new_size in [2u64 << 20, 8 << 20] {
+        let b = mkpool("b");
+        recv(&b, "b/v", &full[..], false).expect("full");
+        b.resize_volume("b/v", new_size).expect("resize");
+        let e = recv(&b, "b/v", &inc[..], false).expect_err("changed");
+        assert!(matches!(e, Error::Refused(_)), "{new_size}: {e}");
+        recv(&b, "b/v", &inc[..], true).expect("forced");
+        assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s2"), "{new_size}");
+    }
+}
+
+/// An incremental receive lands whole or not at all: a power cut at every device write or
+/// sync of it leaves, after reopening, either the volume as it was (no new snapshot, and the
+/// same stream received again works) or the stream's data with its snapshot and properties.
+#[test]
+fn an_incremental_receive_lands_whole_or_not_at_all() {
+    use pool::{CrashDevice, CutMode};
+    let config = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    let a = mkpool("a");
+    a.create_volume("a/v", 4 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(1 << 20, 1))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("s1");
+    let full = send_vec(&a, "a/v@s1", None);
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(64 << 10, 7))
+        .expect("write");
+    a.set_props("a/v", &[("color".into(), "blue".into())])
+        .expect("props");
+    a.snapshot(&["a/v@s2"]).expect("s2");
+    let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+    let (old, new) = (read_all(&a, "a/v@s1"), read_all(&a, "a/v@s2"));
+
+    let dev = Arc::new(CrashDevice::new(64 << 20));
+    let b = Pool::create_on(dev.clone(), "b", config.clone()).expect("pool");
+    recv(&b, "b/v", &full[..], false).expect("full");
+    b.close().expect("close");
+    let image = dev.crash_image(CutMode::DropAll);
+    for cut in 0.. {
+        let d = Arc::new(CrashDevice::from_bytes(image.clone()));
+        let p = Pool::open(d.clone(), config.clone()).expect("open");
+        d.cut_after(Some(cut));
+        let done = recv(&p, "b/v", &inc[..], false).is_ok();
+        drop(p);
+        let after = d.crash_image(CutMode::Random(cut + 11));
+        let p =
+            Pool::open(Arc::new(CrashDevice::from_bytes(after)), config.clone()).expect("reopen");
+        assert!(p.scrub().expect("scrub").is_clean(), "cut {cut}");
+        let data = read_all(&p, "b/v");
+        if p.dataset("b/v@s2").is_ok() {
+            assert!(data == new, "cut {cut}: @s2 without the stream's data");
+            let props = p.dataset("b/v").expect("v").props;
+            assert_eq!(
+                props.get("color").map(String::as_str),
+                Some("blue"),
+                "cut {cut}"
+            );
+        } else {
+            assert!(data == old, "cut {cut}: the data landed without @s2");
+            recv(&p, "b/v", &inc[..], false).expect("the stream again");
+            assert!(read_all(&p, "b/v") == new, "cut {cut}");
+        }
+        if done {
+            break;
+        }
+    }
+}
+
 #[test]
 fn rollback_recursion() {
     let p = mkpool("p");
