@@ -53,7 +53,7 @@ impl CliError {
             CliError::Io { .. } | CliError::Failed(_) => None,
         };
         match kind {
-            Some(ErrorKind::InvalidInput) => 2,
+            Some(ErrorKind::InvalidInput | ErrorKind::TooLarge) => 2,
             _ => 1,
         }
     }

@@ -57,6 +57,7 @@ pub fn nfs_status(e: &ViewError) -> nfsstat3 {
             K::Busy => nfsstat3::NFS3ERR_ACCES,
             K::Unsupported => nfsstat3::NFS3ERR_NOTSUPP,
             K::InvalidInput => nfsstat3::NFS3ERR_INVAL,
+            K::TooLarge => nfsstat3::NFS3ERR_FBIG,
         },
     }
 }
@@ -261,7 +262,7 @@ impl NfsReadFileSystem for NfsExport {
             wtpref: MAX_TRANSFER,
             wtmult: 4096,
             dtpref: 64 * 1024,
-            maxfilesize: 1 << 52,
+            maxfilesize: self.view.max_file_size(),
             time_delta: nfstime3 {
                 seconds: 0,
                 nseconds: 1,
@@ -400,6 +401,22 @@ impl NfsFileSystem for NfsExport {
                 other => other,
             },
         )?;
+        Ok((FileHandleU64::new(a.id), self.fattr(&a)))
+    }
+
+    async fn create_guarded(
+        &self,
+        dirid: &FileHandleU64,
+        filename: &filename3<'_>,
+        attr: sattr3,
+    ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+        let name = name_str(filename)?;
+        let size = match attr.size {
+            set_size3::Some(s) => s,
+            set_size3::None => 0,
+        };
+        // No fallback to the existing file: a name taken since the handler's lookup is EXIST.
+        let a = self.call_mut(|v| v.create(dirid.as_u64(), name, size))?;
         Ok((FileHandleU64::new(a.id), self.fattr(&a)))
     }
 

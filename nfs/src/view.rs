@@ -279,6 +279,12 @@ fn is_snapshot_name(local: &str) -> bool {
 }
 
 impl FileView {
+    /// The largest file this view can hold (a volume in its block size that the host can
+    /// serve, see [`pool::max_volume_size`]).
+    pub fn max_file_size(&self) -> u64 {
+        pool::max_volume_size(self.opts.block_size)
+    }
+
     /// A view of `pool`.
     pub fn new(pool: Arc<Pool>, opts: ViewOptions) -> FileView {
         let mut dirs = HashMap::new();
@@ -901,10 +907,28 @@ impl FileView {
                     return Err(ViewError::Exists(target));
                 }
                 let prefix = format!("{p}/");
-                for (n, _, _) in self.all() {
-                    if let Some(rest) = n.strip_prefix(&prefix) {
-                        self.pool
-                            .rename(&self.full(&n), &self.full(&join(&target, rest)))?;
+                // Volumes only: their snapshots follow them. Every new name is checked before
+                // the first rename, and a failure puts back what was already moved.
+                let moves: Vec<(String, String)> = self
+                    .all()
+                    .into_iter()
+                    .filter(|(n, _, _)| !is_snapshot_name(n))
+                    .filter_map(|(n, _, _)| {
+                        let rest = n.strip_prefix(&prefix)?;
+                        Some((self.full(&n), self.full(&join(&target, rest))))
+                    })
+                    .collect();
+                for (_, to) in &moves {
+                    pool::names::split_dataset_name(to)?;
+                }
+                for (i, (from, to)) in moves.iter().enumerate() {
+                    if let Err(e) = self.pool.rename(from, to) {
+                        for (back_from, back_to) in moves[..i].iter().rev() {
+                            if let Err(u) = self.pool.rename(back_to, back_from) {
+                                tracing::error!(from = %back_to, to = %back_from, error = %u, "could not undo a rename");
+                            }
+                        }
+                        return Err(e.into());
                     }
                 }
                 let mut ed = lock(&self.empty_dirs);

@@ -253,3 +253,131 @@ async fn read_ahead_sees_writes_and_reused_buffers_keep_holes_zero() {
     assert!(b2[MIB / 2..].iter().all(|&x| x == 0x44));
     task.abort();
 }
+
+/// REMOVE and RMDIR each refuse the other's kind of entry (a client that sent RMDIR for a
+/// file destroyed its volume); a WRITE far past the end that would need a volume larger than
+/// the host can serve is FBIG and leaves the file as it was; FSINFO says the real limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmdir_remove_and_too_large_writes_are_refused_as_nfs_says() {
+    use nfs3_client::nfs3_types::nfs3::{
+        nfsstat3, FSINFO3args, MKDIR3args, REMOVE3args, RMDIR3args,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    let (port, _task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    let fh = create_file(&mut conn, &root, b"vm").await;
+    conn.mkdir(&MKDIR3args {
+        where_: diropargs3 {
+            dir: root.clone(),
+            name: b"d".to_vec().into(),
+        },
+        attributes: sattr3::default(),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let entry = |name: &[u8]| REMOVE3args {
+        object: diropargs3 {
+            dir: root.clone(),
+            name: name.to_vec().into(),
+        },
+    };
+    let r = conn
+        .rmdir(&RMDIR3args {
+            object: entry(b"vm").object,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Nfs3Result::Err((nfsstat3::NFS3ERR_NOTDIR, _))),
+        "RMDIR of a file: {r:?}"
+    );
+    assert!(pool.dataset("tank/vm").is_ok(), "RMDIR destroyed a file");
+    let r = conn.remove(&entry(b"d")).await.unwrap();
+    assert!(
+        matches!(r, Nfs3Result::Err((nfsstat3::NFS3ERR_ISDIR, _))),
+        "REMOVE of a directory: {r:?}"
+    );
+
+    let limit = conn
+        .fsinfo(&FSINFO3args {
+            fsroot: root.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .maxfilesize;
+    assert_eq!(limit, pool::max_volume_size(4096));
+    let size_before = pool.dataset("tank/vm").unwrap().size;
+    let w = conn
+        .write(&WRITE3args {
+            file: fh.clone(),
+            offset: limit + (1 << 30),
+            count: 1,
+            stable: stable_how::FILE_SYNC,
+            data: Opaque::borrowed(b"x"),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(w, Nfs3Result::Err((nfsstat3::NFS3ERR_FBIG, _))),
+        "a write past the limit: {w:?}"
+    );
+    assert_eq!(pool.dataset("tank/vm").unwrap().size, size_before);
+}
+
+/// A directory holding a volume with a snapshot is renamed whole: the volume moves and its
+/// snapshot follows (the rename tried to move the snapshot by itself, failed halfway, and
+/// left the directory split in two).
+#[test]
+fn a_directory_with_snapshots_is_renamed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    for v in ["tank/d/a", "tank/d/b"] {
+        pool.create_volume(v, 1 << 20, 4096, &Default::default())
+            .unwrap();
+    }
+    pool.snapshot(&["tank/d/a@s1"]).unwrap();
+    let view = FileView::new(pool.clone(), ViewOptions::default());
+    view.rename(view.root(), "d", view.root(), "e").unwrap();
+    let mut names: Vec<String> = pool.list().unwrap().into_iter().map(|d| d.name).collect();
+    names.sort();
+    assert_eq!(names, ["tank/e/a", "tank/e/a@s1", "tank/e/b"]);
+}
+
+/// A GUARDED CREATE of a name another client took since the handler's own lookup is EXIST,
+/// not a truncation of that client's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_create_never_opens_an_existing_file() {
+    use nfs3_server::vfs::NfsFileSystem;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/f", 1 << 20, 4096, &Default::default())
+        .unwrap();
+    pool.volume("tank/f")
+        .unwrap()
+        .write_at(0, &[7u8; 4096])
+        .unwrap();
+    let view = Arc::new(FileView::new(pool.clone(), ViewOptions::default()));
+    let export = nfs::NfsExport::new(view.clone());
+    let root = nfs3_server::vfs::FileHandleU64::new(view.root());
+    let attr = sattr3 {
+        size: nfs3_client::nfs3_types::nfs3::set_size3::Some(0),
+        ..sattr3::default()
+    };
+    let r = export
+        .create_guarded(&root, &b"f".as_slice().into(), attr)
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_EXIST)
+        ),
+        "{r:?}"
+    );
+    let mut got = [0u8; 4096];
+    pool.volume("tank/f").unwrap().read_at(0, &mut got).unwrap();
+    assert_eq!(got, [7u8; 4096], "the existing file was truncated");
+}

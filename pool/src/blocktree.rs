@@ -47,7 +47,7 @@ pub fn map_bytes(nblocks: u64) -> u64 {
 fn holes(n: usize) -> Result<Vec<BlockPtr>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
-        Error::InvalidArgument(format!(
+        Error::TooLarge(format!(
             "a block map of {n} blocks ({} bytes) does not fit in this host's memory; \
              open the pool on a host with more memory",
             map_bytes(n as u64)

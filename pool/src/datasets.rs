@@ -55,6 +55,7 @@ impl Pool {
             )));
         }
         let size = round_size(size, block_size)?;
+        check_map_fits(size, block_size)?;
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
         let sh = &self.shared;
         sh.check_writable()?;
@@ -104,6 +105,9 @@ impl Pool {
         let size = round_size(size, vol.block_size)?;
         {
             let mut st = lock(&vol.state);
+            if size > st.size {
+                check_map_fits(size, vol.block_size)?;
+            }
             if st.tree.is_none() {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
             }
@@ -240,6 +244,7 @@ impl Pool {
         let size = round_size(size, vol.block_size)?;
         let mut st = lock(&vol.state);
         if size > st.size {
+            check_map_fits(size, vol.block_size)?;
             if st.tree.is_none() {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
             }
@@ -367,20 +372,51 @@ pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {
     }
     let bs = u64::from(block_size);
     let blocks = size.div_ceil(bs);
-    // The block map stays resident while a volume is in use.
-    let map = crate::blocktree::map_bytes(blocks);
-    let budget = map_budget();
-    if blocks > (1 << 40) || map > budget {
-        return Err(Error::InvalidArgument(format!(
-            "a volume of {size} bytes in {bs}-byte blocks is too large: its block map, kept in \
-             memory, would take {map} bytes, more than half of this host's memory ({budget} \
-             bytes allowed); use a larger block size or a smaller volume"
+    if blocks > (1 << 40) {
+        return Err(Error::TooLarge(format!(
+            "a volume of {size} bytes in {bs}-byte blocks is too large: at most 2^40 blocks"
         )));
     }
     Ok(blocks * bs)
 }
 
-/// Most memory one volume's resident block map may take: half of the host's.
+/// Refuses a volume size (rounded) whose block map, kept in memory while the volume is in
+/// use, would take more than [`map_budget`]: a clear error now instead of an allocation
+/// failing (or the process being killed) later. Checked where a volume is created or grows;
+/// a shrink always goes through.
+fn check_map_fits(size: u64, block_size: u32) -> Result<()> {
+    let bs = u64::from(block_size);
+    let map = crate::blocktree::map_bytes(size.div_ceil(bs));
+    let budget = map_budget();
+    if map > budget {
+        return Err(Error::TooLarge(format!(
+            "a volume of {size} bytes in {bs}-byte blocks is too large: its block map, kept in \
+             memory, would take {map} bytes, more than half of the memory this process may use \
+             ({budget} bytes allowed); use a larger block size or a smaller volume"
+        )));
+    }
+    Ok(())
+}
+
+/// The largest volume this host can serve in `block_size` blocks: its resident block map
+/// must fit in half of the memory this process may use.
+pub fn max_volume_size(block_size: u32) -> u64 {
+    let budget = map_budget();
+    // The most blocks whose map fits: map_bytes grows with the count.
+    let (mut lo, mut hi) = (0u64, 1u64 << 40);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if crate::blocktree::map_bytes(mid) <= budget {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo.saturating_mul(u64::from(block_size))
+}
+
+/// Most memory one volume's resident block map may take: half of what this process may use
+/// (the host's memory, its memory cgroup's limit, its address-space limit, the least).
 fn map_budget() -> u64 {
     // SAFETY: sysconf(3) reads system configuration; it touches no memory of ours.
     let (pages, page) = unsafe {
@@ -389,10 +425,52 @@ fn map_budget() -> u64 {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    match (u64::try_from(pages), u64::try_from(page)) {
-        (Ok(n), Ok(p)) if n > 0 && p > 0 => n.saturating_mul(p) / 2,
+    let phys = match (u64::try_from(pages), u64::try_from(page)) {
+        (Ok(n), Ok(p)) if n > 0 && p > 0 => n.saturating_mul(p),
         _ => u64::MAX,
-    }
+    };
+    [Some(phys), cgroup_memory_limit(), address_space_limit()]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(u64::MAX)
+        / 2
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), if it has one.
+fn cgroup_memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroups
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (hier, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let file = if hier == "0" && controllers.is_empty() {
+                format!("/sys/fs/cgroup{path}/memory.max")
+            } else if controllers.split(',').any(|c| c == "memory") {
+                format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+            } else {
+                return None;
+            };
+            std::fs::read_to_string(file)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .min()
+}
+
+/// `RLIMIT_AS`, if set.
+fn address_space_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) fills the struct we pass, which lives across the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) };
+    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
 /// Checks a user property: the key's characters and length, the value's length.

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The request itself is malformed (bad name, size, argument).
     InvalidInput,
+    /// A volume would be larger than this host can serve (its block map would not fit in
+    /// memory).
+    TooLarge,
 }
 
 /// Errors from the native pool.
@@ -93,6 +96,9 @@ pub enum Error {
     /// An argument is out of range or malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A volume size whose resident block map would not fit in this host's memory.
+    #[error("{0}")]
+    TooLarge(String),
     /// Another opener holds the pool.
     #[error("pool {name} is in use{}", holder.map(|p| format!(" by process {p}")).unwrap_or_default())]
     InUse {
@@ -135,6 +141,7 @@ impl Error {
             Error::NotFound(_) | Error::Destroyed(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::InvalidName { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidInput,
+            Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::InUse { .. } | Error::HasDependents { .. } => ErrorKind::Busy,
             Error::ReadOnly(_) => ErrorKind::ReadOnly,
         }

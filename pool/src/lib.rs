@@ -35,6 +35,7 @@ mod trim;
 mod txg;
 mod volume;
 
+pub use datasets::max_volume_size;
 pub use device::{CrashDevice, CutMode, Device, FileDevice, MemDevice};
 pub use error::{Error, ErrorKind, Result};
 pub use iov::{gather, scatter, AlignedBuf};

@@ -541,9 +541,17 @@ impl Pool {
                     "{clone} and {target} differ in block size"
                 )));
             }
+            // The last check that can fail: nothing has changed yet.
+            if let Some(rest) = &snap_rest {
+                if ds.values().any(|d| &d.name == rest) {
+                    return Err(Error::AlreadyExists(format!("{}/{rest}", self.name())));
+                }
+            }
+            let base_size = lock(&ds[&base].vol.state).size;
             {
                 let mut tst = lock(&tvol.state);
-                let changed = tst.written > 0 || !tst.open.is_empty();
+                // A resize writes no blocks, so `written` does not show it.
+                let changed = tst.written > 0 || !tst.open.is_empty() || tst.size != base_size;
                 if changed && !force {
                     return Err(Error::HasDependents {
                         action: "replace".into(),
@@ -574,12 +582,12 @@ impl Pool {
                 std::mem::swap(&mut tst.written, &mut cst.written);
                 std::mem::swap(&mut tst.deadlist, &mut cst.deadlist);
             }
-            if let Some(rest) = &snap_rest {
-                if ds.values().any(|d| &d.name == rest) {
-                    return Err(Error::AlreadyExists(format!("{}/{rest}", self.name())));
-                }
+            // The heads are swapped in memory: a failure now must not let a later commit
+            // write half of this.
+            if let Err(e) = sh.destroy_volume(&mut ds, txg, cid) {
+                sh.poison(&e);
+                return Err(e);
             }
-            sh.destroy_volume(&mut ds, txg, cid)?;
         }
         match (landing, snap_rest) {
             (Some(l), Some(rest)) => {

@@ -108,7 +108,8 @@ impl Pool {
             // Writers that waited for the last run go first: a plain mutex would let trim
             // take the gate straight back, run after run.
             while sh.trim_waiters.load(Ordering::Acquire) > 0 {
-                std::thread::yield_now();
+                // Short naps, not a spin: the writer may hold the gate through commits.
+                std::thread::sleep(std::time::Duration::from_micros(50));
             }
             let _gate = lock(&sh.trim_gate);
             let reserved = || sh.dirty_bytes.load(Ordering::Acquire).div_ceil(SECTOR);

@@ -511,3 +511,56 @@ fn diff_sees_blocks_zeroed_under_a_hole_after_reopen() {
         "every block changed since @s: {diff:?}"
     );
 }
+
+/// A landing refused for its snapshot name changes nothing: the target keeps its data and
+/// the clone its own (the heads were swapped before the name was checked, and the next
+/// commit made that durable).
+#[test]
+fn a_refused_landing_changes_nothing() {
+    let pool = Pool::create_on(Arc::new(MemDevice::new(32 << 20)), "p", config()).expect("pool");
+    pool.create_volume("p/v", 1 << 20, 4096, &BTreeMap::new())
+        .expect("v");
+    pool.volume("p/v")
+        .expect("v")
+        .write_at(0, &[1u8; 4096])
+        .expect("write");
+    pool.snapshot(&["p/v@a"]).expect("a");
+    pool.snapshot(&["p/v@b"]).expect("b");
+    pool.clone_snapshot("p/v@b", "p/c", &BTreeMap::new())
+        .expect("clone");
+    pool.volume("p/c")
+        .expect("c")
+        .write_at(0, &[2u8; 4096])
+        .expect("write");
+    let landing = pool::Landing {
+        snapshot: "p/v@a",
+        guid: 7,
+        props: &[],
+    };
+    let e = pool
+        .land_clone("p/v", "p/c", false, landing)
+        .expect_err("@a exists");
+    assert_eq!(e.kind(), pool::ErrorKind::AlreadyExists, "{e}");
+    pool.sync().expect("sync");
+    let first = |name: &str| {
+        let mut b = [0u8; 1];
+        pool.volume(name)
+            .expect("open")
+            .read_at(0, &mut b)
+            .expect("read");
+        b[0]
+    };
+    assert_eq!((first("p/v"), first("p/c")), (1, 2));
+    // A resize since the base is a change too.
+    pool.resize_volume("p/v", 2 << 20).expect("grow");
+    let landing = pool::Landing {
+        snapshot: "p/v@new",
+        guid: 8,
+        props: &[],
+    };
+    let e = pool
+        .land_clone("p/v", "p/c", false, landing)
+        .expect_err("v was resized");
+    assert_eq!(e.kind(), pool::ErrorKind::Busy, "{e}");
+    assert_eq!(first("p/v"), 1);
+}

@@ -192,7 +192,12 @@ pub fn send<W: Write>(pool: &Pool, snap: &str, from: Option<&str>, out: W) -> Re
             .as_ref()
             .map(|f| f.name.clone())
             .unwrap_or_default(),
-        props: volume.props.into_iter().collect(),
+        // The receive's own tag is never sent (a volume left with it by a crash keeps it).
+        props: volume
+            .props
+            .into_iter()
+            .filter(|(k, _)| k != PARTIAL_TAG)
+            .collect(),
     };
     // Work out what to send before writing anything, so a refused send writes nothing.
     let ranges = match from {
@@ -331,7 +336,14 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
     pool::names::split_any_name(&snap)?;
     let temp = format!("{vol}{PARTIAL_SUFFIX}");
     pool::names::split_dataset_name(&temp)?;
-    let props: BTreeMap<String, String> = begin.props.iter().cloned().collect();
+    // A stream cannot tag a volume as a receive's leftover (which a later receive would
+    // destroy).
+    let props: BTreeMap<String, String> = begin
+        .props
+        .iter()
+        .filter(|(k, _)| k != PARTIAL_TAG)
+        .cloned()
+        .collect();
     let mut summary = RecvSummary {
         snapshot: snap.clone(),
         source: begin.name.clone(),

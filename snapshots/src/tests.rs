@@ -205,6 +205,27 @@ fn a_receive_clears_only_its_own_leftovers() {
     assert!(matches!(e, Error::Refused(_)), "{e}");
     assert_eq!(names(&b), before, "the user's datasets were touched");
 
+    // A stream that carries the tag does not put it on the volume it lands in.
+    let hostile = Begin {
+        to_guid: 0xabc,
+        size: 1 << 20,
+        block_size: 4096,
+        name: "x/w@s".into(),
+        props: vec![(PARTIAL_TAG.into(), "1".into())],
+        ..Begin::default()
+    };
+    let stream = StreamWriter::new(Vec::new(), &hostile)
+        .expect("writer")
+        .finish()
+        .expect("finish")
+        .0;
+    recv(&b, "b/w.recv-partial", &stream[..], false).expect("receive");
+    assert!(!b
+        .dataset("b/w.recv-partial")
+        .expect("w")
+        .props
+        .contains_key(PARTIAL_TAG));
+
     // What an interrupted receive leaves: the tagged temporary volume.
     b.create_volume("b/v.recv-partial", 1 << 20, 4096, &tagged(&none))
         .expect("leftover");

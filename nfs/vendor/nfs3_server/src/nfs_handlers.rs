@@ -54,7 +54,8 @@ where
         NFSPROC3_WRITE => handle_write(context, message).await,
         NFSPROC3_CREATE => handle(context, message, nfsproc3_create).await,
         NFSPROC3_SETATTR => handle(context, message, nfsproc3_setattr).await,
-        NFSPROC3_REMOVE | NFSPROC3_RMDIR => handle(context, message, nfsproc3_remove).await,
+        NFSPROC3_REMOVE => handle(context, message, nfsproc3_remove).await,
+        NFSPROC3_RMDIR => handle(context, message, nfsproc3_rmdir).await,
         NFSPROC3_RENAME => handle(context, message, nfsproc3_rename).await,
         NFSPROC3_MKDIR => handle(context, message, nfsproc3_mkdir).await,
         NFSPROC3_SYMLINK => handle(context, message, nfsproc3_symlink).await,
@@ -765,10 +766,20 @@ where
                 .await;
             (fid, post_op_attr::None)
         }
-        createhow3::UNCHECKED(target_attributes) | createhow3::GUARDED(target_attributes) => {
+        createhow3::UNCHECKED(target_attributes) => {
             match context
                 .vfs
                 .create(&dirid, &dirops.name, target_attributes)
+                .await
+            {
+                Ok((fid, fattr)) => (Ok(fid), post_op_attr::Some(fattr)),
+                Err(e) => (Err(e), post_op_attr::None),
+            }
+        }
+        createhow3::GUARDED(target_attributes) => {
+            match context
+                .vfs
+                .create_guarded(&dirid, &dirops.name, target_attributes)
                 .await
             {
                 Ok((fid, fattr)) => (Ok(fid), post_op_attr::Some(fattr)),
@@ -862,6 +873,28 @@ async fn nfsproc3_remove<T>(context: RPCContext<T>, xid: u32, args: REMOVE3args<
 where
     T: NfsFileSystem,
 {
+    remove_entry(context, xid, args, false).await
+}
+
+/// RMDIR's arguments and results have REMOVE's layout.
+async fn nfsproc3_rmdir<T>(context: RPCContext<T>, xid: u32, args: REMOVE3args<'_>) -> REMOVE3res
+where
+    T: NfsFileSystem,
+{
+    remove_entry(context, xid, args, true).await
+}
+
+/// REMOVE (`dir` false) or RMDIR (`dir` true): each refuses the other's kind of entry
+/// (NFS3ERR_ISDIR, NFS3ERR_NOTDIR) before the file system is asked to remove anything.
+async fn remove_entry<T>(
+    context: RPCContext<T>,
+    xid: u32,
+    args: REMOVE3args<'_>,
+    dir: bool,
+) -> REMOVE3res
+where
+    T: NfsFileSystem,
+{
     if !matches!(context.vfs.capabilities(), VFSCapabilities::ReadWrite) {
         warn!("No write capabilities.");
         return REMOVE3res::Err((nfsstat3::NFS3ERR_ROFS, REMOVE3resfail::default()));
@@ -875,6 +908,25 @@ where
             return REMOVE3res::Err((stat, REMOVE3resfail::default()));
         }
     };
+    if let Ok(id) = context.vfs.lookup(&dirid, &args.object.name).await {
+        if let Ok(attr) = context.vfs.getattr(&id).await {
+            let is_dir = matches!(attr.type_, ftype3::NF3DIR);
+            if is_dir != dir {
+                let stat = if dir {
+                    nfsstat3::NFS3ERR_NOTDIR
+                } else {
+                    nfsstat3::NFS3ERR_ISDIR
+                };
+                let after = nfs_option_from_result(context.vfs.getattr(&dirid).await);
+                return REMOVE3res::Err((
+                    stat,
+                    REMOVE3resfail {
+                        dir_wcc: wcc_data { before, after },
+                    },
+                ));
+            }
+        }
+    }
 
     match context.vfs.remove(&dirid, &args.object.name).await {
         Ok(()) => {

@@ -320,6 +320,19 @@ pub trait NfsFileSystem: NfsReadFileSystem {
         attr: sattr3,
     ) -> impl Future<Output = Result<(Self::Handle, fattr3), nfsstat3>> + Send;
 
+    /// Creates a file for a GUARDED CREATE: fails with `NFS3ERR_EXIST` if the name exists,
+    /// checked atomically with the creation (the handler's own lookup before it is only a
+    /// fast path; another client may create the name in between). The default calls
+    /// [`NfsFileSystem::create`], which may open an existing file as UNCHECKED does.
+    fn create_guarded(
+        &self,
+        dirid: &Self::Handle,
+        filename: &filename3<'_>,
+        attr: sattr3,
+    ) -> impl Future<Output = Result<(Self::Handle, fattr3), nfsstat3>> + Send {
+        self.create(dirid, filename, attr)
+    }
+
     /// Creates a file if it does not already exist.
     /// If not supported due to readonly file system
     /// this should return `Err(nfsstat3::NFS3ERR_ROFS)`
