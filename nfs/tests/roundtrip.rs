@@ -381,3 +381,88 @@ async fn a_guarded_create_never_opens_an_existing_file() {
     pool.volume("tank/f").unwrap().read_at(0, &mut got).unwrap();
     assert_eq!(got, [7u8; 4096], "the existing file was truncated");
 }
+
+/// This process's resident memory, bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        << 10
+}
+
+/// A client that sends 1,500 READs of 1 MiB and never reads a reply holds back only what
+/// one connection may have outstanding (64 replies): the server stops reading its socket.
+/// Before, every reply queued in memory, 1.5 GiB for 114 KB of requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
+    use nfs3_client::nfs3_types::nfs3::LOOKUP3args;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/big", 1 << 30, 4096, &Default::default())
+        .unwrap();
+    let (port, _task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    let fh = conn
+        .lookup(&LOOKUP3args {
+            what: diropargs3 {
+                dir: root,
+                name: b"big".to_vec().into(),
+            },
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .object
+        .data
+        .to_vec();
+    let before = rss();
+    let peak = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        // RPC call: xid, CALL, RPC v2, NFS program 100003 v3, READ (6), no auth; then the
+        // handle, offset 0, count 1 MiB.
+        let mut requests = Vec::new();
+        for xid in 0..1500u32 {
+            let mut m = Vec::new();
+            for w in [xid + 1000, 0, 2, 100_003, 3, 6, 0, 0, 0, 0] {
+                m.extend_from_slice(&w.to_be_bytes());
+            }
+            m.extend_from_slice(&(fh.len() as u32).to_be_bytes());
+            m.extend_from_slice(&fh);
+            while m.len() % 4 != 0 {
+                m.push(0);
+            }
+            m.extend_from_slice(&0u64.to_be_bytes());
+            m.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            requests.extend_from_slice(&(0x8000_0000u32 | m.len() as u32).to_be_bytes());
+            requests.extend_from_slice(&m);
+        }
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nonblocking(true).unwrap();
+        // Send what the socket takes; never read.
+        let mut sent = 0;
+        let mut peak = 0;
+        for _ in 0..300 {
+            if sent < requests.len() {
+                if let Ok(n) = s.write(&requests[sent..]) {
+                    sent += n;
+                }
+            }
+            peak = peak.max(rss());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(s);
+        peak
+    })
+    .await
+    .unwrap();
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 512 << 20,
+        "the server's memory grew by {} MiB",
+        grew >> 20
+    );
+}

@@ -182,6 +182,15 @@ pub async fn write_fragment<IO: tokio::io::AsyncWrite + Unpin>(
 
 pub type SocketMessageType = Result<CompleteRpcMessage, anyhow::Error>;
 
+/// Requests of one connection that may be outstanding at once, from the moment they are read
+/// until their reply is written (tarn patch: upstream queued replies without bound, so a
+/// client that sent requests and never read the replies grew the server's memory by every
+/// reply, 1 MiB per READ). At the limit the connection is not read until a reply goes out.
+pub const MAX_OUTSTANDING: usize = 64;
+
+/// A reply on its way to the socket, with the slot it holds until written.
+pub type QueuedReply = (SocketMessageType, tokio::sync::OwnedSemaphorePermit);
+
 /// The Socket Message Handler reads records from the socket (its read half: tarn patch, where
 /// upstream copied every byte through an in-memory pipe first) and spawns off subtasks to
 /// handle each message. replies are queued into the `reply_send_channel`.
@@ -189,7 +198,8 @@ pub type SocketMessageType = Result<CompleteRpcMessage, anyhow::Error>;
 pub struct SocketMessageHandler<T: NfsFileSystem + 'static, R> {
     cur_fragment: PackedRpcMessage,
     socket_receive_channel: R,
-    reply_send_channel: mpsc::UnboundedSender<SocketMessageType>,
+    reply_send_channel: mpsc::UnboundedSender<QueuedReply>,
+    outstanding: std::sync::Arc<tokio::sync::Semaphore>,
     context: RPCContext<T>,
 }
 
@@ -200,16 +210,14 @@ where
 {
     /// Creates a new `SocketMessageHandler` reading from `input`, with the receiver for queued
     /// message replies
-    pub fn new(
-        context: RPCContext<T>,
-        input: R,
-    ) -> (Self, mpsc::UnboundedReceiver<SocketMessageType>) {
+    pub fn new(context: RPCContext<T>, input: R) -> (Self, mpsc::UnboundedReceiver<QueuedReply>) {
         let (msgsend, msgrecv) = mpsc::unbounded_channel();
         (
             Self {
                 cur_fragment: PackedRpcMessage::new(),
                 socket_receive_channel: input,
                 reply_send_channel: msgsend,
+                outstanding: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_OUTSTANDING)),
                 context,
             },
             msgrecv,
@@ -231,6 +239,9 @@ where
                 }
             };
 
+            // Wait for a slot before taking on another request: the socket is not read
+            // meanwhile, so a client that does not read its replies is held back by TCP.
+            let slot = self.outstanding.clone().acquire_owned().await?;
             let context = self.context.clone();
             let send = self.reply_send_channel.clone();
             tokio::spawn(async move {
@@ -238,14 +249,14 @@ where
 
                 match result {
                     Ok(HandleResult::Reply(reply)) => {
-                        let _ = send.send(Ok(reply));
+                        let _ = send.send((Ok(reply), slot));
                     }
                     Ok(HandleResult::NoReply) => {
-                        // No reply needed
+                        // No reply needed: the slot is free again.
                     }
                     Err(err) => {
                         error!("Error handling RPC message: {err}");
-                        let _ = send.send(Err(anyhow!("Error handling RPC message")));
+                        let _ = send.send((Err(anyhow!("Error handling RPC message")), slot));
                     }
                 }
             });

@@ -74,11 +74,12 @@ where
     let _reader = AbortOnDrop(reader);
     loop {
         match msgrecvchan.recv().await {
-            Some(Err(e)) => {
+            Some((Err(e), _slot)) => {
                 debug!("Message handling closed : {e}");
                 return Err(e);
             }
-            Some(Ok(msg)) => {
+            // The slot is given back once the reply is written (or the write failed).
+            Some((Ok(msg), _slot)) => {
                 if let Err(e) = write_fragment(&mut write_half, msg).await {
                     error!("Write error {e}");
                     return Err(e);
