@@ -830,6 +830,8 @@ impl FileView {
 
     /// Removes a file (destroying its volume; durable on return) or an empty directory.
     pub fn remove(&self, dir: u64, name: &str) -> Result<()> {
+        // Not "." or "..": those name the directory itself or its parent, not an entry.
+        Self::check_name(name)?;
         let id = self.lookup(dir, name)?;
         let _g = lock(&self.ns_lock);
         match self.node(id)? {
@@ -959,7 +961,11 @@ impl FileView {
         let size = size.max(1);
         let _g = lock(&self.ns_lock);
         let bs = u64::from(h.block_size());
-        if size.div_ceil(bs) * bs != h.size() {
+        let rounded = size
+            .div_ceil(bs)
+            .checked_mul(bs)
+            .ok_or_else(|| pool::Error::TooLarge(format!("a file of {size} bytes is too large")))?;
+        if rounded != h.size() {
             self.pool.resize_volume(&h.name(), size)?;
             lock(&self.mtimes).insert(id, now_ns());
         }

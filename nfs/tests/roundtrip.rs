@@ -466,3 +466,26 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
         grew >> 20
     );
 }
+
+/// "." and ".." are not entries to remove (REMOVE "." of a directory removed it), and a size
+/// of u64::MAX is too large, not an overflow.
+#[test]
+fn dot_names_and_a_size_of_u64_max_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/f", 1 << 20, 4096, &Default::default())
+        .unwrap();
+    let view = FileView::new(pool.clone(), ViewOptions::default());
+    let d = view.mkdir(view.root(), "d").unwrap().id;
+    for name in [".", ".."] {
+        assert!(view.remove(d, name).is_err(), "REMOVE {name}");
+    }
+    assert!(view.lookup(view.root(), "d").is_ok(), "d was removed");
+    let f = view.lookup(view.root(), "f").unwrap();
+    let e = view.set_size(f, u64::MAX).expect_err("u64::MAX bytes");
+    assert_eq!(
+        nfs::server::nfs_status(&e),
+        nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_FBIG
+    );
+    assert_eq!(pool.dataset("tank/f").unwrap().size, 1 << 20);
+}
