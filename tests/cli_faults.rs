@@ -394,3 +394,95 @@ fn usage_errors_are_one_line() {
         .fails_with("unknown dataset type");
     assert!(env.run(["--help"]).ok().contains("Usage"));
 }
+
+/// Commands that write a file never write over a pool (its own, or another one), a failed
+/// `send -f` leaves the file that was there, a guest is never given a pool's file as a raw
+/// disk or one disk twice writable, and an export whose reader goes away fails.
+#[test]
+fn nothing_writes_over_a_pool_file_or_a_file_it_did_not_make() {
+    let env = Env::new();
+    let tank = env.pool("tank", "64M");
+    let other = env.pool("other", "64M");
+    env.import("tank/v", &random_bytes(1 << 20, 3));
+    env.run(["snapshot", "tank/v@s"]).ok();
+    let (tank_before, other_before) = (snapshot(&tank), snapshot(&other));
+    for target in [&tank, &other] {
+        let t = target.to_str().expect("utf-8");
+        env.run(["vol", "export", "tank/v", t])
+            .fails_with("holds a tarn pool");
+        env.run(["send", "tank/v@s", "-f", t])
+            .fails_with("holds a tarn pool");
+    }
+    assert!(snapshot(&tank) == tank_before, "tank's file changed");
+    assert!(snapshot(&other) == other_before, "other's file changed");
+    env.run(["pool", "status", "tank"]).ok();
+
+    // A send that fails (a missing base) leaves the file that was there.
+    let keep = env.file("keep.txt", b"precious");
+    env.run([
+        "send",
+        "-i",
+        "@nope",
+        "tank/v@s",
+        "-f",
+        keep.to_str().expect("utf-8"),
+    ])
+    .fails_with("nope");
+    assert_eq!(snapshot(&keep), b"precious");
+
+    let t = tank.to_str().expect("utf-8");
+    env.run(["vm", "run", "--kernel", t, "--disk", t])
+        .fails_with("holds a tarn pool");
+    env.run([
+        "vm", "run", "--kernel", t, "--disk", "tank/v", "--disk", "tank/v",
+    ])
+    .fails_with("given twice");
+
+    // `vol export -` into a reader that goes away is a failure, not a success.
+    let mut child = env
+        .cmd(["vol", "export", "tank/v", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    assert!(
+        !child.wait().expect("wait").success(),
+        "export to a closed pipe succeeded"
+    );
+}
+
+/// `set` and `hold` check every part before they change anything: a bad property value
+/// does not leave a new volsize behind, and a missing snapshot does not leave the others held.
+#[test]
+fn set_and_hold_change_all_or_nothing() {
+    let env = Env::new();
+    env.pool("tank", "64M");
+    env.run(["vol", "create", "tank/k", "--size", "10M"]).ok();
+    let long = format!("x={}", "v".repeat(9000));
+    env.run(["set", "volsize=20M", &long, "tank/k"])
+        .fails_with("longer than");
+    assert_eq!(
+        env.run(["get", "-H", "-p", "volsize", "tank/k"]).ok(),
+        format!("tank/k\tvolsize\t{}\t-\n", 10 << 20)
+    );
+    // A pool size the file system refuses leaves no empty file behind.
+    let big = env.path("big.pool");
+    env.run([
+        "pool",
+        "create",
+        "big",
+        big.to_str().expect("utf-8"),
+        "--size",
+        "16383P",
+    ])
+    .fails_with("big");
+    assert!(!big.exists(), "an empty pool file was left behind");
+    env.run(["snapshot", "tank/k@s1"]).ok();
+    env.run(["hold", "t1", "tank/k@s1", "tank/k@nope"])
+        .fails_with("nope");
+    assert_eq!(
+        env.run(["get", "-H", "holds", "tank/k@s1"]).ok(),
+        "tank/k@s1\tholds\t-\t-\n"
+    );
+}

@@ -473,8 +473,10 @@ fn address_space_limit() -> Option<u64> {
     (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
-/// Checks a user property: the key's characters and length, the value's length.
-pub(crate) fn check_prop(k: &str, v: &str) -> Result<()> {
+/// Checks a user property: the key's characters and length, the value's length (what
+/// [`Pool::set_props`] refuses), so that a caller can check every assignment before it makes
+/// the first.
+pub fn check_prop(k: &str, v: &str) -> Result<()> {
     if k.is_empty()
         || k.len() > 255
         || !k

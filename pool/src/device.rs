@@ -102,7 +102,12 @@ impl FileDevice {
             .write(true)
             .create_new(true)
             .open(path)?;
-        file.set_len(len)?;
+        // A size the file system refuses leaves no empty file behind to block a retry.
+        if let Err(e) = file.set_len(len) {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         Self::from_file(file, path)
     }
 

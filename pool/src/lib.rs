@@ -35,11 +35,11 @@ mod trim;
 mod txg;
 mod volume;
 
-pub use datasets::max_volume_size;
+pub use datasets::{check_prop, max_volume_size};
 pub use device::{CrashDevice, CutMode, Device, FileDevice, MemDevice};
 pub use error::{Error, ErrorKind, Result};
 pub use iov::{gather, scatter, AlignedBuf};
-pub use phys::DatasetKind;
+pub use phys::{DatasetKind, LABEL_MAGIC};
 pub use pool::{DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE};
 pub use scrub::{ScrubError, ScrubReport};
 pub use snapshot::{Landing, Recursion};

@@ -405,6 +405,7 @@ pub fn set(reg: &Registry, a: &SetArgs) -> Result<()> {
             }
             None => {
                 check_user_prop(&k)?;
+                ::pool::check_prop(&k, &v)?;
                 user.push((k, v));
             }
         }

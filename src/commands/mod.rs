@@ -53,6 +53,43 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Refuses `path` as something to write over (an export, a stream) or to give a guest as a
+/// raw disk, where it holds a tarn pool: a label magic at either label copy. Writing there
+/// would destroy the pool, even one held by another process (the lock is advisory, and a
+/// rename replaces the file under it).
+pub(crate) fn refuse_pool_file(path: &std::path::Path, doing: &str) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    // Only files and block devices can hold a pool; a FIFO would block this read.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
+        _ => return Ok(()),
+    }
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let mut head = vec![0u8; 8192];
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let magic = ::pool::LABEL_MAGIC;
+    let labelled = [0usize, 4096]
+        .iter()
+        .any(|&at| got >= at + magic.len() && head[at..at + magic.len()] == magic);
+    if labelled {
+        return Err(CliError::Failed(format!(
+            "{} holds a tarn pool; refusing to {doing} it (give another file, or `tarn pool \
+             destroy` the pool first)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Executes a request against an open pool (the same types a daemon's control API takes).
 pub(crate) fn execute(pool: &Pool, req: Request) -> Result<Response> {
     if let Ok(json) = serde_json::to_string(&req) {

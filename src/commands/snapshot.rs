@@ -102,6 +102,16 @@ pub fn hold(reg: &Registry, a: &HoldArgs, add: bool) -> Result<()> {
     }
     let pool_name = one_pool(&a.snapshots, "snapshots")?;
     let (pool, _) = reg.open(pool_name)?;
+    // Every snapshot checked before the first hold changes: all of them or none.
+    for n in &a.snapshots {
+        let held = pool.dataset(n)?.holds.contains(&a.tag);
+        let hold = format!("hold '{}' on {n}", a.tag);
+        match (add, held) {
+            (true, true) => return Err(::pool::Error::AlreadyExists(hold).into()),
+            (false, false) => return Err(::pool::Error::NotFound(hold).into()),
+            _ => {}
+        }
+    }
     for n in &a.snapshots {
         if add {
             pool.hold(n, &a.tag)?;
@@ -196,15 +206,23 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
             std::io::stdout().lock(),
         ),
         Some(path) => {
-            let f = std::fs::File::create(path)
-                .map_err(|e| CliError::io(format!("creating {}", path.display()), e))?;
+            // Written under a temporary name and renamed over `path` once complete: a failed
+            // send leaves whatever was at `path` as it was, and never a pool file overwritten.
+            super::refuse_pool_file(path, "overwrite")?;
+            let tmp = temp_beside(path);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| CliError::io(format!("creating {}", tmp.display()), e))?;
             let r = snapshots::send(&pool, &a.snapshot, from.as_deref(), &f).and_then(|s| {
                 f.sync_all()
-                    .map_err(|e| snapshots::Error::io(format!("syncing {}", path.display()), e))
+                    .and_then(|()| std::fs::rename(&tmp, path))
+                    .map_err(|e| snapshots::Error::io(format!("writing {}", path.display()), e))
                     .map(|()| s)
             });
             if r.is_err() {
-                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(&tmp);
             }
             r
         }
@@ -258,4 +276,13 @@ pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// A temporary name in `path`'s directory, for a file renamed over `path` when complete.
+fn temp_beside(path: &std::path::Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tarn-send.{}", std::process::id()))
 }

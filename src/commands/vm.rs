@@ -31,11 +31,32 @@ fn open_disks(
     pools: &mut BTreeMap<String, Pool>,
 ) -> Result<Vec<DiskBackend>> {
     let mut out = Vec::new();
+    // (what the disk is, writable): one writer per disk, as two would corrupt each other.
+    let mut seen: Vec<(String, bool)> = Vec::new();
     for d in disks {
+        let what = if d.is_path() {
+            std::fs::canonicalize(&d.source)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| d.source.clone())
+        } else {
+            d.source.clone()
+        };
+        if seen
+            .iter()
+            .any(|(w, writable)| *w == what && (*writable || !d.read_only))
+        {
+            return Err(CliError::Usage(format!(
+                "disk {} is given twice; a disk can be attached more than once only read-only (,ro)",
+                d.source
+            )));
+        }
+        seen.push((what, !d.read_only));
         let backend: Arc<dyn BlockBackend> = if d.source.starts_with("nfs://") {
             // An image another host serves (`tarn nfs serve`): nfs://HOST:PORT/POOL/VOL.
             Arc::new(nfs::NfsDisk::connect(&d.source, d.read_only)?)
         } else if d.is_path() {
+            // A pool's own file given as a raw disk: the guest would write over the pool.
+            super::refuse_pool_file(std::path::Path::new(&d.source), "give a guest")?;
             let opts = RawFileOptions {
                 read_only: d.read_only,
                 direct: false,

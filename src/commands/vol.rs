@@ -608,6 +608,7 @@ impl Dest {
                 file: File::from(fd),
             });
         }
+        super::refuse_pool_file(path, "overwrite")?;
         match fs::metadata(path) {
             Ok(m) if m.is_dir() => {
                 return Err(CliError::Usage(format!(
@@ -680,10 +681,8 @@ impl Dest {
                 Ok(())
             }
             Dest::Device { file } => file.write_all_at(data, off),
-            Dest::Stream { file } => match file.write_all(data) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                r => r,
-            },
+            // A reader that went away (`| head`) is a failed export, not a finished one.
+            Dest::Stream { file } => file.write_all(data),
         }
     }
 
