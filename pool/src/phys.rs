@@ -323,7 +323,7 @@ impl LabelPhys {
         let mut d = Dec::new(&body[8..], "pool label");
         let version = d.u32()?;
         d.u32()?;
-        Ok(Some(LabelPhys {
+        Some(LabelPhys {
             version,
             guid: d.u64()?,
             size: d.u64()?,
@@ -336,7 +336,31 @@ impl LabelPhys {
             },
             data_offset: d.u64()?,
             name: d.str()?,
-        }))
+        })
+        .map(|l| l.check_layout(path))
+        .transpose()
+    }
+
+    /// A label whose checksum verifies may still come from a crafted file: its layout must be
+    /// the one this version computes for its size (the offsets and counts are used to read and
+    /// write the device), its size a whole number of sectors, and its name a valid pool name
+    /// (it names the registry entry).
+    fn check_layout(self, path: &str) -> Result<Self> {
+        let expect = LabelPhys::new(&self.name, self.guid, self.size, self.created);
+        let sane = self.size.is_multiple_of(SECTOR)
+            && self.size >= crate::pool::MIN_POOL_SIZE
+            && self.spacemap_offsets == expect.spacemap_offsets
+            && self.spacemap_chunks == expect.spacemap_chunks
+            && self.data_offset == expect.data_offset
+            && crate::names::check_pool_name(&self.name).is_ok();
+        if !sane {
+            return Err(Error::Corrupt(format!(
+                "{path}: the pool label describes an impossible layout (size {}, name {:?}); \
+                 the file is damaged or was not written by tarn",
+                self.size, self.name
+            )));
+        }
+        Ok(self)
     }
 }
 
@@ -397,7 +421,10 @@ impl UberblockPhys {
             root: d.ptr().ok()?,
             spacemap_copy: d.u8().ok()?,
         };
-        (version == FORMAT_VERSION && ub.guid == guid && ub.spacemap_copy < 2).then_some(ub)
+        // A txg this far out is no pool's: commits would wrap round (and be lost on reopen).
+        let sane_txg = ub.txg < 1 << 62;
+        (version == FORMAT_VERSION && ub.guid == guid && ub.spacemap_copy < 2 && sane_txg)
+            .then_some(ub)
     }
 }
 
@@ -691,7 +718,11 @@ pub fn decode_dir_leaf(b: &[u8], index: u64) -> Result<Vec<DatasetPhys>> {
         for _ in 0..np {
             props.push((d.str()?, d.str()?));
         }
-        if block_size < 4096 || !block_size.is_power_of_two() || size % u64::from(block_size) != 0 {
+        let (min_bs, max_bs) = crate::pool::BLOCK_SIZE_RANGE;
+        if !(min_bs..=max_bs).contains(&block_size)
+            || !block_size.is_power_of_two()
+            || size % u64::from(block_size) != 0
+        {
             return Err(Error::Corrupt(format!(
                 "meta block: dataset {id} has block size {block_size} and size {size}"
             )));

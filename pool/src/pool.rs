@@ -584,7 +584,13 @@ impl Pool {
             intact &= sm.load_chunk(c as u64, b, ub.txg, label.guid);
         }
         sm.recount();
-        sm.set_deferred(&meta.deferred);
+        if !sm.set_deferred(&meta.deferred) {
+            return Err(Error::Corrupt(format!(
+                "{}: the meta block of txg {} lists a deferred free outside the pool's data area",
+                dev.describe(),
+                ub.txg
+            )));
+        }
         // The next commit writes the other copy: only its chunks that differ from this one (or
         // were written by an abandoned newer txg) need rewriting, so a commit after an open
         // costs what it changed, not the pool's size.

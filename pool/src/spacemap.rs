@@ -282,9 +282,23 @@ impl SpaceMap {
         }
     }
 
-    /// Marks an extent allocated (used when rebuilding from a tree walk).
-    pub fn claim(&mut self, start: u64, len: u64) {
+    /// Whether `start..start + len` lies in the data area (what a pointer or a free read
+    /// from disk must satisfy before it touches the map).
+    pub fn in_data_area(&self, start: u64, len: u64) -> bool {
+        start >= self.reserved
+            && start
+                .checked_add(len)
+                .is_some_and(|end| end <= self.sectors)
+    }
+
+    /// Marks an extent allocated (used when rebuilding from a tree walk); false, changing
+    /// nothing, for one outside the data area.
+    pub fn claim(&mut self, start: u64, len: u64) -> bool {
+        if !self.in_data_area(start, len) {
+            return false;
+        }
         self.set_range(start, len, true);
+        true
     }
 
     /// Frees an extent in `txg`; it becomes reusable DEFER_TXGS txgs later.
@@ -368,7 +382,16 @@ impl SpaceMap {
     }
 
     /// Restores the pending frees from a meta block.
-    pub fn set_deferred(&mut self, d: &[(u64, Vec<(u64, u32)>)]) {
+    /// False, changing nothing, if an extent lies outside the data area (a damaged or
+    /// crafted meta block: releasing it would index past the map).
+    pub fn set_deferred(&mut self, d: &[(u64, Vec<(u64, u32)>)]) -> bool {
+        if !d
+            .iter()
+            .flat_map(|(_, v)| v)
+            .all(|&(s, n)| self.in_data_area(s, u64::from(n)))
+        {
+            return false;
+        }
         self.deferred = d
             .iter()
             .map(|(t, v)| {
@@ -383,6 +406,7 @@ impl SpaceMap {
                 )
             })
             .collect();
+        true
     }
 
     /// After an open: the next commit writes the copy that was not loaded, and must rewrite

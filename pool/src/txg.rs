@@ -460,7 +460,13 @@ impl Shared {
         let mut sm = lock(&self.spacemap);
         sm.reset();
         for (s, n) in claims {
-            sm.claim(s, n);
+            if !sm.claim(s, n) {
+                return Err(Error::Corrupt(format!(
+                    "pool {}: a block pointer names sectors {s}..{} outside the data area",
+                    self.name(),
+                    s.saturating_add(n)
+                )));
+            }
         }
         Ok(())
     }
