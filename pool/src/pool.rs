@@ -359,6 +359,59 @@ pub struct DatasetInfo {
     pub props: BTreeMap<String, String>,
 }
 
+/// Checks the dataset graph a directory describes, as a crafted pool could make it: names
+/// valid and unique (a volume named like a snapshot would shadow it), IDs below the next ID,
+/// a clone's origin an existing snapshot, and no origin chain that loops (walks of it would
+/// never end).
+fn check_datasets(ds: &BTreeMap<u64, DatasetEntry>, next_id: u64) -> Result<()> {
+    let bad = |msg: String| Err(Error::Corrupt(format!("dataset directory: {msg}")));
+    let mut names = std::collections::HashSet::new();
+    for (id, d) in ds {
+        if *id >= next_id {
+            return bad(format!(
+                "dataset {} has id {id}, not below {next_id}",
+                d.name
+            ));
+        }
+        let valid = match d.kind {
+            DatasetKind::Snapshot => crate::names::split_any_name(&format!("p/{}", d.name)).is_ok(),
+            _ => {
+                !d.name.contains('@')
+                    && crate::names::split_dataset_name(&format!("p/{}", d.name)).is_ok()
+            }
+        };
+        if !valid || !names.insert(d.name.as_str()) {
+            return bad(format!(
+                "dataset {id} has an invalid or duplicate name {:?}",
+                d.name
+            ));
+        }
+        if d.kind == DatasetKind::Volume && d.parent != 0 {
+            match ds.get(&d.parent) {
+                Some(o) if o.kind == DatasetKind::Snapshot => {}
+                _ => {
+                    return bad(format!(
+                        "clone {} has no origin snapshot {}",
+                        d.name, d.parent
+                    ))
+                }
+            }
+        }
+    }
+    // Volume -> origin snapshot -> its volume -> ...: at most one step per dataset.
+    for (id, d) in ds {
+        let (mut at, mut steps) = (d, 0);
+        while at.parent != 0 {
+            steps += 1;
+            match ds.get(&at.parent) {
+                Some(next) if steps <= ds.len() => at = next,
+                _ => return bad(format!("the origin chain of dataset {id} loops or breaks")),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An open pool, held exclusively by this process until dropped.
 pub struct Pool {
     pub(crate) shared: Arc<Shared>,
@@ -652,6 +705,7 @@ impl Pool {
                 },
             );
         }
+        check_datasets(&datasets, meta.next_dataset_id)?;
         let state = CommitState {
             txg: ub.txg,
             meta: ub.root,

@@ -3,8 +3,9 @@
 //! outside the device or an absurd block size is refused at open with a corruption error,
 //! never a panic, an abort or a write over live data.
 //!
-//! Left (known): clone graphs with cycles or missing origins, duplicate dataset names, and
-//! accounting fields (`referenced`, `written`) that underflow are not yet checked at open.
+//! The dataset graph is checked too: names valid and unique, a clone's origin an existing
+//! snapshot, no origin chain that loops. Left (known): accounting fields (`referenced`,
+//! `written`) that would underflow, and deferred frees naming live blocks, are not checked.
 
 #![allow(clippy::unwrap_used)]
 
@@ -209,5 +210,47 @@ fn an_uberblock_from_the_far_future_is_not_the_pool() {
     if let Ok(pool) = open_quietly(img.finish()) {
         assert!(pool.txg() < 1 << 62);
         pool.sync().expect("commits");
+    }
+}
+
+/// Opening fails with a corruption error, or falls back to an older txg without the crafted
+/// directory: either way the crafted graph is never loaded.
+fn never_loaded(bytes: Vec<u8>, what: &str, loaded: impl Fn(&Pool) -> bool) {
+    if let Ok(pool) = open_quietly(bytes) {
+        assert!(!loaded(&pool), "{what}: loaded");
+    }
+}
+
+#[test]
+fn a_crafted_dataset_graph_is_never_loaded() {
+    // A volume that is a clone of its own snapshot: walks of the origin chain never ended
+    // (diff, send -i) or overflowed the stack (destroy -R).
+    let mut img = Img::parse(base(|p| {
+        p.snapshot(&["tank/v@s"]).unwrap();
+    }));
+    let sid = img.ds.iter().find(|d| d.name == "s").unwrap().id;
+    img.ds("v").parent = sid;
+    never_loaded(img.finish(), "a clone of its own snapshot", |p| {
+        p.dataset("tank/v").is_ok_and(|d| d.origin.is_some())
+    });
+
+    // A clone whose origin is missing (promote panicked).
+    let mut img = Img::parse(base(|_| {}));
+    img.ds("v").parent = 999;
+    never_loaded(img.finish(), "a missing origin", |p| {
+        p.dataset("tank/v").is_ok_and(|d| d.origin.is_some())
+    });
+
+    // A volume named like a snapshot, and two volumes of one name.
+    for (what, name) in [("a volume named v@s", "v@s"), ("a second volume v", "v")] {
+        let mut img = Img::parse(base(|p| {
+            p.snapshot(&["tank/v@s"]).unwrap();
+        }));
+        let mut impostor = img.ds("v").clone();
+        impostor.name = name.into();
+        impostor.id = img.meta.next_dataset_id;
+        img.meta.next_dataset_id += 1;
+        img.ds.push(impostor);
+        never_loaded(img.finish(), what, |p| p.list().unwrap().len() > 2);
     }
 }
