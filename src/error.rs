@@ -29,6 +29,9 @@ pub enum CliError {
     /// The command ran but its outcome is a failure (message says why).
     #[error("{0}")]
     Failed(String),
+    /// A pool registry entry under `$TARN_HOME` cannot be read (message says which).
+    #[error("{0}")]
+    DamagedEntry(String),
 }
 
 /// Result alias for commands.
@@ -50,7 +53,7 @@ impl CliError {
             CliError::Zvol(e) => Some(e.kind()),
             CliError::Snap(e) => Some(e.kind()),
             CliError::Usage(_) => return 2,
-            CliError::Io { .. } | CliError::Failed(_) => None,
+            CliError::Io { .. } | CliError::Failed(_) | CliError::DamagedEntry(_) => None,
         };
         match kind {
             Some(ErrorKind::InvalidInput | ErrorKind::TooLarge) => 2,

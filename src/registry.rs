@@ -91,8 +91,9 @@ impl Registry {
             }
         };
         let entry: PoolEntry = serde_json::from_str(&text).map_err(|e| {
-            CliError::Failed(format!(
-                "pool registry entry {} is damaged ({e}); remove it and re-import the pool",
+            CliError::DamagedEntry(format!(
+                "pool registry entry {} is damaged ({e}); `tarn pool export {name}` forgets it, \
+                 then import the pool again",
                 path.display()
             ))
         })?;
@@ -131,8 +132,11 @@ impl Registry {
             let Some(name) = fname.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            if let Some(e) = self.get(name)? {
-                out.push(e);
+            // One damaged entry must not hide the others (nor block `pool export` of it).
+            match self.get(name) {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => {}
+                Err(e) => eprintln!("tarn: warning: {}", e.one_line()),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -486,3 +486,15 @@ fn set_and_hold_change_all_or_nothing() {
         "tank/k@s1\tholds\t-\t-\n"
     );
 }
+
+/// A damaged registry entry hides no other pool, and `pool export` forgets it.
+#[test]
+fn a_damaged_registry_entry_breaks_nothing_else() {
+    let env = Env::new();
+    env.pool("tank", "64M");
+    std::fs::write(env.home().join("pools").join("broken.json"), b"{ not json").expect("write");
+    let listed = env.run(["pool", "list", "-H"]).ok().to_string();
+    assert!(listed.contains("tank"), "{listed}");
+    env.run(["pool", "export", "broken"]).ok();
+    assert_eq!(registry_files(&env), ["tank.json"]);
+}

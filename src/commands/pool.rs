@@ -157,7 +157,15 @@ pub fn import(reg: &Registry, a: &PoolImportArgs) -> Result<()> {
 
 /// `tarn pool export NAME`
 pub fn export(reg: &Registry, name: &str) -> Result<()> {
-    let entry = reg.require(name)?;
+    let entry = match reg.require(name) {
+        Ok(entry) => entry,
+        // A damaged entry names no pool to close: forgetting it is all there is to do.
+        Err(e @ CliError::DamagedEntry(_)) => {
+            eprintln!("tarn: warning: {}; forgetting it", e.one_line());
+            return reg.remove(name);
+        }
+        Err(e) => return Err(e),
+    };
     match open_entry(&entry) {
         // Every command commits its own changes; nothing is left to write.
         Ok(pool) => drop(pool),
