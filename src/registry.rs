@@ -235,7 +235,20 @@ pub fn open_entry(entry: &PoolEntry) -> Result<Pool> {
 
 /// Opens the pool an entry names with `config`, checking name and GUID.
 pub fn open_entry_with(entry: &PoolEntry, config: PoolConfig) -> Result<Pool> {
-    let pool = Pool::open_path(&entry.path, config)?;
+    let pool = match Pool::open_path(&entry.path, config) {
+        Ok(pool) => pool,
+        // The file moved or went away: say which pool, and how to point tarn at it again.
+        Err(pool::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::Failed(format!(
+                "pool {} was imported from {}, which no longer exists; if it moved, run `tarn \
+                 pool export {}` and `tarn pool import NEWPATH`",
+                entry.name,
+                entry.path.display(),
+                entry.name
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
     if pool.guid() != entry.guid || pool.name() != entry.name {
         return Err(CliError::Failed(format!(
             "{} now holds pool {} (guid {}), not the imported pool {} (guid {}); run `tarn pool export {}` and import the right device",

@@ -497,4 +497,9 @@ fn a_damaged_registry_entry_breaks_nothing_else() {
     assert!(listed.contains("tank"), "{listed}");
     env.run(["pool", "export", "broken"]).ok();
     assert_eq!(registry_files(&env), ["tank.json"]);
+    // A pool whose file moved: the error names the pool and says how to import it again.
+    let moved = env.pool("moved", "64M");
+    std::fs::rename(&moved, env.path("elsewhere.pool")).expect("move");
+    env.run(["vol", "create", "moved/v", "--size", "1M"])
+        .fails_with("pool export moved");
 }
