@@ -62,6 +62,14 @@ pub fn nfs_status(e: &ViewError) -> nfsstat3 {
     }
 }
 
+/// The size a CREATE or SETATTR asks for, if any.
+fn requested_size(attr: &sattr3) -> Option<u64> {
+    match attr.size {
+        set_size3::Some(s) => Some(s),
+        set_size3::None => None,
+    }
+}
+
 fn nfstime(ns: u64) -> nfstime3 {
     nfstime3 {
         seconds: u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX),
@@ -380,10 +388,7 @@ impl NfsFileSystem for NfsExport {
         attr: sattr3,
     ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
         let name = name_str(filename)?;
-        let size = match attr.size {
-            set_size3::Some(s) => Some(s),
-            set_size3::None => None,
-        };
+        let size = requested_size(&attr);
         let a = self.call_mut(
             |v| match v.create(dirid.as_u64(), name, size.unwrap_or(0)) {
                 // UNCHECKED: an existing file is opened (and truncated/extended if asked).
@@ -411,10 +416,7 @@ impl NfsFileSystem for NfsExport {
         attr: sattr3,
     ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
         let name = name_str(filename)?;
-        let size = match attr.size {
-            set_size3::Some(s) => s,
-            set_size3::None => 0,
-        };
+        let size = requested_size(&attr).unwrap_or(0);
         // No fallback to the existing file: a name taken since the handler's lookup is EXIST.
         let a = self.call_mut(|v| v.create(dirid.as_u64(), name, size))?;
         Ok((FileHandleU64::new(a.id), self.fattr(&a)))

@@ -25,6 +25,21 @@ fn read_all(pool: &Pool, name: &str) -> Vec<u8> {
     b
 }
 
+/// Pool `a` with volume `a/v` of `size` bytes, its first `written` bytes filled (`seed`) and
+/// snapshot `a/v@s1`; and that snapshot's full stream.
+fn source(size: u64, written: usize, seed: u8) -> (Pool, Vec<u8>) {
+    let a = mkpool("a");
+    a.create_volume("a/v", size, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(written, seed))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    let full = send_vec(&a, "a/v@s1", None);
+    (a, full)
+}
+
 fn send_vec(pool: &Pool, snap: &str, from: Option<&str>) -> Vec<u8> {
     let mut out = Vec::new();
     send(pool, snap, from, &mut out).expect("send");
@@ -124,15 +139,7 @@ fn incremental_refused_when_target_changed_unless_forced() {
 
 #[test]
 fn bad_streams_leave_nothing_behind() {
-    let a = mkpool("a");
-    a.create_volume("a/v", 2 << 20, 4096, &BTreeMap::new())
-        .expect("create");
-    a.volume("a/v")
-        .expect("vol")
-        .write_at(0, &fill(2 << 20, 5))
-        .expect("write");
-    a.snapshot(&["a/v@s1"]).expect("snap");
-    let full = send_vec(&a, "a/v@s1", None);
+    let (_a, full) = source(2 << 20, 2 << 20, 5);
     let b = mkpool("b");
     let before = names(&b);
     let base_alloc = b.info().allocated;
@@ -183,15 +190,7 @@ fn a_stream_claiming_a_huge_volume_is_refused() {
 /// leftover (tagged) is cleared and the receive goes on.
 #[test]
 fn a_receive_clears_only_its_own_leftovers() {
-    let a = mkpool("a");
-    a.create_volume("a/v", 1 << 20, 4096, &BTreeMap::new())
-        .expect("create");
-    a.volume("a/v")
-        .expect("vol")
-        .write_at(0, &fill(1 << 20, 3))
-        .expect("write");
-    a.snapshot(&["a/v@s1"]).expect("snap");
-    let full = send_vec(&a, "a/v@s1", None);
+    let (a, full) = source(1 << 20, 1 << 20, 3);
 
     let b = mkpool("b");
     let none = BTreeMap::new();
@@ -243,15 +242,7 @@ fn a_receive_clears_only_its_own_leftovers() {
 /// whatever the target's size was.
 #[test]
 fn a_target_resized_since_the_base_counts_as_changed() {
-    let a = mkpool("a");
-    a.create_volume("a/v", 4 << 20, 4096, &BTreeMap::new())
-        .expect("create");
-    a.volume("a/v")
-        .expect("vol")
-        .write_at(0, &fill(1 << 20, 1))
-        .expect("write");
-    a.snapshot(&["a/v@s1"]).expect("s1");
-    let full = send_vec(&a, "a/v@s1", None);
+    let (a, full) = source(4 << 20, 1 << 20, 1);
     a.resize_volume("a/v", 8 << 20).expect("grow");
     a.volume("a/v")
         .expect("vol")
@@ -280,15 +271,7 @@ fn an_incremental_receive_lands_whole_or_not_at_all() {
         sync_interval: None,
         ..PoolConfig::default()
     };
-    let a = mkpool("a");
-    a.create_volume("a/v", 4 << 20, 4096, &BTreeMap::new())
-        .expect("create");
-    a.volume("a/v")
-        .expect("vol")
-        .write_at(0, &fill(1 << 20, 1))
-        .expect("write");
-    a.snapshot(&["a/v@s1"]).expect("s1");
-    let full = send_vec(&a, "a/v@s1", None);
+    let (a, full) = source(4 << 20, 1 << 20, 1);
     a.volume("a/v")
         .expect("vol")
         .write_at(0, &fill(64 << 10, 7))
