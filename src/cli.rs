@@ -408,8 +408,9 @@ pub struct VmRunArgs {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
     pub cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
+    /// Number of vCPUs (1 to 32).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(vmm::config::MAX_CPUS)))]
     pub cpus: u8,
     /// Guest memory (e.g. 512M).
     #[arg(long, value_parser = size_arg, default_value = "512M")]
