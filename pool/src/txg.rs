@@ -386,24 +386,37 @@ impl Shared {
         let mut placed: Vec<(u64, BlockPtr, &[u8])> = Vec::with_capacity(pending.len());
         {
             let mut sm = lock(&self.spacemap);
-            for (idx, b) in pending {
-                let Some(sector) = sm.alloc(sectors) else {
+            // Contiguous runs first (a run of up to 1,024 blocks, halving down to one block
+            // where no free run is that long): scattered frees of random overwrites would
+            // otherwise turn the commit's sequential writes into one small write per block.
+            let mut rest = pending.as_slice();
+            let mut run = rest.len().min(1024);
+            while !rest.is_empty() {
+                run = run.min(rest.len());
+                let Some(start) = sm.alloc(run as u64 * sectors) else {
+                    if run > 1 {
+                        run /= 2;
+                        continue;
+                    }
                     for (_, p, _) in &placed {
                         sm.free_now(p.sector, sectors);
                     }
                     drop(sm);
                     return Err(self.no_space(u64::from(v.block_size)));
                 };
-                placed.push((
-                    idx,
-                    BlockPtr {
-                        sector,
-                        sectors: sectors as u32,
-                        birth: txg,
-                        checksum: 0,
-                    },
-                    b,
-                ));
+                for (k, &(idx, b)) in rest[..run].iter().enumerate() {
+                    placed.push((
+                        idx,
+                        BlockPtr {
+                            sector: start + k as u64 * sectors,
+                            sectors: sectors as u32,
+                            birth: txg,
+                            checksum: 0,
+                        },
+                        b,
+                    ));
+                }
+                rest = &rest[run..];
             }
         }
         for (_, p, b) in placed.iter_mut() {

@@ -21,6 +21,7 @@ pub struct Watched {
     /// Armed: the next sync stores the bytes here (`Some(None)` until it happens).
     sync_image: Mutex<Option<Option<Vec<u8>>>>,
     written: AtomicU64,
+    write_calls: AtomicU64,
     read_cached: AtomicU64,
     read_direct: AtomicU64,
     prefetches: Mutex<Vec<(u64, u64)>>,
@@ -36,6 +37,7 @@ impl Watched {
             inner: MemDevice::new(len),
             sync_image: Mutex::new(None),
             written: AtomicU64::new(0),
+            write_calls: AtomicU64::new(0),
             read_cached: AtomicU64::new(0),
             read_direct: AtomicU64::new(0),
             prefetches: Mutex::new(Vec::new()),
@@ -53,6 +55,11 @@ impl Watched {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+
+    /// Write calls (each one contiguous range) since the last call.
+    pub fn take_write_calls(&self) -> u64 {
+        self.write_calls.swap(0, Ordering::Relaxed)
     }
 
     /// Bytes read since the last call: (through the cache with `read_at`, around it with
@@ -128,11 +135,13 @@ impl Device for Watched {
         Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_calls.fetch_add(1, Ordering::Relaxed);
         self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.inner.write_at(buf, offset)
     }
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         let n: usize = bufs.iter().map(|b| b.len()).sum();
+        self.write_calls.fetch_add(1, Ordering::Relaxed);
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         self.inner.write_vectored_at(bufs, offset)
     }
