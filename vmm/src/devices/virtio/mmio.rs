@@ -200,14 +200,25 @@ impl MmioTransport {
         let newly = v & !self.status;
         self.status = v;
         if newly & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            self.device.ack_features(self.driver_features);
             if self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
-                // Legacy drivers are not served: refuse FEATURES_OK.
+                // Legacy drivers are not served: refuse FEATURES_OK (and take none of them).
                 self.status &= !VIRTIO_CONFIG_S_FEATURES_OK;
+            } else {
+                self.device.ack_features(self.driver_features);
             }
         }
         if newly & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.active {
-            if let Err(e) = self.activate() {
+            // A device runs only with the features this driver negotiated (FEATURES_OK
+            // accepted), never with whatever an earlier driver left.
+            let negotiated = self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0;
+            let activated = if negotiated {
+                self.activate()
+            } else {
+                Err(crate::Error::Queue(
+                    "DRIVER_OK before the features were negotiated (FEATURES_OK)".into(),
+                ))
+            };
+            if let Err(e) = activated {
                 super::guest_fault(format_args!("virtio-mmio: activation failed: {e}"));
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
                 self.config_generation = self.config_generation.wrapping_add(1);

@@ -502,6 +502,45 @@ mod tests {
         u32::from_le_bytes(b)
     }
 
+    /// DRIVER_OK without accepted FEATURES_OK (skipped, or refused for a legacy driver) does
+    /// not start the device: it asks for a reset instead of running with stale features.
+    #[test]
+    fn driver_ok_without_negotiated_features_needs_a_reset() {
+        let m = mem();
+        let (_k, disk) = disk(Kind::Raw, false);
+        for legacy in [false, true] {
+            let dev = Block::new("vda", disk.clone(), BlockOptions::default());
+            let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
+            w(&mut t, VIRTIO_MMIO_STATUS, 3);
+            if legacy {
+                // No VERSION_1: FEATURES_OK is refused.
+                w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+                assert_eq!(r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+            }
+            let q = MockSplitQueue::create(&m, GuestAddress(0), 64);
+            w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
+            w(
+                &mut t,
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                q.desc_table_addr().0 as u32,
+            );
+            w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
+            w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, q.used_addr().0 as u32);
+            w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+            let status = r(&t, VIRTIO_MMIO_STATUS);
+            w(
+                &mut t,
+                VIRTIO_MMIO_STATUS,
+                status | VIRTIO_CONFIG_S_DRIVER_OK,
+            );
+            assert_ne!(
+                r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+                0,
+                "legacy {legacy}: the device started without negotiated features"
+            );
+        }
+    }
+
     /// A backend whose reads take 20 ms each, counting them.
     struct Slow(std::sync::atomic::AtomicU64);
 
