@@ -74,6 +74,9 @@ impl PoolVolume {
 
     /// Wraps an open volume handle.
     pub fn from_handle(handle: pool::VolumeHandle, read_only: bool) -> Self {
+        // A snapshot is read-only however it is opened: a guest must see a read-only disk,
+        // not a writable one whose every write fails.
+        let read_only = read_only || handle.is_read_only();
         PoolVolume { handle, read_only }
     }
 

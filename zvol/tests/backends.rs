@@ -940,3 +940,18 @@ fn pool_volume_sees_a_resize() {
     assert_eq!(back, [8; 10]);
     assert!(v.read_at(2 << 20, &mut back).is_err());
 }
+
+/// A snapshot opened without asking for read-only is still a read-only disk (a guest was
+/// shown a writable disk whose every write failed).
+#[test]
+fn a_snapshot_is_a_read_only_disk_however_opened() {
+    let pool = Pool::create_on(Arc::new(MemDevice::new(32 << 20)), "tank", config()).unwrap();
+    VolumeConfig::new(1 << 20).create(&pool, "tank/a").unwrap();
+    pool.snapshot(&["tank/a@s"]).unwrap();
+    let v = PoolVolume::open(&pool, "tank/a@s", false).unwrap();
+    assert!(v.info().read_only);
+    assert_eq!(
+        v.write_at(0, &[1; 512]).unwrap_err().kind(),
+        ErrorKind::ReadOnly
+    );
+}
