@@ -496,6 +496,21 @@ mod tests {
     fn w(t: &mut MmioTransport, reg: u32, v: u32) {
         t.write(u64::from(reg), &v.to_le_bytes());
     }
+    /// Sets up queue 0 as the driver laid it out in `q`, `size` entries, its used ring at
+    /// `used`, and marks it ready.
+    fn set_queue(
+        t: &mut MmioTransport,
+        q: &MockSplitQueue<'_, GuestMemoryMmap>,
+        size: u16,
+        used: GuestAddress,
+    ) {
+        w(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(size));
+        w(t, VIRTIO_MMIO_QUEUE_DESC_LOW, q.desc_table_addr().0 as u32);
+        w(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
+        w(t, VIRTIO_MMIO_QUEUE_USED_LOW, used.0 as u32);
+        w(t, VIRTIO_MMIO_QUEUE_READY, 1);
+    }
+
     fn r(t: &MmioTransport, reg: u32) -> u32 {
         let mut b = [0; 4];
         t.read(u64::from(reg), &mut b);
@@ -518,15 +533,7 @@ mod tests {
                 assert_eq!(r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
             }
             let q = MockSplitQueue::create(&m, GuestAddress(0), 64);
-            w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
-            w(
-                &mut t,
-                VIRTIO_MMIO_QUEUE_DESC_LOW,
-                q.desc_table_addr().0 as u32,
-            );
-            w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
-            w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, q.used_addr().0 as u32);
-            w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+            set_queue(&mut t, &q, 64, q.used_addr());
             let status = r(&t, VIRTIO_MMIO_STATUS);
             w(
                 &mut t,
@@ -588,15 +595,7 @@ mod tests {
         w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
         w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
         let q = MockSplitQueue::create(&m, GuestAddress(0), 256);
-        w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 256);
-        w(
-            &mut t,
-            VIRTIO_MMIO_QUEUE_DESC_LOW,
-            q.desc_table_addr().0 as u32,
-        );
-        w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
-        w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x8000);
-        w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        set_queue(&mut t, &q, 256, GuestAddress(0x8000));
         w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
         // 512 reads, all the same chain, published in two kicks without waiting.
         header(&m, HDR, VIRTIO_BLK_T_IN, 0);
@@ -684,15 +683,7 @@ mod tests {
             let q = MockSplitQueue::create(&m, GuestAddress(0), 64);
             w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
             assert_eq!(r(&t, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-            w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
-            w(
-                &mut t,
-                VIRTIO_MMIO_QUEUE_DESC_LOW,
-                q.desc_table_addr().0 as u32,
-            );
-            w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
-            w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, q.used_addr().0 as u32);
-            w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+            set_queue(&mut t, &q, 64, q.used_addr());
             w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
 
             // 16 writes of 4 KiB, each a 3-descriptor chain.
