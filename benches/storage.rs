@@ -13,7 +13,9 @@
 //! - `TARN_BENCH_ROUNDS` (default `3`): rounds of the steady-state workloads. Each round runs
 //!   a workload once on every backend, in an order that rotates from round to round, and a
 //!   cell is the median of its rounds: the disk's rate drifts by tens of percent within
-//!   minutes on shared machines, and interleaving puts each backend's runs in the same stretches;
+//!   minutes on shared machines, and interleaving puts each backend's runs in the same stretches.
+//!   Sequential write's rounds come after two passes of their own rows: the fill of the new
+//!   backends, and the second pass (see `Table::run_interleaved`);
 //! - `TARN_BENCH_SETTLE_MS` (default `0`): a pause before every workload, for disks whose host
 //!   is still writing back the previous workload's data when the next one starts;
 //! - `TARN_BENCH_ONLY` (default all): a comma list of the parts to run, from `pool`, `raw`,
@@ -234,6 +236,8 @@ enum Col {
 
 #[derive(Clone, Copy)]
 enum Row {
+    SeqFill,
+    SeqRewrite,
     SeqWrite,
     SeqRead,
     RandRead,
@@ -241,7 +245,9 @@ enum Row {
     FirstWrite,
 }
 
-const ROWS: [(Row, &str, Target); 5] = [
+const ROWS: [(Row, &str, Target); 7] = [
+    (Row::SeqFill, "seq fill 1M (MiB/s)", Target::Raw(0.9)),
+    (Row::SeqRewrite, "seq 2nd pass 1M (MiB/s)", Target::Raw(0.9)),
     (Row::SeqWrite, "seq write 1M (MiB/s)", Target::Raw(0.9)),
     (Row::SeqRead, "seq read 1M (MiB/s)", Target::Raw(0.9)),
     (Row::RandRead, "rand read 4K QD32 (op/s)", Target::Raw(0.9)),
@@ -263,48 +269,79 @@ enum Target {
 }
 
 #[derive(Default)]
-struct Table([[Option<f64>; 5]; 5]);
+struct Table([[Option<f64>; 5]; ROWS.len()]);
 
 impl Table {
     fn set(&mut self, r: Row, c: Col, v: f64) {
         self.0[r as usize][c as usize] = Some(v);
     }
 
-    /// Runs the steady-state workloads (all but first writes) on every backend, interleaved:
-    /// round after round, each workload once per backend in an order that rotates, so that
-    /// every backend meets the disk's slow and fast stretches alike. A cell is the median.
+    /// Runs the workloads of fresh and steady state (all but first writes) on every backend,
+    /// interleaved: each workload once per backend in an order that rotates, so that every
+    /// backend meets the disk's slow and fast stretches alike.
+    ///
+    /// Sequential write first runs two single passes, each a row of its own: the fill of the
+    /// fresh backends (the pool volume and the raw files are new and sparse), then the second
+    /// pass (a raw file now overwrites blocks it holds, while a copy-on-write pool still writes
+    /// much of it to space it has never used: its first pass's blocks are freed only as that
+    /// pass's txgs fall out of the crash-fallback window). Then come `rounds` rounds of each
+    /// workload in steady state (a cell is their median), as storage benchmarks precondition
+    /// a device before measuring it (SNIA's PTS).
     fn run_interleaved(&mut self, backends: &[(Col, &str, Backend)], o: &Opts) -> Res<()> {
-        type Workload<'a> = (Row, &'a str, Box<dyn Fn(&Backend) -> Res<f64> + 'a>);
+        type Workload<'a> = (
+            Row,
+            &'a [Row],
+            &'a str,
+            Box<dyn Fn(&Backend) -> Res<f64> + 'a>,
+        );
         let workloads: [Workload<'_>; 4] = [
             (
                 Row::SeqWrite,
+                &[Row::SeqFill, Row::SeqRewrite],
                 "sequential write",
                 Box::new(|b| sequential(b, true, o.seq_qd)),
             ),
             (
                 Row::SeqRead,
+                &[],
                 "sequential read",
                 Box::new(|b| sequential(b, false, o.seq_qd)),
             ),
             (
                 Row::RandWrite,
+                &[],
                 "random 4K write",
                 Box::new(|b| random_4k(b, true, o.ops, o.secs)),
             ),
             (
                 Row::RandRead,
+                &[],
                 "random 4K read",
                 Box::new(|b| random_4k(b, false, o.ops, o.secs)),
             ),
         ];
-        for (row, what, run) in &workloads {
-            let mut samples: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
-            for round in 0..o.rounds {
-                eprintln!("  {what}, round {} of {}", round + 1, o.rounds);
+        for (row, passes, what, run) in &workloads {
+            let one_round = |round: usize| -> Res<Vec<f64>> {
+                let mut got = vec![0.0; backends.len()];
                 for k in 0..backends.len() {
                     let i = (k + round) % backends.len();
                     o.cold();
-                    samples[i].push(run(&backends[i].2)?);
+                    got[i] = run(&backends[i].2)?;
+                }
+                Ok(got)
+            };
+            for (round, pass) in passes.iter().enumerate() {
+                eprintln!("  {what}, pass {} (not a round)", round + 1);
+                for ((col, name, _), v) in backends.iter().zip(one_round(round)?) {
+                    eprintln!("    {name}: {v:.0}");
+                    self.set(*pass, *col, v);
+                }
+            }
+            let mut samples: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+            for round in 0..o.rounds {
+                eprintln!("  {what}, round {} of {}", round + 1, o.rounds);
+                for (i, v) in one_round(round)?.into_iter().enumerate() {
+                    samples[i].push(v);
                 }
             }
             for ((col, name, _), v) in backends.iter().zip(&samples) {
@@ -417,7 +454,7 @@ fn qemu_reference(table: &mut Table, o: &Opts, tmp: &Path) -> Res<()> {
         eprintln!("  [qemu {fmt}] sequential write, read");
         o.cold();
         let t = qemu_bench(&img, fmt, true, MIB, MIB, chunks, o.seq_qd)?;
-        table.set(Row::SeqWrite, col, o.size as f64 / MIB as f64 / t);
+        table.set(Row::SeqFill, col, o.size as f64 / MIB as f64 / t);
         o.cold();
         let t = qemu_bench(&img, fmt, false, MIB, MIB, chunks, o.seq_qd)?;
         table.set(Row::SeqRead, col, o.size as f64 / MIB as f64 / t);
@@ -627,7 +664,9 @@ fn main() -> Res<()> {
     println!();
     table.print();
     println!(
-        "(seq: 1 MiB requests over the whole size, QD {qd}, write includes the flush; random: \
+        "(seq: 1 MiB requests over the whole size, QD {qd}, write includes the flush; fill and \
+         2nd pass: the first two writes of new backends, qemu-img's a fresh image's; seq write: \
+         median of the rounds after those; random: \
          {ops} requests from {QD} threads over the whole size, write includes the flush; first write: \
          one 4 KiB block per 64 KiB, {n} writes in shuffled order (qemu-img: ascending), \
          then a flush. qemu-img: -t writeback -i threads, timed as a whole process, whose \
