@@ -2,14 +2,28 @@
 //! holds pointers to the indirect blocks (512 pointers, 16 KiB) of the level below, and the top
 //! level has exactly one pointer, the root. Changes mark indirect blocks dirty; `sync` rewrites
 //! them bottom-up into fresh space (copy-on-write).
+//!
+//! Level 0 is sparse: it is kept as one leaf per level-1 pointer, and a leaf whose level-1
+//! pointer is a hole (all its data pointers holes) is not kept at all. A thin volume then costs
+//! memory for what was written (48 bytes a block) plus a small index (about 0.13 bytes a block
+//! for the levels above and the leaf slots), not 48 bytes for every block of its size.
 
 use crate::error::{Error, Result};
 use crate::phys::{decode_indirect, encode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT};
 use std::collections::BTreeSet;
 
+/// One leaf: the data block pointers under one level-1 pointer.
+type Leaf = Box<[BlockPtr]>;
+
 /// A resident block tree.
 pub struct BlockTree {
-    levels: Vec<Vec<BlockPtr>>,
+    nblocks: usize,
+    /// Level 0, by leaf: `leaves[i]` holds the pointers under level-1 pointer `i`; `None`
+    /// while that pointer is a hole, whose data pointers are all holes born when it was.
+    leaves: Vec<Option<Leaf>>,
+    /// Levels 1 and up (`upper[k - 1]` is level `k`); the last holds only the root.
+    upper: Vec<Vec<BlockPtr>>,
+    /// Indirect blocks to rewrite, by level (`dirty[k - 1]` for level `k`).
     dirty: Vec<BTreeSet<usize>>,
 }
 
@@ -30,12 +44,19 @@ fn shape(nblocks: usize) -> Vec<usize> {
     }
 }
 
-/// Bytes of memory the resident tree of `nblocks` data blocks takes (all its levels).
+/// Bytes of memory one written leaf takes.
+pub const LEAF_BYTES: u64 = (PTRS_PER_INDIRECT * std::mem::size_of::<BlockPtr>()) as u64;
+
+/// Bytes of memory the resident tree of `nblocks` data blocks takes with nothing written:
+/// its levels above the data pointers and a slot per leaf. Each leaf written adds at most
+/// [`LEAF_BYTES`].
 pub fn map_bytes(nblocks: u64) -> u64 {
-    let mut total = 0u64;
-    let mut n = nblocks;
+    let ptr = std::mem::size_of::<BlockPtr>() as u64;
+    let slot = std::mem::size_of::<Option<Leaf>>() as u64;
+    let mut n = nblocks.div_ceil(PTRS_PER_INDIRECT as u64).max(1);
+    let mut total = n.saturating_mul(slot);
     loop {
-        total = total.saturating_add(n.saturating_mul(std::mem::size_of::<BlockPtr>() as u64));
+        total = total.saturating_add(n.saturating_mul(ptr));
         if n <= 1 {
             return total;
         }
@@ -43,43 +64,59 @@ pub fn map_bytes(nblocks: u64) -> u64 {
     }
 }
 
-/// `n` holes, or an error (not an abort) where memory cannot hold them.
-fn holes(n: usize) -> Result<Vec<BlockPtr>> {
+/// The error for a map that memory cannot hold.
+fn too_large(what: &str, bytes: u64) -> Error {
+    Error::TooLarge(format!(
+        "{what} ({bytes} bytes) does not fit in this host's memory; open the pool on a host \
+         with more memory"
+    ))
+}
+
+/// `n` copies of `fill`, or an error (not an abort) where memory cannot hold them.
+fn filled<T: Clone>(n: usize, fill: T, what: &str) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
-        Error::TooLarge(format!(
-            "a block map of {n} blocks ({} bytes) does not fit in this host's memory; \
-             open the pool on a host with more memory",
-            map_bytes(n as u64)
-        ))
+        too_large(
+            what,
+            (n as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+        )
     })?;
-    v.resize(n, BlockPtr::HOLE);
+    v.resize(n, fill);
     Ok(v)
 }
 
 impl BlockTree {
-    /// A tree of `nblocks` holes; an error where memory cannot hold it.
+    /// A tree of `nblocks` holes; an error where memory cannot hold its index.
     pub fn empty(nblocks: usize) -> Result<Self> {
         let s = shape(nblocks);
+        let what = "a block map's index";
         Ok(BlockTree {
-            levels: s.iter().map(|&n| holes(n)).collect::<Result<_>>()?,
-            dirty: vec![BTreeSet::new(); s.len()],
+            nblocks,
+            leaves: filled(s[1], None, what)?,
+            upper: s[1..]
+                .iter()
+                .map(|&n| filled(n, BlockPtr::HOLE, what))
+                .collect::<Result<_>>()?,
+            dirty: vec![BTreeSet::new(); s.len() - 1],
         })
     }
 
-    /// Reads a tree from its root. `read` fetches and verifies one indirect block.
+    /// Reads a tree from its root; an error, before memory runs out, where the leaves it
+    /// keeps would take the tree past `budget` bytes. `read` fetches and verifies one indirect
+    /// block.
     pub fn load(
         root: BlockPtr,
         nblocks: usize,
+        budget: u64,
         mut read: impl FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
     ) -> Result<Self> {
         let mut t = Self::empty(nblocks)?;
-        let top = t.levels.len() - 1;
-        t.levels[top][0] = root;
+        let top = t.upper.len();
+        t.upper[top - 1][0] = root;
         let mut buf = vec![0u8; INDIRECT_SIZE];
-        for k in (1..=top).rev() {
-            let (lower, upper) = t.levels.split_at_mut(k);
-            let below = &mut lower[k - 1];
+        for k in (2..=top).rev() {
+            let (lower, upper) = t.upper.split_at_mut(k - 1);
+            let below = &mut lower[k - 2];
             for (i, p) in upper[0].iter().enumerate() {
                 let start = i * PTRS_PER_INDIRECT;
                 let end = (start + PTRS_PER_INDIRECT).min(below.len());
@@ -94,38 +131,77 @@ impl BlockTree {
                 decode_indirect(&buf, &mut below[start..end])?;
             }
         }
+        let mut resident = map_bytes(nblocks as u64);
+        let mut written = 0usize;
+        for i in 0..t.leaves.len() {
+            let p = t.upper[0][i];
+            if p.is_hole() {
+                continue; // its leaf stays unkept: holes born when `p` was
+            }
+            resident = resident.saturating_add(LEAF_BYTES);
+            written += 1;
+            if resident > budget {
+                return Err(Error::TooLarge(format!(
+                    "a block map of {nblocks} blocks, with at least {written} written ranges of \
+                     {PTRS_PER_INDIRECT} blocks, needs more than {budget} bytes of memory, half \
+                     of what this process may use; open the pool on a host with more memory"
+                )));
+            }
+            read(&p, &mut buf)?;
+            let mut leaf = filled(t.leaf_len(i), BlockPtr::HOLE, "a block map")?;
+            decode_indirect(&buf, &mut leaf)?;
+            t.leaves[i] = Some(leaf.into_boxed_slice());
+        }
         Ok(t)
     }
 
     /// Number of data blocks.
     pub fn nblocks(&self) -> usize {
-        self.levels[0].len()
+        self.nblocks
+    }
+
+    /// Data blocks under level-1 pointer `i`.
+    fn leaf_len(&self, i: usize) -> usize {
+        PTRS_PER_INDIRECT.min(self.nblocks - i * PTRS_PER_INDIRECT)
     }
 
     /// The data block pointer at `idx`.
     pub fn get(&self, idx: usize) -> BlockPtr {
-        self.levels[0][idx]
+        let i = idx / PTRS_PER_INDIRECT;
+        match &self.leaves[i] {
+            Some(leaf) => leaf[idx % PTRS_PER_INDIRECT],
+            None => {
+                assert!(idx < self.nblocks, "block {idx} of {}", self.nblocks);
+                BlockPtr::hole(self.upper[0][i].birth)
+            }
+        }
     }
 
     /// Replaces the data block pointer at `idx`, returning the old one.
     pub fn set(&mut self, idx: usize, p: BlockPtr) -> BlockPtr {
-        let old = std::mem::replace(&mut self.levels[0][idx], p);
-        let parent = idx / PTRS_PER_INDIRECT;
+        let old = self.get(idx);
+        if old == p {
+            return old;
+        }
+        let i = idx / PTRS_PER_INDIRECT;
+        let len = self.leaf_len(i);
+        self.leaves[i].get_or_insert_with(|| vec![old; len].into_boxed_slice())
+            [idx % PTRS_PER_INDIRECT] = p;
         // Runs of sets in index order mostly hit the last-marked parent: skip the insert then.
-        if old != p && self.dirty[1].last() != Some(&parent) {
-            self.dirty[1].insert(parent);
+        if self.dirty[0].last() != Some(&i) {
+            self.dirty[0].insert(i);
         }
         old
     }
 
     /// The root pointer.
     pub fn root(&self) -> BlockPtr {
-        self.levels[self.levels.len() - 1][0]
+        self.upper[self.upper.len() - 1][0]
     }
 
     /// Height: number of indirect levels.
     pub fn height(&self) -> usize {
-        self.levels.len() - 1
+        self.upper.len()
     }
 
     /// Whether indirect blocks wait to be rewritten.
@@ -133,32 +209,58 @@ impl BlockTree {
         self.dirty.iter().any(|d| !d.is_empty())
     }
 
+    /// Bytes of memory the tree takes now: its index and the leaves it keeps.
+    #[cfg(test)]
+    pub fn resident_bytes(&self) -> u64 {
+        let kept = self.leaves.iter().flatten().map(|l| l.len()).sum::<usize>();
+        map_bytes(self.nblocks as u64) + (kept * std::mem::size_of::<BlockPtr>()) as u64
+    }
+
     /// Rewrites every dirty indirect block bottom-up. `write` places a block and
     /// returns its pointer; `free` receives each replaced indirect block with its level. An
-    /// indirect block whose children are all holes becomes a hole.
+    /// indirect block whose children are all holes becomes a hole (and a leaf of holes is no
+    /// longer kept).
     pub fn sync(
         &mut self,
         mut write: impl FnMut(&[u8]) -> Result<BlockPtr>,
         mut free: impl FnMut(BlockPtr, u8),
     ) -> Result<()> {
-        for k in 1..self.levels.len() {
-            let dirty = std::mem::take(&mut self.dirty[k]);
+        // A hole standing for holes: born when the newest of them was made, so a subtree that
+        // was never written stays unborn and diffs skip it.
+        let hole_for = |children: &[BlockPtr]| {
+            children
+                .iter()
+                .all(BlockPtr::is_hole)
+                .then(|| BlockPtr::hole(children.iter().map(|c| c.birth).max().unwrap_or(0)))
+        };
+        for k in 1..=self.upper.len() {
+            let dirty = std::mem::take(&mut self.dirty[k - 1]);
             for i in dirty {
-                let below = &self.levels[k - 1];
-                let start = i * PTRS_PER_INDIRECT;
-                let end = (start + PTRS_PER_INDIRECT).min(below.len());
-                let children = &below[start.min(end)..end];
-                let new = if children.iter().all(BlockPtr::is_hole) {
-                    // A hole standing for holes: born when the newest of them was made, so a
-                    // subtree that was never written stays unborn and diffs skip it.
-                    BlockPtr::hole(children.iter().map(|c| c.birth).max().unwrap_or(0))
+                let new = if k == 1 {
+                    match &self.leaves[i] {
+                        None => self.upper[0][i],
+                        Some(leaf) => match hole_for(leaf) {
+                            Some(h) => {
+                                self.leaves[i] = None;
+                                h
+                            }
+                            None => write(&encode_indirect(leaf))?,
+                        },
+                    }
                 } else {
-                    write(&encode_indirect(children))?
+                    let below = &self.upper[k - 2];
+                    let start = i * PTRS_PER_INDIRECT;
+                    let end = (start + PTRS_PER_INDIRECT).min(below.len());
+                    let children = &below[start.min(end)..end];
+                    match hole_for(children) {
+                        Some(h) => h,
+                        None => write(&encode_indirect(children))?,
+                    }
                 };
-                let old = std::mem::replace(&mut self.levels[k][i], new);
+                let old = std::mem::replace(&mut self.upper[k - 1][i], new);
                 free(old, k as u8);
-                if k + 1 < self.levels.len() {
-                    self.dirty[k + 1].insert(i / PTRS_PER_INDIRECT);
+                if k < self.upper.len() {
+                    self.dirty[k].insert(i / PTRS_PER_INDIRECT);
                 }
             }
         }
@@ -170,31 +272,59 @@ impl BlockTree {
     /// regrow between two snapshots still shows as a change); the whole upper tree is
     /// rewritten at the next sync.
     pub fn resize(&mut self, nblocks: usize, txg: u64, mut free: impl FnMut(BlockPtr, u8)) {
-        let mut data = std::mem::take(&mut self.levels[0]);
-        if nblocks < data.len() {
-            data.drain(nblocks..).for_each(|p| free(p, 0));
-        }
-        data.resize(nblocks, BlockPtr::hole(txg));
-        for (k, level) in self.levels.iter().enumerate().skip(1) {
-            level.iter().for_each(|p| free(*p, k as u8));
-        }
-        // Fresh upper levels around the old data level (not `empty`, which would also build
-        // a level 0 of holes only to drop it: a file growing by one WRITE at a time paid for
-        // its whole size on every WRITE).
         let s = shape(nblocks);
-        self.levels = std::iter::once(data)
-            .chain(s[1..].iter().map(|&n| vec![BlockPtr::HOLE; n]))
+        let (old_n, old_slots) = (self.nblocks, self.leaves.len());
+        let mut leaves = std::mem::take(&mut self.leaves);
+        // Dropped leaves, then the dropped tail of the last kept one.
+        for leaf in leaves.drain(s[1].min(old_slots)..).flatten() {
+            leaf.iter().for_each(|p| free(*p, 0));
+        }
+        let last = s[1].min(old_slots).saturating_sub(1);
+        let new_len = PTRS_PER_INDIRECT.min(nblocks.saturating_sub(last * PTRS_PER_INDIRECT));
+        if let Some(leaf) = leaves.get_mut(last).and_then(Option::as_mut) {
+            if new_len < leaf.len() {
+                leaf[new_len..].iter().for_each(|p| free(*p, 0));
+            }
+            let mut v = leaf.to_vec();
+            v.resize(new_len, BlockPtr::hole(txg));
+            *leaf = v.into_boxed_slice();
+        }
+        let old_l1 = std::mem::take(&mut self.upper[0]);
+        for (k, level) in std::iter::once(&old_l1).chain(&self.upper[1..]).enumerate() {
+            level.iter().for_each(|p| free(*p, k as u8 + 1));
+        }
+        // Level 1: a kept leaf's pointer is rewritten at the sync; an unkept one's stays the
+        // hole it was, unless the leaf gained blocks (born in `txg`, newer than its hole).
+        let grew = |i: usize| i == last && nblocks > old_n;
+        let l1 = (0..s[1])
+            .map(|i| match (old_l1.get(i), leaves.get(i)) {
+                (Some(p), Some(None)) if !grew(i) => BlockPtr::hole(p.birth),
+                _ => BlockPtr::hole(txg),
+            })
             .collect();
-        self.dirty = vec![BTreeSet::new(); s.len()];
-        self.dirty[1].extend(0..s[1]);
+        leaves.resize_with(s[1], || None);
+        self.nblocks = nblocks;
+        self.leaves = leaves;
+        self.upper = std::iter::once(l1)
+            .chain(s[2..].iter().map(|&n| vec![BlockPtr::HOLE; n]))
+            .collect();
+        self.dirty = vec![BTreeSet::new(); s.len() - 1];
+        self.dirty[0].extend(0..s[1]);
     }
 
-    /// Every non-hole pointer, data and indirect, with its level (0 = data).
+    /// Every non-hole pointer, data and indirect, with its level (0 = data) and index.
     pub fn for_each_ptr(&self, mut f: impl FnMut(usize, usize, &BlockPtr)) {
-        for (k, level) in self.levels.iter().enumerate() {
+        for (i, leaf) in self.leaves.iter().enumerate() {
+            for (j, p) in leaf.iter().flat_map(|l| l.iter()).enumerate() {
+                if !p.is_hole() {
+                    f(0, i * PTRS_PER_INDIRECT + j, p);
+                }
+            }
+        }
+        for (k, level) in self.upper.iter().enumerate() {
             for (i, p) in level.iter().enumerate() {
                 if !p.is_hole() {
-                    f(k, i, p);
+                    f(k + 1, i, p);
                 }
             }
         }
@@ -299,7 +429,7 @@ mod tests {
         )
         .unwrap();
         assert!(freed.iter().all(|p| p.is_hole()) && !t.is_dirty());
-        let l = BlockTree::load(t.root(), 2000, |p, buf| {
+        let l = BlockTree::load(t.root(), 2000, u64::MAX, |p, buf| {
             buf.copy_from_slice(&store[&p.sector]);
             Ok(())
         })
@@ -309,6 +439,85 @@ mod tests {
         }
         // L1 blocks: 0 (holds 0 and 511), 1 (512), 3 (1999); plus the root.
         assert_eq!(store.len(), 4);
+    }
+
+    #[test]
+    fn unwritten_ranges_keep_no_leaf() {
+        // 2^30 blocks (4 TiB in 4 KiB blocks): a dense level 0 would take 48 GiB.
+        let n = 1usize << 30;
+        let mut t = BlockTree::empty(n).unwrap();
+        let index = t.resident_bytes();
+        assert_eq!(index, map_bytes(n as u64));
+        assert!(index < 200 << 20, "{index}");
+        assert!(t.get(n - 1).is_hole() && t.get(0).is_hole());
+        t.set(5, ptr(1));
+        t.set(n - 1, ptr(2));
+        assert_eq!(t.resident_bytes(), index + 2 * LEAF_BYTES);
+        t.sync(|_| Ok(ptr(50)), |_, _| {}).unwrap();
+        assert_eq!(
+            (t.get(5), t.get(n - 1), t.get(6)),
+            (ptr(1), ptr(2), BlockPtr::HOLE)
+        );
+        // Zeroed again in txg 9: the leaf is dropped at the sync, its holes keep that birth.
+        t.set(n - 1, BlockPtr::hole(9));
+        t.sync(|_| Ok(ptr(50)), |_, _| {}).unwrap();
+        assert_eq!(t.resident_bytes(), index + LEAF_BYTES);
+        assert_eq!(t.get(n - 2), BlockPtr::hole(9));
+        assert_eq!(t.get(n - 1), BlockPtr::hole(9));
+        let mut seen = vec![];
+        t.for_each_ptr(|level, i, p| seen.push((level, i, *p)));
+        assert!(seen.contains(&(0, 5, ptr(1))) && !seen.iter().any(|s| s.2 == ptr(2)));
+    }
+
+    #[test]
+    fn a_load_past_the_budget_is_refused() {
+        let mut t = BlockTree::empty(2000).unwrap();
+        for i in [0usize, 600, 1200, 1800] {
+            t.set(i, ptr(i as u64 + 1));
+        }
+        let mut store: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut next = 0;
+        t.sync(
+            |b| {
+                next += 1;
+                store.insert(next, b.to_vec());
+                Ok(ptr(next))
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        let read = |p: &BlockPtr, buf: &mut [u8]| {
+            buf.copy_from_slice(&store[&p.sector]);
+            Ok(())
+        };
+        let fits = map_bytes(2000) + 4 * LEAF_BYTES;
+        assert!(BlockTree::load(t.root(), 2000, fits, read).is_ok());
+        let err = BlockTree::load(t.root(), 2000, fits - 1, read)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    }
+
+    #[test]
+    fn grown_blocks_are_born_in_the_resize_txg() {
+        let mut t = BlockTree::empty(700).unwrap();
+        t.set(650, ptr(1));
+        t.sync(|_| Ok(ptr(50)), |_, _| {}).unwrap();
+        // Shrink past the written block, then grow back: the regrown blocks are new holes,
+        // in the kept leaf and in the unkept one alike.
+        let mut freed = vec![];
+        t.resize(600, 3, |p, _| freed.push(p));
+        assert!(freed.contains(&ptr(1)));
+        t.sync(|_| Ok(ptr(51)), |_, _| {}).unwrap();
+        t.resize(1200, 4, |_, _| {});
+        assert_eq!(t.get(650), BlockPtr::hole(4));
+        assert_eq!(t.get(1100), BlockPtr::hole(4));
+        assert_eq!(t.get(10), BlockPtr::HOLE, "untouched leaf keeps its births");
+        t.sync(|_| Ok(ptr(52)), |_, _| {}).unwrap();
+        assert_eq!(
+            (t.get(650), t.get(1100)),
+            (BlockPtr::hole(4), BlockPtr::hole(4))
+        );
     }
 
     #[test]

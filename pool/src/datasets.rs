@@ -380,26 +380,28 @@ pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {
     Ok(blocks * bs)
 }
 
-/// Refuses a volume size (rounded) whose block map, kept in memory while the volume is in
-/// use, would take more than [`map_budget`]: a clear error now instead of an allocation
+/// Refuses a volume size (rounded) whose block map's index, kept in memory while the volume
+/// is in use, would take more than [`map_budget`]: a clear error now instead of an allocation
 /// failing (or the process being killed) later. Checked where a volume is created or grows;
-/// a shrink always goes through.
+/// a shrink always goes through. What is written adds to the map as it is written (48 bytes a
+/// block), and loading a map that would pass the budget is refused then.
 fn check_map_fits(size: u64, block_size: u32) -> Result<()> {
     let bs = u64::from(block_size);
     let map = crate::blocktree::map_bytes(size.div_ceil(bs));
     let budget = map_budget();
     if map > budget {
         return Err(Error::TooLarge(format!(
-            "a volume of {size} bytes in {bs}-byte blocks is too large: its block map, kept in \
-             memory, would take {map} bytes, more than half of the memory this process may use \
-             ({budget} bytes allowed); use a larger block size or a smaller volume"
+            "a volume of {size} bytes in {bs}-byte blocks is too large: the index of its block \
+             map, kept in memory, would take {map} bytes, more than half of the memory this \
+             process may use ({budget} bytes allowed); use a larger block size or a smaller \
+             volume"
         )));
     }
     Ok(())
 }
 
-/// The largest volume this host can serve in `block_size` blocks: its resident block map
-/// must fit in half of the memory this process may use.
+/// The largest volume this host can serve in `block_size` blocks: the index of its resident
+/// block map must fit in half of the memory this process may use.
 pub fn max_volume_size(block_size: u32) -> u64 {
     let budget = map_budget();
     // The most blocks whose map fits: map_bytes grows with the count.
@@ -417,7 +419,7 @@ pub fn max_volume_size(block_size: u32) -> u64 {
 
 /// Most memory one volume's resident block map may take: half of what this process may use
 /// (the host's memory, its memory cgroup's limit, its address-space limit, the least).
-fn map_budget() -> u64 {
+pub(crate) fn map_budget() -> u64 {
     // SAFETY: sysconf(3) reads system configuration; it touches no memory of ours.
     let (pages, page) = unsafe {
         (

@@ -176,7 +176,7 @@ impl Shared {
 
     pub(crate) fn load_tree(&self, vol: &Volume, st: &VolumeState) -> Result<BlockTree> {
         let nblocks = st.size.div_ceil(u64::from(vol.block_size)) as usize;
-        BlockTree::load(st.root, nblocks, |p, buf| {
+        BlockTree::load(st.root, nblocks, crate::datasets::map_budget(), |p, buf| {
             self.read_block(p, buf, &|| {
                 format!("an indirect block of {}/{}", self.name(), read(&vol.name))
             })

@@ -1,0 +1,68 @@
+//! A thin volume far larger than its pool, and than a dense block map would fit in memory
+//! (4 TiB in 4 KiB blocks: 48 GiB of map), is created, written at both ends, snapshotted,
+//! cloned and reopened, while the process holds only what was written.
+
+use pool::{Pool, PoolConfig};
+
+const BS: u64 = 4096;
+const SIZE: u64 = (1 << 30) * BS;
+
+/// This process's resident memory, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib << 10
+}
+
+fn read(pool: &Pool, name: &str, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    pool.volume(name)
+        .expect("volume")
+        .read_at(offset, &mut buf)
+        .expect("read");
+    buf
+}
+
+#[test]
+fn a_thin_volume_larger_than_a_dense_map_could_be() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pool.tarn");
+    let pool = Pool::create_file(&path, "tank", 64 << 20, PoolConfig::default()).expect("pool");
+    pool.create_volume("tank/big", SIZE, BS as u32, &Default::default())
+        .expect("a 4 TiB thin volume");
+    let big = pool.volume("tank/big").expect("big");
+    big.write_at(0, &[1u8; 1 << 20]).expect("head");
+    big.write_at(SIZE - BS, &[2u8; BS as usize]).expect("tail");
+    drop(big);
+    pool.snapshot(&["tank/big@s"]).expect("snapshot");
+    pool.clone_snapshot("tank/big@s", "tank/copy", &Default::default())
+        .expect("clone");
+    pool.volume("tank/copy")
+        .expect("copy")
+        .write_at(SIZE / 2, &[3u8; BS as usize])
+        .expect("middle of the clone");
+    pool.close().expect("close");
+
+    let pool = Pool::open_path(&path, PoolConfig::default()).expect("reopen");
+    for name in ["tank/big", "tank/copy"] {
+        assert_eq!(read(&pool, name, 0, 1 << 20), vec![1u8; 1 << 20], "{name}");
+        assert_eq!(
+            read(&pool, name, SIZE - BS, 4096),
+            vec![2u8; 4096],
+            "{name}"
+        );
+    }
+    assert_eq!(read(&pool, "tank/big", SIZE / 2, 4096), vec![0u8; 4096]);
+    assert_eq!(read(&pool, "tank/copy", SIZE / 2, 4096), vec![3u8; 4096]);
+    let report = pool.scrub().expect("scrub");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let rss = rss_bytes();
+    assert!(
+        rss < 1 << 30,
+        "resident {rss} bytes for two mostly unwritten maps"
+    );
+}
