@@ -79,10 +79,10 @@ pub fn build_linux(config: &VmConfig, disks: Vec<DiskBackend>, console: Console)
     let rsdp = acpi::create_tables(&mem, config.cpus, &devices)?;
     let kernel = load_kernel(&mem, config)?;
     let initrd = match &config.initrd {
-        Some(p) => Some(load_initrd(&mem, p, config.mem_size)?),
+        Some(p) => Some(load_initrd(&mem, &kernel, p, config.mem_size)?),
         None => None,
     };
-    let cmdline = build_cmdline(&config.cmdline)?;
+    let cmdline = build_cmdline(&config.cmdline, &kernel)?;
     load_cmdline(&mem, GuestAddress(layout::CMDLINE), &cmdline)
         .map_err(|e| Error::KernelLoad(format!("command line: {e}")))?;
     write_boot_params(&mem, &kernel, initrd, &cmdline, rsdp, config.mem_size)?;
@@ -268,17 +268,65 @@ fn mmio_device_infos(n: usize) -> Vec<MmioDeviceInfo> {
         .collect()
 }
 
+/// The size of a regular file or a block device (whose metadata says 0), leaving the
+/// position at the start.
+fn file_size(f: &mut File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(len)
+}
+
+/// Loads an ELF vmlinux or a 64-bit bzImage, told apart by their magic numbers, so that an
+/// error names what is wrong with the one the file is.
 fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<KernelLoaderResult> {
     use linux_loader::loader::{bzimage::BzImage, elf::Elf};
+    use std::io::{Read, Seek, SeekFrom};
     let path = &config.kernel;
+    let bad = |what: String| Error::KernelLoad(format!("{}: {what}", path.display()));
     let mut f = File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let len = file_size(&mut f).map_err(Error::io(format!("reading {}", path.display())))?;
+    let mut head = vec![0u8; 0x268.min(len as usize)];
+    f.read_exact(&mut head)
+        .and_then(|()| f.seek(SeekFrom::Start(0)))
+        .map_err(Error::io(format!("reading {}", path.display())))?;
     let himem = Some(GuestAddress(layout::HIMEM_START));
-    match Elf::load(mem, None, &mut f, himem) {
-        Ok(r) => Ok(r),
-        Err(_) => BzImage::load(mem, None, &mut f, himem).map_err(|e| {
-            Error::KernelLoad(format!("{}: neither ELF nor bzImage: {e}", path.display()))
-        }),
+    if head.starts_with(b"\x7fELF") {
+        return Elf::load(mem, None, &mut f, himem).map_err(|e| bad(format!("ELF vmlinux: {e}")));
     }
+    if head.get(0x202..0x206) != Some(b"HdrS") {
+        return Err(bad(
+            "neither an ELF vmlinux nor a bzImage (no ELF magic, no \"HdrS\" at 0x202)".into(),
+        ));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+    let (version, xloadflags) = (u16_at(0x206), head.get(0x236).map_or(0, |v| *v));
+    if version < 0x020c || xloadflags & 1 == 0 {
+        return Err(bad(format!(
+            "not a 64-bit bzImage (boot protocol {}.{:02}, XLF_KERNEL_64 {}): this VMM enters \
+             the kernel in 64-bit mode; boot a 64-bit x86 kernel of Linux 3.8 or later",
+            version >> 8,
+            version & 0xff,
+            if xloadflags & 1 == 0 { "off" } else { "on" }
+        )));
+    }
+    let setup_sects = u64::from(match head[0x1f1] {
+        0 => 4,
+        n => n,
+    });
+    let syssize = u64::from(u32::from_le_bytes([
+        head[0x1f4],
+        head[0x1f5],
+        head[0x1f6],
+        head[0x1f7],
+    ]));
+    let want = (setup_sects + 1) * 512 + syssize * 16;
+    if len < want {
+        return Err(bad(format!(
+            "a truncated bzImage: {len} bytes, its header says {want}"
+        )));
+    }
+    BzImage::load(mem, None, &mut f, himem).map_err(|e| bad(format!("bzImage: {e}")))
 }
 
 /// 64-bit entry: `startup_64` is 0x200 past a bzImage's protected-mode code; an ELF
@@ -290,26 +338,73 @@ fn kernel_entry(k: &KernelLoaderResult) -> u64 {
     }
 }
 
-/// Loads the initramfs page-aligned as high as possible below the MMIO hole.
-fn load_initrd(mem: &GuestMemoryMmap, path: &std::path::Path, mem_size: u64) -> Result<(u64, u64)> {
-    let data = std::fs::read(path).map_err(Error::io(format!("reading {}", path.display())))?;
-    let top = mem_size.min(layout::MMIO_GAP_START);
-    let size = data.len() as u64;
+/// Loads the initramfs page-aligned as high as possible below the MMIO hole and above the
+/// kernel: above the end of what was loaded, and for a bzImage above the room it decompresses
+/// into (`init_size` from its preferred address), so that neither overwrites the other.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    kernel: &KernelLoaderResult,
+    path: &std::path::Path,
+    mem_size: u64,
+) -> Result<(u64, u64)> {
+    use std::os::unix::fs::FileTypeExt;
+    let what = || format!("reading the initramfs {}", path.display());
+    let mut f = File::open(path).map_err(Error::io(what()))?;
+    let kind = f.metadata().map_err(Error::io(what()))?.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(Error::InvalidConfig(format!(
+            "initramfs {}: not a regular file or block device",
+            path.display()
+        )));
+    }
+    let size = file_size(&mut f).map_err(Error::io(what()))?;
+    let kernel_top = match &kernel.setup_header {
+        Some(h) => {
+            let base = h.pref_address.max(kernel.kernel_load.0);
+            kernel.kernel_end.max(base + u64::from(h.init_size))
+        }
+        None => kernel.kernel_end,
+    };
+    let floor = (kernel_top + 0xfff) & !0xfff;
+    let mut top = mem_size.min(layout::MMIO_GAP_START);
+    if let Some(h) = kernel
+        .setup_header
+        .as_ref()
+        .filter(|h| h.initrd_addr_max != 0)
+    {
+        top = top.min(u64::from(h.initrd_addr_max) + 1);
+    }
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
-        .filter(|&a| a > layout::HIMEM_START + (16 << 20))
+        .filter(|&a| a >= floor)
         .ok_or_else(|| {
             Error::InvalidConfig(format!(
-                "initramfs of {size} bytes does not fit in guest RAM"
+                "the initramfs {} ({size} bytes) does not fit in guest RAM between the kernel \
+                 (up to {floor:#x}) and {top:#x}; give the guest at least {} MiB of memory",
+                path.display(),
+                (floor + size).div_ceil(1 << 20) + 1
             ))
         })?;
-    mem.write_slice(&data, GuestAddress(addr))
-        .map_err(|e| Error::Memory(format!("writing the initramfs: {e}")))?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
+        .map_err(|e| Error::Memory(format!("{}: {e}", what())))?;
     Ok((addr, size))
 }
 
-fn build_cmdline(s: &str) -> Result<Cmdline> {
+/// The kernel command line, refused where it is longer than the kernel takes: its setup
+/// header says (a bzImage), or x86 Linux's 2047 bytes (an ELF vmlinux). The kernel would cut
+/// it short without a word, perhaps before `root=` or `init=`.
+fn build_cmdline(s: &str, kernel: &KernelLoaderResult) -> Result<Cmdline> {
+    let max = kernel
+        .setup_header
+        .map_or(2047, |h| h.cmdline_size as usize)
+        .min(layout::CMDLINE_MAX - 1);
+    if s.len() > max {
+        return Err(Error::InvalidConfig(format!(
+            "the kernel command line is {} bytes; this kernel takes at most {max}",
+            s.len()
+        )));
+    }
     let mut c = Cmdline::new(layout::CMDLINE_MAX)
         .map_err(|e| Error::InvalidConfig(format!("command line: {e}")))?;
     c.insert_str(s)
@@ -405,7 +500,7 @@ fn create_vcpus(
 ) -> Result<Vec<VcpuFd>> {
     let mut out = Vec::new();
     for id in 0..n {
-        let vcpu = vm.create_vcpu(id)?;
+        let vcpu = vm.create_vcpu(id, n)?;
         if id == 0 {
             setup_boot_cpu(&vcpu, mem, entry, zero_page)?;
         }

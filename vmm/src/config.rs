@@ -114,6 +114,13 @@ impl VmConfig {
                 self.mem_size
             )));
         }
+        if !self.mem_size.is_multiple_of(1 << 20) {
+            return Err(crate::Error::InvalidConfig(format!(
+                "{} bytes of memory: give a whole number of MiB (e.g. {}M)",
+                self.mem_size,
+                self.mem_size >> 20
+            )));
+        }
         if self.disks.len() > crate::layout::MAX_VIRTIO_DEVICES {
             return Err(crate::Error::InvalidConfig(format!(
                 "{} disks: at most {}",

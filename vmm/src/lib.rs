@@ -12,6 +12,7 @@ pub use config::{DiskConfig, VmConfig};
 pub use error::{Error, Result};
 pub mod acpi;
 pub mod builder;
+pub mod cpuid;
 pub mod vstate;
 
 pub use builder::{build_linux, build_raw, Console, DiskBackend, RunReport, Vmm};

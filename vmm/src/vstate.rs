@@ -180,9 +180,9 @@ impl Vm {
             .map_err(Error::kvm("KVM_IRQFD"))
     }
 
-    /// Creates vCPU `id` with the host-supported CPUID (APIC ID patched in) and its LAPIC's
-    /// LINT0 as ExtINT and LINT1 as NMI.
-    pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd> {
+    /// Creates vCPU `id` of `cpus` with the host-supported CPUID (its APIC ID and the VM's
+    /// topology patched in, [`crate::cpuid`]) and its LAPIC's LINT0 as ExtINT and LINT1 as NMI.
+    pub fn create_vcpu(&self, id: u8, cpus: u8) -> Result<VcpuFd> {
         let vcpu = self
             .fd
             .create_vcpu(u64::from(id))
@@ -191,16 +191,7 @@ impl Vm {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        for e in cpuid.as_mut_slice() {
-            match e.function {
-                1 => {
-                    e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24);
-                    e.ecx |= 1 << 31; // hypervisor
-                }
-                0xb | 0x1f => e.edx = u32::from(id),
-                _ => {}
-            }
-        }
+        crate::cpuid::patch(&mut cpuid, id, cpus);
         vcpu.set_cpuid2(&cpuid)
             .map_err(Error::kvm("KVM_SET_CPUID2"))?;
         let mut lapic = vcpu.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;

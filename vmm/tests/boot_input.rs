@@ -1,0 +1,147 @@
+//! Bad kernels, initramfs files, command lines and memory sizes get an error that says what
+//! is wrong with them, before any vCPU runs: a truncated or 32-bit bzImage, a file that is
+//! neither kind of kernel, a damaged ELF, an initramfs that would overlap the kernel or is not
+//! a file, a command line longer than the kernel takes, a memory size in odd bytes.
+//!
+//! Builds VMs on the host's /dev/kvm (nothing runs in them); skips, saying why, without it.
+
+#![allow(clippy::unwrap_used)] // test helpers
+
+use std::path::Path;
+use vmm::{build_linux, Console, VmConfig};
+
+fn kvm_usable() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skip: /dev/kvm cannot be opened");
+    }
+    ok
+}
+
+/// The error `build_linux` gives for `config` (it must fail).
+fn error_of(config: &VmConfig) -> String {
+    match build_linux(
+        config,
+        Vec::new(),
+        Console::Writer(Box::new(std::io::sink())),
+    ) {
+        Ok(_) => panic!("{config:?} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A bzImage setup header (one setup sector) with `version`, `xloadflags` and `syssize`.
+fn bzimage(version: u16, xloadflags: u8, syssize: u32, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    b[0x1f1] = 1;
+    b[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+    b[0x211] = 1; // LOADED_HIGH
+    b[0x236] = xloadflags;
+    b
+}
+
+/// An ELF64 vmlinux with one PT_LOAD segment of `filesz` bytes of code at `paddr`, taking
+/// `memsz` bytes of memory (its bss included), entered at `paddr`.
+fn elf(paddr: u64, filesz: u64, memsz: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 0x1000];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little-endian
+    b[6] = 1; // version
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers at 64
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // header size
+    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // program header size
+    b[56..58].copy_from_slice(&1u16.to_le_bytes()); // one of them
+    let ph = &mut b[64..120];
+    ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // file offset
+    ph[16..24].copy_from_slice(&paddr.to_le_bytes()); // vaddr
+    ph[24..32].copy_from_slice(&paddr.to_le_bytes()); // paddr
+    ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+    ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+    b.resize(0x1000 + filesz as usize, 0xf4); // hlt
+    b
+}
+
+fn config(dir: &Path, kernel: &[u8]) -> VmConfig {
+    let path = dir.join("kernel");
+    std::fs::write(&path, kernel).unwrap();
+    let mut c = VmConfig::new(path);
+    c.mem_size = 64 << 20;
+    c
+}
+
+#[test]
+fn bad_kernels_are_named_for_what_they_are() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let e = error_of(&config(dir.path(), &[0x55; 4096]));
+    assert!(e.contains("neither an ELF vmlinux nor a bzImage"), "{e}");
+    let e = error_of(&config(dir.path(), &bzimage(0x020f, 1, 0x10_0000, 8192)));
+    assert!(e.contains("truncated bzImage"), "{e}");
+    let e = error_of(&config(dir.path(), &bzimage(0x0202, 0, 1, 8192)));
+    assert!(e.contains("not a 64-bit bzImage"), "{e}");
+    let e = error_of(&config(dir.path(), &bzimage(0x020f, 0, 1, 8192)));
+    assert!(e.contains("XLF_KERNEL_64 off"), "{e}");
+    // A segment beyond the guest's 64 MiB: the ELF loader's own error, not a bzImage one.
+    let e = error_of(&config(dir.path(), &elf(1 << 30, 4096, 4096)));
+    assert!(e.contains("ELF vmlinux") && !e.contains("bzImage"), "{e}");
+}
+
+#[test]
+fn an_initramfs_never_overlaps_the_kernel() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The kernel takes 16 MiB..56 MiB (bss included) of a 64 MiB guest: a 30 MiB initramfs
+    // fits below the top of RAM only by overlapping it.
+    let mut c = config(dir.path(), &elf(16 << 20, 4096, 40 << 20));
+    let initrd = dir.path().join("initrd");
+    std::fs::write(&initrd, vec![7u8; 30 << 20]).unwrap();
+    c.initrd = Some(initrd.clone());
+    let e = error_of(&c);
+    assert!(
+        e.contains("does not fit") && e.contains("MiB of memory"),
+        "{e}"
+    );
+    // With room above the kernel, it loads.
+    c.mem_size = 128 << 20;
+    build_linux(&c, Vec::new(), Console::Writer(Box::new(std::io::sink()))).unwrap();
+    // Not a regular file: refused before anything is read.
+    c.initrd = Some("/dev/zero".into());
+    let e = error_of(&c);
+    assert!(e.contains("not a regular file or block device"), "{e}");
+}
+
+#[test]
+fn command_lines_and_memory_sizes_the_kernel_cannot_take() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), &elf(16 << 20, 4096, 4096));
+    c.cmdline = "x".repeat(2048);
+    let e = error_of(&c);
+    assert!(e.contains("at most 2047"), "{e}");
+    c.cmdline = "x".repeat(2047);
+    build_linux(&c, Vec::new(), Console::Writer(Box::new(std::io::sink()))).unwrap();
+    c.mem_size = (64 << 20) + 1;
+    let e = error_of(&c);
+    assert!(e.contains("whole number of MiB"), "{e}");
+}
