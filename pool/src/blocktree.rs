@@ -21,6 +21,8 @@ pub struct BlockTree {
     /// Level 0, by leaf: `leaves[i]` holds the pointers under level-1 pointer `i`; `None`
     /// while that pointer is a hole, whose data pointers are all holes born when it was.
     leaves: Vec<Option<Leaf>>,
+    /// Leaves kept (`Some`).
+    kept: usize,
     /// Levels 1 and up (`upper[k - 1]` is level `k`); the last holds only the root.
     upper: Vec<Vec<BlockPtr>>,
     /// Indirect blocks to rewrite, by level (`dirty[k - 1]` for level `k`).
@@ -92,6 +94,7 @@ impl BlockTree {
         let what = "a block map's index";
         Ok(BlockTree {
             nblocks,
+            kept: 0,
             leaves: filled(s[1], None, what)?,
             upper: s[1..]
                 .iter()
@@ -102,12 +105,12 @@ impl BlockTree {
     }
 
     /// Reads a tree from its root; an error, before memory runs out, where the leaves it
-    /// keeps would take the tree past `budget` bytes. `read` fetches and verifies one indirect
+    /// keeps would take the tree past `limit` bytes. `read` fetches and verifies one indirect
     /// block.
     pub fn load(
         root: BlockPtr,
         nblocks: usize,
-        budget: u64,
+        limit: u64,
         mut read: impl FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
     ) -> Result<Self> {
         let mut t = Self::empty(nblocks)?;
@@ -140,17 +143,18 @@ impl BlockTree {
             }
             resident = resident.saturating_add(LEAF_BYTES);
             written += 1;
-            if resident > budget {
+            if resident > limit {
                 return Err(Error::TooLarge(format!(
                     "a block map of {nblocks} blocks, with at least {written} written ranges of \
-                     {PTRS_PER_INDIRECT} blocks, needs more than {budget} bytes of memory, half \
-                     of what this process may use; open the pool on a host with more memory"
+                     {PTRS_PER_INDIRECT} blocks, needs more than the {limit} bytes of memory \
+                     this process may use; open the pool on a host with more memory"
                 )));
             }
             read(&p, &mut buf)?;
             let mut leaf = filled(t.leaf_len(i), BlockPtr::HOLE, "a block map")?;
             decode_indirect(&buf, &mut leaf)?;
             t.leaves[i] = Some(leaf.into_boxed_slice());
+            t.kept += 1;
         }
         Ok(t)
     }
@@ -184,9 +188,13 @@ impl BlockTree {
             return old;
         }
         let i = idx / PTRS_PER_INDIRECT;
-        let len = self.leaf_len(i);
-        self.leaves[i].get_or_insert_with(|| vec![old; len].into_boxed_slice())
-            [idx % PTRS_PER_INDIRECT] = p;
+        if self.leaves[i].is_none() {
+            self.leaves[i] = Some(vec![old; self.leaf_len(i)].into_boxed_slice());
+            self.kept += 1;
+        }
+        if let Some(leaf) = &mut self.leaves[i] {
+            leaf[idx % PTRS_PER_INDIRECT] = p;
+        }
         // Runs of sets in index order mostly hit the last-marked parent: skip the insert then.
         if self.dirty[0].last() != Some(&i) {
             self.dirty[0].insert(i);
@@ -209,11 +217,20 @@ impl BlockTree {
         self.dirty.iter().any(|d| !d.is_empty())
     }
 
-    /// Bytes of memory the tree takes now: its index and the leaves it keeps.
-    #[cfg(test)]
+    /// Whether the leaf under level-1 pointer `i` is kept (its range has data, or had it
+    /// since the last sync).
+    pub fn keeps_leaf(&self, i: usize) -> bool {
+        self.leaves.get(i).is_some_and(Option::is_some)
+    }
+
+    /// Leaves kept.
+    pub fn kept_leaves(&self) -> usize {
+        self.kept
+    }
+
+    /// Bytes of memory the tree takes now (at most): its index and the leaves it keeps.
     pub fn resident_bytes(&self) -> u64 {
-        let kept = self.leaves.iter().flatten().map(|l| l.len()).sum::<usize>();
-        map_bytes(self.nblocks as u64) + (kept * std::mem::size_of::<BlockPtr>()) as u64
+        map_bytes(self.nblocks as u64).saturating_add(self.kept as u64 * LEAF_BYTES)
     }
 
     /// Rewrites every dirty indirect block bottom-up. `write` places a block and
@@ -242,6 +259,7 @@ impl BlockTree {
                         Some(leaf) => match hole_for(leaf) {
                             Some(h) => {
                                 self.leaves[i] = None;
+                                self.kept -= 1;
                                 h
                             }
                             None => write(&encode_indirect(leaf))?,
@@ -304,6 +322,7 @@ impl BlockTree {
             .collect();
         leaves.resize_with(s[1], || None);
         self.nblocks = nblocks;
+        self.kept = leaves.iter().flatten().count();
         self.leaves = leaves;
         self.upper = std::iter::once(l1)
             .chain(s[2..].iter().map(|&n| vec![BlockPtr::HOLE; n]))

@@ -55,7 +55,7 @@ impl Pool {
             )));
         }
         let size = round_size(size, block_size)?;
-        check_map_fits(size, block_size)?;
+        check_map_fits(size, block_size, 0, self.shared.memory_limit)?;
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
         let sh = &self.shared;
         sh.check_writable()?;
@@ -105,11 +105,12 @@ impl Pool {
         let size = round_size(size, vol.block_size)?;
         {
             let mut st = lock(&vol.state);
-            if size > st.size {
-                check_map_fits(size, vol.block_size)?;
-            }
             if st.tree.is_none() {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
+            }
+            if size > st.size {
+                let kept = st.tree.as_ref().map_or(0, |t| t.kept_leaves());
+                check_map_fits(size, vol.block_size, kept, sh.memory_limit)?;
             }
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let mut sm = lock(&sh.spacemap);
@@ -244,10 +245,11 @@ impl Pool {
         let size = round_size(size, vol.block_size)?;
         let mut st = lock(&vol.state);
         if size > st.size {
-            check_map_fits(size, vol.block_size)?;
             if st.tree.is_none() {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
             }
+            let kept = st.tree.as_ref().map_or(0, |t| t.kept_leaves());
+            check_map_fits(size, vol.block_size, kept, sh.memory_limit)?;
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let txg = cs.txg + 1;
             let mut sm = lock(&sh.spacemap);
@@ -380,15 +382,16 @@ pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {
     Ok(blocks * bs)
 }
 
-/// Refuses a volume size (rounded) whose block map's index, kept in memory while the volume
-/// is in use, would take more than [`map_budget`]: a clear error now instead of an allocation
-/// failing (or the process being killed) later. Checked where a volume is created or grows;
-/// a shrink always goes through. What is written adds to the map as it is written (48 bytes a
-/// block), and loading a map that would pass the budget is refused then.
-fn check_map_fits(size: u64, block_size: u32) -> Result<()> {
+/// Refuses a volume size (rounded) whose block map's index, with the `kept` leaves of what
+/// was written, kept in memory while the volume is in use, would take more than half of
+/// `memory_limit`: a clear error now instead of an allocation failing (or the process being
+/// killed) later. Checked where a volume is created or grows; a shrink always goes through.
+/// What is written later adds to the map (48 bytes a block), checked as it is written.
+fn check_map_fits(size: u64, block_size: u32, kept: usize, memory_limit: u64) -> Result<()> {
     let bs = u64::from(block_size);
-    let map = crate::blocktree::map_bytes(size.div_ceil(bs));
-    let budget = map_budget();
+    let map = crate::blocktree::map_bytes(size.div_ceil(bs))
+        .saturating_add(kept as u64 * crate::blocktree::LEAF_BYTES);
+    let budget = memory_limit / 2;
     if map > budget {
         return Err(Error::TooLarge(format!(
             "a volume of {size} bytes in {bs}-byte blocks is too large: the index of its block \
@@ -417,9 +420,17 @@ pub fn max_volume_size(block_size: u32) -> u64 {
     lo.saturating_mul(u64::from(block_size))
 }
 
-/// Most memory one volume's resident block map may take: half of what this process may use
-/// (the host's memory, its memory cgroup's limit, its address-space limit, the least).
+/// Most memory one volume's resident block map may take: half of what this process may use.
+/// Creating or growing a volume checks its index against it, and writes check what they add
+/// (`VolumeHandle::check_map_budget`); opening only refuses a map past [`memory_limit`], so
+/// that what was written here always opens here.
 pub(crate) fn map_budget() -> u64 {
+    memory_limit() / 2
+}
+
+/// The memory this process may use: the host's, its memory cgroup's limit, its address-space
+/// limit, the least.
+pub(crate) fn memory_limit() -> u64 {
     // SAFETY: sysconf(3) reads system configuration; it touches no memory of ours.
     let (pages, page) = unsafe {
         (
@@ -436,7 +447,6 @@ pub(crate) fn map_budget() -> u64 {
         .flatten()
         .min()
         .unwrap_or(u64::MAX)
-        / 2
 }
 
 /// The memory limit of this process's cgroup (v2 `memory.max`, v1

@@ -38,6 +38,10 @@ pub struct PoolConfig {
     /// Punch released runs of at least 1 MiB out of a pool file at every commit (ZFS's
     /// `autotrim`). Off by default: reusing space the file holds is faster (see `trim`).
     pub autotrim: bool,
+    /// Memory this process may use, for the block maps' budget (they are held to half of it
+    /// as volumes grow and are written, and refused past it when loaded). `None`: the least of
+    /// the host's memory, the memory cgroup's limit and the address-space limit.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for PoolConfig {
@@ -46,6 +50,7 @@ impl Default for PoolConfig {
             sync_interval: Some(Duration::from_secs(1)),
             dirty_max: 256 << 20,
             autotrim: false,
+            memory_limit: None,
         }
     }
 }
@@ -125,6 +130,9 @@ pub(crate) struct Shared {
     pub sync_signal: (Mutex<bool>, Condvar),
     pub throttle: (Mutex<()>, Condvar),
     pub stop: AtomicBool,
+    /// What this process may use of memory ([`crate::datasets::memory_limit`]), read at open:
+    /// block maps are held to half of it as they grow, and refused past it when loaded.
+    pub memory_limit: u64,
 }
 
 impl Shared {
@@ -176,7 +184,7 @@ impl Shared {
 
     pub(crate) fn load_tree(&self, vol: &Volume, st: &VolumeState) -> Result<BlockTree> {
         let nblocks = st.size.div_ceil(u64::from(vol.block_size)) as usize;
-        BlockTree::load(st.root, nblocks, crate::datasets::map_budget(), |p, buf| {
+        BlockTree::load(st.root, nblocks, self.memory_limit, |p, buf| {
             self.read_block(p, buf, &|| {
                 format!("an indirect block of {}/{}", self.name(), read(&vol.name))
             })
@@ -750,6 +758,9 @@ impl Pool {
             trim_gate: Mutex::new(()),
             trim_waiters: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            memory_limit: config
+                .memory_limit
+                .unwrap_or_else(crate::datasets::memory_limit),
         });
         let sync_thread = config.sync_interval.map(|every| {
             let weak = Arc::downgrade(&shared);

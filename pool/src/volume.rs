@@ -4,7 +4,7 @@
 //! block's current contents). A commit takes the dirty map, writes it to fresh space and points
 //! the tree at it. Reads look in the open map, then the syncing map, then the tree.
 
-use crate::blocktree::BlockTree;
+use crate::blocktree::{BlockTree, LEAF_BYTES};
 use crate::deadlist::Deadlist;
 use crate::error::{Error, Result};
 use crate::iov::{Iov, IovMut};
@@ -528,6 +528,37 @@ impl VolumeHandle {
         Ok(out)
     }
 
+    /// Refuses data for ranges of the block map not yet kept in memory (a leaf: 512 pointers,
+    /// 24 KiB) where the map would then pass its budget, half of the memory the process may
+    /// use: what is written here must open here again. Leaves the open txg already touches are
+    /// counted as new (an upper bound).
+    fn check_map_budget(&self, st: &VolumeState, offset: u64, len: u64) -> Result<()> {
+        let Some(tree) = st.tree.as_ref().filter(|_| len > 0) else {
+            return Ok(());
+        };
+        let span = u64::from(self.vol.block_size) * PTRS_PER_INDIRECT as u64;
+        let new = (offset / span..=(offset + len - 1) / span)
+            .filter(|&i| !tree.keeps_leaf(i as usize) && !st.open_l1.contains(&i))
+            .count() as u64;
+        if new == 0 {
+            return Ok(());
+        }
+        let budget = self.shared.memory_limit / 2;
+        let needed = tree
+            .resident_bytes()
+            .saturating_add((st.open_l1.len() as u64 + new) * LEAF_BYTES);
+        if needed > budget {
+            return Err(Error::TooLarge(format!(
+                "{}: writing at byte {offset} would take its block map to {needed} bytes of \
+                 memory, past its budget of {budget} (half of what this process may use); each \
+                 block written keeps 48 bytes in memory: use a larger block size, or a host \
+                 with more memory",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes `src` (zeroes when `None`) over the range: whole blocks of zeroes become holes;
     /// partial blocks merge with their current contents.
     fn modify(&self, offset: u64, len: u64, src: Option<&Iov<'_, '_>>) -> Result<()> {
@@ -539,6 +570,9 @@ impl VolumeHandle {
         let height = {
             let st = self.state()?;
             self.check_range(&st, offset, len)?;
+            if src.is_some() {
+                self.check_map_budget(&st, offset, len)?;
+            }
             st.tree.as_ref().map(|t| t.height() as u64).unwrap_or(1)
         };
         if len == 0 {

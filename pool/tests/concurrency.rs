@@ -92,6 +92,7 @@ fn threads_on_shared_and_private_ranges_of_several_volumes() {
         dirty_max: 4 << 20,
         // Punching released space while writers place data is the riskier path.
         autotrim: true,
+        ..PoolConfig::default()
     };
     let pool =
         Arc::new(Pool::create_file(&path, "tank", 128 << 20, config.clone()).expect("create"));

@@ -21,6 +21,7 @@ fn config(seed: u64) -> PoolConfig {
         sync_interval: None,
         dirty_max: 1 << 20,
         autotrim: seed % 2 == 1,
+        ..PoolConfig::default()
     }
 }
 

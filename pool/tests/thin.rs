@@ -66,3 +66,52 @@ fn a_thin_volume_larger_than_a_dense_map_could_be() {
         "resident {rss} bytes for two mostly unwritten maps"
     );
 }
+
+/// Block maps are held to half of the memory limit as data is written (each 512-block range
+/// written keeps 24 KiB), so what was written on a host opens on it again; a map past the
+/// whole limit (written where more memory was allowed) is refused at load, with the reason.
+#[test]
+fn writes_keep_the_block_map_within_its_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pool.tarn");
+    let limited = |mib: u64| PoolConfig {
+        memory_limit: Some(mib << 20),
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_file(&path, "tank", 64 << 20, limited(8)).expect("pool");
+    pool.create_volume("tank/v", 1 << 30, BS as u32, &Default::default())
+        .expect("volume");
+    let v = pool.volume("tank/v").expect("v");
+    // One block in each 2 MiB range: a new leaf each, until the 4 MiB budget is reached.
+    let span = 512 * BS;
+    let mut written = 0;
+    let err = loop {
+        match v.write_at(written * span, &[9u8; BS as usize]) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 512, "never refused");
+    };
+    assert_eq!(err.kind(), pool::ErrorKind::TooLarge, "{err}");
+    assert!(err.to_string().contains("block map"), "{err}");
+    assert!(written > 100, "refused after {written} ranges");
+    // Ranges already kept still take writes, zeroes need no leaf, and a shrink goes through.
+    v.write_at(BS, &[8u8; BS as usize]).expect("a kept range");
+    v.write_zeroes(300 * span, BS).expect("zeroes");
+    drop(v);
+    pool.close().expect("close");
+
+    let pool = Pool::open_path(&path, limited(8)).expect("reopen with the same limit");
+    for i in 0..written {
+        assert_eq!(read(&pool, "tank/v", i * span, 1), vec![9u8], "range {i}");
+    }
+    pool.resize_volume("tank/v", 64 * span).expect("shrink");
+    pool.close().expect("close");
+
+    let pool = Pool::open_path(&path, limited(1)).expect("the pool opens");
+    let err = pool
+        .volume("tank/v")
+        .and_then(|v| v.read_at(0, &mut [0u8; 1]))
+        .expect_err("a map past the limit");
+    assert!(err.to_string().contains("more memory"), "{err}");
+}
