@@ -387,6 +387,12 @@ pub struct NfsServeArgs {
     /// slower, but no acknowledged write is ever lost.
     #[arg(long)]
     pub sync: bool,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// Seconds a connection may send no request before it is closed (clients reconnect).
+    #[arg(long, default_value_t = 360, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout: u64,
 }
 
 /// `tarn vm ...`

@@ -12,5 +12,5 @@ pub mod server;
 pub mod view;
 
 pub use client::{NfsDisk, NfsUrl};
-pub use server::{Cidr, NfsExport, ServeConfig, Server};
+pub use server::{Cidr, ConnectionLimits, NfsExport, ServeConfig, Server};
 pub use view::{FileView, ViewError, ViewOptions};

@@ -18,6 +18,7 @@ use nfs3_server::nfs3_types::nfs3::{
     createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, post_op_attr, sattr3,
     set_size3, specdata3, stable_how, FSINFO3resok as fsinfo3, FSF3_CANSETTIME, FSF3_HOMOGENEOUS,
 };
+pub use nfs3_server::tcp::ConnectionLimits;
 use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
 use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, FsStat, NextResult, NfsFileSystem, NfsReadFileSystem,
@@ -583,6 +584,8 @@ pub struct ServeConfig {
     /// that never check the write verifier and so would not resend unstable writes a server
     /// crash lost (libnfs 4.0, `nfs-cp`, is one).
     pub sync_writes: bool,
+    /// Connections served at once, and how long one may sit idle before it is closed.
+    pub limits: ConnectionLimits,
 }
 
 /// The handle generation for a pool: derived from its GUID, so handles survive restarts and
@@ -607,6 +610,7 @@ impl Server {
         let mut listener =
             NFSTcpListener::bind_with_generation(&config.listen, export, generation).await?;
         listener.with_export_name(&name);
+        listener.set_connection_limits(config.limits);
         tracing::info!(
             write_verifier = format_args!("{:016x}", u64::from_le_bytes(listener.write_verifier())),
             sync_writes = config.sync_writes,

@@ -32,6 +32,7 @@ fn start(pool: Arc<Pool>, port: u16) -> Running {
                 listen: format!("127.0.0.1:{port}"),
                 allow: Vec::new(),
                 sync_writes: false,
+                limits: Default::default(),
             },
         ))
         .unwrap();

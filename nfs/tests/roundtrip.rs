@@ -16,6 +16,14 @@ use pool::{Pool, PoolConfig};
 use std::sync::Arc;
 
 async fn start(pool: Arc<Pool>, port: u16) -> (u16, tokio::task::JoinHandle<()>) {
+    start_limited(pool, port, Default::default()).await
+}
+
+async fn start_limited(
+    pool: Arc<Pool>,
+    port: u16,
+    limits: nfs::ConnectionLimits,
+) -> (u16, tokio::task::JoinHandle<()>) {
     let view = Arc::new(FileView::new(pool, ViewOptions::default()));
     let server = Server::bind(
         view,
@@ -23,6 +31,7 @@ async fn start(pool: Arc<Pool>, port: u16) -> (u16, tokio::task::JoinHandle<()>)
             listen: format!("127.0.0.1:{port}"),
             allow: Vec::new(),
             sync_writes: false,
+            limits,
         },
     )
     .await
@@ -465,6 +474,60 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
         "the server's memory grew by {} MiB",
         grew >> 20
     );
+}
+
+/// A connection past the limit is closed at once, one that sends nothing for the idle
+/// timeout is closed, and a slot freed that way serves the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_and_idle_ones_are_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let limits = nfs::ConnectionLimits {
+        max_connections: 2,
+        idle_timeout: Duration::from_secs(1),
+    };
+    let (port, _task) = start_limited(new_pool(dir.path()), 0, limits).await;
+    tokio::task::spawn_blocking(move || {
+        let connect = || {
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        };
+        // NFS NULL: xid, CALL, RPC v2, program 100003 v3, procedure 0, no auth; answered?
+        let null = |s: &mut TcpStream| -> bool {
+            let mut m = Vec::new();
+            for w in [0x8000_0028u32, 7, 0, 2, 100_003, 3, 0, 0, 0, 0, 0] {
+                m.extend_from_slice(&w.to_be_bytes());
+            }
+            let mut mark = [0u8; 4];
+            if s.write_all(&m).is_err() || s.read_exact(&mut mark).is_err() {
+                return false;
+            }
+            let mut reply = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+            s.read_exact(&mut reply).is_ok() && reply[..4] == 7u32.to_be_bytes()
+        };
+        // Closed by the server: end of stream (or a reset) well before the read timeout.
+        let closed = |s: &mut TcpStream| {
+            let t = Instant::now();
+            let r = s.read(&mut [0u8; 1]);
+            matches!(r, Ok(0) | Err(_)) && t.elapsed() < Duration::from_secs(4)
+        };
+        let (mut a, mut b) = (connect(), connect());
+        assert!(null(&mut a) && null(&mut b), "two connections are served");
+        let mut c = connect();
+        assert!(closed(&mut c), "a third connection is closed");
+        // `a` and `b` now sit idle: closed after about a second.
+        assert!(
+            closed(&mut a) && closed(&mut b),
+            "idle connections are closed"
+        );
+        let mut d = connect();
+        assert!(null(&mut d), "a freed slot serves the next client");
+    })
+    .await
+    .unwrap();
 }
 
 /// "." and ".." are not entries to remove (REMOVE "." of a directory removed it), and a size

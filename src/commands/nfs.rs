@@ -29,6 +29,10 @@ pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
         listen: a.listen.clone(),
         allow: a.allow.clone(),
         sync_writes: a.sync,
+        limits: ::nfs::ConnectionLimits {
+            max_connections: a.max_connections as usize,
+            idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -40,6 +40,11 @@ pub mod test_reexports {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
         T: crate::vfs::NfsFileSystem + 'static,
     {
-        crate::tcp::process_socket(socket, context).await
+        crate::tcp::process_socket(
+            socket,
+            context,
+            crate::tcp::ConnectionLimits::default().idle_timeout,
+        )
+        .await
     }
 }

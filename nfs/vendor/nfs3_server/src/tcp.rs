@@ -7,7 +7,7 @@ use anyhow;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::context::RPCContext;
 use crate::rpcwire::{SocketMessageHandler, write_fragment};
@@ -25,6 +25,26 @@ pub struct NFSTcpListener<T: NfsFileSystem + 'static> {
     transaction_tracker: Arc<TransactionTracker>,
     file_handle_converter: crate::vfs::handle::FileHandleConverter,
     stop_notify: Arc<tokio::sync::Notify>,
+    limits: ConnectionLimits,
+}
+
+/// Bounds on the connections one listener serves (tarn patch).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// A connection that sends no complete request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// 1024 connections; 6 minutes idle (knfsd's idle timeout).
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(360),
+        }
+    }
 }
 
 impl<T: NfsFileSystem + 'static> Drop for NFSTcpListener<T> {
@@ -46,6 +66,7 @@ pub fn generate_host_ip(hostnum: u16) -> String {
 pub(crate) async fn process_socket<IO, T>(
     socket: IO,
     context: RPCContext<T>,
+    idle_timeout: Duration,
 ) -> Result<(), anyhow::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -56,11 +77,20 @@ where
     // (upstream did both in one select loop, through an in-memory pipe).
     let (read_half, mut write_half) = tokio::io::split(socket);
     let (mut message_handler, mut msgrecvchan) = SocketMessageHandler::new(context, read_half);
+    // tarn patch: a connection that sends no complete record for `idle_timeout` is closed
+    // (after the replies it is owed), as knfsd closes idle ones; clients reconnect.
     let reader = tokio::spawn(async move {
         loop {
-            if let Err(e) = message_handler.read().await {
-                debug!("Message loop broken due to {e}");
-                break;
+            match tokio::time::timeout(idle_timeout, message_handler.read()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!("Message loop broken due to {e}");
+                    break;
+                }
+                Err(_) => {
+                    info!("Closing a connection idle for {idle_timeout:?}");
+                    break;
+                }
             }
         }
     });
@@ -224,6 +254,7 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
             transaction_tracker: Self::new_transaction_tracker(),
             stop_notify: Arc::new(tokio::sync::Notify::new()),
             file_handle_converter,
+            limits: ConnectionLimits::default(),
         })
     }
 
@@ -237,6 +268,11 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
             MAX_ACTIVE_TRANSACTIONS,
             TRANSACTION_TRIM_THRESHOLD,
         ))
+    }
+
+    /// Sets the bounds on connections (default: [`ConnectionLimits::default`]).
+    pub const fn set_connection_limits(&mut self, limits: ConnectionLimits) {
+        self.limits = limits;
     }
 
     /// Sets an optional NFS export name.
@@ -301,6 +337,8 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
         )
         .run();
         tokio::spawn(cleaner_future);
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let idle_timeout = self.limits.idle_timeout;
 
         loop {
             let (socket, peer) = match self.listener.accept().await {
@@ -318,12 +356,19 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
                 drop(socket);
                 continue;
             }
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                warn!(
+                    "Refusing connection from {peer}: {} connections are open already",
+                    self.limits.max_connections
+                );
+                drop(socket);
+                continue;
+            };
             let context = RPCContext {
                 local_port: self.port,
-                client_addr: socket
-                    .peer_addr()
-                    .expect("failed to get peer address")
-                    .to_string(),
+                // The address accept gave: asking the socket again fails once the peer has
+                // gone, and that took the whole server down (tarn patch).
+                client_addr: peer.to_string(),
                 auth: nfs3_types::rpc::auth_unix::default(),
                 vfs: self.arcfs.clone(),
                 mount_signal: self.mount_signal.clone(),
@@ -335,7 +380,8 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
             debug!("Accepting socket {:?} {:?}", socket, context);
             tokio::spawn(async move {
                 let _ = socket.set_nodelay(true);
-                let _ = process_socket(socket, context).await;
+                let _ = process_socket(socket, context, idle_timeout).await;
+                drop(slot);
             });
         }
     }
