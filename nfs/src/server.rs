@@ -168,7 +168,16 @@ fn name_str<'a>(n: &'a filename3<'_>) -> Result<&'a str, nfsstat3> {
     std::str::from_utf8(&n.0).map_err(|_| nfsstat3::NFS3ERR_INVAL)
 }
 
-/// Directory entries, handed out from a cookie (the position after the previous entry).
+/// An entry's READDIR cookie: a hash of its name (never 0, the start). Entries go out in
+/// cookie order and a listing resumes after the cookie it was given, so entries created or
+/// removed between its pages shift nothing: the ones that stay are each listed once (a
+/// position as cookie skipped one entry for each removed before it, and `rm -r` of a large
+/// directory then failed with "not empty").
+fn entry_cookie(name: &str) -> u64 {
+    crate::view::fnv1a(name).max(1)
+}
+
+/// Directory entries, handed out in cookie order after a cookie.
 pub struct EntryIter {
     entries: std::vec::IntoIter<DirEntryPlus<FileHandleU64>>,
 }
@@ -235,17 +244,20 @@ impl NfsReadFileSystem for NfsExport {
         cookie: u64,
     ) -> Result<impl ReadDirPlusIterator<FileHandleU64>, nfsstat3> {
         let entries = self.call(|v| v.readdir(dirid.as_u64()))?;
-        let skip = usize::try_from(cookie).unwrap_or(usize::MAX);
-        let list: Vec<_> = entries
+        let mut after: Vec<_> = entries
             .into_iter()
-            .enumerate()
-            .skip(skip)
-            .map(|(i, e)| DirEntryPlus {
+            .map(|e| (entry_cookie(&e.name), e))
+            .filter(|(c, _)| *c > cookie)
+            .collect();
+        after.sort_by(|(a, x), (b, y)| (a, &x.name).cmp(&(b, &y.name)));
+        let list: Vec<_> = after
+            .into_iter()
+            .map(|(c, e)| DirEntryPlus {
                 fileid: e.attr.id,
-                name: e.name.into_bytes().into(),
-                cookie: i as u64 + 1,
+                cookie: c,
                 name_attributes: Some(self.fattr(&e.attr)),
                 name_handle: Some(FileHandleU64::new(e.attr.id)),
+                name: e.name.into_bytes().into(),
             })
             .collect();
         Ok(EntryIter {

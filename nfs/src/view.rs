@@ -180,7 +180,7 @@ impl Default for ViewOptions {
 }
 
 /// FNV-1a, 64-bit: stable across builds and restarts.
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);

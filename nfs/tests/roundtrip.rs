@@ -476,6 +476,67 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
     );
 }
 
+/// A listing read in pages while entries before the page boundary are removed and new ones
+/// are created still lists every entry that stayed, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_resumes_where_it_was_whatever_changes_meanwhile() {
+    use nfs3_client::nfs3_types::nfs3::{cookieverf3, READDIRPLUS3args};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    let names: Vec<String> = (0..40).map(|i| format!("vol{i:02}")).collect();
+    for n in &names {
+        pool.create_volume(&format!("tank/{n}"), 1 << 20, 4096, &Default::default())
+            .unwrap();
+    }
+    let (port, _task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    let (mut cookie, mut listed, mut removed) = (0, Vec::<String>::new(), Vec::new());
+    loop {
+        let page = conn
+            .readdirplus(&READDIRPLUS3args {
+                dir: root.clone(),
+                cookie,
+                cookieverf: cookieverf3::default(),
+                dircount: 256,
+                maxcount: 1024,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let entries = page.reply.entries.into_inner();
+        assert!(
+            !entries.is_empty() || page.reply.eof,
+            "an empty page before the end"
+        );
+        for e in &entries {
+            listed.push(String::from_utf8(e.name.0.to_vec()).unwrap());
+            cookie = e.cookie;
+        }
+        if page.reply.eof {
+            break;
+        }
+        // As `rm -r` does: remove what was listed, and meanwhile someone adds a volume.
+        for e in &entries {
+            let n = String::from_utf8(e.name.0.to_vec()).unwrap();
+            pool.destroy(&format!("tank/{n}")).unwrap();
+            removed.push(n);
+        }
+        pool.create_volume(
+            &format!("tank/new{}", removed.len()),
+            1 << 20,
+            4096,
+            &Default::default(),
+        )
+        .unwrap();
+    }
+    assert!(!removed.is_empty(), "more than one page");
+    for n in &names {
+        let times = listed.iter().filter(|l| *l == n).count();
+        assert_eq!(times, 1, "{n} listed {times} times: {listed:?}");
+    }
+}
+
 /// A connection past the limit is closed at once, one that sends nothing for the idle
 /// timeout is closed, and a slot freed that way serves the next client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
