@@ -393,6 +393,50 @@ fn usage_errors_are_one_line() {
     env.run(["list", "-t", "bogus"])
         .fails_with("unknown dataset type");
     assert!(env.run(["--help"]).ok().contains("Usage"));
+    // Memory the host cannot map, or not in whole MiB: usage errors, before any clone is made.
+    let kernel = env.file("kernel", b"not a kernel");
+    let k = kernel.to_str().expect("utf-8");
+    for (mem, says) in [("1P", "less memory"), ("100000001", "whole number of MiB")] {
+        let r = env.run(["vm", "run", "--kernel", k, "--mem", mem]);
+        r.fails_with(says);
+        assert_eq!(r.code, 2, "--mem {mem}");
+    }
+    env.pool("tank", "64M");
+    env.import("tank/v", &random_bytes(1 << 20, 5));
+    env.run(["snapshot", "tank/v@s"]).ok();
+    // Checked before the clone is made...
+    env.run([
+        "vm",
+        "run",
+        "--kernel",
+        k,
+        "--mem",
+        "100000001",
+        "--clone-from",
+        "tank/v@s",
+        "--name",
+        "c",
+    ])
+    .fails_with("whole number of MiB");
+    // ...or found while the VM is built: the clone made for it goes again, saying so.
+    let r = env.run([
+        "vm",
+        "run",
+        "--kernel",
+        k,
+        "--mem",
+        "1P",
+        "--clone-from",
+        "tank/v@s",
+        "--name",
+        "c",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("less memory") && r.stderr.contains("destroyed tank/c"));
+    assert!(!env
+        .run(["list", "-H", "-o", "name"])
+        .ok()
+        .contains("tank/c"));
 }
 
 /// Commands that write a file never write over a pool (its own, or another one), a failed

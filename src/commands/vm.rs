@@ -131,6 +131,8 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         disks,
         console: a.console.clone(),
     };
+    // Checked before a clone is made for it.
+    config.validate().map_err(vmm_err)?;
     let mut pools = BTreeMap::new();
     let mut config = config;
     let clone = match &a.clone_from {
@@ -147,10 +149,7 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         Some(p) => Console::File(p.clone()),
         None => Console::Stdout,
     };
-    let built = config
-        .validate()
-        .map_err(vmm_err)
-        .and_then(|()| open_disks(reg, &config.disks, &mut pools))
+    let built = open_disks(reg, &config.disks, &mut pools)
         .and_then(|backends| vmm::build_linux(&config, backends, console).map_err(vmm_err));
     let vmm = match built {
         Ok(vmm) => vmm,
@@ -159,6 +158,7 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
             if let Some(full) = &clone {
                 if let Some(pool) = pools.get(pool_of(full)?) {
                     pool.destroy(full)?;
+                    eprintln!("tarn: destroyed {full} (the guest never ran)");
                 }
             }
             return Err(e);

@@ -212,7 +212,11 @@ fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
     if size > low {
         ranges.push((GuestAddress(layout::MMIO_GAP_END), (size - low) as usize));
     }
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| {
+        Error::InvalidConfig(format!(
+            "cannot map {size} bytes of guest memory ({e}): give the guest less memory"
+        ))
+    })
 }
 
 fn create_bus(
