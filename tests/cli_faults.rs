@@ -236,8 +236,9 @@ fn a_full_pool() {
     // A new volume from a file bigger than the free space: refused before anything is written.
     let big = env.file("big.img", &random_bytes(80 << 20, 15));
     let before = snapshot(&path);
-    env.run(["vol", "import", big.to_str().expect("utf-8"), "tank/big"])
-        .fails_with("out of space");
+    let r = env.run(["vol", "import", big.to_str().expect("utf-8"), "tank/big"]);
+    r.fails_with("out of space");
+    assert!(r.stderr.contains("needs up to"), "{}", r.stderr);
     same_bytes(&snapshot(&path), &before, "pool file after refused import");
     env.run(["get", "name", "tank/big"])
         .fails_with("does not exist");

@@ -14,7 +14,7 @@ use crate::output;
 use crate::registry::{open_entry_with, Registry};
 use ::pool::request::Request;
 use ::pool::AlignedBuf;
-use ::pool::{Pool, PoolConfig, PoolInfo, VolumeHandle};
+use ::pool::{Pool, PoolConfig, VolumeHandle};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -314,15 +314,6 @@ fn space_needed(data: u64) -> u64 {
     data + data / 128 + (2 << 20)
 }
 
-/// Space writers may still use: free space plus frees that a few commits release (writers
-/// commit to release them when the pool looks full), less the pool's slop (1/32, at least
-/// 1 MiB).
-// TODO: ask the pool (Pool::available) instead of repeating its reservation rule.
-fn space_available(info: &PoolInfo) -> u64 {
-    let slop = (info.usable / 32).max(1 << 20);
-    (info.free + info.deferred).saturating_sub(slop)
-}
-
 /// Bytes of non-zero `bs`-blocks in a regular file (reads every data range once).
 fn nonzero_bytes(src: &Source, size: u64, bs: u64) -> Result<u64> {
     let mut total = 0u64;
@@ -349,17 +340,20 @@ fn check_space(pool: &Pool, src: &Source, bs: u64, target: &str) -> Result<()> {
     let (Some(size), Some(allocated)) = (src.size, src.allocated) else {
         return Ok(());
     };
-    let avail = space_available(&pool.info());
+    let avail = pool.available();
     if space_needed(allocated.min(size)) <= avail {
         return Ok(());
     }
     let data = nonzero_bytes(src, size, bs)?;
-    if space_needed(data) > avail {
+    let needed = space_needed(data);
+    if needed > avail {
         return Err(CliError::Failed(format!(
-            "pool {} is out of space: {} holds {} of data (non-zero blocks) but only {} is available for {target}; nothing was changed",
+            "pool {} is out of space: {target} needs up to {} ({} of data in non-zero blocks \
+             of {}, and the metadata that maps it) but only {} is available; nothing was changed",
             pool.name(),
-            src.label,
+            zvol::format_size(needed),
             zvol::format_size(data),
+            src.label,
             zvol::format_size(avail)
         )));
     }
