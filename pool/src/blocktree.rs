@@ -27,6 +27,9 @@ pub struct BlockTree {
     upper: Vec<Vec<BlockPtr>>,
     /// Indirect blocks to rewrite, by level (`dirty[k - 1]` for level `k`).
     dirty: Vec<BTreeSet<usize>>,
+    /// Resized since the last sync: the root may be another block even where no indirect
+    /// block is dirty (a shrink to one leaf makes that leaf's level-1 block the root).
+    resized: bool,
 }
 
 /// Indirect levels above `nblocks` data blocks.
@@ -101,6 +104,7 @@ impl BlockTree {
                 .map(|&n| filled(n, BlockPtr::HOLE, what))
                 .collect::<Result<_>>()?,
             dirty: vec![BTreeSet::new(); s.len() - 1],
+            resized: false,
         })
     }
 
@@ -214,7 +218,7 @@ impl BlockTree {
 
     /// Whether indirect blocks wait to be rewritten.
     pub fn is_dirty(&self) -> bool {
-        self.dirty.iter().any(|d| !d.is_empty())
+        self.resized || self.dirty.iter().any(|d| !d.is_empty())
     }
 
     /// Whether the leaf under level-1 pointer `i` is kept (its range has data, or had it
@@ -282,44 +286,53 @@ impl BlockTree {
                 }
             }
         }
+        self.resized = false;
         Ok(())
     }
 
-    /// Changes the number of data blocks in `txg`. Dropped data blocks and every indirect block
-    /// go to `free` with their level; added blocks are holes born in `txg` (so a shrink and
-    /// regrow between two snapshots still shows as a change); the whole upper tree is
-    /// rewritten at the next sync.
+    /// Changes the number of data blocks in `txg`. Dropped data blocks, the level-1 blocks of
+    /// dropped leaves and every block above level 1 go to `free` with their level; added
+    /// blocks are holes born in `txg` (so a shrink and regrow between two snapshots still shows
+    /// as a change). A level-1 block depends only on its own leaf, whatever the tree's height,
+    /// so those of leaves the resize leaves as they were stay; the last leaf, if its length
+    /// changed, and the levels above 1 are rewritten at the next sync. A file growing by one
+    /// NFS WRITE at a time so rewrites a few blocks per commit, not its whole tree.
     pub fn resize(&mut self, nblocks: usize, txg: u64, mut free: impl FnMut(BlockPtr, u8)) {
         let s = shape(nblocks);
         let (old_n, old_slots) = (self.nblocks, self.leaves.len());
         let mut leaves = std::mem::take(&mut self.leaves);
-        // Dropped leaves, then the dropped tail of the last kept one.
+        let mut l1 = std::mem::take(&mut self.upper[0]);
+        // Dropped leaves and their level-1 blocks, then the dropped tail of the last kept one.
         for leaf in leaves.drain(s[1].min(old_slots)..).flatten() {
             leaf.iter().for_each(|p| free(*p, 0));
         }
+        l1.drain(s[1].min(old_slots)..).for_each(|p| free(p, 1));
         let last = s[1].min(old_slots).saturating_sub(1);
+        let old_len = PTRS_PER_INDIRECT.min(old_n.saturating_sub(last * PTRS_PER_INDIRECT));
         let new_len = PTRS_PER_INDIRECT.min(nblocks.saturating_sub(last * PTRS_PER_INDIRECT));
-        if let Some(leaf) = leaves.get_mut(last).and_then(Option::as_mut) {
-            if new_len < leaf.len() {
-                leaf[new_len..].iter().for_each(|p| free(*p, 0));
+        let mut dirty_l1: BTreeSet<usize> = std::mem::take(&mut self.dirty[0]);
+        dirty_l1.retain(|&i| i < s[1]);
+        if new_len != old_len {
+            match leaves.get_mut(last).and_then(Option::as_mut) {
+                Some(leaf) => {
+                    if new_len < leaf.len() {
+                        leaf[new_len..].iter().for_each(|p| free(*p, 0));
+                    }
+                    let mut v = leaf.to_vec();
+                    v.resize(new_len, BlockPtr::hole(txg));
+                    *leaf = v.into_boxed_slice();
+                    dirty_l1.insert(last);
+                }
+                // An unkept leaf that gains blocks: born now, newer than its hole. One that
+                // only loses some stays the hole it was.
+                None if new_len > old_len => l1[last] = BlockPtr::hole(txg),
+                None => {}
             }
-            let mut v = leaf.to_vec();
-            v.resize(new_len, BlockPtr::hole(txg));
-            *leaf = v.into_boxed_slice();
         }
-        let old_l1 = std::mem::take(&mut self.upper[0]);
-        for (k, level) in std::iter::once(&old_l1).chain(&self.upper[1..]).enumerate() {
+        for (k, level) in self.upper.iter().enumerate().skip(1) {
             level.iter().for_each(|p| free(*p, k as u8 + 1));
         }
-        // Level 1: a kept leaf's pointer is rewritten at the sync; an unkept one's stays the
-        // hole it was, unless the leaf gained blocks (born in `txg`, newer than its hole).
-        let grew = |i: usize| i == last && nblocks > old_n;
-        let l1 = (0..s[1])
-            .map(|i| match (old_l1.get(i), leaves.get(i)) {
-                (Some(p), Some(None)) if !grew(i) => BlockPtr::hole(p.birth),
-                _ => BlockPtr::hole(txg),
-            })
-            .collect();
+        l1.resize(s[1], BlockPtr::hole(txg));
         leaves.resize_with(s[1], || None);
         self.nblocks = nblocks;
         self.kept = leaves.iter().flatten().count();
@@ -328,7 +341,11 @@ impl BlockTree {
             .chain(s[2..].iter().map(|&n| vec![BlockPtr::HOLE; n]))
             .collect();
         self.dirty = vec![BTreeSet::new(); s.len() - 1];
-        self.dirty[0].extend(0..s[1]);
+        self.dirty[0] = dirty_l1;
+        if let Some(level2) = self.dirty.get_mut(1) {
+            level2.extend(0..s[2]);
+        }
+        self.resized = true;
     }
 
     /// Every non-hole pointer, data and indirect, with its level (0 = data) and index.
@@ -537,6 +554,69 @@ mod tests {
             (t.get(650), t.get(1100)),
             (BlockPtr::hole(4), BlockPtr::hole(4))
         );
+    }
+
+    #[test]
+    fn a_resize_rewrites_only_what_it_changed() {
+        let store: std::cell::RefCell<HashMap<u64, Vec<u8>>> = Default::default();
+        let next = std::cell::Cell::new(0u64);
+        let write = |b: &[u8]| {
+            next.set(next.get() + 1);
+            store.borrow_mut().insert(next.get(), b.to_vec());
+            Ok(ptr(next.get()))
+        };
+        let read = |p: &BlockPtr, buf: &mut [u8]| {
+            buf.copy_from_slice(&store.borrow()[&p.sector]);
+            Ok(())
+        };
+        // Three full leaves and a partial one; each leaf written.
+        let mut t = BlockTree::empty(1600).unwrap();
+        for i in [0usize, 600, 1100, 1599] {
+            t.set(
+                i,
+                BlockPtr {
+                    birth: 2,
+                    ..ptr(i as u64 + 1)
+                },
+            );
+        }
+        t.sync(write, |_, _| {}).unwrap();
+        // Grown (past a height change: 1600 -> 512 * 512 + 1 blocks): the full leaves' level-1
+        // blocks stay; the partial leaf's is rewritten, and the levels above.
+        let mut freed = vec![];
+        t.resize(512 * 512 + 1, 3, |p, level| freed.push((p, level)));
+        let mut written = 0;
+        t.sync(
+            |b| {
+                written += 1;
+                write(b)
+            },
+            |p, level| freed.push((p, level)),
+        )
+        .unwrap();
+        let l1_freed = freed
+            .iter()
+            .filter(|(p, l)| *l == 1 && !p.is_hole())
+            .count();
+        assert_eq!(
+            l1_freed, 1,
+            "only the partial leaf's level-1 block: {freed:?}"
+        );
+        assert_eq!(t.height(), 3);
+        assert_eq!(written, 1 + 1 + 1, "one level-1, one level-2 and the root");
+        let loaded = BlockTree::load(t.root(), 512 * 512 + 1, u64::MAX, read).unwrap();
+        for i in [0usize, 600, 1100, 1599] {
+            assert_eq!(loaded.get(i), t.get(i), "block {i}");
+        }
+        assert_eq!(loaded.get(1600), BlockPtr::hole(3));
+        // Shrunk to one full leaf: its level-1 block, unchanged, becomes the root.
+        t.resize(512, 4, |_, _| {});
+        assert!(t.is_dirty());
+        t.sync(write, |_, _| {}).unwrap();
+        assert_eq!(t.height(), 1);
+        let loaded = BlockTree::load(t.root(), 512, u64::MAX, read).unwrap();
+        assert_eq!(loaded.get(0), BlockPtr { birth: 2, ..ptr(1) });
+        assert!(!t.is_dirty());
     }
 
     #[test]
