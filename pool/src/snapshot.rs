@@ -253,7 +253,7 @@ impl Shared {
             .chain(&s_chain)
             .for_each(|p| free(&mut sm, txg, p));
         nst.deadlist = Deadlist::from_entries(kept);
-        nst.written += sst.written - freed_data;
+        nst.written += crate::volume::uncount(sst.written, freed_data, "written");
         if next == head {
             nst.prev_snap_txg = ptxg;
         }

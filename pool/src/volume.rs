@@ -72,6 +72,21 @@ pub(crate) struct VolumeState {
     pub destroyed: bool,
 }
 
+/// `count - n` for a space count; a count that would go below zero (only a damaged or crafted
+/// pool says so little) stays at zero, with a warning, instead of wrapping (or panicking a
+/// debug build). `tarn pool scrub` reports the accounting as wrong.
+pub(crate) fn uncount(count: u64, n: u64, what: &str) -> u64 {
+    count.checked_sub(n).unwrap_or_else(|| {
+        tracing::warn!(
+            count,
+            n,
+            what,
+            "space accounting below zero: the pool's counts are damaged"
+        );
+        0
+    })
+}
+
 /// Writes with at least this many bytes of whole blocks place them on disk directly; smaller
 /// ones are buffered and batched into the commit (cheaper for scattered small writes).
 const PLACE_MIN_BYTES: u64 = 64 << 10;
@@ -128,12 +143,12 @@ impl VolumeState {
         }
         let n = u64::from(p.sectors);
         if level == 0 {
-            self.referenced -= n;
+            self.referenced = uncount(self.referenced, n, "referenced");
         }
         if p.birth > self.prev_snap_txg {
             sm.free_deferred(txg, p.sector, n);
             if level == 0 {
-                self.written -= n;
+                self.written = uncount(self.written, n, "written");
             }
         } else {
             self.deadlist.push(p, level);
