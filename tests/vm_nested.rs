@@ -397,7 +397,8 @@ fn boot_and_check(mode: Case) {
                         "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.kernel=vdb"
                     }
                     Case::PoolClone => {
-                        "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=pool tarn.cpus=2"
+                        "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=pool tarn.cpus=2 \
+                         tarn.inner=loglevel=7"
                     }
                     Case::Nfs => "console=ttyS0 quiet tarn.vmm=tarn tarn.test=ext4 tarn.disk=nfs",
                 },
@@ -464,6 +465,20 @@ fn boot_and_check(mode: Case) {
         console.contains(&format!("TARN-CPUS {cpus}\n")),
         "the guest should see {cpus} CPU(s); console tail:\n{tail}"
     );
+    if mode == Case::PoolClone {
+        // The inner kernel's own log (loglevel=7): one package of two cores with the APIC
+        // IDs the CPUID says, and the MTRRs on (the boot MSRs), so PAT is set up.
+        for bad in ["APIC ID mismatch", "Firmware Bug", "MTRRs disabled"] {
+            assert!(
+                !console.contains(bad),
+                "the guest kernel logged {bad:?}:\n{tail}"
+            );
+        }
+        assert!(
+            console.contains("smpboot: Max logical packages: 1"),
+            "the guest should see one package:\n{tail}"
+        );
+    }
 
     // The checksums the guest printed, against files made here.
     let sums = guest_sums(&console);

@@ -128,6 +128,35 @@ pub struct Vm {
     fd: VmFd,
 }
 
+/// MSRs a firmware would have set before the kernel: fast string operations on (KVM's reset
+/// value leaves them off, and Linux on an Intel CPU then turns off its fast `rep movs`/`stos`
+/// memcpy and memset), and the MTRRs enabled with write-back as the default type (with them
+/// off, Linux also leaves PAT uninitialised). Best effort: a KVM that refuses one (PVM) boots
+/// the guest as before.
+fn set_boot_msrs(vcpu: &VcpuFd, id: u8) {
+    const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+    const MISC_ENABLE_FAST_STRING: u64 = 1;
+    const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+    const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
+    let entries = [
+        (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITE_BACK),
+    ];
+    for (index, data) in entries {
+        let msr = kvm_bindings::kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        };
+        let set = kvm_bindings::Msrs::from_entries(&[msr])
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|m| vcpu.set_msrs(&m).map_err(|e| e.to_string()));
+        if set != Ok(1) {
+            tracing::debug!(vcpu = id, msr = index, ?set, "KVM did not take a boot MSR");
+        }
+    }
+}
+
 impl Vm {
     /// Opens `/dev/kvm`, creates the VM, registers `mem`, creates the irqchip and PIT.
     pub fn new(mem: &GuestMemoryMmap) -> Result<Vm> {
@@ -194,6 +223,7 @@ impl Vm {
         crate::cpuid::patch(&mut cpuid, id, cpus);
         vcpu.set_cpuid2(&cpuid)
             .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        set_boot_msrs(&vcpu, id);
         let mut lapic = vcpu.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;
         let set = |regs: &mut [std::os::raw::c_char], off: usize, mode: u32| {
             let mut b = [0u8; 4];
