@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::phys::{BlockPtr, DatasetKind, DeadEntry};
 use crate::pool::{lock, read, write, DatasetEntry, DatasetInfo, Pool, Shared};
 use crate::spacemap::SpaceMap;
-use crate::volume::{StateInit, Volume};
+use crate::volume::{StateInit, Volume, VolumeState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -68,6 +68,17 @@ pub struct Landing<'a> {
     pub guid: u64,
     /// Properties to set on the volume (an empty value removes one).
     pub props: &'a [(String, String)],
+}
+
+/// Whether a volume's head differs from a snapshot of it (`base`: its size and root): written
+/// since, zeroed, resized (a resize or a zeroing writes no data, so `written` misses them), or
+/// with changes not yet committed. The snapshot shares the head's root until the head changes.
+fn changed_since(head: &VolumeState, base: (u64, BlockPtr)) -> bool {
+    head.written > 0
+        || !head.open.is_empty()
+        || head.tree.as_ref().is_some_and(|t| t.is_dirty())
+        || head.size != base.0
+        || head.root != base.1
 }
 
 /// A volume's snapshots, oldest first.
@@ -344,6 +355,23 @@ impl Pool {
             .ok_or_else(|| Error::NotFound(full.into()))
     }
 
+    /// Whether volume `full` changed since its newest snapshot (written, zeroed or resized,
+    /// committed or not); `true` when it has none. A receive of an incremental stream onto it
+    /// would discard such changes.
+    pub fn changed_since_newest_snapshot(&self, full: &str) -> Result<bool> {
+        let ds = read(&self.shared.datasets);
+        let id = self.entry_id(&ds, full)?;
+        let Some(newest) = snapshots_of(&ds, id).last().copied() else {
+            return Ok(true);
+        };
+        let base = {
+            let b = lock(&ds[&newest].vol.state);
+            (b.size, b.root)
+        };
+        let head = lock(&ds[&id].vol.state);
+        Ok(changed_since(&head, base))
+    }
+
     /// Destroys a volume or snapshot, refusing while snapshots, clones or holds depend on it;
     /// durable on return.
     pub fn destroy(&self, full: &str) -> Result<()> {
@@ -547,11 +575,13 @@ impl Pool {
                     return Err(Error::AlreadyExists(format!("{}/{rest}", self.name())));
                 }
             }
-            let base_size = lock(&ds[&base].vol.state).size;
+            let base_state = {
+                let b = lock(&ds[&base].vol.state);
+                (b.size, b.root)
+            };
             {
                 let mut tst = lock(&tvol.state);
-                // A resize writes no blocks, so `written` does not show it.
-                let changed = tst.written > 0 || !tst.open.is_empty() || tst.size != base_size;
+                let changed = changed_since(&tst, base_state);
                 if changed && !force {
                     return Err(Error::HasDependents {
                         action: "replace".into(),

@@ -142,6 +142,7 @@ impl Shared {
             if !st.open.is_empty() {
                 let map = Arc::new(std::mem::take(&mut st.open));
                 st.open_l1.clear();
+                st.open_new_leaves = 0;
                 reserved += std::mem::take(&mut st.open_reserved);
                 st.syncing = Some(map.clone());
                 work.push((v.clone(), map));

@@ -56,6 +56,9 @@ pub(crate) struct VolumeState {
     pub open: DirtyMap,
     /// Level-1 indirect blocks the open txg will rewrite (for space reservation).
     pub open_l1: HashSet<u64, BlockHasher>,
+    /// Of those, the ones whose leaf the tree does not keep yet: the block-map memory the open
+    /// txg adds ([`VolumeHandle::check_map_budget`]).
+    pub open_new_leaves: u64,
     /// Bytes reserved for the open txg.
     pub open_reserved: u64,
     pub syncing: Option<Arc<DirtyMap>>,
@@ -123,6 +126,7 @@ impl VolumeState {
             root: init.root,
             open: DirtyMap::new(),
             open_l1: HashSet::default(),
+            open_new_leaves: 0,
             open_reserved: 0,
             syncing: None,
             referenced: init.referenced,
@@ -179,6 +183,7 @@ impl VolumeState {
         });
         if nblocks == 0 {
             self.open_l1.clear();
+            self.open_new_leaves = 0;
             return std::mem::take(&mut self.open_reserved);
         }
         let r = (buffered * u64::from(block_size)).min(self.open_reserved);
@@ -545,8 +550,7 @@ impl VolumeHandle {
 
     /// Refuses data for ranges of the block map not yet kept in memory (a leaf: 512 pointers,
     /// 24 KiB) where the map would then pass its budget, half of the memory the process may
-    /// use: what is written here must open here again. Leaves the open txg already touches are
-    /// counted as new (an upper bound).
+    /// use: what is written here must open here again. The open txg's new leaves count too.
     fn check_map_budget(&self, st: &VolumeState, offset: u64, len: u64) -> Result<()> {
         let Some(tree) = st.tree.as_ref().filter(|_| len > 0) else {
             return Ok(());
@@ -561,7 +565,7 @@ impl VolumeHandle {
         let budget = self.shared.memory_limit / 2;
         let needed = tree
             .resident_bytes()
-            .saturating_add((st.open_l1.len() as u64 + new) * LEAF_BYTES);
+            .saturating_add((st.open_new_leaves + new) * LEAF_BYTES);
         if needed > budget {
             return Err(Error::TooLarge(format!(
                 "{}: writing at byte {offset} would take its block map to {needed} bytes of \
@@ -698,11 +702,16 @@ impl VolumeHandle {
             if !had_data && (!whole || (src.is_some() && !place)) {
                 used += bs;
             }
-            if fresh
-                && (src.is_some() || !whole)
-                && st.open_l1.insert(idx / PTRS_PER_INDIRECT as u64)
-            {
+            let leaf = idx / PTRS_PER_INDIRECT as u64;
+            if fresh && (src.is_some() || !whole) && st.open_l1.insert(leaf) {
                 used += INDIRECT_SIZE as u64 * height;
+                if !st
+                    .tree
+                    .as_ref()
+                    .is_some_and(|t| t.keeps_leaf(leaf as usize))
+                {
+                    st.open_new_leaves += 1;
+                }
             }
             at += n as u64;
         }

@@ -115,3 +115,32 @@ fn writes_keep_the_block_map_within_its_budget() {
         .expect_err("a map past the limit");
     assert!(err.to_string().contains("more memory"), "{err}");
 }
+
+/// Rewriting ranges the map already keeps takes none of its budget: a write needing one new
+/// leaf is then still within it (the kept leaves rewritten in the open txg were counted
+/// twice, and such a write was refused at a quarter of the budget).
+#[test]
+fn rewriting_kept_ranges_does_not_use_up_the_budget() {
+    let config = PoolConfig {
+        sync_interval: None,
+        memory_limit: Some(8 << 20),
+        ..PoolConfig::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = Pool::create_file(&dir.path().join("p.tarn"), "p", 64 << 20, config).expect("pool");
+    pool.create_volume("p/v", 1 << 30, BS as u32, &Default::default())
+        .expect("volume");
+    let v = pool.volume("p/v").expect("v");
+    let span = 512 * BS;
+    for i in 0..100 {
+        v.write_at(i * span, &[1u8; BS as usize])
+            .expect("first write");
+    }
+    pool.sync().expect("sync");
+    for i in 0..100 {
+        v.write_at(i * span, &[2u8; BS as usize])
+            .expect("a kept range");
+    }
+    v.write_at(150 * span, &[3u8; BS as usize])
+        .expect("one new leaf, within the budget");
+}

@@ -413,9 +413,10 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         }
     };
     let base_size = pool.dataset(&base)?.size;
-    if (t.written > 0 || t.size != base_size) && !force {
+    if pool.changed_since_newest_snapshot(vol)? && !force {
         return Err(Error::Refused(format!(
-            "{vol} changed since {base} ({} bytes written, size {} then {}); use -F to discard the changes",
+            "{vol} changed since {base} ({} bytes written, size {} then {}, or zeroed); use -F \
+             to discard the changes",
             t.written, base_size, t.size
         )));
     }

@@ -261,6 +261,52 @@ fn a_target_resized_since_the_base_counts_as_changed() {
     }
 }
 
+/// Changes that write no data — a zeroing, a shrink and regrow to the same size — count as
+/// changes too: a receive without -F refuses to undo them (it did, silently).
+#[test]
+fn a_target_zeroed_or_regrown_since_the_base_counts_as_changed() {
+    let (a, full) = source(4 << 20, 4 << 20, 1);
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(4096, 9))
+        .expect("write");
+    a.snapshot(&["a/v@s2"]).expect("s2");
+    let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+    type Change = fn(&Pool);
+    let changes: [(&str, Change); 3] = [
+        ("zeroed", |b| {
+            b.volume("b/v")
+                .expect("v")
+                .write_zeroes(1 << 20, 4096)
+                .expect("zero");
+            b.sync().expect("sync");
+        }),
+        ("zeroed, not yet committed", |b| {
+            b.volume("b/v")
+                .expect("v")
+                .write_zeroes(1 << 20, 4096)
+                .expect("zero");
+        }),
+        ("shrunk and regrown", |b| {
+            b.resize_volume("b/v", 2 << 20).expect("shrink");
+            b.resize_volume("b/v", 4 << 20).expect("regrow");
+        }),
+    ];
+    for (what, change) in changes {
+        let b = mkpool("b");
+        recv(&b, "b/v", &full[..], false).expect("full");
+        assert!(
+            !b.changed_since_newest_snapshot("b/v").expect("check"),
+            "{what}"
+        );
+        change(&b);
+        let e = recv(&b, "b/v", &inc[..], false).expect_err(what);
+        assert!(matches!(e, Error::Refused(_)), "{what}: {e}");
+        recv(&b, "b/v", &inc[..], true).expect("forced");
+        assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s2"), "{what}");
+    }
+}
+
 /// An incremental receive lands whole or not at all: a power cut at every device write or
 /// sync of it leaves, after reopening, either the volume as it was (no new snapshot, and the
 /// same stream received again works) or the stream's data with its snapshot and properties.
