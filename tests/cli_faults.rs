@@ -438,6 +438,25 @@ fn usage_errors_are_one_line() {
         .run(["list", "-H", "-o", "name"])
         .ok()
         .contains("tank/c"));
+    // As many disks as a VM takes, plus the clone: refused before the clone is made.
+    let mut args = vec![
+        "vm",
+        "run",
+        "--kernel",
+        k,
+        "--clone-from",
+        "tank/v@s",
+        "--name",
+        "c",
+    ];
+    for _ in 0..18 {
+        args.extend(["--disk", "tank/v,ro"]);
+    }
+    env.run(args).fails_with("disks");
+    assert!(!env
+        .run(["list", "-H", "-o", "name"])
+        .ok()
+        .contains("tank/c"));
 }
 
 /// Commands that write a file never write over a pool (its own, or another one), a failed

@@ -131,8 +131,13 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         disks,
         console: a.console.clone(),
     };
-    // Checked before a clone is made for it.
-    config.validate().map_err(vmm_err)?;
+    // Checked before a clone is made for it, with the clone's disk counted.
+    let mut planned = config.clone();
+    if let Some(snap) = &a.clone_from {
+        let disk = DiskConfig::parse(&format!("{}/clone", pool_of_any(snap)?)).map_err(vmm_err)?;
+        planned.disks.insert(0, disk);
+    }
+    planned.validate().map_err(vmm_err)?;
     let mut pools = BTreeMap::new();
     let mut config = config;
     let clone = match &a.clone_from {

@@ -303,6 +303,11 @@ fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<KernelLoaderR
             "neither an ELF vmlinux nor a bzImage (no ELF magic, no \"HdrS\" at 0x202)".into(),
         ));
     }
+    if head.len() < 0x268 {
+        return Err(bad(format!(
+            "a truncated bzImage: {len} bytes, shorter than its setup header"
+        )));
+    }
     let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
     let (version, xloadflags) = (u16_at(0x206), head.get(0x236).map_or(0, |v| *v));
     if version < 0x020c || xloadflags & 1 == 0 {
@@ -363,13 +368,23 @@ fn load_initrd(
     }
     let size = file_size(&mut f).map_err(Error::io(what()))?;
     let kernel_top = match &kernel.setup_header {
-        Some(h) => {
-            let base = h.pref_address.max(kernel.kernel_load.0);
-            kernel.kernel_end.max(base + u64::from(h.init_size))
-        }
-        None => kernel.kernel_end,
+        Some(h) => h
+            .pref_address
+            .max(kernel.kernel_load.0)
+            .checked_add(u64::from(h.init_size))
+            .map(|end| end.max(kernel.kernel_end)),
+        None => Some(kernel.kernel_end),
     };
-    let floor = (kernel_top + 0xfff) & !0xfff;
+    let floor = kernel_top
+        .and_then(|t| t.checked_next_multiple_of(4096))
+        .filter(|&f| f < layout::MMIO_GAP_START)
+        .ok_or_else(|| {
+            Error::KernelLoad(format!(
+                "the kernel's setup header places it (with room to decompress) past guest RAM's \
+                 first {:#x} bytes: not a kernel this VMM can boot",
+                layout::MMIO_GAP_START
+            ))
+        })?;
     let mut top = mem_size.min(layout::MMIO_GAP_START);
     if let Some(h) = kernel
         .setup_header
@@ -383,11 +398,20 @@ fn load_initrd(
         .map(|a| a & !0xfff)
         .filter(|&a| a >= floor)
         .ok_or_else(|| {
+            // Where RAM is the ceiling, more of it helps; the MMIO hole or the kernel's own
+            // limit for an initramfs (initrd_addr_max) is a ceiling no memory size moves.
+            let advice = if top == mem_size {
+                format!(
+                    "give the guest at least {} MiB of memory",
+                    floor.saturating_add(size).div_ceil(1 << 20) + 1
+                )
+            } else {
+                "use a smaller initramfs".to_string()
+            };
             Error::InvalidConfig(format!(
                 "the initramfs {} ({size} bytes) does not fit in guest RAM between the kernel \
-                 (up to {floor:#x}) and {top:#x}; give the guest at least {} MiB of memory",
+                 (up to {floor:#x}) and {top:#x}; {advice}",
                 path.display(),
-                (floor + size).div_ceil(1 << 20) + 1
             ))
         })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)

@@ -43,6 +43,7 @@ fn bzimage(version: u16, xloadflags: u8, syssize: u32, len: usize) -> Vec<u8> {
     b[0x202..0x206].copy_from_slice(b"HdrS");
     b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
     b[0x211] = 1; // LOADED_HIGH
+    b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start: 1 MiB
     b[0x236] = xloadflags;
     b
 }
@@ -98,6 +99,21 @@ fn bad_kernels_are_named_for_what_they_are() {
     assert!(e.contains("not a 64-bit bzImage"), "{e}");
     let e = error_of(&config(dir.path(), &bzimage(0x020f, 0, 1, 8192)));
     assert!(e.contains("XLF_KERNEL_64 off"), "{e}");
+    // A header cut short right after its magic: an error, not an index out of bounds.
+    let mut short = bzimage(0x020f, 1, 1, 8192);
+    short.truncate(0x207);
+    let e = error_of(&config(dir.path(), &short));
+    assert!(e.contains("truncated bzImage"), "{e}");
+    // A preferred address at the top of the address space: no overflow placing an initramfs.
+    let mut far = bzimage(0x020f, 1, 1, 8192);
+    far[0x258..0x260].copy_from_slice(&u64::MAX.to_le_bytes());
+    far[0x260..0x264].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    let mut c = config(dir.path(), &far);
+    let initrd = dir.path().join("small-initrd");
+    std::fs::write(&initrd, [0u8; 4096]).unwrap();
+    c.initrd = Some(initrd);
+    let e = error_of(&c);
+    assert!(e.contains("not a kernel this VMM can boot"), "{e}");
     // A segment beyond the guest's 64 MiB: the ELF loader's own error, not a bzImage one.
     let e = error_of(&config(dir.path(), &elf(1 << 30, 4096, 4096)));
     assert!(e.contains("ELF vmlinux") && !e.contains("bzImage"), "{e}");
