@@ -168,13 +168,26 @@ fn name_str<'a>(n: &'a filename3<'_>) -> Result<&'a str, nfsstat3> {
     std::str::from_utf8(&n.0).map_err(|_| nfsstat3::NFS3ERR_INVAL)
 }
 
-/// An entry's READDIR cookie: a hash of its name (never 0, the start). Entries go out in
-/// cookie order and a listing resumes after the cookie it was given, so entries created or
-/// removed between its pages shift nothing: the ones that stay are each listed once (a
-/// position as cookie skipped one entry for each removed before it, and `rm -r` of a large
-/// directory then failed with "not empty").
-fn entry_cookie(name: &str) -> u64 {
-    crate::view::fnv1a(name).max(1)
+/// READDIR cookies for `entries`, which come back in cookie order: a hash of the name with
+/// its low byte cleared, plus the name's rank among names sharing that hash (never 0, the
+/// start). A listing resumes after the cookie it was given, so entries created or removed
+/// between its pages shift nothing outside their own hash: the ones that stay are each listed
+/// once (a position as cookie skipped one entry for each removed before it, and `rm -r` of
+/// a large directory then failed with "not empty"), names whose hashes collide included.
+fn with_cookies(entries: Vec<crate::view::Entry>) -> Vec<(u64, crate::view::Entry)> {
+    let mut keyed: Vec<(u64, crate::view::Entry)> = entries
+        .into_iter()
+        .map(|e| ((crate::view::fnv1a(&e.name) & !0xff).max(0x100), e))
+        .collect();
+    keyed.sort_by(|(a, x), (b, y)| (a, &x.name).cmp(&(b, &y.name)));
+    let mut rank = 0u64;
+    let mut prev = None;
+    for (hash, _) in keyed.iter_mut() {
+        rank = if prev == Some(*hash) { rank + 1 } else { 0 };
+        prev = Some(*hash);
+        *hash |= rank.min(0xff);
+    }
+    keyed
 }
 
 /// Directory entries, handed out in cookie order after a cookie.
@@ -244,14 +257,9 @@ impl NfsReadFileSystem for NfsExport {
         cookie: u64,
     ) -> Result<impl ReadDirPlusIterator<FileHandleU64>, nfsstat3> {
         let entries = self.call(|v| v.readdir(dirid.as_u64()))?;
-        let mut after: Vec<_> = entries
+        let list: Vec<_> = with_cookies(entries)
             .into_iter()
-            .map(|e| (entry_cookie(&e.name), e))
             .filter(|(c, _)| *c > cookie)
-            .collect();
-        after.sort_by(|(a, x), (b, y)| (a, &x.name).cmp(&(b, &y.name)));
-        let list: Vec<_> = after
-            .into_iter()
             .map(|(c, e)| DirEntryPlus {
                 fileid: e.attr.id,
                 cookie: c,

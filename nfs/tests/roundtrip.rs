@@ -537,6 +537,89 @@ async fn a_listing_resumes_where_it_was_whatever_changes_meanwhile() {
     }
 }
 
+/// Plain READDIR pages interleaved with NFS REMOVEs (each moves the directory's mtime, the
+/// old cookie verifier) go on to the end: no NFS3ERR_BAD_COOKIE, which a Linux client takes
+/// as the end of the directory. Two names whose hashes collide are both listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_readdir_pages_survive_removes_and_colliding_names() {
+    use nfs3_client::nfs3_types::nfs3::{cookieverf3, READDIR3args, REMOVE3args};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    // FNV-1a 64 of these two names is the same (0x18868014373455f4).
+    let mut names: Vec<String> = vec!["vXFkLL5ew9JD".into(), "vLVQWTt1Mk5E".into()];
+    names.extend((0..30).map(|i| format!("vol{i:02}")));
+    for n in &names {
+        pool.create_volume(&format!("tank/{n}"), 1 << 20, 4096, &Default::default())
+            .unwrap();
+    }
+    let (port, _task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    // Every page size, so that some page ends between the colliding names.
+    for count in (300..700).step_by(40) {
+        let (mut cookie, mut verf, mut listed) = (0, cookieverf3::default(), Vec::<String>::new());
+        loop {
+            let page = conn
+                .readdir(&READDIR3args {
+                    dir: root.clone(),
+                    cookie,
+                    cookieverf: verf,
+                    count,
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            verf = page.cookieverf;
+            for e in page.reply.entries.into_inner() {
+                listed.push(String::from_utf8(e.name.0.to_vec()).unwrap());
+                cookie = e.cookie;
+            }
+            if page.reply.eof {
+                break;
+            }
+        }
+        for n in &names {
+            assert_eq!(
+                listed.iter().filter(|l| *l == n).count(),
+                1,
+                "{n}, count {count}: {listed:?}"
+            );
+        }
+    }
+    // Removing each page's entries over NFS as the listing goes.
+    let (mut cookie, mut verf, mut removed) = (0, cookieverf3::default(), 0);
+    loop {
+        let page = conn
+            .readdir(&READDIR3args {
+                dir: root.clone(),
+                cookie,
+                cookieverf: verf,
+                count: 400,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        verf = page.cookieverf;
+        for e in page.reply.entries.into_inner() {
+            cookie = e.cookie;
+            conn.remove(&REMOVE3args {
+                object: diropargs3 {
+                    dir: root.clone(),
+                    name: e.name.0.to_vec().into(),
+                },
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            removed += 1;
+        }
+        if page.reply.eof {
+            break;
+        }
+    }
+    assert_eq!(removed, names.len());
+}
+
 /// A connection past the limit is closed at once, one that sends nothing for the idle
 /// timeout is closed, and a slot freed that way serves the next client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,6 +669,52 @@ async fn connections_past_the_limit_and_idle_ones_are_closed() {
         );
         let mut d = connect();
         assert!(null(&mut d), "a freed slot serves the next client");
+        // Fragments that never end a record (empty, not last) do not keep it open.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            if d.write_all(&0u32.to_be_bytes()).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            closed(&mut d),
+            "a connection that completes no record is closed"
+        );
+        // Clients that never read their replies, in every slot: once a reply cannot be
+        // written for the idle timeout, the connection ends and its slot serves others.
+        let mut flood = Vec::new();
+        for xid in 0..200_000u32 {
+            for w in [0x8000_0028u32, xid, 0, 2, 100_003, 3, 0, 0, 0, 0, 0] {
+                flood.extend_from_slice(&w.to_be_bytes());
+            }
+        }
+        let flooders: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut e = connect();
+                e.set_nonblocking(true).unwrap();
+                let (mut sent, t) = (0, Instant::now());
+                while sent < flood.len() && t.elapsed() < Duration::from_secs(1) {
+                    match e.write(&flood[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                e
+            })
+            .collect();
+        let t = Instant::now();
+        let served = loop {
+            if null(&mut connect()) {
+                break true;
+            }
+            if t.elapsed() > Duration::from_secs(8) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(served, "clients that read no replies kept their slots");
+        drop(flooders);
     })
     .await
     .unwrap();

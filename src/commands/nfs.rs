@@ -7,8 +7,35 @@ use ::pool::PoolConfig;
 use std::io::Write;
 use std::sync::Arc;
 
+/// Raises this process's open-file limit to its hard limit, so that `--max-connections`
+/// connections fit (the usual soft limit, 1024, is reached first: accept then fails with
+/// EMFILE); says so where the hard limit is still short of them.
+fn raise_file_limit(connections: u32) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process, with a struct of ours.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    // The pool, the listener and the runtime take some descriptors of their own.
+    let needed = u64::from(connections) + 64;
+    if !raised || (lim.rlim_cur as u64) < needed {
+        tracing::warn!(
+            limit = lim.rlim_cur as u64,
+            needed,
+            "the open-file limit is below what --max-connections needs; raise it (ulimit -n)"
+        );
+    }
+}
+
 /// Serves `POOL` until SIGINT or SIGTERM, then commits and closes the pool.
 pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
+    raise_file_limit(a.max_connections);
     let entry = reg.require(&a.pool)?;
     let pool = open_entry_with(
         &entry,

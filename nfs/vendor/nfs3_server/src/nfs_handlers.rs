@@ -522,24 +522,11 @@ where
     let dir_attributes = dir_attr_maybe.map_or(post_op_attr::None, post_op_attr::Some);
     let cookieverf = cookieverf3::from_attr(&dir_attributes);
 
-    if readdir3args.cookieverf.is_none() {
-        if readdir3args.cookie != 0 {
-            warn!(
-                " -- Invalid cookie. Expected 0, got {}",
-                readdir3args.cookie
-            );
-            return READDIR3res::Err((nfsstat3::NFS3ERR_BAD_COOKIE, READDIR3resfail::default()));
-        }
-        debug!(" -- Start of readdir");
-    } else if readdir3args.cookieverf != cookieverf {
-        warn!(
-            " -- Dir version mismatch. Received {:?}, Expected: {cookieverf:?}",
-            readdir3args.cookieverf,
-        );
-        return READDIR3res::Err((nfsstat3::NFS3ERR_BAD_COOKIE, READDIR3resfail::default()));
-    } else {
-        debug!(" -- Resuming readdir. Cookie {}", readdir3args.cookie);
-    }
+    // tarn patch: no NFS3ERR_BAD_COOKIE. A cookie names where a listing stands whatever
+    // changed in the directory since (the file system's cookies are stable), as READDIRPLUS
+    // above already assumes; refusing it when the directory's mtime moved ended a listing
+    // interleaved with REMOVEs (a Linux client takes BAD_COOKIE as the end of the directory).
+    debug!(" -- Readdir from cookie {}", readdir3args.cookie);
 
     debug!(" -- Dir attr {dir_attributes:?}");
     debug!(" -- Dir version {cookieverf:?}");

@@ -224,8 +224,9 @@ where
         )
     }
 
-    /// Reads a fragment from the socket. This should be looped.
-    pub async fn read(&mut self) -> Result<(), anyhow::Error> {
+    /// Reads a fragment from the socket. This should be looped. Returns whether the fragment
+    /// completed a record (tarn patch: the idle timeout counts whole records).
+    pub async fn read(&mut self) -> Result<bool, anyhow::Error> {
         let is_last = self
             .cur_fragment
             .recv(&mut self.socket_receive_channel)
@@ -262,6 +263,6 @@ where
             });
         }
 
-        Ok(())
+        Ok(is_last)
     }
 }

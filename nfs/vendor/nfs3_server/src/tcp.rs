@@ -77,12 +77,19 @@ where
     // (upstream did both in one select loop, through an in-memory pipe).
     let (read_half, mut write_half) = tokio::io::split(socket);
     let (mut message_handler, mut msgrecvchan) = SocketMessageHandler::new(context, read_half);
-    // tarn patch: a connection that sends no complete record for `idle_timeout` is closed
-    // (after the replies it is owed), as knfsd closes idle ones; clients reconnect.
+    // tarn patch: a connection that completes no record for `idle_timeout` is closed (after
+    // the replies it is owed), as knfsd closes idle ones; clients reconnect. The deadline
+    // moves only when a record completes, so fragments that never end a record do not keep
+    // a connection open.
     let reader = tokio::spawn(async move {
+        let mut deadline = tokio::time::Instant::now() + idle_timeout;
         loop {
-            match tokio::time::timeout(idle_timeout, message_handler.read()).await {
-                Ok(Ok(())) => {}
+            match tokio::time::timeout_at(deadline, message_handler.read()).await {
+                Ok(Ok(record)) => {
+                    if record {
+                        deadline = tokio::time::Instant::now() + idle_timeout;
+                    }
+                }
                 Ok(Err(e)) => {
                     debug!("Message loop broken due to {e}");
                     break;
@@ -109,10 +116,20 @@ where
                 return Err(e);
             }
             // The slot is given back once the reply is written (or the write failed).
+            // A reply that cannot be written for the idle timeout (a client that does not read
+            // its replies) ends the connection, and gives back its slot.
             Some((Ok(msg), _slot)) => {
-                if let Err(e) = write_fragment(&mut write_half, msg).await {
-                    error!("Write error {e}");
-                    return Err(e);
+                match tokio::time::timeout(idle_timeout, write_fragment(&mut write_half, msg)).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        error!("Write error {e}");
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        info!("Closing a connection whose replies went unread for {idle_timeout:?}");
+                        return Err(anyhow::anyhow!("replies unread for {idle_timeout:?}"));
+                    }
                 }
             }
             // The reader stopped (end of stream or a bad record) and every request it
