@@ -24,9 +24,9 @@ fn raise_file_limit(connections: u32) {
     };
     // The pool, the listener and the runtime take some descriptors of their own.
     let needed = u64::from(connections) + 64;
-    if !raised || (lim.rlim_cur as u64) < needed {
+    if !raised || lim.rlim_cur < needed {
         tracing::warn!(
-            limit = lim.rlim_cur as u64,
+            limit = lim.rlim_cur,
             needed,
             "the open-file limit is below what --max-connections needs; raise it (ulimit -n)"
         );
