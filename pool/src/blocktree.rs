@@ -11,6 +11,12 @@
 use crate::error::{Error, Result};
 use crate::phys::{decode_indirect, encode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Memory the resident block maps of a pool take together: each tree adds what it holds,
+/// and takes it back as it shrinks or is dropped.
+pub type MapMeter = Arc<AtomicU64>;
 
 /// One leaf: the data block pointers under one level-1 pointer.
 type Leaf = Box<[BlockPtr]>;
@@ -30,6 +36,17 @@ pub struct BlockTree {
     /// Resized since the last sync: the root may be another block even where no indirect
     /// block is dirty (a shrink to one leaf makes that leaf's level-1 block the root).
     resized: bool,
+    /// Where this tree's memory is counted, and how much it has counted there.
+    meter: Option<MapMeter>,
+    charged: u64,
+}
+
+impl Drop for BlockTree {
+    fn drop(&mut self) {
+        if let Some(m) = &self.meter {
+            m.fetch_sub(self.charged, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Indirect levels above `nblocks` data blocks.
@@ -105,6 +122,8 @@ impl BlockTree {
                 .collect::<Result<_>>()?,
             dirty: vec![BTreeSet::new(); s.len() - 1],
             resized: false,
+            meter: None,
+            charged: 0,
         })
     }
 
@@ -163,6 +182,25 @@ impl BlockTree {
         Ok(t)
     }
 
+    /// Counts this tree's memory in `meter` from now on (and takes it back when dropped).
+    pub fn metered(mut self, meter: MapMeter) -> Self {
+        self.meter = Some(meter);
+        self.recharge();
+        self
+    }
+
+    /// Brings the meter up to what the tree takes now.
+    fn recharge(&mut self) {
+        let Some(m) = &self.meter else { return };
+        let now = self.resident_bytes();
+        if now >= self.charged {
+            m.fetch_add(now - self.charged, Ordering::Relaxed);
+        } else {
+            m.fetch_sub(self.charged - now, Ordering::Relaxed);
+        }
+        self.charged = now;
+    }
+
     /// Number of data blocks.
     pub fn nblocks(&self) -> usize {
         self.nblocks
@@ -195,6 +233,7 @@ impl BlockTree {
         if self.leaves[i].is_none() {
             self.leaves[i] = Some(vec![old; self.leaf_len(i)].into_boxed_slice());
             self.kept += 1;
+            self.recharge();
         }
         if let Some(leaf) = &mut self.leaves[i] {
             leaf[idx % PTRS_PER_INDIRECT] = p;
@@ -225,11 +264,6 @@ impl BlockTree {
     /// since the last sync).
     pub fn keeps_leaf(&self, i: usize) -> bool {
         self.leaves.get(i).is_some_and(Option::is_some)
-    }
-
-    /// Leaves kept.
-    pub fn kept_leaves(&self) -> usize {
-        self.kept
     }
 
     /// Bytes of memory the tree takes now (at most): its index and the leaves it keeps.
@@ -287,6 +321,7 @@ impl BlockTree {
             }
         }
         self.resized = false;
+        self.recharge();
         Ok(())
     }
 
@@ -346,6 +381,7 @@ impl BlockTree {
             level2.extend(0..s[2]);
         }
         self.resized = true;
+        self.recharge();
     }
 
     /// Every non-hole pointer, data and indirect, with its level (0 = data) and index.
@@ -503,6 +539,26 @@ mod tests {
         let mut seen = vec![];
         t.for_each_ptr(|level, i, p| seen.push((level, i, *p)));
         assert!(seen.contains(&(0, 5, ptr(1))) && !seen.iter().any(|s| s.2 == ptr(2)));
+    }
+
+    #[test]
+    fn the_meter_follows_every_tree() {
+        let meter = MapMeter::default();
+        let mut a = BlockTree::empty(5000).unwrap().metered(meter.clone());
+        let b = BlockTree::empty(600).unwrap().metered(meter.clone());
+        let total = |t: &[&BlockTree]| t.iter().map(|t| t.resident_bytes()).sum::<u64>();
+        assert_eq!(meter.load(Ordering::Relaxed), total(&[&a, &b]));
+        a.set(4000, ptr(1));
+        a.set(10, ptr(2));
+        assert_eq!(meter.load(Ordering::Relaxed), total(&[&a, &b]));
+        a.resize(700, 3, |_, _| {});
+        a.set(10, BlockPtr::hole(4));
+        a.sync(|_| Ok(ptr(9)), |_, _| {}).unwrap();
+        assert_eq!(meter.load(Ordering::Relaxed), total(&[&a, &b]));
+        drop(a);
+        assert_eq!(meter.load(Ordering::Relaxed), b.resident_bytes());
+        drop(b);
+        assert_eq!(meter.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Pool {
             )));
         }
         let size = round_size(size, block_size)?;
-        check_map_fits(size, block_size, 0, self.shared.memory_limit)?;
+        check_map_fits(&self.shared, size, block_size, 0)?;
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
         let sh = &self.shared;
         sh.check_writable()?;
@@ -109,8 +109,7 @@ impl Pool {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
             }
             if size > st.size {
-                let kept = st.tree.as_ref().map_or(0, |t| t.kept_leaves());
-                check_map_fits(size, vol.block_size, kept, sh.memory_limit)?;
+                check_map_fits(sh, size, vol.block_size, st.size)?;
             }
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let mut sm = lock(&sh.spacemap);
@@ -248,8 +247,7 @@ impl Pool {
             if st.tree.is_none() {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
             }
-            let kept = st.tree.as_ref().map_or(0, |t| t.kept_leaves());
-            check_map_fits(size, vol.block_size, kept, sh.memory_limit)?;
+            check_map_fits(sh, size, vol.block_size, st.size)?;
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let txg = cs.txg + 1;
             let mut sm = lock(&sh.spacemap);
@@ -382,22 +380,29 @@ pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {
     Ok(blocks * bs)
 }
 
-/// Refuses a volume size (rounded) whose block map's index, with the `kept` leaves of what
-/// was written, kept in memory while the volume is in use, would take more than half of
-/// `memory_limit`: a clear error now instead of an allocation failing (or the process being
-/// killed) later. Checked where a volume is created or grows; a shrink always goes through.
-/// What is written later adds to the map (48 bytes a block), checked as it is written.
-fn check_map_fits(size: u64, block_size: u32, kept: usize, memory_limit: u64) -> Result<()> {
+/// Refuses a volume size (rounded; `from`: its size now, 0 for a new volume) whose block
+/// map's index, kept in memory while the volume is in use, would take the pool's block maps
+/// past half of the memory limit: a clear error now instead of an allocation failing (or the
+/// process being killed) later. Checked where a volume is created or grows; a shrink always
+/// goes through. What is written later adds to the map (48 bytes a block), checked as it is
+/// written.
+fn check_map_fits(sh: &Shared, size: u64, block_size: u32, from: u64) -> Result<()> {
+    use crate::blocktree::map_bytes;
     let bs = u64::from(block_size);
-    let map = crate::blocktree::map_bytes(size.div_ceil(bs))
-        .saturating_add(kept as u64 * crate::blocktree::LEAF_BYTES);
-    let budget = memory_limit / 2;
+    let index = map_bytes(size.div_ceil(bs));
+    let now = if from == 0 {
+        0
+    } else {
+        map_bytes(from.div_ceil(bs))
+    };
+    let map = sh.map_bytes().saturating_sub(now).saturating_add(index);
+    let budget = sh.memory_limit / 2;
     if map > budget {
         return Err(Error::TooLarge(format!(
-            "a volume of {size} bytes in {bs}-byte blocks is too large: the index of its block \
-             map, kept in memory, would take {map} bytes, more than half of the memory this \
-             process may use ({budget} bytes allowed); use a larger block size or a smaller \
-             volume"
+            "a volume of {size} bytes in {bs}-byte blocks is too large: with the index of its \
+             block map, the pool's block maps, kept in memory, would take {map} bytes, more \
+             than half of the memory this process may use ({budget} bytes allowed); use a \
+             larger block size or a smaller volume"
         )));
     }
     Ok(())

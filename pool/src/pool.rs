@@ -131,8 +131,11 @@ pub(crate) struct Shared {
     pub throttle: (Mutex<()>, Condvar),
     pub stop: AtomicBool,
     /// What this process may use of memory ([`crate::datasets::memory_limit`]), read at open:
-    /// block maps are held to half of it as they grow, and refused past it when loaded.
+    /// the pool's block maps together are held to half of it as they grow, and refused past
+    /// it when loaded.
     pub memory_limit: u64,
+    /// Memory the pool's resident block maps take together.
+    pub map_meter: crate::blocktree::MapMeter,
 }
 
 impl Shared {
@@ -184,11 +187,18 @@ impl Shared {
 
     pub(crate) fn load_tree(&self, vol: &Volume, st: &VolumeState) -> Result<BlockTree> {
         let nblocks = st.size.div_ceil(u64::from(vol.block_size)) as usize;
-        BlockTree::load(st.root, nblocks, self.memory_limit, |p, buf| {
+        let room = self.memory_limit.saturating_sub(self.map_bytes());
+        let tree = BlockTree::load(st.root, nblocks, room, |p, buf| {
             self.read_block(p, buf, &|| {
                 format!("an indirect block of {}/{}", self.name(), read(&vol.name))
             })
-        })
+        })?;
+        Ok(tree.metered(self.map_meter.clone()))
+    }
+
+    /// Memory the pool's resident block maps take together.
+    pub(crate) fn map_bytes(&self) -> u64 {
+        self.map_meter.load(Ordering::Relaxed)
     }
 
     pub(crate) fn poison(&self, e: &Error) {
@@ -761,6 +771,7 @@ impl Pool {
             memory_limit: config
                 .memory_limit
                 .unwrap_or_else(crate::datasets::memory_limit),
+            map_meter: Default::default(),
         });
         let sync_thread = config.sync_interval.map(|every| {
             let weak = Arc::downgrade(&shared);

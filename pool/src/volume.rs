@@ -563,14 +563,15 @@ impl VolumeHandle {
             return Ok(());
         }
         let budget = self.shared.memory_limit / 2;
-        let needed = tree
-            .resident_bytes()
+        let needed = self
+            .shared
+            .map_bytes()
             .saturating_add((st.open_new_leaves + new) * LEAF_BYTES);
         if needed > budget {
             return Err(Error::TooLarge(format!(
-                "{}: writing at byte {offset} would take its block map to {needed} bytes of \
-                 memory, past its budget of {budget} (half of what this process may use); each \
-                 block written keeps 48 bytes in memory: use a larger block size, or a host \
+                "{}: writing at byte {offset} would take the pool's block maps to {needed} bytes \
+                 of memory, past their budget of {budget} (half of what this process may use); \
+                 each block written keeps 48 bytes in memory: use a larger block size, or a host \
                  with more memory",
                 self.name()
             )));

@@ -144,3 +144,42 @@ fn rewriting_kept_ranges_does_not_use_up_the_budget() {
     v.write_at(150 * span, &[3u8; BS as usize])
         .expect("one new leaf, within the budget");
 }
+
+/// The budget is the pool's, across its volumes: what one volume's map holds leaves that
+/// much less for the others.
+#[test]
+fn the_budget_is_shared_by_the_pools_volumes() {
+    let config = PoolConfig {
+        sync_interval: None,
+        memory_limit: Some(8 << 20),
+        ..PoolConfig::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = Pool::create_file(&dir.path().join("p.tarn"), "p", 64 << 20, config).expect("pool");
+    let span = 512 * BS;
+    for name in ["p/a", "p/b"] {
+        pool.create_volume(name, 1 << 30, BS as u32, &Default::default())
+            .expect("volume");
+    }
+    // Ranges written into a 1 GiB volume until the budget refuses one.
+    let fill = |name: &str| -> u64 {
+        let v = pool.volume(name).expect("v");
+        let mut n = 0;
+        while v.write_at(n * span, &[5u8; BS as usize]).is_ok() {
+            n += 1;
+            assert!(n < 512, "never refused");
+        }
+        pool.sync().expect("sync");
+        n
+    };
+    let first = fill("p/a");
+    let second = fill("p/b");
+    assert!(
+        first > 100,
+        "the first volume had most of the budget: {first}"
+    );
+    assert!(
+        second < 10,
+        "the second found it spent: {second} ranges after {first}"
+    );
+}
