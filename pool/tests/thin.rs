@@ -18,6 +18,17 @@ fn rss_bytes() -> u64 {
     kib << 10
 }
 
+/// Pool `p` (64 MiB) in `dir`, committing only when asked, whose block maps may take 4 MiB
+/// (half of an 8 MiB memory limit): about 169 written ranges of 512 blocks.
+fn budgeted_pool(dir: &tempfile::TempDir) -> Pool {
+    let config = PoolConfig {
+        sync_interval: None,
+        memory_limit: Some(8 << 20),
+        ..PoolConfig::default()
+    };
+    Pool::create_file(&dir.path().join("p.tarn"), "p", 64 << 20, config).expect("pool")
+}
+
 fn read(pool: &Pool, name: &str, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     pool.volume(name)
@@ -121,13 +132,8 @@ fn writes_keep_the_block_map_within_its_budget() {
 /// twice, and such a write was refused at a quarter of the budget).
 #[test]
 fn rewriting_kept_ranges_does_not_use_up_the_budget() {
-    let config = PoolConfig {
-        sync_interval: None,
-        memory_limit: Some(8 << 20),
-        ..PoolConfig::default()
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = Pool::create_file(&dir.path().join("p.tarn"), "p", 64 << 20, config).expect("pool");
+    let pool = budgeted_pool(&dir);
     pool.create_volume("p/v", 1 << 30, BS as u32, &Default::default())
         .expect("volume");
     let v = pool.volume("p/v").expect("v");
@@ -149,13 +155,8 @@ fn rewriting_kept_ranges_does_not_use_up_the_budget() {
 /// much less for the others.
 #[test]
 fn the_budget_is_shared_by_the_pools_volumes() {
-    let config = PoolConfig {
-        sync_interval: None,
-        memory_limit: Some(8 << 20),
-        ..PoolConfig::default()
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = Pool::create_file(&dir.path().join("p.tarn"), "p", 64 << 20, config).expect("pool");
+    let pool = budgeted_pool(&dir);
     let span = 512 * BS;
     for name in ["p/a", "p/b"] {
         pool.create_volume(name, 1 << 30, BS as u32, &Default::default())
