@@ -476,20 +476,32 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
     );
 }
 
+/// A pool in `dir` with a 1 MiB volume for each of `names`, served, and a mounted client.
+async fn served_volumes(
+    dir: &std::path::Path,
+    names: &[String],
+) -> (
+    Arc<Pool>,
+    tokio::task::JoinHandle<()>,
+    Nfs3Connection<TokioIo<tokio::net::TcpStream>>,
+) {
+    let pool = new_pool(dir);
+    for n in names {
+        pool.create_volume(&format!("tank/{n}"), 1 << 20, 4096, &Default::default())
+            .unwrap();
+    }
+    let (port, task) = start(pool.clone(), 0).await;
+    (pool, task, mount(port).await)
+}
+
 /// A listing read in pages while entries before the page boundary are removed and new ones
 /// are created still lists every entry that stayed, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_resumes_where_it_was_whatever_changes_meanwhile() {
     use nfs3_client::nfs3_types::nfs3::{cookieverf3, READDIRPLUS3args};
     let dir = tempfile::tempdir().unwrap();
-    let pool = new_pool(dir.path());
     let names: Vec<String> = (0..40).map(|i| format!("vol{i:02}")).collect();
-    for n in &names {
-        pool.create_volume(&format!("tank/{n}"), 1 << 20, 4096, &Default::default())
-            .unwrap();
-    }
-    let (port, _task) = start(pool.clone(), 0).await;
-    let mut conn = mount(port).await;
+    let (pool, _task, mut conn) = served_volumes(dir.path(), &names).await;
     let root = conn.root_nfs_fh3();
     let (mut cookie, mut listed, mut removed) = (0, Vec::<String>::new(), Vec::new());
     loop {
@@ -542,42 +554,15 @@ async fn a_listing_resumes_where_it_was_whatever_changes_meanwhile() {
 /// as the end of the directory. Two names whose hashes collide are both listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_readdir_pages_survive_removes_and_colliding_names() {
-    use nfs3_client::nfs3_types::nfs3::{cookieverf3, READDIR3args, REMOVE3args};
     let dir = tempfile::tempdir().unwrap();
-    let pool = new_pool(dir.path());
     // FNV-1a 64 of these two names is the same (0x18868014373455f4).
     let mut names: Vec<String> = vec!["vXFkLL5ew9JD".into(), "vLVQWTt1Mk5E".into()];
     names.extend((0..30).map(|i| format!("vol{i:02}")));
-    for n in &names {
-        pool.create_volume(&format!("tank/{n}"), 1 << 20, 4096, &Default::default())
-            .unwrap();
-    }
-    let (port, _task) = start(pool.clone(), 0).await;
-    let mut conn = mount(port).await;
+    let (_pool, _task, mut conn) = served_volumes(dir.path(), &names).await;
     let root = conn.root_nfs_fh3();
     // Every page size, so that some page ends between the colliding names.
     for count in (300..700).step_by(40) {
-        let (mut cookie, mut verf, mut listed) = (0, cookieverf3::default(), Vec::<String>::new());
-        loop {
-            let page = conn
-                .readdir(&READDIR3args {
-                    dir: root.clone(),
-                    cookie,
-                    cookieverf: verf,
-                    count,
-                })
-                .await
-                .unwrap()
-                .unwrap();
-            verf = page.cookieverf;
-            for e in page.reply.entries.into_inner() {
-                listed.push(String::from_utf8(e.name.0.to_vec()).unwrap());
-                cookie = e.cookie;
-            }
-            if page.reply.eof {
-                break;
-            }
-        }
+        let listed = readdir_all(&mut conn, &root, count, false).await;
         for n in &names {
             assert_eq!(
                 listed.iter().filter(|l| *l == n).count(),
@@ -587,14 +572,27 @@ async fn plain_readdir_pages_survive_removes_and_colliding_names() {
         }
     }
     // Removing each page's entries over NFS as the listing goes.
-    let (mut cookie, mut verf, mut removed) = (0, cookieverf3::default(), 0);
+    let removed = readdir_all(&mut conn, &root, 400, true).await;
+    assert_eq!(removed.len(), names.len(), "{removed:?}");
+}
+
+/// Every name plain READDIR lists in `dir`, in pages of `count` bytes; with `remove`, each
+/// page's entries are removed over NFS before the next page is asked for.
+async fn readdir_all(
+    conn: &mut Nfs3Connection<TokioIo<tokio::net::TcpStream>>,
+    dir: &nfs_fh3,
+    count: u32,
+    remove: bool,
+) -> Vec<String> {
+    use nfs3_client::nfs3_types::nfs3::{cookieverf3, READDIR3args, REMOVE3args};
+    let (mut cookie, mut verf, mut listed) = (0, cookieverf3::default(), Vec::new());
     loop {
         let page = conn
             .readdir(&READDIR3args {
-                dir: root.clone(),
+                dir: dir.clone(),
                 cookie,
                 cookieverf: verf,
-                count: 400,
+                count,
             })
             .await
             .unwrap()
@@ -602,22 +600,20 @@ async fn plain_readdir_pages_survive_removes_and_colliding_names() {
         verf = page.cookieverf;
         for e in page.reply.entries.into_inner() {
             cookie = e.cookie;
-            conn.remove(&REMOVE3args {
-                object: diropargs3 {
-                    dir: root.clone(),
-                    name: e.name.0.to_vec().into(),
-                },
-            })
-            .await
-            .unwrap()
-            .unwrap();
-            removed += 1;
+            listed.push(String::from_utf8(e.name.0.to_vec()).unwrap());
+            if remove {
+                let name = e.name.0.to_vec().into();
+                let object = diropargs3 {
+                    dir: dir.clone(),
+                    name,
+                };
+                conn.remove(&REMOVE3args { object }).await.unwrap().unwrap();
+            }
         }
         if page.reply.eof {
-            break;
+            return listed;
         }
     }
-    assert_eq!(removed, names.len());
 }
 
 /// A connection past the limit is closed at once, one that sends nothing for the idle
