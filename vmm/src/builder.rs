@@ -281,6 +281,43 @@ fn file_size(f: &mut File) -> std::io::Result<u64> {
     Ok(len)
 }
 
+/// Refuses an ELF whose loadable segments reach below 1 MiB, where this VMM keeps the boot
+/// tables (ACPI, zero page, page tables, command line): the loader checks only that a
+/// segment lies in guest RAM, so one there would be overwritten, or overwrite them. Leaves
+/// the file at its start.
+fn check_elf_segments(f: &mut File) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_LOAD: u32 = 1;
+    let io = |e: std::io::Error| format!("reading its program headers: {e}");
+    let mut eh = [0u8; 64];
+    f.read_exact(&mut eh).map_err(io)?;
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(w)
+    };
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56));
+    if eh[4] != 2 || usize::from(phentsize) < 56 || phnum > 256 {
+        return Err("not a 64-bit ELF with program headers of the usual size".into());
+    }
+    let mut ph = vec![0u8; usize::from(phentsize) * usize::from(phnum)];
+    f.seek(SeekFrom::Start(phoff)).map_err(io)?;
+    f.read_exact(&mut ph).map_err(io)?;
+    for h in ph.chunks(usize::from(phentsize)) {
+        let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let (paddr, memsz) = (u64_at(h, 24), u64_at(h, 40));
+        if kind == PT_LOAD && memsz > 0 && paddr < layout::HIMEM_START {
+            return Err(format!(
+                "a segment loads at {paddr:#x}, below 1 MiB, where the boot tables go; link the \
+                 kernel at 1 MiB or above"
+            ));
+        }
+    }
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(())
+}
+
 /// Loads an ELF vmlinux or a 64-bit bzImage, told apart by their magic numbers, so that an
 /// error names what is wrong with the one the file is.
 fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<KernelLoaderResult> {
@@ -296,6 +333,7 @@ fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<KernelLoaderR
         .map_err(Error::io(format!("reading {}", path.display())))?;
     let himem = Some(GuestAddress(layout::HIMEM_START));
     if head.starts_with(b"\x7fELF") {
+        check_elf_segments(&mut f).map_err(|what| bad(format!("ELF vmlinux: {what}")))?;
         return Elf::load(mem, None, &mut f, himem).map_err(|e| bad(format!("ELF vmlinux: {e}")));
     }
     if head.get(0x202..0x206) != Some(b"HdrS") {

@@ -114,6 +114,9 @@ fn bad_kernels_are_named_for_what_they_are() {
     c.initrd = Some(initrd);
     let e = error_of(&c);
     assert!(e.contains("not a kernel this VMM can boot"), "{e}");
+    // A segment below 1 MiB would land on the boot tables (ACPI, zero page, page tables).
+    let e = error_of(&config(dir.path(), &elf(0xe_0000, 4096, 4096)));
+    assert!(e.contains("below 1 MiB"), "{e}");
     // A segment beyond the guest's 64 MiB: the ELF loader's own error, not a bzImage one.
     let e = error_of(&config(dir.path(), &elf(1 << 30, 4096, 4096)));
     assert!(e.contains("ELF vmlinux") && !e.contains("bzImage"), "{e}");
