@@ -272,6 +272,27 @@ fn mmio_device_infos(n: usize) -> Vec<MmioDeviceInfo> {
         .collect()
 }
 
+/// Opens a kernel or initramfs file: a regular file or a block device. Anything else (a FIFO,
+/// whose open would wait for a writer; a character device, which never ends) is refused.
+fn open_image(path: &std::path::Path, what: &str) -> Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let err = || format!("opening the {what} {}", path.display());
+    // Non-blocking, so that a FIFO does not hold the open; no effect on files and disks.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(Error::io(err()))?;
+    let kind = f.metadata().map_err(Error::io(err()))?.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(Error::InvalidConfig(format!(
+            "{what} {}: not a regular file or block device",
+            path.display()
+        )));
+    }
+    Ok(f)
+}
+
 /// The size of a regular file or a block device (whose metadata says 0), leaving the
 /// position at the start.
 fn file_size(f: &mut File) -> std::io::Result<u64> {
@@ -325,7 +346,7 @@ fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<KernelLoaderR
     use std::io::{Read, Seek, SeekFrom};
     let path = &config.kernel;
     let bad = |what: String| Error::KernelLoad(format!("{}: {what}", path.display()));
-    let mut f = File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let mut f = open_image(path, "kernel")?;
     let len = file_size(&mut f).map_err(Error::io(format!("reading {}", path.display())))?;
     let mut head = vec![0u8; 0x268.min(len as usize)];
     f.read_exact(&mut head)
@@ -394,16 +415,8 @@ fn load_initrd(
     path: &std::path::Path,
     mem_size: u64,
 ) -> Result<(u64, u64)> {
-    use std::os::unix::fs::FileTypeExt;
     let what = || format!("reading the initramfs {}", path.display());
-    let mut f = File::open(path).map_err(Error::io(what()))?;
-    let kind = f.metadata().map_err(Error::io(what()))?.file_type();
-    if !kind.is_file() && !kind.is_block_device() {
-        return Err(Error::InvalidConfig(format!(
-            "initramfs {}: not a regular file or block device",
-            path.display()
-        )));
-    }
+    let mut f = open_image(path, "initramfs")?;
     let size = file_size(&mut f).map_err(Error::io(what()))?;
     let kernel_top = match &kernel.setup_header {
         Some(h) => h

@@ -114,6 +114,17 @@ fn bad_kernels_are_named_for_what_they_are() {
     c.initrd = Some(initrd);
     let e = error_of(&c);
     assert!(e.contains("not a kernel this VMM can boot"), "{e}");
+    // A FIFO (its open would wait for a writer) and a character device are not kernels.
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path of ours.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for k in [fifo.as_path(), Path::new("/dev/zero")] {
+        let mut c = VmConfig::new(k);
+        c.mem_size = 64 << 20;
+        let e = error_of(&c);
+        assert!(e.contains("not a regular file or block device"), "{e}");
+    }
     // A segment below 1 MiB would land on the boot tables (ACPI, zero page, page tables).
     let e = error_of(&config(dir.path(), &elf(0xe_0000, 4096, 4096)));
     assert!(e.contains("below 1 MiB"), "{e}");
