@@ -251,14 +251,26 @@ fn a_target_resized_since_the_base_counts_as_changed() {
     a.snapshot(&["a/v@s2"]).expect("s2");
     let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
     for new_size in [2u64 << 20, 8 << 20] {
-        let b = mkpool("b");
-        recv(&b, "b/v", &full[..], false).expect("full");
-        b.resize_volume("b/v", new_size).expect("resize");
-        let e = recv(&b, "b/v", &inc[..], false).expect_err("changed");
-        assert!(matches!(e, Error::Refused(_)), "{new_size}: {e}");
-        recv(&b, "b/v", &inc[..], true).expect("forced");
-        assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s2"), "{new_size}");
+        refused_then_forced(&a, &full, &inc, &format!("resized to {new_size}"), &|b| {
+            b.resize_volume("b/v", new_size).expect("resize");
+        });
     }
+}
+
+/// Receives `full` into a new pool's `b/v`, applies `change`, then checks that `inc` (from
+/// `a/v@s1` to `a/v@s2`) is refused without -F and lands whole with it.
+fn refused_then_forced(a: &Pool, full: &[u8], inc: &[u8], what: &str, change: &dyn Fn(&Pool)) {
+    let b = mkpool("b");
+    recv(&b, "b/v", full, false).expect("full");
+    assert!(
+        !b.changed_since_newest_snapshot("b/v").expect("check"),
+        "{what}"
+    );
+    change(&b);
+    let e = recv(&b, "b/v", inc, false).expect_err(what);
+    assert!(matches!(e, Error::Refused(_)), "{what}: {e}");
+    recv(&b, "b/v", inc, true).expect("forced");
+    assert_eq!(read_all(&b, "b/v"), read_all(a, "a/v@s2"), "{what}");
 }
 
 /// Changes that write no data — a zeroing, a shrink and regrow to the same size — count as
@@ -293,17 +305,7 @@ fn a_target_zeroed_or_regrown_since_the_base_counts_as_changed() {
         }),
     ];
     for (what, change) in changes {
-        let b = mkpool("b");
-        recv(&b, "b/v", &full[..], false).expect("full");
-        assert!(
-            !b.changed_since_newest_snapshot("b/v").expect("check"),
-            "{what}"
-        );
-        change(&b);
-        let e = recv(&b, "b/v", &inc[..], false).expect_err(what);
-        assert!(matches!(e, Error::Refused(_)), "{what}: {e}");
-        recv(&b, "b/v", &inc[..], true).expect("forced");
-        assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s2"), "{what}");
+        refused_then_forced(&a, &full, &inc, what, &change);
     }
 }
 
