@@ -398,7 +398,10 @@ pub struct NfsServeArgs {
 /// `tarn vm ...`
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// Boot a Linux kernel; exits 0 when the guest powers off, 10 when it reboots.
+    /// Boot a Linux kernel; exits 0 when the guest powers off, 10 when it reboots. SIGINT,
+    /// SIGTERM or SIGHUP stops the guest (as if its power were cut: writes the VMM completed
+    /// are kept), cleans up as at a power-off and exits 128 + the signal; a second one exits
+    /// at once.
     Run(VmRunArgs),
 }
 

@@ -8,13 +8,70 @@ use crate::cli::VmRunArgs;
 use crate::error::{CliError, Result};
 use crate::registry::Registry;
 use ::pool::Pool;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use vmm::{Console, DiskBackend, DiskConfig, ExitStatus, VmConfig};
+use vmm::{Console, DiskBackend, DiskConfig, ExitStatus, StopHandle, VmConfig};
 use zvol::{BlockBackend, PoolVolume, RawFile, RawFileOptions};
 
 /// Process exit status when the guest rebooted (0 means it powered off).
 pub const EXIT_REBOOT: i32 = 10;
+
+/// The signals that stop a guest.
+const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
+
+/// Takes [`STOP_SIGNALS`] from the moment it is made, so that one arriving while a clone is
+/// being made still ends in the clean-up of a stopped guest rather than in a leaked clone.
+struct StopSignals {
+    signals: Signals,
+    /// The first signal taken, 0 for none.
+    taken: Arc<AtomicI32>,
+}
+
+impl StopSignals {
+    fn new() -> Result<StopSignals> {
+        let signals = Signals::new(STOP_SIGNALS)
+            .map_err(|e| CliError::io("installing SIGINT/SIGTERM/SIGHUP handlers", e))?;
+        Ok(StopSignals {
+            signals,
+            taken: Arc::new(AtomicI32::new(0)),
+        })
+    }
+
+    /// From now on, the first signal (also one taken before) stops `vm`; a second ends the
+    /// process as the signal's default action would.
+    fn stop_on_signal(mut self, vm: StopHandle) -> Arc<AtomicI32> {
+        let taken = self.taken.clone();
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in self.signals.forever() {
+                    if self.taken.swap(sig, Ordering::SeqCst) != 0 {
+                        eprintln!("tarn: {}: exiting without cleaning up", signal_name(sig));
+                        let _ = signal_hook::low_level::emulate_default_handler(sig);
+                        std::process::exit(128 + sig);
+                    }
+                    eprintln!("tarn: {}: stopping the guest", signal_name(sig));
+                    vm.stop();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no thread for SIGINT/SIGTERM/SIGHUP ({e}): they end tarn at once");
+        }
+        taken
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
 
 fn vmm_err(e: vmm::Error) -> CliError {
     match e {
@@ -138,6 +195,7 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         planned.disks.insert(0, disk);
     }
     planned.validate().map_err(vmm_err)?;
+    let signals = StopSignals::new()?;
     let mut pools = BTreeMap::new();
     let mut config = config;
     let clone = match &a.clone_from {
@@ -169,6 +227,7 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
             return Err(e);
         }
     };
+    let signal = signals.stop_on_signal(vmm.stop_handle());
     let report = vmm.run().map_err(vmm_err);
     if let (true, Some(full)) = (a.rm, &clone) {
         let pool = pools
@@ -183,6 +242,7 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     let what = match report.status {
         ExitStatus::PowerOff => "powered off",
         ExitStatus::Reboot => "rebooted",
+        ExitStatus::Stopped => "stopped",
     };
     let init = report
         .init_time
@@ -192,8 +252,9 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         "tarn: guest {what}{init}; {} exits ({} port I/O, {} MMIO)",
         report.exits.0, report.exits.1, report.exits.2
     );
-    if report.status == ExitStatus::Reboot {
-        std::process::exit(EXIT_REBOOT);
+    match report.status {
+        ExitStatus::PowerOff => Ok(()),
+        ExitStatus::Reboot => std::process::exit(EXIT_REBOOT),
+        ExitStatus::Stopped => std::process::exit(128 + signal.load(Ordering::SeqCst)),
     }
-    Ok(())
 }

@@ -47,6 +47,25 @@ pub struct Vmm {
     mem: GuestMemoryMmap,
     bus: Arc<Bus>,
     vcpus: Vec<VcpuFd>,
+    /// Set when the vCPUs are to leave `KVM_RUN` for good.
+    stop: Arc<AtomicBool>,
+}
+
+/// Stops a running [`Vmm`] from another thread (a signal handler's thread, say): its
+/// [`Vmm::run`] then returns [`ExitStatus::Stopped`], unless the guest had already powered off
+/// or rebooted.
+#[derive(Clone, Debug)]
+pub struct StopHandle {
+    bus: Arc<Bus>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StopHandle {
+    /// Asks the VM to stop; returns at once (the vCPUs stop within milliseconds).
+    pub fn stop(&self) {
+        self.bus.request_exit(ExitStatus::Stopped);
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Vmm {
@@ -94,6 +113,7 @@ pub fn build_linux(config: &VmConfig, disks: Vec<DiskBackend>, console: Console)
         mem,
         bus,
         vcpus,
+        stop: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -118,6 +138,7 @@ pub fn build_raw(
         mem,
         bus,
         vcpus,
+        stop: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -127,15 +148,24 @@ impl Vmm {
         &self.mem
     }
 
-    /// Runs every vCPU on its own thread until the guest powers off or reboots.
+    /// A handle that stops this VM while [`Vmm::run`] runs it.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            bus: self.bus.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Runs every vCPU on its own thread until the guest powers off or reboots, or a
+    /// [`StopHandle`] stops it.
     pub fn run(self) -> Result<RunReport> {
         let Vmm {
             vm,
             mem,
             bus,
             vcpus,
+            stop,
         } = self;
-        let stop = Arc::new(AtomicBool::new(false));
         register_kick_signal()?;
         let mut threads = Vec::new();
         for (i, vcpu) in vcpus.into_iter().enumerate() {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod layout;
+pub mod tiny_kernel;
 
 pub use config::{DiskConfig, VmConfig};
 pub use error::{Error, Result};
@@ -15,5 +16,5 @@ pub mod builder;
 pub mod cpuid;
 pub mod vstate;
 
-pub use builder::{build_linux, build_raw, Console, DiskBackend, RunReport, Vmm};
+pub use builder::{build_linux, build_raw, Console, DiskBackend, RunReport, StopHandle, Vmm};
 pub use vstate::ExitStatus;

@@ -22,6 +22,9 @@ pub enum ExitStatus {
     PowerOff,
     /// The guest rebooted (ACPI reset, i8042 reset, or a triple fault).
     Reboot,
+    /// The VMM was told to stop ([`crate::StopHandle::stop`]) before the guest powered off or
+    /// rebooted: as if its power were cut. Requests the devices completed stay completed.
+    Stopped,
 }
 
 /// Exit counters, for benchmarks.
@@ -59,7 +62,7 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    fn request_exit(&self, s: ExitStatus) {
+    pub(crate) fn request_exit(&self, s: ExitStatus) {
         let mut e = self.exit.lock().unwrap_or_else(|e| e.into_inner());
         e.get_or_insert(s);
     }

@@ -48,33 +48,10 @@ fn bzimage(version: u16, xloadflags: u8, syssize: u32, len: usize) -> Vec<u8> {
     b
 }
 
-/// An ELF64 vmlinux with one PT_LOAD segment of `filesz` bytes of code at `paddr`, taking
+/// An ELF64 vmlinux with one PT_LOAD segment of `filesz` bytes of `hlt` at `paddr`, taking
 /// `memsz` bytes of memory (its bss included), entered at `paddr`.
 fn elf(paddr: u64, filesz: u64, memsz: u64) -> Vec<u8> {
-    let mut b = vec![0u8; 0x1000];
-    b[..4].copy_from_slice(b"\x7fELF");
-    b[4] = 2; // 64-bit
-    b[5] = 1; // little-endian
-    b[6] = 1; // version
-    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-    b[20..24].copy_from_slice(&1u32.to_le_bytes());
-    b[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
-    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers at 64
-    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // header size
-    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // program header size
-    b[56..58].copy_from_slice(&1u16.to_le_bytes()); // one of them
-    let ph = &mut b[64..120];
-    ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
-    ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // file offset
-    ph[16..24].copy_from_slice(&paddr.to_le_bytes()); // vaddr
-    ph[24..32].copy_from_slice(&paddr.to_le_bytes()); // paddr
-    ph[32..40].copy_from_slice(&filesz.to_le_bytes());
-    ph[40..48].copy_from_slice(&memsz.to_le_bytes());
-    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
-    b.resize(0x1000 + filesz as usize, 0xf4); // hlt
-    b
+    vmm::tiny_kernel::elf_image(&vec![0xf4; filesz as usize], paddr, memsz)
 }
 
 fn config(dir: &Path, kernel: &[u8]) -> VmConfig {

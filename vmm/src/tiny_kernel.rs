@@ -1,0 +1,39 @@
+//! Minimal ELF `vmlinux` images around a few bytes of 64-bit code: tiny guests that boot
+//! through the same Linux path ([`crate::build_linux`], `tarn vm run`) as a real kernel, for
+//! tests of everything around the guest (loading, stopping, cleaning up).
+
+/// Code that idles for ever: `sti; hlt; jmp` back to the `sti`. It sleeps in `KVM_RUN` (no
+/// exits, no CPU) until the VM is stopped.
+pub const IDLE: &[u8] = &[0xfb, 0xf4, 0xeb, 0xfc];
+
+/// An ELF64 x86-64 executable with one loadable segment: `code` at physical (and virtual)
+/// address `paddr`, taking `memsz` bytes of memory (at least `code`'s length), entered at
+/// `paddr`.
+pub fn elf_image(code: &[u8], paddr: u64, memsz: u64) -> Vec<u8> {
+    const CODE_AT: u64 = 0x1000;
+    let filesz = code.len() as u64;
+    let mut b = vec![0u8; CODE_AT as usize];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little-endian
+    b[6] = 1; // version
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers at 64
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // header size
+    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // program header size
+    b[56..58].copy_from_slice(&1u16.to_le_bytes()); // one of them
+    let ph = &mut b[64..120];
+    ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    ph[8..16].copy_from_slice(&CODE_AT.to_le_bytes()); // file offset
+    ph[16..24].copy_from_slice(&paddr.to_le_bytes()); // vaddr
+    ph[24..32].copy_from_slice(&paddr.to_le_bytes()); // paddr
+    ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+    ph[40..48].copy_from_slice(&memsz.max(filesz).to_le_bytes());
+    ph[48..56].copy_from_slice(&CODE_AT.to_le_bytes()); // alignment
+    b.extend_from_slice(code);
+    b
+}
