@@ -1,7 +1,8 @@
-//! `tarn vm run` stopped by a signal: the guest is stopped as if its power were cut, a `--rm`
-//! clone is destroyed, the pool is closed clean, and tarn exits 128 + the signal. The guest is
-//! a tiny ELF kernel that idles for ever (`vmm::tiny_kernel`), booted through the same Linux
-//! path as a real kernel, so this runs on any usable /dev/kvm (this host's PVM included).
+//! How `tarn vm run` ends: 0 when the guest powers off, 10 when it reboots, and 128 + the
+//! signal when SIGINT/SIGTERM stops it (as if its power were cut); a `--rm` clone is destroyed
+//! in every case and the pool is closed clean. The guests are tiny ELF kernels
+//! (`vmm::tiny_kernel`) booted through the same Linux path as a real kernel, so this runs on
+//! any usable /dev/kvm (this host's PVM included).
 
 #![allow(clippy::unwrap_used)] // test code
 
@@ -19,32 +20,37 @@ fn kvm_usable() -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIP vm_signals: /dev/kvm cannot be opened ({e}); a guest needs it");
+            eprintln!("SKIP vm_exits: /dev/kvm cannot be opened ({e}); a guest needs it");
             false
         }
     }
 }
 
-/// A pool `p` holding the snapshot `p/img@s` of `image`, and an idle kernel and an initramfs.
+/// `out dx, al` of `value` to port 0x600 (ACPI PM1 control: SLP_TYP S5 | SLP_EN): power off.
+const POWER_OFF: &[u8] = &[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee];
+/// `out 0x64, al` of 0xfe (the i8042's CPU reset): reboot.
+const REBOOT: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64];
+
+/// A pool `p` holding the snapshot `p/img@s` of `image`; kernels `idle.elf`, `off.elf` and
+/// `reboot.elf` (each idles after its one act); an initramfs.
 fn world(env: &Env, image: &[u8]) {
+    use vmm::tiny_kernel::{elf_image, IDLE};
     env.pool("p", "128M");
     env.import("p/img", image);
     env.run(["snapshot", "p/img@s"]).ok();
-    env.file(
-        "idle.elf",
-        &vmm::tiny_kernel::elf_image(vmm::tiny_kernel::IDLE, 16 << 20, 4096),
-    );
+    for (name, act) in [("idle", &[][..]), ("off", POWER_OFF), ("reboot", REBOOT)] {
+        let code = [act, IDLE].concat();
+        env.file(&format!("{name}.elf"), &elf_image(&code, 16 << 20, 4096));
+    }
     env.file("initrd", b"not looked at");
 }
 
-/// Starts `tarn vm run` of the idle kernel with `extra` arguments, and waits until its vCPU
-/// thread runs the guest.
-fn start(env: &Env, extra: &[&str]) -> Child {
+fn run_args<'a>(kernel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "vm",
         "run",
         "--kernel",
-        "idle.elf",
+        kernel,
         "--initrd",
         "initrd",
         "--mem",
@@ -53,8 +59,14 @@ fn start(env: &Env, extra: &[&str]) -> Child {
         "console.txt",
     ];
     args.extend_from_slice(extra);
+    args
+}
+
+/// Starts `tarn vm run` of the idle kernel with `extra` arguments, and waits until its vCPU
+/// thread runs the guest.
+fn start(env: &Env, extra: &[&str]) -> Child {
     let mut child = env
-        .cmd(&args)
+        .cmd(run_args("idle.elf", extra))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -131,5 +143,25 @@ fn sigint_without_rm_keeps_the_clone_whole() {
     assert!(!stderr.contains("destroyed"), "{stderr}");
     assert_eq!(volumes(&env), ["p/db", "p/img"]);
     same_bytes(&env.export("p/db"), &image, "the kept clone");
+    env.run(["pool", "scrub", "p"]).ok();
+}
+
+#[test]
+fn power_off_exits_0_and_reboot_10_each_destroying_its_clone() {
+    if !kvm_usable() {
+        return;
+    }
+    let env = Env::new();
+    world(&env, &random_bytes(1 << 20, 3));
+    for (kernel, code, what) in [
+        ("off.elf", 0, "powered off"),
+        ("reboot.elf", 10, "rebooted"),
+    ] {
+        let r = env.run(run_args(kernel, &["--clone-from", "p/img@s", "--rm"]));
+        assert_eq!(r.code, code, "{kernel}: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("guest {what}")), "{}", r.stderr);
+        assert!(r.stderr.contains("destroyed p/vm-"), "{}", r.stderr);
+        assert_eq!(volumes(&env), ["p/img"], "{kernel}");
+    }
     env.run(["pool", "scrub", "p"]).ok();
 }
