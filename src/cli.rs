@@ -429,7 +429,8 @@ pub struct VmRunArgs {
     /// (`tarn nfs serve`), anything else `POOL/VOL`.
     #[arg(long = "disk")]
     pub disks: Vec<String>,
-    /// Write the serial console to this file instead of stdout.
+    /// Write the serial console to this file instead of stdout. Without it the guest also
+    /// reads stdin: a terminal is put in raw mode (Ctrl-C goes to the guest; Ctrl-] stops it).
     #[arg(long)]
     pub console: Option<PathBuf>,
     /// Provision from an image: clone this snapshot (`POOL/VOL@SNAP`) and boot with the clone

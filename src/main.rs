@@ -9,6 +9,7 @@ mod commands;
 mod error;
 mod output;
 mod registry;
+mod terminal;
 
 use clap::Parser;
 use std::io::IsTerminal;

@@ -1,6 +1,7 @@
 //! How `tarn vm run` ends: 0 when the guest powers off, 10 when it reboots, and 128 + the
 //! signal when SIGINT/SIGTERM stops it (as if its power were cut); a `--rm` clone is destroyed
-//! in every case and the pool is closed clean. The guests are tiny ELF kernels
+//! in every case and the pool is closed clean. And what it reads: the guest's console input is
+//! tarn's stdin. The guests are tiny ELF kernels
 //! (`vmm::tiny_kernel`) booted through the same Linux path as a real kernel, so this runs on
 //! any usable /dev/kvm (this host's PVM included).
 
@@ -9,6 +10,7 @@
 mod common;
 
 use common::{random_bytes, same_bytes, Env};
+use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,19 +28,20 @@ fn kvm_usable() -> bool {
     }
 }
 
-/// `out dx, al` of `value` to port 0x600 (ACPI PM1 control: SLP_TYP S5 | SLP_EN): power off.
-const POWER_OFF: &[u8] = &[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee];
-/// `out 0x64, al` of 0xfe (the i8042's CPU reset): reboot.
-const REBOOT: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64];
-
 /// A pool `p` holding the snapshot `p/img@s` of `image`; kernels `idle.elf`, `off.elf` and
-/// `reboot.elf` (each idles after its one act); an initramfs.
+/// `reboot.elf`, `echo.elf` (echoes its console until `q`, then powers off) (each idles after
+/// its act); an initramfs.
 fn world(env: &Env, image: &[u8]) {
-    use vmm::tiny_kernel::{elf_image, IDLE};
+    use vmm::tiny_kernel::{elf_image, ECHO, IDLE, POWER_OFF, REBOOT};
     env.pool("p", "128M");
     env.import("p/img", image);
     env.run(["snapshot", "p/img@s"]).ok();
-    for (name, act) in [("idle", &[][..]), ("off", POWER_OFF), ("reboot", REBOOT)] {
+    for (name, act) in [
+        ("idle", &[][..]),
+        ("off", POWER_OFF),
+        ("reboot", REBOOT),
+        ("echo", &[ECHO, POWER_OFF].concat()),
+    ] {
         let code = [act, IDLE].concat();
         env.file(&format!("{name}.elf"), &elf_image(&code, 16 << 20, 4096));
     }
@@ -65,8 +68,15 @@ fn run_args<'a>(kernel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 /// Starts `tarn vm run` of the idle kernel with `extra` arguments, and waits until its vCPU
 /// thread runs the guest.
 fn start(env: &Env, extra: &[&str]) -> Child {
+    start_with(env, "idle.elf", extra, Stdio::null())
+}
+
+/// Starts `tarn vm run` of `kernel` with `extra` arguments and `stdin`, and waits until its
+/// vCPU thread runs the guest.
+fn start_with(env: &Env, kernel: &str, extra: &[&str], stdin: Stdio) -> Child {
     let mut child = env
-        .cmd(run_args("idle.elf", extra))
+        .cmd(run_args(kernel, extra))
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -164,4 +174,27 @@ fn power_off_exits_0_and_reboot_10_each_destroying_its_clone() {
         assert_eq!(volumes(&env), ["p/img"], "{kernel}");
     }
     env.run(["pool", "scrub", "p"]).ok();
+}
+
+#[test]
+fn the_guest_reads_stdin_on_its_console() {
+    if !kvm_usable() {
+        return;
+    }
+    let env = Env::new();
+    world(&env, &random_bytes(4096, 4));
+    let mut args = run_args("echo.elf", &[]);
+    args.retain(|a| *a != "--console" && *a != "console.txt");
+    let r = env.run_stdin(&args, b"hello from the host\nq and not this");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "hello from the host\n");
+    // With --console FILE the guest reads nothing: the `q` never reaches it.
+    let mut child = start_with(&env, "echo.elf", &[], Stdio::piped());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"q").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the guest read stdin");
+    let (code, stderr) = signal(child, libc::SIGTERM);
+    assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
+    drop(stdin);
 }

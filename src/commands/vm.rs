@@ -49,6 +49,7 @@ impl StopSignals {
             .spawn(move || {
                 for sig in self.signals.forever() {
                     if self.taken.swap(sig, Ordering::SeqCst) != 0 {
+                        crate::terminal::restore();
                         eprintln!("tarn: {}: exiting without cleaning up", signal_name(sig));
                         let _ = signal_hook::low_level::emulate_default_handler(sig);
                         std::process::exit(128 + sig);
@@ -172,6 +173,39 @@ fn provision(
     Ok(full)
 }
 
+/// Ctrl-]: on a terminal, the key that stops the guest (Ctrl-C goes to the guest).
+const ESCAPE: u8 = 0x1d;
+
+/// A guest whose console is stdout reads stdin: a terminal in the foreground in raw mode
+/// (until the guard is dropped), with [`ESCAPE`] to stop the guest; anything else as it comes.
+fn attach_stdin(
+    vmm: &mut vmm::Vmm,
+    config: &VmConfig,
+) -> Result<Option<crate::terminal::RawGuard>> {
+    use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    if config.console.is_some() {
+        return Ok(None);
+    }
+    let source = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| CliError::io("duplicating stdin for the guest's console", e))?;
+    let tty = std::io::stdin().is_terminal();
+    // A terminal read from the background would stop tarn (SIGTTIN): no input then.
+    if tty && !crate::terminal::raw_stdin() {
+        return Ok(None);
+    }
+    if tty {
+        eprintln!("tarn: the console is this terminal's; Ctrl-] stops the guest");
+    }
+    vmm.attach_console_input(vmm::ConsoleInput {
+        source: std::fs::File::from(source),
+        escape: tty.then_some(ESCAPE),
+    });
+    Ok(tty.then_some(crate::terminal::RawGuard))
+}
+
 /// Boots the guest and waits for it to power off (exit 0) or reboot (exit [`EXIT_REBOOT`]).
 pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     let disks = a
@@ -227,8 +261,11 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
             return Err(e);
         }
     };
+    let mut vmm = vmm;
+    let _raw = attach_stdin(&mut vmm, &config)?;
     let signal = signals.stop_on_signal(vmm.stop_handle());
     let report = vmm.run().map_err(vmm_err);
+    crate::terminal::restore();
     if let (true, Some(full)) = (a.rm, &clone) {
         let pool = pools
             .get(pool_of(full)?)
@@ -255,6 +292,10 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     match report.status {
         ExitStatus::PowerOff => Ok(()),
         ExitStatus::Reboot => std::process::exit(EXIT_REBOOT),
-        ExitStatus::Stopped => std::process::exit(128 + signal.load(Ordering::SeqCst)),
+        // No signal: the console's escape key, which stands for Ctrl-C.
+        ExitStatus::Stopped => match signal.load(Ordering::SeqCst) {
+            0 => std::process::exit(128 + SIGINT),
+            sig => std::process::exit(128 + sig),
+        },
     }
 }

@@ -4,7 +4,7 @@
 use crate::acpi::{self, MmioDeviceInfo};
 use crate::config::VmConfig;
 use crate::devices::boot_timer::BootTimer;
-use crate::devices::serial::{EventFdTrigger, SerialConsole};
+use crate::devices::serial::{feed_input, ConsoleInput, EventFdTrigger, InputRoom, SerialConsole};
 use crate::devices::virtio::block::{Block, BlockOptions, Disk};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::error::{Error, Result};
@@ -49,6 +49,8 @@ pub struct Vmm {
     vcpus: Vec<VcpuFd>,
     /// Set when the vCPUs are to leave `KVM_RUN` for good.
     stop: Arc<AtomicBool>,
+    /// What the guest reads from its console, if anything.
+    input: Option<ConsoleInput>,
 }
 
 /// Stops a running [`Vmm`] from another thread (a signal handler's thread, say): its
@@ -114,6 +116,7 @@ pub fn build_linux(config: &VmConfig, disks: Vec<DiskBackend>, console: Console)
         bus,
         vcpus,
         stop: Arc::new(AtomicBool::new(false)),
+        input: None,
     })
 }
 
@@ -139,6 +142,7 @@ pub fn build_raw(
         bus,
         vcpus,
         stop: Arc::new(AtomicBool::new(false)),
+        input: None,
     })
 }
 
@@ -146,6 +150,12 @@ impl Vmm {
     /// Guest memory (tests prepare rings and data in it before running).
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
+    }
+
+    /// Gives the guest's console (COM1) an input, read while the VM runs; its escape byte,
+    /// if any, stops the VM as [`StopHandle::stop`] does.
+    pub fn attach_console_input(&mut self, input: ConsoleInput) {
+        self.input = Some(input);
     }
 
     /// A handle that stops this VM while [`Vmm::run`] runs it.
@@ -165,26 +175,43 @@ impl Vmm {
             bus,
             vcpus,
             stop,
+            input,
         } = self;
+        let handle = StopHandle {
+            bus: bus.clone(),
+            stop: stop.clone(),
+        };
         register_kick_signal()?;
+        let feeder = match input {
+            Some(input) => Some(spawn_feeder(input, handle)?),
+            None => None,
+        };
         let mut threads = Vec::new();
+        let mut result = Ok(());
         for (i, vcpu) in vcpus.into_iter().enumerate() {
-            let (bus, stop) = (bus.clone(), stop.clone());
-            let t = std::thread::Builder::new()
+            let (vcpu_bus, vcpu_stop) = (bus.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn(move || {
-                    let r = run_vcpu(vcpu, &bus, &stop);
-                    stop.store(true, Ordering::SeqCst);
+                    let r = run_vcpu(vcpu, &vcpu_bus, &vcpu_stop);
+                    vcpu_stop.store(true, Ordering::SeqCst);
                     r
                 })
-                .map_err(Error::io("starting a vCPU thread"))?;
-            threads.push(t);
+                .map_err(Error::io("starting a vCPU thread"));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The vCPUs already running are stopped and joined below.
+                    stop.store(true, Ordering::SeqCst);
+                    result = Err(e);
+                    break;
+                }
+            }
         }
         // Wait for any vCPU to stop; then kick the others out of KVM_RUN.
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let mut result = Ok(());
         for t in threads {
             while !t.is_finished() {
                 use std::os::unix::thread::JoinHandleExt;
@@ -198,6 +225,10 @@ impl Vmm {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(Error::InvalidConfig("a vCPU thread panicked".into())),
             }
+        }
+        if let Some(f) = feeder {
+            // It looks at `stop` at least every 100 ms.
+            let _ = f.join();
         }
         drop(vm);
         drop(mem);
@@ -222,6 +253,23 @@ impl Vmm {
             (Ok(()), None) => Err(Error::InvalidConfig("vCPUs stopped without an exit".into())),
         }
     }
+}
+
+/// Starts the thread that feeds `input` to the console until the VM stops.
+fn spawn_feeder(input: ConsoleInput, vm: StopHandle) -> Result<std::thread::JoinHandle<()>> {
+    let room = vm
+        .bus
+        .serial
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .events()
+        .0
+        .try_clone()
+        .map_err(Error::io("cloning the console's eventfd"))?;
+    std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || feed_input(input, &vm.bus.serial, &room, &vm.stop, || vm.stop()))
+        .map_err(Error::io("starting the console input thread"))
 }
 
 fn kick_signal() -> i32 {
@@ -266,7 +314,8 @@ fn create_bus(
     vm.fd()
         .register_irqfd(&serial_evt, layout::SERIAL_IRQ)
         .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
-    let serial = SerialConsole::new(EventFdTrigger(serial_evt), out);
+    let room = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("creating an eventfd"))?;
+    let serial = SerialConsole::with_events(EventFdTrigger(serial_evt), InputRoom(room), out);
     if disks.len() > layout::MAX_VIRTIO_DEVICES {
         return Err(Error::InvalidConfig(format!(
             "{} disks: at most {}",

@@ -17,4 +17,5 @@ pub mod cpuid;
 pub mod vstate;
 
 pub use builder::{build_linux, build_raw, Console, DiskBackend, RunReport, StopHandle, Vmm};
+pub use devices::serial::ConsoleInput;
 pub use vstate::ExitStatus;

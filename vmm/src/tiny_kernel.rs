@@ -6,6 +6,29 @@
 /// exits, no CPU) until the VM is stopped.
 pub const IDLE: &[u8] = &[0xfb, 0xf4, 0xeb, 0xfc];
 
+/// Code that powers the VM off: `out dx, al` of SLP_TYP S5 | SLP_EN to the ACPI PM1 control
+/// port (0x600).
+pub const POWER_OFF: &[u8] = &[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee];
+
+/// Code that reboots the VM: `out 0x64, al` of 0xfe (the i8042's CPU reset).
+pub const REBOOT: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64];
+
+/// Code that echoes every byte it reads from COM1 back to COM1 (polling the line status
+/// register: no interrupts) until it reads `q`, which it does not echo; it then falls through
+/// to whatever follows it (put [`POWER_OFF`] there).
+pub const ECHO: &[u8] = &[
+    0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (line status)
+    0xec, // 4: in al, dx
+    0xa8, 0x01, // 5: test al, 1 (data ready)
+    0x74, 0xfb, // 7: jz 4
+    0x66, 0xba, 0xf8, 0x03, // 9: mov dx, 0x3f8 (data)
+    0xec, // 13: in al, dx
+    0x3c, b'q', // 14: cmp al, 'q'
+    0x74, 0x03, // 16: je 21 (the end)
+    0xee, // 18: out dx, al
+    0xeb, 0xeb, // 19: jmp 0
+];
+
 /// An ELF64 x86-64 executable with one loadable segment: `code` at physical (and virtual)
 /// address `paddr`, taking `memsz` bytes of memory (at least `code`'s length), entered at
 /// `paddr`.
