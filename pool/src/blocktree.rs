@@ -18,6 +18,47 @@ use std::sync::Arc;
 /// and takes it back as it shrinks or is dropped.
 pub type MapMeter = Arc<AtomicU64>;
 
+/// What a tree's pointers may be. One read from disk that is not is corruption: believed, a
+/// crafted pool could have an overwrite free (and the allocator hand out again) sectors that
+/// are not the tree's, another volume's live blocks among them.
+#[derive(Clone, Debug)]
+pub struct PtrShape {
+    /// The dataset whose tree it is (for messages).
+    pub owner: String,
+    /// The pool's data area, in sectors: `[start, end)`.
+    pub area: (u64, u64),
+    /// Sectors of one data block (the volume's block size).
+    pub data_sectors: u32,
+}
+
+impl PtrShape {
+    /// Refuses a non-hole pointer outside the data area, or of another length than a data
+    /// block (`data`) or an indirect block takes.
+    pub fn check(&self, p: &BlockPtr, data: bool) -> Result<()> {
+        if p.is_hole() {
+            return Ok(());
+        }
+        let (want, what) = if data {
+            (self.data_sectors, "data")
+        } else {
+            (INDIRECT_SECTORS, "indirect")
+        };
+        let end = p.sector.checked_add(u64::from(p.sectors));
+        if p.sectors == want && p.sector >= self.area.0 && end.is_some_and(|e| e <= self.area.1) {
+            return Ok(());
+        }
+        Err(Error::Corrupt(format!(
+            "the block map of {} points to an {what} block of {} sectors at sector {} (born in \
+             txg {}), but {what} blocks take {want} sectors within sectors {}..{}; the pool's \
+             metadata is damaged (or crafted): copy the data off with `tarn vol export`",
+            self.owner, p.sectors, p.sector, p.birth, self.area.0, self.area.1
+        )))
+    }
+}
+
+/// Sectors of an indirect block.
+const INDIRECT_SECTORS: u32 = (INDIRECT_SIZE / 4096) as u32;
+
 /// One leaf: the data block pointers under one level-1 pointer.
 type Leaf = Box<[BlockPtr]>;
 
@@ -127,15 +168,23 @@ impl BlockTree {
         })
     }
 
-    /// Reads a tree from its root; an error, before memory runs out, where the leaves it
-    /// keeps would take the tree past `limit` bytes. `read` fetches and verifies one indirect
-    /// block.
+    /// Reads a tree from its root; an error, before memory runs out, where its index or the
+    /// leaves it keeps would take the tree past `limit` bytes, and where a pointer is not of
+    /// `shape`. `read` fetches and verifies one indirect block.
     pub fn load(
         root: BlockPtr,
         nblocks: usize,
         limit: u64,
+        shape: &PtrShape,
         mut read: impl FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
     ) -> Result<Self> {
+        if map_bytes(nblocks as u64) > limit {
+            return Err(Error::TooLarge(format!(
+                "a block map of {nblocks} blocks needs more than the {limit} bytes of memory \
+                 this process may use; open the pool on a host with more memory"
+            )));
+        }
+        shape.check(&root, false)?;
         let mut t = Self::empty(nblocks)?;
         let top = t.upper.len();
         t.upper[top - 1][0] = root;
@@ -155,6 +204,9 @@ impl BlockTree {
                 }
                 read(p, &mut buf)?;
                 decode_indirect(&buf, &mut below[start..end])?;
+                for q in &below[start..end] {
+                    shape.check(q, false)?;
+                }
             }
         }
         let mut resident = map_bytes(nblocks as u64);
@@ -176,6 +228,9 @@ impl BlockTree {
             read(&p, &mut buf)?;
             let mut leaf = filled(t.leaf_len(i), BlockPtr::HOLE, "a block map")?;
             decode_indirect(&buf, &mut leaf)?;
+            for q in &leaf {
+                shape.check(q, true)?;
+            }
             t.leaves[i] = Some(leaf.into_boxed_slice());
             t.kept += 1;
         }
@@ -406,53 +461,53 @@ impl BlockTree {
 /// Visits every pointer (holes included) of the tree under `root` whose birth is after
 /// `after`, top-down: `visit(level, first_block, ptr)`. Subtrees born at or before `after` are
 /// skipped unread — the cost follows what changed since then, not the size. `read` fetches and
-/// verifies an indirect block.
+/// verifies an indirect block; a pointer not of `shape` is an error before it is visited.
 pub fn walk_born_after(
     root: BlockPtr,
     nblocks: usize,
     after: u64,
+    shape: &PtrShape,
     read: &mut dyn FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
     visit: &mut dyn FnMut(usize, u64, &BlockPtr) -> Result<()>,
 ) -> Result<()> {
-    fn go(
-        p: &BlockPtr,
-        level: usize,
-        first: u64,
+    struct Walk<'a> {
         nblocks: u64,
         after: u64,
-        read: &mut dyn FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
-        visit: &mut dyn FnMut(usize, u64, &BlockPtr) -> Result<()>,
-    ) -> Result<()> {
-        if p.birth <= after {
+        shape: &'a PtrShape,
+        read: &'a mut dyn FnMut(&BlockPtr, &mut [u8]) -> Result<()>,
+        visit: &'a mut dyn FnMut(usize, u64, &BlockPtr) -> Result<()>,
+    }
+    fn go(w: &mut Walk<'_>, p: &BlockPtr, level: usize, first: u64) -> Result<()> {
+        if p.birth <= w.after {
             return Ok(());
         }
-        visit(level, first, p)?;
+        w.shape.check(p, level == 0)?;
+        (w.visit)(level, first, p)?;
         if level == 0 || p.is_hole() {
             return Ok(());
         }
         let mut buf = vec![0u8; INDIRECT_SIZE];
-        read(p, &mut buf)?;
+        (w.read)(p, &mut buf)?;
         let mut kids = vec![BlockPtr::HOLE; PTRS_PER_INDIRECT];
         decode_indirect(&buf, &mut kids)?;
-        let span = (PTRS_PER_INDIRECT as u64).pow(level as u32 - 1);
+        let span = (PTRS_PER_INDIRECT as u64).saturating_pow(level as u32 - 1);
         for (i, k) in kids.iter().enumerate() {
-            let start = first + i as u64 * span;
-            if start >= nblocks {
+            let start = first.saturating_add((i as u64).saturating_mul(span));
+            if start >= w.nblocks {
                 break;
             }
-            go(k, level - 1, start, nblocks, after, read, visit)?;
+            go(w, k, level - 1, start)?;
         }
         Ok(())
     }
-    go(
-        &root,
-        height_for(nblocks),
-        0,
-        nblocks as u64,
+    let mut w = Walk {
+        nblocks: nblocks as u64,
         after,
+        shape,
         read,
         visit,
-    )
+    };
+    go(&mut w, &root, height_for(nblocks), 0)
 }
 
 #[cfg(test)]
@@ -460,10 +515,19 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Pointers anywhere, data blocks as large as indirect ones (what `ptr` makes).
+    fn any() -> PtrShape {
+        PtrShape {
+            owner: "test".into(),
+            area: (0, u64::MAX),
+            data_sectors: INDIRECT_SECTORS,
+        }
+    }
+
     fn ptr(n: u64) -> BlockPtr {
         BlockPtr {
             sector: n,
-            sectors: 1,
+            sectors: INDIRECT_SECTORS,
             birth: 1,
             checksum: u128::from(n),
         }
@@ -501,7 +565,7 @@ mod tests {
         )
         .unwrap();
         assert!(freed.iter().all(|p| p.is_hole()) && !t.is_dirty());
-        let l = BlockTree::load(t.root(), 2000, u64::MAX, |p, buf| {
+        let l = BlockTree::load(t.root(), 2000, u64::MAX, &any(), |p, buf| {
             buf.copy_from_slice(&store[&p.sector]);
             Ok(())
         })
@@ -583,8 +647,8 @@ mod tests {
             Ok(())
         };
         let fits = map_bytes(2000) + 4 * LEAF_BYTES;
-        assert!(BlockTree::load(t.root(), 2000, fits, read).is_ok());
-        let err = BlockTree::load(t.root(), 2000, fits - 1, read)
+        assert!(BlockTree::load(t.root(), 2000, fits, &any(), read).is_ok());
+        let err = BlockTree::load(t.root(), 2000, fits - 1, &any(), read)
             .err()
             .expect("refused");
         assert!(matches!(err, Error::TooLarge(_)), "{err}");
@@ -660,7 +724,7 @@ mod tests {
         );
         assert_eq!(t.height(), 3);
         assert_eq!(written, 1 + 1 + 1, "one level-1, one level-2 and the root");
-        let loaded = BlockTree::load(t.root(), 512 * 512 + 1, u64::MAX, read).unwrap();
+        let loaded = BlockTree::load(t.root(), 512 * 512 + 1, u64::MAX, &any(), read).unwrap();
         for i in [0usize, 600, 1100, 1599] {
             assert_eq!(loaded.get(i), t.get(i), "block {i}");
         }
@@ -670,7 +734,7 @@ mod tests {
         assert!(t.is_dirty());
         t.sync(write, |_, _| {}).unwrap();
         assert_eq!(t.height(), 1);
-        let loaded = BlockTree::load(t.root(), 512, u64::MAX, read).unwrap();
+        let loaded = BlockTree::load(t.root(), 512, u64::MAX, &any(), read).unwrap();
         assert_eq!(loaded.get(0), BlockPtr { birth: 2, ..ptr(1) });
         assert!(!t.is_dirty());
     }

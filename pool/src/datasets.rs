@@ -336,10 +336,11 @@ impl Shared {
             kind: d.kind,
             size: st.size,
             block_size: d.vol.block_size,
-            referenced: st.referenced * SECTOR,
-            written: st.written * SECTOR,
-            used: used * SECTOR,
-            usedbysnapshots: usedbysnapshots * SECTOR,
+            // Saturating: the counts come from disk, and a damaged one must not panic a listing.
+            referenced: st.referenced.saturating_mul(SECTOR),
+            written: st.written.saturating_mul(SECTOR),
+            used: used.saturating_mul(SECTOR),
+            usedbysnapshots: usedbysnapshots.saturating_mul(SECTOR),
             origin,
             clones,
             holds: d.holds.iter().cloned().collect(),
@@ -372,7 +373,7 @@ pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {
     }
     let bs = u64::from(block_size);
     let blocks = size.div_ceil(bs);
-    if blocks > (1 << 40) {
+    if blocks > crate::phys::MAX_VOLUME_BLOCKS {
         return Err(Error::TooLarge(format!(
             "a volume of {size} bytes in {bs}-byte blocks is too large: at most 2^40 blocks"
         )));

@@ -49,7 +49,7 @@ impl Deadlist {
     pub fn persist(&mut self, mut write: impl FnMut(&[u8]) -> Result<BlockPtr>) -> Result<()> {
         for chunk in std::mem::take(&mut self.pending).chunks(DEADLIST_MAX_ENTRIES) {
             self.head = write(&encode_deadlist_block(&self.head, chunk))?;
-            self.count += chunk.len() as u64;
+            self.count = self.count.saturating_add(chunk.len() as u64);
         }
         Ok(())
     }
@@ -68,7 +68,7 @@ impl Deadlist {
             blocks.push(at);
             entries.append(&mut e);
             at = prev;
-            if blocks.len() as u64 > self.count + 1 {
+            if blocks.len() as u64 > self.count.saturating_add(1) {
                 return Err(crate::Error::Corrupt(
                     "a deadlist chain is longer than its count (a loop?)".into(),
                 ));

@@ -25,6 +25,8 @@ pub const SPACEMAP_MAGIC: [u8; 8] = *b"TARNSMAP";
 pub const RING_SLOTS: u64 = 64;
 /// Size of an indirect block.
 pub const INDIRECT_SIZE: usize = 16384;
+/// The most data blocks a volume may have (its tree then has at most 5 indirect levels).
+pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
 /// Block pointers per indirect block.
 pub const PTRS_PER_INDIRECT: usize = INDIRECT_SIZE / BlockPtr::SIZE;
 /// Header bytes at the start of each space-map chunk.
@@ -518,8 +520,11 @@ impl DeadEntry {
 
 /// Header bytes of a deadlist block: previous block pointer, entry count, reserved.
 pub const DEADLIST_HEADER: usize = 64;
-/// Entries per deadlist block at most (a block is at most 64 KiB).
-pub const DEADLIST_MAX_ENTRIES: usize = (65536 - DEADLIST_HEADER) / DeadEntry::SIZE;
+/// Bytes of a deadlist block at most.
+pub const DEADLIST_MAX_BYTES: u64 = 65536;
+/// Entries per deadlist block at most.
+pub const DEADLIST_MAX_ENTRIES: usize =
+    (DEADLIST_MAX_BYTES as usize - DEADLIST_HEADER) / DeadEntry::SIZE;
 
 /// Encodes a deadlist block holding `entries` and linking to the older block `prev`.
 pub fn encode_deadlist_block(prev: &BlockPtr, entries: &[DeadEntry]) -> Vec<u8> {
@@ -722,11 +727,14 @@ pub fn decode_dir_leaf(b: &[u8], index: u64) -> Result<Vec<DatasetPhys>> {
         if !(min_bs..=max_bs).contains(&block_size)
             || !block_size.is_power_of_two()
             || size % u64::from(block_size) != 0
+            || size / u64::from(block_size) > MAX_VOLUME_BLOCKS
         {
             return Err(Error::Corrupt(format!(
-                "meta block: dataset {id} has block size {block_size} and size {size}"
+                "meta block: dataset {id} has block size {block_size} and size {size} (at \
+                 most 2^40 blocks of 4 KiB to 128 KiB)"
             )));
         }
+
         datasets.push(DatasetPhys {
             id,
             kind,

@@ -1,6 +1,6 @@
 //! An open pool: creation, import, the dataset directory and its administrative operations.
 
-use crate::blocktree::BlockTree;
+use crate::blocktree::{BlockTree, PtrShape};
 use crate::deadlist::Deadlist;
 use crate::device::{Device, FileDevice};
 use crate::error::{Error, Result};
@@ -188,12 +188,27 @@ impl Shared {
     pub(crate) fn load_tree(&self, vol: &Volume, st: &VolumeState) -> Result<BlockTree> {
         let nblocks = st.size.div_ceil(u64::from(vol.block_size)) as usize;
         let room = self.memory_limit.saturating_sub(self.map_bytes());
-        let tree = BlockTree::load(st.root, nblocks, room, |p, buf| {
-            self.read_block(p, buf, &|| {
-                format!("an indirect block of {}/{}", self.name(), read(&vol.name))
-            })
+        let owner = format!("{}/{}", self.name(), read(&vol.name));
+        let shape = self.ptr_shape(vol.block_size, &owner);
+        let tree = BlockTree::load(st.root, nblocks, room, &shape, |p, buf| {
+            self.read_block(p, buf, &|| format!("an indirect block of {owner}"))
         })?;
         Ok(tree.metered(self.map_meter.clone()))
+    }
+
+    /// The data area, in sectors: `[start, end)`.
+    pub(crate) fn data_area(&self) -> (u64, u64) {
+        (self.label.data_offset / SECTOR, self.label.size / SECTOR)
+    }
+
+    /// What the block pointers of `owner`, a volume (or snapshot) of `block_size`-byte
+    /// blocks, may be.
+    pub(crate) fn ptr_shape(&self, block_size: u32, owner: &str) -> PtrShape {
+        PtrShape {
+            owner: owner.to_string(),
+            area: self.data_area(),
+            data_sectors: (u64::from(block_size) / SECTOR) as u32,
+        }
     }
 
     /// Memory the pool's resident block maps take together.
@@ -377,12 +392,21 @@ pub struct DatasetInfo {
     pub props: BTreeMap<String, String>,
 }
 
+/// The largest next dataset ID a pool may record: one ID a dataset created, so no pool comes
+/// near it, and no ID handed out after it can overflow.
+const MAX_NEXT_DATASET_ID: u64 = 1 << 48;
+
 /// Checks the dataset graph a directory describes, as a crafted pool could make it: names
 /// valid and unique (a volume named like a snapshot would shadow it), IDs below the next ID,
 /// a clone's origin an existing snapshot, and no origin chain that loops (walks of it would
-/// never end).
+/// never end). The next ID must be far from overflowing: IDs are handed out one a dataset.
 fn check_datasets(ds: &BTreeMap<u64, DatasetEntry>, next_id: u64) -> Result<()> {
     let bad = |msg: String| Err(Error::Corrupt(format!("dataset directory: {msg}")));
+    if next_id > MAX_NEXT_DATASET_ID {
+        return bad(format!(
+            "the next dataset id is {next_id}, past the most a pool reaches (2^48)"
+        ));
+    }
     let mut names = std::collections::HashSet::new();
     for (id, d) in ds {
         if *id >= next_id {

@@ -168,9 +168,39 @@ impl Shared {
         Ok(b)
     }
 
-    /// Every entry of a deadlist and the blocks of its chain.
+    /// Every entry of a deadlist and the blocks of its chain; corruption where a chain block
+    /// or an entry (a block the deadlist will free) lies outside the data area, or a chain
+    /// block is larger than one can be.
     pub(crate) fn load_deadlist(&self, dl: &Deadlist) -> Result<(Vec<DeadEntry>, Vec<BlockPtr>)> {
-        dl.load(|p| self.read_whole(p, "a deadlist block"))
+        let area = self.data_area();
+        let inside = |p: &BlockPtr| {
+            p.is_hole()
+                || (p.sector >= area.0
+                    && p.sector
+                        .checked_add(u64::from(p.sectors))
+                        .is_some_and(|e| e <= area.1))
+        };
+        let bad = |p: &BlockPtr, what: &str| {
+            Error::Corrupt(format!(
+                "a deadlist of pool {} names {what} of {} sectors at sector {}, outside the data \
+                 area (sectors {}..{}) or too large; the pool's metadata is damaged",
+                self.name(),
+                p.sectors,
+                p.sector,
+                area.0,
+                area.1
+            ))
+        };
+        let (entries, blocks) = dl.load(|p| {
+            if !inside(p) || p.byte_len() > crate::phys::DEADLIST_MAX_BYTES {
+                return Err(bad(p, "a chain block"));
+            }
+            self.read_whole(p, "a deadlist block")
+        })?;
+        if let Some(e) = entries.iter().find(|e| !inside(&e.ptr)) {
+            return Err(bad(&e.ptr, "a freed block"));
+        }
+        Ok((entries, blocks))
     }
 
     /// Sectors of data entries of `id`'s deadlist born in `(after, upto]`.
@@ -201,14 +231,14 @@ impl Shared {
             .copied()
             .chain([id])
             .map(|s| lock(&ds[&s].vol.state).written)
-            .sum();
+            .fold(0u64, u64::saturating_add);
         if snaps.is_empty() {
             return Ok((used, 0));
         }
         let origin = origin_txg(ds, id);
         let mut held = 0;
         for s in snaps.iter().copied().chain([id]) {
-            held += self.dead_data(ds, s, origin, u64::MAX)?;
+            held = u64::saturating_add(held, self.dead_data(ds, s, origin, u64::MAX)?);
         }
         Ok((used, held))
     }
@@ -264,7 +294,9 @@ impl Shared {
             .chain(&s_chain)
             .for_each(|p| free(&mut sm, txg, p));
         nst.deadlist = Deadlist::from_entries(kept);
-        nst.written += crate::volume::uncount(sst.written, freed_data, "written");
+        nst.written =
+            nst.written
+                .saturating_add(crate::volume::uncount(sst.written, freed_data, "written"));
         if next == head {
             nst.prev_snap_txg = ptxg;
         }
@@ -285,6 +317,7 @@ impl Shared {
             st.root,
             nblocks,
             st.prev_snap_txg,
+            &self.ptr_shape(vol.block_size, &format!("{}/{}", self.name(), ds[&id].name)),
             &mut |p, buf| {
                 self.read_block(p, buf, &|| {
                     format!("an indirect block of {}/{}", self.name(), ds[&id].name)
@@ -750,6 +783,7 @@ impl Pool {
                 st.root,
                 nblocks,
                 s.creation_txg,
+                &sh.ptr_shape(hv.block_size, &format!("{}/{}", sh.name(), ds[&head].name)),
                 &mut |p, buf| {
                     sh.read_block(p, buf, &|| {
                         format!("an indirect block of {}", ds[&head].name)
@@ -921,13 +955,16 @@ impl Pool {
             root,
             nblocks,
             f.creation_txg,
+            &sh.ptr_shape(t.vol.block_size, &format!("{}/{}", sh.name(), t.name)),
             &mut |p, buf| sh.read_block(p, buf, &|| format!("an indirect block of {}", t.name)),
             &mut |level, first, p| {
                 // A data block, or a hole standing for a whole subtree zeroed since `from`.
                 if level == 0 || p.is_hole() {
-                    let span = (crate::phys::PTRS_PER_INDIRECT as u64).pow(level as u32) * bs;
-                    let start = first * bs;
-                    let end = (start + span).min(size);
+                    let span = (crate::phys::PTRS_PER_INDIRECT as u64)
+                        .saturating_pow(level as u32)
+                        .saturating_mul(bs);
+                    let start = first.saturating_mul(bs);
+                    let end = start.saturating_add(span).min(size);
                     match out.last_mut() {
                         Some(l) if l.0 + l.1 == start => l.1 = end - l.0,
                         _ => out.push((start, end - start)),

@@ -301,8 +301,18 @@ impl SpaceMap {
         true
     }
 
-    /// Frees an extent in `txg`; it becomes reusable DEFER_TXGS txgs later.
+    /// Frees an extent in `txg`; it becomes reusable DEFER_TXGS txgs later. An extent outside
+    /// the data area (only damaged metadata names one; loading checks block pointers) is
+    /// logged and left alone: freeing it would write the map past its end, or free the labels.
     pub fn free_deferred(&mut self, txg: u64, start: u64, len: u64) {
+        if !self.in_data_area(start, len) {
+            tracing::error!(
+                start,
+                len,
+                "a free outside the pool's data area was ignored: the pool's metadata is damaged"
+            );
+            return;
+        }
         let list = self.deferred.entry(txg).or_default();
         match list.last_mut() {
             // Sequential overwrites free runs of adjacent blocks: keep them as one extent.

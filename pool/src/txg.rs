@@ -187,8 +187,8 @@ impl Shared {
                 }
                 let old = tree.set(idx as usize, p);
                 st.kill(&mut sm, txg, old, 0);
-                st.referenced += u64::from(p.sectors);
-                st.written += u64::from(p.sectors);
+                st.referenced = st.referenced.saturating_add(u64::from(p.sectors));
+                st.written = st.written.saturating_add(u64::from(p.sectors));
             }
             sm.commit_placed(run.0, run.1);
             st.syncing = None;

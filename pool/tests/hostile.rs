@@ -5,8 +5,10 @@
 //!
 //! The dataset graph is checked too: names valid and unique, a clone's origin an existing
 //! snapshot, no origin chain that loops. Accounting fields (`referenced`, `written`) too
-//! small for what is freed stay at zero (no wrap, no panic), and scrub reports them. Left
-//! (known): deferred frees naming live blocks are not checked at open.
+//! small for what is freed stay at zero (no wrap, no panic), and scrub reports them; counts
+//! too large saturate. Tree and deadlist pointers are checked as they are loaded: inside the
+//! data area, and as long as the block they point at. Left (known): deferred frees naming
+//! live blocks, and two trees sharing a block, are not checked at open (scrub finds both).
 
 #![allow(clippy::unwrap_used)]
 
@@ -287,4 +289,142 @@ fn accounting_too_small_for_what_is_freed() {
         overwritten.is_ok(),
         "freeing what the counts did not hold panicked"
     );
+}
+
+/// Runs `f`, failing the test if it panics (a debug build's overflow checks included).
+fn no_panic(what: &str, f: impl FnOnce()) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    assert!(r.is_ok(), "{what} panicked");
+}
+
+/// Counts near the top of `u64` (`referenced`, `written`, a deadlist's count): listings,
+/// commits and walks saturate, they do not overflow.
+#[test]
+fn counts_near_u64_max_neither_panic_nor_wrap() {
+    let mut img = Img::parse(base(|p| {
+        p.snapshot(&["tank/v@s"]).unwrap();
+        p.volume("tank/v")
+            .unwrap()
+            .write_at(0, &vec![0xcd; 16384])
+            .unwrap();
+        p.sync().unwrap();
+    }));
+    assert!(!img.ds("v").deadlist.is_hole());
+    img.ds("v").referenced = u64::MAX / 2;
+    img.ds("v").written = u64::MAX;
+    img.ds("v").deadlist_count = u64::MAX;
+    let pool = open_quietly(img.finish()).expect("opens");
+    no_panic("listing", || {
+        let d = pool.dataset("tank/v").unwrap();
+        assert_eq!(d.referenced, u64::MAX, "saturated");
+        pool.list().unwrap();
+    });
+    no_panic("a commit", || {
+        pool.grow_volume("tank/v", 2 << 20).unwrap();
+        let v = pool.volume("tank/v").unwrap();
+        v.write_at(1 << 20, &vec![0xcd; 16384]).unwrap();
+        pool.sync().unwrap();
+    });
+}
+
+/// A tree pointer whose checksum is right for what it points at, but that lies outside the
+/// data area, or is longer than a block: the volume's map is refused with a corruption error
+/// naming the volume. Believed, an overwrite freed its extent: past the device that bricked
+/// the pool and then panicked; over the data area it handed another volume's live blocks
+/// to new writes.
+#[test]
+fn tree_pointers_outside_the_data_area_or_longer_than_a_block_are_refused() {
+    let craft = |img: &mut Img, p: BlockPtr| {
+        let txg = img.ub.txg;
+        let root = img.put(&encode_indirect(&[p]), txg);
+        img.ds("v").root = root;
+    };
+    // Past the device.
+    let mut img = Img::parse(base(|_| {}));
+    let birth = img.ub.txg;
+    craft(
+        &mut img,
+        BlockPtr {
+            sector: 1 << 40,
+            sectors: 4,
+            birth,
+            checksum: 1,
+        },
+    );
+    let pool = open_quietly(img.finish()).expect("opens (maps load on use)");
+    let e = pool
+        .volume("tank/v")
+        .and_then(|v| v.write_at(0, &vec![0xcd; 16384]))
+        .expect_err("a write through the crafted map");
+    assert_eq!(e.kind(), pool::ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("tank/v"), "{e}");
+
+    // Over the whole data area, another volume's blocks included, checksummed as one block.
+    let mut img = Img::parse(base(|p| {
+        p.create_volume("tank/w", 1 << 20, 16384, &Default::default())
+            .unwrap();
+        p.volume("tank/w")
+            .unwrap()
+            .write_at(0, &vec![0x77; 1 << 20])
+            .unwrap();
+    }));
+    let first = img.label.data_offset / SECTOR;
+    let at = (first * SECTOR) as usize;
+    let p = BlockPtr {
+        sector: first,
+        sectors: (img.next - 100 - first) as u32,
+        birth,
+        checksum: checksum(&img.bytes[at..at + 16384], img.label.guid),
+    };
+    craft(&mut img, p);
+    let pool = open_quietly(img.finish()).expect("opens");
+    let e = pool
+        .volume("tank/v")
+        .and_then(|v| v.write_at(0, &vec![0xcd; 16384]))
+        .expect_err("a write through the crafted map");
+    assert_eq!(e.kind(), pool::ErrorKind::Corrupt, "{e}");
+    // Destroying the volume walks its tree to free it: refused too, nothing freed.
+    assert!(pool.destroy("tank/v").is_err());
+    pool.sync().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    pool.volume("tank/w").unwrap().read_at(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x77), "w's blocks were given away");
+    // Scrub finds the crafted pointer (it claims w's blocks a second time).
+    assert!(!pool.scrub().unwrap().errors.is_empty());
+}
+
+/// A size of more blocks than a volume may have (2^40), or a next dataset id near the top of
+/// `u64`: refused at open. Believed, the first read built a 2 GiB block map past a 64 MiB
+/// memory limit, diff overflowed, and creating a dataset overflowed the id.
+#[test]
+fn sizes_and_ids_no_pool_reaches_are_refused_at_open() {
+    let mut img = Img::parse(base(|_| {}));
+    img.ds("v").size = u64::MAX / 16384 * 16384;
+    img.ds("v").root = BlockPtr::HOLE;
+    never_loaded(img.finish(), "a size of 2^50 blocks", |p| {
+        p.dataset("tank/v").is_ok_and(|d| d.size > 1 << 60)
+    });
+
+    let mut img = Img::parse(base(|_| {}));
+    img.meta.next_dataset_id = u64::MAX;
+    refused(img.finish(), "next dataset id u64::MAX");
+}
+
+/// A size within the 2^40-block cap whose map alone (not counting leaves) exceeds the memory
+/// limit: the volume's first use is refused before the map is allocated.
+#[test]
+fn a_map_larger_than_the_memory_limit_is_refused_before_it_is_allocated() {
+    let mut img = Img::parse(base(|_| {}));
+    img.ds("v").size = 1 << 48;
+    img.ds("v").root = BlockPtr::HOLE;
+    let config = PoolConfig {
+        memory_limit: Some(64 << 20),
+        ..config()
+    };
+    let pool = Pool::open(Arc::new(MemDevice::from_bytes(img.finish())), config).expect("opens");
+    let e = pool
+        .volume("tank/v")
+        .and_then(|v| v.read_at(0, &mut [0u8; 4096]))
+        .expect_err("a 2 GiB map under a 64 MiB limit");
+    assert_eq!(e.kind(), pool::ErrorKind::TooLarge, "{e}");
 }
