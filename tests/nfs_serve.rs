@@ -280,6 +280,41 @@ fn garbage_and_truncated_records_drop_only_that_connection() {
     assert!(run("nfs-ls", &[&srv.url("")]).status.success());
 }
 
+/// An RPC record (one fragment) of these big-endian words followed by `tail`.
+fn record(words: &[u32], tail: &[u8]) -> Vec<u8> {
+    let mut body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    body.extend_from_slice(tail);
+    let mut rec = (0x8000_0000u32 | body.len() as u32).to_be_bytes().to_vec();
+    rec.extend_from_slice(&body);
+    rec
+}
+
+/// Requests whose XDR lengths claim far more than their record holds: an AUTH_UNIX credential
+/// with 2^32 - 1 gids (16 GiB of them), a credential body of 4 GiB. A server limited to 3 GiB
+/// of address space refuses them without allocating what they claim (it used to allocate it
+/// and, where that failed, abort for every client) and serves on.
+#[test]
+fn lengths_a_request_claims_are_not_allocated() {
+    let e = Env::new();
+    let srv = NfsServer::start_limited(&e.path("home"), "tank", &[], 3 << 30);
+    // NULL calls: xid, CALL, RPC version 2, NFS, version 3, procedure 0, then the credential.
+    let call = [1u32, 0, 2, 100_003, 3, 0];
+    let gids = [&call[..], &[1, 20, 0, 1, 0x6800_0000, 0, 0, 0xffff_ffff]].concat();
+    let body = [&call[..], &[1, 0xffff_fff0]].concat();
+    for words in [gids, body] {
+        let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+        s.write_all(&record(&words, &[])).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A reply (GARBAGE_ARGS) or a closed connection: either way, nothing allocated.
+        let _ = s.read(&mut [0u8; 64]);
+    }
+    let mut good = TcpStream::connect(("127.0.0.1", srv.port)).expect("the server is up");
+    good.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    good.write_all(&null_call(9)).unwrap();
+    expect_reply(&mut good, 9);
+}
+
 #[test]
 fn sixteen_clients_at_once() {
     if !have_libnfs() {

@@ -252,8 +252,42 @@ impl NfsServer {
 
     /// Starts the server listening on `listen` and waits for its "serving" line.
     pub fn start_on(home: &Path, pool: &str, listen: &str, args: &[&str]) -> NfsServer {
+        Self::spawn(home, pool, listen, args, None)
+    }
+
+    /// Starts the server on a free loopback port with its address space limited to
+    /// `limit` bytes (RLIMIT_AS, as `ulimit -v`): an allocation past it fails, which aborts.
+    pub fn start_limited(home: &Path, pool: &str, args: &[&str], limit: u64) -> NfsServer {
+        Self::spawn(home, pool, "127.0.0.1:0", args, Some(limit))
+    }
+
+    fn spawn(
+        home: &Path,
+        pool: &str,
+        listen: &str,
+        args: &[&str],
+        as_limit: Option<u64>,
+    ) -> NfsServer {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tarn"));
+        if let Some(limit) = as_limit {
+            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &r) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .args(["nfs", "serve", pool, "--listen", listen])
             .args(args)
             .env("TARN_HOME", home)
