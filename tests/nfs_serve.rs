@@ -315,6 +315,22 @@ fn lengths_a_request_claims_are_not_allocated() {
     expect_reply(&mut good, 9);
 }
 
+/// An IPv6 address to listen on (the port after the last colon, the address bracketed):
+/// upstream split at the first colon and refused every IPv6 address as a bad port.
+#[test]
+fn serves_on_ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: this host has no IPv6 loopback");
+        return;
+    }
+    let e = Env::new();
+    let srv = e.serve_on("[::1]:0", &[]);
+    let mut s = TcpStream::connect(("::1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&null_call(5)).unwrap();
+    expect_reply(&mut s, 5);
+}
+
 #[test]
 fn sixteen_clients_at_once() {
     if !have_libnfs() {

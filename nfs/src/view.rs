@@ -279,10 +279,26 @@ fn is_snapshot_name(local: &str) -> bool {
 }
 
 impl FileView {
-    /// The largest file this view can hold (a volume in its block size that the host can
-    /// serve, see [`pool::max_volume_size`]).
+    /// The largest file this view lets a WRITE or SETATTR make: a volume in its block size that
+    /// the host can serve ([`pool::max_volume_size`]), and no larger than the pool itself. (A
+    /// file the pool could never fill is only a block map in memory: one WRITE of a byte at
+    /// the host's limit used to take half of this process's memory budget, leaving none for
+    /// any other file to grow.)
     pub fn max_file_size(&self) -> u64 {
-        pool::max_volume_size(self.opts.block_size)
+        pool::max_volume_size(self.opts.block_size).min(self.pool.info().size)
+    }
+
+    /// Refuses to grow `name` to `end` bytes past [`FileView::max_file_size`].
+    fn check_growth(&self, name: &str, end: u64) -> Result<()> {
+        let max = self.max_file_size();
+        if end > max {
+            return Err(pool::Error::TooLarge(format!(
+                "{name} cannot grow to {end} bytes over NFS: at most {max} (the pool's size, or \
+                 what this host can map)"
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// A view of `pool`.
@@ -500,6 +516,11 @@ impl FileView {
         {
             return Err(ViewError::BadName(name.into()));
         }
+        // Every directory has one already: a volume renamed or created over it could no
+        // longer be looked up, renamed back or removed.
+        if name == SNAPSHOT_DIR {
+            return Err(ViewError::Exists(name.into()));
+        }
         Ok(())
     }
 
@@ -707,18 +728,21 @@ impl FileView {
         if snap {
             return Err(ViewError::ReadOnly(h.name()));
         }
+        // A WRITE of no bytes changes nothing, not even the size (RFC 1813).
+        if data.is_empty() {
+            return self.file_attr(id);
+        }
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| ViewError::Invalid("write past 2^64".into()))?;
         if end > h.size() {
+            self.check_growth(&h.name(), end)?;
             let _g = lock(&self.ns_lock);
             if end > h.size() {
                 self.pool.grow_volume(&h.name(), end)?;
             }
         }
-        if !data.is_empty() {
-            h.write_at(offset, data)?;
-        }
+        h.write_at(offset, data)?;
         lock(&self.mtimes).insert(id, now_ns());
         self.file_attr(id)
     }
@@ -966,6 +990,9 @@ impl FileView {
             .checked_mul(bs)
             .ok_or_else(|| pool::Error::TooLarge(format!("a file of {size} bytes is too large")))?;
         if rounded != h.size() {
+            if rounded > h.size() {
+                self.check_growth(&h.name(), rounded)?;
+            }
             self.pool.resize_volume(&h.name(), size)?;
             lock(&self.mtimes).insert(id, now_ns());
         }
@@ -1032,6 +1059,35 @@ mod tests {
             v2.getattr(dir_id("nope")),
             Err(ViewError::Stale(_))
         ));
+    }
+
+    /// A client cannot grow a file past the pool's size (one byte written at the host's
+    /// largest volume size used to take half of the memory budget and leave no other file
+    /// room to grow), a WRITE of no bytes changes nothing, and `.snapshot` cannot be made.
+    #[test]
+    fn growth_is_held_to_the_pool_and_snapshot_dirs_are_reserved() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        assert_eq!(v.max_file_size(), 256 << 20);
+        let a = v.create(v.root(), "a", 0).unwrap();
+        let e = v.write(a.id, v.max_file_size(), b"x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+        let e = v.set_size(a.id, v.max_file_size() + 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+        assert_eq!(v.write(a.id, 1 << 30, b"").unwrap().size, 4096);
+        assert_eq!(v.getattr(a.id).unwrap().size, 4096);
+        // Another file still grows to the limit.
+        let b = v.create(v.root(), "b", 0).unwrap();
+        let end = v.max_file_size() - 1;
+        assert_eq!(v.write(b.id, end, b"y").unwrap().size, end + 1);
+        for made in [
+            v.create(v.root(), SNAPSHOT_DIR, 0).map(|_| ()),
+            v.mkdir(v.root(), SNAPSHOT_DIR).map(|_| ()),
+            v.rename(v.root(), "a", v.root(), SNAPSHOT_DIR),
+        ] {
+            assert!(matches!(made, Err(ViewError::Exists(_))), "{made:?}");
+        }
+        assert_eq!(v.lookup(v.root(), "a").unwrap(), a.id);
     }
 
     #[test]

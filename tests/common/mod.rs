@@ -299,10 +299,12 @@ impl NfsServer {
         std::io::BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("reading the server's first line");
+        // "serving pool P on ADDR:PORT (…": the one word with a colon (IPv6 addresses come
+        // bracketed).
         let port = line
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("127.0.0.1:"))
-            .and_then(|p| {
+            .find_map(|w| w.rsplit_once(':'))
+            .and_then(|(_, p)| {
                 p.trim_end_matches(|c: char| !c.is_ascii_digit())
                     .parse()
                     .ok()

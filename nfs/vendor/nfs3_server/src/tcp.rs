@@ -200,7 +200,9 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
     }
 
     async fn bind_inner(ipstr: &str, fs: T, generation_number: Option<u64>) -> io::Result<Self> {
-        let (ip, port) = ipstr.split_once(':').ok_or_else(|| {
+        // TARN-PATCH: the port follows the last colon, and an IPv6 address may be bracketed
+        // (`[::1]:2049`); upstream split at the first colon, so no IPv6 address could be served.
+        let (ip, port) = ipstr.rsplit_once(':').ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::AddrNotAvailable,
                 "IP Address must be of form ip:port",
@@ -212,6 +214,10 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
                 "Port not in range 0..=65535",
             )
         })?;
+        let ip = ip
+            .strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .unwrap_or(ip);
 
         let arcfs: Arc<T> = Arc::new(fs);
 
@@ -248,7 +254,11 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
         arcfs: Arc<T>,
         generation_number: Option<u64>,
     ) -> io::Result<Self> {
-        let ipstr = format!("{ip}:{port}");
+        let ipstr = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
         let listener = TcpListener::bind(&ipstr).await?;
         info!("Listening on {:?}", &ipstr);
 
