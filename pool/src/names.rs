@@ -75,6 +75,15 @@ pub fn split_any_name(full: &str) -> Result<(&str, &str)> {
         None => split_dataset_name(full),
         Some((head, snap)) => {
             let (pool, _) = split_dataset_name(head)?;
+            // The whole name, as ZFS has it: the directory stores names with a u16 length, and
+            // a longer snapshot part used to be cut there, which made the directory leaf
+            // undecodable and the pool open at an older txg.
+            if full.len() > MAX_NAME {
+                return Err(Error::InvalidName {
+                    name: full.into(),
+                    reason: format!("longer than {MAX_NAME} bytes"),
+                });
+            }
             check_component(full, snap)?;
             if snap.contains('/') {
                 return Err(Error::InvalidName {

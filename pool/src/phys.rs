@@ -25,6 +25,11 @@ pub const SPACEMAP_MAGIC: [u8; 8] = *b"TARNSMAP";
 pub const RING_SLOTS: u64 = 64;
 /// Size of an indirect block.
 pub const INDIRECT_SIZE: usize = 16384;
+/// The most holds one snapshot may have (the directory stores their count as a u16).
+pub const MAX_HOLDS: usize = 4096;
+/// The longest hold tag, in bytes.
+pub const MAX_HOLD_TAG: usize = 255;
+
 /// The most data blocks a volume may have (its tree then has at most 5 indirect levels).
 pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
 /// Block pointers per indirect block.
@@ -80,9 +85,16 @@ impl Enc {
         self.0.extend_from_slice(v);
         self
     }
-    /// A string: u16 length, then UTF-8 bytes.
+    /// A string: u16 length, then UTF-8 bytes. Callers keep strings shorter (names, tags and
+    /// values are checked where they come in); one longer is cut, at a character boundary,
+    /// so that what is written always decodes.
     pub fn str(&mut self, s: &str) -> &mut Self {
-        self.u16(s.len() as u16).bytes(s.as_bytes())
+        let mut end = s.len().min(usize::from(u16::MAX));
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        debug_assert_eq!(end, s.len(), "a string too long to encode");
+        self.u16(end as u16).bytes(&s.as_bytes()[..end])
     }
     /// A block pointer (32 bytes).
     pub fn ptr(&mut self, p: &BlockPtr) -> &mut Self {
@@ -664,8 +676,8 @@ pub fn encode_dir_leaf(index: u64, datasets: &[&DatasetPhys]) -> Vec<u8> {
             .u64(d.prev_snap_txg)
             .ptr(&d.deadlist)
             .u64(d.deadlist_count)
-            .u16(d.holds.len() as u16);
-        for h in &d.holds {
+            .u16(d.holds.len().min(MAX_HOLDS) as u16);
+        for h in d.holds.iter().take(MAX_HOLDS) {
             e.str(h);
         }
         e.u32(d.props.len() as u32);

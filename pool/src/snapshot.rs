@@ -873,7 +873,19 @@ impl Pool {
 
     /// Adds hold `tag` to a snapshot: it cannot be destroyed until released. Durable on return.
     pub fn hold(&self, snap: &str, tag: &str) -> Result<()> {
+        use crate::phys::{MAX_HOLDS, MAX_HOLD_TAG};
+        if tag.is_empty() || tag.len() > MAX_HOLD_TAG || tag.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "a hold tag is 1 to {MAX_HOLD_TAG} bytes with no control characters ({} given)",
+                tag.len()
+            )));
+        }
         self.change_holds(snap, |h| {
+            if h.len() >= MAX_HOLDS {
+                return Err(Error::InvalidArgument(format!(
+                    "{snap} has {MAX_HOLDS} holds already, the most a snapshot takes; release some"
+                )));
+            }
             if !h.insert(tag.to_string()) {
                 return Err(Error::AlreadyExists(format!("hold '{tag}' on {snap}")));
             }

@@ -206,3 +206,36 @@ fn a_full_pool_refuses_writes_and_keeps_what_it_has() {
     assert!(buf.iter().all(|&b| b == 7));
     assert!(pool.scrub().expect("scrub").is_clean());
 }
+
+/// Names and tags the directory cannot store are refused, and nothing committed after such a
+/// request is lost: a snapshot name of 64 KiB used to be cut at its u16 length in the
+/// directory, whose leaf then did not decode, so the pool reopened at an older txg without
+/// it, and without everything committed after it.
+#[test]
+fn names_and_hold_tags_too_long_to_store_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let pool = Pool::open_path(&path, config()).expect("open");
+    pool.snapshot(&["tank/v@keep"]).expect("keep");
+    let long = format!("tank/v@{}", "x".repeat(65_546));
+    let err = pool.snapshot(&[&long]).expect_err("a 64 KiB snapshot name");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = pool
+        .snapshot(&[&format!("tank/v@{}", "x".repeat(250))])
+        .expect_err("a full name past 255 bytes");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    for tag in ["x".repeat(256), String::new(), "a\nb".into()] {
+        let err = pool.hold("tank/v@keep", &tag).expect_err("a bad tag");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    }
+    pool.hold("tank/v@keep", &"t".repeat(255))
+        .expect("a 255-byte tag");
+    pool.snapshot(&["tank/v@after"]).expect("after");
+    pool.close().expect("close");
+    let pool = Pool::open_path(&path, config()).expect("reopen");
+    assert!(
+        pool.dataset("tank/v@after").is_ok(),
+        "a later commit was lost"
+    );
+    assert_eq!(pool.dataset("tank/v@keep").expect("keep").holds.len(), 1);
+}
