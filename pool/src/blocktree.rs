@@ -266,6 +266,26 @@ impl BlockTree {
         PTRS_PER_INDIRECT.min(self.nblocks - i * PTRS_PER_INDIRECT)
     }
 
+    /// The first block at or after `idx` whose pointer is not a hole, if any: leaves not kept
+    /// (all holes) are skipped whole, so the cost follows what is written, not the range.
+    pub fn next_data(&self, idx: usize) -> Option<usize> {
+        if self.kept == 0 {
+            return None;
+        }
+        let mut i = idx;
+        while i < self.nblocks {
+            let leaf = i / PTRS_PER_INDIRECT;
+            if let Some(l) = &self.leaves[leaf] {
+                let from = i % PTRS_PER_INDIRECT;
+                if let Some(j) = l[from..].iter().position(|p| !p.is_hole()) {
+                    return Some(i + j);
+                }
+            }
+            i = (leaf + 1) * PTRS_PER_INDIRECT;
+        }
+        None
+    }
+
     /// The data block pointer at `idx`.
     pub fn get(&self, idx: usize) -> BlockPtr {
         let i = idx / PTRS_PER_INDIRECT;

@@ -119,6 +119,23 @@ impl VolumeState {
             .or_else(|| self.syncing.as_ref().and_then(|s| s.get(&idx)))
     }
 
+    /// The first block at or after `idx` that may hold data: written in the tree, or with a
+    /// change pending. `u64::MAX` if none.
+    fn next_maybe_data(&self, idx: u64) -> u64 {
+        let tree = self
+            .tree
+            .as_ref()
+            .and_then(|t| t.next_data(usize::try_from(idx).ok()?))
+            .map_or(u64::MAX, |i| i as u64);
+        let open = self.open.range(idx..).next().map_or(u64::MAX, |(i, _)| *i);
+        let syncing = self
+            .syncing
+            .as_ref()
+            .and_then(|s| s.range(idx..).next())
+            .map_or(u64::MAX, |(i, _)| *i);
+        tree.min(open).min(syncing)
+    }
+
     pub(crate) fn new(init: StateInit) -> Self {
         VolumeState {
             size: init.size,
@@ -525,7 +542,9 @@ impl VolumeHandle {
         if len == 0 {
             return Ok(out);
         }
-        for idx in offset / bs..(offset + len).div_ceil(bs) {
+        let end_idx = (offset + len).div_ceil(bs);
+        let mut idx = offset / bs;
+        while idx < end_idx {
             let dirty = st.pending(idx);
             let data = match dirty {
                 Some(Dirty::Data(_) | Dirty::Placed(_)) => true,
@@ -536,6 +555,9 @@ impl VolumeHandle {
                     .is_some_and(|t| !t.get(idx as usize).is_hole()),
             };
             if !data {
+                // Holes are skipped to the next block that may hold data: the cost follows
+                // what the volume holds, not the range's length.
+                idx = st.next_maybe_data(idx + 1).clamp(idx + 1, end_idx);
                 continue;
             }
             let start = (idx * bs).max(offset);
@@ -544,6 +566,7 @@ impl VolumeHandle {
                 Some(last) if last.0 + last.1 == start => last.1 += end - start,
                 _ => out.push((start, end - start)),
             }
+            idx += 1;
         }
         Ok(out)
     }
@@ -659,7 +682,13 @@ impl VolumeHandle {
                 if data {
                     st.open.insert(idx, Dirty::Zero)
                 } else {
-                    None
+                    // Nothing to zero here: go on at the next block that may hold data (or
+                    // the partial block at the end), so that zeroing a range costs what it
+                    // holds, not its length (a 40-byte FREE record over 16 TiB took minutes).
+                    let whole_end = (offset + len) / bs * bs - offset;
+                    let next = st.next_maybe_data(idx + 1).saturating_mul(bs);
+                    at = next.saturating_sub(offset).clamp(at + n as u64, whole_end);
+                    continue;
                 }
             } else if whole && !place {
                 let b: Box<[u8]> = match src.and_then(|iov| iov.contiguous(at as usize, n)) {

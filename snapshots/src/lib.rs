@@ -251,7 +251,12 @@ pub struct RecvSummary {
 }
 
 /// Applies a stream's records to `vol`, then flushes. Returns data bytes written.
-fn apply<R: Read>(vol: &VolumeHandle, r: &mut StreamReader<R>, size: u64) -> Result<u64> {
+fn apply<R: Read>(
+    vol: &VolumeHandle,
+    r: &mut StreamReader<R>,
+    size: u64,
+    incremental: bool,
+) -> Result<u64> {
     let mut written = 0;
     let check = |offset: u64, len: u64| {
         if offset.checked_add(len).is_none_or(|e| e > size) {
@@ -267,6 +272,13 @@ fn apply<R: Read>(vol: &VolumeHandle, r: &mut StreamReader<R>, size: u64) -> Res
                 check(offset, len)?;
                 vol.write_at(offset, &r.buf)?;
                 written += len;
+            }
+            Record::Free { .. } if !incremental => {
+                return Err(Error::BadStream(
+                    "a full stream carries a FREE record (only incremental streams have them: a \
+                     full receive starts from an empty volume)"
+                        .into(),
+                ));
             }
             Record::Free { offset, len } => {
                 check(offset, len)?;
@@ -361,7 +373,7 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         let temp_snap = format!("{temp}@{}", split_snapshot(&snap)?.1);
         or_discard(pool, &temp, || {
             let h = pool.volume(&temp)?;
-            summary.write_bytes = apply(&h, &mut reader, begin.size)?;
+            summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;
             drop(h);
             pool.snapshot_with_guid(&temp_snap, begin.to_guid)?;
             pool.rename(&temp, vol)?;
@@ -434,7 +446,7 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             pool.resize_volume(&temp, begin.size)?;
         }
         let h = pool.volume(&temp)?;
-        summary.write_bytes = apply(&h, &mut reader, begin.size)?;
+        summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;
         drop(h);
         pool.sync()?;
         // Data, snapshot and properties land in one txg.

@@ -185,6 +185,33 @@ fn a_stream_claiming_a_huge_volume_is_refused() {
     assert_eq!(names(&b), before);
 }
 
+/// A full stream carrying FREE records (its sender never writes them: a full receive starts
+/// from an empty volume) is refused, leaving nothing behind: a crafted one of a few hundred
+/// bytes claiming 1 TiB used to zero the whole range, block by block, for seconds a record.
+#[test]
+fn a_full_stream_with_free_records_is_refused() {
+    let size = 1u64 << 40;
+    let begin = Begin {
+        to_guid: 0xabc,
+        size,
+        block_size: 4096,
+        name: "x/v@s".into(),
+        ..Begin::default()
+    };
+    let mut w = StreamWriter::new(Vec::new(), &begin).expect("writer");
+    w.write(0, &[1u8; 4096]).expect("record");
+    for _ in 0..3 {
+        w.free(0, size).expect("record");
+    }
+    let stream = w.finish().expect("finish").0;
+    let b = mkpool("b");
+    let before = names(&b);
+    let e = recv(&b, "b/v", &stream[..], false).expect_err("FREE in a full stream");
+    assert!(matches!(e, Error::BadStream(_)), "{e}");
+    assert!(e.to_string().contains("FREE"), "{e}");
+    assert_eq!(names(&b), before);
+}
+
 /// A user's own volume named like a receive's temporary one (with a snapshot and a clone of
 /// it) is not destroyed by a receive into the base name: the receive is refused. A real
 /// leftover (tagged) is cleared and the receive goes on.
