@@ -9,6 +9,7 @@ mod commands;
 mod error;
 mod output;
 mod registry;
+mod signals;
 mod terminal;
 
 use clap::Parser;

@@ -419,6 +419,49 @@ fn truncated_and_corrupt_streams_leave_nothing_behind() {
         .fails_with("not a tarn send stream");
 }
 
+/// A receive stopped by SIGTERM while it waits for the rest of its stream (a sender gone
+/// quiet, `timeout`, systemd) exits 143 and keeps nothing: no temporary volume is left, so the
+/// base snapshot can still be destroyed (a clone of it used to stay behind and refuse that).
+#[test]
+fn a_receive_stopped_by_a_signal_keeps_nothing() {
+    use std::io::Write;
+    let env = Env::new();
+    env.pool("tank", "64M");
+    env.pool("backup", "64M");
+    env.import("tank/v", &random_bytes(2 * M as usize, 17));
+    env.run(["snapshot", "tank/v@s1"]).ok();
+    env.import("tank/v", &random_bytes(2 * M as usize, 18));
+    env.run(["snapshot", "tank/v@s2"]).ok();
+    let full = send_to_file(&env, &["tank/v@s1"], "full");
+    let inc = send_to_file(&env, &["-i", "@s1", "tank/v@s2"], "inc");
+    env.run_stdin(["recv", "backup/v"], &full).ok();
+    let before = names(&env, "backup");
+    let mut child = env
+        .cmd(["recv", "backup/v"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("recv");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(&inc[..inc.len() / 2])
+        .expect("half the stream");
+    stdin.flush().expect("flush");
+    // The receive has its temporary volume once it read the stream's BEGIN; give it time.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().expect("wait");
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(stderr.contains("nothing was received"), "{stderr}");
+    assert_eq!(names(&env, "backup"), before);
+    same_bytes(&env.export("backup/v"), &env.export("tank/v@s1"), "intact");
+    env.run(["destroy", "backup/v@s1"]).ok();
+    env.run(["pool", "scrub", "backup"]).ok();
+}
+
 #[test]
 fn vm_run_clone_from_provisions_and_a_failed_boot_leaves_no_clone() {
     let env = Env::new();

@@ -13,6 +13,9 @@ use crate::registry::Registry;
 use ::pool::Recursion;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Checks that every name is in one pool and returns it.
 fn one_pool<'a>(names: &'a [String], what: &str) -> Result<&'a str> {
@@ -244,26 +247,42 @@ fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
     }
 }
 
-/// `tarn recv [-F] POOL/NAME[@SNAP] [-f FILE]`
+/// `tarn recv [-F] POOL/NAME[@SNAP] [-f FILE]`. SIGINT, SIGTERM or SIGHUP ends it as a
+/// truncated stream does: nothing received is kept (a killed receive used to leave its
+/// temporary volume, whose clone of the base snapshot kept that snapshot from being destroyed).
 pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
+    let signals = crate::signals::StopSignals::new()?;
     let (pool, _) = reg.open(pool_of_snap(&a.name)?)?;
-    if a.file.is_none() {
-        widen_pipe(&std::io::stdin());
-    }
-    let got = match &a.file {
-        None => snapshots::recv(&pool, &a.name, std::io::stdin().lock(), a.force),
-        Some(path) => {
-            let f = std::fs::File::open(path)
-                .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?;
-            snapshots::recv(
-                &pool,
-                &a.name,
-                std::io::BufReader::with_capacity(1 << 20, f),
-                a.force,
-            )
+    let file = match &a.file {
+        None => {
+            widen_pipe(&std::io::stdin());
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(std::fs::File::from)
+                .map_err(|e| CliError::io("duplicating stdin", e))?
         }
+        Some(path) => std::fs::File::open(path)
+            .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?,
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let signal = signals.on_signal("discarding the receive", move || {
+        flag.store(true, Ordering::SeqCst)
+    });
+    let input =
+        std::io::BufReader::with_capacity(1 << 20, crate::signals::StoppableRead::new(file, stop));
+    let got = snapshots::recv(&pool, &a.name, input, a.force);
     let closed = pool.close();
+    let sig = signal.load(Ordering::SeqCst);
+    if sig != 0 && got.is_err() {
+        eprintln!(
+            "tarn: receive into {} stopped by {}; nothing was received",
+            a.name,
+            crate::signals::name(sig)
+        );
+        std::process::exit(128 + sig);
+    }
     let s = got?;
     closed?;
     if a.verbose {

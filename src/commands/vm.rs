@@ -7,72 +7,17 @@ use super::{pool_of, pool_of_any};
 use crate::cli::VmRunArgs;
 use crate::error::{CliError, Result};
 use crate::registry::Registry;
+use crate::signals::StopSignals;
 use ::pool::Pool;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::consts::SIGINT;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use vmm::{Console, DiskBackend, DiskConfig, ExitStatus, StopHandle, VmConfig};
+use vmm::{Console, DiskBackend, DiskConfig, ExitStatus, VmConfig};
 use zvol::{BlockBackend, PoolVolume, RawFile, RawFileOptions};
 
 /// Process exit status when the guest rebooted (0 means it powered off).
 pub const EXIT_REBOOT: i32 = 10;
-
-/// The signals that stop a guest.
-const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
-
-/// Takes [`STOP_SIGNALS`] from the moment it is made, so that one arriving while a clone is
-/// being made still ends in the clean-up of a stopped guest rather than in a leaked clone.
-struct StopSignals {
-    signals: Signals,
-    /// The first signal taken, 0 for none.
-    taken: Arc<AtomicI32>,
-}
-
-impl StopSignals {
-    fn new() -> Result<StopSignals> {
-        let signals = Signals::new(STOP_SIGNALS)
-            .map_err(|e| CliError::io("installing SIGINT/SIGTERM/SIGHUP handlers", e))?;
-        Ok(StopSignals {
-            signals,
-            taken: Arc::new(AtomicI32::new(0)),
-        })
-    }
-
-    /// From now on, the first signal (also one taken before) stops `vm`; a second ends the
-    /// process as the signal's default action would.
-    fn stop_on_signal(mut self, vm: StopHandle) -> Arc<AtomicI32> {
-        let taken = self.taken.clone();
-        let spawned = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in self.signals.forever() {
-                    if self.taken.swap(sig, Ordering::SeqCst) != 0 {
-                        crate::terminal::restore();
-                        eprintln!("tarn: {}: exiting without cleaning up", signal_name(sig));
-                        let _ = signal_hook::low_level::emulate_default_handler(sig);
-                        std::process::exit(128 + sig);
-                    }
-                    eprintln!("tarn: {}: stopping the guest", signal_name(sig));
-                    vm.stop();
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("no thread for SIGINT/SIGTERM/SIGHUP ({e}): they end tarn at once");
-        }
-        taken
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        SIGHUP => "SIGHUP",
-        _ => "signal",
-    }
-}
 
 fn vmm_err(e: vmm::Error) -> CliError {
     match e {
@@ -263,7 +208,8 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     };
     let mut vmm = vmm;
     let _raw = attach_stdin(&mut vmm, &config)?;
-    let signal = signals.stop_on_signal(vmm.stop_handle());
+    let stop = vmm.stop_handle();
+    let signal = signals.on_signal("stopping the guest", move || stop.stop());
     let report = vmm.run().map_err(vmm_err);
     crate::terminal::restore();
     if let (true, Some(full)) = (a.rm, &clone) {
