@@ -145,6 +145,13 @@ impl Begin {
                 d.to_guid, d.size, d.block_size
             )));
         }
+        let (min_bs, max_bs) = pool::BLOCK_SIZE_RANGE;
+        if !(min_bs..=max_bs).contains(&d.block_size) {
+            return Err(Error::BadStream(format!(
+                "the stream's volume has {}-byte blocks; pools hold {min_bs} to {max_bs}",
+                d.block_size
+            )));
+        }
         if !d.size.is_multiple_of(u64::from(d.block_size)) {
             return Err(Error::BadStream(format!(
                 "BEGIN record: size {} is not a multiple of the block size {}",
