@@ -743,3 +743,58 @@ fn dot_names_and_a_size_of_u64_max_are_refused() {
     );
     assert_eq!(pool.dataset("tank/f").unwrap().size, 1 << 20);
 }
+
+/// A MOUNT names its export as a whole path component, and a directory: `/tankx` is not
+/// `/tank`, and `/tank/vm` is a file (upstream mounted both). ACCESS grants no writing on a
+/// snapshot's file, whose mode grants none (upstream granted it, so clients opened it for
+/// writing and only their writes failed), and still grants it on the volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_are_of_directories_and_snapshots_grant_no_writing() {
+    use nfs3_client::nfs3_types::nfs3::{ACCESS3args, LOOKUP3args};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/vm", 1 << 20, 4096, &Default::default())
+        .unwrap();
+    pool.snapshot(&["tank/vm@s"]).unwrap();
+    let (port, _task) = start(pool.clone(), 0).await;
+    for path in ["/tankx", "/tank/vm"] {
+        let m = Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", path)
+            .connect_from_privileged_port(false)
+            .mount_port(port)
+            .nfs3_port(port)
+            .mount()
+            .await;
+        assert!(m.is_err(), "{path} was mounted");
+    }
+    let mut conn = mount(port).await;
+    let mut lookup = async |dir: nfs_fh3, name: &[u8]| {
+        conn.lookup(&LOOKUP3args {
+            what: diropargs3 {
+                dir,
+                name: name.to_vec().into(),
+            },
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .object
+    };
+    let root = mount(port).await.root_nfs_fh3();
+    let vm = lookup(root.clone(), b"vm").await;
+    let snaps = lookup(root, b".snapshot").await;
+    let snap = lookup(snaps, b"vm@s").await;
+    const WRITING: u32 = 0x04 | 0x08 | 0x10; // MODIFY, EXTEND, DELETE
+    let mut conn = mount(port).await;
+    for (fh, writable) in [(vm, true), (snap, false)] {
+        let granted = conn
+            .access(&ACCESS3args {
+                object: fh,
+                access: 0x3f,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .access;
+        assert_eq!(granted & WRITING != 0, writable, "access {granted:#x}");
+    }
+}

@@ -77,7 +77,13 @@ where
     };
 
     debug!("mountproc3_mnt({xid},{utf8path})");
-    let path = if let Some(path) = utf8path.strip_prefix(context.export_name.as_str()) {
+    // TARN-PATCH: the export's name is a whole path component (upstream took any string
+    // prefix, so "/pv" mounted "/p"'s "v").
+    let export = context.export_name.as_str();
+    let path = if let Some(path) = utf8path
+        .strip_prefix(export)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/') || export.ends_with('/'))
+    {
         path.trim_start_matches('/').trim_end_matches('/').trim()
     } else {
         // invalid export
@@ -86,6 +92,18 @@ where
     };
 
     match context.vfs.lookup_by_path(path).await {
+        // TARN-PATCH: what is mounted is a directory (upstream handed out a file's handle as
+        // the root of a mount).
+        Ok(fileid)
+            if context
+                .vfs
+                .getattr(&fileid)
+                .await
+                .is_ok_and(|a| !matches!(a.type_, nfs3_types::nfs3::ftype3::NF3DIR)) =>
+        {
+            debug!("{xid} --> MNT3ERR_NOTDIR");
+            mountres3::Err(mountstat3::MNT3ERR_NOTDIR)
+        }
         Ok(fileid) => {
             let root = context.file_handle_converter.fh_to_nfs(&fileid);
             let response = mountres3_ok {

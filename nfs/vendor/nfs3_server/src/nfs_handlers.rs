@@ -292,7 +292,11 @@ where
     let id = fh_to_id!(context, &handle);
     let obj_attributes = nfs_option_from_result(context.vfs.getattr(&id).await);
 
-    if !matches!(context.vfs.capabilities(), VFSCapabilities::ReadWrite) {
+    // TARN-PATCH: an object whose mode grants no write (a snapshot, a `.snapshot` directory)
+    // is read-only too; upstream granted MODIFY/EXTEND/DELETE on it, so clients opened it for
+    // writing and only their writes failed.
+    let read_only_object = matches!(&obj_attributes, post_op_attr::Some(a) if a.mode & 0o222 == 0);
+    if read_only_object || !matches!(context.vfs.capabilities(), VFSCapabilities::ReadWrite) {
         access &= ACCESS3_READ | ACCESS3_LOOKUP | ACCESS3_EXECUTE;
     }
 
