@@ -315,6 +315,59 @@ fn lengths_a_request_claims_are_not_allocated() {
     expect_reply(&mut good, 9);
 }
 
+/// XDR opaque: length, bytes, padding.
+fn opaque(b: &[u8]) -> Vec<u8> {
+    let mut v = (b.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(b);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v
+}
+
+/// Sends call `xid` (AUTH_NULL) of `prog`/`vers`/`proc_` with `args`; returns the reply's
+/// results (after the accepted-reply header), or `None` if none came within 3 s.
+fn rpc(s: &mut TcpStream, xid: u32, prog: u32, proc_: u32, args: &[u8]) -> Option<Vec<u8>> {
+    s.write_all(&record(&[xid, 0, 2, prog, 3, proc_, 0, 0, 0, 0], args))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut hdr = [0u8; 4];
+    s.read_exact(&mut hdr).ok()?;
+    let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    assert_eq!(u32::from_be_bytes(rest[..4].try_into().unwrap()), xid);
+    // xid, REPLY, MSG_ACCEPTED, verifier (flavor, empty body), SUCCESS.
+    Some(rest[24..].to_vec())
+}
+
+/// A call seen again (a client that lost its connection sends it again on the next, as Linux
+/// does) gets a reply: one that must not run twice (REMOVE) the reply it had, one that may
+/// (NULL) runs again. Upstream dropped every such call for a minute, stalling the client.
+#[test]
+fn a_retransmitted_call_gets_its_reply() {
+    let e = Env::new();
+    e.ok(&["vol", "create", "tank/gone", "-s", "1M"]);
+    let srv = e.serve(&[]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    let mnt = rpc(&mut s, 1, 100_005, 1, &opaque(b"/tank")).expect("MOUNT");
+    assert_eq!(&mnt[..4], &[0; 4], "mount status");
+    let fh_len = u32::from_be_bytes(mnt[4..8].try_into().unwrap()) as usize;
+    let root = &mnt[8..8 + fh_len];
+    let remove = [opaque(root), opaque(b"gone")].concat();
+    for attempt in 0..2 {
+        let r = rpc(&mut s, 77, 100_003, 12, &remove).expect("a reply to REMOVE");
+        assert_eq!(&r[..4], &[0; 4], "REMOVE attempt {attempt}: NFS3_OK");
+    }
+    let r = rpc(&mut s, 78, 100_003, 12, &remove).expect("a reply");
+    assert_eq!(
+        u32::from_be_bytes(r[..4].try_into().unwrap()),
+        2,
+        "a new REMOVE: NOENT"
+    );
+    for _ in 0..2 {
+        rpc(&mut s, 79, 100_003, 0, &[]).expect("a reply to NULL");
+    }
+}
+
 /// An IPv6 address to listen on (the port after the last colon, the address bracketed):
 /// upstream split at the first colon and refused every IPv6 address as a bad port.
 #[test]

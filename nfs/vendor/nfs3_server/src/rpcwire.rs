@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, trace, warn};
 
 use crate::context::RPCContext;
-use crate::transaction_tracker::{self, TransactionError, TransactionLock};
+use crate::transaction_tracker::{self, Retransmission, TransactionError, TransactionLock};
+use std::sync::Arc;
 use crate::vfs::NfsFileSystem;
 use crate::{mount_handlers, nfs_handlers, portmap_handlers};
 
@@ -62,16 +63,50 @@ where
         xid,
         call,
     );
-    if let Err(msg) = transaction {
-        match msg {
-            Some(err) => return message.into_error_reply(err),
-            None => {
-                // This is a retransmission, so we don't need to do anything
-                return Ok(HandleResult::NoReply);
+    // A retransmission (tarn patch): of a call still running, dropped (its reply will come);
+    // of one served, answered with the reply kept for it, or served again where none was kept
+    // (calls that may run twice). Upstream dropped them all.
+    let transaction = match transaction {
+        Ok(lock) => Some(lock),
+        Err(Some(err)) => return message.into_error_reply(err),
+        Err(None) => match context
+            .transaction_tracker
+            .retransmission(&context.client_addr, xid)
+        {
+            Retransmission::InProgress => return Ok(HandleResult::NoReply),
+            Retransmission::Completed(Some(reply)) => {
+                return Ok(HandleResult::Reply(CompleteRpcMessage::from_packed(
+                    reply.as_ref().clone(),
+                )));
             }
+            Retransmission::Completed(None) => None,
+        },
+    };
+    let keep = prog == nfs::PROGRAM && !runs_twice_safely(call.proc);
+    let result = serve_program(context, message, prog).await;
+    if let (true, Some(lock), Ok(HandleResult::Reply(reply))) = (keep, &transaction, &result) {
+        if let Some(packed) = reply.packed_only() {
+            lock.keep_reply(Arc::new(packed.to_vec()));
         }
     }
+    result
+}
 
+/// Whether NFSv3 procedure `proc_` gives the same result when run again (tarn patch): the
+/// others (CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK, SETATTR) have their
+/// replies kept for retransmissions, as a server's duplicate request cache does.
+const fn runs_twice_safely(proc_: u32) -> bool {
+    !matches!(proc_, 2 | 8..=15)
+}
+
+async fn serve_program<T>(
+    context: RPCContext<T>,
+    message: IncomingRpcMessage,
+    prog: u32,
+) -> anyhow::Result<HandleResult>
+where
+    T: NfsFileSystem,
+{
     match prog {
         portmap::PROGRAM => portmap_handlers::handle_portmap(context, message).await,
         nfs3_types::mount::PROGRAM => mount_handlers::handle_mount(context, message).await,

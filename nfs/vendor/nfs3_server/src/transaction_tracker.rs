@@ -69,6 +69,29 @@ impl TransactionTracker {
         ))
     }
 
+    /// What is known of call `xid` from `client_addr`, seen before (tarn patch: upstream
+    /// dropped every retransmission, so a client that reconnected from the same port after
+    /// its connection broke, as Linux does, never got the reply it had lost).
+    pub(crate) fn retransmission(&self, client_addr: &str, xid: u32) -> Retransmission {
+        let transactions = self
+            .transactions
+            .read()
+            .expect("unable to unlock transactions mutex");
+        let Some(client) = transactions.get(client_addr) else {
+            return Retransmission::Completed(None);
+        };
+        let client = client.lock().expect("lock is poisoned");
+        match client.find_transaction(xid) {
+            Ok(p) => match client.transactions[p].state {
+                TransactionState::InProgress => Retransmission::InProgress,
+                TransactionState::Completed(_) => {
+                    Retransmission::Completed(client.transactions[p].reply.clone())
+                }
+            },
+            Err(_) => Retransmission::Completed(None),
+        }
+    }
+
     fn new_client_transactions(&self, now: Instant) -> Arc<Mutex<ClientTransactions>> {
         Arc::new(Mutex::new(ClientTransactions::new(
             now,
@@ -114,10 +137,23 @@ enum TransactionState {
     Completed(Instant),
 }
 
+/// The packed bytes of a reply kept for retransmissions (tarn patch).
+pub type CachedReply = Arc<Vec<u8>>;
+
+/// What is known of a call seen before (tarn patch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retransmission {
+    /// Still being served: its reply will come.
+    InProgress,
+    /// Served; its reply, where it was kept (for calls that must not run twice).
+    Completed(Option<CachedReply>),
+}
+
 #[derive(Debug)]
 struct Transaction {
     xid: u32,
     state: TransactionState,
+    reply: Option<CachedReply>,
 }
 
 impl Transaction {
@@ -125,6 +161,7 @@ impl Transaction {
         Self {
             xid,
             state: TransactionState::InProgress,
+            reply: None,
         }
     }
 
@@ -266,6 +303,14 @@ pub struct TransactionLock {
 }
 
 impl TransactionLock {
+    /// Keeps `reply` for retransmissions of this call (tarn patch).
+    pub(crate) fn keep_reply(&self, reply: CachedReply) {
+        let mut transactions = self.transactions.lock().expect("lock is poisoned");
+        if let Ok(p) = transactions.find_transaction(self.xid) {
+            transactions.transactions[p].reply = Some(reply);
+        }
+    }
+
     const fn new(
         transactions: Arc<Mutex<ClientTransactions>>,
         xid: u32,

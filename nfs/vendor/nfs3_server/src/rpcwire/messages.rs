@@ -75,6 +75,16 @@ impl IncompleteRpcMessage {
 pub struct CompleteRpcMessage(Vec<u8>, Vec<u8>);
 
 impl CompleteRpcMessage {
+    /// A reply of packed bytes only (tarn patch: a kept reply sent again).
+    pub const fn from_packed(packed: Vec<u8>) -> Self {
+        Self(packed, Vec::new())
+    }
+
+    /// The packed bytes of a reply with no payload after them (tarn patch).
+    pub fn packed_only(&self) -> Option<&[u8]> {
+        self.1.is_empty().then_some(&self.0[..])
+    }
+
     /// The packed bytes and the payload that follows them.
     pub fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
         (self.0, self.1)
