@@ -434,51 +434,109 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
         .data
         .to_vec();
     let before = rss();
-    let peak = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        // RPC call: xid, CALL, RPC v2, NFS program 100003 v3, READ (6), no auth; then the
-        // handle, offset 0, count 1 MiB.
-        let mut requests = Vec::new();
-        for xid in 0..1500u32 {
-            let mut m = Vec::new();
-            for w in [xid + 1000, 0, 2, 100_003, 3, 6, 0, 0, 0, 0] {
-                m.extend_from_slice(&w.to_be_bytes());
-            }
-            m.extend_from_slice(&(fh.len() as u32).to_be_bytes());
-            m.extend_from_slice(&fh);
-            while m.len() % 4 != 0 {
-                m.push(0);
-            }
-            m.extend_from_slice(&0u64.to_be_bytes());
-            m.extend_from_slice(&(1u32 << 20).to_be_bytes());
-            requests.extend_from_slice(&(0x8000_0000u32 | m.len() as u32).to_be_bytes());
-            requests.extend_from_slice(&m);
-        }
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_nonblocking(true).unwrap();
-        // Send what the socket takes; never read.
-        let mut sent = 0;
-        let mut peak = 0;
-        for _ in 0..300 {
-            if sent < requests.len() {
-                if let Ok(n) = s.write(&requests[sent..]) {
-                    sent += n;
-                }
-            }
-            peak = peak.max(rss());
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        drop(s);
-        peak
-    })
-    .await
-    .unwrap();
+    let peak = tokio::task::spawn_blocking(move || unread_reads(port, &fh, 1, 1500))
+        .await
+        .unwrap();
     let grew = peak.saturating_sub(before);
     assert!(
         grew < 512 << 20,
         "the server's memory grew by {} MiB",
         grew >> 20
     );
+}
+
+/// Opens `conns` connections to `port`, sends `per_conn` READs of 1 MiB of `fh` on each and
+/// never reads a reply; returns this process's peak RSS over 3 s, then closes them.
+fn unread_reads(port: u16, fh: &[u8], conns: usize, per_conn: u32) -> u64 {
+    use std::io::Write;
+    // RPC call: xid, CALL, RPC v2, NFS program 100003 v3, READ (6), no auth; then the
+    // handle, offset 0, count 1 MiB.
+    let mut requests = Vec::new();
+    for xid in 0..per_conn {
+        let mut m = Vec::new();
+        for w in [xid + 1000, 0, 2, 100_003, 3, 6, 0, 0, 0, 0] {
+            m.extend_from_slice(&w.to_be_bytes());
+        }
+        m.extend_from_slice(&(fh.len() as u32).to_be_bytes());
+        m.extend_from_slice(fh);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m.extend_from_slice(&0u64.to_be_bytes());
+        m.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        requests.extend_from_slice(&(0x8000_0000u32 | m.len() as u32).to_be_bytes());
+        requests.extend_from_slice(&m);
+    }
+    let mut socks: Vec<(std::net::TcpStream, usize)> = (0..conns)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            (s, 0)
+        })
+        .collect();
+    // Send what the sockets take; never read.
+    let mut peak = 0;
+    for _ in 0..300 {
+        for (s, sent) in socks.iter_mut() {
+            if *sent < requests.len() {
+                if let Ok(n) = s.write(&requests[*sent..]) {
+                    *sent += n;
+                }
+            }
+        }
+        peak = peak.max(rss());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    peak
+}
+
+/// Many connections that each send 64 READs of 1 MiB (the most one may have outstanding)
+/// and read no reply hold back at most the server's budget of queued READ data (256 MiB), not
+/// 64 MiB a connection (24 connections took 1.5 GiB); once they are gone, READs are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_reading_no_replies_stay_within_the_read_budget() {
+    use nfs3_client::nfs3_types::nfs3::LOOKUP3args;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/big", 64 << 20, 4096, &Default::default())
+        .unwrap();
+    let (port, _task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    let fh = conn
+        .lookup(&LOOKUP3args {
+            what: diropargs3 {
+                dir: root,
+                name: b"big".to_vec().into(),
+            },
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .object;
+    let raw = fh.data.to_vec();
+    let before = rss();
+    let peak = tokio::task::spawn_blocking(move || unread_reads(port, &raw, 24, 64))
+        .await
+        .unwrap();
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 640 << 20,
+        "the server's memory grew by {} MiB",
+        grew >> 20
+    );
+    // The budget came back with the connections.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let read = conn
+        .read(&READ3args {
+            file: fh,
+            offset: 0,
+            count: 1 << 20,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.count, 1 << 20);
 }
 
 /// A pool in `dir` with a 1 MiB volume for each of `names`, served, and a mounted client.

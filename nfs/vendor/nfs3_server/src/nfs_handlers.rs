@@ -156,13 +156,37 @@ where
         }
     };
     let xid = message.xid();
+    // The data is read once the server's budget of queued READ data has room for it, and
+    // holds its share until its reply is written (tarn patch).
+    let share = READ_BUDGET
+        .clone()
+        .acquire_many_owned(read_units(args.count))
+        .await?;
     let (result, payload) = nfsproc3_read(context, xid, args).await;
     match (message.into_success_reply(&result)?, payload) {
-        (HandleResult::Reply(reply), Some(data)) => {
-            Ok(HandleResult::Reply(reply.with_opaque_payload(data)?))
-        }
+        (HandleResult::Reply(reply), Some(data)) => Ok(HandleResult::Reply(
+            reply.with_opaque_payload(data)?.holding(share),
+        )),
         (reply, _) => Ok(reply),
     }
+}
+
+/// READ data the server may hold at once, read and not yet written to its clients'
+/// sockets, in 4 KiB units: 256 MiB (tarn patch). Each connection already holds back at most
+/// 64 replies, but with up to 1024 connections a peer that sent READs and never read the
+/// replies could make the server queue 64 GiB; past the budget, READs wait for replies to go
+/// out (or for their connections to close).
+const READ_BUDGET_UNITS: u32 = 65_536;
+
+static READ_BUDGET: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_UNITS as usize))
+    });
+
+/// The budget units a READ of `count` bytes takes: at least one, at most 1 MiB's worth
+/// (no READ returns more).
+fn read_units(count: u32) -> u32 {
+    count.div_ceil(4096).clamp(1, 256)
 }
 
 /// The reply, its data left empty, and the data to send after it.

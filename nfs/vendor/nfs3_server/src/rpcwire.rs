@@ -182,7 +182,8 @@ pub async fn write_fragment<IO: tokio::io::AsyncWrite + Unpin>(
     socket: &mut IO,
     buf: CompleteRpcMessage,
 ) -> Result<(), anyhow::Error> {
-    let (head, payload) = buf.into_parts();
+    // The budget share, if any, goes back once the reply is written.
+    let (head, payload, _share) = buf.into_parts();
     let pad = (4 - payload.len() % 4) % 4;
     let len = head.len() + payload.len() + pad;
     if len >= 1 << 31 {

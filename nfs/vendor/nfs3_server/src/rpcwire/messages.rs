@@ -24,7 +24,7 @@ impl PackedRpcMessage {
                 let eof = incomplete.recv(input).await?;
                 if eof {
                     let data = std::mem::take(incomplete);
-                    *self = Self::Complete(CompleteRpcMessage(data.0, Vec::new()));
+                    *self = Self::Complete(CompleteRpcMessage(data.0, Vec::new(), None));
                 }
                 Ok(eof)
             }
@@ -71,13 +71,24 @@ impl IncompleteRpcMessage {
 
 /// A whole record. A reply may carry a payload (READ data) after its packed bytes, sent
 /// from its own buffer with the XDR padding it needs (tarn patch: no copy into the record).
+/// It may hold a share of a budget (READ data queued server-wide) until it is written.
 #[derive(Debug)]
-pub struct CompleteRpcMessage(Vec<u8>, Vec<u8>);
+pub struct CompleteRpcMessage(
+    Vec<u8>,
+    Vec<u8>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 impl CompleteRpcMessage {
     /// A reply of packed bytes only (tarn patch: a kept reply sent again).
     pub const fn from_packed(packed: Vec<u8>) -> Self {
-        Self(packed, Vec::new())
+        Self(packed, Vec::new(), None)
+    }
+
+    /// This reply, holding `permit` until it is written (or dropped) (tarn patch).
+    pub fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self.2 = Some(permit);
+        self
     }
 
     /// The packed bytes of a reply with no payload after them (tarn patch).
@@ -85,9 +96,10 @@ impl CompleteRpcMessage {
         self.1.is_empty().then_some(&self.0[..])
     }
 
-    /// The packed bytes and the payload that follows them.
-    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
-        (self.0, self.1)
+    /// The packed bytes, the payload that follows them, and the budget share held until
+    /// they are written.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>) {
+        (self.0, self.1, self.2)
     }
 
     /// A reply whose last packed item is an opaque of length 0 standing for `payload`: the
@@ -220,5 +232,5 @@ where
     let mut cursor = Cursor::new(Vec::with_capacity(size));
     rpc.pack(&mut cursor)?;
     message.pack(&mut cursor)?;
-    Ok(CompleteRpcMessage(cursor.into_inner(), Vec::new()))
+    Ok(CompleteRpcMessage(cursor.into_inner(), Vec::new(), None))
 }
