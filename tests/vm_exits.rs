@@ -14,20 +14,6 @@ use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIP vm_exits: /dev/kvm cannot be opened ({e}); a guest needs it");
-            false
-        }
-    }
-}
-
 /// A pool `p` holding the snapshot `p/img@s` of `image`; kernels `idle.elf`, `off.elf` and
 /// `reboot.elf`, `echo.elf` (echoes its console until `q`, then powers off) (each idles after
 /// its act); an initramfs.
@@ -124,7 +110,7 @@ fn volumes(env: &Env) -> Vec<String> {
 
 #[test]
 fn sigterm_stops_the_guest_and_destroys_its_clone() {
-    if !kvm_usable() {
+    if !vmm::tiny_kernel::kvm_usable("vm_exits") {
         return;
     }
     let env = Env::new();
@@ -141,7 +127,7 @@ fn sigterm_stops_the_guest_and_destroys_its_clone() {
 
 #[test]
 fn sigint_without_rm_keeps_the_clone_whole() {
-    if !kvm_usable() {
+    if !vmm::tiny_kernel::kvm_usable("vm_exits") {
         return;
     }
     let env = Env::new();
@@ -158,7 +144,7 @@ fn sigint_without_rm_keeps_the_clone_whole() {
 
 #[test]
 fn power_off_exits_0_and_reboot_10_each_destroying_its_clone() {
-    if !kvm_usable() {
+    if !vmm::tiny_kernel::kvm_usable("vm_exits") {
         return;
     }
     let env = Env::new();
@@ -178,7 +164,7 @@ fn power_off_exits_0_and_reboot_10_each_destroying_its_clone() {
 
 #[test]
 fn the_guest_reads_stdin_on_its_console() {
-    if !kvm_usable() {
+    if !vmm::tiny_kernel::kvm_usable("vm_exits") {
         return;
     }
     let env = Env::new();

@@ -90,6 +90,24 @@ async fn create_file(
     fh
 }
 
+/// The handle of `name` in `dir` (LOOKUP; it must exist).
+async fn lookup(
+    conn: &mut Nfs3Connection<TokioIo<tokio::net::TcpStream>>,
+    dir: nfs_fh3,
+    name: &[u8],
+) -> nfs_fh3 {
+    conn.lookup(&nfs3_client::nfs3_types::nfs3::LOOKUP3args {
+        what: diropargs3 {
+            dir,
+            name: name.to_vec().into(),
+        },
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .object
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_write_read_fsstat_and_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -412,7 +430,6 @@ fn rss() -> u64 {
 /// Before, every reply queued in memory, 1.5 GiB for 114 KB of requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
-    use nfs3_client::nfs3_types::nfs3::LOOKUP3args;
     let dir = tempfile::tempdir().unwrap();
     let pool = new_pool(dir.path());
     pool.create_volume("tank/big", 1 << 30, 4096, &Default::default())
@@ -420,19 +437,7 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
     let (port, _task) = start(pool.clone(), 0).await;
     let mut conn = mount(port).await;
     let root = conn.root_nfs_fh3();
-    let fh = conn
-        .lookup(&LOOKUP3args {
-            what: diropargs3 {
-                dir: root,
-                name: b"big".to_vec().into(),
-            },
-        })
-        .await
-        .unwrap()
-        .unwrap()
-        .object
-        .data
-        .to_vec();
+    let fh = lookup(&mut conn, root, b"big").await.data.to_vec();
     let before = rss();
     let peak = tokio::task::spawn_blocking(move || unread_reads(port, &fh, 1, 1500))
         .await
@@ -495,7 +500,6 @@ fn unread_reads(port: u16, fh: &[u8], conns: usize, per_conn: u32) -> u64 {
 /// 64 MiB a connection (24 connections took 1.5 GiB); once they are gone, READs are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_reading_no_replies_stay_within_the_read_budget() {
-    use nfs3_client::nfs3_types::nfs3::LOOKUP3args;
     let dir = tempfile::tempdir().unwrap();
     let pool = new_pool(dir.path());
     pool.create_volume("tank/big", 64 << 20, 4096, &Default::default())
@@ -503,17 +507,7 @@ async fn many_connections_reading_no_replies_stay_within_the_read_budget() {
     let (port, _task) = start(pool.clone(), 0).await;
     let mut conn = mount(port).await;
     let root = conn.root_nfs_fh3();
-    let fh = conn
-        .lookup(&LOOKUP3args {
-            what: diropargs3 {
-                dir: root,
-                name: b"big".to_vec().into(),
-            },
-        })
-        .await
-        .unwrap()
-        .unwrap()
-        .object;
+    let fh = lookup(&mut conn, root, b"big").await;
     let raw = fh.data.to_vec();
     let before = rss();
     let peak = tokio::task::spawn_blocking(move || unread_reads(port, &raw, 24, 64))
@@ -808,7 +802,7 @@ fn dot_names_and_a_size_of_u64_max_are_refused() {
 /// writing and only their writes failed), and still grants it on the volume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounts_are_of_directories_and_snapshots_grant_no_writing() {
-    use nfs3_client::nfs3_types::nfs3::{ACCESS3args, LOOKUP3args};
+    use nfs3_client::nfs3_types::nfs3::ACCESS3args;
     let dir = tempfile::tempdir().unwrap();
     let pool = new_pool(dir.path());
     pool.create_volume("tank/vm", 1 << 20, 4096, &Default::default())
@@ -825,24 +819,11 @@ async fn mounts_are_of_directories_and_snapshots_grant_no_writing() {
         assert!(m.is_err(), "{path} was mounted");
     }
     let mut conn = mount(port).await;
-    let mut lookup = async |dir: nfs_fh3, name: &[u8]| {
-        conn.lookup(&LOOKUP3args {
-            what: diropargs3 {
-                dir,
-                name: name.to_vec().into(),
-            },
-        })
-        .await
-        .unwrap()
-        .unwrap()
-        .object
-    };
-    let root = mount(port).await.root_nfs_fh3();
-    let vm = lookup(root.clone(), b"vm").await;
-    let snaps = lookup(root, b".snapshot").await;
-    let snap = lookup(snaps, b"vm@s").await;
+    let root = conn.root_nfs_fh3();
+    let vm = lookup(&mut conn, root.clone(), b"vm").await;
+    let snaps = lookup(&mut conn, root, b".snapshot").await;
+    let snap = lookup(&mut conn, snaps, b"vm@s").await;
     const WRITING: u32 = 0x04 | 0x08 | 0x10; // MODIFY, EXTEND, DELETE
-    let mut conn = mount(port).await;
     for (fh, writable) in [(vm, true), (snap, false)] {
         let granted = conn
             .access(&ACCESS3args {

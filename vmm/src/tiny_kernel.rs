@@ -2,6 +2,22 @@
 //! through the same Linux path ([`crate::build_linux`], `tarn vm run`) as a real kernel, for
 //! tests of everything around the guest (loading, stopping, cleaning up).
 
+/// Whether this host's `/dev/kvm` opens read-write, as a VM needs; if not, prints
+/// `SKIP {what}: …` saying why (for tests that need a VM).
+pub fn kvm_usable(what: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP {what}: /dev/kvm cannot be opened ({e}); it needs a usable KVM");
+            false
+        }
+    }
+}
+
 /// Code that idles for ever: `sti; hlt; jmp` back to the `sti`. It sleeps in `KVM_RUN` (no
 /// exits, no CPU) until the VM is stopped.
 pub const IDLE: &[u8] = &[0xfb, 0xf4, 0xeb, 0xfc];

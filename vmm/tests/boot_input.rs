@@ -7,20 +7,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers
 
+mod common;
+
 use std::path::Path;
 use vmm::{build_linux, Console, VmConfig};
-
-fn kvm_usable() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skip: /dev/kvm cannot be opened");
-    }
-    ok
-}
 
 /// The error `build_linux` gives for `config` (it must fail).
 fn error_of(config: &VmConfig) -> String {
@@ -64,7 +54,7 @@ fn config(dir: &Path, kernel: &[u8]) -> VmConfig {
 
 #[test]
 fn bad_kernels_are_named_for_what_they_are() {
-    if !kvm_usable() {
+    if !common::kvm_usable("boot_input") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -112,7 +102,7 @@ fn bad_kernels_are_named_for_what_they_are() {
 
 #[test]
 fn an_initramfs_never_overlaps_the_kernel() {
-    if !kvm_usable() {
+    if !common::kvm_usable("boot_input") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -138,7 +128,7 @@ fn an_initramfs_never_overlaps_the_kernel() {
 
 #[test]
 fn command_lines_and_memory_sizes_the_kernel_cannot_take() {
-    if !kvm_usable() {
+    if !common::kvm_usable("boot_input") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

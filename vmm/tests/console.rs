@@ -4,35 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // test code
 
+mod common;
+
+use common::Shared;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
 use vmm::tiny_kernel::{elf_image, ECHO, IDLE, POWER_OFF};
 use vmm::{build_linux, Console, ConsoleInput, ExitStatus, VmConfig};
-
-/// The console's output, shared with the test.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Runs the echo guest with `input` on its console (written from another thread, then the
 /// pipe is closed) and returns how it ended and what it printed.
 fn echo(input: &[u8], escape: Option<u8>) -> Option<(ExitStatus, Vec<u8>)> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        eprintln!("SKIP console: /dev/kvm cannot be opened ({e}); the echo guest needs it");
+    if !common::kvm_usable("console") {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +38,7 @@ fn echo(input: &[u8], escape: Option<u8>) -> Option<(ExitStatus, Vec<u8>)> {
     });
     let report = vmm.run().unwrap();
     typist.join().unwrap();
-    let printed = out.0.lock().unwrap().clone();
+    let printed = out.bytes();
     Some((report.status, printed))
 }
 

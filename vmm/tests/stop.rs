@@ -5,17 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // test code
 
+mod common;
+
 use std::time::{Duration, Instant};
 use vmm::tiny_kernel::{elf_image, IDLE};
 use vmm::{build_linux, Console, ExitStatus, VmConfig, Vmm};
 
 fn idle_guest(dir: &std::path::Path, cpus: u8) -> Option<Vmm> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        eprintln!("SKIP stop: /dev/kvm cannot be opened ({e}); stopping a VM needs one");
+    if !common::kvm_usable("stop") {
         return None;
     }
     let kernel = dir.join("idle.elf");

@@ -7,8 +7,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::Shared;
+use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::{build_raw, Console, DiskBackend, ExitStatus};
 use zvol::{BlockBackend, RawFile, RawFileOptions};
@@ -83,27 +85,6 @@ fn guest_code() -> Vec<u8> {
     a.0
 }
 
-#[derive(Clone)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(|_| ())
-        .map_err(|e| format!("/dev/kvm: {e}"))
-}
-
 fn desc(mem: &vm_memory::GuestMemoryMmap, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
     let at = GuestAddress(DESC + i * 16);
     mem.write_obj(addr, at).unwrap();
@@ -114,8 +95,7 @@ fn desc(mem: &vm_memory::GuestMemoryMmap, i: u64, addr: u64, len: u32, flags: u1
 
 #[test]
 fn tiny_guest_writes_and_reads_back_through_virtio_blk() {
-    if let Err(why) = kvm_usable() {
-        eprintln!("SKIP tiny_guest: no usable KVM ({why}); tier 2 needs /dev/kvm");
+    if !common::kvm_usable("tiny_guest (tier 2)") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +106,7 @@ fn tiny_guest_writes_and_reads_back_through_virtio_blk() {
     };
     drop(RawFile::create(&path, 1 << 20, opts).unwrap());
     let backend: Arc<dyn BlockBackend> = Arc::new(RawFile::open(&path, opts).unwrap());
-    let out = Shared(Arc::new(Mutex::new(Vec::new())));
+    let out = Shared::default();
     let vmm = build_raw(
         &guest_code(),
         64 << 20,
