@@ -32,12 +32,12 @@ impl StopSignals {
     }
 
     /// From now on, the first signal (also one taken before) prints `tarn: SIG…: {what}` and
-    /// runs `stop`; a second ends the process as the signal's default action would. Returns
-    /// where the first signal's number goes (0 until one comes).
+    /// runs `stop` with its number; a second ends the process as the signal's default action
+    /// would. Returns where the first signal's number goes (0 until one comes).
     pub fn on_signal(
         mut self,
         what: &'static str,
-        stop: impl Fn() + Send + 'static,
+        stop: impl Fn(i32) + Send + 'static,
     ) -> Arc<AtomicI32> {
         let taken = self.taken.clone();
         let spawned = std::thread::Builder::new()
@@ -51,7 +51,7 @@ impl StopSignals {
                         std::process::exit(128 + sig);
                     }
                     eprintln!("tarn: {}: {what}", name(sig));
-                    stop();
+                    stop(sig);
                 }
             });
         if let Err(e) = spawned {

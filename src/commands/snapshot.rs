@@ -213,11 +213,19 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
             // send leaves whatever was at `path` as it was, and never a pool file overwritten.
             super::refuse_pool_file(path, "overwrite")?;
             let tmp = temp_beside(path);
+            let signals = crate::signals::StopSignals::new()?;
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&tmp)
                 .map_err(|e| CliError::io(format!("creating {}", tmp.display()), e))?;
+            // A send stopped by a signal leaves no partial stream (the pool, only read, needs
+            // no closing).
+            let partial = tmp.clone();
+            signals.on_signal("removing the partial stream", move |sig| {
+                let _ = std::fs::remove_file(&partial);
+                std::process::exit(128 + sig);
+            });
             let r = snapshots::send(&pool, &a.snapshot, from.as_deref(), &f).and_then(|s| {
                 f.sync_all()
                     .and_then(|()| std::fs::rename(&tmp, path))
@@ -267,7 +275,7 @@ pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let signal = signals.on_signal("discarding the receive", move || {
+    let signal = signals.on_signal("discarding the receive", move |_| {
         flag.store(true, Ordering::SeqCst)
     });
     let input =

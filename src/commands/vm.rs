@@ -209,7 +209,7 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     let mut vmm = vmm;
     let _raw = attach_stdin(&mut vmm, &config)?;
     let stop = vmm.stop_handle();
-    let signal = signals.on_signal("stopping the guest", move || stop.stop());
+    let signal = signals.on_signal("stopping the guest", move |_| stop.stop());
     let report = vmm.run().map_err(vmm_err);
     crate::terminal::restore();
     if let (true, Some(full)) = (a.rm, &clone) {
