@@ -390,6 +390,10 @@ pub struct NfsServeArgs {
     /// Connections served at once; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
+    /// Connections one client address may hold at once; more from it are closed as soon as
+    /// they are accepted.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_per_client: u32,
     /// Seconds a connection may send no request before it is closed (clients reconnect).
     #[arg(long, default_value_t = 360, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout: u64,

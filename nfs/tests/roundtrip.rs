@@ -673,44 +673,87 @@ async fn readdir_all(
     }
 }
 
+/// A connection to the server on `port`, reads timing out after 5 s.
+fn connect_to(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s
+}
+
+/// Whether an NFS NULL call on `s` is answered (xid, CALL, RPC v2, program 100003 v3,
+/// procedure 0, no auth).
+fn null_answered(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let mut m = Vec::new();
+    for w in [0x8000_0028u32, 7, 0, 2, 100_003, 3, 0, 0, 0, 0, 0] {
+        m.extend_from_slice(&w.to_be_bytes());
+    }
+    let mut mark = [0u8; 4];
+    if s.write_all(&m).is_err() || s.read_exact(&mut mark).is_err() {
+        return false;
+    }
+    let mut reply = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+    s.read_exact(&mut reply).is_ok() && reply[..4] == 7u32.to_be_bytes()
+}
+
+/// Whether the server closed `s`: end of stream (or a reset) well before the read timeout.
+fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let t = std::time::Instant::now();
+    let r = s.read(&mut [0u8; 1]);
+    matches!(r, Ok(0) | Err(_)) && t.elapsed() < std::time::Duration::from_secs(4)
+}
+
+/// One client address holds at most its share of the slots: a third connection from it is
+/// closed while slots remain for others, and one it closes frees its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = nfs::ConnectionLimits {
+        max_connections: 8,
+        max_per_peer: 2,
+        ..Default::default()
+    };
+    let (port, _task) = start_limited(new_pool(dir.path()), 0, limits).await;
+    tokio::task::spawn_blocking(move || {
+        let (mut a, mut b) = (connect_to(port), connect_to(port));
+        assert!(null_answered(&mut a) && null_answered(&mut b));
+        let mut c = connect_to(port);
+        assert!(
+            closed_by_server(&mut c),
+            "a third connection from one client"
+        );
+        drop(a);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut d = connect_to(port);
+        assert!(
+            null_answered(&mut d),
+            "a share freed serves the client again"
+        );
+    })
+    .await
+    .unwrap();
+}
+
 /// A connection past the limit is closed at once, one that sends nothing for the idle
 /// timeout is closed, and a slot freed that way serves the next client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_and_idle_ones_are_closed() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let limits = nfs::ConnectionLimits {
         max_connections: 2,
         idle_timeout: Duration::from_secs(1),
+        ..Default::default()
     };
     let (port, _task) = start_limited(new_pool(dir.path()), 0, limits).await;
     tokio::task::spawn_blocking(move || {
-        let connect = || {
-            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s
-        };
-        // NFS NULL: xid, CALL, RPC v2, program 100003 v3, procedure 0, no auth; answered?
-        let null = |s: &mut TcpStream| -> bool {
-            let mut m = Vec::new();
-            for w in [0x8000_0028u32, 7, 0, 2, 100_003, 3, 0, 0, 0, 0, 0] {
-                m.extend_from_slice(&w.to_be_bytes());
-            }
-            let mut mark = [0u8; 4];
-            if s.write_all(&m).is_err() || s.read_exact(&mut mark).is_err() {
-                return false;
-            }
-            let mut reply = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
-            s.read_exact(&mut reply).is_ok() && reply[..4] == 7u32.to_be_bytes()
-        };
-        // Closed by the server: end of stream (or a reset) well before the read timeout.
-        let closed = |s: &mut TcpStream| {
-            let t = Instant::now();
-            let r = s.read(&mut [0u8; 1]);
-            matches!(r, Ok(0) | Err(_)) && t.elapsed() < Duration::from_secs(4)
-        };
+        let connect = || connect_to(port);
+        let null = null_answered;
+        let closed = closed_by_server;
         let (mut a, mut b) = (connect(), connect());
         assert!(null(&mut a) && null(&mut b), "two connections are served");
         let mut c = connect();

@@ -58,6 +58,7 @@ pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
         sync_writes: a.sync,
         limits: ::nfs::ConnectionLimits {
             max_connections: a.max_connections as usize,
+            max_per_peer: a.max_per_client as usize,
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         },
     };

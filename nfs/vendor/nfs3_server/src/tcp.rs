@@ -33,16 +33,61 @@ pub struct NFSTcpListener<T: NfsFileSystem + 'static> {
 pub struct ConnectionLimits {
     /// Connections served at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once; one more from it is closed as soon as
+    /// it is accepted, so that one client cannot take every slot.
+    pub max_per_peer: usize,
     /// A connection that sends no complete request for this long is closed.
     pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
-    /// 1024 connections; 6 minutes idle (knfsd's idle timeout).
+    /// 1024 connections, 64 a peer; 6 minutes idle (knfsd's idle timeout).
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_per_peer: 64,
             idle_timeout: Duration::from_secs(360),
+        }
+    }
+}
+
+/// One connection's count against its peer's limit, given back when dropped (tarn patch).
+struct PeerSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    /// Counts a connection from `ip`, unless it holds `max` already.
+    fn take(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = c.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
         }
     }
 }
@@ -365,6 +410,7 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
         .run();
         tokio::spawn(cleaner_future);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let per_peer = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let idle_timeout = self.limits.idle_timeout;
 
         loop {
@@ -391,6 +437,15 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
                 drop(socket);
                 continue;
             };
+            let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip(), self.limits.max_per_peer)
+            else {
+                warn!(
+                    "Refusing connection from {peer}: it holds {} connections already",
+                    self.limits.max_per_peer
+                );
+                drop(socket);
+                continue;
+            };
             let context = RPCContext {
                 local_port: self.port,
                 // The address accept gave: asking the socket again fails once the peer has
@@ -408,7 +463,7 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
             tokio::spawn(async move {
                 let _ = socket.set_nodelay(true);
                 let _ = process_socket(socket, context, idle_timeout).await;
-                drop(slot);
+                drop((slot, peer_slot));
             });
         }
     }
