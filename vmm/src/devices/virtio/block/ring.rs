@@ -18,7 +18,7 @@
 
 use super::request::{self, Disk, Negotiated};
 use std::num::Wrapping;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{
@@ -44,6 +44,8 @@ pub struct Rings<'m> {
     used: VolatileSlice<'m>,
     size: u16,
     event_idx: bool,
+    /// Once set, a pass pops no more chains (a reset or shutdown waits for none).
+    stop: Option<&'m AtomicBool>,
 }
 
 /// What one pass over the available ring did.
@@ -79,7 +81,19 @@ impl<'m> Rings<'m> {
             used: view(q.used_ring(), RING_HEADER + USED_ELEM_LEN * n + 2, 4)?,
             size,
             event_idx: q.event_idx_enabled(),
+            stop: None,
         })
+    }
+
+    /// These rings, whose passes pop no more chains once `stop` is set.
+    pub fn stopping_at(mut self, stop: &'m AtomicBool) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Whether a pass must end (the stop flag is set).
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Acquire))
     }
 
     /// The queue size.
@@ -180,7 +194,7 @@ impl<'m> Rings<'m> {
         let mut next = Wrapping(q.next_avail());
         let mut n = 0;
         let mut avail = None;
-        while n < usize::from(self.size) {
+        while n < usize::from(self.size) && !self.stopped() {
             // Look at the driver's index again only once the known entries are used up.
             let idx = match avail {
                 Some(idx) if idx != next.0 => idx,
@@ -286,12 +300,24 @@ impl Iterator for Chain<'_, '_> {
 /// allow it, else through `virtio_queue`'s accessors. Puts each chain on the used ring and
 /// decides (at most once) whether the driver wants an interrupt.
 pub fn serve_inline(mem: &GuestMemoryMmap, q: &mut Queue, disk: &Disk, neg: Negotiated) -> Pass {
+    serve_inline_until(mem, q, disk, neg, &AtomicBool::new(false))
+}
+
+/// [`serve_inline`], popping no more chains once `stop` is set: a reset or shutdown then waits
+/// for the request running, not for a queue's worth of them.
+pub fn serve_inline_until(
+    mem: &GuestMemoryMmap,
+    q: &mut Queue,
+    disk: &Disk,
+    neg: Negotiated,
+    stop: &AtomicBool,
+) -> Pass {
     if let Some(rings) = Rings::new(mem, q) {
-        return rings.serve(q, mem, disk, neg);
+        return rings.stopping_at(stop).serve(q, mem, disk, neg);
     }
     let mut popped = 0;
     // At most a queue size of chains per pass, as `Rings::pop_each`.
-    while popped < usize::from(q.size()) {
+    while popped < usize::from(q.size()) && !stop.load(Ordering::Acquire) {
         let Some(chain) = q.pop_descriptor_chain(mem) else {
             break;
         };
