@@ -46,33 +46,40 @@ pub struct ConsoleInput {
     pub escape: Option<u8>,
 }
 
-/// How long the feeder waits for input or room before it looks at the stop flag again.
+/// How long the feeder waits for input or room before it looks again (the stop flag, a
+/// FIFO the guest emptied without telling: it may have been in loopback mode).
 const POLL_MS: i32 = 100;
 
-/// Waits until `fd` is readable or [`POLL_MS`] passed; false on timeout.
-fn readable(fd: &impl AsRawFd) -> std::io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd that outlives the call.
-    match unsafe { libc::poll(&mut p, 1, POLL_MS) } {
-        r if r < 0 => {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
+/// Input read but not yet in the FIFO, at most: past it, input from a source with an escape
+/// byte (a terminal) is dropped while the guest reads nothing, so that the escape is still
+/// seen; from any other source, reading waits.
+const BACKLOG: usize = 4096;
+
+/// Waits until one of `fds` is readable or [`POLL_MS`] passed; which ones are readable.
+fn wait(fds: &[(std::os::fd::RawFd, bool)]) -> std::io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, on)| libc::pollfd {
+            fd: if on { fd } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfds that outlives the call; negative fds are ignored.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, POLL_MS) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
-        r => Ok(r > 0),
     }
+    Ok(p.iter().map(|p| r > 0 && p.revents != 0).collect())
 }
 
-/// Feeds `input` to the guest through `serial`'s 64-byte FIFO, waiting on `room` whenever it
-/// is full, until the input ends, `stop` is set, or the escape byte comes (then `on_escape`
-/// runs once the bytes before it are in the FIFO; nothing after it is fed).
+/// Feeds `input` to the guest through `serial`'s 64-byte FIFO as the guest empties it (told
+/// by `room`, or found on a look every [`POLL_MS`]), until the input ends and all of it is
+/// in, `stop` is set, or the escape byte comes: then `on_escape` runs at once, whatever the
+/// guest has read, and nothing after the escape is fed.
 pub fn feed_input(
     mut input: ConsoleInput,
     serial: &Mutex<SerialConsole>,
@@ -80,76 +87,66 @@ pub fn feed_input(
     stop: &AtomicBool,
     on_escape: impl Fn(),
 ) {
+    let mut backlog: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let mut ended = false;
     let mut buf = [0u8; 256];
     while !stop.load(Ordering::SeqCst) {
-        match readable(&input.source) {
-            Ok(true) => {}
-            Ok(false) => continue,
+        if !backlog.is_empty() {
+            let mut s = serial.lock().unwrap_or_else(|e| e.into_inner());
+            let (front, _) = backlog.as_slices();
+            // In loopback mode nothing goes in (0): the next look tries again.
+            let sent = s.enqueue_raw_bytes(front).unwrap_or(0);
+            drop(s);
+            backlog.drain(..sent);
+        }
+        if ended && backlog.is_empty() {
+            return;
+        }
+        // With an escape byte, the source is read whatever the backlog, so that the escape
+        // is seen while the guest reads nothing.
+        let read_more = !ended && (input.escape.is_some() || backlog.len() < BACKLOG);
+        let ready = match wait(&[
+            (input.source.as_raw_fd(), read_more),
+            (room.as_raw_fd(), !backlog.is_empty()),
+        ]) {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!("console input: poll: {e}; the guest gets no more input");
                 return;
             }
+        };
+        if ready[1] {
+            let _ = room.read();
+        }
+        if !ready[0] {
+            continue;
         }
         let n = match input.source.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => {
+                ended = true;
+                continue;
+            }
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 tracing::warn!("console input: read: {e}; the guest gets no more input");
-                return;
+                ended = true;
+                continue;
             }
         };
         let data = &buf[..n];
-        let escape = input
-            .escape
-            .and_then(|esc| data.iter().position(|&b| b == esc));
-        if !deliver(&data[..escape.unwrap_or(n)], serial, room, stop) {
-            return;
-        }
-        if escape.is_some() {
+        if input.escape.is_some_and(|esc| data.contains(&esc)) {
             on_escape();
             return;
         }
+        let keep = BACKLOG.saturating_sub(backlog.len()).min(data.len());
+        backlog.extend(&data[..keep]);
     }
-}
-
-/// Puts `data` in the FIFO, a room's worth at a time; false if `stop` came first.
-fn deliver(
-    mut data: &[u8],
-    serial: &Mutex<SerialConsole>,
-    room: &EventFd,
-    stop: &AtomicBool,
-) -> bool {
-    while !data.is_empty() {
-        let sent = {
-            let mut s = serial.lock().unwrap_or_else(|e| e.into_inner());
-            if s.fifo_capacity() == 0 {
-                0
-            } else {
-                // Only a full FIFO (ruled out) or a failed interrupt fails: the bytes are in.
-                s.enqueue_raw_bytes(data).unwrap_or(0)
-            }
-        };
-        data = &data[sent..];
-        if data.is_empty() {
-            break;
-        }
-        // The guest empties the FIFO at its pace; an event from before the last enqueue only
-        // costs one more look.
-        loop {
-            if stop.load(Ordering::SeqCst) {
-                return false;
-            }
-            match readable(room) {
-                Ok(true) => {
-                    let _ = room.read();
-                    break;
-                }
-                Ok(false) => {}
-                Err(_) => return false,
-            }
-        }
-    }
-    true
 }
