@@ -494,3 +494,65 @@ fn vm_run_clone_from_provisions_and_a_failed_boot_leaves_no_clone() {
     env.run(["vm", "run", "--kernel", "k", "--rm"])
         .fails_with("--clone-from");
 }
+
+/// `send -f` and `vol export` to something other than a plain file: a symbolic link gets its
+/// target replaced (the link stays), a character device and a FIFO are written in place (a
+/// file renamed over them replaced `/dev/null` itself, as root).
+#[test]
+fn outputs_through_links_devices_and_fifos_are_written_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::new();
+    env.pool("tank", "64M");
+    let data = random_bytes(M as usize, 21);
+    env.import("tank/v", &data);
+    env.run(["snapshot", "tank/v@s"]).ok();
+    let full = send_to_file(&env, &["tank/v@s"], "reference");
+    // A link to a file.
+    let (target, link) = (env.path("target"), env.path("link"));
+    std::fs::write(&target, b"old").expect("target");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let link_s = link.to_str().expect("utf-8");
+    env.run(["send", "tank/v@s", "-f", link_s]).ok();
+    assert!(std::fs::symlink_metadata(&link).expect("link").is_symlink());
+    same_bytes(
+        &std::fs::read(&target).expect("target"),
+        &full,
+        "sent through a link",
+    );
+    env.run(["vol", "export", "tank/v", link_s]).ok();
+    assert!(std::fs::symlink_metadata(&link).expect("link").is_symlink());
+    same_bytes(
+        &std::fs::read(&target).expect("target"),
+        &data,
+        "exported through a link",
+    );
+    // A character device (a /dev/null of our own), where root may make one.
+    let null = env.path("null");
+    let c = std::ffi::CString::new(null.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mknod(2) of a path we own; makedev(1, 3) is /dev/null.
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0 {
+        let null_s = null.to_str().expect("utf-8");
+        env.run(["send", "tank/v@s", "-f", null_s]).ok();
+        env.run(["vol", "export", "tank/v", null_s]).ok();
+        let ft = std::fs::symlink_metadata(&null).expect("null").file_type();
+        assert!(ft.is_char_device(), "the device node was replaced");
+    } else {
+        eprintln!("(not root: no character device case)");
+    }
+    // A FIFO, read by another thread.
+    let fifo = env.path("fifo");
+    let f = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mkfifo(3) of a path we own.
+    assert_eq!(unsafe { libc::mkfifo(f.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).expect("fifo"))
+    };
+    env.run(["send", "tank/v@s", "-f", fifo.to_str().expect("utf-8")])
+        .ok();
+    same_bytes(&reader.join().expect("reader"), &full, "sent into a FIFO");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .expect("fifo")
+        .file_type()
+        .is_fifo());
+}

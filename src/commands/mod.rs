@@ -53,6 +53,46 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Where an output named `path` goes.
+pub(crate) enum OutputPath {
+    /// Written in place, in order: a FIFO, a character or block device, a socket, or a path
+    /// through a process's descriptors (`/dev/stdout`, `/dev/fd/N`, `/proc/PID/fd/N`), as `-`
+    /// is. Renaming a file over such a path replaced the device node or the link (a send to
+    /// `-f /dev/null` replaced `/dev/null` with a regular file).
+    InPlace(std::path::PathBuf),
+    /// A regular file, or none yet, reached through any symbolic links: a file written beside
+    /// it and renamed over it replaces the target, not a link to it.
+    Replace(std::path::PathBuf),
+}
+
+/// Resolves an output path (see [`OutputPath`]).
+pub(crate) fn output_path(path: &std::path::Path) -> OutputPath {
+    let through_fds = |p: &std::path::Path| {
+        p.starts_with("/proc") || p.starts_with("/dev/fd") || p.starts_with("/dev/std")
+    };
+    // Follow the links one by one, as each may go through /proc.
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        if through_fds(&at) {
+            return OutputPath::InPlace(path.to_path_buf());
+        }
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&at) {
+                Ok(target) => {
+                    at = match at.parent() {
+                        Some(dir) => dir.join(target),
+                        None => target,
+                    }
+                }
+                Err(_) => break,
+            },
+            Ok(m) if !m.is_file() && !m.is_dir() => return OutputPath::InPlace(at),
+            _ => break,
+        }
+    }
+    OutputPath::Replace(at)
+}
+
 /// Refuses `path` as something to write over (an export, a stream) or to give a guest as a
 /// raw disk, where it holds a tarn pool: a label magic at either label copy. Writing there
 /// would destroy the pool, even one held by another process (the lock is advisory, and a

@@ -211,7 +211,22 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
         Some(path) => {
             // Written under a temporary name and renamed over `path` once complete: a failed
             // send leaves whatever was at `path` as it was, and never a pool file overwritten.
+            // A device, a FIFO or a descriptor's path is written in place instead.
             super::refuse_pool_file(path, "overwrite")?;
+            let path = match super::output_path(path) {
+                super::OutputPath::InPlace(p) => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .map_err(|e| CliError::io(format!("opening {}", p.display()), e))?;
+                    let sent = snapshots::send(&pool, &a.snapshot, from.as_deref(), &f);
+                    drop(pool);
+                    sent?;
+                    return Ok(());
+                }
+                super::OutputPath::Replace(p) => p,
+            };
+            let path = path.as_path();
             let tmp = temp_beside(path);
             let signals = crate::signals::StopSignals::new()?;
             let f = std::fs::OpenOptions::new()

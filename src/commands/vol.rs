@@ -603,6 +603,20 @@ impl Dest {
             });
         }
         super::refuse_pool_file(path, "overwrite")?;
+        let path = match super::output_path(path) {
+            // A block device keeps its checks below; anything else is written in order.
+            super::OutputPath::InPlace(p)
+                if !fs::metadata(&p).is_ok_and(|m| m.file_type().is_block_device()) =>
+            {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map_err(|e| CliError::io(format!("opening {}", p.display()), e))?;
+                return Ok(Dest::Stream { file });
+            }
+            super::OutputPath::InPlace(p) | super::OutputPath::Replace(p) => p,
+        };
+        let path = path.as_path();
         match fs::metadata(path) {
             Ok(m) if m.is_dir() => {
                 return Err(CliError::Usage(format!(
