@@ -567,3 +567,44 @@ fn a_damaged_registry_entry_breaks_nothing_else() {
     env.run(["vol", "create", "moved/v", "--size", "1M"])
         .fails_with("pool export moved");
 }
+
+/// `pool destroy` of a pool that no longer opens wipes it only if a label still names it: a
+/// damaged copy of another pool sitting at the remembered path was wiped and removed in its
+/// place. The remembered pool itself, truncated, is still destroyed.
+#[test]
+fn destroy_wipes_only_the_pool_it_remembers() {
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    let p = path.to_str().expect("utf-8").to_string();
+    std::fs::rename(&path, env.path("tank.moved")).expect("move away");
+    // Another pool, made under another registry at the same path, then damaged.
+    let other = Env::new();
+    other
+        .run(["pool", "create", "other", &p, "--size", "64M"])
+        .ok();
+    other
+        .run(["vol", "create", "other/precious", "--size", "1M"])
+        .ok();
+    env.run(["pool", "destroy", "tank"])
+        .fails_with("now holds pool other");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.set_len(60 << 20).expect("truncate");
+    env.run(["pool", "destroy", "tank"])
+        .fails_with("now holds pool other");
+    assert_eq!(
+        std::fs::metadata(&path).expect("still there").len(),
+        60 << 20
+    );
+    // The remembered pool back, truncated: destroyed.
+    std::fs::rename(env.path("tank.moved"), &path).expect("move back");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.set_len(60 << 20).expect("truncate");
+    env.run(["pool", "destroy", "tank"]).ok();
+    assert!(!path.exists(), "the remembered pool's file is removed");
+}

@@ -493,6 +493,40 @@ fn wipe(path: &Path) -> Result<()> {
         .map_err(|e| CliError::io(format!("wiping the labels of {}", path.display()), e))
 }
 
+/// Checks, before a pool that does not open is wiped, that a label of the file still names
+/// the pool `entry` remembers (its GUID): another pool copied or created at that path, damaged
+/// too, was wiped and removed in its place. Refuses where no label reads at all.
+fn same_pool_or_refuse(
+    f: &fs::File,
+    entry: &crate::registry::PoolEntry,
+    why: &::pool::Error,
+) -> Result<()> {
+    let mut head = vec![0u8; 8192];
+    let got = f.read_at(&mut head, 0).unwrap_or(0);
+    let path = entry.path.display().to_string();
+    let labels: Vec<_> = [0usize, 4096]
+        .iter()
+        .filter(|&&at| got >= at + 4096)
+        .filter_map(|&at| ::pool::phys::LabelPhys::decode(&head[at..at + 4096], &path).ok())
+        .flatten()
+        .collect();
+    if labels.iter().any(|l| l.guid == entry.guid) {
+        return Ok(());
+    }
+    match labels.first() {
+        Some(l) => Err(CliError::Failed(format!(
+            "{path} now holds pool {} (GUID {:x}), not pool {} (GUID {:x}) as imported; nothing \
+             destroyed (`tarn pool export {}` forgets the old one)",
+            l.name, l.guid, entry.name, entry.guid, entry.name
+        ))),
+        None => Err(CliError::Failed(format!(
+            "{why}; its labels do not read either, so it cannot be told to be pool {}: nothing \
+             destroyed (remove {path} yourself if it is, then `tarn pool export {}`)",
+            entry.name, entry.name
+        ))),
+    }
+}
+
 /// `tarn pool destroy NAME`
 pub fn destroy(reg: &Registry, name: &str) -> Result<()> {
     let entry = reg.require(name)?;
@@ -515,13 +549,14 @@ pub fn destroy(reg: &Registry, name: &str) -> Result<()> {
             | ::pool::Error::Corrupt(_)
             | ::pool::Error::UnsupportedVersion { .. }),
         )) => {
-            tracing::warn!(pool = name, error = %e, "destroying a pool that cannot be opened");
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(path)
                 .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?;
             lock_file(&f, path)?;
+            same_pool_or_refuse(&f, &entry, &e)?;
+            tracing::warn!(pool = name, error = %e, "destroying a pool that cannot be opened");
             Box::new(f)
         }
         Err(e) => return Err(e),
