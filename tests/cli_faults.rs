@@ -608,3 +608,36 @@ fn destroy_wipes_only_the_pool_it_remembers() {
     env.run(["pool", "destroy", "tank"]).ok();
     assert!(!path.exists(), "the remembered pool's file is removed");
 }
+
+/// A `vol import` from a FIFO waits for its writer without holding the pool; a pool exported
+/// meanwhile is not written (the import read the registry before waiting, and then wrote into
+/// the exported pool).
+#[test]
+fn an_import_waiting_on_a_fifo_does_not_write_a_pool_exported_meanwhile() {
+    use std::io::Write;
+    let env = Env::new();
+    let path = env.pool("tank", "64M");
+    env.run(["vol", "create", "tank/v", "--size", "1M"]).ok();
+    let fifo = env.path("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mkfifo(3) of a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let child = env
+        .cmd(["vol", "import", fifo.to_str().expect("utf-8"), "tank/v"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("import");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    env.run(["pool", "export", "tank"]).ok();
+    let before = snapshot(&path);
+    // The import may refuse, and close the FIFO, before all of it is written.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .and_then(|mut f| f.write_all(&random_bytes(1 << 20, 9)));
+    let out = child.wait_with_output().expect("import ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("exported or replaced"), "{stderr}");
+    same_bytes(&snapshot(&path), &before, "the exported pool");
+}

@@ -444,8 +444,19 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
             )));
         }
     }
-    // Open the source first: a FIFO waits here for its writer without holding the pool.
+    // Open the source first: a FIFO waits here for its writer without holding the pool. The
+    // registry is read again after: the pool may have been exported (or replaced) meanwhile,
+    // and an import then wrote into a pool no longer imported.
     let src = Source::open(&a.file)?;
+    let entry = match reg.require(pool_name) {
+        Ok(now) if now.guid == entry.guid && now.path == entry.path => now,
+        Ok(_) | Err(_) => {
+            return Err(CliError::Failed(format!(
+                "pool {pool_name} was exported or replaced while {} was opened; nothing imported",
+                a.file.display()
+            )))
+        }
+    };
     let pool = open_entry_with(
         &entry,
         PoolConfig {
