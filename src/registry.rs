@@ -170,7 +170,23 @@ impl Registry {
         Ok(tmp)
     }
 
-    /// Adds a new entry; fails if one of that name exists.
+    /// Checks that an entry for `entry` can be added (the registry writable, the name short
+    /// enough for its files) by writing its temporary file and removing it: what `add` would
+    /// do first. Creating a pool on a device calls this before formatting it, so that a
+    /// registry that refuses the entry leaves the device as it was.
+    pub fn check_addable(&self, entry: &PoolEntry) -> Result<()> {
+        let tmp = self.write_tmp(entry)?;
+        let _ = fs::remove_file(&tmp);
+        if self.file(&entry.name).exists() {
+            return Err(CliError::Failed(format!(
+                "a pool named {} is already imported",
+                entry.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds `entry`; fails if a pool of its name is already imported.
     pub fn add(&self, entry: &PoolEntry) -> Result<()> {
         let tmp = self.write_tmp(entry)?;
         let dst = self.file(&entry.name);

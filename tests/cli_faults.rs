@@ -641,3 +641,78 @@ fn an_import_waiting_on_a_fifo_does_not_write_a_pool_exported_meanwhile() {
     assert!(stderr.contains("exported or replaced"), "{stderr}");
     same_bytes(&snapshot(&path), &before, "the exported pool");
 }
+
+/// A loop device over a file in `env`'s directory, detached when dropped; `None` (saying why)
+/// where loop devices cannot be set up.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn new(backing: &std::path::Path) -> Option<LoopDevice> {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIP: no loop device ({}); block-device cases need root and loop devices",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(LoopDevice(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// `pool create` on a block device that holds a file system needs `--force`, and a registry
+/// that cannot take the pool's entry refuses before the device is formatted: both left the
+/// device overwritten (the second by an unregistered pool).
+#[test]
+fn pool_create_on_a_device_overwrites_nothing_it_should_not() {
+    let env = Env::new();
+    let img = env.path("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("image");
+    let Some(dev) = LoopDevice::new(&img) else {
+        return;
+    };
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", &dev.0])
+        .status();
+    if !mkfs.is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: mkfs.ext4 is not installed");
+        return;
+    }
+    let before = snapshot(&img);
+    env.run(["pool", "create", "tank", &dev.0])
+        .fails_with("ext2/3/4 file system");
+    same_bytes(&snapshot(&img), &before, "the device");
+    // A registry that cannot be written (its pools directory is a file).
+    let home = env.path("badhome");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::write(home.join("pools"), b"not a directory").expect("pools");
+    let r = env
+        .cmd(["pool", "create", "tank", &dev.0, "--force"])
+        .env("TARN_HOME", &home)
+        .output()
+        .expect("tarn");
+    assert!(!r.status.success());
+    same_bytes(
+        &snapshot(&img),
+        &before,
+        "the device, with an unwritable registry",
+    );
+    env.run(["pool", "create", "tank", &dev.0, "--force"]).ok();
+    env.run(["vol", "create", "tank/v", "--size", "1M"]).ok();
+}

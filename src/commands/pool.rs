@@ -58,6 +58,16 @@ pub fn create(reg: &Registry, a: &PoolCreateArgs) -> Result<()> {
                 a.path.display()
             )));
         }
+        // The registry must take the entry before the device is formatted: refused after, the
+        // device was left overwritten, by an unregistered pool.
+        let path = absolute(&a.path)?;
+        reg.check_addable(&PoolEntry {
+            name: a.name.clone(),
+            path,
+            guid: 0,
+            imported: 0,
+            last_scrub: None,
+        })?;
         create_on_block_device(a)?
     } else {
         let size = a.size.ok_or_else(|| {
@@ -114,7 +124,14 @@ fn create_on_block_device(a: &PoolCreateArgs) -> Result<Pool> {
         }
         Ok(_) => {}
         Err(e @ ::pool::Error::InUse { .. }) => return Err(e.into()),
-        Err(::pool::Error::NotAPool { .. }) => {}
+        Err(::pool::Error::NotAPool { .. }) => {
+            if let Some(what) = foreign_signature(&a.path).filter(|_| !a.force) {
+                return Err(CliError::Failed(format!(
+                    "{} holds {what}; use --force to overwrite it",
+                    a.path.display()
+                )));
+            }
+        }
         Err(e) if !a.force => {
             return Err(CliError::Failed(format!(
                 "{} looks like a damaged tarn pool ({e}); use --force to overwrite it",
@@ -127,6 +144,30 @@ fn create_on_block_device(a: &PoolCreateArgs) -> Result<Pool> {
         .map_err(|e| CliError::io(format!("opening {}", a.path.display()), e))?;
     lock_file(dev.file(), &a.path)?;
     Ok(Pool::create_on(Arc::new(dev), &a.name, short_config())?)
+}
+
+/// What else a device holds that `pool create` would destroy, by the magic numbers of the
+/// usual suspects (as `zpool create` asks for `-f` over a file system or a partition table).
+fn foreign_signature(path: &Path) -> Option<&'static str> {
+    let f = fs::File::open(path).ok()?;
+    let mut head = vec![0u8; 65_608];
+    let got = f.read_at(&mut head, 0).ok()?;
+    let at = |off: usize, magic: &[u8]| {
+        got >= off + magic.len() && head[off..off + magic.len()] == *magic
+    };
+    [
+        (1080, &b"\x53\xef"[..], "an ext2/3/4 file system"),
+        (0, b"XFSB", "an XFS file system"),
+        (65_600, b"_BHRfS_M", "a btrfs file system"),
+        (0, b"LUKS\xba\xbe", "a LUKS volume"),
+        (536, b"LVM2 001", "an LVM physical volume"),
+        (4086, b"SWAPSPACE2", "swap space"),
+        (512, b"EFI PART", "a GPT partition table"),
+        (510, b"\x55\xaa", "a partition table or boot sector"),
+    ]
+    .into_iter()
+    .find(|(off, magic, _)| at(*off, magic))
+    .map(|(_, _, what)| what)
 }
 
 /// `tarn pool import PATH`
