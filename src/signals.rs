@@ -61,6 +61,47 @@ impl StopSignals {
     }
 }
 
+/// A flag the first stop signal sets, for a command that checks it between steps and then
+/// cleans up as after a failure; [`StopFlag::exit_if_stopped`] then ends tarn 128 + signal.
+pub struct StopFlag {
+    /// Set by the first signal.
+    pub stop: Arc<AtomicBool>,
+    signal: Arc<AtomicI32>,
+}
+
+impl StopFlag {
+    /// Installs the handlers; the first signal prints `tarn: SIG…: {what}`.
+    pub fn new(what: &'static str) -> Result<StopFlag> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let signal =
+            StopSignals::new()?.on_signal(what, move |_| flag.store(true, Ordering::SeqCst));
+        Ok(StopFlag { stop, signal })
+    }
+
+    /// Whether a signal came.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// An error for a command cut short by the signal.
+    pub fn error(&self) -> CliError {
+        CliError::Failed(format!(
+            "stopped by {}",
+            name(self.signal.load(Ordering::SeqCst))
+        ))
+    }
+
+    /// Ends tarn with 128 + the signal, printing `tarn: {what}`, if a signal came.
+    pub fn exit_if_stopped(&self, what: &str) {
+        let sig = self.signal.load(Ordering::SeqCst);
+        if sig != 0 {
+            eprintln!("tarn: {what} (stopped by {})", name(sig));
+            std::process::exit(128 + sig);
+        }
+    }
+}
+
 /// A signal's name, for messages.
 pub fn name(sig: i32) -> &'static str {
     match sig {

@@ -716,3 +716,42 @@ fn pool_create_on_a_device_overwrites_nothing_it_should_not() {
     env.run(["pool", "create", "tank", &dev.0, "--force"]).ok();
     env.run(["vol", "create", "tank/v", "--size", "1M"]).ok();
 }
+
+/// A signal stops `vol import` at its next chunk and exits 128 + the signal, saying what the
+/// volume may hold (an existing one, here fed from a FIFO); an import that created its volume
+/// destroys it as after any failure.
+#[test]
+fn a_signal_stops_an_import_between_chunks() {
+    use std::io::Write;
+    let env = Env::new();
+    env.pool("tank", "64M");
+    env.run(["vol", "create", "tank/v", "--size", "8M"]).ok();
+    let fifo = env.path("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mkfifo(3) of a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let child = env
+        .cmd(["vol", "import", fifo.to_str().expect("utf-8"), "tank/v"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("import");
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("FIFO");
+    w.write_all(&random_bytes(1 << 20, 3)).expect("first MiB");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _ = w.write_all(&random_bytes(1 << 20, 4));
+    drop(w);
+    let out = child.wait_with_output().expect("import ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(
+        stderr.contains("may now hold part of the image"),
+        "{stderr}"
+    );
+    env.run(["pool", "scrub", "tank"]).ok();
+}

@@ -14,8 +14,6 @@ use ::pool::Recursion;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// Checks that every name is in one pool and returns it.
 fn one_pool<'a>(names: &'a [String], what: &str) -> Result<&'a str> {
@@ -274,7 +272,7 @@ fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
 /// truncated stream does: nothing received is kept (a killed receive used to leave its
 /// temporary volume, whose clone of the base snapshot kept that snapshot from being destroyed).
 pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
-    let signals = crate::signals::StopSignals::new()?;
+    let stop = crate::signals::StopFlag::new("discarding the receive")?;
     let (pool, _) = reg.open(pool_of_snap(&a.name)?)?;
     let file = match &a.file {
         None => {
@@ -288,23 +286,14 @@ pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
         Some(path) => std::fs::File::open(path)
             .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let signal = signals.on_signal("discarding the receive", move |_| {
-        flag.store(true, Ordering::SeqCst)
-    });
-    let input =
-        std::io::BufReader::with_capacity(1 << 20, crate::signals::StoppableRead::new(file, stop));
+    let input = std::io::BufReader::with_capacity(
+        1 << 20,
+        crate::signals::StoppableRead::new(file, stop.stop.clone()),
+    );
     let got = snapshots::recv(&pool, &a.name, input, a.force);
     let closed = pool.close();
-    let sig = signal.load(Ordering::SeqCst);
-    if sig != 0 && got.is_err() {
-        eprintln!(
-            "tarn: receive into {} stopped by {}; nothing was received",
-            a.name,
-            crate::signals::name(sig)
-        );
-        std::process::exit(128 + sig);
+    if got.is_err() {
+        stop.exit_if_stopped(&format!("nothing was received into {}", a.name));
     }
     let s = got?;
     closed?;

@@ -435,6 +435,9 @@ fn zero_existing(
 
 /// `tarn vol import FILE|nfs://HOST:PORT/POOL/VOL POOL/NAME`
 pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
+    // A signal stops the copy at the next chunk and leaves the pool as a failure does (a
+    // volume the import created is destroyed).
+    let stop = crate::signals::StopFlag::new("stopping the import")?;
     let pool_name = pool_of(&a.name)?;
     let entry = reg.require(pool_name)?;
     if let Some(bs) = a.block_size {
@@ -519,7 +522,7 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
             (bs, true)
         }
     };
-    let copied = copy_in(&pool, &src, &a.name, bs, created);
+    let copied = copy_in(&pool, &src, &a.name, bs, created, &stop);
     match copied {
         Ok(()) => Ok(pool.close()?),
         Err(e) if created => {
@@ -533,18 +536,30 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
                 tracing::warn!(error = %de, "could not remove the partly imported volume");
             }
             let _ = pool.close();
+            stop.exit_if_stopped(&format!("{} was not imported", a.name));
             Err(e)
         }
-        Err(e) => Err(CliError::Failed(format!(
-            "{}; {} may now hold part of the image",
-            e.one_line(),
-            a.name
-        ))),
+        Err(e) => {
+            let _ = pool.close();
+            stop.exit_if_stopped(&format!("{} may now hold part of the image", a.name));
+            Err(CliError::Failed(format!(
+                "{}; {} may now hold part of the image",
+                e.one_line(),
+                a.name
+            )))
+        }
     }
 }
 
 /// Copies the source into the volume with a reader thread feeding the writer.
-fn copy_in(pool: &Pool, src: &Source, name: &str, bs: u32, fresh: bool) -> Result<()> {
+fn copy_in(
+    pool: &Pool,
+    src: &Source,
+    name: &str,
+    bs: u32,
+    fresh: bool,
+    stop: &crate::signals::StopFlag,
+) -> Result<()> {
     let vol = pool.volume(name)?;
     let vol_size = vol.size();
     let bsz = bs as usize;
@@ -558,6 +573,9 @@ fn copy_in(pool: &Pool, src: &Source, name: &str, bs: u32, fresh: bool) -> Resul
         let mut scratch = vec![0u8; CHUNK];
         let mut expect = 0u64;
         for msg in rx.iter() {
+            if stop.stopped() {
+                return Err(stop.error());
+            }
             let chunk = msg.map_err(|e| CliError::io(format!("reading {}", src.label), e))?;
             let end = chunk.offset + chunk.data.len() as u64;
             if end > vol_size {
@@ -740,6 +758,8 @@ impl Dest {
 
 /// `tarn vol export POOL/NAME FILE`
 pub fn export(reg: &Registry, a: &VolExportArgs) -> Result<()> {
+    // A signal stops the copy at the next chunk; a file being written is removed.
+    let stop = crate::signals::StopFlag::new("stopping the export")?;
     let (pool, _) = open_for(reg, &a.name)?;
     let vol = pool.volume(&a.name)?;
     let size = vol.size();
@@ -750,6 +770,9 @@ pub fn export(reg: &Registry, a: &VolExportArgs) -> Result<()> {
     let mut pos = 0u64;
     let copied = (|| -> Result<()> {
         while pos < size {
+            if stop.stopped() {
+                return Err(stop.error());
+            }
             let n = (size - pos).min(CHUNK as u64) as usize;
             vol.read_at(pos, &mut buf[..n])?;
             dest.write(pos, &buf[..n])
@@ -768,6 +791,7 @@ pub fn export(reg: &Registry, a: &VolExportArgs) -> Result<()> {
             .map_err(|e| CliError::io(format!("finishing {label}"), e)),
         Err(e) => {
             dest.abandon();
+            stop.exit_if_stopped(&format!("{} was not exported", a.name));
             Err(e)
         }
     }
