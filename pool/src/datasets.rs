@@ -511,5 +511,11 @@ pub fn check_prop(k: &str, v: &str) -> Result<()> {
             v.len()
         )));
     }
+    // A tab or a newline would break the rows of scripted listings (`tarn list -H`).
+    if v.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "property {k}: the value holds a control character (a tab, a newline, ...)"
+        )));
+    }
     Ok(())
 }

@@ -207,7 +207,8 @@ fn a_full_pool_refuses_writes_and_keeps_what_it_has() {
     assert!(pool.scrub().expect("scrub").is_clean());
 }
 
-/// Names and tags the directory cannot store are refused, and nothing committed after such a
+/// Names, tags and property values the directory cannot store (or listings cannot show) are
+/// refused, and nothing committed after such a
 /// request is lost: a snapshot name of 64 KiB used to be cut at its u16 length in the
 /// directory, whose leaf then did not decode, so the pool reopened at an older txg without
 /// it, and without everything committed after it.
@@ -230,6 +231,13 @@ fn names_and_hold_tags_too_long_to_store_are_refused() {
     }
     pool.hold("tank/v@keep", &"t".repeat(255))
         .expect("a 255-byte tag");
+    // A property value with a tab or newline would break scripted listings' rows.
+    for v in ["a\nb", "a\tb"] {
+        let err = pool
+            .set_props("tank/v", &[("com.example:x".into(), v.into())])
+            .expect_err("a control character");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    }
     pool.snapshot(&["tank/v@after"]).expect("after");
     pool.close().expect("close");
     let pool = Pool::open_path(&path, config()).expect("reopen");

@@ -436,16 +436,25 @@ pub fn scrub(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
         Response::Scrub(r) => r,
         other => return Err(super::unexpected(&other)),
     };
-    drop(pool);
     entry.last_scrub = Some(ScrubSummary {
         finished: now_secs(),
         blocks: report.blocks,
         bytes: report.bytes,
         errors: report.errors.len() as u64,
     });
-    if let Err(e) = reg.update(&entry) {
-        tracing::warn!(error = %e, "could not record the scrub result in the registry");
+    // Recorded while the pool is still held, and only into the entry it was opened from: one
+    // exported and imported again meanwhile (another pool of the name) was overwritten.
+    let same = reg
+        .get(&a.name)
+        .ok()
+        .flatten()
+        .is_some_and(|now| now.guid == entry.guid && now.path == entry.path);
+    if same {
+        if let Err(e) = reg.update(&entry) {
+            tracing::warn!(error = %e, "could not record the scrub result in the registry");
+        }
     }
+    drop(pool);
     if a.json {
         output::print_json(&ScrubOut {
             pool: &a.name,

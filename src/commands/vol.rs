@@ -623,6 +623,12 @@ enum Dest {
 impl Dest {
     fn open(path: &Path, size: u64) -> Result<Dest> {
         if path.as_os_str() == "-" {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(CliError::Usage(
+                    "refusing to write a volume's bytes to a terminal; redirect stdout or give a file"
+                        .into(),
+                ));
+            }
             let fd = std::io::stdout()
                 .as_fd()
                 .try_clone_to_owned()
