@@ -289,10 +289,7 @@ fn a_second_process_on_a_held_pool() {
     let env = Env::new();
     let pool = env.pool("tank", "64M");
     env.run(["vol", "create", "tank/v", "--size", "8M"]).ok();
-    let fifo = env.path("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("cstring");
-    // SAFETY: mkfifo with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo = env.fifo("fifo");
 
     // The holder: an import reading from the FIFO, which we feed slowly.
     let mut holder = env
@@ -618,10 +615,7 @@ fn an_import_waiting_on_a_fifo_does_not_write_a_pool_exported_meanwhile() {
     let env = Env::new();
     let path = env.pool("tank", "64M");
     env.run(["vol", "create", "tank/v", "--size", "1M"]).ok();
-    let fifo = env.path("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
-    // SAFETY: mkfifo(3) of a path we own.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo = env.fifo("fifo");
     let child = env
         .cmd(["vol", "import", fifo.to_str().expect("utf-8"), "tank/v"])
         .stderr(std::process::Stdio::piped())
@@ -726,10 +720,7 @@ fn a_signal_stops_an_import_between_chunks() {
     let env = Env::new();
     env.pool("tank", "64M");
     env.run(["vol", "create", "tank/v", "--size", "8M"]).ok();
-    let fifo = env.path("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
-    // SAFETY: mkfifo(3) of a path we own.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo = env.fifo("fifo");
     let child = env
         .cmd(["vol", "import", fifo.to_str().expect("utf-8"), "tank/v"])
         .stderr(std::process::Stdio::piped())

@@ -540,10 +540,7 @@ fn outputs_through_links_devices_and_fifos_are_written_not_replaced() {
         eprintln!("(not root: no character device case)");
     }
     // A FIFO, read by another thread.
-    let fifo = env.path("fifo");
-    let f = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
-    // SAFETY: mkfifo(3) of a path we own.
-    assert_eq!(unsafe { libc::mkfifo(f.as_ptr(), 0o600) }, 0);
+    let fifo = env.fifo("fifo");
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read(fifo).expect("fifo"))

@@ -170,6 +170,16 @@ impl Env {
             .ok();
     }
 
+    /// A new FIFO `name` in the test directory.
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        let c = std::ffi::CString::new(p.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mkfifo(3) of a NUL-terminated path in our own directory.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo {name}");
+        p
+    }
+
     /// Exports volume `full` and returns its bytes.
     pub fn export(&self, full: &str) -> Vec<u8> {
         let out = self.path(&format!("{}.out", full.replace('/', "_")));
