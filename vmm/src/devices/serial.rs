@@ -91,12 +91,18 @@ pub fn feed_input(
     let mut ended = false;
     let mut buf = [0u8; 256];
     while !stop.load(Ordering::SeqCst) {
-        if !backlog.is_empty() {
-            let mut s = serial.lock().unwrap_or_else(|e| e.into_inner());
+        // As much as the FIFO takes (the backlog may wrap: two slices). In loopback mode
+        // nothing goes in: the next look tries again.
+        while !backlog.is_empty() {
             let (front, _) = backlog.as_slices();
-            // In loopback mode nothing goes in (0): the next look tries again.
-            let sent = s.enqueue_raw_bytes(front).unwrap_or(0);
-            drop(s);
+            let sent = serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_raw_bytes(front)
+                .unwrap_or(0);
+            if sent == 0 {
+                break;
+            }
             backlog.drain(..sent);
         }
         if ended && backlog.is_empty() {
