@@ -2,7 +2,7 @@
 //! opening datasets for I/O. Snapshot, clone and destroy mechanics live in `snapshot.rs`.
 
 use crate::error::{Error, Result};
-use crate::names::split_any_name;
+use crate::names::split_any_name_of_any_length;
 use crate::phys::{BlockPtr, DatasetKind, SECTOR};
 use crate::pool::{
     lock, now_secs, read, write, DatasetEntry, DatasetInfo, Pool, Shared, BLOCK_SIZE_RANGE,
@@ -15,7 +15,9 @@ use std::sync::Arc;
 impl Pool {
     /// The part of `full` below this pool's name (`a/b` or `a/b@snap`).
     pub(crate) fn local<'a>(&self, full: &'a str) -> Result<&'a str> {
-        let (pool, rest) = split_any_name(full)?;
+        // Any length: this looks names up, and a pool may hold snapshot names from before the
+        // limit; new snapshot names are checked where they are made.
+        let (pool, rest) = split_any_name_of_any_length(full)?;
         if pool != self.name() {
             return Err(Error::NotFound(format!(
                 "{full} (this pool is {})",
@@ -147,6 +149,13 @@ impl Pool {
                 .find(|d| d.name == old)
                 .map(|d| d.vol.id)
                 .ok_or_else(|| Error::NotFound(from.into()))?;
+            // Its snapshots follow it: each new name must fit too.
+            for d in ds.values() {
+                if d.kind == DatasetKind::Snapshot && d.parent == id {
+                    let name = format!("{}/{new}@{}", sh.name(), d.snap_name());
+                    crate::names::check_length(&name)?;
+                }
+            }
             for d in ds.values_mut() {
                 let renamed = if d.vol.id == id {
                     new.to_string()

@@ -69,21 +69,35 @@ pub fn split_dataset_name(full: &str) -> Result<(&str, &str)> {
     Ok((pool, rest))
 }
 
-/// Splits `POOL/a/b` or `POOL/a/b@snap` into (`POOL`, `a/b` or `a/b@snap`), checking each part.
+/// Splits `POOL/a/b` or `POOL/a/b@snap` into (`POOL`, `a/b` or `a/b@snap`), checking each part
+/// and the whole name's length, as ZFS has it (the directory stores names with a u16 length,
+/// and a longer snapshot part used to be cut there, which made the directory leaf undecodable
+/// and the pool open at an older txg).
 pub fn split_any_name(full: &str) -> Result<(&str, &str)> {
+    if full.contains('@') {
+        check_length(full)?;
+    }
+    split_any_name_of_any_length(full)
+}
+
+/// Refuses a name longer than [`MAX_NAME`].
+pub fn check_length(full: &str) -> Result<()> {
+    if full.len() > MAX_NAME {
+        return Err(Error::InvalidName {
+            name: full.into(),
+            reason: format!("longer than {MAX_NAME} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// [`split_any_name`] without the length limit on snapshot names, for names a pool already
+/// holds: pools written before the limit may have longer ones, and must still open.
+pub fn split_any_name_of_any_length(full: &str) -> Result<(&str, &str)> {
     match full.split_once('@') {
         None => split_dataset_name(full),
         Some((head, snap)) => {
             let (pool, _) = split_dataset_name(head)?;
-            // The whole name, as ZFS has it: the directory stores names with a u16 length, and
-            // a longer snapshot part used to be cut there, which made the directory leaf
-            // undecodable and the pool open at an older txg.
-            if full.len() > MAX_NAME {
-                return Err(Error::InvalidName {
-                    name: full.into(),
-                    reason: format!("longer than {MAX_NAME} bytes"),
-                });
-            }
             check_component(full, snap)?;
             if snap.contains('/') {
                 return Err(Error::InvalidName {

@@ -416,7 +416,9 @@ fn check_datasets(ds: &BTreeMap<u64, DatasetEntry>, next_id: u64) -> Result<()> 
             ));
         }
         let valid = match d.kind {
-            DatasetKind::Snapshot => crate::names::split_any_name(&format!("p/{}", d.name)).is_ok(),
+            DatasetKind::Snapshot => {
+                crate::names::split_any_name_of_any_length(&format!("p/{}", d.name)).is_ok()
+            }
             _ => {
                 !d.name.contains('@')
                     && crate::names::split_dataset_name(&format!("p/{}", d.name)).is_ok()

@@ -477,6 +477,11 @@ impl Pool {
     /// Takes snapshots `POOL/VOL@SNAP`, all in one txg (atomic), each holding every write made
     /// before the call. O(1) per snapshot: nothing is copied. Durable on return.
     pub fn snapshot(&self, fulls: &[&str]) -> Result<Vec<DatasetInfo>> {
+        // New names are held to the limit here. A receive's temporary snapshot may pass it
+        // for a moment: it is checked under its final name, which the rename checks again.
+        for full in fulls {
+            crate::names::check_length(full)?;
+        }
         self.snapshot_inner(fulls, None)
     }
 
@@ -849,6 +854,11 @@ impl Pool {
                     sh.name(),
                     ds[clash].snap_name()
                 )));
+            }
+            // The snapshots move under the clone's name: each must fit.
+            for s in &moving {
+                let name = format!("{}/{cname}@{}", sh.name(), ds[s].snap_name());
+                crate::names::check_length(&name)?;
             }
             for s in &moving {
                 let e = ds

@@ -247,3 +247,29 @@ fn names_and_hold_tags_too_long_to_store_are_refused() {
     );
     assert_eq!(pool.dataset("tank/v@keep").expect("keep").holds.len(), 1);
 }
+
+/// A rename (or promote) whose snapshots' new full names would pass 255 bytes is refused, and
+/// nothing changes: allowed, it left names that a listing could not show and that made the
+/// pool refuse to open. Names a pool already holds are never a reason not to open it.
+#[test]
+fn renames_that_would_make_snapshot_names_too_long_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let pool = Pool::open_path(&path, config()).expect("open");
+    pool.snapshot(&["tank/v@daily-2026-11-27"])
+        .expect("snapshot");
+    let long = format!("tank/{}", "a".repeat(240));
+    let err = pool
+        .rename("tank/v", &long)
+        .expect_err("a 262-byte snapshot name");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    // A clone with a long name, promoted: the origin's snapshot would move under it.
+    let clone = format!("tank/{}", "c".repeat(240));
+    pool.clone_snapshot("tank/v@daily-2026-11-27", &clone, &Default::default())
+        .expect("clone");
+    let err = pool.promote(&clone).expect_err("promote");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    pool.close().expect("close");
+    let pool = Pool::open_path(&path, config()).expect("reopen");
+    assert!(pool.dataset("tank/v@daily-2026-11-27").is_ok());
+}
