@@ -129,25 +129,32 @@ impl StoppableRead {
 
 impl Read for StoppableRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.stop.load(Ordering::SeqCst) {
-                return Err(std::io::Error::other("interrupted by a signal"));
-            }
-            let mut p = libc::pollfd {
-                fd: self.file.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd that outlives the call.
-            let r = unsafe { libc::poll(&mut p, 1, 100) };
-            if r > 0 {
-                return self.file.read(buf);
-            }
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+        wait_readable(&self.file, &self.stop)?;
+        self.file.read(buf)
+    }
+}
+
+/// Waits, in slices of 100 ms, until `fd` has data (or its end) to read; fails with
+/// "interrupted" once `stop` is set.
+pub fn wait_readable(fd: &impl AsFd, stop: &AtomicBool) -> std::io::Result<()> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("interrupted by a signal"));
+        }
+        let mut p = libc::pollfd {
+            fd: fd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd that outlives the call.
+        let r = unsafe { libc::poll(&mut p, 1, 100) };
+        if r > 0 {
+            return Ok(());
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
     }

@@ -711,9 +711,9 @@ fn pool_create_on_a_device_overwrites_nothing_it_should_not() {
     env.run(["vol", "create", "tank/v", "--size", "1M"]).ok();
 }
 
-/// A signal stops `vol import` at its next chunk and exits 128 + the signal, saying what the
-/// volume may hold (an existing one, here fed from a FIFO); an import that created its volume
-/// destroys it as after any failure.
+/// A signal stops `vol import`, also one whose source (a FIFO here) has gone quiet, and exits
+/// 128 + the signal, saying what the volume may hold (an existing one); an import that
+/// created its volume destroys it as after any failure.
 #[test]
 fn a_signal_stops_an_import_between_chunks() {
     use std::io::Write;
@@ -734,8 +734,16 @@ fn a_signal_stops_an_import_between_chunks() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let _ = w.write_all(&random_bytes(1 << 20, 4));
+    // The writer stays open and quiet: the import must stop all the same.
+    let mut child = child;
+    let t = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the import did not stop while its source was quiet");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     drop(w);
     let out = child.wait_with_output().expect("import ends");
     let stderr = String::from_utf8_lossy(&out.stderr);

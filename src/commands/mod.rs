@@ -65,10 +65,23 @@ pub(crate) enum OutputPath {
     Replace(std::path::PathBuf),
 }
 
+/// Opens an output written in place: a regular file behind a descriptor's path (`>> file`,
+/// `> file`) is appended to, as writing to `-` would, not written over from its start.
+pub(crate) fn open_in_place(path: &std::path::Path) -> Result<std::fs::File> {
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .append(regular)
+        .open(path)
+        .map_err(|e| CliError::io(format!("opening {}", path.display()), e))
+}
+
 /// Resolves an output path (see [`OutputPath`]).
 pub(crate) fn output_path(path: &std::path::Path) -> OutputPath {
     let through_fds = |p: &std::path::Path| {
-        p.starts_with("/proc") || p.starts_with("/dev/fd") || p.starts_with("/dev/std")
+        p.to_str().is_some_and(|s| {
+            s.starts_with("/proc/") || s.starts_with("/dev/fd/") || s.starts_with("/dev/std")
+        })
     };
     // Follow the links one by one, as each may go through /proc.
     let mut at = path.to_path_buf();

@@ -213,10 +213,7 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
             super::refuse_pool_file(path, "overwrite")?;
             let path = match super::output_path(path) {
                 super::OutputPath::InPlace(p) => {
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .map_err(|e| CliError::io(format!("opening {}", p.display()), e))?;
+                    let f = super::open_in_place(&p)?;
                     let sent = snapshots::send(&pool, &a.snapshot, from.as_deref(), &f);
                     drop(pool);
                     sent?;

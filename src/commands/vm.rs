@@ -192,9 +192,13 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         None => Console::Stdout,
     };
     let built = open_disks(reg, &config.disks, &mut pools)
-        .and_then(|backends| vmm::build_linux(&config, backends, console).map_err(vmm_err));
-    let vmm = match built {
-        Ok(vmm) => vmm,
+        .and_then(|backends| vmm::build_linux(&config, backends, console).map_err(vmm_err))
+        .and_then(|mut vmm| {
+            let raw = attach_stdin(&mut vmm, &config)?;
+            Ok((vmm, raw))
+        });
+    let (vmm, _raw) = match built {
+        Ok(built) => built,
         Err(e) => {
             // The guest never ran: a clone made for it is of no use to anyone.
             if let Some(full) = &clone {
@@ -206,8 +210,6 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let mut vmm = vmm;
-    let _raw = attach_stdin(&mut vmm, &config)?;
     let stop = vmm.stop_handle();
     let signal = signals.on_signal("stopping the guest", move |_| stop.stop());
     let report = vmm.run().map_err(vmm_err);

@@ -234,6 +234,7 @@ fn read_source(
     bs: u64,
     tx: &mpsc::SyncSender<std::io::Result<Chunk>>,
     back: &mpsc::Receiver<AlignedBuf>,
+    stop: &std::sync::atomic::AtomicBool,
 ) {
     let buffer = || back.try_recv().unwrap_or_else(|_| AlignedBuf::new(CHUNK));
     match src.size {
@@ -278,6 +279,11 @@ fn read_source(
                 buf.set_len(CHUNK);
                 let mut filled = 0;
                 while filled < CHUNK {
+                    // A pipe that went quiet does not keep a signal from stopping the import.
+                    if let Err(e) = crate::signals::wait_readable(reader, stop) {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
                     match reader.read(&mut buf[filled..]) {
                         Ok(0) => break,
                         Ok(n) => filled += n,
@@ -435,9 +441,6 @@ fn zero_existing(
 
 /// `tarn vol import FILE|nfs://HOST:PORT/POOL/VOL POOL/NAME`
 pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
-    // A signal stops the copy at the next chunk and leaves the pool as a failure does (a
-    // volume the import created is destroyed).
-    let stop = crate::signals::StopFlag::new("stopping the import")?;
     let pool_name = pool_of(&a.name)?;
     let entry = reg.require(pool_name)?;
     if let Some(bs) = a.block_size {
@@ -451,6 +454,10 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
     // registry is read again after: the pool may have been exported (or replaced) meanwhile,
     // and an import then wrote into a pool no longer imported.
     let src = Source::open(&a.file)?;
+    // From here a signal stops the copy at the next chunk (or while the source is quiet) and
+    // leaves the pool as a failure does (a volume the import created is destroyed). Before,
+    // while a FIFO waits for its writer, it ends tarn at once: nothing is made yet.
+    let stop = crate::signals::StopFlag::new("stopping the import")?;
     let entry = match reg.require(pool_name) {
         Ok(now) if now.guid == entry.guid && now.path == entry.path => now,
         Ok(_) | Err(_) => {
@@ -569,7 +576,7 @@ fn copy_in(
     let result = std::thread::scope(|s| -> Result<()> {
         // Owned by this closure, so an early return drops it and unblocks the reader.
         let rx = rx;
-        s.spawn(move || read_source(src, u64::from(bs), &tx, &back_rx));
+        s.spawn(move || read_source(src, u64::from(bs), &tx, &back_rx, &stop.stop));
         let mut scratch = vec![0u8; CHUNK];
         let mut expect = 0u64;
         for msg in rx.iter() {
@@ -643,11 +650,9 @@ impl Dest {
             super::OutputPath::InPlace(p)
                 if !fs::metadata(&p).is_ok_and(|m| m.file_type().is_block_device()) =>
             {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .map_err(|e| CliError::io(format!("opening {}", p.display()), e))?;
-                return Ok(Dest::Stream { file });
+                return Ok(Dest::Stream {
+                    file: super::open_in_place(&p)?,
+                });
             }
             super::OutputPath::InPlace(p) | super::OutputPath::Replace(p) => p,
         };
