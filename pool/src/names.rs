@@ -39,13 +39,7 @@ pub fn check_pool_name(name: &str) -> Result<()> {
             reason: "a pool name starts with a letter".into(),
         });
     }
-    if name.len() > MAX_NAME {
-        return Err(Error::InvalidName {
-            name: name.into(),
-            reason: format!("longer than {MAX_NAME} bytes"),
-        });
-    }
-    Ok(())
+    check_length(name)
 }
 
 /// Splits `POOL/a/b` into (`POOL`, `a/b`), checking both parts.
@@ -57,12 +51,7 @@ pub fn split_dataset_name(full: &str) -> Result<(&str, &str)> {
         });
     };
     check_pool_name(pool)?;
-    if full.len() > MAX_NAME {
-        return Err(Error::InvalidName {
-            name: full.into(),
-            reason: format!("longer than {MAX_NAME} bytes"),
-        });
-    }
+    check_length(full)?;
     for c in rest.split('/') {
         check_component(full, c)?;
     }
@@ -74,9 +63,7 @@ pub fn split_dataset_name(full: &str) -> Result<(&str, &str)> {
 /// and a longer snapshot part used to be cut there, which made the directory leaf undecodable
 /// and the pool open at an older txg).
 pub fn split_any_name(full: &str) -> Result<(&str, &str)> {
-    if full.contains('@') {
-        check_length(full)?;
-    }
+    check_length(full)?;
     split_any_name_of_any_length(full)
 }
 

@@ -537,6 +537,25 @@ mod tests {
         w(t, VIRTIO_MMIO_QUEUE_READY, 1);
     }
 
+    /// `dev` behind a transport, set up as a driver would: VERSION_1 negotiated, queue 0 of
+    /// `size` entries laid out from 0 with its used ring at `used`, DRIVER_OK.
+    fn started<'m>(
+        m: &'m GuestMemoryMmap,
+        dev: Block,
+        size: u16,
+        used: GuestAddress,
+    ) -> (MmioTransport, MockSplitQueue<'m, GuestMemoryMmap>) {
+        let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
+        w(&mut t, VIRTIO_MMIO_STATUS, 3);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        let q = MockSplitQueue::create(m, GuestAddress(0), size);
+        set_queue(&mut t, &q, size, used);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        (t, q)
+    }
+
     fn r(t: &MmioTransport, reg: u32) -> u32 {
         let mut b = [0; 4];
         t.read(u64::from(reg), &mut b);
@@ -626,14 +645,7 @@ mod tests {
             ..BlockOptions::default()
         };
         let dev = Block::new("vda", disk, options);
-        let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
-        w(&mut t, VIRTIO_MMIO_STATUS, 3);
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
-        w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
-        let q = MockSplitQueue::create(&m, GuestAddress(0), 256);
-        set_queue(&mut t, &q, 256, GuestAddress(0x8000));
-        w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        let (mut t, q) = started(&m, dev, 256, GuestAddress(0x8000));
         // 512 reads, all the same chain, published in two kicks without waiting.
         header(&m, HDR, VIRTIO_BLK_T_IN, 0);
         q.add_desc_chains(
@@ -681,15 +693,8 @@ mod tests {
                     poll_us: 0,
                 },
             );
-            let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
-            w(&mut t, VIRTIO_MMIO_STATUS, 3);
-            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
-            w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
-            let q = MockSplitQueue::create(&m, GuestAddress(0), 16);
             let used = GuestAddress(0x8000);
-            set_queue(&mut t, &q, 16, used);
-            w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+            let (mut t, q) = started(&m, dev, 16, used);
             header(&m, HDR, VIRTIO_BLK_T_FLUSH, 0);
             q.add_desc_chains(
                 &[linked(HDR, 16, 0, Some(1)), linked(ST, 1, WRITE, None)],
