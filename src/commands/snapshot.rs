@@ -269,7 +269,6 @@ fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
 /// truncated stream does: nothing received is kept (a killed receive used to leave its
 /// temporary volume, whose clone of the base snapshot kept that snapshot from being destroyed).
 pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
-    let stop = crate::signals::StopFlag::new("discarding the receive")?;
     let (pool, _) = reg.open(pool_of_snap(&a.name)?)?;
     let file = match &a.file {
         None => {
@@ -283,6 +282,9 @@ pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
         Some(path) => std::fs::File::open(path)
             .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?,
     };
+    // From here (a FIFO's open waits for its writer, and a signal then ends tarn at once:
+    // nothing is received yet), a signal ends the receive as a truncated stream does.
+    let stop = crate::signals::StopFlag::new("discarding the receive")?;
     let input = std::io::BufReader::with_capacity(
         1 << 20,
         crate::signals::StoppableRead::new(file, stop.stop.clone()),
