@@ -38,6 +38,14 @@ pub trait Device: Send + Sync {
     /// Starts reading `len` bytes at `offset` into the device's cache without waiting, for
     /// `read_at`s that are about to come. Best effort: a device without a cache ignores it.
     fn prefetch(&self, _offset: u64, _len: u64) {}
+    /// Whether the device's cache reads ahead by itself where `read_at`s go on linearly (a
+    /// page cache's readahead). A prefetch then hints only the runs a linear reader would not
+    /// reach: the kernel's readahead fills the cache in large folios, in the background,
+    /// where a hint fills it 4 KiB page by page on the reader's thread (on a memory-backed
+    /// disk, a 1 MiB sequential reader went from 3.2 to 5.2 GiB/s when it stopped hinting).
+    fn reads_ahead(&self) -> bool {
+        false
+    }
     /// Makes every completed write durable.
     fn sync(&self) -> io::Result<()>;
     /// Size in bytes.
@@ -179,6 +187,10 @@ impl Device for FileDevice {
                 return;
             }
         }
+    }
+
+    fn reads_ahead(&self) -> bool {
+        true
     }
 
     fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

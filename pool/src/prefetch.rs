@@ -2,7 +2,10 @@
 //! where one of them ended advances it, and the stream then asks the device to start reading
 //! the next blocks (`Device::prefetch`), so a reader at queue depth 1 finds them cached instead
 //! of waiting for the device on every request. ZFS's zfetch does this for its ARC; here the
-//! cache is the host's page cache, which the pool file's reads go through.
+//! cache is the host's page cache, which the pool file's reads go through. Where the device
+//! reads ahead itself (`Device::reads_ahead`: the page cache does), the blocks that lie on
+//! the device as they lie in the volume, after the read's last one, are left to its
+//! readahead, and only the runs a linear reader would not reach are hinted.
 
 use std::ops::Range;
 use std::sync::Mutex;

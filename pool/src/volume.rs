@@ -252,12 +252,15 @@ struct Fetch {
 const PREFETCH_RUNS: usize = 64;
 
 /// Device byte ranges of the committed, not rewritten blocks of volume bytes `range`, with
-/// blocks contiguous on the device merged, in volume order: what a prefetch reads. At most
-/// [`PREFETCH_RUNS`] of them; the second value says where in the volume they stop.
+/// blocks contiguous on the device merged, in volume order: what a prefetch reads. Blocks
+/// whose device offset is their volume offset plus `linear` are left out (the device's own
+/// readahead gets them). At most [`PREFETCH_RUNS`] of them; the second value says where in
+/// the volume they stop.
 fn committed_runs(
     st: &VolumeState,
     bs: u64,
     range: &std::ops::Range<u64>,
+    linear: Option<i128>,
 ) -> (Vec<(u64, u64)>, u64) {
     let Some(tree) = &st.tree else {
         return (Vec::new(), range.start);
@@ -269,6 +272,9 @@ fn committed_runs(
             continue;
         }
         let (at, n) = (ptr.offset(), u64::from(ptr.sectors) * SECTOR);
+        if linear == Some(i128::from(at) - i128::from(idx * bs)) {
+            continue;
+        }
         if let Some((_, len)) = runs.last_mut().filter(|(s, l)| *s + *l == at) {
             *len += n;
         } else if runs.len() < PREFETCH_RUNS {
@@ -362,14 +368,6 @@ impl VolumeHandle {
             let st = self.state()?;
             self.check_range(&st, offset, len as u64)?;
             let plan = self.vol.streams.observe(offset, len as u64, st.size);
-            let mut ahead = Vec::new();
-            if let Some(r) = &plan.prefetch {
-                let reached;
-                (ahead, reached) = committed_runs(&st, bs, r);
-                if reached < r.end {
-                    self.vol.streams.cut_short(&plan, reached);
-                }
-            }
             let mut at = 0usize;
             while at < len {
                 let pos = offset + at as u64;
@@ -407,6 +405,20 @@ impl VolumeHandle {
                     }
                 }
                 at += n;
+            }
+            let mut ahead = Vec::new();
+            if let Some(r) = &plan.prefetch {
+                // Where the device reads ahead itself, blocks that lie on from this read's
+                // last one, as they do in the volume, are left to it.
+                let linear = fetches
+                    .last()
+                    .filter(|_| self.shared.dev.reads_ahead())
+                    .map(|f| i128::from(f.ptr.offset()) - i128::from(f.idx * bs));
+                let reached;
+                (ahead, reached) = committed_runs(&st, bs, r, linear);
+                if reached < r.end {
+                    self.vol.streams.cut_short(&plan, reached);
+                }
             }
             (plan, ahead)
         };

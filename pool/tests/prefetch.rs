@@ -79,9 +79,23 @@ fn read_chunk(v: &VolumeHandle, c: u64) -> pool::Result<Vec<u8>> {
 /// The hints a prefetch of volume bytes `from .. from + n` blocks sends: one per run of
 /// blocks that follow each other both in the volume and on the device.
 fn hints_for(where_: &HashMap<u64, u64>, from: u64, n: u64) -> Vec<(u64, u64)> {
+    hints_where(where_, from, n, |_, _| true)
+}
+
+/// As [`hints_for`], for the blocks `keep(volume offset, device offset)` accepts.
+fn hints_where(
+    where_: &HashMap<u64, u64>,
+    from: u64,
+    n: u64,
+    keep: impl Fn(u64, u64) -> bool,
+) -> Vec<(u64, u64)> {
     let mut hints: Vec<(u64, u64)> = Vec::new();
     for k in 0..n {
-        let at = where_[&(from + k * BS)];
+        let vol = from + k * BS;
+        let at = where_[&vol];
+        if !keep(vol, at) {
+            continue;
+        }
         match hints.last_mut() {
             Some((start, len)) if *start + *len == at => *len += BS,
             _ => hints.push((at, BS)),
@@ -185,6 +199,53 @@ fn a_scattered_stream_is_prefetched_in_capped_batches_that_go_on_where_they_stop
     assert_eq!(dev.take_prefetches(), hints_for(&where_, 3 * MIB, 64));
     drop(v);
     pool.close().expect("close");
+}
+
+/// Where the device reads ahead by itself (a page cache), a stream hints only the blocks a
+/// linear reader would not reach: those not lying on from the read's last block as they do
+/// in the volume.
+#[test]
+fn a_device_that_reads_ahead_is_hinted_only_where_the_layout_jumps() {
+    let (dev, pool, v, _) = watched_pool();
+    dev.set_reads_ahead(true);
+    // Blocks 10-19 of chunk 3 and every fourth block of chunk 4 rewritten and committed: they
+    // now lie elsewhere on the device.
+    let rewrites = (3 * MIB + 10 * BS..3 * MIB + 20 * BS)
+        .step_by(BS as usize)
+        .chain((4 * MIB..5 * MIB).step_by(4 * BS as usize));
+    for at in rewrites {
+        let c = at / MIB;
+        v.write_at(at, &chunk(c, 1)[(at % MIB) as usize..][..BS as usize])
+            .expect("rewrite a block");
+    }
+    pool.sync().expect("sync");
+    let where_ = block_offsets(&dev.snapshot());
+    dev.take_prefetches();
+
+    for c in 0..2 {
+        read_chunk(&v, c).expect("read");
+    }
+    let last = 2 * MIB - BS;
+    let delta = i128::from(where_[&last]) - i128::from(last);
+    let jumps = |vol: u64, at: u64| i128::from(at) - i128::from(vol) != delta;
+    let expected = hints_where(&where_, 2 * MIB, 4 * MIB / BS, jumps);
+    // Exactly the 74 rewritten blocks; without the device's readahead it would be all of
+    // chunks 2-5.
+    let hinted: u64 = expected.iter().map(|(_, n)| n).sum();
+    assert_eq!(hinted, 74 * BS, "the layout the test set up: {expected:?}");
+    assert_eq!(dev.take_prefetches(), expected);
+    assert_eq!(read_chunk(&v, 3).expect("read"), chunk_with(3, 10..20));
+    drop(v);
+    pool.close().expect("close");
+}
+
+/// Chunk `c` of generation 0 with its blocks `blocks` of generation 1.
+fn chunk_with(c: u64, blocks: std::ops::Range<usize>) -> Vec<u8> {
+    let (old, new) = (chunk(c, 0), chunk(c, 1));
+    let bs = BS as usize;
+    let mut v = old;
+    v[blocks.start * bs..blocks.end * bs].copy_from_slice(&new[blocks.start * bs..blocks.end * bs]);
+    v
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use pool::{Device, MemDevice};
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// A hook run just before a punch or a write of placed data goes through.
@@ -25,6 +25,8 @@ pub struct Watched {
     read_cached: AtomicU64,
     read_direct: AtomicU64,
     prefetches: Mutex<Vec<(u64, u64)>>,
+    /// What [`Device::reads_ahead`] answers.
+    reads_ahead: AtomicBool,
     punch_hook: Mutex<Option<(u64, Hook)>>,
     placed_write_hook: Mutex<Option<Hook>>,
     scribble_min: Mutex<Option<usize>>,
@@ -41,6 +43,7 @@ impl Watched {
             read_cached: AtomicU64::new(0),
             read_direct: AtomicU64::new(0),
             prefetches: Mutex::new(Vec::new()),
+            reads_ahead: AtomicBool::new(false),
             punch_hook: Mutex::new(None),
             placed_write_hook: Mutex::new(None),
             scribble_min: Mutex::new(None),
@@ -74,6 +77,11 @@ impl Watched {
     /// The (offset, length) of each prefetch hint since the last call, in order.
     pub fn take_prefetches(&self) -> Vec<(u64, u64)> {
         std::mem::take(&mut *self.prefetches.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Makes the device say that its cache reads ahead by itself (as a page cache does).
+    pub fn set_reads_ahead(&self, on: bool) {
+        self.reads_ahead.store(on, Ordering::Relaxed);
     }
 
     /// Makes the next sync keep a copy of the device's bytes as they are before it: in a
@@ -161,6 +169,9 @@ impl Device for Watched {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((offset, len));
+    }
+    fn reads_ahead(&self) -> bool {
+        self.reads_ahead.load(Ordering::Relaxed)
     }
     fn sync(&self) -> io::Result<()> {
         if let Some(slot @ None) = &mut *self.sync_image.lock().unwrap_or_else(|e| e.into_inner()) {
