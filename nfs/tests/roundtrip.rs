@@ -450,28 +450,43 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
     );
 }
 
+/// One RPC record: a READ of 1 MiB at offset 0 of `fh` (xid, CALL, RPC v2, NFS program
+/// 100003 v3, READ (6), no auth; then the handle, the offset and the count).
+fn read_call(xid: u32, fh: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    for w in [xid, 0, 2, 100_003, 3, 6, 0, 0, 0, 0] {
+        m.extend_from_slice(&w.to_be_bytes());
+    }
+    m.extend_from_slice(&(fh.len() as u32).to_be_bytes());
+    m.extend_from_slice(fh);
+    while m.len() % 4 != 0 {
+        m.push(0);
+    }
+    m.extend_from_slice(&0u64.to_be_bytes());
+    m.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    let mut record = (0x8000_0000u32 | m.len() as u32).to_be_bytes().to_vec();
+    record.extend_from_slice(&m);
+    record
+}
+
 /// Opens `conns` connections to `port`, sends `per_conn` READs of 1 MiB of `fh` on each and
 /// never reads a reply; returns this process's peak RSS over 3 s, then closes them.
 fn unread_reads(port: u16, fh: &[u8], conns: usize, per_conn: u32) -> u64 {
+    unread_reads_for(port, fh, conns, per_conn, std::time::Duration::from_secs(3))
+}
+
+/// [`unread_reads`], holding the connections for `hold`.
+fn unread_reads_for(
+    port: u16,
+    fh: &[u8],
+    conns: usize,
+    per_conn: u32,
+    hold: std::time::Duration,
+) -> u64 {
     use std::io::Write;
-    // RPC call: xid, CALL, RPC v2, NFS program 100003 v3, READ (6), no auth; then the
-    // handle, offset 0, count 1 MiB.
-    let mut requests = Vec::new();
-    for xid in 0..per_conn {
-        let mut m = Vec::new();
-        for w in [xid + 1000, 0, 2, 100_003, 3, 6, 0, 0, 0, 0] {
-            m.extend_from_slice(&w.to_be_bytes());
-        }
-        m.extend_from_slice(&(fh.len() as u32).to_be_bytes());
-        m.extend_from_slice(fh);
-        while m.len() % 4 != 0 {
-            m.push(0);
-        }
-        m.extend_from_slice(&0u64.to_be_bytes());
-        m.extend_from_slice(&(1u32 << 20).to_be_bytes());
-        requests.extend_from_slice(&(0x8000_0000u32 | m.len() as u32).to_be_bytes());
-        requests.extend_from_slice(&m);
-    }
+    let requests: Vec<u8> = (0..per_conn)
+        .flat_map(|xid| read_call(xid + 1000, fh))
+        .collect();
     let mut socks: Vec<(std::net::TcpStream, usize)> = (0..conns)
         .map(|_| {
             let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -481,7 +496,8 @@ fn unread_reads(port: u16, fh: &[u8], conns: usize, per_conn: u32) -> u64 {
         .collect();
     // Send what the sockets take; never read.
     let mut peak = 0;
-    for _ in 0..300 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < hold {
         for (s, sent) in socks.iter_mut() {
             if *sent < requests.len() {
                 if let Ok(n) = s.write(&requests[*sent..]) {
@@ -531,6 +547,52 @@ async fn many_connections_reading_no_replies_stay_within_the_read_budget() {
         .unwrap()
         .unwrap();
     assert_eq!(read.count, 1 << 20);
+}
+
+/// A peer that sends READs on many connections and reads no reply holds at most its share of
+/// the server's READ budget (64 MiB): another peer's READ is still served at once. Before,
+/// the first peer's 24 connections took the whole budget, and the other peer's READs waited
+/// until they closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_reading_no_replies_does_not_stall_another_peers_reads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/big", 64 << 20, 4096, &Default::default())
+        .unwrap();
+    let (port, _task) = start(pool.clone(), 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    let fh = lookup(&mut conn, root, b"big").await.data.to_vec();
+    let hog_fh = fh.clone();
+    let hog = tokio::task::spawn_blocking(move || {
+        unread_reads_for(port, &hog_fh, 24, 64, std::time::Duration::from_secs(8))
+    });
+    // Long enough for the first peer's READs to take what they can.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+
+    // The other peer: 127.0.0.2, another address of the loopback interface.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = sock
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    other.write_all(&read_call(7, &fh)).await.unwrap();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut header = [0u8; 4];
+        other.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes(header) & 0x7fff_ffff;
+        let mut body = vec![0u8; len as usize];
+        other.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    })
+    .await
+    .expect("the other peer's READ waited for the first peer's connections")
+    .unwrap();
+    assert_eq!(&reply[..4], &7u32.to_be_bytes(), "the reply to its xid");
+    assert!(reply.len() > 1 << 20, "a whole 1 MiB of data");
+    hog.await.unwrap();
 }
 
 /// A pool in `dir` with a 1 MiB volume for each of `names`, served, and a mounted client.

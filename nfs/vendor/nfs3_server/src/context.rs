@@ -16,6 +16,9 @@ pub struct RPCContext<T: crate::vfs::NfsFileSystem> {
     pub export_name: Arc<String>,
     pub transaction_tracker: Arc<TransactionTracker>,
     pub(crate) file_handle_converter: FileHandleConverter,
+    /// The peer's share of the server's READ budget, which all its connections draw on
+    /// (tarn patch).
+    pub(crate) peer_reads: Arc<tokio::sync::Semaphore>,
 }
 
 #[allow(clippy::missing_fields_in_debug)]
@@ -49,6 +52,7 @@ where
             export_name: Arc::clone(&self.export_name),
             transaction_tracker: Arc::clone(&self.transaction_tracker),
             file_handle_converter: self.file_handle_converter,
+            peer_reads: Arc::clone(&self.peer_reads),
         }
     }
 }

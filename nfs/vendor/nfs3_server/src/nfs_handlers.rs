@@ -156,16 +156,21 @@ where
         }
     };
     let xid = message.xid();
-    // The data is read once the server's budget of queued READ data has room for it, and
-    // holds its share until its reply is written (tarn patch).
-    let share = READ_BUDGET
-        .clone()
-        .acquire_many_owned(read_units(args.count))
+    // The data is read once its peer's share of the server's budget of queued READ data, and
+    // the budget, have room for it, and holds both shares until its reply is written (tarn
+    // patch).
+    let units = read_units(args.count);
+    let peer_share = std::sync::Arc::clone(&context.peer_reads)
+        .acquire_many_owned(units)
         .await?;
+    let share = READ_BUDGET.clone().acquire_many_owned(units).await?;
     let (result, payload) = nfsproc3_read(context, xid, args).await;
     match (message.into_success_reply(&result)?, payload) {
         (HandleResult::Reply(reply), Some(data)) => Ok(HandleResult::Reply(
-            reply.with_opaque_payload(data)?.holding(share),
+            reply
+                .with_opaque_payload(data)?
+                .holding(peer_share)
+                .holding(share),
         )),
         (reply, _) => Ok(reply),
     }
@@ -177,6 +182,11 @@ where
 /// replies could make the server queue 64 GiB; past the budget, READs wait for replies to go
 /// out (or for their connections to close).
 const READ_BUDGET_UNITS: u32 = 65_536;
+
+/// The part of the READ budget one peer address may hold, all its connections together: a
+/// quarter (64 MiB), so that a peer that reads no replies cannot stall the others' READs
+/// (tarn patch).
+pub(crate) const PEER_READ_UNITS: u32 = READ_BUDGET_UNITS / 4;
 
 static READ_BUDGET: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| {

@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::context::RPCContext;
+use crate::nfs_handlers::PEER_READ_UNITS;
 use crate::rpcwire::{SocketMessageHandler, write_fragment};
 use crate::transaction_tracker::{Cleaner, TransactionTracker};
 use crate::vfs::adapters::ReadOnlyAdapter;
@@ -51,39 +52,44 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// The peers with open connections: how many each holds, and its share of the READ budget,
+/// which all its connections draw on (tarn patch).
+type Peers =
+    Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, (usize, Arc<Semaphore>)>>>;
+
 /// One connection's count against its peer's limit, given back when dropped (tarn patch).
 struct PeerSlot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    ip: std::net::IpAddr,
+    peers: Peers,
+    ip: IpAddr,
 }
 
 impl PeerSlot {
-    /// Counts a connection from `ip`, unless it holds `max` already.
-    fn take(
-        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-        ip: std::net::IpAddr,
-        max: usize,
-    ) -> Option<Self> {
-        let mut c = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = c.entry(ip).or_insert(0);
+    /// Counts a connection from `ip`, unless it holds `max` already; with the peer's share of
+    /// the READ budget.
+    fn take(peers: &Peers, ip: IpAddr, max: usize) -> Option<(Self, Arc<Semaphore>)> {
+        let mut c = peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (n, reads) = c
+            .entry(ip)
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(PEER_READ_UNITS as usize))));
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(Self {
-            counts: Arc::clone(counts),
+        let slot = Self {
+            peers: Arc::clone(peers),
             ip,
-        })
+        };
+        Some((slot, Arc::clone(reads)))
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
         let mut c = self
-            .counts
+            .peers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = c.get_mut(&self.ip) {
+        if let Some((n, _)) = c.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
                 c.remove(&self.ip);
@@ -410,7 +416,7 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
         .run();
         tokio::spawn(cleaner_future);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
-        let per_peer = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let per_peer: Peers = Arc::default();
         let idle_timeout = self.limits.idle_timeout;
 
         loop {
@@ -437,7 +443,8 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
                 drop(socket);
                 continue;
             };
-            let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip(), self.limits.max_per_peer)
+            let Some((peer_slot, peer_reads)) =
+                PeerSlot::take(&per_peer, peer.ip(), self.limits.max_per_peer)
             else {
                 warn!(
                     "Refusing connection from {peer}: it holds {} connections already",
@@ -457,6 +464,7 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
                 export_name: self.export_name.clone(),
                 transaction_tracker: self.transaction_tracker.clone(),
                 file_handle_converter: self.file_handle_converter,
+                peer_reads,
             };
             info!("Accepting connection from {}", context.client_addr);
             debug!("Accepting socket {:?} {:?}", socket, context);

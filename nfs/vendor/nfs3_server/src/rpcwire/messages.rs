@@ -24,7 +24,7 @@ impl PackedRpcMessage {
                 let eof = incomplete.recv(input).await?;
                 if eof {
                     let data = std::mem::take(incomplete);
-                    *self = Self::Complete(CompleteRpcMessage(data.0, Vec::new(), None));
+                    *self = Self::Complete(CompleteRpcMessage(data.0, Vec::new(), Vec::new()));
                 }
                 Ok(eof)
             }
@@ -71,23 +71,20 @@ impl IncompleteRpcMessage {
 
 /// A whole record. A reply may carry a payload (READ data) after its packed bytes, sent
 /// from its own buffer with the XDR padding it needs (tarn patch: no copy into the record).
-/// It may hold a share of a budget (READ data queued server-wide) until it is written.
+/// It may hold shares of budgets (READ data queued for its peer and server-wide) until it is
+/// written.
 #[derive(Debug)]
-pub struct CompleteRpcMessage(
-    Vec<u8>,
-    Vec<u8>,
-    Option<tokio::sync::OwnedSemaphorePermit>,
-);
+pub struct CompleteRpcMessage(Vec<u8>, Vec<u8>, Vec<tokio::sync::OwnedSemaphorePermit>);
 
 impl CompleteRpcMessage {
     /// A reply of packed bytes only (tarn patch: a kept reply sent again).
     pub const fn from_packed(packed: Vec<u8>) -> Self {
-        Self(packed, Vec::new(), None)
+        Self(packed, Vec::new(), Vec::new())
     }
 
-    /// This reply, holding `permit` until it is written (or dropped) (tarn patch).
+    /// This reply, holding `permit` too until it is written (or dropped) (tarn patch).
     pub fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        self.2 = Some(permit);
+        self.2.push(permit);
         self
     }
 
@@ -96,9 +93,9 @@ impl CompleteRpcMessage {
         self.1.is_empty().then_some(&self.0[..])
     }
 
-    /// The packed bytes, the payload that follows them, and the budget share held until
+    /// The packed bytes, the payload that follows them, and the budget shares held until
     /// they are written.
-    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>) {
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>, Vec<tokio::sync::OwnedSemaphorePermit>) {
         (self.0, self.1, self.2)
     }
 
@@ -232,5 +229,5 @@ where
     let mut cursor = Cursor::new(Vec::with_capacity(size));
     rpc.pack(&mut cursor)?;
     message.pack(&mut cursor)?;
-    Ok(CompleteRpcMessage(cursor.into_inner(), Vec::new(), None))
+    Ok(CompleteRpcMessage(cursor.into_inner(), Vec::new(), Vec::new()))
 }
