@@ -71,7 +71,7 @@ impl Opts {
         Ok(Opts {
             size: parse_size(&var("TARN_BENCH_SIZE", "1G"))?.max(MIB),
             dir: var("TARN_BENCH_DIR", "/var/tmp").into(),
-            only: std::env::var("TARN_BENCH_ONLY").ok(),
+            only: common::only_parts(&["local", "tarn", "ganesha"])?,
             rounds: var("TARN_BENCH_ROUNDS", "4").parse::<usize>()?.max(1),
             settle: Duration::from_millis(var("TARN_BENCH_SETTLE_MS", "5000").parse()?),
             can_drop: drop_caches(),

@@ -5,10 +5,20 @@
 //! beside: `qemu-img create -f qcow2 -b` as a process, and the numbers REFERENCES.md measured for
 //! zfs-fuse. Prints; never asserts.
 //!
-//! `cargo bench --bench snapshots` (TARN_BENCH_DIR, default /var/tmp; TARN_BENCH_ONLY=sendrecv
-//! runs only the `tarn send | tarn recv` part, TARN_BENCH_ONLY=process only `tarn clone` as a
-//! process against `qemu-img create`).
+//! `cargo bench --bench snapshots`, tuned by environment variables:
+//! - `TARN_BENCH_DIR` (default `/var/tmp`): where a temporary folder holds the pools and files
+//!   (removed at the end, and on failure);
+//! - `TARN_BENCH_SCALE` (default 1): divides the data sizes;
+//! - `TARN_BENCH_ONLY` (default all): a comma list of the parts to run, from `latency` (the
+//!   in-process table and first writes), `sendrecv` (`tarn send | tarn recv` against `cp`),
+//!   `process` (`tarn clone` as a process against `qemu-img create`).
+//!
+//! The latency rows hold the population they name: each timed clone and snapshot is destroyed
+//! (untimed) before the next is made.
 
+mod common;
+
+use common::drop_caches;
 use pool::{Pool, PoolConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,15 +80,10 @@ fn qemu_img_create(dir: &Path) -> Option<f64> {
 }
 
 /// `tarn send | tarn recv` of a volume with 1 GiB (÷ scale) written, into a second pool, against
-/// `cp` of its raw export — each followed by `sync`, same run. Needs target/release/tarn.
+/// `cp` of its raw export — each followed by `sync`, same run.
 fn send_recv(dir: &Path, scale: u64) {
-    let tarn = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tarn");
-    if !tarn.exists() {
-        println!("send | recv: skipped (build target/release/tarn first: cargo build --release --bin tarn)");
-        return;
-    }
-    let work = dir.join("bench-sendrecv");
-    let _ = std::fs::remove_dir_all(&work);
+    let tarn = Path::new(env!("CARGO_BIN_EXE_tarn"));
+    let work = dir.join("sendrecv");
     std::fs::create_dir_all(&work).expect("work dir");
     let bytes = (1u64 << 30) / scale;
     let sh = |cmd: &str| -> Duration {
@@ -87,7 +92,7 @@ fn send_recv(dir: &Path, scale: u64) {
             .arg("-c")
             .arg(cmd)
             .env("TARN_HOME", work.join("home"))
-            .env("T", &tarn)
+            .env("T", tarn)
             .env("W", &work)
             .status()
             .expect("sh");
@@ -95,35 +100,36 @@ fn send_recv(dir: &Path, scale: u64) {
         t.elapsed()
     };
     sh(&format!("head -c {bytes} /dev/urandom > $W/img.raw && $T pool create a $W/a.pool --size {} && $T pool create b $W/b.pool --size {} && $T vol import $W/img.raw a/v && $T snapshot a/v@s && $T vol export a/v $W/export.raw && sync", bytes * 2 + (256 << 20), bytes * 2 + (256 << 20)));
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-    let cp = sh("cp $W/export.raw $W/copy.raw && sync");
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let cold = drop_caches();
+    let cp = sh("cp --reflink=never $W/export.raw $W/copy.raw && sync");
+    drop_caches();
     let sr = sh("$T send a/v@s | $T recv b/v && sync");
     sh("$T vol export b/v $W/received.raw && cmp $W/export.raw $W/received.raw");
     println!(
-        "send | recv of {} MiB: {:.2} s; cp of its raw export: {:.2} s; ratio {:.2}",
+        "send | recv of {} MiB: {:.2} s; cp of its raw export: {:.2} s; time send|recv / cp {:.2} \
+         (lower is better){}",
         bytes >> 20,
         sr.as_secs_f64(),
         cp.as_secs_f64(),
-        sr.as_secs_f64() / cp.as_secs_f64()
+        sr.as_secs_f64() / cp.as_secs_f64(),
+        if cold {
+            ""
+        } else {
+            "; page cache NOT dropped (not root?)"
+        }
     );
     let _ = std::fs::remove_dir_all(&work);
 }
 
 /// `tarn clone` as a whole process (open the pool, clone, commit, close) at 1, 100 and 1000
-/// existing clones, p50 of 20 each, against `qemu-img create -f qcow2 -b` in the same run.
-/// Needs target/release/tarn.
+/// existing clones, p50 of 20 each (each destroyed before the next), against
+/// `qemu-img create -f qcow2 -b` in the same run.
 fn clone_process(dir: &Path) {
-    let tarn = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tarn");
-    if !tarn.exists() {
-        println!("tarn clone (process): skipped (build target/release/tarn first: cargo build --release --bin tarn)");
-        return;
-    }
-    let work = dir.join("bench-clone-process");
-    let _ = std::fs::remove_dir_all(&work);
+    let tarn = Path::new(env!("CARGO_BIN_EXE_tarn"));
+    let work = dir.join("clone-process");
     std::fs::create_dir_all(&work).expect("work dir");
     let run = |args: &[&str]| {
-        let st = std::process::Command::new(&tarn)
+        let st = std::process::Command::new(tarn)
             .args(args)
             .env("TARN_HOME", work.join("home"))
             .stdout(std::process::Stdio::null())
@@ -151,9 +157,12 @@ fn clone_process(dir: &Path) {
         }
         let mut times: Vec<Duration> = (0..20)
             .map(|i| {
+                let name = format!("c/m{target}-{i}");
                 let t = Instant::now();
-                run(&["clone", "c/img@s", &format!("c/m{target}-{i}")]);
-                t.elapsed()
+                run(&["clone", "c/img@s", &name]);
+                let took = t.elapsed();
+                run(&["destroy", &name]);
+                took
             })
             .collect();
         line.push_str(&format!("  at {target}: {:.2} ms", pct(&mut times, 0.5)));
@@ -162,24 +171,48 @@ fn clone_process(dir: &Path) {
     let _ = std::fs::remove_dir_all(&work);
 }
 
-fn main() {
+fn main() -> Result<(), String> {
     let dir = std::env::var("TARN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
-    let dir = Path::new(&dir);
-    let scale: u64 = std::env::var("TARN_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    match std::env::var("TARN_BENCH_ONLY").as_deref() {
-        Ok("sendrecv") => return send_recv(dir, scale),
-        Ok("process") => {
-            clone_process(dir);
-            if let Some(ms) = qemu_img_create(dir) {
-                println!("reference: qemu-img create -f qcow2 -b (a process) p50 {ms:.2} ms");
-            }
-            return;
-        }
-        _ => {}
+    let scale: u64 = match std::env::var("TARN_BENCH_SCALE") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or(format!("TARN_BENCH_SCALE={v}: a whole number above 0"))?,
+        Err(_) => 1,
+    };
+    let only = common::only_parts(&["latency", "sendrecv", "process"])?;
+    let wants = |part| common::wants(only.as_deref(), part);
+    // Everything goes in a folder of our own, removed when this returns or panics.
+    let tmp = tempfile::Builder::new()
+        .prefix("tarn-bench-snap-")
+        .tempdir_in(&dir)
+        .map_err(|e| format!("making a folder in {dir}: {e}"))?;
+    let dir = tmp.path();
+    if wants("latency") {
+        latency(dir, scale);
     }
+    if wants("sendrecv") {
+        send_recv(dir, scale);
+    }
+    if wants("process") {
+        clone_process(dir);
+        match qemu_img_create(dir) {
+            Some(ms) => {
+                println!("reference: qemu-img create -f qcow2 -b (a process) p50 {ms:.2} ms")
+            }
+            None => println!("reference: qemu-img not available; skipped"),
+        }
+    }
+    if wants("latency") {
+        println!("reference (REFERENCES.md, this machine): zfs-fuse snapshot p50 8-15 ms, clone p50 11-28 ms; OpenZFS ~70 ms per clone at 100 clones");
+    }
+    Ok(())
+}
+
+/// The in-process table: snapshot and clone latency at 1, 100 and 1000 clones, for images of
+/// 1 and 16 GiB written (÷ scale), then first writes into a clone against a fresh volume.
+fn latency(dir: &Path, scale: u64) {
     let config = PoolConfig {
         sync_interval: None,
         ..PoolConfig::default()
@@ -215,29 +248,25 @@ fn main() {
                 existing += 1;
             }
             let rate = clone_times.len() as f64 / start.elapsed().as_secs_f64();
-            // Measure at this population: 50 more clones and 50 snapshots, then remove them.
+            // Measure at this population: 50 clones and 50 snapshots, each destroyed (untimed)
+            // before the next is made.
             let mut clones = Vec::new();
-            for i in 0..50 {
-                let t = Instant::now();
-                pool.clone_snapshot("b/img@base", &format!("b/m{i}"), &BTreeMap::new())
-                    .expect("clone");
-                clones.push(t.elapsed());
-            }
             let mut snaps = Vec::new();
             for i in 0..50 {
                 let t = Instant::now();
-                pool.snapshot(&[&format!("b/c0@s{target}-{i}")])
-                    .expect("snapshot");
+                pool.clone_snapshot("b/img@base", "b/m", &BTreeMap::new())
+                    .expect("clone");
+                clones.push(t.elapsed());
+                pool.destroy("b/m").expect("destroy");
+                let snap = format!("b/c0@s{target}-{i}");
+                let t = Instant::now();
+                pool.snapshot(&[&snap]).expect("snapshot");
                 snaps.push(t.elapsed());
-            }
-            for i in 0..50 {
-                pool.destroy(&format!("b/m{i}")).expect("destroy");
-                pool.destroy(&format!("b/c0@s{target}-{i}"))
-                    .expect("destroy");
+                pool.destroy(&snap).expect("destroy");
             }
             println!(
-                "{:>9}G {:>8} {:>10.3}ms {:>10.3}ms {:>10.3}ms {:>10.3}ms {:>12.0}",
-                gib / scale.min(gib).max(1),
+                "{:>10} {:>8} {:>10.3}ms {:>10.3}ms {:>10.3}ms {:>10.3}ms {:>12.0}",
+                zvol::format_size((gib << 30) / scale),
                 target,
                 pct(&mut snaps, 0.5),
                 pct(&mut snaps, 0.99),
@@ -246,20 +275,23 @@ fn main() {
                 rate
             );
         }
-        // First writes into a fresh clone vs a fresh volume, 4 KiB random, then a flush.
-        let n = 20000u64;
+        // First writes into a fresh clone vs a fresh volume: up to 20,000 distinct 4 KiB
+        // blocks in shuffled order (each written once), then a flush.
+        let blocks = ((gib << 30) / scale / 4096).max(1);
+        let n = blocks.min(20_000);
+        let order: Vec<u64> = {
+            use rand::{seq::SliceRandom, SeedableRng};
+            let mut all: Vec<u64> = (0..blocks).collect();
+            all.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(12345));
+            all.truncate(n as usize);
+            all
+        };
         let fresh = |name: &str| {
             let v = pool.volume(name).expect("volume");
-            let size = v.size();
             let t = Instant::now();
-            let mut x = 12345u64;
             let b = [7u8; 4096];
-            for _ in 0..n {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                v.write_at(((x >> 33) % (size / 4096)) * 4096, &b)
-                    .expect("write");
+            for &blk in &order {
+                v.write_at(blk * 4096, &b).expect("write");
             }
             v.flush().expect("flush");
             n as f64 / t.elapsed().as_secs_f64()
@@ -281,11 +313,4 @@ fn main() {
         drop(pool);
         let _ = std::fs::remove_file(&path);
     }
-    send_recv(dir, scale);
-    clone_process(dir);
-    match qemu_img_create(dir) {
-        Some(ms) => println!("reference: qemu-img create -f qcow2 -b (a process) p50 {ms:.2} ms"),
-        None => println!("reference: qemu-img not available; skipped"),
-    }
-    println!("reference (REFERENCES.md, this machine): zfs-fuse snapshot p50 8-15 ms, clone p50 11-28 ms; OpenZFS ~70 ms per clone at 100 clones");
 }

@@ -4,7 +4,8 @@
 //! is timed against `cp`. It prints ratios against the issue's targets and never fails on speed.
 //!
 //! `cargo bench --bench storage`, tuned by environment variables:
-//! - `TARN_BENCH_SIZE` (default `1G`): volume, image and import-file size;
+//! - `TARN_BENCH_SIZE` (default `1G`, rounded up to whole MiB): volume, image and
+//!   import-file size;
 //! - `TARN_BENCH_DIR` (default `/var/tmp`): where pools, images and files go (all removed);
 //! - `TARN_BENCH_OPS` (default `160000`): requests in each random 4 KiB test (the same
 //!   offsets for every backend, so each touches the same blocks);
@@ -64,17 +65,22 @@ struct Opts {
 impl Opts {
     fn from_env() -> Res<Opts> {
         let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        // Whole MiB: the sequential tests (ours and qemu-img's) move 1 MiB a request.
         let size = parse_size(&var("TARN_BENCH_SIZE", "1G"))?;
-        let size = size.div_ceil(CLUSTER).max(1) * CLUSTER;
+        let size = size.div_ceil(MIB).max(1) * MIB;
+        let secs: f64 = var("TARN_BENCH_SECS", "30").parse()?;
+        if !(secs > 0.0 && secs.is_finite()) {
+            return Err(format!("TARN_BENCH_SECS={secs}: a positive number of seconds").into());
+        }
         Ok(Opts {
             size,
             dir: var("TARN_BENCH_DIR", "/var/tmp").into(),
             ops: var("TARN_BENCH_OPS", "160000").parse::<u64>()?.max(QD),
-            secs: var("TARN_BENCH_SECS", "30").parse()?,
+            secs,
             seq_qd: var("TARN_BENCH_SEQ_QD", "1").parse::<u64>()?.max(1),
             rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
             settle: Duration::from_millis(var("TARN_BENCH_SETTLE_MS", "0").parse()?),
-            only: std::env::var("TARN_BENCH_ONLY").ok(),
+            only: common::only_parts(&["pool", "raw", "qemu", "import"])?,
             can_drop: drop_caches(),
         })
     }
@@ -556,9 +562,10 @@ fn pool_volume(pool: &Pool, name: &str, o: &Opts) -> Res<Backend> {
     Ok(Arc::new(PoolVolume::open(pool, &full, false)?))
 }
 
-/// A new raw file of the benchmark's size, buffered or `O_DIRECT` (saying whether the file
-/// system took `O_DIRECT`).
-fn raw_file(path: &Path, o: &Opts, direct: bool) -> Res<Backend> {
+/// A new raw file of the benchmark's size, buffered or `O_DIRECT`; `None` (and the file
+/// removed) where the file system refuses `O_DIRECT`, whose column would otherwise time a
+/// buffered file under the name "raw direct".
+fn raw_file(path: &Path, o: &Opts, direct: bool) -> Res<Option<Backend>> {
     let _ = std::fs::remove_file(path);
     let opts = RawFileOptions {
         direct,
@@ -566,9 +573,15 @@ fn raw_file(path: &Path, o: &Opts, direct: bool) -> Res<Backend> {
     };
     let raw = RawFile::create(path, o.size, opts)?;
     if direct && !raw.is_direct() {
-        println!("raw direct: O_DIRECT REFUSED, fell back to buffered");
+        println!(
+            "raw direct: the file system under {} refuses O_DIRECT; that column is left out",
+            o.dir.display()
+        );
+        drop(raw);
+        std::fs::remove_file(path)?;
+        return Ok(None);
     }
-    Ok(Arc::new(raw))
+    Ok(Some(Arc::new(raw)))
 }
 
 /// The raw files' columns: (column, name, file name, O_DIRECT).
@@ -604,8 +617,9 @@ fn bench_ours(table: &mut Table, o: &Opts, tmp: &Path, offsets: &[u64]) -> Res<(
     }
     if o.wants("raw") {
         for (col, name, file, direct) in RAW {
-            let raw = raw_file(&tmp.join(file), o, direct)?;
-            backends.push((col, name, raw));
+            if let Some(raw) = raw_file(&tmp.join(file), o, direct)? {
+                backends.push((col, name, raw));
+            }
         }
     }
     table.run_interleaved(&backends, o)?;
@@ -623,7 +637,9 @@ fn bench_ours(table: &mut Table, o: &Opts, tmp: &Path, offsets: &[u64]) -> Res<(
         for (col, name, file, direct) in RAW {
             eprintln!("  [{name}] first writes");
             let path = tmp.join(file);
-            let fresh = raw_file(&path, o, direct)?;
+            let Some(fresh) = raw_file(&path, o, direct)? else {
+                continue;
+            };
             o.cold();
             table.set(Row::FirstWrite, col, first_writes(&fresh, offsets)?);
             drop(fresh);
@@ -645,7 +661,7 @@ fn main() -> Res<()> {
          {} interleaved rounds (cells are medians), {} CPUs",
         format_size(o.size),
         o.dir.display(),
-        o.ops,
+        o.ops / QD * QD,
         o.seq_qd,
         o.rounds,
         thread::available_parallelism().map_or(0, |n| n.get()),

@@ -112,10 +112,10 @@ impl Drop for Group {
 }
 
 fn timeout() -> Duration {
-    let s = std::env::var("TARN_VM_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(420);
+    let s = std::env::var("TARN_VM_TIMEOUT").map_or(420, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("TARN_VM_TIMEOUT={v}: a whole number of seconds"))
+    });
     Duration::from_secs(s)
 }
 

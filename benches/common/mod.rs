@@ -16,6 +16,23 @@ pub fn wants(only: Option<&str>, part: &str) -> bool {
     only.is_none_or(|o| o.split(',').any(|p| p.trim() == part))
 }
 
+/// `TARN_BENCH_ONLY`, each of its names checked against `parts` (a misspelt name would
+/// otherwise run nothing of what was meant, silently).
+pub fn only_parts(parts: &[&str]) -> Result<Option<String>, String> {
+    let Ok(only) = std::env::var("TARN_BENCH_ONLY") else {
+        return Ok(None);
+    };
+    for p in only.split(',').map(str::trim) {
+        if !parts.contains(&p) {
+            return Err(format!(
+                "TARN_BENCH_ONLY={only}: unknown part {p:?}; the parts are {}",
+                parts.join(", ")
+            ));
+        }
+    }
+    Ok(Some(only))
+}
+
 /// The median (the mean of the middle two for an even count); `NaN` when empty.
 pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
