@@ -22,6 +22,10 @@
 //! - `TARN_BENCH_ONLY` (default all): a comma list of the parts to run, from `pool`, `raw`,
 //!   `qemu`, `import` (for profiling one side).
 //!
+//! Files are removed only at the end (with the temporary folder holding them), so that no
+//! timed workload follows the deletion of gigabytes (on a `discard` mount, the freed space is
+//! trimmed while the next workload runs): it needs about 10 times `TARN_BENCH_SIZE` free.
+//!
 //! Run it as root so the page cache can be dropped before every workload (reads then come
 //! from the disk, not from memory).
 
@@ -464,14 +468,13 @@ fn qemu_reference(table: &mut Table, o: &Opts, tmp: &Path) -> Res<()> {
         o.cold();
         let t = qemu_bench(&img, fmt, false, MIB, MIB, chunks, o.seq_qd)?;
         table.set(Row::SeqRead, col, o.size as f64 / MIB as f64 / t);
-        std::fs::remove_file(&img)?;
         eprintln!("  [qemu {fmt}] first writes");
-        create(&img)?;
+        let fresh = tmp.join(format!("qemu-fresh.{fmt}"));
+        create(&fresh)?;
         o.cold();
         let n = o.size / CLUSTER;
-        let t = qemu_bench(&img, fmt, true, SMALL, CLUSTER, n, QD)?;
+        let t = qemu_bench(&fresh, fmt, true, SMALL, CLUSTER, n, QD)?;
         table.set(Row::FirstWrite, col, n as f64 / t);
-        std::fs::remove_file(&img)?;
     }
     Ok(())
 }
@@ -515,8 +518,12 @@ fn import_vs_cp(o: &Opts, tmp: &Path) -> Res<()> {
     eprintln!("  [import] cp + sync");
     let copy = tmp.join("import-copy.img");
     o.cold();
-    let cp = timed_with_sync(Command::new("cp").arg(&src).arg(&copy))?;
-    std::fs::remove_file(&copy)?;
+    let cp = timed_with_sync(
+        Command::new("cp")
+            .arg("--reflink=never")
+            .arg(&src)
+            .arg(&copy),
+    )?;
 
     eprintln!("  [import] tarn vol import + sync");
     let tarn_cmd = || {
@@ -631,19 +638,16 @@ fn bench_ours(table: &mut Table, o: &Opts, tmp: &Path, offsets: &[u64]) -> Res<(
         table.set(Row::FirstWrite, Col::Pool, first_writes(&fresh, offsets)?);
         drop(fresh);
         pool.close()?;
-        std::fs::remove_file(&pool_path)?;
     }
     if o.wants("raw") {
         for (col, name, file, direct) in RAW {
             eprintln!("  [{name}] first writes");
-            let path = tmp.join(file);
+            let path = tmp.join(format!("fresh-{file}"));
             let Some(fresh) = raw_file(&path, o, direct)? else {
                 continue;
             };
             o.cold();
             table.set(Row::FirstWrite, col, first_writes(&fresh, offsets)?);
-            drop(fresh);
-            std::fs::remove_file(&path)?;
         }
     }
     Ok(())
