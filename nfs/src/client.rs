@@ -9,7 +9,9 @@
 //! is a plain `Send + Sync` [`BlockBackend`] (never call it from inside a tokio runtime). Callers
 //! on different threads use different TCP connections (an idle pool of up to
 //! [`MAX_IDLE_CONNECTIONS`]). A transport failure drops that connection and retries on a new one
-//! (handles survive a server restart), at most [`ATTEMPTS`] times per request.
+//! (handles survive a server restart), for up to [`RETRY_WINDOW`]; a pooled connection the
+//! server closed while it idled is replaced at once. Reply records are bounded and may come in
+//! fragments (see `Conn`).
 //!
 //! Writes go out `UNSTABLE`; a server that answers `FILE_SYNC` (`tarn nfs serve --sync`) needs
 //! nothing more, otherwise (`tarn nfs serve` by default) `flush` sends COMMIT. The disk keeps a
@@ -38,37 +40,140 @@ use zvol::{BackendInfo, BlockBackend, Error, Result};
 pub const MAX_TRANSFER: u32 = 1 << 20;
 /// Idle connections kept for reuse.
 pub const MAX_IDLE_CONNECTIONS: usize = 8;
-/// Tries per request (the first, then retries on fresh connections after transport errors).
-pub const ATTEMPTS: u32 = 3;
-/// Limit on connecting, and on one RPC round trip.
+/// How long a request goes on retrying a server that refuses connections, drops them or asks
+/// to be tried later (NFS3ERR_JUKEBOX), with growing pauses, before it fails: long enough for
+/// a server to restart.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// Limit on connecting, and on asking the portmapper.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit on one RPC round trip ([`NfsOptions::rpc_timeout`]).
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest zero buffer written by `write_zeroes`/`discard` at once.
 const ZERO_CHUNK: usize = 1 << 20;
+/// Longest reply record taken: the largest READ's data and room for its header. A longer one
+/// is refused before anything is allocated for it.
+const MAX_RECORD: usize = MAX_TRANSFER as usize + (64 << 10);
 
 type Client = Nfs3Client<Conn>;
 
-/// A TCP connection for `nfs3_client`. Unlike its `TokioIo`, end of stream is an error: the
-/// crate's read loop would otherwise spin on a closed connection (a restarted server) until
-/// the RPC timeout.
-struct Conn(TcpStream);
+/// A TCP connection for `nfs3_client`, which also minds the record marking of replies (RFC
+/// 5531 section 11): a record longer than [`MAX_RECORD`] is refused before `nfs3_client`
+/// allocates it, and a record sent in several fragments is joined into one (the crate takes
+/// only single-fragment records). Unlike the crate's `TokioIo`, end of stream is an error:
+/// the crate's read loop would otherwise spin on a closed connection (a restarted server)
+/// until the RPC timeout.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes of the current single-fragment record still to pass through.
+    left: usize,
+    /// Bytes to hand over before reading on: a record's header, or a whole record joined
+    /// from fragments under a header of its own; and how many were handed over.
+    held: Vec<u8>,
+    held_at: usize,
+}
+
+/// A reply that breaks the record rules.
+fn bad_record(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            left: 0,
+            held: Vec::new(),
+            held_at: 0,
+        }
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        tokio::io::AsyncReadExt::read_exact(&mut self.stream, buf)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ),
+                _ => e,
+            })
+    }
+
+    /// Reads a fragment header: (length, last fragment), the length checked against what
+    /// the record may still hold.
+    async fn fragment_header(&mut self, so_far: usize) -> std::io::Result<(usize, bool)> {
+        let mut h = [0u8; 4];
+        self.read_exact(&mut h).await?;
+        let word = u32::from_be_bytes(h);
+        let len = (word & 0x7fff_ffff) as usize;
+        if so_far + len > MAX_RECORD {
+            return Err(bad_record(format!(
+                "a reply record of at least {} bytes, more than any reply holds ({MAX_RECORD})",
+                so_far + len
+            )));
+        }
+        Ok((len, word >> 31 == 1))
+    }
+
+    /// At a record's start: holds its header (a single fragment then passes through), or the
+    /// whole record joined from its fragments under a header of its own.
+    async fn start_record(&mut self) -> std::io::Result<()> {
+        let (len, last) = self.fragment_header(0).await?;
+        let mut record = Vec::new();
+        if last {
+            self.left = len;
+        } else {
+            record.resize(len, 0);
+            self.read_exact(&mut record).await?;
+            loop {
+                let (len, last) = self.fragment_header(record.len()).await?;
+                let at = record.len();
+                record.resize(at + len, 0);
+                self.read_exact(&mut record[at..]).await?;
+                if last {
+                    break;
+                }
+            }
+        }
+        let total = if last { len } else { record.len() } as u32;
+        self.held = (total | 0x8000_0000).to_be_bytes().to_vec();
+        self.held.append(&mut record);
+        self.held_at = 0;
+        Ok(())
+    }
+}
 
 impl nfs3_client::io::AsyncRead for Conn {
     async fn async_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = tokio::io::AsyncReadExt::read(&mut self.0, buf).await?;
-        if n == 0 && !buf.is_empty() {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.held_at == self.held.len() && self.left == 0 {
+            self.start_record().await?;
+        }
+        if self.held_at < self.held.len() {
+            let n = buf.len().min(self.held.len() - self.held_at);
+            buf[..n].copy_from_slice(&self.held[self.held_at..self.held_at + n]);
+            self.held_at += n;
+            return Ok(n);
+        }
+        let want = buf.len().min(self.left);
+        let n = tokio::io::AsyncReadExt::read(&mut self.stream, &mut buf[..want]).await?;
+        if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the server closed the connection",
             ));
         }
+        self.left -= n;
         Ok(n)
     }
 }
 
 impl nfs3_client::io::AsyncWrite for Conn {
     async fn async_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = tokio::io::AsyncWriteExt::write(&mut self.0, buf).await?;
+        let n = tokio::io::AsyncWriteExt::write(&mut self.stream, buf).await?;
         if n == 0 && !buf.is_empty() {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -82,7 +187,7 @@ async fn connect_tcp(addr: SocketAddr) -> std::io::Result<Conn> {
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     s.set_nodelay(true)?;
-    Ok(Conn(s))
+    Ok(Conn::new(s))
 }
 
 /// A parsed `nfs://` URL.
@@ -187,6 +292,55 @@ struct Unstable {
     bytes: usize,
 }
 
+impl Unstable {
+    /// Cuts `offset..offset + len` out of the kept copies: those bytes were since written
+    /// stably, and resending an older copy would land over them.
+    fn supersede(&mut self, offset: u64, len: u64) {
+        let end = offset + len;
+        if !self
+            .pending
+            .iter()
+            .any(|(o, d)| *o < end && o + d.len() as u64 > offset)
+        {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.pending.len() + 1);
+        for (o, d) in std::mem::take(&mut self.pending) {
+            let d_end = o + d.len() as u64;
+            if o >= end || d_end <= offset {
+                kept.push((o, d));
+                continue;
+            }
+            if o < offset {
+                kept.push((o, d[..(offset - o) as usize].to_vec()));
+            }
+            if d_end > end {
+                kept.push((end, d[(end - o) as usize..].to_vec()));
+            }
+        }
+        self.bytes = kept.iter().map(|(_, d)| d.len()).sum();
+        self.pending = kept;
+    }
+}
+
+/// How an [`NfsDisk`] talks to its server.
+#[derive(Clone, Copy, Debug)]
+pub struct NfsOptions {
+    /// Longest wait for one reply. A READ or COMMIT not answered in time is sent again; a
+    /// WRITE is not (the server may still carry it out, over a newer write of the same
+    /// bytes): the disk then takes no more writes.
+    pub rpc_timeout: Duration,
+}
+
+impl Default for NfsOptions {
+    /// [`RPC_TIMEOUT`].
+    fn default() -> Self {
+        NfsOptions {
+            rpc_timeout: RPC_TIMEOUT,
+        }
+    }
+}
+
 /// A file on an NFSv3 server as a [`BlockBackend`]. The size is read once, at connect.
 pub struct NfsDisk {
     url: String,
@@ -199,6 +353,15 @@ pub struct NfsDisk {
     read_only: bool,
     id: String,
     idle: Mutex<Vec<Client>>,
+    options: NfsOptions,
+    /// Connections that failed (or went unanswered) so far: a server that restarted may have
+    /// lost the kept writes, which reads must then not miss.
+    failures: std::sync::atomic::AtomicU64,
+    /// `failures` when reads last made sure no kept write was lost.
+    failures_checked: std::sync::atomic::AtomicU64,
+    /// A WRITE went unanswered and was given up: the server may still carry it out, so no
+    /// newer write may follow.
+    abandoned: std::sync::atomic::AtomicBool,
     unstable: Mutex<Unstable>,
     /// Writes hold it shared; a resend holds it exclusively, so no newer write to the same
     /// bytes can land before an older copy is resent over it.
@@ -212,10 +375,13 @@ pub struct NfsDisk {
 
 /// Why one try of a request failed.
 enum Fail {
-    /// The server answered with an error status: final.
+    /// The server answered with an error status: final, but for NFS3ERR_JUKEBOX (try later).
     Status(nfsstat3),
-    /// The connection failed or timed out: retry on a new one.
+    /// The connection failed: retry on a new one.
     Transport(String),
+    /// The server broke the protocol (an undecodable or oversized reply, an RPC-level
+    /// refusal): final, and the connection is dropped.
+    Protocol(String),
 }
 
 /// " at OFFSET" for data requests, for messages.
@@ -233,14 +399,23 @@ fn outcome<A, B>(
     match r {
         Ok(Nfs3Result::Ok(a)) => Ok(a),
         Ok(Nfs3Result::Err((st, _))) => Err(Fail::Status(st)),
-        Err(e) => Err(Fail::Transport(e.to_string())),
+        Err(RpcError::Io(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
+            Err(Fail::Transport(e.to_string()))
+        }
+        Err(e) => Err(Fail::Protocol(e.to_string())),
     }
 }
 
 impl NfsDisk {
-    /// Connects: MOUNT, LOOKUP each component, GETATTR (size, ID) and FSINFO (transfer sizes).
-    /// The file is read-only when `read_only` is asked for or its mode allows no writes.
+    /// Connects with the default [`NfsOptions`]: MOUNT, LOOKUP each component, GETATTR (size,
+    /// ID) and FSINFO (transfer sizes). The file is read-only when `read_only` is asked for
+    /// or its mode allows no writes.
     pub fn connect(url: &str, read_only: bool) -> Result<NfsDisk> {
+        Self::connect_with(url, read_only, NfsOptions::default())
+    }
+
+    /// [`NfsDisk::connect`] with `options`.
+    pub fn connect_with(url: &str, read_only: bool, options: NfsOptions) -> Result<NfsDisk> {
         let u = NfsUrl::parse(url)?;
         let io_err = |what: &str, e: std::io::Error| Error::Io {
             what: format!("{what} {url}"),
@@ -271,14 +446,26 @@ impl NfsDisk {
             (Some(n), Some(m)) => (n, m),
             _ => {
                 let pm = resolve(nfs3_client::nfs3_types::portmap::PMAP_PORT)?;
-                rt.block_on(portmap_ports(pm, u.nfs_port, u.mount_port))
-                    .map_err(|e| io_err("asking the portmapper for", e))?
+                rt.block_on(async {
+                    tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        portmap_ports(pm, u.nfs_port, u.mount_port),
+                    )
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer from {pm} in {} s", CONNECT_TIMEOUT.as_secs()),
+                        )
+                    })?
+                })
+                .map_err(|e| io_err("asking the portmapper for", e))?
             }
         };
         let addr = resolve(nfs_port)?;
         let maddr = resolve(mount_port)?;
         let root = rt
-            .block_on(mount(maddr, cred.clone(), &u.export))
+            .block_on(mount(maddr, cred.clone(), &u.export, options.rpc_timeout))
             .map_err(|e| io_err(&format!("mounting {} for", u.export), e))?;
         let mut disk = NfsDisk {
             url: url.to_string(),
@@ -291,6 +478,10 @@ impl NfsDisk {
             read_only,
             id: String::new(),
             idle: Mutex::new(Vec::new()),
+            options,
+            failures: Default::default(),
+            failures_checked: Default::default(),
+            abandoned: Default::default(),
             unstable: Mutex::new(Unstable::default()),
             replay_gate: std::sync::RwLock::new(()),
             flushing: Mutex::new(()),
@@ -355,52 +546,98 @@ impl NfsDisk {
         ))
     }
 
-    /// Runs `f` on a connection (an idle one, or a new one) until it succeeds, fails with a
-    /// status, or [`ATTEMPTS`] transport failures have happened. `f` owns the connection while
-    /// it runs and hands it back with its result.
+    /// Runs `f` on a connection (an idle one, or a new one) until it succeeds or fails with a
+    /// status. A pooled connection that fails (the server closed it while idle, or
+    /// restarted) empties the pool and the request goes on at once on a new one; connection
+    /// failures on new ones and NFS3ERR_JUKEBOX are retried with growing pauses for
+    /// [`RETRY_WINDOW`]. A WRITE with no reply in time is not sent again (see
+    /// [`NfsOptions::rpc_timeout`]), and after one no WRITE or COMMIT is sent at all. `f` owns
+    /// the connection while it runs and hands it back with its result.
     fn call<T, F, Fut>(&self, op: &str, offset: u64, f: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = (Client, std::result::Result<T, Fail>)>,
     {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(100 << attempt));
-            }
+        use std::sync::atomic::Ordering;
+        let failed = |why: String| Error::Io {
+            what: format!("NFS {op} of {}{}", self.url, at(op, offset)),
+            source: std::io::Error::other(why),
+        };
+        let writes = matches!(op, "WRITE" | "COMMIT");
+        if writes && self.abandoned.load(Ordering::Acquire) {
+            return Err(failed(
+                "an earlier WRITE went unanswered and may still be carried out, so this disk \
+                 takes no more writes: reopen it"
+                    .into(),
+            ));
+        }
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
             let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let was_pooled = pooled.is_some();
             let client = match pooled {
-                Some(c) => c,
-                None => match self.rt.block_on(Self::open(self.addr, self.auth.clone())) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        last = format!("connecting to {}: {e}", self.addr);
-                        continue;
+                Some(c) => Ok(c),
+                None => self
+                    .rt
+                    .block_on(Self::open(self.addr, self.auth.clone()))
+                    .map_err(|e| format!("connecting to {}: {e}", self.addr)),
+            };
+            let timeout = self.options.rpc_timeout;
+            let why = match client {
+                Err(why) => why,
+                Ok(client) => match self
+                    .rt
+                    .block_on(async { tokio::time::timeout(timeout, f(client)).await })
+                {
+                    Ok((client, Ok(v))) => {
+                        self.put_back(client);
+                        return Ok(v);
+                    }
+                    Ok((client, Err(Fail::Status(nfsstat3::NFS3ERR_JUKEBOX)))) => {
+                        self.put_back(client);
+                        "NFS3ERR_JUKEBOX: the server asks to be tried later".to_string()
+                    }
+                    Ok((client, Err(Fail::Status(st)))) => {
+                        self.put_back(client);
+                        return Err(self.status_error(op, offset, st));
+                    }
+                    Ok((_, Err(Fail::Protocol(e)))) => return Err(failed(e)),
+                    // The connection is dropped: it may hold half a reply.
+                    Ok((_, Err(Fail::Transport(e)))) => {
+                        self.failures.fetch_add(1, Ordering::AcqRel);
+                        if was_pooled {
+                            // The others idle as long are likely closed too.
+                            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                            tracing::debug!(url = %self.url, op, error = %e, "an idle NFS connection failed; retrying on a new one");
+                            continue;
+                        }
+                        e
+                    }
+                    Err(_) => {
+                        self.failures.fetch_add(1, Ordering::AcqRel);
+                        let why = format!("no reply in {} s", timeout.as_secs_f64());
+                        if op == "WRITE" {
+                            self.abandoned.store(true, Ordering::Release);
+                            return Err(failed(format!(
+                                "{why}; the server may still carry it out, so this disk takes \
+                                 no more writes: reopen it"
+                            )));
+                        }
+                        why
                     }
                 },
             };
-            match self
-                .rt
-                .block_on(async { tokio::time::timeout(RPC_TIMEOUT, f(client)).await })
-            {
-                Ok((client, Ok(v))) => {
-                    self.put_back(client);
-                    return Ok(v);
-                }
-                Ok((client, Err(Fail::Status(st)))) => {
-                    self.put_back(client);
-                    return Err(self.status_error(op, offset, st));
-                }
-                // The connection is dropped: it may hold half a reply.
-                Ok((_, Err(Fail::Transport(e)))) => last = e,
-                Err(_) => last = format!("no reply in {} s", RPC_TIMEOUT.as_secs()),
+            if start.elapsed() + pause > RETRY_WINDOW {
+                return Err(failed(format!(
+                    "{why} (retried for {:.0} s)",
+                    start.elapsed().as_secs_f64()
+                )));
             }
-            tracing::debug!(url = %self.url, op, attempt, error = %last, "NFS request failed");
+            tracing::debug!(url = %self.url, op, error = %why, "NFS request failed; retrying");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
-        Err(Error::Io {
-            what: format!("NFS {op} of {}{}", self.url, at(op, offset)),
-            source: std::io::Error::other(last),
-        })
     }
 
     fn put_back(&self, c: Client) {
@@ -451,8 +688,33 @@ impl NfsDisk {
         Ok(())
     }
 
+    /// Reads exactly `buf.len()` bytes at `offset`. Where a connection failed since the last
+    /// read that looked (the server may have restarted), and writes are kept for a resend, a
+    /// flush first makes sure the server still has them (resending them if its verifier
+    /// changed), and the bytes are read again: a write acknowledged to the guest never reads
+    /// back as what it replaced.
+    fn read_exact(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        self.read_from_server(offset, buf)?;
+        let failures = self.failures.load(Ordering::Acquire);
+        if failures != self.failures_checked.load(Ordering::Acquire) {
+            let kept = self
+                .unstable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .verf
+                .is_some();
+            if kept {
+                self.flush()?;
+                self.read_from_server(offset, buf)?;
+            }
+            self.failures_checked.fetch_max(failures, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset` (several READs if the server returns less).
-    fn read_exact(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
+    fn read_from_server(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
         while !buf.is_empty() {
             let count = buf.len().min(self.rtmax as usize) as u32;
             let fh = &self.fh;
@@ -519,7 +781,21 @@ impl NfsDisk {
                     source: std::io::Error::other(format!("server wrote {count} bytes")),
                 });
             }
-            if committed == stable_how::UNSTABLE {
+            if stable != stable_how::UNSTABLE && committed == stable_how::UNSTABLE {
+                return Err(Error::Io {
+                    what: format!("NFS WRITE of {} at {offset}", self.url),
+                    source: std::io::Error::other(
+                        "the server answered UNSTABLE to a FILE_SYNC write (RFC 1813 forbids \
+                         it): the data may not be durable",
+                    ),
+                });
+            }
+            if committed != stable_how::UNSTABLE {
+                self.unstable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .supersede(offset, u64::from(count));
+            } else {
                 let mut u = self.unstable.lock().unwrap_or_else(|p| p.into_inner());
                 match u.verf {
                     None => u.verf = Some(verf),
@@ -585,11 +861,12 @@ async fn mount(
     addr: SocketAddr,
     auth: opaque_auth<'static>,
     export: &str,
+    timeout: Duration,
 ) -> std::io::Result<nfs_fh3> {
     let conn = connect_tcp(addr).await?;
     let mut m = MountClient::new_with_auth(conn, auth, opaque_auth::default());
     let path = dirpath(Opaque::borrowed(export.as_bytes()));
-    let ok = tokio::time::timeout(RPC_TIMEOUT, m.mnt(path))
+    let ok = tokio::time::timeout(timeout, m.mnt(path))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -670,6 +947,14 @@ impl BlockBackend for NfsDisk {
     }
 
     fn flush(&self) -> Result<()> {
+        if self.abandoned.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Io {
+                what: format!("NFS flush of {}", self.url),
+                source: std::io::Error::other(
+                    "an earlier WRITE went unanswered and may still be carried out: reopen the disk",
+                ),
+            });
+        }
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         let taken = std::mem::take(&mut *self.unstable.lock().unwrap_or_else(|p| p.into_inner()));
         let Some(verf) = taken.verf else {
@@ -752,6 +1037,32 @@ mod tests {
         ] {
             assert!(NfsUrl::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn stable_writes_cut_kept_copies() {
+        let mut u = Unstable {
+            pending: vec![
+                (0, b"abcdefgh".to_vec()),
+                (20, b"xy".to_vec()),
+                (6, b"123".to_vec()),
+            ],
+            bytes: 13,
+            ..Unstable::default()
+        };
+        u.supersede(2, 5);
+        assert_eq!(
+            u.pending,
+            vec![
+                (0, b"ab".to_vec()),
+                (7, b"h".to_vec()),
+                (20, b"xy".to_vec()),
+                (7, b"23".to_vec()),
+            ]
+        );
+        assert_eq!(u.bytes, 7);
+        u.supersede(100, 4);
+        assert_eq!(u.bytes, 7, "nothing there");
     }
 
     #[test]
