@@ -431,13 +431,8 @@ fn rss() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = new_pool(dir.path());
-    pool.create_volume("tank/big", 1 << 30, 4096, &Default::default())
-        .unwrap();
-    let (port, _task) = start(pool.clone(), 0).await;
-    let mut conn = mount(port).await;
-    let root = conn.root_nfs_fh3();
-    let fh = lookup(&mut conn, root, b"big").await.data.to_vec();
+    let (port, _task, _conn, fh) = served_big_volume(dir.path(), 1 << 30).await;
+    let fh = fh.data.to_vec();
     let before = rss();
     let peak = tokio::task::spawn_blocking(move || unread_reads(port, &fh, 1, 1500))
         .await
@@ -448,6 +443,27 @@ async fn a_client_that_reads_no_replies_cannot_fill_the_servers_memory() {
         "the server's memory grew by {} MiB",
         grew >> 20
     );
+}
+
+/// A pool in `dir` with a volume `big` of `size` bytes, served: the port, the server's task,
+/// a mounted client and the volume's handle.
+async fn served_big_volume(
+    dir: &std::path::Path,
+    size: u64,
+) -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    Nfs3Connection<TokioIo<tokio::net::TcpStream>>,
+    nfs_fh3,
+) {
+    let pool = new_pool(dir);
+    pool.create_volume("tank/big", size, 4096, &Default::default())
+        .unwrap();
+    let (port, task) = start(pool, 0).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    let fh = lookup(&mut conn, root, b"big").await;
+    (port, task, conn, fh)
 }
 
 /// One RPC record: a READ of 1 MiB at offset 0 of `fh` (xid, CALL, RPC v2, NFS program
@@ -517,13 +533,7 @@ fn unread_reads_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_reading_no_replies_stay_within_the_read_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = new_pool(dir.path());
-    pool.create_volume("tank/big", 64 << 20, 4096, &Default::default())
-        .unwrap();
-    let (port, _task) = start(pool.clone(), 0).await;
-    let mut conn = mount(port).await;
-    let root = conn.root_nfs_fh3();
-    let fh = lookup(&mut conn, root, b"big").await;
+    let (port, _task, mut conn, fh) = served_big_volume(dir.path(), 64 << 20).await;
     let raw = fh.data.to_vec();
     let before = rss();
     let peak = tokio::task::spawn_blocking(move || unread_reads(port, &raw, 24, 64))
@@ -557,13 +567,8 @@ async fn many_connections_reading_no_replies_stay_within_the_read_budget() {
 async fn a_peer_reading_no_replies_does_not_stall_another_peers_reads() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let pool = new_pool(dir.path());
-    pool.create_volume("tank/big", 64 << 20, 4096, &Default::default())
-        .unwrap();
-    let (port, _task) = start(pool.clone(), 0).await;
-    let mut conn = mount(port).await;
-    let root = conn.root_nfs_fh3();
-    let fh = lookup(&mut conn, root, b"big").await.data.to_vec();
+    let (port, _task, _conn, fh) = served_big_volume(dir.path(), 64 << 20).await;
+    let fh = fh.data.to_vec();
     let hog_fh = fh.clone();
     let hog = tokio::task::spawn_blocking(move || {
         unread_reads_for(port, &hog_fh, 24, 64, std::time::Duration::from_secs(8))
