@@ -275,7 +275,8 @@ impl NfsUrl {
     }
 }
 
-/// Most bytes of unstable writes kept for a resend; a write past it commits first.
+/// Most bytes of unstable writes kept for a resend: a write past it commits after it, and one
+/// past twice it (the commits failing) commits before it or fails.
 pub const REPLAY_MAX: usize = 64 << 20;
 
 /// Unstable writes not yet committed.
@@ -746,6 +747,16 @@ impl NfsDisk {
     /// Writes all of `data` at `offset`, keeping unstable ones for the next flush (which it
     /// runs first when too much is kept).
     fn write_all(&self, offset: u64, data: &[u8]) -> Result<()> {
+        // Copies are put back when a flush fails, so with COMMITs failing they would grow
+        // without end: past twice the bound, a write goes out only once a flush succeeds.
+        let kept = self
+            .unstable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes;
+        if kept > 2 * REPLAY_MAX {
+            self.flush()?;
+        }
         let full = {
             let _gate = self.replay_gate.read().unwrap_or_else(|p| p.into_inner());
             self.send_writes(offset, data, stable_how::UNSTABLE)?

@@ -11,6 +11,6 @@ pub mod readahead;
 pub mod server;
 pub mod view;
 
-pub use client::{NfsDisk, NfsOptions, NfsUrl, RETRY_WINDOW, RPC_TIMEOUT};
+pub use client::{NfsDisk, NfsOptions, NfsUrl, REPLAY_MAX, RETRY_WINDOW, RPC_TIMEOUT};
 pub use server::{Cidr, ConnectionLimits, NfsExport, ServeConfig, Server};
 pub use view::{FileView, ViewError, ViewOptions};

@@ -31,6 +31,7 @@ pub struct State {
     pub wtmax: u32,
     pub huge_read_reply: usize,
     pub delay_next_write_ms: u64,
+    pub commits_fail: bool,
 }
 
 /// A fake NFSv3 server (MOUNT, GETATTR, LOOKUP, FSINFO, READ, WRITE, COMMIT on one file) on a
@@ -184,8 +185,12 @@ fn handle(st: &Arc<Mutex<State>>, msg: &[u8]) -> Option<Vec<u8>> {
         (100003, 21) => {
             let mut s = st.lock().unwrap();
             s.commits += 1;
-            s.durable = s.data.clone();
-            w.u32(0).u32(0).u32(0).u64(s.verf);
+            if s.commits_fail {
+                w.u32(5).u32(0).u32(0); // NFS3ERR_IO, no attributes either side
+            } else {
+                s.durable = s.data.clone();
+                w.u32(0).u32(0).u32(0).u64(s.verf);
+            }
         }
         _ => panic!("fake server: unexpected prog {prog} proc {proc_}"),
     }
@@ -487,4 +492,29 @@ fn an_unanswered_write_is_not_resent_and_stops_writes() {
     let mut b = [0u8; 5];
     disk.read_at(0, &mut b).unwrap();
     assert_eq!(&b, b"first", "reads go on");
+}
+
+/// With every COMMIT failing, the copies kept for a resend stay bounded: past twice
+/// `REPLAY_MAX` a write is refused before it goes out (each failed flush put its copies back,
+/// and they grew with every write).
+#[test]
+fn kept_copies_stay_bounded_while_commits_fail() {
+    let srv = Fake::start(4 << 20);
+    srv.st.lock().unwrap().commits_fail = true;
+    let disk = NfsDisk::connect(&srv.url(), false).unwrap();
+    let chunk = vec![0x5au8; 4 << 20];
+    for _ in 0..48 {
+        let _ = disk.write_at(0, &chunk);
+    }
+    let sent = srv.st.lock().unwrap().writes as usize * (1 << 20);
+    let bound = 2 * nfs::REPLAY_MAX + chunk.len();
+    assert!(
+        sent <= bound + (1 << 20),
+        "{} MiB went out and was kept",
+        sent >> 20
+    );
+    assert!(
+        disk.write_at(0, &chunk).is_err(),
+        "writes fail while COMMITs do"
+    );
 }
