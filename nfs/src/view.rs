@@ -18,7 +18,9 @@
 //! File IDs are stable across restarts: a volume's (or snapshot's) ID is its permanent dataset
 //! ID (below 2^62); a directory's is `1 << 63` with a 62-bit hash (FNV-1a) of its path in the
 //! low bits (the root's path is empty), and a `.snapshot` directory's is `3 << 62` with the
-//! hash of the directory it sits in.
+//! hash of the directory it sits in. A directory renamed while the view lives keeps its ID
+//! (and so do those below it): clients hold it as a file handle. That is kept in memory only:
+//! after a restart a renamed directory's ID is its new path's hash again.
 //!
 //! Durability: [`FileView::write`] leaves data dirty; [`FileView::sync`] makes every write that
 //! returned before it durable, sharing one pool commit among concurrent callers (group commit).
@@ -254,6 +256,8 @@ pub struct FileView {
     dirs: RwLock<HashMap<u64, Node>>,
     /// Directories made with `mkdir` that hold no dataset yet.
     empty_dirs: Mutex<BTreeSet<String>>,
+    /// Directory IDs that are not their path's hash (see [`DirIds`]).
+    dir_ids: RwLock<DirIds>,
     /// Last data change per dataset ID.
     mtimes: Mutex<HashMap<u64, u64>>,
     /// When the namespace last changed (directory mtime).
@@ -262,6 +266,26 @@ pub struct FileView {
     group_cv: Condvar,
     /// Serializes namespace changes so that checks and changes do not interleave.
     ns_lock: Mutex<()>,
+}
+
+/// Directory IDs that are not their path's hash, kept while the view lives: a renamed
+/// directory keeps the ID it had (clients hold it as a file handle, and its file ID must not
+/// change), and a directory later made at a path whose hash such a one holds gets another.
+#[derive(Default)]
+struct DirIds {
+    by_path: HashMap<String, u64>,
+    by_id: HashMap<u64, String>,
+}
+
+impl DirIds {
+    fn set(&mut self, path: String, id: u64) {
+        if let Some(old) = self.by_id.insert(id, path.clone()) {
+            if old != path {
+                self.by_path.remove(&old);
+            }
+        }
+        self.by_path.insert(path, id);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -279,6 +303,54 @@ fn is_snapshot_name(local: &str) -> bool {
 }
 
 impl FileView {
+    /// The ID of the directory at `path`: its path's hash ([`dir_id`]), unless it was renamed
+    /// there (it keeps its ID) or a renamed one holds that hash (it gets another, kept).
+    fn dir_id_of(&self, path: &str) -> u64 {
+        if let Some(&id) = rlock(&self.dir_ids).by_path.get(path) {
+            return id;
+        }
+        let hashed = dir_id(path);
+        if !rlock(&self.dir_ids).by_id.contains_key(&hashed) {
+            return hashed;
+        }
+        let mut ids = wlock(&self.dir_ids);
+        if let Some(&id) = ids.by_path.get(path) {
+            return id;
+        }
+        let id = (1u64..)
+            .map(|n| DIR_TAG | (fnv1a(&format!("{path}\0{n}")) & HASH_MASK).max(1))
+            .find(|id| !ids.by_id.contains_key(id))
+            .unwrap_or(hashed);
+        ids.set(path.to_string(), id);
+        id
+    }
+
+    /// The ID of the `.snapshot` directory inside the directory at `path`: its directory's
+    /// ID with the other tag.
+    fn snapdir_id_of(&self, path: &str) -> u64 {
+        let id = self.dir_id_of(path);
+        if id == dir_id(path) {
+            snapdir_id(path)
+        } else {
+            SNAPDIR_TAG | (id & HASH_MASK)
+        }
+    }
+
+    /// Moves the IDs of directory `from` and those below it to their new paths under `to`.
+    fn move_dir_ids(&self, from: &str, to: &str, below: &BTreeSet<String>) {
+        let ids: Vec<(String, u64)> = below
+            .iter()
+            .map(|d| (format!("{to}{}", &d[from.len()..]), self.dir_id_of(d)))
+            .collect();
+        let mut map = wlock(&self.dir_ids);
+        for (path, id) in ids {
+            map.set(path, id);
+        }
+        drop(map);
+        // Cached paths by ID are stale now.
+        wlock(&self.dirs).clear();
+    }
+
     /// The largest file this view lets a WRITE or SETATTR make: a volume in its block size that
     /// the host can serve ([`pool::max_volume_size`]), and no larger than the pool itself. (A
     /// file the pool could never fill is only a block map in memory: one WRITE of a byte at
@@ -311,6 +383,7 @@ impl FileView {
             handles: RwLock::new(HashMap::new()),
             dirs: RwLock::new(dirs),
             empty_dirs: Mutex::new(BTreeSet::new()),
+            dir_ids: RwLock::new(DirIds::default()),
             mtimes: Mutex::new(HashMap::new()),
             ns_time: Mutex::new(now_ns()),
             group: Mutex::new(GroupState::default()),
@@ -392,8 +465,8 @@ impl FileView {
             let mut dirs = wlock(&self.dirs);
             let mut found = None;
             for p in paths {
-                let d = dir_id(&p);
-                let s = snapdir_id(&p);
+                let d = self.dir_id_of(&p);
+                let s = self.snapdir_id_of(&p);
                 if d == id {
                     found = Some(Node::Dir(p.clone()));
                 } else if s == id {
@@ -533,7 +606,7 @@ impl FileView {
                     return Ok(dir);
                 }
                 if name == ".." {
-                    return Ok(dir_id(&p));
+                    return Ok(self.dir_id_of(&p));
                 }
                 let local = join(&p, name);
                 if !is_snapshot_name(name) {
@@ -550,10 +623,10 @@ impl FileView {
                     return Ok(dir);
                 }
                 if name == ".." {
-                    return Ok(dir_id(parent_of(&p)));
+                    return Ok(self.dir_id_of(parent_of(&p)));
                 }
                 if name == SNAPSHOT_DIR {
-                    let id = snapdir_id(&p);
+                    let id = self.snapdir_id_of(&p);
                     wlock(&self.dirs).insert(id, Node::SnapDir(p));
                     return Ok(id);
                 }
@@ -570,7 +643,7 @@ impl FileView {
                     is_dir |= n.starts_with(&prefix);
                 }
                 if is_dir || lock(&self.empty_dirs).contains(&local) {
-                    let id = dir_id(&local);
+                    let id = self.dir_id_of(&local);
                     wlock(&self.dirs).insert(id, Node::Dir(local));
                     return Ok(id);
                 }
@@ -651,12 +724,12 @@ impl FileView {
                         continue;
                     }
                     let path = join(&p, &d);
-                    let id = dir_id(&path);
+                    let id = self.dir_id_of(&path);
                     dirs.insert(id, Node::Dir(path));
                     out.insert(d, self.dir_attr(id, NodeKind::Dir));
                 }
                 if has_snaps {
-                    let id = snapdir_id(&p);
+                    let id = self.snapdir_id_of(&p);
                     dirs.insert(id, Node::SnapDir(p.clone()));
                     out.insert(
                         SNAPSHOT_DIR.to_string(),
@@ -847,7 +920,7 @@ impl FileView {
         }
         lock(&self.empty_dirs).insert(local.clone());
         self.touch_ns();
-        let id = dir_id(&local);
+        let id = self.dir_id_of(&local);
         wlock(&self.dirs).insert(id, Node::Dir(local));
         Ok(self.dir_attr(id, NodeKind::Dir))
     }
@@ -933,6 +1006,21 @@ impl FileView {
                     return Err(ViewError::Exists(target));
                 }
                 let prefix = format!("{p}/");
+                // The directories that move: `p`, those its datasets imply, the empty ones.
+                let mut below: BTreeSet<String> = BTreeSet::from([p.clone()]);
+                for (n, _, _) in self.all() {
+                    let mut d = parent_of(&n);
+                    while d.starts_with(&prefix) {
+                        below.insert(d.to_string());
+                        d = parent_of(d);
+                    }
+                }
+                below.extend(
+                    lock(&self.empty_dirs)
+                        .iter()
+                        .filter(|d| d.starts_with(&prefix))
+                        .cloned(),
+                );
                 // Volumes only: their snapshots follow them. Every new name is checked before
                 // the first rename, and a failure puts back what was already moved.
                 let moves: Vec<(String, String)> = self
@@ -968,6 +1056,7 @@ impl FileView {
                     ed.insert(format!("{target}{}", &d[p.len()..]));
                 }
                 drop(ed);
+                self.move_dir_ids(&p, &target, &below);
                 self.touch_ns();
                 Ok(())
             }
@@ -1059,6 +1148,47 @@ mod tests {
             v2.getattr(dir_id("nope")),
             Err(ViewError::Stale(_))
         ));
+    }
+
+    /// A renamed directory keeps its ID, and so do those below it (clients hold them as file
+    /// handles: they went stale), with their `.snapshot` directories; a directory made later
+    /// where it was gets another ID.
+    #[test]
+    fn renamed_directories_keep_their_ids() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let p = v.pool().clone();
+        p.create_volume("tank/a/b/vm1", 1 << 20, 4096, &BTreeMap::new())
+            .unwrap();
+        p.snapshot(&["tank/a/b/vm1@s"]).unwrap();
+        let a = v.lookup_path("a").unwrap();
+        let b = v.lookup_path("a/b").unwrap();
+        let snaps = v.lookup(b, SNAPSHOT_DIR).unwrap();
+        let vm1 = v.lookup_path("a/b/vm1").unwrap();
+        v.rename(v.root(), "a", v.root(), "c").unwrap();
+        assert_eq!(v.lookup_path("c").unwrap(), a);
+        assert_eq!(v.lookup_path("c/b").unwrap(), b);
+        assert_eq!(v.lookup(b, SNAPSHOT_DIR).unwrap(), snaps);
+        assert_eq!(v.lookup(b, "vm1").unwrap(), vm1);
+        assert_eq!(v.getattr(a).unwrap().kind, NodeKind::Dir);
+        assert_eq!(v.getattr(a).unwrap().id, a);
+        assert_eq!(v.lookup(b, "..").unwrap(), a);
+        let names: Vec<_> = v
+            .readdir(snaps)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["vm1@s"]);
+        // A new `a` is another directory.
+        let new_a = v.mkdir(v.root(), "a").unwrap();
+        assert_ne!(new_a.id, a);
+        assert_eq!(v.lookup_path("a").unwrap(), new_a.id);
+        assert_eq!(v.lookup_path("c").unwrap(), a);
+        // And back: `c` to `d`, then `a` (the new one) is untouched.
+        v.rename(v.root(), "c", v.root(), "d").unwrap();
+        assert_eq!(v.lookup_path("d/b").unwrap(), b);
+        assert_eq!(v.lookup_path("a").unwrap(), new_a.id);
     }
 
     /// A client cannot grow a file past the pool's size (one byte written at the host's
