@@ -532,11 +532,7 @@ pub fn trim(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
 }
 
 /// Zeroes both labels and the uberblock ring so the device no longer opens as a pool.
-fn wipe(path: &Path) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| CliError::io(format!("opening {} to wipe it", path.display()), e))?;
+fn wipe(f: &fs::File, path: &Path) -> Result<()> {
     let zeros = vec![0u8; WIPE_LEN as usize];
     f.write_all_at(&zeros, 0)
         .and_then(|()| f.sync_all())
@@ -582,8 +578,20 @@ pub fn destroy(reg: &Registry, name: &str) -> Result<()> {
     let entry = reg.require(name)?;
     let path = &entry.path;
     // Hold the pool lock while wiping, so no other process has it open.
-    let _held: Box<dyn std::any::Any> = match open_entry(&entry) {
-        Ok(pool) => Box::new(pool),
+    let (_held, f): (Box<dyn std::any::Any>, fs::File) = match open_entry(&entry) {
+        Ok(pool) => {
+            // Wiped and removed through this descriptor, once its labels name the pool: not
+            // by name again, which another file may have taken meanwhile.
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| CliError::io(format!("opening {} to wipe it", path.display()), e))?;
+            let opened =
+                ::pool::Error::Corrupt(format!("{} changed while it was open", path.display()));
+            same_pool_or_refuse(&f, &entry, &opened)?;
+            (Box::new(pool), f)
+        }
         Err(CliError::Pool(e @ ::pool::Error::NotAPool { .. })) => {
             return Err(CliError::Failed(format!(
                 "{e}; nothing to destroy (`tarn pool export {name}` forgets it)"
@@ -607,13 +615,23 @@ pub fn destroy(reg: &Registry, name: &str) -> Result<()> {
             lock_file(&f, path)?;
             same_pool_or_refuse(&f, &entry, &e)?;
             tracing::warn!(pool = name, error = %e, "destroying a pool that cannot be opened");
-            Box::new(f)
+            let held = f
+                .try_clone()
+                .map_err(|e| CliError::io(format!("opening {}", path.display()), e))?;
+            (Box::new(held), f)
         }
         Err(e) => return Err(e),
     };
-    let is_file = fs::metadata(path).map(|m| m.is_file()).unwrap_or(false);
-    wipe(path)?;
-    if is_file {
+    let meta = f
+        .metadata()
+        .map_err(|e| CliError::io(format!("reading {}", path.display()), e))?;
+    wipe(&f, path)?;
+    // Removed only while the name still leads to the file wiped.
+    let same = |m: &fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        m.dev() == meta.dev() && m.ino() == meta.ino()
+    };
+    if meta.is_file() && fs::metadata(path).is_ok_and(|m| same(&m)) {
         fs::remove_file(path)
             .map_err(|e| CliError::io(format!("removing pool file {}", path.display()), e))?;
     }
