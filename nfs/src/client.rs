@@ -9,7 +9,7 @@
 //! is a plain `Send + Sync` [`BlockBackend`] (never call it from inside a tokio runtime). Callers
 //! on different threads use different TCP connections (an idle pool of up to
 //! [`MAX_IDLE_CONNECTIONS`]). A transport failure drops that connection and retries on a new one
-//! (handles survive a server restart), for up to [`RETRY_WINDOW`]; a pooled connection the
+//! (handles survive a server restart), for up to [`RETRY_WINDOW`] (30 s); a pooled connection the
 //! server closed while it idled is replaced at once. Reply records are bounded and may come in
 //! fragments (see `Conn`).
 //!
@@ -40,9 +40,7 @@ use zvol::{BackendInfo, BlockBackend, Error, Result};
 pub const MAX_TRANSFER: u32 = 1 << 20;
 /// Idle connections kept for reuse.
 pub const MAX_IDLE_CONNECTIONS: usize = 8;
-/// How long a request goes on retrying a server that refuses connections, drops them or asks
-/// to be tried later (NFS3ERR_JUKEBOX), with growing pauses, before it fails: long enough for
-/// a server to restart.
+/// Default of [`NfsOptions::retry_window`].
 pub const RETRY_WINDOW: Duration = Duration::from_secs(30);
 /// Limit on connecting, and on asking the portmapper.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -331,13 +329,18 @@ pub struct NfsOptions {
     /// WRITE is not (the server may still carry it out, over a newer write of the same
     /// bytes): the disk then takes no more writes.
     pub rpc_timeout: Duration,
+    /// How long a request goes on retrying a server that refuses connections, drops them or
+    /// asks to be tried later (NFS3ERR_JUKEBOX), with growing pauses, before it fails: long
+    /// enough for a server to restart.
+    pub retry_window: Duration,
 }
 
 impl Default for NfsOptions {
-    /// [`RPC_TIMEOUT`].
+    /// [`RPC_TIMEOUT`] and [`RETRY_WINDOW`].
     fn default() -> Self {
         NfsOptions {
             rpc_timeout: RPC_TIMEOUT,
+            retry_window: RETRY_WINDOW,
         }
     }
 }
@@ -364,6 +367,9 @@ pub struct NfsDisk {
     /// newer write may follow.
     abandoned: std::sync::atomic::AtomicBool,
     unstable: Mutex<Unstable>,
+    /// The copies a flush took from `unstable` while its COMMIT is out: stable writes cut
+    /// them too, and a failed flush puts them back. Locked after `unstable` where both are.
+    in_flush: Mutex<Unstable>,
     /// Writes hold it shared; a resend holds it exclusively, so no newer write to the same
     /// bytes can land before an older copy is resent over it.
     replay_gate: std::sync::RwLock<()>,
@@ -484,6 +490,7 @@ impl NfsDisk {
             failures_checked: Default::default(),
             abandoned: Default::default(),
             unstable: Mutex::new(Unstable::default()),
+            in_flush: Mutex::new(Unstable::default()),
             replay_gate: std::sync::RwLock::new(()),
             flushing: Mutex::new(()),
             rt,
@@ -551,7 +558,7 @@ impl NfsDisk {
     /// status. A pooled connection that fails (the server closed it while idle, or
     /// restarted) empties the pool and the request goes on at once on a new one; connection
     /// failures on new ones and NFS3ERR_JUKEBOX are retried with growing pauses for
-    /// [`RETRY_WINDOW`]. A WRITE with no reply in time is not sent again (see
+    /// [`NfsOptions::retry_window`]. A WRITE with no reply in time is not sent again (see
     /// [`NfsOptions::rpc_timeout`]), and after one no WRITE or COMMIT is sent at all. `f` owns
     /// the connection while it runs and hands it back with its result.
     fn call<T, F, Fut>(&self, op: &str, offset: u64, f: F) -> Result<T>
@@ -564,8 +571,7 @@ impl NfsDisk {
             what: format!("NFS {op} of {}{}", self.url, at(op, offset)),
             source: std::io::Error::other(why),
         };
-        let writes = matches!(op, "WRITE" | "COMMIT");
-        if writes && self.abandoned.load(Ordering::Acquire) {
+        if op == "WRITE" && self.abandoned.load(Ordering::Acquire) {
             return Err(failed(
                 "an earlier WRITE went unanswered and may still be carried out, so this disk \
                  takes no more writes: reopen it"
@@ -574,7 +580,9 @@ impl NfsDisk {
         }
         let start = std::time::Instant::now();
         let mut pause = Duration::from_millis(100);
+        let (mut tries, mut timeouts) = (0u32, 0u32);
         loop {
+            tries += 1;
             let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let was_pooled = pooled.is_some();
             let client = match pooled {
@@ -585,6 +593,7 @@ impl NfsDisk {
                     .map_err(|e| format!("connecting to {}: {e}", self.addr)),
             };
             let timeout = self.options.rpc_timeout;
+            let mut timed_out = false;
             let why = match client {
                 Err(why) => why,
                 Ok(client) => match self
@@ -617,6 +626,8 @@ impl NfsDisk {
                     }
                     Err(_) => {
                         self.failures.fetch_add(1, Ordering::AcqRel);
+                        timeouts += 1;
+                        timed_out = true;
                         let why = format!("no reply in {} s", timeout.as_secs_f64());
                         if op == "WRITE" {
                             self.abandoned.store(true, Ordering::Release);
@@ -629,11 +640,19 @@ impl NfsDisk {
                     }
                 },
             };
-            if start.elapsed() + pause > RETRY_WINDOW {
-                return Err(failed(format!(
-                    "{why} (retried for {:.0} s)",
-                    start.elapsed().as_secs_f64()
-                )));
+            // One unanswered request is sent once more even past the window (the timeout may
+            // be longer than the window itself).
+            let resend_once = timed_out && timeouts == 1;
+            if start.elapsed() + pause > self.options.retry_window && !resend_once {
+                let tried = if tries > 1 {
+                    format!(
+                        " ({tries} tries over {:.0} s)",
+                        start.elapsed().as_secs_f64()
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(failed(format!("{why}{tried}")));
             }
             tracing::debug!(url = %self.url, op, error = %why, "NFS request failed; retrying");
             std::thread::sleep(pause);
@@ -689,29 +708,55 @@ impl NfsDisk {
         Ok(())
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset`. Where a connection failed since the last
-    /// read that looked (the server may have restarted), and writes are kept for a resend, a
-    /// flush first makes sure the server still has them (resending them if its verifier
-    /// changed), and the bytes are read again: a write acknowledged to the guest never reads
-    /// back as what it replaced.
+    /// Reads exactly `buf.len()` bytes at `offset`. Where a connection failed since this read
+    /// began, or since the last read that looked (the server may have restarted and lost kept
+    /// writes), it makes sure the server has every kept write (a flush, which also waits for
+    /// one already running and resends what the server lost) and reads again: a write
+    /// acknowledged to the guest never reads back as what it replaced.
     fn read_exact(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         use std::sync::atomic::Ordering;
+        let checked = self.failures_checked.load(Ordering::Acquire);
         self.read_from_server(offset, buf)?;
         let failures = self.failures.load(Ordering::Acquire);
-        if failures != self.failures_checked.load(Ordering::Acquire) {
-            let kept = self
-                .unstable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .verf
-                .is_some();
-            if kept {
+        if failures != checked {
+            if self.abandoned.load(Ordering::Acquire) {
+                self.check_nothing_lost(offset)?;
+            } else {
                 self.flush()?;
-                self.read_from_server(offset, buf)?;
             }
+            self.read_from_server(offset, buf)?;
             self.failures_checked.fetch_max(failures, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// For a disk that takes no more writes: fails a read if the server lost kept writes (its
+    /// verifier changed), which can no longer be resent.
+    fn check_nothing_lost(&self, offset: u64) -> Result<()> {
+        let verf = self.unstable.lock().unwrap_or_else(|p| p.into_inner()).verf;
+        let Some(verf) = verf else {
+            return Ok(());
+        };
+        let fh = &self.fh;
+        let now = self.call("COMMIT", 0, |mut c| async move {
+            let args = COMMIT3args {
+                file: fh.clone(),
+                offset: 0,
+                count: 0,
+            };
+            let r = c.commit(&args).await;
+            (c, outcome(r))
+        })?;
+        if now.verf == verf {
+            return Ok(());
+        }
+        Err(Error::Io {
+            what: format!("NFS READ of {} at {offset}", self.url),
+            source: std::io::Error::other(
+                "the server restarted and lost writes this disk can no longer resend (an \
+                 earlier WRITE went unanswered): reopen the disk",
+            ),
+        })
     }
 
     /// Reads exactly `buf.len()` bytes at `offset` (several READs if the server returns less).
@@ -802,7 +847,9 @@ impl NfsDisk {
                 });
             }
             if committed != stable_how::UNSTABLE {
-                self.unstable
+                let mut u = self.unstable.lock().unwrap_or_else(|p| p.into_inner());
+                u.supersede(offset, u64::from(count));
+                self.in_flush
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .supersede(offset, u64::from(count));
@@ -824,11 +871,15 @@ impl NfsDisk {
     }
 
     /// The server lost unstable writes (its verifier changed): with new writes held back,
-    /// resends `taken`'s copies and then those acknowledged since, `FILE_SYNC`, in order. On
-    /// failure the later copies are kept for the next flush (the caller keeps `taken`'s).
-    fn resend(&self, taken: &Unstable) -> Result<()> {
+    /// resends the flush's copies (`in_flush`) and then those acknowledged since, `FILE_SYNC`,
+    /// in order. On failure both are put back where they were, for the flush to keep.
+    fn resend(&self) -> Result<()> {
         let _gate = self.replay_gate.write().unwrap_or_else(|p| p.into_inner());
-        let since = std::mem::take(&mut *self.unstable.lock().unwrap_or_else(|p| p.into_inner()));
+        let (taken, since) = {
+            let mut u = self.unstable.lock().unwrap_or_else(|p| p.into_inner());
+            let mut f = self.in_flush.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut *f), std::mem::take(&mut *u))
+        };
         tracing::warn!(
             url = %self.url,
             bytes = taken.bytes + since.bytes,
@@ -847,6 +898,7 @@ impl NfsDisk {
                 changed: true,
                 ..since
             };
+            *self.in_flush.lock().unwrap_or_else(|p| p.into_inner()) = taken;
         }
         sent
     }
@@ -967,13 +1019,19 @@ impl BlockBackend for NfsDisk {
             });
         }
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = std::mem::take(&mut *self.unstable.lock().unwrap_or_else(|p| p.into_inner()));
-        let Some(verf) = taken.verf else {
-            // Every write so far came back FILE_SYNC (or there were none).
-            return Ok(());
+        let (verf, changed) = {
+            let mut u = self.unstable.lock().unwrap_or_else(|p| p.into_inner());
+            let taken = std::mem::take(&mut *u);
+            let Some(verf) = taken.verf else {
+                // Every write so far came back FILE_SYNC (or there were none).
+                return Ok(());
+            };
+            let changed = taken.changed;
+            *self.in_flush.lock().unwrap_or_else(|p| p.into_inner()) = taken;
+            (verf, changed)
         };
         let fh = &self.fh;
-        let committed = if taken.changed {
+        let committed = if changed {
             Ok(false)
         } else {
             self.call("COMMIT", 0, |mut c| async move {
@@ -989,16 +1047,22 @@ impl BlockBackend for NfsDisk {
         };
         let lost = matches!(committed, Ok(false));
         let r = match committed {
-            Ok(true) => return Ok(()),
-            Ok(false) => self.resend(&taken),
+            Ok(true) => {
+                *self.in_flush.lock().unwrap_or_else(|p| p.into_inner()) = Unstable::default();
+                return Ok(());
+            }
+            Ok(false) => self.resend(),
             Err(e) => Err(e),
         };
         if r.is_err() {
             // Not durable: the next flush tries again, these copies first.
             let mut u = self.unstable.lock().unwrap_or_else(|p| p.into_inner());
+            let taken =
+                std::mem::take(&mut *self.in_flush.lock().unwrap_or_else(|p| p.into_inner()));
+            let changed = taken.changed;
             let mut pending = taken.pending;
             pending.append(&mut u.pending);
-            u.changed |= taken.changed || lost || u.verf.is_some_and(|v| v != verf);
+            u.changed |= changed || lost || u.verf.is_some_and(|v| v != verf);
             u.verf = Some(verf);
             u.bytes += taken.bytes;
             u.pending = pending;

@@ -32,6 +32,13 @@ pub struct State {
     pub huge_read_reply: usize,
     pub delay_next_write_ms: u64,
     pub commits_fail: bool,
+    pub commit_delay_ms: u64,
+    /// Answers FILE_SYNC to every WRITE (as `tarn nfs serve --sync`).
+    pub filesync_all: bool,
+    /// The next READ takes its data at once and replies this much later.
+    pub hold_next_read_ms: u64,
+    /// READs left unanswered.
+    pub silent_reads: u32,
 }
 
 /// A fake NFSv3 server (MOUNT, GETATTR, LOOKUP, FSINFO, READ, WRITE, COMMIT on one file) on a
@@ -140,6 +147,11 @@ fn handle(st: &Arc<Mutex<State>>, msg: &[u8]) -> Option<Vec<u8>> {
             let delay = st.lock().unwrap().read_delay_ms;
             std::thread::sleep(Duration::from_millis(delay));
             let mut s = st.lock().unwrap();
+            if s.silent_reads > 0 {
+                s.silent_reads -= 1;
+                return None;
+            }
+            let hold = std::mem::take(&mut s.hold_next_read_ms);
             if s.jukebox_reads > 0 {
                 s.jukebox_reads -= 1;
                 w.u32(10008).u32(0);
@@ -152,6 +164,8 @@ fn handle(st: &Arc<Mutex<State>>, msg: &[u8]) -> Option<Vec<u8>> {
                     .u32((end == s.data.len()) as u32)
                     .opaque(&d);
             }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(hold));
         }
         (100003, 7) => {
             let _fh = c.opaque();
@@ -164,7 +178,7 @@ fn handle(st: &Arc<Mutex<State>>, msg: &[u8]) -> Option<Vec<u8>> {
             let mut s = st.lock().unwrap();
             s.writes += 1;
             s.data[off..off + d.len()].copy_from_slice(&d);
-            let committed = if stable == 2 {
+            let committed = if stable == 2 || s.filesync_all {
                 s.filesync_writes += 1;
                 if s.unstable_on_filesync {
                     0 // faulty: not made durable, answered UNSTABLE
@@ -183,6 +197,8 @@ fn handle(st: &Arc<Mutex<State>>, msg: &[u8]) -> Option<Vec<u8>> {
                 .u64(s.verf);
         }
         (100003, 21) => {
+            let delay = st.lock().unwrap().commit_delay_ms;
+            std::thread::sleep(Duration::from_millis(delay));
             let mut s = st.lock().unwrap();
             s.commits += 1;
             if s.commits_fail {
@@ -477,6 +493,7 @@ fn an_unanswered_write_is_not_resent_and_stops_writes() {
     let srv = Fake::start(1 << 20);
     let options = NfsOptions {
         rpc_timeout: Duration::from_secs(1),
+        ..NfsOptions::default()
     };
     let disk = NfsDisk::connect_with(&srv.url(), false, options).unwrap();
     srv.st.lock().unwrap().delay_next_write_ms = 3000;
@@ -517,4 +534,112 @@ fn kept_copies_stay_bounded_while_commits_fail() {
         disk.write_at(0, &chunk).is_err(),
         "writes fail while COMMITs do"
     );
+}
+
+/// A read while a flush's COMMIT is out, after a crash that lost a kept write, waits for the
+/// flush to resend it and returns it (it returned the old bytes: the flush had taken the
+/// copies, so the read saw nothing kept).
+#[test]
+fn a_read_during_a_flush_after_a_crash_returns_the_lost_write() {
+    let srv = Fake::start(1 << 20);
+    let disk = Arc::new(NfsDisk::connect(&srv.url(), false).unwrap());
+    disk.write_at(100, b"new data").unwrap();
+    let srv = srv.crash_restart();
+    srv.st.lock().unwrap().commit_delay_ms = 1500;
+    let d = disk.clone();
+    let flusher = std::thread::spawn(move || d.flush());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut back = [0u8; 8];
+    disk.read_at(100, &mut back).unwrap();
+    flusher.join().unwrap().unwrap();
+    assert_eq!(&back, b"new data");
+}
+
+/// Two readers after a crash: the one whose READ was answered before the resend, but came
+/// back after another reader had checked, still returns the lost write (it returned the old
+/// bytes: the failure counted as checked by then).
+#[test]
+fn a_slow_reader_after_a_crash_returns_the_lost_write() {
+    let srv = Fake::start(1 << 20);
+    let disk = Arc::new(NfsDisk::connect(&srv.url(), false).unwrap());
+    disk.write_at(100, b"new data").unwrap();
+    let srv = srv.crash_restart();
+    srv.st.lock().unwrap().hold_next_read_ms = 1500;
+    let d = disk.clone();
+    let slow = std::thread::spawn(move || {
+        let mut b = [0u8; 8];
+        d.read_at(100, &mut b).map(|_| b)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut fast = [0u8; 8];
+    disk.read_at(100, &mut fast).unwrap();
+    assert_eq!(&fast, b"new data");
+    assert_eq!(&slow.join().unwrap().unwrap(), b"new data");
+}
+
+/// A write answered FILE_SYNC while a flush's COMMIT is out is not overwritten when that
+/// flush finds the verifier changed and resends its older copy (it was).
+#[test]
+fn a_stable_write_during_a_flush_is_not_overwritten_by_its_resend() {
+    let srv = Fake::start(1 << 20);
+    let disk = Arc::new(NfsDisk::connect(&srv.url(), false).unwrap());
+    disk.write_at(0, b"old!").unwrap();
+    let srv = srv.crash_restart();
+    {
+        let mut s = srv.st.lock().unwrap();
+        s.commit_delay_ms = 1500;
+        s.filesync_all = true;
+    }
+    let d = disk.clone();
+    let flusher = std::thread::spawn(move || d.flush());
+    std::thread::sleep(Duration::from_millis(500));
+    disk.write_at(0, b"NEW!").unwrap();
+    flusher.join().unwrap().unwrap();
+    assert_eq!(&srv.st.lock().unwrap().durable[..4], b"NEW!");
+    let mut back = [0u8; 4];
+    disk.read_at(0, &mut back).unwrap();
+    assert_eq!(&back, b"NEW!");
+}
+
+/// After an abandoned WRITE, reads go on also where writes are kept, as long as the server
+/// did not lose them (every read failed: the check flushed, which the disk refuses).
+#[test]
+fn reads_go_on_after_an_abandoned_write_with_writes_kept() {
+    let srv = Fake::start(1 << 20);
+    let options = NfsOptions {
+        rpc_timeout: Duration::from_secs(1),
+        ..NfsOptions::default()
+    };
+    let disk = NfsDisk::connect_with(&srv.url(), false, options).unwrap();
+    disk.write_at(0, b"kept").unwrap();
+    srv.st.lock().unwrap().delay_next_write_ms = 3000;
+    disk.write_at(4096, b"stalled")
+        .expect_err("no reply in time");
+    std::thread::sleep(Duration::from_secs(3));
+    let mut b = [0u8; 4];
+    disk.read_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"kept");
+    // Lost by a crash, they can no longer be resent: reads say so.
+    let _srv = srv.crash_restart();
+    let err = disk
+        .read_at(0, &mut b)
+        .expect_err("the server lost a kept write");
+    assert!(err.to_string().contains("reopen"), "{err}");
+}
+
+/// A READ left unanswered is sent once more even when the timeout is longer than the retry
+/// window (as with the defaults, 60 s against 30 s: it never was).
+#[test]
+fn an_unanswered_read_is_sent_again() {
+    let srv = Fake::start(1 << 20);
+    let options = NfsOptions {
+        rpc_timeout: Duration::from_secs(2),
+        retry_window: Duration::from_secs(1),
+    };
+    let disk = NfsDisk::connect_with(&srv.url(), false, options).unwrap();
+    srv.st.lock().unwrap().data[..4].copy_from_slice(b"read");
+    srv.st.lock().unwrap().silent_reads = 1;
+    let mut b = [0u8; 4];
+    disk.read_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"read");
 }
