@@ -499,13 +499,26 @@ fn unread_reads_for(
     per_conn: u32,
     hold: std::time::Duration,
 ) -> u64 {
+    let socks = (0..conns)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    unread_reads_on(socks, fh, per_conn, hold)
+}
+
+/// [`unread_reads_for`] on connections already open.
+fn unread_reads_on(
+    socks: Vec<std::net::TcpStream>,
+    fh: &[u8],
+    per_conn: u32,
+    hold: std::time::Duration,
+) -> u64 {
     use std::io::Write;
     let requests: Vec<u8> = (0..per_conn)
         .flat_map(|xid| read_call(xid + 1000, fh))
         .collect();
-    let mut socks: Vec<(std::net::TcpStream, usize)> = (0..conns)
-        .map(|_| {
-            let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut socks: Vec<(std::net::TcpStream, usize)> = socks
+        .into_iter()
+        .map(|s| {
             s.set_nonblocking(true).unwrap();
             (s, 0)
         })
@@ -565,7 +578,6 @@ async fn many_connections_reading_no_replies_stay_within_the_read_budget() {
 /// until they closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_reading_no_replies_does_not_stall_another_peers_reads() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let (port, _task, _conn, fh) = served_big_volume(dir.path(), 64 << 20).await;
     let fh = fh.data.to_vec();
@@ -577,27 +589,83 @@ async fn a_peer_reading_no_replies_does_not_stall_another_peers_reads() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 
     // The other peer: 127.0.0.2, another address of the loopback interface.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let mut other = sock
-        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+    let reply = read_within(port, "127.0.0.2", &fh, std::time::Duration::from_secs(5))
         .await
-        .unwrap();
-    other.write_all(&read_call(7, &fh)).await.unwrap();
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let mut header = [0u8; 4];
-        other.read_exact(&mut header).await?;
-        let len = u32::from_be_bytes(header) & 0x7fff_ffff;
-        let mut body = vec![0u8; len as usize];
-        other.read_exact(&mut body).await?;
-        Ok::<_, std::io::Error>(body)
-    })
-    .await
-    .expect("the other peer's READ waited for the first peer's connections")
-    .unwrap();
+        .expect("the other peer's READ waited for the first peer's connections");
     assert_eq!(&reply[..4], &7u32.to_be_bytes(), "the reply to its xid");
     assert!(reply.len() > 1 << 20, "a whole 1 MiB of data");
     hog.await.unwrap();
+}
+
+/// A connection to `port` from `source` (a loopback address).
+async fn connect_from(port: u16, source: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    sock.connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Sends one READ of 1 MiB of `fh` from `source` and returns its reply record, or `None`
+/// when it takes longer than `limit`.
+async fn read_within(
+    port: u16,
+    source: &str,
+    fh: &[u8],
+    limit: std::time::Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = connect_from(port, source).await;
+    conn.write_all(&read_call(7, fh)).await.unwrap();
+    tokio::time::timeout(limit, async {
+        let mut header = [0u8; 4];
+        conn.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes(header) & 0x7fff_ffff;
+        let mut body = vec![0u8; len as usize];
+        conn.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    })
+    .await
+    .ok()
+    .map(Result::unwrap)
+}
+
+/// Peers on several addresses that read no replies can fill the whole READ budget between
+/// them, but each of their connections is closed once a reply waits `reply_timeout` to be
+/// written, which gives the budget back: another peer's READ is then served. (With only the
+/// idle timeout, six minutes by default, it waited for as long.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_read_no_replies_lose_their_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/big", 64 << 20, 4096, &Default::default())
+        .unwrap();
+    let limits = nfs::ConnectionLimits {
+        reply_timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (port, _task) = start_limited(pool, 0, limits).await;
+    let mut conn = mount(port).await;
+    let root = conn.root_nfs_fh3();
+    let fh = lookup(&mut conn, root, b"big").await.data.to_vec();
+    // Five peers, 8 connections each, 64 READs of 1 MiB on each: 2.5 GiB asked for.
+    let mut socks = Vec::new();
+    for peer in 3..8 {
+        for _ in 0..8 {
+            let s = connect_from(port, &format!("127.0.0.{peer}")).await;
+            socks.push(s.into_std().unwrap());
+        }
+    }
+    let hog_fh = fh.clone();
+    let hogs = tokio::task::spawn_blocking(move || {
+        unread_reads_on(socks, &hog_fh, 64, std::time::Duration::from_secs(12))
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let reply = read_within(port, "127.0.0.2", &fh, std::time::Duration::from_secs(10))
+        .await
+        .expect("another peer's READ waited for the others' connections");
+    assert!(reply.len() > 1 << 20, "a whole 1 MiB of data");
+    hogs.await.unwrap();
 }
 
 /// A pool in `dir` with a 1 MiB volume for each of `names`, served, and a mounted client.
@@ -814,6 +882,7 @@ async fn connections_past_the_limit_and_idle_ones_are_closed() {
     let limits = nfs::ConnectionLimits {
         max_connections: 2,
         idle_timeout: Duration::from_secs(1),
+        reply_timeout: Duration::from_secs(1),
         ..Default::default()
     };
     let (port, _task) = start_limited(new_pool(dir.path()), 0, limits).await;
@@ -845,7 +914,7 @@ async fn connections_past_the_limit_and_idle_ones_are_closed() {
             "a connection that completes no record is closed"
         );
         // Clients that never read their replies, in every slot: once a reply cannot be
-        // written for the idle timeout, the connection ends and its slot serves others.
+        // written for the reply timeout, the connection ends and its slot serves others.
         let mut flood = Vec::new();
         for xid in 0..200_000u32 {
             for w in [0x8000_0028u32, xid, 0, 2, 100_003, 3, 0, 0, 0, 0, 0] {

@@ -60,6 +60,7 @@ pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
             max_connections: a.max_connections as usize,
             max_per_peer: a.max_per_client as usize,
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
+            ..Default::default()
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

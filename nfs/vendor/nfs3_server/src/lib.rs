@@ -40,11 +40,8 @@ pub mod test_reexports {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
         T: crate::vfs::NfsFileSystem + 'static,
     {
-        crate::tcp::process_socket(
-            socket,
-            context,
-            crate::tcp::ConnectionLimits::default().idle_timeout,
-        )
-        .await
+        let limits = crate::tcp::ConnectionLimits::default();
+        crate::tcp::process_socket(socket, context, limits.idle_timeout, limits.reply_timeout)
+            .await
     }
 }

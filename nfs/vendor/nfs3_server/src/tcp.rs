@@ -39,15 +39,19 @@ pub struct ConnectionLimits {
     pub max_per_peer: usize,
     /// A connection that sends no complete request for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection whose reply cannot be written for this long (a peer that reads no
+    /// replies) is closed, giving back the READ budget its replies held.
+    pub reply_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
-    /// 1024 connections, 64 a peer; 6 minutes idle (knfsd's idle timeout).
+    /// 1024 connections, 64 a peer; 6 minutes idle (knfsd's idle timeout); 30 s for a reply.
     fn default() -> Self {
         Self {
             max_connections: 1024,
             max_per_peer: 64,
             idle_timeout: Duration::from_secs(360),
+            reply_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -118,6 +122,7 @@ pub(crate) async fn process_socket<IO, T>(
     socket: IO,
     context: RPCContext<T>,
     idle_timeout: Duration,
+    reply_timeout: Duration,
 ) -> Result<(), anyhow::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -167,10 +172,12 @@ where
                 return Err(e);
             }
             // The slot is given back once the reply is written (or the write failed).
-            // A reply that cannot be written for the idle timeout (a client that does not read
-            // its replies) ends the connection, and gives back its slot.
+            // A reply that cannot be written for the reply timeout (a client that does not
+            // read its replies) ends the connection, and gives back its slot and the READ
+            // budget its replies held.
             Some((Ok(msg), _slot)) => {
-                match tokio::time::timeout(idle_timeout, write_fragment(&mut write_half, msg)).await
+                match tokio::time::timeout(reply_timeout, write_fragment(&mut write_half, msg))
+                    .await
                 {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -178,8 +185,10 @@ where
                         return Err(e);
                     }
                     Err(_) => {
-                        info!("Closing a connection whose replies went unread for {idle_timeout:?}");
-                        return Err(anyhow::anyhow!("replies unread for {idle_timeout:?}"));
+                        info!(
+                            "Closing a connection whose replies went unread for {reply_timeout:?}"
+                        );
+                        return Err(anyhow::anyhow!("replies unread for {reply_timeout:?}"));
                     }
                 }
             }
@@ -417,7 +426,7 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
         tokio::spawn(cleaner_future);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
         let per_peer: Peers = Arc::default();
-        let idle_timeout = self.limits.idle_timeout;
+        let (idle_timeout, reply_timeout) = (self.limits.idle_timeout, self.limits.reply_timeout);
 
         loop {
             let (socket, peer) = match self.listener.accept().await {
@@ -470,7 +479,7 @@ impl<T: NfsFileSystem + 'static> NFSTcpListener<T> {
             debug!("Accepting socket {:?} {:?}", socket, context);
             tokio::spawn(async move {
                 let _ = socket.set_nodelay(true);
-                let _ = process_socket(socket, context, idle_timeout).await;
+                let _ = process_socket(socket, context, idle_timeout, reply_timeout).await;
                 drop((slot, peer_slot));
             });
         }
