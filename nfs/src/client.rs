@@ -580,7 +580,7 @@ impl NfsDisk {
         }
         let start = std::time::Instant::now();
         let mut pause = Duration::from_millis(100);
-        let (mut tries, mut timeouts) = (0u32, 0u32);
+        let (mut tries, mut timeouts, mut stale) = (0u32, 0u32, 0usize);
         loop {
             tries += 1;
             let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -616,7 +616,8 @@ impl NfsDisk {
                     // The connection is dropped: it may hold half a reply.
                     Ok((_, Err(Fail::Transport(e)))) => {
                         self.failures.fetch_add(1, Ordering::AcqRel);
-                        if was_pooled {
+                        if was_pooled && stale <= MAX_IDLE_CONNECTIONS {
+                            stale += 1;
                             // The others idle as long are likely closed too.
                             self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
                             tracing::debug!(url = %self.url, op, error = %e, "an idle NFS connection failed; retrying on a new one");
