@@ -67,6 +67,7 @@ impl Pool {
             if ds.values().any(|d| d.name == rest) {
                 return Err(Error::AlreadyExists(full.into()));
             }
+            check_nesting(&ds, rest, None, self.name())?;
             let id = cs.next_id;
             cs.next_id += 1;
             let init = StateInit {
@@ -149,6 +150,7 @@ impl Pool {
                 .find(|d| d.name == old)
                 .map(|d| d.vol.id)
                 .ok_or_else(|| Error::NotFound(from.into()))?;
+            check_nesting(&ds, new, Some(id), sh.name())?;
             // Its snapshots follow it: each new name must fit too.
             for d in ds.values() {
                 if d.kind == DatasetKind::Snapshot && d.parent == id {
@@ -372,6 +374,42 @@ fn random_guid(salt: u64) -> u64 {
     ]
     .concat();
     (crate::phys::checksum(&seed, 0x5eed) as u64) | 1
+}
+
+/// Refuses a new volume name that would nest with another dataset (the volume with ID
+/// `moving`, being renamed, and its snapshots aside): names are flat, and a volume has no children (as in zfs(8)), so
+/// none may lie below a volume, and none may be made where others lie below it (it would be
+/// a file and a directory at once in the NFS view).
+pub(crate) fn check_nesting(
+    ds: &BTreeMap<u64, DatasetEntry>,
+    rest: &str,
+    moving: Option<u64>,
+    pool: &str,
+) -> Result<()> {
+    let moves = |d: &DatasetEntry| {
+        Some(d.vol.id) == moving || (d.kind == DatasetKind::Snapshot && Some(d.parent) == moving)
+    };
+    for d in ds.values().filter(|d| !moves(d)) {
+        if d.kind == DatasetKind::Volume
+            && rest.len() > d.name.len()
+            && rest.starts_with(&d.name)
+            && rest.as_bytes()[d.name.len()] == b'/'
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{pool}/{rest} would lie below volume {pool}/{}: a volume has no children",
+                d.name
+            )));
+        }
+        let head = d.name.split('@').next().unwrap_or(&d.name);
+        if head.len() > rest.len() && head.starts_with(rest) && head.as_bytes()[rest.len()] == b'/'
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{pool}/{rest} is where {pool}/{head} lies below: pick a name no dataset \
+                 lies below"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn round_size(size: u64, block_size: u32) -> Result<u64> {

@@ -509,6 +509,14 @@ impl Pool {
                 {
                     return Err(Error::AlreadyExists((*full).into()));
                 }
+                // Snapshots of one call share a txg; two of one volume could not be ordered
+                // (zfs(8) refuses them too).
+                if let Some((_, other)) = targets.iter().find(|(h, _)| *h == head_id) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{full} and {}/{other}: one snapshot of a volume at a time",
+                        self.name()
+                    )));
+                }
                 targets.push((head_id, rest));
             }
         }
@@ -710,6 +718,7 @@ impl Pool {
             if ds.values().any(|d| d.name == new_rest) {
                 return Err(Error::AlreadyExists(new.into()));
             }
+            crate::datasets::check_nesting(&ds, new_rest, None, self.name())?;
             let (txg, block_size) = (s.creation_txg, s.vol.block_size);
             let init = {
                 let st = lock(&s.vol.state);
@@ -883,6 +892,12 @@ impl Pool {
 
     /// Adds hold `tag` to a snapshot: it cannot be destroyed until released. Durable on return.
     pub fn hold(&self, snap: &str, tag: &str) -> Result<()> {
+        self.hold_all(&[snap], tag)
+    }
+
+    /// Adds hold `tag` to each of `snaps` (a name given twice counts once), in one commit:
+    /// every snapshot is checked before any changes, so all get the hold or none does.
+    pub fn hold_all(&self, snaps: &[&str], tag: &str) -> Result<()> {
         use crate::phys::{MAX_HOLDS, MAX_HOLD_TAG};
         if tag.is_empty() || tag.len() > MAX_HOLD_TAG || tag.chars().any(char::is_control) {
             return Err(Error::InvalidArgument(format!(
@@ -890,7 +905,7 @@ impl Pool {
                 tag.len()
             )));
         }
-        self.change_holds(snap, |h| {
+        self.change_holds(snaps, |snap, h| {
             if h.len() >= MAX_HOLDS {
                 return Err(Error::InvalidArgument(format!(
                     "{snap} has {MAX_HOLDS} holds already, the most a snapshot takes; release some"
@@ -905,7 +920,13 @@ impl Pool {
 
     /// Removes hold `tag` from a snapshot. Durable on return.
     pub fn release(&self, snap: &str, tag: &str) -> Result<()> {
-        self.change_holds(snap, |h| {
+        self.release_all(&[snap], tag)
+    }
+
+    /// Removes hold `tag` from each of `snaps`, in one commit, all or none (as
+    /// [`Pool::hold_all`]).
+    pub fn release_all(&self, snaps: &[&str], tag: &str) -> Result<()> {
+        self.change_holds(snaps, |snap, h| {
             if !h.remove(tag) {
                 return Err(Error::NotFound(format!("hold '{tag}' on {snap}")));
             }
@@ -913,12 +934,16 @@ impl Pool {
         })
     }
 
+    /// Applies `f` to the holds of each snapshot named once or more in `snaps`, changing
+    /// nothing unless it succeeds for all of them; one commit.
     fn change_holds(
         &self,
-        snap: &str,
-        f: impl FnOnce(&mut std::collections::BTreeSet<String>) -> Result<()>,
+        snaps: &[&str],
+        f: impl Fn(&str, &mut std::collections::BTreeSet<String>) -> Result<()>,
     ) -> Result<()> {
-        if !snap.contains('@') {
+        let mut seen = std::collections::BTreeSet::new();
+        let snaps: Vec<&str> = snaps.iter().copied().filter(|s| seen.insert(*s)).collect();
+        if let Some(snap) = snaps.iter().find(|s| !s.contains('@')) {
             return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
         }
         let sh = &self.shared;
@@ -926,14 +951,22 @@ impl Pool {
         let mut cs = lock(&sh.commit);
         {
             let mut ds = write(&sh.datasets);
-            let id = self.entry_id(&ds, snap)?;
-            let e = ds
-                .get_mut(&id)
-                .ok_or_else(|| Error::NotFound(snap.into()))?;
-            if e.kind != DatasetKind::Snapshot {
-                return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
+            let mut changed = Vec::with_capacity(snaps.len());
+            for snap in &snaps {
+                let id = self.entry_id(&ds, snap)?;
+                let e = ds.get(&id).ok_or_else(|| Error::NotFound((*snap).into()))?;
+                if e.kind != DatasetKind::Snapshot {
+                    return Err(Error::InvalidArgument(format!("{snap} is not a snapshot")));
+                }
+                let mut holds = e.holds.clone();
+                f(snap, &mut holds)?;
+                changed.push((id, holds));
             }
-            f(&mut e.holds)?;
+            for (id, holds) in changed {
+                if let Some(e) = ds.get_mut(&id) {
+                    e.holds = holds;
+                }
+            }
         }
         sh.commit_locked(&mut cs)?;
         Ok(())
@@ -945,8 +978,11 @@ impl Pool {
     /// visited.
     pub fn diff(&self, from: &str, to: Option<&str>) -> Result<Vec<(u64, u64)>> {
         let sh = &self.shared;
-        // A volume's side of the diff is its committed state: commit what was written first.
-        self.sync()?;
+        // A volume's side of the diff is its committed state: commit what was written first
+        // (only then: a diff of committed data writes nothing).
+        if sh.has_dirty() {
+            self.sync()?;
+        }
         let _cs = sh.lock_commit_settled()?;
         let ds = read(&sh.datasets);
         let fid = self.entry_id(&ds, from)?;

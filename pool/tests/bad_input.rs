@@ -273,3 +273,129 @@ fn renames_that_would_make_snapshot_names_too_long_are_refused() {
     let pool = Pool::open_path(&path, config()).expect("reopen");
     assert!(pool.dataset("tank/v@daily-2026-11-27").is_ok());
 }
+
+/// Found by a review against zfs(8): two snapshots of one volume in one call (their order
+/// was ambiguous, and `rollback -r` then destroyed the one the pool held older) are refused,
+/// and nothing is made.
+#[test]
+fn two_snapshots_of_one_volume_in_one_call_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = Pool::open_path(&make_pool(dir.path()), config()).expect("open");
+    let err = pool
+        .snapshot(&["tank/v@z", "tank/v@a"])
+        .expect_err("two of one volume");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(pool.dataset("tank/v@z").is_err() && pool.dataset("tank/v@a").is_err());
+    pool.create_volume("tank/w", 1 << 20, 4096, &Default::default())
+        .expect("vol");
+    pool.snapshot(&["tank/v@a", "tank/w@a"])
+        .expect("one each of two volumes");
+}
+
+/// Names are flat and a volume has no children: none is made, cloned or renamed below a
+/// volume (one was, and `destroy -r` of the volume left it behind), nor where others lie
+/// below (it would be both a file and a directory over NFS).
+#[test]
+fn datasets_do_not_nest_with_volumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = Pool::open_path(&make_pool(dir.path()), config()).expect("open");
+    let props = Default::default();
+    fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorKind {
+        r.expect_err("nested").kind()
+    }
+    assert_eq!(
+        kind(pool.create_volume("tank/v/child", 1 << 20, 4096, &props)),
+        ErrorKind::InvalidInput
+    );
+    pool.create_volume("tank/a/b", 1 << 20, 4096, &props)
+        .expect("under an implied directory");
+    assert_eq!(
+        kind(pool.create_volume("tank/a", 1 << 20, 4096, &props)),
+        ErrorKind::InvalidInput
+    );
+    pool.snapshot(&["tank/v@s"]).expect("snapshot");
+    assert_eq!(
+        kind(pool.clone_snapshot("tank/v@s", "tank/v/c", &props)),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(pool.clone_snapshot("tank/v@s", "tank/a", &props)),
+        ErrorKind::InvalidInput
+    );
+    pool.create_volume("tank/x", 1 << 20, 4096, &props)
+        .expect("vol");
+    assert_eq!(
+        kind(pool.rename("tank/x", "tank/v/x")),
+        ErrorKind::InvalidInput
+    );
+    // Moving a volume up over the directory it alone lies in is fine.
+    pool.rename("tank/a/b", "tank/a")
+        .expect("nothing else below a");
+    assert!(pool.dataset("tank/v/child").is_err());
+}
+
+/// Holds on several snapshots go on in one commit, all or none (a repeated name failed the
+/// command after its hold was placed); a name given twice counts once.
+#[test]
+fn holds_on_several_snapshots_are_all_or_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = Pool::open_path(&make_pool(dir.path()), config()).expect("open");
+    pool.snapshot(&["tank/v@a"]).expect("snapshot");
+    pool.snapshot(&["tank/v@b"]).expect("snapshot");
+    pool.hold_all(&["tank/v@a", "tank/v@a"], "keep")
+        .expect("a name twice counts once");
+    assert!(pool
+        .dataset("tank/v@a")
+        .expect("a")
+        .holds
+        .iter()
+        .any(|h| h == "keep"));
+    let err = pool
+        .hold_all(&["tank/v@b", "tank/v@a"], "keep")
+        .expect_err("already held on @a");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(
+        !pool
+            .dataset("tank/v@b")
+            .expect("b")
+            .holds
+            .iter()
+            .any(|h| h == "keep"),
+        "@b got no hold"
+    );
+    let err = pool
+        .release_all(&["tank/v@a", "tank/v@b"], "keep")
+        .expect_err("none on @b");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(pool
+        .dataset("tank/v@a")
+        .expect("a")
+        .holds
+        .iter()
+        .any(|h| h == "keep"));
+}
+
+/// A diff of committed data writes nothing (each one committed a txg, pushing older
+/// fallback uberblocks out of the ring).
+#[test]
+fn a_diff_of_committed_data_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make_pool(dir.path());
+    let pool = Pool::open_path(&path, config()).expect("open");
+    pool.snapshot(&["tank/v@a"]).expect("snapshot");
+    pool.volume("tank/v")
+        .expect("v")
+        .write_at(8192, b"more")
+        .expect("write");
+    pool.snapshot(&["tank/v@b"]).expect("snapshot");
+    let txg = pool.info().txg;
+    let before = digest(&path);
+    assert_eq!(
+        pool.diff("tank/v@a", Some("tank/v@b")).expect("diff"),
+        vec![(8192, 4096)]
+    );
+    pool.diff("tank/v@a", None)
+        .expect("diff against the volume");
+    assert_eq!(pool.info().txg, txg);
+    assert!(digest(&path) == before, "the file changed");
+}

@@ -103,22 +103,12 @@ pub fn hold(reg: &Registry, a: &HoldArgs, add: bool) -> Result<()> {
     }
     let pool_name = one_pool(&a.snapshots, "snapshots")?;
     let (pool, _) = reg.open(pool_name)?;
-    // Every snapshot checked before the first hold changes: all of them or none.
-    for n in &a.snapshots {
-        let held = pool.dataset(n)?.holds.contains(&a.tag);
-        let hold = format!("hold '{}' on {n}", a.tag);
-        match (add, held) {
-            (true, true) => return Err(::pool::Error::AlreadyExists(hold).into()),
-            (false, false) => return Err(::pool::Error::NotFound(hold).into()),
-            _ => {}
-        }
-    }
-    for n in &a.snapshots {
-        if add {
-            pool.hold(n, &a.tag)?;
-        } else {
-            pool.release(n, &a.tag)?;
-        }
+    // One commit: every snapshot is checked before any changes, all of them or none.
+    let names: Vec<&str> = a.snapshots.iter().map(String::as_str).collect();
+    if add {
+        pool.hold_all(&names, &a.tag)?;
+    } else {
+        pool.release_all(&names, &a.tag)?;
     }
     Ok(pool.close()?)
 }
