@@ -731,15 +731,10 @@ impl NfsDisk {
         Ok(())
     }
 
-    /// For a disk that takes no more writes: fails a read if the server lost kept writes (its
-    /// verifier changed), which can no longer be resent.
-    fn check_nothing_lost(&self, offset: u64) -> Result<()> {
-        let verf = self.unstable.lock().unwrap_or_else(|p| p.into_inner()).verf;
-        let Some(verf) = verf else {
-            return Ok(());
-        };
+    /// Sends COMMIT for the whole file; the server's write verifier.
+    fn commit(&self) -> Result<writeverf3> {
         let fh = &self.fh;
-        let now = self.call("COMMIT", 0, |mut c| async move {
+        self.call("COMMIT", 0, |mut c| async move {
             let args = COMMIT3args {
                 file: fh.clone(),
                 offset: 0,
@@ -747,8 +742,18 @@ impl NfsDisk {
             };
             let r = c.commit(&args).await;
             (c, outcome(r))
-        })?;
-        if now.verf == verf {
+        })
+        .map(|ok| ok.verf)
+    }
+
+    /// For a disk that takes no more writes: fails a read if the server lost kept writes (its
+    /// verifier changed), which can no longer be resent.
+    fn check_nothing_lost(&self, offset: u64) -> Result<()> {
+        let verf = self.unstable.lock().unwrap_or_else(|p| p.into_inner()).verf;
+        let Some(verf) = verf else {
+            return Ok(());
+        };
+        if self.commit()? == verf {
             return Ok(());
         }
         Err(Error::Io {
@@ -1031,20 +1036,10 @@ impl BlockBackend for NfsDisk {
             *self.in_flush.lock().unwrap_or_else(|p| p.into_inner()) = taken;
             (verf, changed)
         };
-        let fh = &self.fh;
         let committed = if changed {
             Ok(false)
         } else {
-            self.call("COMMIT", 0, |mut c| async move {
-                let args = COMMIT3args {
-                    file: fh.clone(),
-                    offset: 0,
-                    count: 0,
-                };
-                let r = c.commit(&args).await;
-                (c, outcome(r))
-            })
-            .map(|ok| ok.verf == verf)
+            self.commit().map(|now| now == verf)
         };
         let lost = matches!(committed, Ok(false));
         let r = match committed {

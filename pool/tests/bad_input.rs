@@ -30,6 +30,11 @@ fn make_pool(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// [`make_pool`], opened.
+fn opened(dir: &Path) -> Pool {
+    Pool::open_path(&make_pool(dir), config()).expect("open")
+}
+
 #[test]
 fn files_that_are_not_pools_are_refused_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -280,7 +285,7 @@ fn renames_that_would_make_snapshot_names_too_long_are_refused() {
 #[test]
 fn two_snapshots_of_one_volume_in_one_call_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = Pool::open_path(&make_pool(dir.path()), config()).expect("open");
+    let pool = opened(dir.path());
     let err = pool
         .snapshot(&["tank/v@z", "tank/v@a"])
         .expect_err("two of one volume");
@@ -298,7 +303,7 @@ fn two_snapshots_of_one_volume_in_one_call_are_refused() {
 #[test]
 fn datasets_do_not_nest_with_volumes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = Pool::open_path(&make_pool(dir.path()), config()).expect("open");
+    let pool = opened(dir.path());
     let props = Default::default();
     fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorKind {
         r.expect_err("nested").kind()
@@ -339,7 +344,7 @@ fn datasets_do_not_nest_with_volumes() {
 #[test]
 fn holds_on_several_snapshots_are_all_or_none() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = Pool::open_path(&make_pool(dir.path()), config()).expect("open");
+    let pool = opened(dir.path());
     pool.snapshot(&["tank/v@a"]).expect("snapshot");
     pool.snapshot(&["tank/v@b"]).expect("snapshot");
     pool.hold_all(&["tank/v@a", "tank/v@a"], "keep")
