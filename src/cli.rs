@@ -55,6 +55,8 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Create a writable volume from a snapshot, sharing every block.
     Clone(CloneArgs),
+    /// Rename a volume within its pool (its snapshots follow it; clones of them keep them).
+    Rename(RenameArgs),
     /// Roll a volume back to a snapshot, discarding later changes.
     Rollback(RollbackArgs),
     /// Make a clone independent of its origin (it takes over the origin's older snapshots).
@@ -194,6 +196,15 @@ pub struct CloneArgs {
     /// User properties of the clone, `KEY=VALUE` (repeatable).
     #[arg(long = "prop", short = 'o')]
     pub props: Vec<String>,
+}
+
+/// `tarn rename`
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// The volume, `POOL/NAME`.
+    pub from: String,
+    /// Its new name, `POOL/NEW` (the same pool).
+    pub to: String,
 }
 
 /// `tarn rollback`

@@ -553,3 +553,50 @@ fn outputs_through_links_devices_and_fifos_are_written_not_replaced() {
         .file_type()
         .is_fifo());
 }
+
+/// `tarn rename`: a volume takes its snapshots along, and a clone of one of them now names
+/// the new origin; its data and the clone's are unchanged. Names taken, other pools, names
+/// below a volume and snapshot names are refused, changing nothing.
+#[test]
+fn rename_moves_a_volume_with_its_snapshots() {
+    let env = Env::new();
+    env.pool("tank", "64M");
+    env.pool("other", "64M");
+    let data = random_bytes(256 * 1024, 7);
+    env.import("tank/v", &data);
+    env.run(["snapshot", "tank/v@s"]).ok();
+    env.run(["clone", "tank/v@s", "tank/c"]).ok();
+    env.run(["vol", "create", "tank/w", "-s", "1M"]).ok();
+    env.run(["rename", "tank/v", "tank/images/debian"]).ok();
+    assert_eq!(
+        names(&env, "tank"),
+        [
+            "tank/c",
+            "tank/images/debian",
+            "tank/images/debian@s",
+            "tank/w"
+        ]
+    );
+    assert_eq!(
+        listing(&env, "tank")["tank/c"]["origin"],
+        "tank/images/debian@s"
+    );
+    same_bytes(
+        &env.export("tank/images/debian"),
+        &data,
+        "the renamed volume",
+    );
+    same_bytes(&env.export("tank/c"), &data, "its clone");
+    let before = names(&env, "tank");
+    env.run(["rename", "tank/w", "tank/c"])
+        .fails_with("already exists");
+    env.run(["rename", "tank/w", "other/w"])
+        .fails_with("within its pool");
+    env.run(["rename", "tank/w", "tank/c/w"])
+        .fails_with("no children");
+    env.run(["rename", "tank/images/debian@s", "tank/images/debian@t"])
+        .fails_with("only volumes");
+    env.run(["rename", "tank/nope", "tank/x"])
+        .fails_with("does not exist");
+    assert_eq!(names(&env, "tank"), before);
+}

@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::List(a) => dataset::list(&reg, &a),
         Command::Destroy(a) => dataset::destroy(&reg, &a),
+        Command::Rename(a) => snapshot::rename(&reg, &a),
         Command::Get(a) => dataset::get(&reg, &a),
         Command::Set(a) => dataset::set(&reg, &a),
         Command::Vm(crate::cli::VmCommand::Run(a)) => vm::run(&reg, &a),

@@ -5,7 +5,8 @@
 use super::dataset::check_user_prop;
 use super::{open_for, parse_assignment, pool_of, pool_of_any as pool_of_snap};
 use crate::cli::{
-    CloneArgs, DiffArgs, HoldArgs, PromoteArgs, RecvArgs, RollbackArgs, SendArgs, SnapshotArgs,
+    CloneArgs, DiffArgs, HoldArgs, PromoteArgs, RecvArgs, RenameArgs, RollbackArgs, SendArgs,
+    SnapshotArgs,
 };
 use crate::error::{CliError, Result};
 use crate::output::{self, Table};
@@ -66,6 +67,29 @@ pub fn clone(reg: &Registry, a: &CloneArgs) -> Result<()> {
     }
     let (pool, _) = open_for(reg, &a.snapshot)?;
     pool.clone_snapshot(&a.snapshot, &a.name, &props)?;
+    Ok(pool.close()?)
+}
+
+/// `tarn rename POOL/NAME POOL/NEW`
+pub fn rename(reg: &Registry, a: &RenameArgs) -> Result<()> {
+    for name in [&a.from, &a.to] {
+        if name.contains('@') {
+            return Err(CliError::Usage(format!(
+                "{name}: only volumes are renamed (their snapshots follow them)"
+            )));
+        }
+        ::pool::names::split_dataset_name(name)?;
+    }
+    if pool_of(&a.from)? != pool_of(&a.to)? {
+        return Err(CliError::Usage(format!(
+            "a volume is renamed within its pool: {} and {} differ (use send/recv to copy \
+             across pools)",
+            pool_of(&a.from)?,
+            pool_of(&a.to)?
+        )));
+    }
+    let (pool, _) = open_for(reg, &a.from)?;
+    pool.rename(&a.from, &a.to)?;
     Ok(pool.close()?)
 }
 
