@@ -347,37 +347,23 @@ fn holds_on_several_snapshots_are_all_or_none() {
     let pool = opened(dir.path());
     pool.snapshot(&["tank/v@a"]).expect("snapshot");
     pool.snapshot(&["tank/v@b"]).expect("snapshot");
+    let held = |snap: &str| {
+        let holds = pool.dataset(snap).expect("snapshot").holds;
+        holds.iter().any(|h| h == "keep")
+    };
     pool.hold_all(&["tank/v@a", "tank/v@a"], "keep")
         .expect("a name twice counts once");
-    assert!(pool
-        .dataset("tank/v@a")
-        .expect("a")
-        .holds
-        .iter()
-        .any(|h| h == "keep"));
+    assert!(held("tank/v@a"));
     let err = pool
         .hold_all(&["tank/v@b", "tank/v@a"], "keep")
         .expect_err("already held on @a");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    assert!(
-        !pool
-            .dataset("tank/v@b")
-            .expect("b")
-            .holds
-            .iter()
-            .any(|h| h == "keep"),
-        "@b got no hold"
-    );
+    assert!(!held("tank/v@b"), "@b got no hold");
     let err = pool
         .release_all(&["tank/v@a", "tank/v@b"], "keep")
         .expect_err("none on @b");
     assert_eq!(err.kind(), ErrorKind::NotFound);
-    assert!(pool
-        .dataset("tank/v@a")
-        .expect("a")
-        .holds
-        .iter()
-        .any(|h| h == "keep"));
+    assert!(held("tank/v@a"));
 }
 
 /// A diff of committed data writes nothing (each one committed a txg, pushing older
