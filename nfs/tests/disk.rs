@@ -4,8 +4,11 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
+use common::new_pool;
 use nfs::{FileView, NfsDisk, ServeConfig, Server, ViewOptions};
-use pool::{Pool, PoolConfig};
+use pool::Pool;
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::Arc;
@@ -72,15 +75,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn nfs_disk_through_the_backend_trait() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = Arc::new(
-        Pool::create_file(
-            &dir.path().join("p.tarn"),
-            "tank",
-            256 << 20,
-            PoolConfig::default(),
-        )
-        .unwrap(),
-    );
+    let pool = new_pool(dir.path());
     const SIZE: u64 = 8 << 20;
     // A nested name: `a` is a directory on the server.
     pool.create_volume("tank/a/vol", SIZE, 16384, &BTreeMap::new())
@@ -202,15 +197,7 @@ fn nfs_disk_through_the_backend_trait() {
 
 /// A pool with a 16 MiB volume `tank/vol`, in `dir`.
 fn pool_with_volume(dir: &std::path::Path) -> Arc<Pool> {
-    let pool = Arc::new(
-        Pool::create_file(
-            &dir.join("p.tarn"),
-            "tank",
-            256 << 20,
-            PoolConfig::default(),
-        )
-        .unwrap(),
-    );
+    let pool = new_pool(dir);
     pool.create_volume("tank/vol", 16 << 20, 16384, &BTreeMap::new())
         .unwrap();
     pool

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
+use common::new_pool;
 use nfs::{FileView, ServeConfig, Server, ViewOptions};
 use nfs3_client::nfs3_types::nfs3::{
     createhow3, diropargs3, nfs_fh3, post_op_fh3, sattr3, stable_how, COMMIT3args, CREATE3args,
@@ -12,7 +15,7 @@ use nfs3_client::nfs3_types::nfs3::{
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::{TokioConnector, TokioIo};
 use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
-use pool::{Pool, PoolConfig};
+use pool::Pool;
 use std::sync::Arc;
 
 async fn start(pool: Arc<Pool>, port: u16) -> (u16, tokio::task::JoinHandle<()>) {
@@ -41,19 +44,6 @@ async fn start_limited(
         let _ = server.run().await;
     });
     (port, task)
-}
-
-/// A 256 MiB pool `tank` in `dir`.
-fn new_pool(dir: &std::path::Path) -> Arc<Pool> {
-    Arc::new(
-        Pool::create_file(
-            &dir.join("p.tarn"),
-            "tank",
-            256 << 20,
-            PoolConfig::default(),
-        )
-        .unwrap(),
-    )
 }
 
 /// MOUNTs `/tank` from the server on `port` (NFS and MOUNT on the same port).
