@@ -535,7 +535,7 @@ impl NfsDisk {
         disk.wtmax = clamp(info.wtmax);
         disk.size = attr.size;
         disk.read_only |= attr.mode & 0o222 == 0;
-        disk.id = format!("nfs-{:016x}-{}", attr.fsid, attr.fileid);
+        disk.id = zvol::backend_id("nfs", attr.fsid, attr.fileid);
         Ok(disk)
     }
 
@@ -975,6 +975,8 @@ impl BlockBackend for NfsDisk {
             block_size: 4096,
             logical_block_size: 512,
             read_only: self.read_only,
+            // NFSv3 cannot punch holes: a discard sends zeroes over the wire.
+            discards: false,
             id: self.id.clone(),
         }
     }

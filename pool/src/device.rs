@@ -128,21 +128,29 @@ fn willneed(file: &File, path: &Path, piece: u64, offset: u64, len: u64) {
 fn prefetch_piece(meta: &std::fs::Metadata, is_block: bool) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let dev = if is_block { meta.rdev() } else { meta.dev() };
+    match (
+        queue_limit(dev, "read_ahead_kb"),
+        queue_limit(dev, "max_sectors_kb"),
+    ) {
+        (Some(ra), Some(max)) => (ra.max(max) << 10).max(4096),
+        _ => 128 << 10,
+    }
+}
+
+/// A number from the sysfs `queue/` of block device `dev` (a `st_rdev`, or the `st_dev` of a
+/// file on it), such as `read_ahead_kb` or `write_zeroes_max_bytes`; a partition's is its
+/// disk's. `None` where sysfs does not say (no such device, a file system without one).
+pub fn queue_limit(dev: u64, name: &str) -> Option<u64> {
     let base = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
-    // A partition's queue is its disk's, one level up.
-    for queue in [format!("{base}/queue"), format!("{base}/../queue")] {
-        let kib = |name: &str| -> Option<u64> {
+    [format!("{base}/queue"), format!("{base}/../queue")]
+        .iter()
+        .find_map(|queue| {
             std::fs::read_to_string(format!("{queue}/{name}"))
                 .ok()?
                 .trim()
                 .parse()
                 .ok()
-        };
-        if let (Some(ra), Some(max)) = (kib("read_ahead_kb"), kib("max_sectors_kb")) {
-            return (ra.max(max) << 10).max(4096);
-        }
-    }
-    128 << 10
+        })
 }
 
 impl FileDevice {

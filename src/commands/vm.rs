@@ -151,6 +151,18 @@ fn attach_stdin(
     Ok(tty.then_some(crate::terminal::RawGuard))
 }
 
+/// Destroys `full`, the clone made for this run, in its (open) pool.
+fn destroy_clone(pools: &BTreeMap<String, Pool>, full: &str) -> Result<()> {
+    let pool = pools
+        .get(pool_of(full)?)
+        .ok_or_else(|| CliError::Failed(format!("cannot destroy {full}: its pool is not open")))?;
+    pool.destroy(full).map_err(|e| {
+        CliError::Failed(format!(
+            "could not destroy {full} ({e}); destroy it with `tarn destroy {full}`"
+        ))
+    })
+}
+
 /// Boots the guest and waits for it to power off (exit 0) or reboot (exit [`EXIT_REBOOT`]).
 pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     let disks = a
@@ -200,11 +212,12 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     let (vmm, _raw) = match built {
         Ok(built) => built,
         Err(e) => {
-            // The guest never ran: a clone made for it is of no use to anyone.
+            // The guest never ran: a clone made for it is of no use to anyone. The error
+            // that stopped the guest is the one reported.
             if let Some(full) = &clone {
-                if let Some(pool) = pools.get(pool_of(full)?) {
-                    pool.destroy(full)?;
-                    eprintln!("tarn: destroyed {full} (the guest never ran)");
+                match destroy_clone(&pools, full) {
+                    Ok(()) => eprintln!("tarn: destroyed {full} (the guest never ran)"),
+                    Err(d) => eprintln!("tarn: {d}"),
                 }
             }
             return Err(e);
@@ -215,11 +228,12 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     let report = vmm.run().map_err(vmm_err);
     crate::terminal::restore();
     if let (true, Some(full)) = (a.rm, &clone) {
-        let pool = pools
-            .get(pool_of(full)?)
-            .ok_or_else(|| CliError::Failed(format!("pool of {full} vanished")))?;
-        pool.destroy(full)?;
-        eprintln!("tarn: destroyed {full}");
+        match destroy_clone(&pools, full) {
+            Ok(()) => eprintln!("tarn: destroyed {full}"),
+            // A failed run's own error comes first.
+            Err(d) if report.is_err() => eprintln!("tarn: {d}"),
+            Err(d) => return Err(d),
+        }
     }
     let report = report?;
     // Close pools (durably) before reporting.

@@ -8,7 +8,7 @@ mod pool_volume;
 mod raw;
 mod size;
 
-pub use backend::{BackendInfo, BlockBackend};
+pub use backend::{backend_id, BackendInfo, BlockBackend, ID_MAX};
 pub use error::{Error, Result};
 pub use pool_volume::{PoolVolume, VolumeConfig, DEFAULT_BLOCK_SIZE};
 pub use raw::{RawFile, RawFileOptions};

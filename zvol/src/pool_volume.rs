@@ -1,6 +1,6 @@
 //! Pool volumes as block backends.
 
-use crate::backend::{BackendInfo, BlockBackend};
+use crate::backend::{backend_id, BackendInfo, BlockBackend};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
@@ -100,7 +100,8 @@ impl BlockBackend for PoolVolume {
             block_size: self.handle.block_size(),
             logical_block_size: 512,
             read_only: self.read_only,
-            id: format!("tarn-{:016x}-{}", self.handle.pool_guid(), self.handle.id()),
+            discards: true,
+            id: backend_id("vol", self.handle.pool_guid(), self.handle.id()),
         }
     }
 

@@ -6,7 +6,7 @@
 //! goes through an aligned bounce buffer instead (reads of, and read-modify-writes of, the
 //! aligned blocks around it). Aligned requests go straight from the caller's buffers.
 
-use crate::backend::{BackendInfo, BlockBackend};
+use crate::backend::{backend_id, BackendInfo, BlockBackend};
 use crate::error::{Error, Result};
 use pool::positioned::{iovecs, iovecs_mut, transfer, Dir};
 use pool::{gather, scatter};
@@ -79,6 +79,8 @@ pub struct RawFile {
     /// `Some` while `O_DIRECT` is in effect.
     direct: Option<DirectAlign>,
     id: String,
+    /// Whether a discard frees its range rather than writing zeroes ([`discards`]).
+    discards: bool,
     /// Held around read-modify-writes of partial aligned blocks (indexed by block number).
     stripes: Box<[Mutex<()>]>,
 }
@@ -136,14 +138,10 @@ impl RawFile {
             (
                 size,
                 Some(logical_sector_size(&file)),
-                format!("raw-b{:x}", meta.rdev()),
+                backend_id("blk", meta.rdev(), 0),
             )
         } else if ft.is_file() {
-            (
-                meta.len(),
-                None,
-                format!("raw-{:x}-{:x}", meta.dev(), meta.ino()),
-            )
+            (meta.len(), None, backend_id("raw", meta.dev(), meta.ino()))
         } else {
             return Err(Error::InvalidArgument(format!(
                 "{} is neither a regular file nor a block device",
@@ -173,6 +171,7 @@ impl RawFile {
                 }
             }
         }
+        let discards = !opts.read_only && discards(&file, &meta, size);
         Ok(RawFile {
             file,
             path: path.to_path_buf(),
@@ -181,6 +180,7 @@ impl RawFile {
             block_dev_sector,
             direct,
             id,
+            discards,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         })
     }
@@ -527,8 +527,10 @@ impl BlockBackend for RawFile {
         BackendInfo {
             size: self.size,
             block_size: 4096,
-            logical_block_size: 512,
+            // A 4Kn disk stays one: its partition table is at byte 4096, not 512.
+            logical_block_size: self.block_dev_sector.map_or(512, |s| s as u32),
             read_only: self.read_only,
+            discards: self.discards,
             id: self.id.clone(),
         }
     }
@@ -630,6 +632,28 @@ impl Bounce {
 /// What `O_DIRECT` needs for `file`: the kernel's answer (statx `STATX_DIOALIGN`) where it
 /// gives one, else a block device's logical sector size, else 4096. `None`: the kernel says
 /// this file cannot do direct I/O.
+/// Whether punching a hole in `file` frees space rather than failing into written zeroes: a
+/// block device that zeroes by command (`write_zeroes_max_bytes`, what `fallocate` needs
+/// there), or a file system that punches holes (asked with an empty punch past the end).
+fn discards(file: &File, meta: &std::fs::Metadata, size: u64) -> bool {
+    if meta.file_type().is_block_device() {
+        return pool::device::queue_limit(meta.rdev(), "write_zeroes_max_bytes").unwrap_or(0) > 0;
+    }
+    let Ok(at) = libc::off_t::try_from(size) else {
+        return false;
+    };
+    // SAFETY: fallocate(2) on our own descriptor, past the end with KEEP_SIZE: no data changes.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            at,
+            4096,
+        )
+    };
+    rc == 0
+}
+
 fn direct_alignment(file: &File, block_dev_sector: Option<u64>) -> Option<DirectAlign> {
     // SAFETY: `statx` is plain old data, for which all-zero bytes are a valid value.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };

@@ -40,7 +40,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
     if whole.is_empty() && frac.is_empty()
         || !frac.chars().all(|c| c.is_ascii_digit())
         || (!frac.is_empty() && shift == 0)
-        || frac.len() > 30
+        // More would overflow below, and no size needs it (18 digits of a P are 1/256 byte).
+        || frac.len() > 18
     {
         return Err(bad());
     }
@@ -54,6 +55,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     } else {
         let digits: u128 = frac.parse().map_err(|_| bad())?;
         let scale = 10u128.pow(frac.len() as u32);
+        // At most 18 digits (< 2^60) times 2^50: no overflow in u128.
         (digits << shift).div_ceil(scale)
     };
     whole
@@ -100,6 +102,7 @@ mod tests {
         assert_eq!(parse_size("1.1G").unwrap(), 1181116007); // ceil(1.1 * 2^30)
         assert_eq!(parse_size(".5K").unwrap(), 512);
         assert_eq!(parse_size("16383P").unwrap(), 16383 << 50);
+        assert_eq!(parse_size("0.999999999999999999P").unwrap(), 1 << 50); // rounded up
         for bad in [
             "",
             "G",
@@ -115,6 +118,8 @@ mod tests {
             "1.K5",
             ".",
             "1 iB",
+            // 30 digits: once a wrong 146M, not 1P.
+            "0.999999999999999999999999999999P",
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }

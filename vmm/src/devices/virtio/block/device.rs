@@ -101,7 +101,12 @@ impl Block {
         if disk.read_only() {
             avail_features |= 1 << VIRTIO_BLK_F_RO;
         } else {
-            avail_features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+            avail_features |= 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+            // Not where a discard would write zeroes: a guest's mkfs or fstrim discards
+            // every free byte.
+            if disk.discards() {
+                avail_features |= 1 << VIRTIO_BLK_F_DISCARD;
+            }
         }
         let config = config_space(&disk);
         Block {
@@ -593,8 +598,8 @@ mod tests {
         }
     }
 
-    /// A backend whose reads take 20 ms each, counting them.
-    struct Slow(std::sync::atomic::AtomicU64);
+    /// A backend whose reads take 20 ms each, counting them; the flag is its `discards`.
+    struct Slow(std::sync::atomic::AtomicU64, bool);
 
     impl zvol::BlockBackend for Slow {
         fn info(&self) -> zvol::BackendInfo {
@@ -603,6 +608,7 @@ mod tests {
                 block_size: 4096,
                 logical_block_size: 512,
                 read_only: false,
+                discards: self.1,
                 id: "slow".into(),
             }
         }
@@ -625,6 +631,23 @@ mod tests {
         }
     }
 
+    /// Discard is offered only where the backend frees space; write-zeroes always (on a
+    /// writable disk).
+    #[test]
+    fn discard_offered_only_where_it_frees_space() {
+        for discards in [true, false] {
+            let backend = Arc::new(Slow(std::sync::atomic::AtomicU64::new(0), discards));
+            let dev = Block::new(
+                "vdb",
+                Arc::new(Disk::new(backend, false)),
+                BlockOptions::default(),
+            );
+            let bit = |f: u32| dev.features() & (1 << f) != 0;
+            assert_eq!(bit(VIRTIO_BLK_F_DISCARD), discards, "discards {discards}");
+            assert!(bit(VIRTIO_BLK_F_WRITE_ZEROES), "discards {discards}");
+        }
+    }
+
     /// A guest that queues a deep backlog and then resets the device (or is shut down) waits
     /// for the requests already running, not for the whole backlog: without this, 512 slow
     /// reads ran to the end first (half an hour of I/O for 4 GiB requests), with the worker
@@ -638,7 +661,7 @@ mod tests {
 
     fn reset_with_a_backlog(workers: usize) {
         let m = mem();
-        let slow = Arc::new(Slow(std::sync::atomic::AtomicU64::new(0)));
+        let slow = Arc::new(Slow(std::sync::atomic::AtomicU64::new(0), true));
         let disk = Arc::new(Disk::new(slow.clone(), false));
         let options = BlockOptions {
             workers,

@@ -46,6 +46,9 @@ pub struct Disk {
     backend: Arc<dyn BlockBackend>,
     capacity: u64,
     read_only: bool,
+    /// Whether the backend frees discarded ranges (`BackendInfo::discards`): only then is
+    /// discard offered to the guest.
+    discards: bool,
     id: [u8; ID_BYTES],
 }
 
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Disk {
         f.debug_struct("Disk")
             .field("capacity", &self.capacity)
             .field("read_only", &self.read_only)
+            .field("discards", &self.discards)
             .field("id", &String::from_utf8_lossy(&self.id))
             .finish_non_exhaustive()
     }
@@ -71,6 +75,7 @@ impl Disk {
             backend,
             capacity: info.size / SECTOR_SIZE * SECTOR_SIZE,
             read_only: read_only || info.read_only,
+            discards: info.discards,
             id,
         }
     }
@@ -83,6 +88,11 @@ impl Disk {
     /// Whether the guest may write.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Whether discard frees space on the backend (else it would write zeroes).
+    pub fn discards(&self) -> bool {
+        self.discards
     }
 
     /// The GET_ID answer (the backend's ID, NUL-padded or cut to 20 bytes).
