@@ -19,6 +19,8 @@
 //!   backends, and the second pass (see `Table::run_interleaved`);
 //! - `TARN_BENCH_SETTLE_MS` (default `0`): a pause before every workload, for disks whose host
 //!   is still writing back the previous workload's data when the next one starts;
+//! - `TARN_BENCH_DIRTY_MAX` (default the pool's, `PoolConfig::dirty_max`): the pool's dirty
+//!   limit; every quarter of it placed wakes a commit, and each commit syncs the pool file twice;
 //! - `TARN_BENCH_ONLY` (default all): a comma list of the parts to run, from `pool`, `raw`,
 //!   `qemu`, `import` (for profiling one side).
 //!
@@ -61,6 +63,8 @@ struct Opts {
     seq_qd: u64,
     rounds: usize,
     settle: Duration,
+    /// The pool's `PoolConfig::dirty_max`.
+    dirty_max: u64,
     only: Option<String>,
     /// Whether `/proc/sys/vm/drop_caches` took our write.
     can_drop: bool,
@@ -84,6 +88,10 @@ impl Opts {
             seq_qd: var("TARN_BENCH_SEQ_QD", "1").parse::<u64>()?.max(1),
             rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
             settle: Duration::from_millis(var("TARN_BENCH_SETTLE_MS", "0").parse()?),
+            dirty_max: match std::env::var("TARN_BENCH_DIRTY_MAX") {
+                Ok(v) => parse_size(&v)?,
+                Err(_) => PoolConfig::default().dirty_max,
+            },
             only: common::only_parts(&["pool", "raw", "qemu", "import"])?,
             can_drop: drop_caches(),
         })
@@ -608,7 +616,10 @@ fn bench_ours(table: &mut Table, o: &Opts, tmp: &Path, offsets: &[u64]) -> Res<(
             &pool_path,
             "bench",
             size,
-            PoolConfig::default(),
+            PoolConfig {
+                dirty_max: o.dirty_max,
+                ..PoolConfig::default()
+            },
         )?)
     } else {
         None

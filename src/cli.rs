@@ -55,7 +55,8 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Create a writable volume from a snapshot, sharing every block.
     Clone(CloneArgs),
-    /// Rename a volume within its pool (its snapshots follow it; clones of them keep them).
+    /// Rename a volume within its pool (its snapshots follow it; clones of them keep them), or
+    /// a snapshot within its volume.
     Rename(RenameArgs),
     /// Roll a volume back to a snapshot, discarding later changes.
     Rollback(RollbackArgs),
@@ -201,9 +202,10 @@ pub struct CloneArgs {
 /// `tarn rename`
 #[derive(Debug, Args)]
 pub struct RenameArgs {
-    /// The volume, `POOL/NAME`.
+    /// The volume, `POOL/NAME`, or snapshot, `POOL/NAME@SNAP`.
     pub from: String,
-    /// Its new name, `POOL/NEW` (the same pool).
+    /// Its new name: `POOL/NEW` (the same pool) for a volume; `POOL/NAME@NEW` or `@NEW` for a
+    /// snapshot.
     pub to: String,
 }
 
@@ -267,7 +269,8 @@ pub struct SendArgs {
 pub struct RecvArgs {
     /// Target volume `POOL/NAME` (or `POOL/NAME@SNAP` to name the snapshot).
     pub name: String,
-    /// For an incremental stream, discard changes made to the target since its base snapshot.
+    /// For an incremental stream, discard changes made to the target since its base snapshot,
+    /// and destroy its snapshots newer than the base (refused if one has clones or holds).
     #[arg(short = 'F')]
     pub force: bool,
     /// Read the stream from this file instead of stdin.

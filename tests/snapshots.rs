@@ -556,7 +556,7 @@ fn outputs_through_links_devices_and_fifos_are_written_not_replaced() {
 
 /// `tarn rename`: a volume takes its snapshots along, and a clone of one of them now names
 /// the new origin; its data and the clone's are unchanged. Names taken, other pools, names
-/// below a volume and snapshot names are refused, changing nothing.
+/// below a volume and volume-to-snapshot renames are refused, changing nothing.
 #[test]
 fn rename_moves_a_volume_with_its_snapshots() {
     let env = Env::new();
@@ -594,9 +594,71 @@ fn rename_moves_a_volume_with_its_snapshots() {
         .fails_with("within its pool");
     env.run(["rename", "tank/w", "tank/c/w"])
         .fails_with("no children");
-    env.run(["rename", "tank/images/debian@s", "tank/images/debian@t"])
-        .fails_with("only volumes");
+    env.run(["rename", "tank/w", "tank/w@s"])
+        .fails_with("volume name");
     env.run(["rename", "tank/nope", "tank/x"])
         .fails_with("does not exist");
     assert_eq!(names(&env, "tank"), before);
+}
+
+/// `tarn rename` of a snapshot, as `zfs rename`: within its volume (`@NEW` or the full name);
+/// its clone names the new origin, its hold stays, and an incremental stream still finds it
+/// as its base (by GUID). Names taken, other volumes and missing snapshots change nothing.
+#[test]
+fn rename_a_snapshot_within_its_volume() {
+    let env = Env::new();
+    env.pool("tank", "64M");
+    env.pool("other", "64M");
+    let data = random_bytes(256 * 1024, 9);
+    env.import("tank/v", &data);
+    env.run(["snapshot", "tank/v@s"]).ok();
+    env.run(["snapshot", "tank/v@keep"]).ok();
+    env.run(["clone", "tank/v@s", "tank/c"]).ok();
+    env.run(["hold", "backup", "tank/v@s"]).ok();
+    let stream = env.path("full.stream");
+    env.run(["send", "tank/v@s", "-f", stream.to_str().expect("utf-8")])
+        .ok();
+    env.run(["recv", "other/v", "-f", stream.to_str().expect("utf-8")])
+        .ok();
+
+    env.run(["rename", "tank/v@s", "@golden"]).ok();
+    env.run(["rename", "tank/v@golden", "tank/v@gold"]).ok();
+    assert_eq!(
+        names(&env, "tank"),
+        ["tank/c", "tank/v", "tank/v@gold", "tank/v@keep"]
+    );
+    let l = listing(&env, "tank");
+    assert_eq!(l["tank/c"]["origin"], "tank/v@gold");
+    env.run(["destroy", "tank/v@gold"]).fails_with("hold");
+    same_bytes(&env.export("tank/v@gold"), &data, "the renamed snapshot");
+
+    let before = names(&env, "tank");
+    env.run(["rename", "tank/v@gold", "@keep"])
+        .fails_with("already exists");
+    env.run(["rename", "tank/v@gold", "tank/c@gold"])
+        .fails_with("another snapshot name of tank/v");
+    env.run(["rename", "tank/v@gold", "tank/v"])
+        .fails_with("not a snapshot");
+    env.run(["rename", "tank/v@nope", "@x"])
+        .fails_with("does not exist");
+    assert_eq!(names(&env, "tank"), before);
+
+    // The renamed snapshot is still the base of an incremental stream sent from it.
+    env.run(["snapshot", "tank/v@later"]).ok();
+    let inc = env.path("inc.stream");
+    env.run([
+        "send",
+        "-i",
+        "@gold",
+        "tank/v@later",
+        "-f",
+        inc.to_str().expect("utf-8"),
+    ])
+    .ok();
+    env.run(["recv", "other/v", "-f", inc.to_str().expect("utf-8")])
+        .ok();
+    assert_eq!(
+        names(&env, "other"),
+        ["other/v", "other/v@later", "other/v@s"]
+    );
 }

@@ -174,6 +174,44 @@ impl Pool {
         Ok(())
     }
 
+    /// Renames snapshot `POOL/VOL@OLD` to `POOL/VOL@NEW` (the same volume, as in ZFS). Its
+    /// GUID stays, so incremental streams still find it as a base; clones and holds stay on
+    /// it. Durable on return.
+    pub fn rename_snapshot(&self, from: &str, to: &str) -> Result<()> {
+        let old = self.local(from)?;
+        crate::names::split_any_name(to)?;
+        let new = self.local(to)?;
+        let (Some((old_vol, _)), Some((new_vol, _))) = (old.split_once('@'), new.split_once('@'))
+        else {
+            return Err(Error::InvalidArgument(format!(
+                "{from} and {to} must both be snapshots, POOL/VOL@SNAP"
+            )));
+        };
+        if old_vol != new_vol {
+            return Err(Error::InvalidArgument(format!(
+                "{from} can only be renamed to another snapshot name of {}/{old_vol}",
+                self.name()
+            )));
+        }
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            if ds.values().any(|d| d.name == new) {
+                return Err(Error::AlreadyExists(to.into()));
+            }
+            let d = ds
+                .values_mut()
+                .find(|d| d.kind == DatasetKind::Snapshot && d.name == old)
+                .ok_or_else(|| Error::NotFound(from.into()))?;
+            *write(&d.vol.name) = new.to_string();
+            d.name = new.to_string();
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
+    }
+
     /// Sets user properties on a dataset (an empty value removes the key); durable on return.
     pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
         let rest = self.local(full)?;

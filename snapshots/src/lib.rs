@@ -403,27 +403,40 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             have.name
         )));
     }
-    if snaps.iter().any(|d| d.name == snap) {
+    let Some(base_at) = snaps.iter().position(|d| d.guid == begin.from_guid) else {
+        return Err(Error::Refused(format!(
+            "{vol} has no snapshot matching the stream's base {} (guid {:#x})",
+            begin.from_name, begin.from_guid
+        )));
+    };
+    let base = snaps[base_at].name.clone();
+    // Snapshots newer than the base: -F destroys them once the stream is in (as zfs recv -F),
+    // refusing up front if one has clones or holds; without -F they refuse the stream.
+    let newer: Vec<String> = snaps[base_at + 1..]
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    if let Some(newest) = newer.last() {
+        if !force {
+            return Err(Error::Refused(format!(
+                "the stream's base {base} is not {vol}'s newest snapshot ({newest}); use -F to \
+                 destroy the newer snapshots, or destroy them first"
+            )));
+        }
+        let by_name: BTreeMap<&str, &DatasetInfo> =
+            all.iter().map(|d| (d.name.as_str(), d)).collect();
+        if let Some(why) = newer
+            .iter()
+            .find_map(|n| destroy_blocker(&by_name, n, Recursion::Snapshots))
+        {
+            return Err(Error::Refused(format!(
+                "-F would destroy the snapshots of {vol} newer than {base}, but {why}"
+            )));
+        }
+    }
+    if snaps[..=base_at].iter().any(|d| d.name == snap) {
         return Err(pool::Error::AlreadyExists(snap).into());
     }
-    let base = match snaps.last() {
-        Some(n) if n.guid == begin.from_guid => n.name.clone(),
-        newest => {
-            return Err(Error::Refused(
-                match snaps.iter().find(|d| d.guid == begin.from_guid) {
-                    Some(b) => format!(
-                        "the stream's base {} is not {vol}'s newest snapshot ({}); destroy the newer snapshots first",
-                        b.name,
-                        newest.map(|n| n.name.as_str()).unwrap_or("-")
-                    ),
-                    None => format!(
-                        "{vol} has no snapshot matching the stream's base {} (guid {:#x})",
-                        begin.from_name, begin.from_guid
-                    ),
-                },
-            ))
-        }
-    };
     let base_size = pool.dataset(&base)?.size;
     if pool.changed_since_newest_snapshot(vol)? && !force {
         return Err(Error::Refused(format!(
@@ -449,6 +462,11 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;
         drop(h);
         pool.sync()?;
+        // Not in the landing's txg: a crash between leaves them destroyed and the volume as
+        // it was at the base, from which the same stream lands again.
+        for n in newer.iter().rev() {
+            pool.destroy_with(n, Recursion::Snapshots)?;
+        }
         // Data, snapshot and properties land in one txg.
         let set: Vec<(String, String)> = props.into_iter().collect();
         let landing = Landing {

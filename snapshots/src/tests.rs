@@ -104,6 +104,66 @@ fn full_and_incremental_round_trip() {
     assert!(e.to_string().contains("already has"), "{e}");
 }
 
+/// A target with snapshots newer than the stream's base: refused without -F (naming them);
+/// with -F refused while one has a clone or a hold, else they are destroyed and the stream
+/// lands, even one whose snapshot name a destroyed one had.
+#[test]
+fn forced_incremental_destroys_newer_snapshots() {
+    let a = mkpool("a");
+    a.create_volume("a/v", 1 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(0, &fill(65536, 1))
+        .expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(4096, &fill(8192, 5))
+        .expect("write");
+    a.snapshot(&["a/v@s2"]).expect("snap");
+    let full = send_vec(&a, "a/v@s1", None);
+    let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+
+    let b = mkpool("b");
+    recv(&b, "b/v", &full[..], false).expect("full");
+    for (snap, byte) in [("b/v@s2", 7u8), ("b/v@local", 8)] {
+        b.volume("b/v")
+            .expect("vol")
+            .write_at(0, &[byte; 4096])
+            .expect("write");
+        b.snapshot(&[snap]).expect("snap");
+    }
+    let before = names(&b);
+    let e = recv(&b, "b/v", &inc[..], false).expect_err("newer snapshots");
+    assert!(e.to_string().contains("use -F"), "{e}");
+    assert_eq!(names(&b), before);
+
+    b.hold("b/v@s2", "keep").expect("hold");
+    let e = recv(&b, "b/v", &inc[..], true).expect_err("held");
+    assert!(e.to_string().contains("holds"), "{e}");
+    assert_eq!(names(&b), before);
+    b.release("b/v@s2", "keep").expect("release");
+    b.clone_snapshot("b/v@local", "b/c", &BTreeMap::new())
+        .expect("clone");
+    let e = recv(&b, "b/v", &inc[..], true).expect_err("cloned");
+    assert!(e.to_string().contains("clones"), "{e}");
+    b.destroy("b/c").expect("destroy clone");
+
+    recv(&b, "b/v", &inc[..], true).expect("forced");
+    assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s2"));
+    assert_eq!(read_all(&b, "b/v@s2"), read_all(&a, "a/v@s2"));
+    assert!(
+        b.dataset("b/v@local").is_err(),
+        "the newer snapshot is gone"
+    );
+    assert_eq!(
+        b.dataset("b/v@s2").expect("s2").guid,
+        a.dataset("a/v@s2").expect("s2").guid,
+        "s2 is the stream's, not the destroyed local one"
+    );
+}
+
 #[test]
 fn incremental_refused_when_target_changed_unless_forced() {
     let a = mkpool("a");

@@ -72,10 +72,22 @@ pub fn clone(reg: &Registry, a: &CloneArgs) -> Result<()> {
 
 /// `tarn rename POOL/NAME POOL/NEW`
 pub fn rename(reg: &Registry, a: &RenameArgs) -> Result<()> {
+    if let Some((vol, _)) = a.from.split_once('@') {
+        // A snapshot: to `@NEW` or `POOL/VOL@NEW`, of the same volume.
+        snapshot_name(&a.from)?;
+        let to = match a.to.strip_prefix('@') {
+            Some(snap) => format!("{vol}@{snap}"),
+            None => a.to.clone(),
+        };
+        snapshot_name(&to)?;
+        let (pool, _) = open_for(reg, &a.from)?;
+        pool.rename_snapshot(&a.from, &to)?;
+        return Ok(pool.close()?);
+    }
     for name in [&a.from, &a.to] {
         if name.contains('@') {
             return Err(CliError::Usage(format!(
-                "{name}: only volumes are renamed (their snapshots follow them)"
+                "{name}: a volume is renamed to a volume name (its snapshots follow it)"
             )));
         }
         ::pool::names::split_dataset_name(name)?;
