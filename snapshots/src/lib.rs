@@ -395,6 +395,11 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
     if t.kind == DatasetKind::Snapshot {
         return Err(Error::InvalidArgument(format!("{vol} is not a volume")));
     }
+    // Properties the landing would refuse, refused before anything is destroyed.
+    props.iter().try_for_each(|(k, v)| pool::check_prop(k, v))?;
+    // An interrupted receive's leftover (a clone, maybe of a snapshot -F is to destroy) goes
+    // first, so that it neither blocks nor survives this one.
+    clear_partial(pool, &temp)?;
     let all = pool.list()?;
     let snaps = snapshots_of(&all, vol);
     if let Some(have) = snaps.iter().find(|d| d.guid == begin.to_guid) {
@@ -451,7 +456,6 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             t.block_size, begin.block_size
         )));
     }
-    clear_partial(pool, &temp)?;
     pool.clone_snapshot(&base, &temp, &tagged(&BTreeMap::new()))?;
     or_discard(pool, &temp, || {
         // The clone has the base's size, whatever the volume's is now.
@@ -462,8 +466,9 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;
         drop(h);
         pool.sync()?;
-        // Not in the landing's txg: a crash between leaves them destroyed and the volume as
-        // it was at the base, from which the same stream lands again.
+        // Not in the landing's txg: a crash between leaves them destroyed and the volume
+        // unchanged, onto which the same stream lands again with -F. Everything the landing
+        // checks was checked above, so that it does not refuse once they are gone.
         for n in newer.iter().rev() {
             pool.destroy_with(n, Recursion::Snapshots)?;
         }

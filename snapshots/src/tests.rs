@@ -105,8 +105,8 @@ fn full_and_incremental_round_trip() {
 }
 
 /// A target with snapshots newer than the stream's base: refused without -F (naming them);
-/// with -F refused while one has a clone or a hold, else they are destroyed and the stream
-/// lands, even one whose snapshot name a destroyed one had.
+/// with -F refused while one has a clone or a hold (not a receive's leftover), else they are
+/// destroyed and the stream lands, even one whose snapshot name a destroyed one had.
 #[test]
 fn forced_incremental_destroys_newer_snapshots() {
     let a = mkpool("a");
@@ -149,8 +149,13 @@ fn forced_incremental_destroys_newer_snapshots() {
     let e = recv(&b, "b/v", &inc[..], true).expect_err("cloned");
     assert!(e.to_string().contains("clones"), "{e}");
     b.destroy("b/c").expect("destroy clone");
+    // An interrupted receive's leftover, a clone of a snapshot -F destroys, is no obstacle.
+    let leftover = format!("b/v{PARTIAL_SUFFIX}");
+    b.clone_snapshot("b/v@local", &leftover, &tagged(&BTreeMap::new()))
+        .expect("leftover");
 
     recv(&b, "b/v", &inc[..], true).expect("forced");
+    assert!(b.dataset(&leftover).is_err(), "the leftover is gone");
     assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s2"));
     assert_eq!(read_all(&b, "b/v@s2"), read_all(&a, "a/v@s2"));
     assert!(

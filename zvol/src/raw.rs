@@ -141,7 +141,10 @@ impl RawFile {
                 backend_id("blk", meta.rdev(), 0),
             )
         } else if ft.is_file() {
-            (meta.len(), None, backend_id("raw", meta.dev(), meta.ino()))
+            // The file system's ID (from its UUID on ext4, XFS, btrfs), not st_dev, which a
+            // reboot may renumber.
+            let fs = fs_id(&file).unwrap_or(meta.dev());
+            (meta.len(), None, backend_id("raw", fs, meta.ino()))
         } else {
             return Err(Error::InvalidArgument(format!(
                 "{} is neither a regular file nor a block device",
@@ -171,7 +174,7 @@ impl RawFile {
                 }
             }
         }
-        let discards = !opts.read_only && discards(&file, &meta, size);
+        let discards = !opts.read_only && discards(&file, &meta);
         Ok(RawFile {
             file,
             path: path.to_path_buf(),
@@ -527,8 +530,9 @@ impl BlockBackend for RawFile {
         BackendInfo {
             size: self.size,
             block_size: 4096,
-            // A 4Kn disk stays one: its partition table is at byte 4096, not 512.
-            logical_block_size: self.block_dev_sector.map_or(512, |s| s as u32),
+            // 512 whatever the host's sectors (QEMU's default): images partitioned with 512-byte
+            // sectors boot from a 4Kn disk too; unaligned requests are read-modify-written.
+            logical_block_size: 512,
             read_only: self.read_only,
             discards: self.discards,
             id: self.id.clone(),
@@ -629,31 +633,47 @@ impl Bounce {
     }
 }
 
-/// What `O_DIRECT` needs for `file`: the kernel's answer (statx `STATX_DIOALIGN`) where it
-/// gives one, else a block device's logical sector size, else 4096. `None`: the kernel says
-/// this file cannot do direct I/O.
 /// Whether punching a hole in `file` frees space rather than failing into written zeroes: a
 /// block device that zeroes by command (`write_zeroes_max_bytes`, what `fallocate` needs
-/// there), or a file system that punches holes (asked with an empty punch past the end).
-fn discards(file: &File, meta: &std::fs::Metadata, size: u64) -> bool {
+/// there), or a file on a file system known to punch holes. Asked of the file system's type,
+/// not by punching: even an empty punch past the end updates the file's mtime.
+fn discards(file: &File, meta: &std::fs::Metadata) -> bool {
     if meta.file_type().is_block_device() {
         return pool::device::queue_limit(meta.rdev(), "write_zeroes_max_bytes").unwrap_or(0) > 0;
     }
-    let Ok(at) = libc::off_t::try_from(size) else {
-        return false;
-    };
-    // SAFETY: fallocate(2) on our own descriptor, past the end with KEEP_SIZE: no data changes.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            at,
-            4096,
-        )
-    };
-    rc == 0
+    // ext4, XFS, btrfs, tmpfs, F2FS, bcachefs, OpenZFS (statfs(2) magic numbers).
+    const PUNCHING: [u64; 7] = [
+        0xef53,
+        0x5846_5342,
+        0x9123_683e,
+        0x0102_1994,
+        0xf2f5_2010,
+        0xca45_1a4e,
+        0x2fc1_2fc1,
+    ];
+    fs_stat(file).is_some_and(|st| PUNCHING.contains(&(st.f_type as u64)))
 }
 
+/// `fstatfs(2)` of the file system holding `file`.
+fn fs_stat(file: &File) -> Option<libc::statfs> {
+    // SAFETY: `statfs` is plain old data, for which all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a pointer to a live, writable `statfs`.
+    (unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } == 0).then_some(st)
+}
+
+/// The `f_fsid` of the file system holding `file` (`fstatvfs(3)`).
+fn fs_id(file: &File) -> Option<u64> {
+    // SAFETY: `statvfs` is plain old data, for which all-zero bytes are a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a pointer to a live, writable `statvfs`.
+    let ok = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0;
+    (ok && st.f_fsid != 0).then_some(st.f_fsid as u64)
+}
+
+/// What `O_DIRECT` needs for `file`: the kernel's answer (statx `STATX_DIOALIGN`) where it
+/// gives one, else a block device's logical sector size, else 4096. `None`: the kernel says
+/// this file cannot do direct I/O.
 fn direct_alignment(file: &File, block_dev_sector: Option<u64>) -> Option<DirectAlign> {
     // SAFETY: `statx` is plain old data, for which all-zero bytes are a valid value.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
