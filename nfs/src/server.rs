@@ -47,6 +47,7 @@ pub fn nfs_status(e: &ViewError) -> nfsstat3 {
         ViewError::ReadOnly(_) => nfsstat3::NFS3ERR_ROFS,
         ViewError::NameTooLong(_) => nfsstat3::NFS3ERR_NAMETOOLONG,
         ViewError::BadName(_) | ViewError::Invalid(_) => nfsstat3::NFS3ERR_INVAL,
+        ViewError::NoSpace(_) => nfsstat3::NFS3ERR_NOSPC,
         ViewError::Pool(p) => match p.kind() {
             K::Io | K::Corrupt => nfsstat3::NFS3ERR_IO,
             K::NoSpace => nfsstat3::NFS3ERR_NOSPC,

@@ -41,6 +41,10 @@ pub const SNAPSHOT_DIR: &str = ".snapshot";
 /// Longest name component.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// Most empty directories a view holds (in memory: one is ~1 KiB with its ID and node, and
+/// every READDIR scans them).
+pub const MAX_EMPTY_DIRS: usize = 65_536;
+
 /// Errors from the file view.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -77,6 +81,9 @@ pub enum ViewError {
     /// A malformed request.
     #[error("{0}")]
     Invalid(String),
+    /// Past a limit of the view (empty directories, held in memory).
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 impl ViewError {
@@ -88,6 +95,7 @@ impl ViewError {
             ViewError::Exists(_) => ErrorKind::AlreadyExists,
             ViewError::ReadOnly(_) => ErrorKind::ReadOnly,
             ViewError::NotEmpty(_) => ErrorKind::Busy,
+            ViewError::NoSpace(_) => ErrorKind::NoSpace,
             ViewError::NotDir(_)
             | ViewError::IsDir(_)
             | ViewError::BadName(_)
@@ -599,6 +607,10 @@ impl FileView {
 
     /// Looks `name` up in directory `dir`.
     pub fn lookup(&self, dir: u64, name: &str) -> Result<u64> {
+        // One component: "a/x" would otherwise name a volume two levels down.
+        if name.contains(['/', '\0']) {
+            return Err(ViewError::NotFound(name.into()));
+        }
         match self.node(dir)? {
             Node::Data(n) => Err(ViewError::NotDir(n)),
             Node::SnapDir(p) => {
@@ -918,7 +930,15 @@ impl FileView {
         if pool::names::split_dataset_name(&self.full(&join(&local, "x"))).is_err() {
             return Err(ViewError::NameTooLong(local));
         }
-        lock(&self.empty_dirs).insert(local.clone());
+        let mut ed = lock(&self.empty_dirs);
+        if ed.len() >= MAX_EMPTY_DIRS {
+            return Err(ViewError::NoSpace(format!(
+                "{local}: already {MAX_EMPTY_DIRS} empty directories (they live in memory until \
+                 a file is created in them)"
+            )));
+        }
+        ed.insert(local.clone());
+        drop(ed);
         self.touch_ns();
         let id = self.dir_id_of(&local);
         wlock(&self.dirs).insert(id, Node::Dir(local));
@@ -929,8 +949,10 @@ impl FileView {
     pub fn remove(&self, dir: u64, name: &str) -> Result<()> {
         // Not "." or "..": those name the directory itself or its parent, not an entry.
         Self::check_name(name)?;
-        let id = self.lookup(dir, name)?;
+        // Looked up under the lock: a RENAME between the lookup and the removal would
+        // otherwise make this remove the renamed file.
         let _g = lock(&self.ns_lock);
+        let id = self.lookup(dir, name)?;
         match self.node(id)? {
             Node::SnapDir(p) => Err(ViewError::ReadOnly(join(&p, SNAPSHOT_DIR))),
             Node::Dir(p) => {
@@ -955,21 +977,34 @@ impl FileView {
                 }
                 self.pool.destroy(&self.full(&n))?;
                 self.forget(id);
+                self.keep_dir(parent_of(&n));
                 self.touch_ns();
                 Ok(())
             }
         }
     }
 
+    /// Keeps directory `dir` after the last file below it went (removed or moved away): a
+    /// directory exists through what lies below it, and would vanish from under its handle.
+    fn keep_dir(&self, dir: &str) {
+        let prefix = format!("{dir}/");
+        if !dir.is_empty() && !self.all().iter().any(|(n, _, _)| n.starts_with(&prefix)) {
+            lock(&self.empty_dirs).insert(dir.to_string());
+        }
+    }
+
     /// Renames a file or directory. A file replaces an existing file of the target name
     /// (destroying it first: not atomic). A directory is renamed dataset by dataset.
     pub fn rename(&self, from_dir: u64, from: &str, to_dir: u64, to: &str) -> Result<()> {
-        let src = self.lookup(from_dir, from)?;
+        // Not "." or "..": they name a directory itself or its parent, not an entry.
+        Self::check_name(from)?;
         let tp = self.dir_path(to_dir)?;
         Self::check_name(to)?;
         let target = join(&tp, to);
         self.check_writable(&target)?;
         let _g = lock(&self.ns_lock);
+        // Under the lock, as in `remove`.
+        let src = self.lookup(from_dir, from)?;
         match self.node(src)? {
             Node::SnapDir(p) => Err(ViewError::ReadOnly(join(&p, SNAPSHOT_DIR))),
             Node::Data(n) => {
@@ -982,11 +1017,23 @@ impl FileView {
                 if self.dir_exists(&target) {
                     return Err(ViewError::Exists(target));
                 }
-                if let Some((_, old, _)) = self.all().into_iter().find(|(x, _, _)| *x == target) {
-                    self.pool.destroy(&self.full(&target))?;
-                    self.forget(old);
+                let all = self.all();
+                if let Some((_, old, _)) = all.iter().find(|(x, _, _)| *x == target) {
+                    // The replaced file goes first, so the rename must not fail after it:
+                    // every name the rename makes (its snapshots follow it) is checked now.
+                    let (from_full, to_full) = (self.full(&n), self.full(&target));
+                    pool::names::split_dataset_name(&to_full)?;
+                    for (x, _, _) in &all {
+                        if let Some(snap) = x.strip_prefix(&format!("{n}@")) {
+                            pool::names::check_length(&format!("{to_full}@{snap}"))?;
+                        }
+                    }
+                    debug_assert!(from_full != to_full);
+                    self.pool.destroy(&to_full)?;
+                    self.forget(*old);
                 }
                 self.pool.rename(&self.full(&n), &self.full(&target))?;
+                self.keep_dir(parent_of(&n));
                 self.touch_ns();
                 Ok(())
             }
@@ -1148,6 +1195,62 @@ mod tests {
             v2.getattr(dir_id("nope")),
             Err(ViewError::Stale(_))
         ));
+    }
+
+    /// A RENAME over an existing file that the pool would refuse (the source's snapshot name
+    /// would pass 255 bytes under the new name) fails before the target is destroyed; "." is
+    /// no source, and a LOOKUP name is one component.
+    #[test]
+    fn a_refused_rename_keeps_the_file_it_would_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let p = v.pool().clone();
+        p.create_volume("tank/src", 8192, 4096, &BTreeMap::new())
+            .unwrap();
+        p.snapshot(&[format!("tank/src@{}", "s".repeat(240)).as_str()])
+            .unwrap();
+        let target = "t".repeat(40);
+        p.create_volume(&format!("tank/{target}"), 8192, 4096, &BTreeMap::new())
+            .unwrap();
+        let e = v.rename(v.root(), "src", v.root(), &target).unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        assert!(
+            p.dataset(&format!("tank/{target}")).is_ok(),
+            "the target survives"
+        );
+        assert!(p.dataset("tank/src").is_ok());
+
+        v.mkdir(v.root(), "dir").unwrap();
+        assert!(matches!(
+            v.rename(v.lookup_path("dir").unwrap(), ".", v.root(), "moved"),
+            Err(ViewError::BadName(_))
+        ));
+        p.create_volume("tank/dir/x", 8192, 4096, &BTreeMap::new())
+            .unwrap();
+        assert!(matches!(
+            v.lookup(v.root(), "dir/x"),
+            Err(ViewError::NotFound(_))
+        ));
+    }
+
+    /// A directory stays when its last file is removed or moved away (it exists through what
+    /// lies below it), with its ID: `rm dir/x; cp y dir/` and `rmdir` work.
+    #[test]
+    fn a_directory_outlives_its_last_file() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let dir = v.mkdir(v.root(), "d").unwrap().id;
+        for name in ["x", "y"] {
+            v.create(dir, name, 4096).unwrap();
+        }
+        v.remove(dir, "x").unwrap();
+        v.rename(dir, "y", v.root(), "y").unwrap();
+        assert_eq!(v.getattr(dir).unwrap().kind, NodeKind::Dir);
+        assert_eq!(v.lookup_path("d").unwrap(), dir);
+        v.create(dir, "z", 4096).unwrap();
+        v.remove(dir, "z").unwrap();
+        v.remove(v.root(), "d").unwrap();
+        assert!(matches!(v.lookup_path("d"), Err(ViewError::NotFound(_))));
     }
 
     /// A renamed directory keeps its ID, and so do those below it (clients hold them as file

@@ -38,19 +38,20 @@ impl PtrShape {
         if p.is_hole() {
             return Ok(());
         }
-        let (want, what) = if data {
-            (self.data_sectors, "data")
+        let (want, what, a) = if data {
+            (self.data_sectors, "data", "a")
         } else {
-            (INDIRECT_SECTORS, "indirect")
+            (INDIRECT_SECTORS, "indirect", "an")
         };
         let end = p.sector.checked_add(u64::from(p.sectors));
         if p.sectors == want && p.sector >= self.area.0 && end.is_some_and(|e| e <= self.area.1) {
             return Ok(());
         }
         Err(Error::Corrupt(format!(
-            "the block map of {} points to an {what} block of {} sectors at sector {} (born in \
+            "the block map of {} points to {a} {what} block of {} sectors at sector {} (born in \
              txg {}), but {what} blocks take {want} sectors within sectors {}..{}; the pool's \
-             metadata is damaged (or crafted): copy the data off with `tarn vol export`",
+             metadata is damaged (or crafted): restore the volume from a snapshot or a copy \
+             (`tarn pool scrub` lists every such block)",
             self.owner, p.sectors, p.sector, p.birth, self.area.0, self.area.1
         )))
     }

@@ -315,24 +315,26 @@ impl LabelPhys {
         if b.len() < SECTOR as usize || b[0..8] != LABEL_MAGIC {
             return Ok(None);
         }
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                path: path.into(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
         let body = &b[..SECTOR as usize - 16];
         let want = u128::from_le_bytes(
             b[SECTOR as usize - 16..SECTOR as usize]
                 .try_into()
                 .unwrap_or_default(),
         );
-        if checksum(body, 0) != want {
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        // A label of another version may not verify the way this one does: named for its
+        // version either way (`read_label` still prefers a copy that decodes).
+        if checksum(body, 0) != want && version == FORMAT_VERSION {
             return Err(Error::Corrupt(format!(
                 "{path}: pool label checksum mismatch"
             )));
+        }
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: path.into(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let mut d = Dec::new(&body[8..], "pool label");
         let version = d.u32()?;

@@ -475,7 +475,9 @@ fn read_label(dev: &dyn Device) -> Result<LabelPhys> {
         match LabelPhys::decode(&b, &path) {
             Ok(Some(l)) => return Ok(l),
             Ok(None) => {}
-            Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+            // A copy of another version is said only if no copy decodes: one damaged byte in
+            // the first copy's version field must not hide an intact second copy.
+            Err(e @ Error::UnsupportedVersion { .. }) => first_err = Some(e),
             Err(e) => first_err = first_err.or(Some(e)),
         }
     }
@@ -681,9 +683,10 @@ impl Pool {
             intact &= sm.load_chunk(c as u64, b, ub.txg, label.guid);
         }
         sm.recount();
-        if !sm.set_deferred(&meta.deferred) {
+        if !sm.set_deferred(&meta.deferred, intact) {
             return Err(Error::Corrupt(format!(
-                "{}: the meta block of txg {} lists a deferred free outside the pool's data area",
+                "{}: the meta block of txg {} lists a deferred free outside the pool's data area, \
+                 overlapping another, or not allocated in its space map",
                 dev.describe(),
                 ub.txg
             )));
@@ -734,7 +737,7 @@ impl Pool {
                 read_only: d.kind == DatasetKind::Snapshot,
             };
             let vol = Arc::new(Volume::new(d.id, name.clone(), d.block_size, init));
-            datasets.insert(
+            let twice = datasets.insert(
                 d.id,
                 DatasetEntry {
                     kind: d.kind,
@@ -748,6 +751,17 @@ impl Pool {
                     vol,
                 },
             );
+            // One would silently hide the other (a crafted or damaged leaf).
+            if let Some(first) = twice {
+                return Err(Error::Corrupt(format!(
+                    "{}: the directory of txg {} lists dataset id {} twice ({} and {})",
+                    dev.describe(),
+                    ub.txg,
+                    d.id,
+                    first.name,
+                    d.name
+                )));
+            }
         }
         check_datasets(&datasets, meta.next_dataset_id)?;
         let state = CommitState {

@@ -6,7 +6,7 @@ use crate::blocktree::height_for;
 use crate::error::Result;
 use crate::phys::{decode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT};
 use crate::pool::{lock, read, Pool};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// One problem found by a scrub.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -42,8 +42,12 @@ struct Walk<'a> {
     report: ScrubReport,
     /// Every tree block seen: its pointer and the data sectors below it.
     seen: HashMap<u64, (BlockPtr, u64)>,
-    /// Sectors claimed by anything (trees, deadlist chains, the meta block).
-    claimed: HashSet<u64>,
+    /// Sectors claimed by anything (trees, deadlist chains, the meta block): a bit each, so
+    /// that a scrub of a large pool takes a bit per sector, not a hash entry.
+    claimed: Vec<u64>,
+    /// Indirect blocks that could not be read: what lies below them is unknown, so the
+    /// counts that depend on it are not compared (they would only repeat the one error).
+    unreadable: u64,
 }
 
 impl Walk<'_> {
@@ -68,10 +72,16 @@ impl Walk<'_> {
             );
         }
         for s in p.sector..p.sector + u64::from(p.sectors) {
-            if !self.claimed.insert(s) {
+            let (word, bit) = ((s / 64) as usize, 1u64 << (s % 64));
+            // Pointers past the device were reported as not allocated above.
+            let Some(w) = self.claimed.get_mut(word) else {
+                break;
+            };
+            if *w & bit != 0 {
                 self.err(dataset, None, format!("sector {s} is referenced twice"));
                 break;
             }
+            *w |= bit;
         }
     }
 
@@ -87,6 +97,17 @@ impl Walk<'_> {
         bs: u64,
     ) -> u64 {
         if p.is_hole() {
+            return 0;
+        }
+        // A pointer of the wrong length, or into the labels, the uberblocks or the space map,
+        // as loading the tree would refuse it.
+        if let Err(e) = self
+            .pool
+            .shared
+            .ptr_shape(bs as u32, dataset)
+            .check(p, level == 0)
+        {
+            self.err(dataset, Some(first * bs), e.to_string());
             return 0;
         }
         if let Some((q, data)) = self.seen.get(&p.sector) {
@@ -113,17 +134,21 @@ impl Walk<'_> {
         self.report.blocks += 1;
         self.report.bytes += len as u64;
         let offset = (level == 0).then_some(first * bs);
-        if let Err(e) = self.pool.shared.read_block(p, &mut buf, &|| match offset {
+        let read = self.pool.shared.read_block(p, &mut buf, &|| match offset {
             Some(o) => format!("dataset {dataset} at byte offset {o}"),
             None => format!(
                 "an indirect block of {dataset} covering byte offset {}",
                 first * bs
             ),
-        }) {
+        });
+        if let Err(e) = &read {
             self.err(dataset, Some(first * bs), e.to_string());
+            self.unreadable += u64::from(level > 0);
         }
         let mut data = if level == 0 { u64::from(p.sectors) } else { 0 };
-        if level > 0 {
+        // The pointers of an indirect block that failed its checksum are not decoded: they
+        // would send the walk to made-up sectors, each reported as another error.
+        if level > 0 && read.is_ok() {
             let span = (PTRS_PER_INDIRECT as u64).pow(level as u32 - 1);
             let mut kids = vec![BlockPtr::HOLE; PTRS_PER_INDIRECT];
             match decode_indirect(&buf, &mut kids) {
@@ -162,7 +187,8 @@ impl Pool {
             pool: self,
             report: ScrubReport::default(),
             seen: HashMap::new(),
-            claimed: HashSet::new(),
+            claimed: vec![0; sh.data_area().1.div_ceil(64) as usize],
+            unreadable: 0,
         };
         let pool_name = self.name().to_string();
         w.claim(&pool_name, &cs.meta);
@@ -189,8 +215,9 @@ impl Pool {
             };
             let bs = u64::from(v.block_size);
             let nblocks = size / bs;
+            let unreadable = w.unreadable;
             let refd = w.walk(&name, &root, height_for(nblocks as usize), 0, nblocks, bs);
-            if refd != referenced {
+            if refd != referenced && w.unreadable == unreadable {
                 w.err(
                     &name,
                     None,
@@ -207,7 +234,13 @@ impl Pool {
                 Err(e) => w.err(&name, None, format!("deadlist unreadable: {e}")),
             }
         }
-        // Every deadlist entry must be a block some snapshot still references.
+        // Every deadlist entry must be a block some snapshot still references (unknown where a
+        // tree could not be read).
+        let deadlists = if w.unreadable == 0 {
+            deadlists
+        } else {
+            Vec::new()
+        };
         for (name, entries) in deadlists {
             for e in entries {
                 if w.seen.get(&e.ptr.sector).map(|(q, _)| *q) != Some(e.ptr) {
@@ -222,13 +255,14 @@ impl Pool {
                 }
             }
         }
+        let referenced: u64 = w.claimed.iter().map(|x| u64::from(x.count_ones())).sum();
         let sm = lock(&sh.spacemap);
-        let expect = w.claimed.len() as u64 + sm.deferred_sectors() + sm.placed();
-        if sm.allocated() != expect {
+        let expect = referenced + sm.deferred_sectors() + sm.placed();
+        if sm.allocated() != expect && w.unreadable == 0 {
             let msg = format!(
                 "space map says {} sectors are allocated, but {} are referenced, {} are deferred frees and {} are being written",
                 sm.allocated(),
-                w.claimed.len(),
+                referenced,
                 sm.deferred_sectors(),
                 sm.placed()
             );

@@ -392,13 +392,21 @@ impl SpaceMap {
     }
 
     /// Restores the pending frees from a meta block.
-    /// False, changing nothing, if an extent lies outside the data area (a damaged or
-    /// crafted meta block: releasing it would index past the map).
-    pub fn set_deferred(&mut self, d: &[(u64, Vec<(u64, u32)>)]) -> bool {
-        if !d
+    /// False, changing nothing, if an extent lies outside the data area, overlaps another,
+    /// or (with `loaded`, the map as written by the same txg) is not allocated in the map,
+    /// as every pending free is until its release: a damaged or crafted meta block, whose
+    /// release would index past the map or free a sector twice.
+    pub fn set_deferred(&mut self, d: &[(u64, Vec<(u64, u32)>)], loaded: bool) -> bool {
+        let mut all: Vec<(u64, u64)> = d
             .iter()
             .flat_map(|(_, v)| v)
-            .all(|&(s, n)| self.in_data_area(s, u64::from(n)))
+            .map(|&(s, n)| (s, u64::from(n)))
+            .collect();
+        all.sort_unstable();
+        if !all
+            .iter()
+            .all(|&(s, n)| self.in_data_area(s, n) && (!loaded || self.is_allocated(s, n)))
+            || all.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0)
         {
             return false;
         }
@@ -494,12 +502,25 @@ impl SpaceMap {
         (checksum(&b[SPACEMAP_HEADER..], guid ^ c ^ txg.rotate_left(32)) == sum).then_some(txg)
     }
 
-    /// Loads chunk `c` if it verifies and was written no later than `max_txg`.
+    /// Loads chunk `c` if it verifies, was written no later than `max_txg`, and marks the
+    /// reserved area and the tail past the device allocated, as every chunk written does. A
+    /// chunk that verifies but frees any of them (crafted) would hand the labels or live
+    /// metadata to the allocator: refused, so that the map is rebuilt from the trees.
     pub fn load_chunk(&mut self, c: u64, b: &[u8], max_txg: u64, guid: u64) -> bool {
         if Self::chunk_txg(c, b, guid).is_none_or(|txg| txg > max_txg) {
             return false;
         }
         let bits = &b[SPACEMAP_HEADER..];
+        let lo = c * SPACEMAP_BITS_PER_CHUNK;
+        let hi = lo + SPACEMAP_BITS_PER_CHUNK;
+        let set = |s: u64| {
+            let rel = (s - lo) as usize;
+            bits.get(rel / 8)
+                .is_some_and(|byte| byte & (1 << (rel % 8)) != 0)
+        };
+        if !(lo..hi.min(self.reserved)).all(set) || !(lo.max(self.sectors)..hi).all(set) {
+            return false;
+        }
         let w = (c * WORDS_PER_CHUNK) as usize;
         for (i, word) in bits.chunks_exact(8).enumerate() {
             let v = u64::from_le_bytes(word.try_into().unwrap_or_default());
@@ -515,7 +536,8 @@ impl SpaceMap {
     pub fn recount(&mut self) {
         let total: u64 = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
         let tail = self.words.len() as u64 * 64 - self.sectors;
-        self.allocated = total - self.reserved - tail;
+        // Loaded chunks mark both (`load_chunk`), fresh ones too: never below.
+        self.allocated = total.saturating_sub(self.reserved + tail);
     }
 
     /// Clears every bit except the reserved area, the tail and the deferred frees (before a

@@ -26,6 +26,8 @@ pub mod messages;
 const NFS_ACL_PROGRAM: u32 = 100_227;
 const NFS_ID_MAP_PROGRAM: u32 = 100_270;
 const NFS_METADATA_PROGRAM: u32 = 200_024;
+/// Largest credential or verifier body (RFC 5531, `opaque_auth`).
+const MAX_AUTH_BYTES: usize = 400;
 
 async fn handle_rpc_message<T>(
     mut context: RPCContext<T>,
@@ -44,6 +46,12 @@ where
         return message.into_rpc_mismatch();
     }
 
+    // RFC 5531 bounds both at 400 bytes (tarn patch): a body of megabytes would otherwise be
+    // held, copied, with every call waiting for READ budget.
+    if call.cred.body.0.len() > MAX_AUTH_BYTES || call.verf.body.0.len() > MAX_AUTH_BYTES {
+        warn!("a credential or verifier over {MAX_AUTH_BYTES} bytes from {}", context.client_addr);
+        return message.into_auth_error(auth_stat::AUTH_BADCRED);
+    }
     let unix = call.cred.flavor == auth_flavor::AUTH_UNIX;
     if unix {
         let auth = auth_unix::unpack(&mut Cursor::new(&call.cred.body.0))?.0;
