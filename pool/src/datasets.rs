@@ -137,24 +137,18 @@ impl Pool {
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
         let old = self.local_volume(from)?;
         let new = self.local_volume(to)?;
-        let sh = &self.shared;
-        sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        {
-            let mut ds = write(&sh.datasets);
-            if ds.values().any(|d| d.name == new) {
-                return Err(Error::AlreadyExists(to.into()));
-            }
+        let pool_name = self.name();
+        self.renaming(new, to, |ds| {
             let id = ds
                 .values()
                 .find(|d| d.name == old)
                 .map(|d| d.vol.id)
                 .ok_or_else(|| Error::NotFound(from.into()))?;
-            check_nesting(&ds, new, Some(id), sh.name())?;
+            check_nesting(ds, new, Some(id), pool_name)?;
             // Its snapshots follow it: each new name must fit too.
             for d in ds.values() {
                 if d.kind == DatasetKind::Snapshot && d.parent == id {
-                    let name = format!("{}/{new}@{}", sh.name(), d.snap_name());
+                    let name = format!("{pool_name}/{new}@{}", d.snap_name());
                     crate::names::check_length(&name)?;
                 }
             }
@@ -166,9 +160,29 @@ impl Pool {
                 } else {
                     continue;
                 };
-                *write(&d.vol.name) = renamed.clone();
-                d.name = renamed;
+                d.set_name(renamed);
             }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` to rename entries under the commit lock, refusing first if a dataset is
+    /// named `new` already (`to` in full, for the message), then commits. Durable on return.
+    fn renaming(
+        &self,
+        new: &str,
+        to: &str,
+        f: impl FnOnce(&mut BTreeMap<u64, DatasetEntry>) -> Result<()>,
+    ) -> Result<()> {
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = lock(&sh.commit);
+        {
+            let mut ds = write(&sh.datasets);
+            if ds.values().any(|d| d.name == new) {
+                return Err(Error::AlreadyExists(to.into()));
+            }
+            f(&mut ds)?;
         }
         sh.commit_locked(&mut cs)?;
         Ok(())
@@ -193,23 +207,13 @@ impl Pool {
                 self.name()
             )));
         }
-        let sh = &self.shared;
-        sh.check_writable()?;
-        let mut cs = lock(&sh.commit);
-        {
-            let mut ds = write(&sh.datasets);
-            if ds.values().any(|d| d.name == new) {
-                return Err(Error::AlreadyExists(to.into()));
-            }
-            let d = ds
-                .values_mut()
+        self.renaming(new, to, |ds| {
+            ds.values_mut()
                 .find(|d| d.kind == DatasetKind::Snapshot && d.name == old)
-                .ok_or_else(|| Error::NotFound(from.into()))?;
-            *write(&d.vol.name) = new.to_string();
-            d.name = new.to_string();
-        }
-        sh.commit_locked(&mut cs)?;
-        Ok(())
+                .ok_or_else(|| Error::NotFound(from.into()))?
+                .set_name(new.to_string());
+            Ok(())
+        })
     }
 
     /// Sets user properties on a dataset (an empty value removes the key); durable on return.
@@ -353,6 +357,12 @@ impl DatasetEntry {
             .split_once('@')
             .map(|(_, s)| s)
             .unwrap_or(&self.name)
+    }
+
+    /// Renames the entry and its volume (whose handles say the new name).
+    fn set_name(&mut self, name: String) {
+        *write(&self.vol.name) = name.clone();
+        self.name = name;
     }
 }
 

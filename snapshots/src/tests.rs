@@ -104,11 +104,9 @@ fn full_and_incremental_round_trip() {
     assert!(e.to_string().contains("already has"), "{e}");
 }
 
-/// A target with snapshots newer than the stream's base: refused without -F (naming them);
-/// with -F refused while one has a clone or a hold (not a receive's leftover), else they are
-/// destroyed and the stream lands, even one whose snapshot name a destroyed one had.
-#[test]
-fn forced_incremental_destroys_newer_snapshots() {
+/// Pool `a` with `a/v@s1` (64 KiB of data) and `a/v@s2` (`len` bytes of `seed` rewritten at
+/// `at`), and the streams of `s1` (full) and `s1` to `s2` (incremental).
+fn two_snapshots(at: u64, len: usize, seed: u8) -> (Pool, Vec<u8>, Vec<u8>) {
     let a = mkpool("a");
     a.create_volume("a/v", 1 << 20, 4096, &BTreeMap::new())
         .expect("create");
@@ -119,11 +117,20 @@ fn forced_incremental_destroys_newer_snapshots() {
     a.snapshot(&["a/v@s1"]).expect("snap");
     a.volume("a/v")
         .expect("vol")
-        .write_at(4096, &fill(8192, 5))
+        .write_at(at, &fill(len, seed))
         .expect("write");
     a.snapshot(&["a/v@s2"]).expect("snap");
     let full = send_vec(&a, "a/v@s1", None);
     let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+    (a, full, inc)
+}
+
+/// A target with snapshots newer than the stream's base: refused without -F (naming them);
+/// with -F refused while one has a clone or a hold (not a receive's leftover), else they are
+/// destroyed and the stream lands, even one whose snapshot name a destroyed one had.
+#[test]
+fn forced_incremental_destroys_newer_snapshots() {
+    let (a, full, inc) = two_snapshots(4096, 8192, 5);
 
     let b = mkpool("b");
     recv(&b, "b/v", &full[..], false).expect("full");
@@ -171,21 +178,7 @@ fn forced_incremental_destroys_newer_snapshots() {
 
 #[test]
 fn incremental_refused_when_target_changed_unless_forced() {
-    let a = mkpool("a");
-    a.create_volume("a/v", 1 << 20, 4096, &BTreeMap::new())
-        .expect("create");
-    a.volume("a/v")
-        .expect("vol")
-        .write_at(0, &fill(65536, 1))
-        .expect("write");
-    a.snapshot(&["a/v@s1"]).expect("snap");
-    a.volume("a/v")
-        .expect("vol")
-        .write_at(0, &fill(4096, 9))
-        .expect("write");
-    a.snapshot(&["a/v@s2"]).expect("snap");
-    let full = send_vec(&a, "a/v@s1", None);
-    let inc = send_vec(&a, "a/v@s2", Some("a/v@s1"));
+    let (a, full, inc) = two_snapshots(0, 4096, 9);
 
     let b = mkpool("b");
     recv(&b, "b/v", &full[..], false).expect("full");
