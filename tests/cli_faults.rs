@@ -712,8 +712,9 @@ fn pool_create_on_a_device_overwrites_nothing_it_should_not() {
 }
 
 /// A signal stops `vol import`, also one whose source (a FIFO here) has gone quiet, and exits
-/// 128 + the signal, saying what the volume may hold (an existing one); an import that
-/// created its volume destroys it as after any failure.
+/// 128 + the signal; an existing volume fed from a pipe is rolled back to what it held (an
+/// import that created its volume destroys it, as after any failure). A pipe larger than the
+/// volume fails the same way, changing nothing.
 #[test]
 fn a_signal_stops_an_import_between_chunks() {
     use std::io::Write;
@@ -748,9 +749,41 @@ fn a_signal_stops_an_import_between_chunks() {
     let out = child.wait_with_output().expect("import ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
-    assert!(
-        stderr.contains("may now hold part of the image"),
-        "{stderr}"
+    assert!(stderr.contains("tank/v is as it was"), "{stderr}");
+    same_bytes(
+        &env.export("tank/v"),
+        &vec![0u8; 8 << 20],
+        "the rolled-back volume",
+    );
+    env.run(["pool", "scrub", "tank"]).ok();
+
+    let data = random_bytes(8 << 20, 4);
+    env.import("tank/v", &data);
+    let mut child = env
+        .cmd(["vol", "import", "-", "tank/v"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("import");
+    let mut input = child.stdin.take().expect("stdin");
+    // The reader may stop before all of it is written: a broken pipe is expected.
+    let _ = input.write_all(&random_bytes(9 << 20, 5));
+    drop(input);
+    let out = child.wait_with_output().expect("import ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("larger than tank/v"), "{stderr}");
+    assert!(stderr.contains("tank/v is as it was"), "{stderr}");
+    same_bytes(
+        &env.export("tank/v"),
+        &data,
+        "the volume after a pipe too large",
+    );
+    assert_eq!(
+        env.run(["list", "tank", "-t", "snapshot", "-H", "-o", "name"])
+            .ok(),
+        "",
+        "no snapshot is left"
     );
     env.run(["pool", "scrub", "tank"]).ok();
 }

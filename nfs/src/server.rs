@@ -335,6 +335,11 @@ impl NfsFileSystem for NfsExport {
             match setattr.size {
                 set_size3::Some(size) if !a.is_dir() => v.set_size(id.as_u64(), size),
                 set_size3::Some(_) => Err(ViewError::IsDir(format!("{:#x}", a.id))),
+                // Nothing of a snapshot (or a read-only export) changes, as a read-only file
+                // system answers (a `touch` there said it worked).
+                set_size3::None if a.read_only => {
+                    Err(ViewError::ReadOnly(format!("file {:#x}", a.id)))
+                }
                 // Mode, owner and times are not stored: accepted and ignored.
                 set_size3::None => Ok(a),
             }

@@ -404,6 +404,34 @@ async fn a_guarded_create_never_opens_an_existing_file() {
     assert_eq!(got, [7u8; 4096], "the existing file was truncated");
 }
 
+/// SETATTR of a snapshot's mode, owner or times is ROFS, as on a read-only file system (it
+/// said OK and changed nothing); the volume's is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setattr_of_a_snapshot_is_read_only() {
+    use nfs3_client::nfs3_types::nfs3::{nfsstat3, set_mode3};
+    use nfs3_server::vfs::{FileHandleU64, NfsFileSystem};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = new_pool(dir.path());
+    pool.create_volume("tank/vm", 1 << 20, 4096, &Default::default())
+        .unwrap();
+    pool.snapshot(&["tank/vm@s"]).unwrap();
+    let view = Arc::new(FileView::new(pool.clone(), ViewOptions::default()));
+    let export = nfs::NfsExport::new(view.clone());
+    let snaps = view.lookup(view.root(), ".snapshot").unwrap();
+    let snap = view.lookup(snaps, "vm@s").unwrap();
+    let vm = view.lookup(view.root(), "vm").unwrap();
+    let chmod = || sattr3 {
+        mode: set_mode3::Some(0o600),
+        ..sattr3::default()
+    };
+    let r = export.setattr(&FileHandleU64::new(snap), chmod()).await;
+    assert!(matches!(r, Err(nfsstat3::NFS3ERR_ROFS)), "{r:?}");
+    assert!(export
+        .setattr(&FileHandleU64::new(vm), chmod())
+        .await
+        .is_ok());
+}
+
 /// This process's resident memory, bytes.
 fn rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")

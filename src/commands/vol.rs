@@ -529,9 +529,36 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
             (bs, true)
         }
     };
+    // An existing volume fed from a pipe, whose size shows only at its end, is snapshotted
+    // first: a source too large (or a failure, or a signal) then rolls it back, and the failed
+    // command changes nothing. A SIGKILL leaves the snapshot, to roll back to by hand.
+    let before = (!created && src.size.is_none())
+        .then(|| format!("{}@tarn-import-{}", a.name, std::process::id()));
+    if let Some(snap) = &before {
+        pool.snapshot(&[snap.as_str()])?;
+    }
     let copied = copy_in(&pool, &src, &a.name, bs, created, &stop);
     match copied {
-        Ok(()) => Ok(pool.close()?),
+        Ok(()) => {
+            if let Some(snap) = &before {
+                pool.destroy(snap)?;
+            }
+            Ok(pool.close()?)
+        }
+        Err(e) if before.is_some() => {
+            let snap = before.as_deref().unwrap_or_default();
+            let undone = pool.rollback(snap).and_then(|()| pool.destroy(snap));
+            let _ = pool.close();
+            let what = match &undone {
+                Ok(()) => format!("{} is as it was", a.name),
+                Err(u) => format!(
+                    "{} may hold part of the image ({u}); `tarn rollback {snap}` undoes it",
+                    a.name
+                ),
+            };
+            stop.exit_if_stopped(&what);
+            Err(CliError::Failed(format!("{}; {what}", e.one_line())))
+        }
         Err(e) if created => {
             // Leave the pool as it was: drop the half-imported volume.
             if let Err(de) = execute(
