@@ -81,14 +81,24 @@ impl Group {
         Group(cmd.spawn().expect("spawning a VM"))
     }
 
-    /// Waits up to `limit`; kills the group on timeout.
-    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    /// Waits up to `limit`, or until `console` (if any) has not grown for [`STALL`]; kills
+    /// the group then and returns `None`.
+    fn wait(
+        &mut self,
+        limit: Duration,
+        console: Option<&Path>,
+    ) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
+        let (mut size, mut grew) = (0, Instant::now());
         loop {
             if let Some(s) = self.0.try_wait().expect("waiting for a VM") {
                 return Some(s);
             }
-            if start.elapsed() > limit {
+            let now = console.map_or(0, |c| fs::metadata(c).map_or(0, |m| m.len()));
+            if now != size || console.is_none() {
+                (size, grew) = (now, Instant::now());
+            }
+            if start.elapsed() > limit || grew.elapsed() > STALL {
                 self.kill();
                 return None;
             }
@@ -110,6 +120,10 @@ impl Drop for Group {
         }
     }
 }
+
+/// A VM whose console stays silent this long has hung: every stage of a boot prints within
+/// seconds (a whole nested boot takes 25-40 s here).
+const STALL: Duration = Duration::from_secs(150);
 
 fn timeout() -> Duration {
     let s = std::env::var("TARN_VM_TIMEOUT").map_or(420, |v| {
@@ -144,7 +158,7 @@ fn fixtures(work: &Path) -> Option<PathBuf> {
         .stderr(Stdio::inherit());
     let mut g = Group::spawn(&mut cmd);
     let status = g
-        .wait(Duration::from_secs(900))
+        .wait(Duration::from_secs(900), None)
         .expect("fixtures/guest.sh timed out");
     match status.code() {
         Some(0) => {
@@ -276,6 +290,11 @@ fn ok(c: &mut Command) -> String {
 }
 
 fn boot_and_check(mode: Case) {
+    boot_attempt(mode, 1);
+}
+
+/// One boot of `mode`'s test from scratch; the nested harness's second try after a hang.
+fn boot_attempt(mode: Case, attempt: u32) {
     let t0 = Instant::now();
     let host = detect_host();
     let nested = matches!(host, Host::Nested(_));
@@ -426,8 +445,22 @@ fn boot_and_check(mode: Case) {
         .stderr(console_file);
     let launch = Instant::now();
     let mut vm = Group::spawn(&mut cmd);
-    let status = vm.wait(timeout());
+    let status = vm.wait(timeout(), Some(&console_path));
     let wall = launch.elapsed();
+    // QEMU's TCG emulation of a CPU that runs KVM hangs now and then: the outer VM stops
+    // (its own watchdog, `tarn.timeout`, never fires), silent from then on. Seen once in
+    // about twenty CI runs, with two inner vCPUs; the same test passes when run again. One
+    // more try from scratch, said on stderr; a second hang fails the test.
+    if status.is_none() && nested && attempt == 1 {
+        let console = fs::read_to_string(&console_path).unwrap_or_default();
+        let last = console.lines().last().unwrap_or_default().to_string();
+        eprintln!(
+            "vm_nested: the nested VM hung after {wall:?} (console silent for {STALL:?}; its \
+             last line: {last:?}); trying once more"
+        );
+        drop(vm);
+        return boot_attempt(mode, 2);
+    }
     if let Some(mut server) = nfs_server.take() {
         assert!(server.stop(), "tarn nfs serve did not exit cleanly");
     }

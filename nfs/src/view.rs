@@ -967,6 +967,7 @@ impl FileView {
                 }
                 lock(&self.empty_dirs).remove(&p);
                 wlock(&self.dirs).remove(&id);
+                self.keep_dir(parent_of(&p));
                 self.touch_ns();
                 Ok(())
             }
@@ -984,12 +985,20 @@ impl FileView {
         }
     }
 
-    /// Keeps directory `dir` after the last file below it went (removed or moved away): a
-    /// directory exists through what lies below it, and would vanish from under its handle.
+    /// Keeps directory `dir`, and those above it, after the last file below them went
+    /// (removed or moved away): a directory exists through a dataset below it or as an empty
+    /// one, and would vanish from under its handle.
     fn keep_dir(&self, dir: &str) {
-        let prefix = format!("{dir}/");
-        if !dir.is_empty() && !self.all().iter().any(|(n, _, _)| n.starts_with(&prefix)) {
-            lock(&self.empty_dirs).insert(dir.to_string());
+        let all = self.all();
+        let mut ed = lock(&self.empty_dirs);
+        let mut q = dir;
+        while !q.is_empty() {
+            let prefix = format!("{q}/");
+            if all.iter().any(|(n, _, _)| n.starts_with(&prefix)) {
+                break;
+            }
+            ed.insert(q.to_string());
+            q = parent_of(q);
         }
     }
 
@@ -997,7 +1006,9 @@ impl FileView {
     /// (destroying it first: not atomic). A directory is renamed dataset by dataset.
     pub fn rename(&self, from_dir: u64, from: &str, to_dir: u64, to: &str) -> Result<()> {
         // Not "." or "..": they name a directory itself or its parent, not an entry.
-        Self::check_name(from)?;
+        if from == "." || from == ".." {
+            return Err(ViewError::BadName(from.into()));
+        }
         let tp = self.dir_path(to_dir)?;
         Self::check_name(to)?;
         let target = join(&tp, to);
@@ -1104,6 +1115,7 @@ impl FileView {
                 }
                 drop(ed);
                 self.move_dir_ids(&p, &target, &below);
+                self.keep_dir(parent_of(&p));
                 self.touch_ns();
                 Ok(())
             }
@@ -1251,6 +1263,33 @@ mod tests {
         v.remove(dir, "z").unwrap();
         v.remove(v.root(), "d").unwrap();
         assert!(matches!(v.lookup_path("d"), Err(ViewError::NotFound(_))));
+
+        // Two levels: the directories above stay too (`rm -rf a` after `mkdir -p a/b`, a
+        // file in it, and the file removed or the directory moved away).
+        let a = v.mkdir(v.root(), "a").unwrap().id;
+        let b = v.mkdir(a, "b").unwrap().id;
+        v.create(b, "x", 4096).unwrap();
+        v.remove(b, "x").unwrap();
+        assert_eq!(v.getattr(a).unwrap().kind, NodeKind::Dir);
+        assert_eq!(v.getattr(b).unwrap().kind, NodeKind::Dir);
+        v.create(b, "x", 4096).unwrap();
+        v.rename(a, "b", v.root(), "c").unwrap();
+        assert_eq!(
+            v.getattr(a).unwrap().kind,
+            NodeKind::Dir,
+            "a stays when b moves away"
+        );
+        let c = v.lookup_path("c").unwrap();
+        v.remove(c, "x").unwrap();
+        v.remove(v.root(), "c").unwrap();
+        v.remove(v.root(), "a").unwrap();
+        let names: Vec<String> = v
+            .readdir(v.root())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(!names.iter().any(|n| n == "a" || n == "c"), "{names:?}");
     }
 
     /// A renamed directory keeps its ID, and so do those below it (clients hold them as file

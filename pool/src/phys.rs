@@ -321,14 +321,14 @@ impl LabelPhys {
                 .try_into()
                 .unwrap_or_default(),
         );
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        // A label of another version may not verify the way this one does: named for its
-        // version either way (`read_label` still prefers a copy that decodes).
-        if checksum(body, 0) != want && version == FORMAT_VERSION {
+        // Only a label that verifies speaks for its version (`read_label` names an unverified
+        // one's version if no copy verifies).
+        if checksum(body, 0) != want {
             return Err(Error::Corrupt(format!(
                 "{path}: pool label checksum mismatch"
             )));
         }
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if version != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion {
                 path: path.into(),

@@ -468,6 +468,7 @@ fn read_label(dev: &dyn Device) -> Result<LabelPhys> {
         return Err(Error::NotAPool { path });
     }
     let mut first_err = None;
+    let mut other_version = None;
     for off in LABEL_OFFSETS {
         let mut b = vec![0u8; SECTOR as usize];
         dev.read_at(&mut b, off)
@@ -475,13 +476,27 @@ fn read_label(dev: &dyn Device) -> Result<LabelPhys> {
         match LabelPhys::decode(&b, &path) {
             Ok(Some(l)) => return Ok(l),
             Ok(None) => {}
-            // A copy of another version is said only if no copy decodes: one damaged byte in
-            // the first copy's version field must not hide an intact second copy.
-            Err(e @ Error::UnsupportedVersion { .. }) => first_err = Some(e),
-            Err(e) => first_err = first_err.or(Some(e)),
+            // A verified label of another version: that pool is not ours to open.
+            Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+            Err(e) => {
+                // One that does not verify but names another version: a newer format whose
+                // checksum differs, or a damaged version byte, which must not hide an intact
+                // other copy. Said only if no copy decodes.
+                let found = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+                if found != crate::phys::FORMAT_VERSION {
+                    other_version = other_version.or(Some(Error::UnsupportedVersion {
+                        path: path.clone(),
+                        found,
+                        supported: crate::phys::FORMAT_VERSION,
+                    }));
+                }
+                first_err = first_err.or(Some(e));
+            }
         }
     }
-    Err(first_err.unwrap_or(Error::NotAPool { path }))
+    Err(other_version
+        .or(first_err)
+        .unwrap_or(Error::NotAPool { path }))
 }
 
 impl Pool {

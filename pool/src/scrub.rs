@@ -48,6 +48,8 @@ struct Walk<'a> {
     /// Indirect blocks that could not be read: what lies below them is unknown, so the
     /// counts that depend on it are not compared (they would only repeat the one error).
     unreadable: u64,
+    /// Where those unreadable indirect blocks are.
+    unreadable_at: std::collections::HashSet<u64>,
 }
 
 impl Walk<'_> {
@@ -108,11 +110,18 @@ impl Walk<'_> {
             .check(p, level == 0)
         {
             self.err(dataset, Some(first * bs), e.to_string());
+            self.unreadable += 1;
             return 0;
         }
         if let Some((q, data)) = self.seen.get(&p.sector) {
             if q == p {
-                return *data;
+                let data = *data;
+                // A subtree shared with a dataset walked before: unknown below for this one
+                // too, if it was unreadable there.
+                if self.unreadable_at.contains(&p.sector) {
+                    self.unreadable += 1;
+                }
+                return data;
             }
             self.err(
                 dataset,
@@ -143,7 +152,10 @@ impl Walk<'_> {
         });
         if let Err(e) = &read {
             self.err(dataset, Some(first * bs), e.to_string());
-            self.unreadable += u64::from(level > 0);
+            if level > 0 {
+                self.unreadable += 1;
+                self.unreadable_at.insert(p.sector);
+            }
         }
         let mut data = if level == 0 { u64::from(p.sectors) } else { 0 };
         // The pointers of an indirect block that failed its checksum are not decoded: they
@@ -189,6 +201,7 @@ impl Pool {
             seen: HashMap::new(),
             claimed: vec![0; sh.data_area().1.div_ceil(64) as usize],
             unreadable: 0,
+            unreadable_at: Default::default(),
         };
         let pool_name = self.name().to_string();
         w.claim(&pool_name, &cs.meta);

@@ -496,13 +496,22 @@ fn a_dataset_id_listed_twice_is_never_loaded() {
     never_loaded(img.finish(), "an id twice", |p| p.dataset("tank/q").is_ok());
 }
 
-/// A damaged version field in the first label copy does not hide the intact second one.
+/// A damaged version field in the first label copy does not hide the intact second one; a
+/// label of another version that verifies (a newer format, or an upgrade cut short after its
+/// first copy) is refused whatever the other copy says.
 #[test]
 fn a_damaged_label_version_falls_back_to_the_other_copy() {
     let mut bytes = base(|_| {});
     bytes[8] = 3;
     let pool = open_quietly(bytes).expect("opens from the second label");
     assert!(pool.dataset("tank/v").is_ok());
+
+    let mut bytes = base(|_| {});
+    let mut newer = LabelPhys::decode(&bytes[..4096], "x").unwrap().unwrap();
+    newer.version = FORMAT_VERSION + 1;
+    bytes[..4096].copy_from_slice(&newer.encode());
+    let e = open_quietly(bytes).err().expect("a newer label is refused");
+    assert_eq!(e.kind(), pool::ErrorKind::Unsupported, "{e}");
 }
 
 /// Scrub of an indirect block that fails its checksum reports that block, not the made-up

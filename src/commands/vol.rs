@@ -531,9 +531,20 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
     };
     // An existing volume fed from a pipe, whose size shows only at its end, is snapshotted
     // first: a source too large (or a failure, or a signal) then rolls it back, and the failed
-    // command changes nothing. A SIGKILL leaves the snapshot, to roll back to by hand.
-    let before = (!created && src.size.is_none())
-        .then(|| format!("{}@tarn-import-{}", a.name, std::process::id()));
+    // command changes nothing. A SIGKILL leaves the snapshot, to roll back to by hand. Not
+    // where the snapshot's name would be too long, or the blocks it keeps while they are
+    // overwritten (up to all the volume references) would not fit: then as for files.
+    let before = existing
+        .as_ref()
+        .filter(|d| src.size.is_none() && pool.info().free >= d.referenced)
+        .map(|_| format!("{}@tarn-import-{}", a.name, std::process::id()))
+        .filter(|s| ::pool::names::check_length(s).is_ok());
+    if existing.is_some() && src.size.is_none() && before.is_none() {
+        tracing::warn!(
+            volume = a.name,
+            "no snapshot to roll back to if the import fails (no room, or a name too long)"
+        );
+    }
     if let Some(snap) = &before {
         pool.snapshot(&[snap.as_str()])?;
     }
@@ -547,11 +558,16 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
         }
         Err(e) if before.is_some() => {
             let snap = before.as_deref().unwrap_or_default();
-            let undone = pool.rollback(snap).and_then(|()| pool.destroy(snap));
+            let rolled_back = pool.rollback(snap);
+            let undone = match &rolled_back {
+                Ok(()) => pool.destroy(snap).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             let _ = pool.close();
-            let what = match &undone {
-                Ok(()) => format!("{} is as it was", a.name),
-                Err(u) => format!(
+            let what = match (&rolled_back, &undone) {
+                (Ok(()), Ok(())) => format!("{} is as it was", a.name),
+                (Ok(()), Err(u)) => format!("{} is as it was; destroy {snap} ({u})", a.name),
+                (Err(u), _) => format!(
                     "{} may hold part of the image ({u}); `tarn rollback {snap}` undoes it",
                     a.name
                 ),

@@ -48,9 +48,13 @@ where
 
     // RFC 5531 bounds both at 400 bytes (tarn patch): a body of megabytes would otherwise be
     // held, copied, with every call waiting for READ budget.
-    if call.cred.body.0.len() > MAX_AUTH_BYTES || call.verf.body.0.len() > MAX_AUTH_BYTES {
-        warn!("a credential or verifier over {MAX_AUTH_BYTES} bytes from {}", context.client_addr);
+    if call.cred.body.0.len() > MAX_AUTH_BYTES {
+        warn!("a credential over {MAX_AUTH_BYTES} bytes from {}", context.client_addr);
         return message.into_auth_error(auth_stat::AUTH_BADCRED);
+    }
+    if call.verf.body.0.len() > MAX_AUTH_BYTES {
+        warn!("a verifier over {MAX_AUTH_BYTES} bytes from {}", context.client_addr);
+        return message.into_auth_error(auth_stat::AUTH_BADVERF);
     }
     let unix = call.cred.flavor == auth_flavor::AUTH_UNIX;
     if unix {
