@@ -4,6 +4,15 @@
 //! holding each exclusively while it runs. Output is for humans by default and JSON with
 //! `--json`; errors are one line on stderr (`tarn: <message>`) and a non-zero exit status.
 
+/// `eprintln!` that cannot panic: with stderr closed (`2>&1 | true`) `eprintln!` panics, and
+/// killed the thread that stops the guest on SIGINT/SIGTERM, or turned a clean exit into 101.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 mod error;
@@ -50,7 +59,7 @@ fn usage_exit(e: clap::Error) -> ExitCode {
             let first = text.split("\n\n").next().unwrap_or(&text);
             let first = first.strip_prefix("error: ").unwrap_or(first);
             let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
-            eprintln!("tarn: {line} (see `tarn --help`)");
+            say!("tarn: {line} (see `tarn --help`)");
             ExitCode::from(2)
         }
     }
@@ -66,7 +75,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::debug!(error = ?e, "command failed");
-            eprintln!("tarn: {}", e.one_line());
+            say!("tarn: {}", e.one_line());
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }

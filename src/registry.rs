@@ -136,7 +136,7 @@ impl Registry {
             match self.get(name) {
                 Ok(Some(e)) => out.push(e),
                 Ok(None) => {}
-                Err(e) => eprintln!("tarn: warning: {}", e.one_line()),
+                Err(e) => say!("tarn: warning: {}", e.one_line()),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

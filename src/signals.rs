@@ -46,12 +46,12 @@ impl StopSignals {
                 for sig in self.signals.forever() {
                     if self.taken.swap(sig, Ordering::SeqCst) != 0 {
                         crate::terminal::restore();
-                        eprintln!("tarn: {}: exiting without cleaning up", name(sig));
+                        say!("tarn: {}: exiting without cleaning up", name(sig));
                         let _ = signal_hook::low_level::emulate_default_handler(sig);
                         std::process::exit(128 + sig);
                     }
-                    eprintln!("tarn: {}: {what}", name(sig));
                     stop(sig);
+                    say!("tarn: {}: {what}", name(sig));
                 }
             });
         if let Err(e) = spawned {
@@ -96,7 +96,7 @@ impl StopFlag {
     pub fn exit_if_stopped(&self, what: &str) {
         let sig = self.signal.load(Ordering::SeqCst);
         if sig != 0 {
-            eprintln!("tarn: {what} (stopped by {})", name(sig));
+            say!("tarn: {what} (stopped by {})", name(sig));
             std::process::exit(128 + sig);
         }
     }

@@ -422,15 +422,18 @@ fn usage_errors_are_one_line() {
         "run",
         "--kernel",
         k,
-        "--mem",
-        "1P",
         "--clone-from",
         "tank/v@s",
         "--name",
         "c",
     ]);
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("less memory") && r.stderr.contains("destroyed tank/c"));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("neither an ELF vmlinux nor a bzImage")
+            && r.stderr.contains("destroyed tank/c"),
+        "{}",
+        r.stderr
+    );
     assert!(!env
         .run(["list", "-H", "-o", "name"])
         .ok()
@@ -786,4 +789,29 @@ fn a_signal_stops_an_import_between_chunks() {
         "no snapshot is left"
     );
     env.run(["pool", "scrub", "tank"]).ok();
+}
+
+/// `vm run --console` naming the kernel, the initrd or a disk file is refused before anything
+/// is opened: the console is created (truncated) when the VM is built, and wiped them (the
+/// kernel was left at 0 bytes, a disk too while the run "powered off").
+#[test]
+fn a_console_over_the_kernel_or_a_disk_is_refused() {
+    let env = Env::new();
+    let kernel = env.path("vmlinuz");
+    let disk = env.path("disk.img");
+    std::fs::write(&kernel, b"not really a kernel").expect("kernel");
+    std::fs::write(&disk, vec![7u8; 4096]).expect("disk");
+    let (k, d) = (
+        kernel.to_str().expect("utf-8"),
+        disk.to_str().expect("utf-8"),
+    );
+    env.run(["vm", "run", "--kernel", k, "--console", k])
+        .fails_with("is the kernel");
+    env.run(["vm", "run", "--kernel", k, "--disk", d, "--console", d])
+        .fails_with("is a disk");
+    assert_eq!(
+        std::fs::read(&kernel).expect("kernel"),
+        b"not really a kernel"
+    );
+    assert_eq!(std::fs::read(&disk).expect("disk"), vec![7u8; 4096]);
 }

@@ -586,10 +586,51 @@ fn address_space_limit() -> Option<u64> {
     (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
-/// Checks a user property: the key's characters and length, the value's length (what
+/// Built-in properties, in the order `get all` shows them. Space figures count data blocks
+/// only (metadata is the pool's overhead, see `tarn pool status`).
+pub const BUILTIN_PROPS: [&str; 16] = [
+    "name",
+    "type",
+    "volsize",
+    "volblocksize",
+    "used",
+    "referenced",
+    "written",
+    "usedbysnapshots",
+    "origin",
+    "clones",
+    "holds",
+    "creation",
+    "createtxg",
+    "id",
+    "guid",
+    "pool",
+];
+
+/// The canonical name of a built-in property (accepting aliases), or `None` for a user one.
+pub fn builtin_prop(prop: &str) -> Option<&'static str> {
+    let p = prop.to_ascii_lowercase();
+    let p = match p.as_str() {
+        "size" => "volsize",
+        "blocksize" | "volblock" => "volblocksize",
+        "refer" => "referenced",
+        "usedsnap" => "usedbysnapshots",
+        "userrefs" => "holds",
+        other => return BUILTIN_PROPS.iter().copied().find(|b| *b == other),
+    };
+    Some(p)
+}
+
+/// Checks a user property: the key's characters and length, not a built-in's name (a stream
+/// could bring one, shown twice by `get all` and never removable), the value's length (what
 /// [`Pool::set_props`] refuses), so that a caller can check every assignment before it makes
 /// the first.
 pub fn check_prop(k: &str, v: &str) -> Result<()> {
+    if let Some(b) = builtin_prop(k) {
+        return Err(Error::InvalidArgument(format!(
+            "property '{k}' is built in ({b}): a user property needs another name"
+        )));
+    }
     if k.is_empty()
         || k.len() > 255
         || !k

@@ -35,7 +35,7 @@ mod trim;
 mod txg;
 mod volume;
 
-pub use datasets::{check_prop, max_volume_size};
+pub use datasets::{builtin_prop, check_prop, max_volume_size, BUILTIN_PROPS};
 pub use device::{CrashDevice, CutMode, Device, FileDevice, MemDevice};
 pub use error::{Error, ErrorKind, Result};
 pub use iov::{gather, scatter, AlignedBuf};

@@ -243,6 +243,14 @@ fn names_and_hold_tags_too_long_to_store_are_refused() {
             .expect_err("a control character");
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     }
+    // Nor a built-in's name (a received stream could carry one): `get all` would show it
+    // twice and `set` could never remove it.
+    for k in ["guid", "Volsize", "refer"] {
+        let err = pool
+            .set_props("tank/v", &[(k.into(), "1".into())])
+            .expect_err("a built-in name");
+        assert!(err.to_string().contains("built in"), "{err}");
+    }
     pool.snapshot(&["tank/v@after"]).expect("after");
     pool.close().expect("close");
     let pool = Pool::open_path(&path, config()).expect("reopen");

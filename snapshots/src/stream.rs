@@ -126,6 +126,14 @@ impl Begin {
         d.name = c.str(n)?;
         let n = c.u16()? as usize;
         d.from_name = c.str(n)?;
+        // Each property takes at least 6 bytes (two lengths): a count the payload cannot hold
+        // is refused before anything is allocated for it.
+        if nprops as usize > (b.len() - c.at) / 6 {
+            return Err(Error::BadStream(format!(
+                "BEGIN record claims {nprops} properties in {} bytes",
+                b.len() - c.at
+            )));
+        }
         for _ in 0..nprops {
             let kn = c.u16()? as usize;
             let k = c.str(kn)?;
@@ -156,6 +164,13 @@ impl Begin {
             return Err(Error::BadStream(format!(
                 "BEGIN record: size {} is not a multiple of the block size {}",
                 d.size, d.block_size
+            )));
+        }
+        // Incremental exactly when it names a base, by GUID and by name.
+        if (d.from_guid == 0) != d.from_name.is_empty() {
+            return Err(Error::BadStream(format!(
+                "BEGIN record: base guid {:#x} and base name '{}' disagree",
+                d.from_guid, d.from_name
             )));
         }
         if d.snap_name().is_empty() {
@@ -612,5 +627,23 @@ mod tests {
         let mut s = stream();
         s[8] = 2;
         assert!(matches!(read_all(&s), Err(Error::Unsupported(_))));
+    }
+
+    /// A BEGIN payload claiming more properties than its bytes can hold is refused before
+    /// anything is allocated for them (2.8 million empty ones took 285 MB); a base named by
+    /// GUID or by name alone is inconsistent.
+    #[test]
+    fn implausible_begin_records_are_rejected() {
+        let mut b = sample().encode();
+        // nprops sits after six u64s and the u32 block size.
+        b[52..56].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Begin::decode(&b), Err(Error::BadStream(_))));
+        for (guid, name) in [(0, "tank/v@old"), (5, "")] {
+            let mut d = sample();
+            d.from_guid = guid;
+            d.from_name = name.into();
+            let e = Begin::decode(&d.encode()).unwrap_err();
+            assert!(e.to_string().contains("disagree"), "{e}");
+        }
     }
 }

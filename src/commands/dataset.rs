@@ -7,44 +7,11 @@ use crate::error::{CliError, Result};
 use crate::output::{self, Table};
 use crate::registry::Registry;
 use ::pool::request::Request;
-use ::pool::{DatasetInfo, DatasetKind, Pool, Recursion};
+use ::pool::{
+    builtin_prop as builtin, DatasetInfo, DatasetKind, Pool, Recursion, BUILTIN_PROPS as BUILTIN,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// Built-in properties, in the order `get all` shows them. Space figures count data blocks
-/// only (metadata is the pool's overhead, see `tarn pool status`).
-pub const BUILTIN: [&str; 16] = [
-    "name",
-    "type",
-    "volsize",
-    "volblocksize",
-    "used",
-    "referenced",
-    "written",
-    "usedbysnapshots",
-    "origin",
-    "clones",
-    "holds",
-    "creation",
-    "createtxg",
-    "id",
-    "guid",
-    "pool",
-];
-
-/// The canonical name of a built-in property (accepting aliases), or `None` for a user one.
-pub fn builtin(prop: &str) -> Option<&'static str> {
-    let p = prop.to_ascii_lowercase();
-    let p = match p.as_str() {
-        "size" => "volsize",
-        "blocksize" | "volblock" => "volblocksize",
-        "refer" => "referenced",
-        "usedsnap" => "usedbysnapshots",
-        "userrefs" => "holds",
-        other => return BUILTIN.iter().copied().find(|b| *b == other),
-    };
-    Some(p)
-}
 
 /// Checks a user property name (the pool enforces the same rule) and that it is not built in.
 pub fn check_user_prop(k: &str) -> Result<()> {
@@ -229,7 +196,7 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
             Ok(ds) => rows.extend(ds),
             Err(e) if single => return Err(e),
             Err(e) => {
-                eprintln!("tarn: cannot list pool {}: {}", entry.name, e.one_line());
+                say!("tarn: cannot list pool {}: {}", entry.name, e.one_line());
                 failed.push(entry.name.clone());
             }
         }

@@ -202,7 +202,7 @@ pub fn export(reg: &Registry, name: &str) -> Result<()> {
         Ok(entry) => entry,
         // A damaged entry names no pool to close: forgetting it is all there is to do.
         Err(e @ CliError::DamagedEntry(_)) => {
-            eprintln!("tarn: warning: {}; forgetting it", e.one_line());
+            say!("tarn: warning: {}; forgetting it", e.one_line());
             return reg.remove(name);
         }
         Err(e) => return Err(e),
@@ -211,7 +211,7 @@ pub fn export(reg: &Registry, name: &str) -> Result<()> {
         // Every command commits its own changes; nothing is left to write.
         Ok(pool) => drop(pool),
         Err(e @ CliError::Pool(::pool::Error::InUse { .. })) => return Err(e),
-        Err(e) => eprintln!(
+        Err(e) => say!(
             "tarn: warning: {}; forgetting pool {name} anyway",
             e.one_line()
         ),

@@ -114,7 +114,7 @@ fn provision(
         }
     };
     pool.clone_snapshot(snap, &full, &BTreeMap::new())?;
-    eprintln!("tarn: cloned {snap} to {full}");
+    say!("tarn: cloned {snap} to {full}");
     Ok(full)
 }
 
@@ -142,13 +142,51 @@ fn attach_stdin(
         return Ok(None);
     }
     if tty {
-        eprintln!("tarn: the console is this terminal's; Ctrl-] stops the guest");
+        say!("tarn: the console is this terminal's; Ctrl-] stops the guest");
     }
     vmm.attach_console_input(vmm::ConsoleInput {
         source: std::fs::File::from(source),
         escape: tty.then_some(ESCAPE),
     });
     Ok(tty.then_some(crate::terminal::RawGuard))
+}
+
+/// Refuses a console file that would overwrite what the guest runs from: the kernel, the
+/// initrd, a disk file (the console is truncated when the VM is built, before anything
+/// else is checked), a pool file or a block device.
+fn check_console(console: &std::path::Path, config: &VmConfig) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = std::fs::metadata(console) else {
+        return Ok(()); // created new
+    };
+    if meta.file_type().is_block_device() {
+        return Err(CliError::Usage(format!(
+            "--console {}: a block device; give a file (the console overwrites it)",
+            console.display()
+        )));
+    }
+    super::refuse_pool_file(console, "write a guest's console over")?;
+    let files = std::iter::once(("the kernel", config.kernel.clone()))
+        .chain(config.initrd.clone().map(|p| ("the initrd", p)))
+        .chain(
+            config
+                .disks
+                .iter()
+                .filter(|d| d.source.starts_with('/') || d.source.starts_with("./"))
+                .map(|d| ("a disk", d.source.clone().into())),
+        );
+    for (what, path) in files {
+        if let Ok(m) = std::fs::metadata(&path) {
+            if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) {
+                return Err(CliError::Usage(format!(
+                    "--console {} is {what} ({}); give another file",
+                    console.display(),
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Destroys `full`, the clone made for this run, in its (open) pool.
@@ -186,6 +224,9 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         planned.disks.insert(0, disk);
     }
     planned.validate().map_err(vmm_err)?;
+    if let Some(console) = &config.console {
+        check_console(console, &config)?;
+    }
     let signals = StopSignals::new()?;
     let mut pools = BTreeMap::new();
     let mut config = config;
@@ -216,8 +257,8 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
             // that stopped the guest is the one reported.
             if let Some(full) = &clone {
                 match destroy_clone(&pools, full) {
-                    Ok(()) => eprintln!("tarn: destroyed {full} (the guest never ran)"),
-                    Err(d) => eprintln!("tarn: {d}"),
+                    Ok(()) => say!("tarn: destroyed {full} (the guest never ran)"),
+                    Err(d) => say!("tarn: {d}"),
                 }
             }
             return Err(e);
@@ -229,9 +270,9 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
     crate::terminal::restore();
     if let (true, Some(full)) = (a.rm, &clone) {
         match destroy_clone(&pools, full) {
-            Ok(()) => eprintln!("tarn: destroyed {full}"),
+            Ok(()) => say!("tarn: destroyed {full}"),
             // A failed run's own error comes first.
-            Err(d) if report.is_err() => eprintln!("tarn: {d}"),
+            Err(d) if report.is_err() => say!("tarn: {d}"),
             Err(d) => return Err(d),
         }
     }
@@ -247,9 +288,11 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         .init_time
         .map(|t| format!(", init after {:.3} s", t.as_secs_f64()))
         .unwrap_or_default();
-    eprintln!(
+    say!(
         "tarn: guest {what}{init}; {} exits ({} port I/O, {} MMIO)",
-        report.exits.0, report.exits.1, report.exits.2
+        report.exits.0,
+        report.exits.1,
+        report.exits.2
     );
     match report.status {
         ExitStatus::PowerOff => Ok(()),

@@ -121,6 +121,15 @@ impl VmConfig {
                 self.mem_size >> 20
             )));
         }
+        // Guest RAM is mapped lazily, so any size maps; but past the host's memory KVM's
+        // bookkeeping alone ate most of it (8T took 26 s and 18 GB to build, on a 23 GB host).
+        if let Some(host) = host_memory().filter(|&h| self.mem_size > h) {
+            return Err(crate::Error::InvalidConfig(format!(
+                "{} MiB of memory: more than this host has ({} MiB); give the guest less memory",
+                self.mem_size >> 20,
+                host >> 20
+            )));
+        }
         if self.disks.len() > crate::layout::MAX_VIRTIO_DEVICES {
             return Err(crate::Error::InvalidConfig(format!(
                 "{} disks: at most {}",
@@ -132,9 +141,33 @@ impl VmConfig {
     }
 }
 
+/// The host's physical memory, bytes (`sysconf`), if it says.
+fn host_memory() -> Option<u64> {
+    // SAFETY: sysconf(3) reads no memory of ours.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let (pages, size) = (u64::try_from(pages).ok()?, u64::try_from(size).ok()?);
+    pages.checked_mul(size).filter(|&b| b > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_beyond_the_host_is_refused() {
+        let host = host_memory().expect("sysconf");
+        let mut c = VmConfig::new("vmlinuz");
+        c.mem_size = (host >> 20 << 20) + (1 << 30);
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("more than this host has"), "{e}");
+        c.mem_size = 256 << 20;
+        c.validate().unwrap();
+    }
 
     #[test]
     fn disk_spec() {
