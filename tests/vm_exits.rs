@@ -184,3 +184,26 @@ fn the_guest_reads_stdin_on_its_console() {
     assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
     drop(stdin);
 }
+
+/// A guest KVM cannot run on (it jumps to an address no memory backs: KVM cannot fetch an
+/// instruction there) ends the run with exit 1 and says so; it was exit 2, the code of a bad
+/// command line, as "invalid configuration".
+#[test]
+fn a_guest_kvm_cannot_run_exits_1() {
+    if !vmm::tiny_kernel::kvm_usable("vm_exits") {
+        return;
+    }
+    let env = Env::new();
+    // mov rax, 0x1000_0000 (256 MiB, past the guest's 64 MiB); jmp rax
+    let mut code = vec![0x48, 0xb8];
+    code.extend_from_slice(&0x1000_0000u64.to_le_bytes());
+    code.extend_from_slice(&[0xff, 0xe0]);
+    env.file(
+        "jump.elf",
+        &vmm::tiny_kernel::elf_image(&code, 16 << 20, 4096),
+    );
+    env.file("initrd", b"not looked at");
+    let r = env.run(run_args("jump.elf", &[]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot run on"), "{}", r.stderr);
+}

@@ -223,7 +223,7 @@ impl Vmm {
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),
-                Err(_) => result = Err(Error::InvalidConfig("a vCPU thread panicked".into())),
+                Err(_) => result = Err(Error::GuestFailed("a vCPU thread panicked".into())),
             }
         }
         if let Some(f) = feeder {
@@ -250,7 +250,7 @@ impl Vmm {
                 init_time: bus.boot_timer.init_time(),
                 exits,
             }),
-            (Ok(()), None) => Err(Error::InvalidConfig("vCPUs stopped without an exit".into())),
+            (Ok(()), None) => Err(Error::GuestFailed("vCPUs stopped without an exit".into())),
         }
     }
 }

@@ -30,6 +30,10 @@ pub enum Error {
     /// The configuration asks for something impossible.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The guest stopped in a way it cannot go on from (KVM could not run it, or a vCPU
+    /// thread failed): a failure of the run, not of its configuration.
+    #[error("the guest cannot run on: {0}")]
+    GuestFailed(String),
     /// A virtqueue could not be used (bad addresses or sizes from the driver).
     #[error("virtqueue: {0}")]
     Queue(String),

@@ -285,17 +285,17 @@ pub fn run_vcpu(mut vcpu: VcpuFd, bus: &Bus, stop: &AtomicBool) -> Result<()> {
             }
             VcpuExit::Shutdown => bus.request_exit(ExitStatus::Reboot),
             VcpuExit::Hlt => {
-                return Err(Error::InvalidConfig(
+                return Err(Error::GuestFailed(
                     "vCPU halted with interrupts off; nothing can wake it".into(),
                 ))
             }
             VcpuExit::FailEntry(reason, cpu) => {
-                return Err(Error::InvalidConfig(format!(
+                return Err(Error::GuestFailed(format!(
                     "KVM entry failed: reason {reason:#x} on CPU {cpu}"
                 )))
             }
             VcpuExit::InternalError => {
-                return Err(Error::InvalidConfig(
+                return Err(Error::GuestFailed(
                     "KVM internal error (an instruction KVM cannot emulate?)".into(),
                 ))
             }
