@@ -1028,20 +1028,13 @@ impl FileView {
                 if self.dir_exists(&target) {
                     return Err(ViewError::Exists(target));
                 }
-                let all = self.all();
-                if let Some((_, old, _)) = all.iter().find(|(x, _, _)| *x == target) {
+                if let Some((_, old, _)) = self.all().into_iter().find(|(x, _, _)| *x == target) {
                     // The replaced file goes first, so the rename must not fail after it:
-                    // every name the rename makes (its snapshots follow it) is checked now.
-                    let (from_full, to_full) = (self.full(&n), self.full(&target));
-                    pool::names::split_dataset_name(&to_full)?;
-                    for (x, _, _) in &all {
-                        if let Some(snap) = x.strip_prefix(&format!("{n}@")) {
-                            pool::names::check_length(&format!("{to_full}@{snap}"))?;
-                        }
-                    }
-                    debug_assert!(from_full != to_full);
+                    // every name it makes (its snapshots follow it) is checked now.
+                    let to_full = self.full(&target);
+                    self.pool.check_rename(&self.full(&n), &to_full)?;
                     self.pool.destroy(&to_full)?;
-                    self.forget(*old);
+                    self.forget(old);
                 }
                 self.pool.rename(&self.full(&n), &self.full(&target))?;
                 self.keep_dir(parent_of(&n));

@@ -139,19 +139,7 @@ impl Pool {
         let new = self.local_volume(to)?;
         let pool_name = self.name();
         self.renaming(new, to, |ds| {
-            let id = ds
-                .values()
-                .find(|d| d.name == old)
-                .map(|d| d.vol.id)
-                .ok_or_else(|| Error::NotFound(from.into()))?;
-            check_nesting(ds, new, Some(id), pool_name)?;
-            // Its snapshots follow it: each new name must fit too.
-            for d in ds.values() {
-                if d.kind == DatasetKind::Snapshot && d.parent == id {
-                    let name = format!("{pool_name}/{new}@{}", d.snap_name());
-                    crate::names::check_length(&name)?;
-                }
-            }
+            let id = rename_fits(ds, from, old, new, pool_name)?;
             for d in ds.values_mut() {
                 let renamed = if d.vol.id == id {
                     new.to_string()
@@ -164,6 +152,14 @@ impl Pool {
             }
             Ok(())
         })
+    }
+
+    /// Checks what [`Pool::rename`] checks of the names, except that `to` may exist: for a
+    /// caller that replaces `to` (NFS RENAME over a file), before it destroys it.
+    pub fn check_rename(&self, from: &str, to: &str) -> Result<()> {
+        let old = self.local_volume(from)?;
+        let new = self.local_volume(to)?;
+        rename_fits(&read(&self.shared.datasets), from, old, new, self.name()).map(|_| ())
     }
 
     /// Runs `f` to rename entries under the commit lock, refusing first if a dataset is
@@ -428,6 +424,29 @@ fn random_guid(salt: u64) -> u64 {
 /// `moving`, being renamed, and its snapshots aside): names are flat, and a volume has no children (as in zfs(8)), so
 /// none may lie below a volume, and none may be made where others lie below it (it would be
 /// a file and a directory at once in the NFS view).
+/// Volume `old` (`from` in full) can be named `new`: it exists, `new` nests nowhere it may
+/// not, and the names its snapshots take with it fit. Returns its id.
+fn rename_fits(
+    ds: &BTreeMap<u64, DatasetEntry>,
+    from: &str,
+    old: &str,
+    new: &str,
+    pool_name: &str,
+) -> Result<u64> {
+    let id = ds
+        .values()
+        .find(|d| d.name == old)
+        .map(|d| d.vol.id)
+        .ok_or_else(|| Error::NotFound(from.into()))?;
+    check_nesting(ds, new, Some(id), pool_name)?;
+    for d in ds.values() {
+        if d.kind == DatasetKind::Snapshot && d.parent == id {
+            crate::names::check_length(&format!("{pool_name}/{new}@{}", d.snap_name()))?;
+        }
+    }
+    Ok(id)
+}
+
 pub(crate) fn check_nesting(
     ds: &BTreeMap<u64, DatasetEntry>,
     rest: &str,

@@ -40,16 +40,15 @@ impl ScrubReport {
 struct Walk<'a> {
     pool: &'a Pool,
     report: ScrubReport,
-    /// Every tree block seen: its pointer and the data sectors below it.
-    seen: HashMap<u64, (BlockPtr, u64)>,
+    /// Every tree block seen: its pointer, the data sectors below it, and whether it could
+    /// not be read (so what lies below is unknown).
+    seen: HashMap<u64, (BlockPtr, u64, bool)>,
     /// Sectors claimed by anything (trees, deadlist chains, the meta block): a bit each, so
     /// that a scrub of a large pool takes a bit per sector, not a hash entry.
     claimed: Vec<u64>,
     /// Indirect blocks that could not be read: what lies below them is unknown, so the
     /// counts that depend on it are not compared (they would only repeat the one error).
     unreadable: u64,
-    /// Where those unreadable indirect blocks are.
-    unreadable_at: std::collections::HashSet<u64>,
 }
 
 impl Walk<'_> {
@@ -113,14 +112,11 @@ impl Walk<'_> {
             self.unreadable += 1;
             return 0;
         }
-        if let Some((q, data)) = self.seen.get(&p.sector) {
-            if q == p {
-                let data = *data;
+        if let Some(&(q, data, unread)) = self.seen.get(&p.sector) {
+            if q == *p {
                 // A subtree shared with a dataset walked before: unknown below for this one
                 // too, if it was unreadable there.
-                if self.unreadable_at.contains(&p.sector) {
-                    self.unreadable += 1;
-                }
+                self.unreadable += u64::from(unread);
                 return data;
             }
             self.err(
@@ -152,10 +148,7 @@ impl Walk<'_> {
         });
         if let Err(e) = &read {
             self.err(dataset, Some(first * bs), e.to_string());
-            if level > 0 {
-                self.unreadable += 1;
-                self.unreadable_at.insert(p.sector);
-            }
+            self.unreadable += u64::from(level > 0);
         }
         let mut data = if level == 0 { u64::from(p.sectors) } else { 0 };
         // The pointers of an indirect block that failed its checksum are not decoded: they
@@ -183,7 +176,8 @@ impl Walk<'_> {
                 }
             }
         }
-        self.seen.insert(p.sector, (*p, data));
+        self.seen
+            .insert(p.sector, (*p, data, level > 0 && read.is_err()));
         data
     }
 }
@@ -201,7 +195,6 @@ impl Pool {
             seen: HashMap::new(),
             claimed: vec![0; sh.data_area().1.div_ceil(64) as usize],
             unreadable: 0,
-            unreadable_at: Default::default(),
         };
         let pool_name = self.name().to_string();
         w.claim(&pool_name, &cs.meta);
@@ -256,7 +249,7 @@ impl Pool {
         };
         for (name, entries) in deadlists {
             for e in entries {
-                if w.seen.get(&e.ptr.sector).map(|(q, _)| *q) != Some(e.ptr) {
+                if w.seen.get(&e.ptr.sector).map(|(q, ..)| *q) != Some(e.ptr) {
                     w.err(
                         &name,
                         None,
