@@ -1,5 +1,6 @@
 //! How `tarn vm run` ends: 0 when the guest powers off, 10 when it reboots, and 128 + the
-//! signal when SIGINT/SIGTERM stops it (as if its power were cut); a `--rm` clone is destroyed
+//! signal when SIGINT/SIGTERM stops it (as if its power were cut, also while nothing reads
+//! its console); a `--rm` clone is destroyed
 //! in every case and the pool is closed clean. And what it reads: the guest's console input is
 //! tarn's stdin. The guests are tiny ELF kernels
 //! (`vmm::tiny_kernel`) booted through the same Linux path as a real kernel, so this runs on
@@ -15,10 +16,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// A pool `p` holding the snapshot `p/img@s` of `image`; kernels `idle.elf`, `off.elf` and
-/// `reboot.elf`, `echo.elf` (echoes its console until `q`, then powers off) (each idles after
-/// its act); an initramfs.
+/// `reboot.elf`, `echo.elf` (echoes its console until `q`, then powers off), `spew.elf`
+/// (writes its console for ever) (each idles after its act); an initramfs.
 fn world(env: &Env, image: &[u8]) {
-    use vmm::tiny_kernel::{elf_image, ECHO, IDLE, POWER_OFF, REBOOT};
+    use vmm::tiny_kernel::{elf_image, ECHO, IDLE, POWER_OFF, REBOOT, SPEW};
     env.pool("p", "128M");
     env.import("p/img", image);
     env.run(["snapshot", "p/img@s"]).ok();
@@ -27,6 +28,7 @@ fn world(env: &Env, image: &[u8]) {
         ("off", POWER_OFF),
         ("reboot", REBOOT),
         ("echo", &[ECHO, POWER_OFF].concat()),
+        ("spew", SPEW),
     ] {
         let code = [act, IDLE].concat();
         env.file(&format!("{name}.elf"), &elf_image(&code, 16 << 20, 4096));
@@ -54,14 +56,13 @@ fn run_args<'a>(kernel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 /// Starts `tarn vm run` of the idle kernel with `extra` arguments, and waits until its vCPU
 /// thread runs the guest.
 fn start(env: &Env, extra: &[&str]) -> Child {
-    start_with(env, "idle.elf", extra, Stdio::null())
+    start_with(env, run_args("idle.elf", extra), Stdio::null())
 }
 
-/// Starts `tarn vm run` of `kernel` with `extra` arguments and `stdin`, and waits until its
-/// vCPU thread runs the guest.
-fn start_with(env: &Env, kernel: &str, extra: &[&str], stdin: Stdio) -> Child {
+/// Starts `tarn` with `args` and `stdin`, and waits until its vCPU thread runs the guest.
+fn start_with(env: &Env, args: Vec<&str>, stdin: Stdio) -> Child {
     let mut child = env
-        .cmd(run_args(kernel, extra))
+        .cmd(args)
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -175,7 +176,7 @@ fn the_guest_reads_stdin_on_its_console() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "hello from the host\n");
     // With --console FILE the guest reads nothing: the `q` never reaches it.
-    let mut child = start_with(&env, "echo.elf", &[], Stdio::piped());
+    let mut child = start_with(&env, run_args("echo.elf", &[]), Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"q").unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -183,6 +184,49 @@ fn the_guest_reads_stdin_on_its_console() {
     let (code, stderr) = signal(child, libc::SIGTERM);
     assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
     drop(stdin);
+}
+
+/// A guest whose console nobody reads (stdout a pipe that is never emptied) still stops at
+/// SIGTERM: its vCPU waits for room on the console only until the VM is stopped. It used to
+/// block in `write(2)` for good, holding the console's lock, and the run never ended.
+#[test]
+fn sigterm_stops_a_guest_whose_console_nobody_reads() {
+    if !vmm::tiny_kernel::kvm_usable("vm_exits") {
+        return;
+    }
+    let env = Env::new();
+    world(&env, &random_bytes(1 << 20, 1));
+    let mut args = run_args("spew.elf", &[]);
+    args.retain(|a| *a != "--console" && *a != "console.txt");
+    let mut child = start_with(&env, args, Stdio::null());
+    // Long enough to fill the pipe and the console's buffer many times over.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut stderr = child.stderr.take().unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("SIGTERM did not stop a guest whose console nobody reads in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
+    // What was read is the guest's output, nothing else.
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(
+        out.len() >= 4096 && out.iter().all(|&b| b == b'x'),
+        "{} bytes",
+        out.len()
+    );
 }
 
 /// A guest KVM cannot run on (it jumps to an address no memory backs: KVM cannot fetch an

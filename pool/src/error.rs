@@ -100,7 +100,12 @@ pub enum Error {
     #[error("{0}")]
     TooLarge(String),
     /// Another opener holds the pool.
-    #[error("pool {name} is in use{}", holder.map(|p| format!(" by process {p}")).unwrap_or_default())]
+    #[error(
+        "pool {name} is in use{}: one process opens a pool at a time; wait for that one to end \
+         (to copy a volume within one pool, send it to a file and receive that, or clone its \
+         snapshot)",
+        holder.map(|p| format!(" by process {p}")).unwrap_or_default()
+    )]
     InUse {
         /// Pool name (or path when the label is unreadable).
         name: String,

@@ -347,7 +347,23 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
     let snap = format!("{vol}@{}", snap_arg.unwrap_or(begin.snap_name()));
     pool::names::split_any_name(&snap)?;
     let temp = format!("{vol}{PARTIAL_SUFFIX}");
-    pool::names::split_dataset_name(&temp)?;
+    // The stream lands as `temp` (with its snapshot, for a full stream) before it takes
+    // `vol`'s name: refused here, before any data is read, if those names cannot exist.
+    let temp_snap = format!("{temp}@{}", split_snapshot(&snap)?.1);
+    let longest = if begin.is_incremental() {
+        &temp
+    } else {
+        &temp_snap
+    };
+    if longest.len() > pool::names::MAX_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "cannot receive into {snap}: a receive lands as {longest} first, which is longer \
+             than {} bytes; receive into a name {} bytes shorter and rename it afterwards",
+            pool::names::MAX_NAME,
+            longest.len() - pool::names::MAX_NAME
+        )));
+    }
+    pool::names::split_any_name(longest)?;
     // A stream cannot tag a volume as a receive's leftover (which a later receive would
     // destroy).
     let props: BTreeMap<String, String> = begin
@@ -370,7 +386,6 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         }
         clear_partial(pool, &temp)?;
         pool.create_volume(&temp, begin.size, begin.block_size, &tagged(&props))?;
-        let temp_snap = format!("{temp}@{}", split_snapshot(&snap)?.1);
         or_discard(pool, &temp, || {
             let h = pool.volume(&temp)?;
             summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;

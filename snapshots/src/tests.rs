@@ -515,3 +515,36 @@ fn shrink_then_grow_between_snapshots_round_trips() {
     .expect("inc");
     assert_eq!(read_all(&b, "b/v@s2"), read_all(&a, "a/v@s2"));
 }
+
+/// A name whose snapshot fits 255 bytes but whose receive's temporary name (13 bytes longer)
+/// does not is refused before anything is written, saying how much shorter it must be; it
+/// used to fail after the whole stream was applied (full) or with an error naming the
+/// temporary name (incremental).
+#[test]
+fn a_name_too_long_for_the_receive_is_refused_up_front() {
+    let (_a, full) = source(1 << 20, 8192, 5);
+    let b = mkpool("b");
+    // "b/" + vol + "@s1" is 250 bytes: a valid snapshot name.
+    let vol = format!("b/{}", "v".repeat(250 - 2 - 3));
+    let before = names(&b);
+    let e = recv(&b, &vol, &full[..], false)
+        .expect_err("too long")
+        .to_string();
+    assert!(e.contains("8 bytes shorter"), "{e}");
+    assert_eq!(names(&b), before, "nothing created");
+    // 8 bytes shorter, it lands.
+    let vol = format!("b/{}", "v".repeat(250 - 2 - 3 - 8));
+    recv(&b, &vol, &full[..], false).expect("receive");
+    assert_eq!(read_all(&b, &vol)[..8192], fill(8192, 5)[..]);
+    // An incremental stream into a volume named 245 bytes (received under a short name and
+    // renamed): its temporary name would be 258.
+    let (_a, s1, s2) = two_snapshots(0, 4096, 9);
+    recv(&b, "b/x", &s1[..], false).expect("receive the base");
+    let vol = format!("b/{}", "w".repeat(243));
+    b.rename("b/x", &vol).expect("rename");
+    let e = recv(&b, &vol, &s2[..], false)
+        .expect_err("too long")
+        .to_string();
+    assert!(e.contains("3 bytes shorter"), "{e}");
+    assert!(!names(&b).contains(&format!("{vol}@s2")));
+}

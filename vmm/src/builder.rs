@@ -4,6 +4,7 @@
 use crate::acpi::{self, MmioDeviceInfo};
 use crate::config::VmConfig;
 use crate::devices::boot_timer::BootTimer;
+use crate::devices::console_out::ConsoleOut;
 use crate::devices::serial::{feed_input, ConsoleInput, EventFdTrigger, InputRoom, SerialConsole};
 use crate::devices::virtio::block::{Block, BlockOptions, Disk};
 use crate::devices::virtio::mmio::MmioTransport;
@@ -18,6 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use zvol::BlockBackend;
@@ -67,6 +69,8 @@ impl StopHandle {
     pub fn stop(&self) {
         self.bus.request_exit(ExitStatus::Stopped);
         self.stop.store(true, Ordering::SeqCst);
+        // A vCPU waiting for room on the console's output goes on.
+        self.bus.console.stop();
     }
 }
 
@@ -84,7 +88,8 @@ impl std::fmt::Debug for Vmm {
 pub struct RunReport {
     /// Power-off or reboot.
     pub status: ExitStatus,
-    /// Time from VM start to the guest's "init started" write, if it made one.
+    /// Time from the VM's launch (its build began) to the guest's "init started" write, if
+    /// it made one.
     pub init_time: Option<std::time::Duration>,
     /// Exits to user space: (total, port I/O, MMIO).
     pub exits: (u64, u64, u64),
@@ -92,13 +97,15 @@ pub struct RunReport {
 
 /// Boots the Linux kernel of `config` with `disks` (in `config.disks` order).
 pub fn build_linux(config: &VmConfig, disks: Vec<DiskBackend>, console: Console) -> Result<Vmm> {
+    let launch = Instant::now();
     config.validate()?;
     let mem = create_memory(config.mem_size)?;
     let vm = Vm::new(&mem)?;
-    let bus = create_bus(&vm, &mem, disks, console)?;
+    let bus = create_bus(&vm, &mem, disks, console, launch)?;
     let devices = mmio_device_infos(bus.virtio.len());
     let rsdp = acpi::create_tables(&mem, config.cpus, &devices)?;
     let kernel = load_kernel(&mem, config)?;
+    check_kernel_room(&kernel, config.mem_size)?;
     let initrd = match &config.initrd {
         Some(p) => Some(load_initrd(&mem, &kernel, p, config.mem_size)?),
         None => None,
@@ -129,9 +136,10 @@ pub fn build_raw(
     console: Console,
 ) -> Result<Vmm> {
     const CODE: u64 = 0x10000;
+    let launch = Instant::now();
     let mem = create_memory(mem_size)?;
     let vm = Vm::new(&mem)?;
-    let bus = create_bus(&vm, &mem, disks, console)?;
+    let bus = create_bus(&vm, &mem, disks, console, launch)?;
     mem.write_slice(code, GuestAddress(CODE))
         .map_err(|e| Error::Memory(format!("writing guest code: {e}")))?;
     setup_page_tables(&mem)?;
@@ -242,7 +250,13 @@ impl Vmm {
         for t in &bus.virtio {
             t.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
         }
-        let _ = bus.serial.lock().map(|mut s| s.writer_mut().flush());
+        let dropped = bus.console.drain();
+        if dropped > 0 {
+            tracing::warn!(
+                "{dropped} bytes of console output were dropped (the VM was stopped while \
+                 nothing read the console, or writing it failed)"
+            );
+        }
         match (result, status) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(status)) => Ok(RunReport {
@@ -302,6 +316,7 @@ fn create_bus(
     mem: &GuestMemoryMmap,
     disks: Vec<DiskBackend>,
     console: Console,
+    launch: Instant,
 ) -> Result<Arc<Bus>> {
     let out: Box<dyn Write + Send> = match console {
         Console::Stdout => Box::new(std::io::stdout()),
@@ -310,12 +325,15 @@ fn create_bus(
         }
         Console::Writer(w) => w,
     };
+    let (out, console) =
+        ConsoleOut::spawn(out).map_err(Error::io("starting the console output thread"))?;
     let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("creating an eventfd"))?;
     vm.fd()
         .register_irqfd(&serial_evt, layout::SERIAL_IRQ)
         .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
     let room = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("creating an eventfd"))?;
-    let serial = SerialConsole::with_events(EventFdTrigger(serial_evt), InputRoom(room), out);
+    let serial =
+        SerialConsole::with_events(EventFdTrigger(serial_evt), InputRoom(room), Box::new(out));
     if disks.len() > layout::MAX_VIRTIO_DEVICES {
         return Err(Error::InvalidConfig(format!(
             "{} disks: at most {}",
@@ -334,8 +352,9 @@ fn create_bus(
     }
     Ok(Arc::new(Bus {
         serial: Mutex::new(serial),
+        console,
         virtio,
-        boot_timer: BootTimer::new(),
+        boot_timer: BootTimer::new(launch),
         exit: Mutex::new(None),
         exits: ExitCounts::default(),
     }))
@@ -485,6 +504,39 @@ fn kernel_entry(k: &KernelLoaderResult) -> u64 {
     }
 }
 
+/// The end of the memory the kernel needs before it runs: what was loaded and, for a bzImage,
+/// the room it decompresses into (`init_size` from its preferred address). `None` if that
+/// overflows (a header no kernel has).
+fn kernel_top(kernel: &KernelLoaderResult) -> Option<u64> {
+    match &kernel.setup_header {
+        Some(h) => h
+            .pref_address
+            .max(kernel.kernel_load.0)
+            .checked_add(u64::from(h.init_size))
+            .map(|end| end.max(kernel.kernel_end)),
+        None => Some(kernel.kernel_end),
+    }
+}
+
+/// Refuses a kernel that would decompress past the end of guest RAM (a bzImage loads into
+/// less memory than it unpacks into; the guest would die before printing a word).
+fn check_kernel_room(kernel: &KernelLoaderResult, mem_size: u64) -> Result<()> {
+    match kernel_top(kernel) {
+        Some(top) if top <= mem_size.min(layout::MMIO_GAP_START) => Ok(()),
+        Some(top) if top <= layout::MMIO_GAP_START => Err(Error::InvalidConfig(format!(
+            "the kernel needs guest RAM up to {top:#x} to decompress into (its setup header's \
+             init_size), more than the guest's {} MiB; give it at least {} MiB",
+            mem_size >> 20,
+            top.div_ceil(1 << 20) + 1
+        ))),
+        _ => Err(Error::KernelLoad(format!(
+            "the kernel's setup header places it (with room to decompress) past guest RAM's \
+             first {:#x} bytes: not a kernel this VMM can boot",
+            layout::MMIO_GAP_START
+        ))),
+    }
+}
+
 /// Loads the initramfs page-aligned as high as possible below the MMIO hole and above the
 /// kernel: above the end of what was loaded, and for a bzImage above the room it decompresses
 /// into (`init_size` from its preferred address), so that neither overwrites the other.
@@ -497,15 +549,7 @@ fn load_initrd(
     let what = || format!("reading the initramfs {}", path.display());
     let mut f = open_image(path, "initramfs")?;
     let size = file_size(&mut f).map_err(Error::io(what()))?;
-    let kernel_top = match &kernel.setup_header {
-        Some(h) => h
-            .pref_address
-            .max(kernel.kernel_load.0)
-            .checked_add(u64::from(h.init_size))
-            .map(|end| end.max(kernel.kernel_end)),
-        None => Some(kernel.kernel_end),
-    };
-    let floor = kernel_top
+    let floor = kernel_top(kernel)
         .and_then(|t| t.checked_next_multiple_of(4096))
         .filter(|&f| f < layout::MMIO_GAP_START)
         .ok_or_else(|| {

@@ -45,6 +45,15 @@ pub const ECHO: &[u8] = &[
     0xeb, 0xeb, // 19: jmp 0
 ];
 
+/// Code that writes `x` to COM1 for ever, as fast as the UART takes it (no waiting for the
+/// transmitter: the VMM's UART is always ready).
+pub const SPEW: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // 0: mov dx, 0x3f8 (data)
+    0xb0, b'x', // 4: mov al, 'x'
+    0xee, // 6: out dx, al
+    0xeb, 0xfd, // 7: jmp 6
+];
+
 /// An ELF64 x86-64 executable with one loadable segment: `code` at physical (and virtual)
 /// address `paddr`, taking `memsz` bytes of memory (at least `code`'s length), entered at
 /// `paddr`.

@@ -3,12 +3,14 @@
 //! port and MMIO accesses to the [`Bus`].
 
 use crate::devices::boot_timer::BootTimer;
+use crate::devices::console_out::ConsoleHandle;
 use crate::devices::serial::SerialConsole;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::error::{Error, Result};
 use crate::layout;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +44,8 @@ pub struct ExitCounts {
 pub struct Bus {
     /// COM1.
     pub serial: Mutex<SerialConsole>,
+    /// The console's output thread (the UART writes into it).
+    pub console: ConsoleHandle,
     /// virtio-mmio devices, in window order from [`layout::VIRTIO_MMIO_BASE`].
     pub virtio: Vec<Mutex<MmioTransport>>,
     /// The boot timer.
@@ -299,11 +303,54 @@ pub fn run_vcpu(mut vcpu: VcpuFd, bus: &Bus, stop: &AtomicBool) -> Result<()> {
                     "KVM internal error (an instruction KVM cannot emulate?)".into(),
                 ))
             }
+            VcpuExit::SystemEvent(kind, _) => bus.request_exit(system_event(kind)?),
+            // Entering again would only repeat them.
+            e @ (VcpuExit::Unknown | VcpuExit::Exception) => {
+                return Err(Error::GuestFailed(format!(
+                    "KVM stopped the vCPU with an exit it cannot explain ({e:?})"
+                )))
+            }
             other => tracing::debug!("unhandled vCPU exit {other:?}"),
         }
         if bus.exit.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
             stop.store(true, Ordering::SeqCst);
             return Ok(());
+        }
+    }
+}
+
+/// What a `KVM_EXIT_SYSTEM_EVENT` of type `kind` means for the run: the guest powered off or
+/// reset (the exit status says which), or it crashed (an error: the guest failed).
+fn system_event(kind: u32) -> Result<ExitStatus> {
+    match kind {
+        KVM_SYSTEM_EVENT_SHUTDOWN => Ok(ExitStatus::PowerOff),
+        KVM_SYSTEM_EVENT_RESET => Ok(ExitStatus::Reboot),
+        KVM_SYSTEM_EVENT_CRASH => Err(Error::GuestFailed(
+            "the guest crashed (KVM system event CRASH)".into(),
+        )),
+        other => Err(Error::GuestFailed(format!(
+            "KVM reported system event {other}, which this VMM does not know"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_events_end_the_run_as_the_guest_asked() {
+        assert_eq!(
+            system_event(KVM_SYSTEM_EVENT_SHUTDOWN).ok(),
+            Some(ExitStatus::PowerOff)
+        );
+        assert_eq!(
+            system_event(KVM_SYSTEM_EVENT_RESET).ok(),
+            Some(ExitStatus::Reboot)
+        );
+        for kind in [KVM_SYSTEM_EVENT_CRASH, 77] {
+            let e = system_event(kind).expect_err("not a clean end");
+            assert!(matches!(e, Error::GuestFailed(_)), "{e}");
         }
     }
 }

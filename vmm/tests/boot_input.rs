@@ -1,6 +1,6 @@
 //! Bad kernels, initramfs files, command lines and memory sizes get an error that says what
-//! is wrong with them, before any vCPU runs: a truncated or 32-bit bzImage, a file that is
-//! neither kind of kernel, a damaged ELF, an initramfs that would overlap the kernel or is not
+//! is wrong with them, before any vCPU runs: a truncated or 32-bit bzImage, one that would
+//! decompress past the guest's RAM, a file that is neither kind of kernel, a damaged ELF, an initramfs that would overlap the kernel or is not
 //! a file, a command line longer than the kernel takes, a memory size in odd bytes.
 //!
 //! Builds VMs on the host's /dev/kvm (nothing runs in them); skips, saying why, without it.
@@ -81,6 +81,16 @@ fn bad_kernels_are_named_for_what_they_are() {
     c.initrd = Some(initrd);
     let e = error_of(&c);
     assert!(e.contains("not a kernel this VMM can boot"), "{e}");
+    // A bzImage that fits the guest's 64 MiB but decompresses past them (from its preferred
+    // 16 MiB, 100 MiB of room): refused, with the memory that would do.
+    let mut big = bzimage(0x020f, 1, 1, 8192);
+    big[0x258..0x260].copy_from_slice(&(16u64 << 20).to_le_bytes());
+    big[0x260..0x264].copy_from_slice(&(100u32 << 20).to_le_bytes());
+    let e = error_of(&config(dir.path(), &big));
+    assert!(
+        e.contains("to decompress into") && e.contains("at least 117 MiB"),
+        "{e}"
+    );
     // A FIFO (its open would wait for a writer) and a character device are not kernels.
     let fifo = dir.path().join("fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();

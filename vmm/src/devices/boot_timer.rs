@@ -1,6 +1,7 @@
 //! The boot timer: the guest writes [`crate::layout::BOOT_TIMER_MAGIC`] to
 //! [`crate::layout::BOOT_TIMER_ADDR`] when its init starts (`devmem 0xd1000000 8 123`), and
-//! the VMM records how long that took since the VM was started.
+//! the VMM records how long that took since the VM's launch: the moment its build began
+//! (memory, KVM, devices and the kernel's loading count, as they do for any VMM's boot).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,10 +14,10 @@ pub struct BootTimer {
 }
 
 impl BootTimer {
-    /// A timer started now.
-    pub fn new() -> BootTimer {
+    /// A timer counting from `launch`.
+    pub fn new(launch: Instant) -> BootTimer {
         BootTimer {
-            start: Instant::now(),
+            start: launch,
             init: Mutex::new(None),
         }
     }
@@ -36,11 +37,5 @@ impl BootTimer {
     /// Time from launch to the guest's init, once reported.
     pub fn init_time(&self) -> Option<Duration> {
         *self.init.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Default for BootTimer {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -409,7 +409,7 @@ impl Drop for Driver {
 /// inlined) so that profiles can single it out (`valgrind --toggle-collect='*inline_pass*'`).
 #[inline(never)]
 fn inline_pass(mem: &GuestMemoryMmap, q: &mut Queue, disk: &Disk) {
-    ring::serve_inline(mem, q, disk, Negotiated::default());
+    ring::serve_inline(mem, q, disk, Negotiated::default(), || {});
 }
 
 /// `vring_need_event`: whether moving an index from `old` to `new` passes `event`.

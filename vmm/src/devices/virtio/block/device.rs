@@ -2,8 +2,9 @@
 //! requests, parses them, and executes them itself or hands them to the worker pool.
 //!
 //! The queue thread serves every available chain per wake-up with driver notifications
-//! suppressed, raises at most one interrupt per pass (as `VIRTIO_RING_F_EVENT_IDX` allows),
-//! and then polls the available ring for a short while ([`BlockOptions::poll_us`]) before it
+//! suppressed, raises an interrupt the moment the used index passes the driver's `used_event`
+//! (`VIRTIO_RING_F_EVENT_IDX`; without it, once per pass), so that a driver refills its ring
+//! while the rest of a pass runs, and then polls the available ring for a short while ([`BlockOptions::poll_us`]) before it
 //! re-enables notifications and sleeps, so that a driver that comes back quickly costs no
 //! kick and no thread wake-up. With no workers, requests run on the queue thread as they are
 //! popped: no channel, no lock, no allocation per request. The rings are read and written
@@ -394,7 +395,9 @@ impl QueueServer {
         match &mut self.serve {
             Serve::Inline(q) => {
                 let _ = q.disable_notification(mem);
-                let pass = ring::serve_inline_until(mem, q, &ctx.disk, ctx.neg, &self.stopping);
+                let interrupt = || ctx.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+                let pass =
+                    ring::serve_inline_until(mem, q, &ctx.disk, ctx.neg, &self.stopping, interrupt);
                 if pass.notify {
                     ctx.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
                 }

@@ -223,16 +223,21 @@ impl<'m> Rings<'m> {
     }
 
     /// Pops every available chain, processes it on this thread ([`request::process`]) and
-    /// puts it on the used ring; decides whether the driver wants an interrupt.
+    /// puts it on the used ring. With event index, calls `interrupt` as soon as the used
+    /// index passes the driver's `used_event`, mid-pass: a driver that asked to hear of the
+    /// first half of its requests refills the ring while the device works on the second half,
+    /// instead of finding out only once the device has run dry. [`Pass::notify`] says whether
+    /// the chains used since the last such call (all of them without event index) want one.
     pub fn serve(
         &self,
         q: &mut Queue,
         mem: &GuestMemoryMmap,
         disk: &Disk,
         neg: Negotiated,
+        mut interrupt: impl FnMut(),
     ) -> Pass {
-        let old_used = q.next_used();
-        let mut used = old_used;
+        let mut signalled = q.next_used();
+        let mut used = signalled;
         // One region cache for the whole batch: the buffers usually share a region.
         let mut look = request::Lookup::new(mem);
         let popped = self.pop_each(q, |head, chain| {
@@ -246,6 +251,10 @@ impl<'m> Rings<'m> {
                         "virtio-blk: cannot publish used index {used}"
                     ));
                 }
+                if self.event_idx && self.needs_notification(signalled, used) {
+                    interrupt();
+                    signalled = used;
+                }
             } else {
                 crate::devices::virtio::guest_fault(format_args!(
                     "virtio-blk: no used element for head {head}"
@@ -255,7 +264,7 @@ impl<'m> Rings<'m> {
         q.set_next_used(used);
         Pass {
             popped,
-            notify: self.needs_notification(old_used, used),
+            notify: self.needs_notification(signalled, used),
         }
     }
 }
@@ -298,9 +307,16 @@ impl Iterator for Chain<'_, '_> {
 
 /// Serves every available chain of `q` on this thread: through [`Rings`] where the rings
 /// allow it, else through `virtio_queue`'s accessors. Puts each chain on the used ring and
-/// decides (at most once) whether the driver wants an interrupt.
-pub fn serve_inline(mem: &GuestMemoryMmap, q: &mut Queue, disk: &Disk, neg: Negotiated) -> Pass {
-    serve_inline_until(mem, q, disk, neg, &AtomicBool::new(false))
+/// decides whether the driver wants an interrupt, as [`Rings::serve`] does (`interrupt` is
+/// called mid-pass with event index).
+pub fn serve_inline(
+    mem: &GuestMemoryMmap,
+    q: &mut Queue,
+    disk: &Disk,
+    neg: Negotiated,
+    interrupt: impl FnMut(),
+) -> Pass {
+    serve_inline_until(mem, q, disk, neg, &AtomicBool::new(false), interrupt)
 }
 
 /// [`serve_inline`], popping no more chains once `stop` is set: a reset or shutdown then waits
@@ -311,9 +327,10 @@ pub fn serve_inline_until(
     disk: &Disk,
     neg: Negotiated,
     stop: &AtomicBool,
+    mut interrupt: impl FnMut(),
 ) -> Pass {
     if let Some(rings) = Rings::new(mem, q) {
-        return rings.stopping_at(stop).serve(q, mem, disk, neg);
+        return rings.stopping_at(stop).serve(q, mem, disk, neg, interrupt);
     }
     let mut popped = 0;
     // At most a queue size of chains per pass, as `Rings::pop_each`.
@@ -327,8 +344,12 @@ pub fn serve_inline_until(
             crate::devices::virtio::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
         }
         popped += 1;
+        // The queue remembers what it last signalled, so this asks about the new ones only.
+        if q.event_idx_enabled() && q.needs_notification(mem).unwrap_or(true) {
+            interrupt();
+        }
     }
-    let notify = popped > 0 && q.needs_notification(mem).unwrap_or(true);
+    let notify = popped > 0 && !q.event_idx_enabled() && q.needs_notification(mem).unwrap_or(true);
     Pass { popped, notify }
 }
 
@@ -388,7 +409,7 @@ mod tests {
             ],
         );
         let rings = Rings::new(&m, &q).expect("fast path");
-        let pass = rings.serve(&mut q, &m, &disk, ALL);
+        let pass = rings.serve(&mut q, &m, &disk, ALL, || {});
         assert_eq!(pass.popped, 2);
         assert!(pass.notify, "no event index: always notify");
         assert_eq!((q.next_avail(), q.next_used()), (2, 2));
@@ -400,7 +421,7 @@ mod tests {
         m.read_slice(&mut back, GuestAddress(BUF + 0x1000)).unwrap();
         assert_eq!(back, [7u8; 512]);
         // Nothing more: an empty pass.
-        let pass = rings.serve(&mut q, &m, &disk, ALL);
+        let pass = rings.serve(&mut q, &m, &disk, ALL, || {});
         assert_eq!(pass, Pass::default());
     }
 
@@ -422,7 +443,7 @@ mod tests {
         let used_event = GuestAddress(q.avail_ring() + 4 + 2 * 16);
         // The driver wants an interrupt once the used index passes 5: not after 4 chains.
         m.write_obj(5u16, used_event).unwrap();
-        let pass = serve_inline(&m, &mut q, &disk, ALL);
+        let pass = serve_inline(&m, &mut q, &disk, ALL, || {});
         assert_eq!(
             pass,
             Pass {
@@ -430,19 +451,30 @@ mod tests {
                 notify: false
             }
         );
-        // At the 4th completion (index 3 -> 4 passes used_event 3).
+        // used_event 1: the interrupt comes as the 2nd chain is used, mid-pass, while the
+        // other two are still to run (the driver refills meanwhile); none at the end.
         let mut q = queue(&m, 0x8000, 16, &chains);
         q.set_event_idx(true);
-        m.write_obj(3u16, GuestAddress(q.avail_ring() + 4 + 2 * 16))
+        m.write_obj(1u16, GuestAddress(q.avail_ring() + 4 + 2 * 16))
             .unwrap();
-        let pass = serve_inline(&m, &mut q, &disk, ALL);
+        let used_ring = q.used_ring();
+        let mut raised_at = Vec::new();
+        let pass = serve_inline(&m, &mut q, &disk, ALL, || {
+            raised_at.push(m.read_obj::<u16>(GuestAddress(used_ring + 2)).unwrap())
+        });
+        assert_eq!(raised_at, [2]);
         assert_eq!(
             pass,
             Pass {
                 popped: 4,
-                notify: true
+                notify: false
             }
         );
+        // Without event index: no interrupt mid-pass, one at its end.
+        let mut q = queue(&m, 0x10000, 16, &chains);
+        let mut raised = 0;
+        let pass = serve_inline(&m, &mut q, &disk, ALL, || raised += 1);
+        assert_eq!((raised, pass.notify), (0, true));
     }
 
     #[test]
@@ -463,7 +495,7 @@ mod tests {
         assert!(Rings::new(&m, &q).is_none());
         // virtio-queue's accessors serve it all the same.
         m.write_obj(0xaau8, GuestAddress(ST)).unwrap();
-        let pass = serve_inline(&m, &mut q, &disk, ALL);
+        let pass = serve_inline(&m, &mut q, &disk, ALL, || {});
         assert_eq!(
             pass,
             Pass {
@@ -501,7 +533,7 @@ mod tests {
         let rings = Rings::new(&m, &q).unwrap();
         assert_eq!(rings.chain(0).count(), 1);
         assert!(rings.descriptor(16).is_none());
-        let pass = rings.serve(&mut q, &m, &disk, ALL);
+        let pass = rings.serve(&mut q, &m, &disk, ALL, || {});
         // No status byte: the chain is returned with nothing written.
         assert_eq!(pass.popped, 1);
         assert_eq!(used_elem(&m, &q, 0), (0, 0));
@@ -519,7 +551,7 @@ mod tests {
         m.write_obj(1u16, GuestAddress(q.avail_ring() + 2)).unwrap();
         let rings = Rings::new(&m, &q).unwrap();
         assert_eq!(rings.chain(100).count(), 0);
-        let pass = rings.serve(&mut q, &m, &disk, ALL);
+        let pass = rings.serve(&mut q, &m, &disk, ALL, || {});
         assert_eq!(
             pass,
             Pass {
@@ -549,7 +581,7 @@ mod tests {
         );
         let rings = Rings::new(&m, &q).unwrap();
         assert_eq!(rings.chain(0).count(), 16);
-        let pass = rings.serve(&mut q, &m, &disk, ALL);
+        let pass = rings.serve(&mut q, &m, &disk, ALL, || {});
         assert_eq!(pass.popped, 1);
         assert_eq!(used_elem(&m, &q, 0), (0, 1));
         assert_eq!(status(&m, BUF + 511), IOERR);
@@ -578,7 +610,7 @@ mod tests {
         );
         let rings = Rings::new(&m, &q).unwrap();
         assert_eq!(rings.chain(0).count(), 1);
-        let pass = rings.serve(&mut q, &m, &disk, ALL);
+        let pass = rings.serve(&mut q, &m, &disk, ALL, || {});
         assert_eq!(pass.popped, 1);
         assert_eq!(used_elem(&m, &q, 0), (0, 0));
         assert_eq!(status(&m, ST), 0xaa);
@@ -592,7 +624,7 @@ mod tests {
         let mut q = queue(&m, 0, 64, &descs);
         let rings = Rings::new(&m, &q).unwrap();
         assert_eq!(rings.chain(0).count(), usize::from(n));
-        rings.serve(&mut q, &m, &disk, ALL);
+        rings.serve(&mut q, &m, &disk, ALL, || {});
         assert_eq!(used_elem(&m, &q, 0), (0, 512 * u32::from(n - 2) + 1));
         assert_eq!(status(&m, ST), OK);
     }
@@ -645,14 +677,14 @@ mod tests {
         let mut q = queue(&m, 0, 16, &[]);
         m.write_obj(17u16, GuestAddress(q.avail_ring() + 2))
             .unwrap();
-        let pass = serve_inline(&m, &mut q, &disk, ALL);
+        let pass = serve_inline(&m, &mut q, &disk, ALL, || {});
         assert_eq!(pass, Pass::default());
         assert_eq!(q.next_avail(), 0);
         // Wrapping around u16 is fine: 3 entries from 65534.
         q.set_next_avail(u16::MAX - 1);
         q.set_next_used(u16::MAX - 1);
         m.write_obj(1u16, GuestAddress(q.avail_ring() + 2)).unwrap();
-        let pass = serve_inline(&m, &mut q, &disk, ALL);
+        let pass = serve_inline(&m, &mut q, &disk, ALL, || {});
         assert_eq!(pass.popped, 3);
         assert_eq!((q.next_avail(), q.next_used()), (1, 1));
         assert_eq!(used_idx(&m, &q), 1);
