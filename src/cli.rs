@@ -386,7 +386,7 @@ pub struct NfsServeArgs {
     pub pool: String,
     /// Address and port to listen on (port 0 picks a free one; the first line printed says which).
     #[arg(long, default_value = "127.0.0.1:2049")]
-    pub listen: String,
+    pub listen: std::net::SocketAddr,
     /// Refuse every change.
     #[arg(long)]
     pub read_only: bool,

@@ -40,6 +40,11 @@ fn pool_create_list_status_and_json() {
     assert!(st["allocated"].as_u64().is_some());
     assert!(st["free"].as_u64().is_some());
     assert_eq!(st["errors"].as_array().expect("errors").len(), 0);
+    // GUIDs are 64-bit: a string, so that readers holding numbers as doubles keep them whole;
+    // the same one in `pool list`.
+    let guid = st["guid"].as_str().expect("guid is a string");
+    assert!(guid.parse::<u64>().is_ok(), "{guid}");
+    assert_eq!(p["guid"], st["guid"]);
 
     let human = env.run(["pool", "status", "tank"]);
     let human = human.ok();

@@ -135,12 +135,18 @@ fn names_with_bad_characters() {
         "tank",
         "tank/a/../b",
     ] {
+        // A snapshot's name where a volume's belongs is said to be one.
+        let why = if name.contains('@') {
+            "is a snapshot"
+        } else {
+            "invalid name"
+        };
         let r = env.run(["vol", "create", name, "--size", "1M"]);
-        r.fails_with("invalid name");
+        r.fails_with(why);
         assert_eq!(r.code, 2, "malformed input exits 2");
         env.run(["vol", "import", img.to_str().expect("utf-8"), name])
-            .fails_with("invalid name");
-        env.run(["set", "k=v", name]).fails_with("invalid name");
+            .fails_with(why);
+        env.run(["set", "k=v", name]).fails_with(why);
         // `tank/a@b` is a well-formed snapshot name: get looks it up.
         let needle = if name == "tank/a@b" {
             "does not exist"
@@ -391,6 +397,12 @@ fn usage_errors_are_one_line() {
     env.run(["list", "-t", "bogus"])
         .fails_with("unknown dataset type");
     assert!(env.run(["--help"]).ok().contains("Usage"));
+    // An address that does not parse is a usage error, not a failure to bind.
+    for bad in ["bogus", "127.0.0.1:99999"] {
+        let r = env.run(["nfs", "serve", "tank", "--listen", bad]);
+        r.fails_with("--listen");
+        assert_eq!(r.code, 2, "--listen {bad}");
+    }
     // Memory the host cannot map, or not in whole MiB: usage errors, before any clone is made.
     let kernel = env.file("kernel", b"not a kernel");
     let k = kernel.to_str().expect("utf-8");

@@ -661,3 +661,30 @@ fn sync_flag_answers_file_sync() {
         .unwrap();
     assert_eq!(w.committed, stable_how::FILE_SYNC);
 }
+
+/// A server whose stdout is gone serves all the same: its "serving" line used to panic the
+/// process (exit 101) when stdout was full or a closed pipe.
+#[test]
+fn a_server_without_stdout_keeps_serving() {
+    let e = Env::new();
+    let mut child =
+        e.0.cmd(["nfs", "serve", "tank", "--listen", "127.0.0.1:0"])
+            .stdout(
+                std::fs::File::options()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let running = child.try_wait().unwrap().is_none();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(running, "the server ended: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -60,6 +60,19 @@ fn snapshot_clone_rollback_promote_and_destroy_rules() {
             .ok(),
         "tank/v@s1\ntank/w@s1\n"
     );
+    // One snapshot by its name; a volume with no snapshots has none to list (it exists).
+    assert_eq!(
+        env.run(["list", "tank/v@s1", "-t", "snapshot", "-H", "-o", "name"])
+            .ok(),
+        "tank/v@s1\n"
+    );
+    env.run(["vol", "create", "tank/bare", "--size", "1M"]).ok();
+    assert_eq!(
+        env.run(["list", "tank/bare", "-t", "snapshot", "-H", "-o", "name"])
+            .ok(),
+        ""
+    );
+    env.run(["destroy", "tank/bare"]).ok();
 
     // Clone: shares data, origin/clones shown.
     env.run(["clone", "tank/v@s1", "tank/c", "-o", "com.example:x=1"])
@@ -296,6 +309,10 @@ fn send_recv_full_and_incremental_into_a_second_pool() {
     let b = listing(&env, "backup");
     let t = listing(&env, "tank");
     assert_eq!(b["backup/v@s1"]["guid"], t["tank/v@s1"]["guid"]);
+    assert!(
+        t["tank/v@s1"]["guid"].is_string(),
+        "GUIDs are strings in JSON"
+    );
     assert_eq!(b["backup/v"]["props"]["com.example:role"], "db");
 
     // Change: overwrite the start, zero a range (via a shrink-free path: import zeroes).
@@ -468,7 +485,7 @@ fn vm_run_clone_from_provisions_and_a_failed_boot_leaves_no_clone() {
     env.pool("tank", "64M");
     env.import("tank/img", &random_bytes(M as usize, 7));
     env.run(["snapshot", "tank/img@golden"]).ok();
-    // The kernel does not exist: the boot fails after the clone was made, and the clone goes.
+    // The kernel does not exist: refused before anything is cloned.
     let missing = env.path("no-such-kernel");
     let r = env.run([
         "vm",
@@ -481,6 +498,20 @@ fn vm_run_clone_from_provisions_and_a_failed_boot_leaves_no_clone() {
         "vm1",
     ]);
     assert_ne!(r.code, 0, "a missing kernel must fail");
+    assert!(!r.stderr.contains("cloned"), "{}", r.stderr);
+    // A file that is no kernel: the boot fails after the clone was made, and the clone goes.
+    let junk = env.file("junk-kernel", &random_bytes(8192, 8));
+    let r = env.run([
+        "vm",
+        "run",
+        "--kernel",
+        junk.to_str().expect("utf-8"),
+        "--clone-from",
+        "tank/img@golden",
+        "--name",
+        "vm1",
+    ]);
+    assert_ne!(r.code, 0, "a kernel that is not one must fail");
     assert!(
         r.stderr.contains("cloned tank/img@golden to tank/vm1"),
         "{}",

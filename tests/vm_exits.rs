@@ -186,6 +186,30 @@ fn the_guest_reads_stdin_on_its_console() {
     drop(stdin);
 }
 
+/// Nothing is cloned for a run that cannot start: a kernel that is not there, or a `--name`
+/// that repeats the pool (`p/db` would have made `p/p/db`).
+#[test]
+fn a_run_that_cannot_start_clones_nothing() {
+    let env = Env::new();
+    world(&env, &random_bytes(1 << 20, 3));
+    env.run(run_args(
+        "missing.elf",
+        &["--clone-from", "p/img@s", "--rm"],
+    ))
+    .fails_with("opening the kernel");
+    let r = env.run(run_args(
+        "idle.elf",
+        &["--clone-from", "p/img@s", "--name", "p/db"],
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("give the name below it (db)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(volumes(&env), ["p/img"]);
+}
+
 /// A guest whose console nobody reads (stdout a pipe that is never emptied) still stops at
 /// SIGTERM: its vCPU waits for room on the console only until the VM is stopped. It used to
 /// block in `write(2)` for good, holding the console's lock, and the run never ended.

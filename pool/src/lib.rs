@@ -40,7 +40,9 @@ pub use device::{CrashDevice, CutMode, Device, FileDevice, MemDevice};
 pub use error::{Error, ErrorKind, Result};
 pub use iov::{gather, scatter, AlignedBuf};
 pub use phys::{DatasetKind, LABEL_MAGIC};
-pub use pool::{DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE};
+pub use pool::{
+    guid_as_string, DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE,
+};
 pub use scrub::{ScrubError, ScrubReport};
 pub use snapshot::{Landing, Recursion};
 pub use trim::TrimReport;

@@ -323,12 +323,22 @@ impl Shared {
     }
 }
 
+/// Serializes a GUID as a decimal string: GUIDs use all 64 bits, and JSON readers that hold
+/// numbers as doubles (JavaScript, `jq`) would round one past 2^53 to another GUID.
+pub fn guid_as_string<S: serde::Serializer>(
+    guid: &u64,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(guid)
+}
+
 /// Facts about an open pool.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PoolInfo {
     /// Pool name.
     pub name: String,
-    /// Permanent pool identity.
+    /// Permanent pool identity (a decimal string in JSON: [`guid_as_string`]).
+    #[serde(serialize_with = "guid_as_string")]
     pub guid: u64,
     /// Device path.
     pub path: String,
@@ -360,7 +370,8 @@ pub struct DatasetInfo {
     pub name: String,
     /// Permanent ID.
     pub id: u64,
-    /// Identity kept by send/receive.
+    /// Identity kept by send/receive (a decimal string in JSON: [`guid_as_string`]).
+    #[serde(serialize_with = "guid_as_string")]
     pub guid: u64,
     /// Type.
     #[serde(rename = "type")]

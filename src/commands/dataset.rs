@@ -96,7 +96,8 @@ pub fn prop_value(d: &DatasetInfo, prop: &str, parsable: bool) -> PropValue {
             },
             Value::from(d.holds.clone()),
         ),
-        Some("guid") => b(d.guid.to_string(), Value::from(d.guid)),
+        // A string, as in every other JSON output (`pool::guid_as_string`).
+        Some("guid") => b(d.guid.to_string(), Value::from(d.guid.to_string())),
         Some("creation") => b(
             output::time(d.creation_time, parsable),
             Value::from(d.creation_time),
@@ -178,7 +179,7 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
     };
     let (pools, prefix) = match &a.target {
         Some(t) if t.contains('/') => {
-            let pool = pool_of(t)?;
+            let pool = pool_of_any(t)?;
             (vec![reg.require(pool)?], Some(t.clone()))
         }
         Some(p) => {
@@ -201,17 +202,19 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
             }
         }
     }
-    rows.retain(|d| types.contains(&d.kind));
     if let Some(p) = &prefix {
         rows.retain(|d| {
             d.name == *p
                 || d.name.starts_with(&format!("{p}/"))
                 || d.name.starts_with(&format!("{p}@"))
         });
+        // Whether it exists, whatever the types asked for (a volume without snapshots lists
+        // none of them, as a pool does).
         if rows.is_empty() {
             return Err(::pool::Error::NotFound(p.clone()).into());
         }
     }
+    rows.retain(|d| types.contains(&d.kind));
     let parsable = a.fmt.parsable;
     match (&props, a.fmt.json) {
         (None, true) => output::print_json(&rows)?,

@@ -177,6 +177,11 @@ fn unexpected(r: &Response) -> CliError {
 
 /// Splits `POOL/NAME` (checking both parts) and returns the pool part.
 pub(crate) fn pool_of(full: &str) -> Result<&str> {
+    if full.contains('@') && ::pool::names::split_any_name(full).is_ok() {
+        return Err(CliError::Usage(format!(
+            "{full} is a snapshot; name a volume (POOL/NAME) here"
+        )));
+    }
     Ok(::pool::names::split_dataset_name(full)?.0)
 }
 

@@ -4,7 +4,6 @@ use crate::cli::NfsServeArgs;
 use crate::error::{CliError, Result};
 use crate::registry::{open_entry_with, Registry};
 use ::pool::PoolConfig;
-use std::io::Write;
 use std::sync::Arc;
 
 /// Raises this process's open-file limit to its hard limit, so that `--max-connections`
@@ -53,7 +52,7 @@ pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
         },
     ));
     let config = ::nfs::ServeConfig {
-        listen: a.listen.clone(),
+        listen: a.listen.to_string(),
         allow: a.allow.clone(),
         sync_writes: a.sync,
         limits: ::nfs::ConnectionLimits {
@@ -73,14 +72,17 @@ pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
             .await
             .map_err(|e| CliError::io(format!("listening on {}", config.listen), e))?;
         let addr = server.local_addr();
-        // Scripts (and tests) wait for this line.
-        println!(
-            "serving pool {} on {addr} (NFSv3, MOUNT and portmapper; export /{}){}",
+        // Scripts (and tests) wait for this line; a server whose stdout is gone (or full)
+        // serves all the same.
+        let line = format!(
+            "serving pool {} on {addr} (NFSv3, MOUNT and portmapper; export /{}){}\n",
             a.pool,
             a.pool,
             if a.read_only { ", read-only" } else { "" }
         );
-        let _ = std::io::stdout().flush();
+        if let Err(e) = crate::output::print_str(&line) {
+            tracing::warn!("{e}");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| CliError::io("installing a SIGTERM handler", e))?;
         tokio::select! {

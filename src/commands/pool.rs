@@ -224,6 +224,7 @@ pub fn export(reg: &Registry, name: &str) -> Result<()> {
 struct PoolRow {
     name: String,
     path: PathBuf,
+    #[serde(serialize_with = "::pool::guid_as_string")]
     guid: u64,
     /// ONLINE, SUSPENDED (stopped writing after an I/O error), BUSY (held by another process),
     /// UNAVAIL (cannot be opened) or FAULTED (damaged).

@@ -101,6 +101,14 @@ fn provision(
         .get(&pool_name)
         .ok_or_else(|| CliError::Failed(format!("pool {pool_name} vanished")))?;
     let full = match name {
+        // NAME is below the pool already: `POOL/NAME` would make `POOL/POOL/NAME`.
+        Some(n) if n.starts_with(&format!("{pool_name}/")) => {
+            return Err(CliError::Usage(format!(
+                "--name {n}: the clone goes into {snap}'s pool already; give the name below \
+                 it ({})",
+                &n[pool_name.len() + 1..]
+            )))
+        }
         Some(n) => format!("{pool_name}/{n}"),
         None => {
             let t = std::time::SystemTime::now()
@@ -224,6 +232,7 @@ pub fn run(reg: &Registry, a: &VmRunArgs) -> Result<()> {
         planned.disks.insert(0, disk);
     }
     planned.validate().map_err(vmm_err)?;
+    planned.check_images().map_err(vmm_err)?;
     if let Some(console) = &config.console {
         check_console(console, &config)?;
     }

@@ -216,10 +216,12 @@ impl Vmm {
                 }
             }
         }
-        // Wait for any vCPU to stop; then kick the others out of KVM_RUN.
+        // Wait for any vCPU to stop; then kick the others out of KVM_RUN (and out of a wait
+        // for room on the console).
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        bus.console.release();
         for t in threads {
             while !t.is_finished() {
                 use std::os::unix::thread::JoinHandleExt;
@@ -372,7 +374,7 @@ fn mmio_device_infos(n: usize) -> Vec<MmioDeviceInfo> {
 
 /// Opens a kernel or initramfs file: a regular file or a block device. Anything else (a FIFO,
 /// whose open would wait for a writer; a character device, which never ends) is refused.
-fn open_image(path: &std::path::Path, what: &str) -> Result<File> {
+pub(crate) fn open_image(path: &std::path::Path, what: &str) -> Result<File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let err = || format!("opening the {what} {}", path.display());
     // Non-blocking, so that a FIFO does not hold the open; no effect on files and disks.

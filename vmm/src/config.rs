@@ -100,6 +100,16 @@ impl VmConfig {
         }
     }
 
+    /// Opens the kernel and the initramfs as [`crate::build_linux`] will, so that a missing
+    /// or unreadable one is reported before the caller makes anything for the VM (a clone).
+    pub fn check_images(&self) -> crate::Result<()> {
+        crate::builder::open_image(&self.kernel, "kernel")?;
+        if let Some(initrd) = &self.initrd {
+            crate::builder::open_image(initrd, "initramfs")?;
+        }
+        Ok(())
+    }
+
     /// Checks the numbers.
     pub fn validate(&self) -> crate::Result<()> {
         if self.cpus == 0 || self.cpus > MAX_CPUS {

@@ -1,10 +1,11 @@
 //! The console's output side: bytes the guest writes to its UART go into a bounded buffer that
 //! a thread of its own writes out, so that a vCPU does not make a system call per byte and is
-//! not held by a slow or stalled reader (a pipe nobody empties, a terminal on hold) past a
-//! [`ConsoleOut::stop`]. While the reader keeps up, nothing is lost: a vCPU whose byte does
-//! not fit waits for room, as a program writing to a full pipe does. Once the VM is stopped,
-//! bytes that do not fit are dropped (and counted) instead, and the final drain waits at most
-//! [`STOPPED_DRAIN`] for the reader.
+//! not held by a slow or stalled reader (a pipe nobody empties, a terminal on hold) once the
+//! VM ends. While the reader keeps up, nothing is lost: a vCPU whose byte does not fit waits
+//! for room, as a program writing to a full pipe does. Once the vCPUs are stopping
+//! ([`ConsoleHandle::release`]: power-off, reboot, failure or a stop), bytes that do not fit
+//! are dropped (and counted) instead; the final drain waits for the reader, at most
+//! [`STOPPED_DRAIN`] after a [`ConsoleHandle::stop`].
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -30,7 +31,9 @@ struct State {
     writer_idle: bool,
     /// Threads waiting for room (a vCPU, the drain).
     room_waiters: usize,
-    /// No more waiting for room: the VM was stopped.
+    /// No more waiting for room: the vCPUs are stopping.
+    released: bool,
+    /// The VM was stopped: the final drain waits a bounded time.
     stopped: bool,
     /// No more bytes will come: the thread ends once the buffer is written.
     closed: bool,
@@ -110,8 +113,10 @@ impl Write for ConsoleOut {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let sh = &*self.shared;
         let mut st = sh.lock();
+        // More than the buffer holds is taken in parts (write_all comes back for the rest).
+        let data = &data[..data.len().min(CAPACITY)];
         let full = |st: &State| st.buf.len() + data.len() > CAPACITY;
-        while full(&st) && !st.stopped && !st.failed && !st.closed {
+        while full(&st) && !st.released && !st.failed && !st.closed {
             st.room_waiters += 1;
             st = sh.room.wait(st).unwrap_or_else(|e| e.into_inner());
             st.room_waiters -= 1;
@@ -142,10 +147,21 @@ impl Drop for ConsoleOut {
 }
 
 impl ConsoleHandle {
-    /// The VM stopped: a write that finds no room drops its bytes instead of waiting, so a
-    /// stalled reader cannot hold a vCPU (or the console's lock) any longer.
+    /// The vCPUs are stopping (the guest powered off, rebooted or failed, or the VM was
+    /// stopped): a write that finds no room drops its bytes instead of waiting, so a stalled
+    /// reader cannot keep a vCPU (or the console's lock) from ending.
+    pub fn release(&self) {
+        self.shared.lock().released = true;
+        self.shared.room.notify_all();
+    }
+
+    /// The VM was stopped ([`crate::StopHandle::stop`]): as [`ConsoleHandle::release`], and
+    /// the final [`ConsoleHandle::drain`] waits at most [`STOPPED_DRAIN`] for the reader.
     pub fn stop(&self) {
-        self.shared.lock().stopped = true;
+        let mut st = self.shared.lock();
+        st.released = true;
+        st.stopped = true;
+        drop(st);
         self.shared.room.notify_all();
     }
 
@@ -217,7 +233,7 @@ fn write_out(sh: &Shared, mut out: Box<dyn Write + Send>) {
             sh.room.notify_all();
         }
         drop(st);
-        let r = out.write_all(&chunk).and_then(|()| out.flush());
+        let r = write_chunk(&mut *out, &chunk);
         let mut st = sh.lock();
         st.writing = 0;
         if let Err(e) = r {
@@ -231,6 +247,31 @@ fn write_out(sh: &Shared, mut out: Box<dyn Write + Send>) {
         }
         if st.failed {
             return;
+        }
+    }
+}
+
+/// Writes all of `chunk`: like `write_all`, but an output that would block (a non-blocking
+/// descriptor inherited as stdout) is waited for rather than taken for a failure.
+fn write_chunk(out: &mut dyn Write, chunk: &[u8]) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < chunk.len() {
+        match out.write(&chunk[at..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    loop {
+        match out.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            r => return r,
         }
     }
 }
@@ -309,5 +350,61 @@ mod tests {
         // Let the thread go so that it ends.
         *open.0.lock().unwrap() = true;
         open.1.notify_all();
+    }
+
+    #[test]
+    fn a_release_frees_writers_and_the_drain_still_waits_for_the_reader() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let gate = Gate {
+            open: open.clone(),
+            got: got.clone(),
+        };
+        let (mut out, h) = ConsoleOut::spawn(Box::new(gate)).unwrap();
+        let total = 2 * CAPACITY;
+        let writer = std::thread::spawn(move || {
+            for _ in 0..total / 1024 {
+                out.write_all(&[b'y'; 1024]).unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!writer.is_finished(), "a full console takes no more bytes");
+        // A guest's power-off: the vCPUs go on (their bytes that do not fit are dropped)...
+        h.release();
+        writer.join().unwrap();
+        // ... and what was taken is still written once the reader comes back, however late.
+        let later = open.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            *later.0.lock().unwrap() = true;
+            later.1.notify_all();
+        });
+        let dropped = h.drain();
+        let written = got.lock().unwrap().len();
+        assert!(written >= CAPACITY, "{written}");
+        assert_eq!(written as u64 + dropped, total as u64);
+    }
+
+    #[test]
+    fn an_output_that_would_block_is_waited_for() {
+        /// Refuses every other write with `WouldBlock`.
+        struct Busy(bool, Vec<u8>);
+        impl Write for Busy {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 = !self.0;
+                if self.0 {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                let n = b.len().min(3);
+                self.1.extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = Busy(false, Vec::new());
+        write_chunk(&mut out, b"hello, console").unwrap();
+        assert_eq!(out.1, b"hello, console");
     }
 }

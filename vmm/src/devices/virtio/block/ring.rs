@@ -227,7 +227,7 @@ impl<'m> Rings<'m> {
     /// index passes the driver's `used_event`, mid-pass: a driver that asked to hear of the
     /// first half of its requests refills the ring while the device works on the second half,
     /// instead of finding out only once the device has run dry. [`Pass::notify`] says whether
-    /// the chains used since the last such call (all of them without event index) want one.
+    /// the chains used since the last check (all of them without event index) want one.
     pub fn serve(
         &self,
         q: &mut Queue,
@@ -236,8 +236,8 @@ impl<'m> Rings<'m> {
         neg: Negotiated,
         mut interrupt: impl FnMut(),
     ) -> Pass {
-        let mut signalled = q.next_used();
-        let mut used = signalled;
+        let mut checked = q.next_used();
+        let mut used = checked;
         // One region cache for the whole batch: the buffers usually share a region.
         let mut look = request::Lookup::new(mem);
         let popped = self.pop_each(q, |head, chain| {
@@ -251,9 +251,13 @@ impl<'m> Rings<'m> {
                         "virtio-blk: cannot publish used index {used}"
                     ));
                 }
-                if self.event_idx && self.needs_notification(signalled, used) {
-                    interrupt();
-                    signalled = used;
+                // As QEMU and vhost: the window starts at the last check, not the last
+                // interrupt (a driver that moved `used_event` back has seen those already).
+                if self.event_idx {
+                    if self.needs_notification(checked, used) {
+                        interrupt();
+                    }
+                    checked = used;
                 }
             } else {
                 crate::devices::virtio::guest_fault(format_args!(
@@ -264,7 +268,7 @@ impl<'m> Rings<'m> {
         q.set_next_used(used);
         Pass {
             popped,
-            notify: self.needs_notification(signalled, used),
+            notify: self.needs_notification(checked, used),
         }
     }
 }
