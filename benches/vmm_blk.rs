@@ -14,8 +14,10 @@
 //! - `dev w0`: the real `Block` device behind virtio-mmio, its queue thread running requests
 //!   one after another (`workers: 0`): the whole virtio path with direct's serial execution;
 //!   this is the column the target applies to;
-//! - `dev w4`: the device as VMs get it (4 I/O threads), for information: it runs requests in
-//!   parallel, which `direct` does not.
+//! - `dev w4`: the device as VMs get it (4 I/O threads), for information: it runs requests
+//!   that take long (1 MiB copies here) in parallel, which `direct` does not, and those that
+//!   take microseconds (4 KiB from the page cache) on its queue thread, as `dev w0` does
+//!   (`block::pace`).
 //!
 //! The driver keeps `QD` requests in flight as Linux's blk-mq driver does: it refills every slot
 //! a completion frees, kicks when the device asks for it (event index: a device still polling

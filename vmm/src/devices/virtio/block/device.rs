@@ -4,12 +4,16 @@
 //! The queue thread serves every available chain per wake-up with driver notifications
 //! suppressed, raises an interrupt the moment the used index passes the driver's `used_event`
 //! (`VIRTIO_RING_F_EVENT_IDX`; without it, once per pass), so that a driver refills its ring
-//! while the rest of a pass runs, and then polls the available ring for a short while ([`BlockOptions::poll_us`]) before it
-//! re-enables notifications and sleeps, so that a driver that comes back quickly costs no
-//! kick and no thread wake-up. With no workers, requests run on the queue thread as they are
-//! popped: no channel, no lock, no allocation per request. The rings are read and written
-//! through [`ring::Rings`] (host views looked up once per pass) where their layout allows it.
+//! while the rest of a pass runs, and then polls the available ring for a short while
+//! ([`BlockOptions::poll_us`]) before it re-enables notifications and sleeps, so that a driver
+//! that comes back quickly costs no kick and no thread wake-up. With no workers, requests run
+//! on the queue thread as they are popped: no channel, no lock, no allocation per request.
+//! With workers, requests that execute in microseconds (the page cache answers) still run on
+//! the queue thread, and slower ones go to the workers ([`Pace`]). The rings are read and
+//! written through [`ring::Rings`] (host views looked up once per pass) where their layout
+//! allows it.
 
+use super::pace::Pace;
 use super::request::{
     self, Disk, Negotiated, ParseError, Request, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGS, SECTOR_SIZE,
 };
@@ -37,14 +41,16 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Tunables of a block device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockOptions {
-    /// Threads executing requests; 0 executes them on the queue thread.
+    /// Threads executing requests that take long ([`Pace`]); 0 executes every request on
+    /// the queue thread.
     pub workers: usize,
     /// How long, in microseconds, the queue thread keeps polling the available ring after
     /// it ran dry, with driver notifications still suppressed, before it sleeps until the
     /// next kick (QEMU's iothread `poll-max-ns` in spirit). 0 sleeps at once. Polling burns
     /// up to this much CPU per burst of requests (yielding to other runnable threads) and
     /// saves a kick and a thread wake-up whenever the driver comes back within the window.
-    /// Only with `workers: 0`: with workers it would compete with them for CPUs.
+    /// Only while the queue thread executes requests itself: with workers running them, it
+    /// would compete with them for CPUs.
     pub poll_us: u32,
 }
 
@@ -211,7 +217,8 @@ impl VirtioDevice for Block {
             0 => Serve::Inline(queue),
             n => {
                 let queue = Arc::new(Mutex::new(queue));
-                let (c, q, stop) = (ctx.clone(), queue.clone(), stopping.clone());
+                let pace = Arc::new(Pace::default());
+                let (c, q, stop, p) = (ctx.clone(), queue.clone(), stopping.clone(), pace.clone());
                 let pool = WorkerPool::new(
                     &format!("{}-io", self.name),
                     n,
@@ -222,7 +229,9 @@ impl VirtioDevice for Block {
                         if stop.load(Ordering::Acquire) {
                             return;
                         }
+                        let t = Instant::now();
                         let used = req.execute(&c.mem, &c.disk, c.neg).used_len;
+                        p.record(t.elapsed());
                         complete(&c, &q, head, used);
                     },
                 )
@@ -230,6 +239,7 @@ impl VirtioDevice for Block {
                 Serve::Pool {
                     queue,
                     pool,
+                    pace,
                     popped: Vec::with_capacity(usize::from(QUEUE_SIZE)),
                 }
             }
@@ -302,10 +312,12 @@ fn notify(ctx: &Ctx, q: &mut Queue) {
 enum Serve {
     /// The queue thread, as it pops them; it owns the queue.
     Inline(Queue),
-    /// The worker pool; workers put completions on the queue under its lock.
+    /// The worker pool; workers put completions on the queue under its lock. Requests that
+    /// execute quickly run on the queue thread all the same ([`Pace`]).
     Pool {
         queue: Arc<Mutex<Queue>>,
         pool: WorkerPool<(u16, Request)>,
+        pace: Arc<Pace>,
         /// Chains popped under the lock, dispatched after it is released (reused).
         popped: Vec<(u16, std::result::Result<Request, ParseError>)>,
     },
@@ -406,6 +418,7 @@ impl QueueServer {
             Serve::Pool {
                 queue,
                 pool,
+                pace,
                 popped,
             } => {
                 let next_avail = {
@@ -436,6 +449,12 @@ impl QueueServer {
                     }
                     match parsed {
                         Err(e) => complete(ctx, queue, head, request::fail_parse(mem, e)),
+                        Ok(req) if pace.inline() => {
+                            let t = Instant::now();
+                            let used = req.execute(mem, &ctx.disk, ctx.neg).used_len;
+                            pace.record(t.elapsed());
+                            complete(ctx, queue, head, used);
+                        }
                         Ok(req) => {
                             if let Err((head, req)) = pool.submit((head, req)) {
                                 let used = req.execute(mem, &ctx.disk, ctx.neg).used_len;
@@ -479,11 +498,15 @@ impl QueueServer {
     }
 
     /// Polls the available ring for up to the polling window; true if a chain showed up.
-    /// Only a queue thread that executes requests itself polls: with workers, the requests
-    /// just dispatched are still running, and a polling queue thread would take a CPU from
-    /// them.
+    /// Only a queue thread that executes requests itself polls: with workers taking them, the
+    /// requests just dispatched are still running, and a polling queue thread would take a
+    /// CPU from them.
     fn poll_for(&self, next_avail: u16) -> bool {
-        if self.poll.is_zero() || !matches!(self.serve, Serve::Inline(_)) {
+        let executes = match &self.serve {
+            Serve::Inline(_) => true,
+            Serve::Pool { pace, .. } => pace.inline(),
+        };
+        if self.poll.is_zero() || !executes {
             return false;
         }
         let deadline = Instant::now() + self.poll;
@@ -648,6 +671,96 @@ mod tests {
             let bit = |f: u32| dev.features() & (1 << f) != 0;
             assert_eq!(bit(VIRTIO_BLK_F_DISCARD), discards, "discards {discards}");
             assert!(bit(VIRTIO_BLK_F_WRITE_ZEROES), "discards {discards}");
+        }
+    }
+
+    /// A backend whose reads take `delay`, recording the most that ran at once.
+    struct Overlap {
+        delay: std::time::Duration,
+        running: std::sync::atomic::AtomicU64,
+        most: std::sync::atomic::AtomicU64,
+        done: std::sync::atomic::AtomicU64,
+    }
+
+    impl zvol::BlockBackend for Overlap {
+        fn info(&self) -> zvol::BackendInfo {
+            zvol::BackendInfo {
+                size: DISK_SIZE,
+                block_size: 4096,
+                logical_block_size: 512,
+                read_only: false,
+                discards: false,
+                id: "overlap".into(),
+            }
+        }
+        fn read_vectored(&self, _: u64, _: &mut [std::io::IoSliceMut<'_>]) -> zvol::Result<()> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn write_vectored(&self, _: u64, _: &[std::io::IoSlice<'_>]) -> zvol::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> zvol::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> zvol::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64) -> zvol::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With workers (the default), reads that wait (a disk's) run several at once, and reads
+    /// answered at once (the page cache's) run on the queue thread, one after another: a
+    /// hand-off would cost more than they do.
+    #[test]
+    fn slow_requests_run_in_parallel_and_fast_ones_inline() {
+        for (delay_ms, parallel) in [(5, true), (0, false)] {
+            let m = mem();
+            let backend = Arc::new(Overlap {
+                delay: std::time::Duration::from_millis(delay_ms),
+                running: Default::default(),
+                most: Default::default(),
+                done: Default::default(),
+            });
+            let disk = Arc::new(Disk::new(backend.clone(), false));
+            let dev = Block::new("vda", disk, BlockOptions::default());
+            let (mut t, q) = started(&m, dev, 256, GuestAddress(0x8000));
+            header(&m, HDR, VIRTIO_BLK_T_IN, 0);
+            q.add_desc_chains(
+                &[
+                    linked(HDR, 16, 0, Some(1)),
+                    linked(BUF, 512, WRITE, Some(2)),
+                    linked(ST, 1, WRITE, None),
+                ],
+                0,
+            )
+            .unwrap();
+            let avail = q.avail_addr();
+            for i in 0..64u64 {
+                m.write_obj(0u16, avail.unchecked_add(4 + 2 * i)).unwrap();
+            }
+            m.write_obj(64u16, avail.unchecked_add(2)).unwrap();
+            w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            let start = std::time::Instant::now();
+            while backend.done.load(Ordering::SeqCst) < 64 {
+                assert!(start.elapsed().as_secs() < 30, "reads stalled");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let most = backend.most.load(Ordering::SeqCst);
+            if parallel {
+                assert!(most >= 2, "slow reads ran one at a time");
+            } else {
+                assert_eq!(most, 1, "fast reads were handed to workers");
+            }
+            w(&mut t, VIRTIO_MMIO_STATUS, 0);
         }
     }
 

@@ -1,8 +1,9 @@
 //! virtio-blk: the device ([`device`]), request parsing and execution with no KVM in it
-//! ([`request`], reusable by a vhost-user-blk server), fast split-ring access ([`ring`]) and the
-//! worker pool ([`worker`]).
+//! ([`request`], reusable by a vhost-user-blk server), fast split-ring access ([`ring`]), the
+//! worker pool ([`worker`]) and the choice of who runs a request ([`pace`]).
 
 pub mod device;
+pub mod pace;
 pub mod request;
 pub mod ring;
 pub mod worker;

@@ -1,0 +1,66 @@
+//! Who runs a request when the device has workers: the queue thread itself, or a worker.
+//!
+//! Handing a request to another thread costs a few microseconds of CPU and a wake-up. That
+//! pays when requests wait on a disk (tens of microseconds and more: the workers keep several
+//! in flight) or copy a lot (a 1 MiB read from the page cache: copies in parallel), and loses
+//! when the page cache answers a small request in a microsecond or two: then the hand-off
+//! costs more than the request, and the queue thread is faster running it itself. [`Pace`]
+//! keeps a moving average of how long requests take to execute (measured wherever they run),
+//! and says to run them inline while it stays below [`INLINE_BELOW`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Requests that take less than this on average run on the queue thread.
+pub const INLINE_BELOW: Duration = Duration::from_micros(20);
+
+/// The moving average of request execution times (see the module documentation).
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// Nanoseconds, an exponential moving average over about the last 8 requests.
+    avg_ns: AtomicU64,
+}
+
+impl Pace {
+    /// Whether the next request should run on the queue thread.
+    pub fn inline(&self) -> bool {
+        self.avg_ns.load(Ordering::Relaxed) < INLINE_BELOW.as_nanos() as u64
+    }
+
+    /// One request took `took` to execute. Updates from several threads may race and lose
+    /// one another: an average of the rest is as good a guide.
+    pub fn record(&self, took: Duration) {
+        let t = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.avg_ns.load(Ordering::Relaxed);
+        let new = old - old / 8 + t / 8;
+        self.avg_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_requests_move_to_the_workers_and_fast_ones_come_back() {
+        let p = Pace::default();
+        assert!(p.inline(), "a new device runs requests itself");
+        // A disk's latency: after a couple of requests, the workers take them.
+        p.record(Duration::from_micros(100));
+        p.record(Duration::from_micros(100));
+        assert!(!p.inline());
+        // The page cache's: back on the queue thread within a few requests.
+        let mut n = 0;
+        while !p.inline() {
+            p.record(Duration::from_micros(2));
+            n += 1;
+        }
+        assert!((1..=8).contains(&n), "{n}");
+        // One slow request among fast ones does not move them.
+        for _ in 0..20 {
+            p.record(Duration::from_micros(2));
+        }
+        p.record(Duration::from_micros(60));
+        assert!(p.inline());
+    }
+}
