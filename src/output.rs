@@ -3,6 +3,7 @@
 use crate::error::{CliError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
+use unicode_width::UnicodeWidthStr;
 
 /// A table printed with aligned columns (or tab-separated without a header in scripted mode).
 pub struct Table {
@@ -40,13 +41,13 @@ impl Table {
         let mut w = vec![0usize; n];
         for r in std::iter::once(&self.header).chain(&self.rows) {
             for (i, c) in r.iter().enumerate().take(n) {
-                w[i] = w[i].max(c.chars().count());
+                w[i] = w[i].max(c.width());
             }
         }
         for r in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = String::new();
             for (i, c) in r.iter().enumerate().take(n) {
-                let pad = w[i] - c.chars().count();
+                let pad = w[i] - c.width();
                 let last = i + 1 == n;
                 if self.right.get(i).copied().unwrap_or(false) {
                     line.push_str(&" ".repeat(pad));
@@ -80,6 +81,20 @@ pub fn print_str(s: &str) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(CliError::io("writing to stdout", e)),
+    }
+}
+
+/// A JSON object whose keys keep the order given (a map would sort them).
+pub struct OrderedObject(pub Vec<(String, serde_json::Value)>);
+
+impl serde::Serialize for OrderedObject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
     }
 }
 
@@ -190,6 +205,11 @@ mod tests {
             "NAME   SIZE  PATH\ntank  1.00G  /a\na       10M  /bb\n"
         );
         assert_eq!(t.render(true), "tank\t1.00G\t/a\na\t10M\t/bb\n");
+        // Wide characters take two columns each: the next column still lines up.
+        let mut t = Table::new(vec!["NOTE".into(), "USED".into()], vec![false, true]);
+        t.row(vec!["日本".into(), "1M".into()]);
+        t.row(vec!["abcd".into(), "10M".into()]);
+        assert_eq!(t.render(false), "NOTE  USED\n日本    1M\nabcd   10M\n");
     }
 
     #[test]

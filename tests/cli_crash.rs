@@ -59,6 +59,8 @@ fn scrub_reports_flipped_bytes_and_exits_non_zero() {
         .unwrap_or_else(|| panic!("no error line for tank/v: {}", r.stdout));
     assert!(line.contains(&offset), "{line}");
     assert!(line.contains("checksum"), "{line}");
+    // The scrub's own report does not advise running a scrub.
+    assert!(!line.contains("run `tarn pool scrub"), "{line}");
 
     let j = env.run(["pool", "scrub", "tank", "--json"]);
     assert_ne!(j.code, 0);

@@ -174,7 +174,7 @@ impl Shared {
     pub(crate) fn verify(&self, p: &BlockPtr, buf: &[u8], what: &dyn Fn() -> String) -> Result<()> {
         if checksum(buf, self.label.guid) != p.checksum {
             return Err(Error::Corrupt(format!(
-                "checksum mismatch in pool {}: {} (device sector {}, born in txg {}); the block is damaged; run `tarn pool scrub {}`",
+                "checksum mismatch in pool {}: {} (device sector {}, born in txg {}); the block is damaged{SCRUB_ADVICE}{}`",
                 self.name(),
                 what(),
                 p.sector,
@@ -322,6 +322,10 @@ impl Shared {
             .map(|d| d.vol.clone())
     }
 }
+
+/// The advice that ends a checksum error met outside a scrub (the pool's name and a backquote
+/// follow it); a scrub's own report leaves it out.
+pub(crate) const SCRUB_ADVICE: &str = "; run `tarn pool scrub ";
 
 /// Serializes a GUID as a decimal string: GUIDs use all 64 bits, and JSON readers that hold
 /// numbers as doubles (JavaScript, `jq`) would round one past 2^53 to another GUID.

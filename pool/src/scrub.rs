@@ -5,7 +5,7 @@
 use crate::blocktree::height_for;
 use crate::error::Result;
 use crate::phys::{decode_indirect, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT};
-use crate::pool::{lock, read, Pool};
+use crate::pool::{lock, read, Pool, SCRUB_ADVICE};
 use std::collections::HashMap;
 
 /// One problem found by a scrub.
@@ -52,7 +52,11 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    fn err(&mut self, dataset: &str, offset: Option<u64>, message: String) {
+    fn err(&mut self, dataset: &str, offset: Option<u64>, mut message: String) {
+        // Errors met outside a scrub advise one; in its own report that is the command run.
+        if let Some(at) = message.find(SCRUB_ADVICE) {
+            message.truncate(at);
+        }
         self.report.errors.push(ScrubError {
             dataset: dataset.into(),
             offset,

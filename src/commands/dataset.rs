@@ -219,13 +219,16 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
     match (&props, a.fmt.json) {
         (None, true) => output::print_json(&rows)?,
         (Some(props), true) => {
-            let objs: Vec<BTreeMap<&str, Value>> = rows
+            // Keys in the order asked for, as the table's columns.
+            let objs: Vec<output::OrderedObject> = rows
                 .iter()
                 .map(|d| {
-                    props
-                        .iter()
-                        .map(|p| (p.as_str(), prop_value(d, p, true).json))
-                        .collect()
+                    output::OrderedObject(
+                        props
+                            .iter()
+                            .map(|p| (p.clone(), prop_value(d, p, true).json))
+                            .collect(),
+                    )
                 })
                 .collect();
             output::print_json(&objs)?;
