@@ -155,9 +155,10 @@ pub struct JsonArgs {
 pub struct ListArgs {
     /// A pool, or a dataset (`POOL/NAME`: it and the datasets below it); all pools if absent.
     pub target: Option<String>,
-    /// Dataset types to show: volume, filesystem, snapshot or all (comma-separated).
-    #[arg(short = 't', long = "type", default_value = "volume,filesystem")]
-    pub types: String,
+    /// Dataset types to show: volume, filesystem, snapshot or all (comma-separated); default
+    /// volume,filesystem, or snapshot when the target is a snapshot.
+    #[arg(short = 't', long = "type")]
+    pub types: Option<String>,
     /// Properties to show as columns (comma-separated), e.g. name,volsize,used,creation,com.example:owner.
     #[arg(short = 'o', long = "props")]
     pub props: Option<String>,
@@ -384,8 +385,9 @@ pub enum NfsCommand {
 pub struct NfsServeArgs {
     /// Pool name.
     pub pool: String,
-    /// Address and port to listen on (port 0 picks a free one; the first line printed says which).
-    #[arg(long, default_value = "127.0.0.1:2049")]
+    /// Address (or host name) and port to listen on (port 0 picks a free one; the first line
+    /// printed says which).
+    #[arg(long, default_value = "127.0.0.1:2049", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// Refuse every change.
     #[arg(long)]
@@ -461,6 +463,17 @@ pub struct VmRunArgs {
     /// Destroy the clone after the guest exits.
     #[arg(long, requires = "clone_from")]
     pub rm: bool,
+}
+
+/// `--listen`: `ADDRESS:PORT` or `HOST:PORT` (the first address the host name resolves to).
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s}: not ADDRESS:PORT or HOST:PORT ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s}: the host name has no address"))
 }
 
 #[cfg(test)]

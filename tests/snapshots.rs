@@ -60,12 +60,13 @@ fn snapshot_clone_rollback_promote_and_destroy_rules() {
             .ok(),
         "tank/v@s1\ntank/w@s1\n"
     );
-    // One snapshot by its name; a volume with no snapshots has none to list (it exists).
-    assert_eq!(
-        env.run(["list", "tank/v@s1", "-t", "snapshot", "-H", "-o", "name"])
-            .ok(),
-        "tank/v@s1\n"
-    );
+    // One snapshot by its name (with or without -t); a volume with no snapshots has none to
+    // list (it exists).
+    for t in [&["-t", "snapshot"][..], &[]] {
+        let mut args = vec!["list", "tank/v@s1", "-H", "-o", "name"];
+        args.extend_from_slice(t);
+        assert_eq!(env.run(args).ok(), "tank/v@s1\n");
+    }
     env.run(["vol", "create", "tank/bare", "--size", "1M"]).ok();
     assert_eq!(
         env.run(["list", "tank/bare", "-t", "snapshot", "-H", "-o", "name"])

@@ -172,7 +172,11 @@ fn list_datasets(pool: &Pool) -> Result<Vec<DatasetInfo>> {
 
 /// `tarn list [POOL | POOL/NAME] [-t TYPES] [-o PROPS] [--json]`
 pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
-    let types = parse_types(&a.types)?;
+    let default_types = match &a.target {
+        Some(t) if t.contains('@') => "snapshot",
+        _ => "volume,filesystem",
+    };
+    let types = parse_types(a.types.as_deref().unwrap_or(default_types))?;
     let props = match &a.props {
         Some(p) => Some(prop_list(p, None)?),
         None => None,

@@ -72,8 +72,8 @@ pub fn serve(reg: &Registry, a: &NfsServeArgs) -> Result<()> {
             .await
             .map_err(|e| CliError::io(format!("listening on {}", config.listen), e))?;
         let addr = server.local_addr();
-        // Scripts (and tests) wait for this line; a server whose stdout is gone (or full)
-        // serves all the same.
+        // Scripts (and tests) wait for this line; a server whose stdout is gone (a closed
+        // pipe, a full device) serves all the same.
         let line = format!(
             "serving pool {} on {addr} (NFSv3, MOUNT and portmapper; export /{}){}\n",
             a.pool,

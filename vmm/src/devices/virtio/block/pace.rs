@@ -6,25 +6,48 @@
 //! when the page cache answers a small request in a microsecond or two: then the hand-off
 //! costs more than the request, and the queue thread is faster running it itself. [`Pace`]
 //! keeps a moving average of how long requests take to execute (measured wherever they run),
-//! and says to run them inline while it stays below [`INLINE_BELOW`].
+//! and says to run them inline while it stays below [`INLINE_BELOW`]; only small reads and
+//! writes ever run inline ([`Pace::may_inline`]).
 
+use super::request::{Request, RequestType};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Requests that take less than this on average run on the queue thread.
 pub const INLINE_BELOW: Duration = Duration::from_micros(20);
 
+/// The largest read or write the queue thread runs itself. Flushes (a pool's commit),
+/// discards and write-zeroes (up to gigabytes) and larger transfers always go to the workers:
+/// one of them on the queue thread would hold up every request behind it, however fast the
+/// requests before it were.
+pub const INLINE_MAX_BYTES: u64 = 64 << 10;
+
 /// The moving average of request execution times (see the module documentation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pace {
     /// Nanoseconds, an exponential moving average over about the last 8 requests.
     avg_ns: AtomicU64,
 }
 
+impl Default for Pace {
+    /// A pace that sends the first requests to the workers; their times decide the rest.
+    fn default() -> Pace {
+        Pace {
+            avg_ns: AtomicU64::new(INLINE_BELOW.as_nanos() as u64),
+        }
+    }
+}
+
 impl Pace {
-    /// Whether the next request should run on the queue thread.
+    /// Whether requests should run on the queue thread (those [`Pace::may_inline`] allows).
     pub fn inline(&self) -> bool {
         self.avg_ns.load(Ordering::Relaxed) < INLINE_BELOW.as_nanos() as u64
+    }
+
+    /// Whether `req` may run on the queue thread at all: a read or a write of at most
+    /// [`INLINE_MAX_BYTES`].
+    pub fn may_inline(req: &Request) -> bool {
+        matches!(req.kind, RequestType::In | RequestType::Out) && req.data_len <= INLINE_MAX_BYTES
     }
 
     /// One request took `took` to execute. Updates from several threads may race and lose
@@ -44,7 +67,13 @@ mod tests {
     #[test]
     fn slow_requests_move_to_the_workers_and_fast_ones_come_back() {
         let p = Pace::default();
-        assert!(p.inline(), "a new device runs requests itself");
+        assert!(
+            !p.inline(),
+            "a new device's workers take the first requests"
+        );
+        // Fast ones bring them to the queue thread.
+        p.record(Duration::from_micros(2));
+        assert!(p.inline());
         // A disk's latency: after a couple of requests, the workers take them.
         p.record(Duration::from_micros(100));
         p.record(Duration::from_micros(100));
@@ -62,5 +91,29 @@ mod tests {
         }
         p.record(Duration::from_micros(60));
         assert!(p.inline());
+    }
+
+    #[test]
+    fn only_small_reads_and_writes_may_run_inline() {
+        let req = |kind, data_len| Request {
+            kind,
+            sector: 0,
+            data: crate::devices::virtio::block::request::Segments::new(),
+            data_len,
+            status: vm_memory::GuestAddress(0),
+        };
+        assert!(Pace::may_inline(&req(RequestType::In, 4096)));
+        assert!(Pace::may_inline(&req(RequestType::Out, INLINE_MAX_BYTES)));
+        assert!(!Pace::may_inline(&req(
+            RequestType::In,
+            INLINE_MAX_BYTES + 512
+        )));
+        for kind in [
+            RequestType::Flush,
+            RequestType::Discard,
+            RequestType::WriteZeroes,
+        ] {
+            assert!(!Pace::may_inline(&req(kind, 16)), "{kind:?}");
+        }
     }
 }
