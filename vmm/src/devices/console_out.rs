@@ -322,16 +322,18 @@ mod tests {
         assert_eq!(reader.join().unwrap(), want);
     }
 
-    #[test]
-    fn a_stalled_reader_holds_writes_only_until_the_stop() {
-        let open = Arc::new((Mutex::new(false), Condvar::new()));
-        let got = Arc::new(Mutex::new(Vec::new()));
+    /// A console whose reader is stalled (a closed [`Gate`]), and a thread writing twice what
+    /// it holds into it, already waiting for room.
+    fn stalled() -> (Gate, ConsoleHandle, std::thread::JoinHandle<()>) {
         let gate = Gate {
-            open: open.clone(),
-            got: got.clone(),
+            open: Arc::new((Mutex::new(false), Condvar::new())),
+            got: Arc::new(Mutex::new(Vec::new())),
+        };
+        let view = Gate {
+            open: gate.open.clone(),
+            got: gate.got.clone(),
         };
         let (mut out, h) = ConsoleOut::spawn(Box::new(gate)).unwrap();
-        // More than the buffer holds: the writer waits for room.
         let writer = std::thread::spawn(move || {
             for _ in 0..2 * CAPACITY / 1024 {
                 out.write_all(&[b'x'; 1024]).unwrap();
@@ -339,6 +341,20 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(200));
         assert!(!writer.is_finished(), "a full console takes no more bytes");
+        (view, h, writer)
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    #[test]
+    fn a_stalled_reader_holds_writes_only_until_the_stop() {
+        let (gate, h, writer) = stalled();
+        let got = gate.got.clone();
         h.stop();
         writer.join().unwrap();
         // Drain gives up on the stalled reader after STOPPED_DRAIN, counting what was lost.
@@ -348,41 +364,25 @@ mod tests {
         assert!(dropped >= CAPACITY as u64, "{dropped}");
         assert!(got.lock().unwrap().is_empty());
         // Let the thread go so that it ends.
-        *open.0.lock().unwrap() = true;
-        open.1.notify_all();
+        gate.open();
     }
 
     #[test]
     fn a_release_frees_writers_and_the_drain_still_waits_for_the_reader() {
-        let open = Arc::new((Mutex::new(false), Condvar::new()));
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let gate = Gate {
-            open: open.clone(),
-            got: got.clone(),
-        };
-        let (mut out, h) = ConsoleOut::spawn(Box::new(gate)).unwrap();
-        let total = 2 * CAPACITY;
-        let writer = std::thread::spawn(move || {
-            for _ in 0..total / 1024 {
-                out.write_all(&[b'y'; 1024]).unwrap();
-            }
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(!writer.is_finished(), "a full console takes no more bytes");
+        let (gate, h, writer) = stalled();
         // A guest's power-off: the vCPUs go on (their bytes that do not fit are dropped)...
         h.release();
         writer.join().unwrap();
         // ... and what was taken is still written once the reader comes back, however late.
-        let later = open.clone();
+        let got = gate.got.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
-            *later.0.lock().unwrap() = true;
-            later.1.notify_all();
+            gate.open();
         });
         let dropped = h.drain();
         let written = got.lock().unwrap().len();
         assert!(written >= CAPACITY, "{written}");
-        assert_eq!(written as u64 + dropped, total as u64);
+        assert_eq!(written as u64 + dropped, 2 * CAPACITY as u64);
     }
 
     #[test]

@@ -624,78 +624,42 @@ mod tests {
         }
     }
 
-    /// A backend whose reads take 20 ms each, counting them; the flag is its `discards`.
-    struct Slow(std::sync::atomic::AtomicU64, bool);
-
-    impl zvol::BlockBackend for Slow {
-        fn info(&self) -> zvol::BackendInfo {
-            zvol::BackendInfo {
-                size: DISK_SIZE,
-                block_size: 4096,
-                logical_block_size: 512,
-                read_only: false,
-                discards: self.1,
-                id: "slow".into(),
-            }
-        }
-        fn read_vectored(&self, _: u64, _: &mut [std::io::IoSliceMut<'_>]) -> zvol::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            Ok(())
-        }
-        fn write_vectored(&self, _: u64, _: &[std::io::IoSlice<'_>]) -> zvol::Result<()> {
-            Ok(())
-        }
-        fn flush(&self) -> zvol::Result<()> {
-            Ok(())
-        }
-        fn discard(&self, _: u64, _: u64) -> zvol::Result<()> {
-            Ok(())
-        }
-        fn write_zeroes(&self, _: u64, _: u64) -> zvol::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// Discard is offered only where the backend frees space; write-zeroes always (on a
-    /// writable disk).
-    #[test]
-    fn discard_offered_only_where_it_frees_space() {
-        for discards in [true, false] {
-            let backend = Arc::new(Slow(std::sync::atomic::AtomicU64::new(0), discards));
-            let dev = Block::new(
-                "vdb",
-                Arc::new(Disk::new(backend, false)),
-                BlockOptions::default(),
-            );
-            let bit = |f: u32| dev.features() & (1 << f) != 0;
-            assert_eq!(bit(VIRTIO_BLK_F_DISCARD), discards, "discards {discards}");
-            assert!(bit(VIRTIO_BLK_F_WRITE_ZEROES), "discards {discards}");
-        }
-    }
-
-    /// A backend whose reads take `delay`, recording the most that ran at once and how many
-    /// ran on the device's queue thread.
-    struct Overlap {
+    /// A backend whose reads take `delay`, counting those started and done, the most that
+    /// ran at once and how many ran on the device's queue thread; `discards` as said.
+    #[derive(Default)]
+    struct Timed {
         delay: std::time::Duration,
+        discards: bool,
+        started: std::sync::atomic::AtomicU64,
         running: std::sync::atomic::AtomicU64,
         most: std::sync::atomic::AtomicU64,
         done: std::sync::atomic::AtomicU64,
         on_queue_thread: std::sync::atomic::AtomicU64,
     }
 
-    impl zvol::BlockBackend for Overlap {
+    impl Timed {
+        fn new(delay_ms: u64, discards: bool) -> Arc<Timed> {
+            Arc::new(Timed {
+                delay: std::time::Duration::from_millis(delay_ms),
+                discards,
+                ..Timed::default()
+            })
+        }
+    }
+
+    impl zvol::BlockBackend for Timed {
         fn info(&self) -> zvol::BackendInfo {
             zvol::BackendInfo {
                 size: DISK_SIZE,
                 block_size: 4096,
                 logical_block_size: 512,
                 read_only: false,
-                discards: false,
-                id: "overlap".into(),
+                discards: self.discards,
+                id: "timed".into(),
             }
         }
         fn read_vectored(&self, _: u64, _: &mut [std::io::IoSliceMut<'_>]) -> zvol::Result<()> {
+            self.started.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             if std::thread::current()
@@ -725,6 +689,47 @@ mod tests {
         }
     }
 
+    /// Discard is offered only where the backend frees space; write-zeroes always (on a
+    /// writable disk).
+    #[test]
+    fn discard_offered_only_where_it_frees_space() {
+        for discards in [true, false] {
+            let backend = Timed::new(20, discards);
+            let dev = Block::new(
+                "vdb",
+                Arc::new(Disk::new(backend, false)),
+                BlockOptions::default(),
+            );
+            let bit = |f: u32| dev.features() & (1 << f) != 0;
+            assert_eq!(bit(VIRTIO_BLK_F_DISCARD), discards, "discards {discards}");
+            assert!(bit(VIRTIO_BLK_F_WRITE_ZEROES), "discards {discards}");
+        }
+    }
+
+    /// Puts one read chain (descriptors 0-2) on `q` and `n` available entries naming it;
+    /// returns the available ring's address (the caller publishes the index).
+    fn reads_of_one_chain(
+        m: &GuestMemoryMmap,
+        q: &MockSplitQueue<'_, GuestMemoryMmap>,
+        n: u64,
+    ) -> GuestAddress {
+        header(m, HDR, VIRTIO_BLK_T_IN, 0);
+        q.add_desc_chains(
+            &[
+                linked(HDR, 16, 0, Some(1)),
+                linked(BUF, 512, WRITE, Some(2)),
+                linked(ST, 1, WRITE, None),
+            ],
+            0,
+        )
+        .unwrap();
+        let avail = q.avail_addr();
+        for i in 0..n {
+            m.write_obj(0u16, avail.unchecked_add(4 + 2 * i)).unwrap();
+        }
+        avail
+    }
+
     /// With workers (the default), reads that wait (a disk's) run several at once, and reads
     /// answered at once (the page cache's) run on the queue thread, one after another: a
     /// hand-off would cost more than they do.
@@ -732,32 +737,13 @@ mod tests {
     fn slow_requests_run_in_parallel_and_fast_ones_inline() {
         for (delay_ms, parallel) in [(5, true), (0, false)] {
             let m = mem();
-            let backend = Arc::new(Overlap {
-                delay: std::time::Duration::from_millis(delay_ms),
-                running: Default::default(),
-                most: Default::default(),
-                done: Default::default(),
-                on_queue_thread: Default::default(),
-            });
+            let backend = Timed::new(delay_ms, false);
             let disk = Arc::new(Disk::new(backend.clone(), false));
             let dev = Block::new("vda", disk, BlockOptions::default());
             let (mut t, q) = started(&m, dev, 256, GuestAddress(0x8000));
-            header(&m, HDR, VIRTIO_BLK_T_IN, 0);
-            q.add_desc_chains(
-                &[
-                    linked(HDR, 16, 0, Some(1)),
-                    linked(BUF, 512, WRITE, Some(2)),
-                    linked(ST, 1, WRITE, None),
-                ],
-                0,
-            )
-            .unwrap();
             // Two bursts of 64 reads: the first goes to the workers (a new device's), and
             // their times decide who runs the second.
-            let avail = q.avail_addr();
-            for i in 0..128u64 {
-                m.write_obj(0u16, avail.unchecked_add(4 + 2 * i)).unwrap();
-            }
+            let avail = reads_of_one_chain(&m, &q, 128);
             let mut inline_first = 0;
             for burst in [64u16, 128] {
                 m.write_obj(burst, avail.unchecked_add(2)).unwrap();
@@ -797,7 +783,7 @@ mod tests {
 
     fn reset_with_a_backlog(workers: usize) {
         let m = mem();
-        let slow = Arc::new(Slow(std::sync::atomic::AtomicU64::new(0), true));
+        let slow = Timed::new(20, true);
         let disk = Arc::new(Disk::new(slow.clone(), false));
         let options = BlockOptions {
             workers,
@@ -806,27 +792,14 @@ mod tests {
         let dev = Block::new("vda", disk, options);
         let (mut t, q) = started(&m, dev, 256, GuestAddress(0x8000));
         // 512 reads, all the same chain, published in two kicks without waiting.
-        header(&m, HDR, VIRTIO_BLK_T_IN, 0);
-        q.add_desc_chains(
-            &[
-                linked(HDR, 16, 0, Some(1)),
-                linked(BUF, 512, WRITE, Some(2)),
-                linked(ST, 1, WRITE, None),
-            ],
-            0,
-        )
-        .unwrap();
-        let avail = q.avail_addr();
-        for i in 0..256u64 {
-            m.write_obj(0u16, avail.unchecked_add(4 + 2 * i)).unwrap();
-        }
+        let avail = reads_of_one_chain(&m, &q, 256);
         for idx in [256u16, 512] {
             m.write_obj(idx, avail.unchecked_add(2)).unwrap();
             w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         w(&mut t, VIRTIO_MMIO_STATUS, 0);
-        let ran = slow.0.load(Ordering::SeqCst);
+        let ran = slow.started.load(Ordering::SeqCst);
         assert!(
             ran < 100,
             "{workers} workers: {ran} of 512 queued reads ran before the reset returned"
