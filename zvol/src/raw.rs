@@ -135,11 +135,13 @@ impl RawFile {
             let size = (&file)
                 .seek(SeekFrom::End(0))
                 .map_err(|e| io_error("finding the size of", path, e))?;
-            (
-                size,
-                Some(logical_sector_size(&file)),
-                backend_id("blk", meta.rdev(), 0),
-            )
+            // The disk's udev name (from its serial or WWN) where it has one: device numbers
+            // change when disks are found in another order.
+            let id = match stable_name(Path::new(BY_ID), path) {
+                Some(name) => backend_id("blk", fnv1a(&name), 0),
+                None => backend_id("blk", meta.rdev(), 0),
+            };
+            (size, Some(logical_sector_size(&file)), id)
         } else if ft.is_file() {
             // The file system's ID (from its UUID on ext4, XFS, btrfs), not st_dev, which a
             // reboot may renumber.
@@ -662,6 +664,32 @@ fn fs_stat(file: &File) -> Option<libc::statfs> {
     (unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } == 0).then_some(st)
 }
 
+/// Where udev names disks by what they are (serial, WWN), not by the order the kernel found
+/// them in.
+const BY_ID: &str = "/dev/disk/by-id";
+
+/// The first (in sorted order) name in `by_id` that links to `dev`: a name the disk keeps
+/// when the kernel numbers devices differently (after a reboot, a re-plug). `None` where udev
+/// names it nothing (a loop device, a machine without udev).
+fn stable_name(by_id: &Path, dev: &Path) -> Option<String> {
+    let dev = std::fs::canonicalize(dev).ok()?;
+    let mut names: Vec<String> = std::fs::read_dir(by_id)
+        .ok()?
+        .flatten()
+        .filter(|e| std::fs::canonicalize(e.path()).is_ok_and(|t| t == dev))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+/// FNV-1a (64 bits) of `s`: a hash that stays the same across builds (std's may not).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The `f_fsid` of the file system holding `file` (`fstatvfs(3)`).
 fn fs_id(file: &File) -> Option<u64> {
     // SAFETY: `statvfs` is plain old data, for which all-zero bytes are a valid value.
@@ -738,6 +766,37 @@ fn clear_direct(file: &File) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_disk_is_named_by_its_by_id_link_when_it_has_one() {
+        let d = tempfile::tempdir().unwrap();
+        let (disk, other) = (d.path().join("sdb"), d.path().join("sdc"));
+        std::fs::write(&disk, b"").unwrap();
+        std::fs::write(&other, b"").unwrap();
+        let by_id = d.path().join("by-id");
+        std::fs::create_dir(&by_id).unwrap();
+        for (name, to) in [
+            ("wwn-0x5000c500a1b2c3d4", &disk),
+            ("ata-ACME_X1_SERIAL42", &disk),
+            ("ata-ACME_X1_SERIAL43", &other),
+        ] {
+            std::os::unix::fs::symlink(to, by_id.join(name)).unwrap();
+        }
+        // The first of its own names, whatever path it was opened by.
+        let named = stable_name(&by_id, &by_id.join("wwn-0x5000c500a1b2c3d4"));
+        assert_eq!(named.as_deref(), Some("ata-ACME_X1_SERIAL42"));
+        assert_eq!(
+            stable_name(&by_id, &other).as_deref(),
+            Some("ata-ACME_X1_SERIAL43")
+        );
+        // No link, or no such folder: none (the device number is used then).
+        let lone = d.path().join("loop0");
+        std::fs::write(&lone, b"").unwrap();
+        assert_eq!(stable_name(&by_id, &lone), None);
+        assert_eq!(stable_name(&d.path().join("nowhere"), &disk), None);
+        // The hash is FNV-1a's (stable across builds): its published test vector.
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
     use super::*;
 
     #[test]
