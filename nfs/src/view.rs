@@ -1003,7 +1003,7 @@ impl FileView {
     }
 
     /// Renames a file or directory. A file replaces an existing file of the target name
-    /// (destroying it first: not atomic). A directory is renamed dataset by dataset.
+    /// atomically ([`Pool::rename_replacing`]). A directory is renamed dataset by dataset.
     pub fn rename(&self, from_dir: u64, from: &str, to_dir: u64, to: &str) -> Result<()> {
         // Not "." or "..": they name a directory itself or its parent, not an entry.
         if from == "." || from == ".." {
@@ -1028,15 +1028,17 @@ impl FileView {
                 if self.dir_exists(&target) {
                     return Err(ViewError::Exists(target));
                 }
-                if let Some((_, old, _)) = self.all().into_iter().find(|(x, _, _)| *x == target) {
-                    // The replaced file goes first, so the rename must not fail after it:
-                    // every name it makes (its snapshots follow it) is checked now.
-                    let to_full = self.full(&target);
-                    self.pool.check_rename(&self.full(&n), &to_full)?;
-                    self.pool.destroy(&to_full)?;
+                let replaced = self
+                    .all()
+                    .into_iter()
+                    .find(|(x, _, _)| *x == target)
+                    .map(|(_, old, _)| old);
+                // The file it replaces goes in the same txg: `target` is never missing.
+                self.pool
+                    .rename_replacing(&self.full(&n), &self.full(&target))?;
+                if let Some(old) = replaced {
                     self.forget(old);
                 }
-                self.pool.rename(&self.full(&n), &self.full(&target))?;
                 self.keep_dir(parent_of(&n));
                 self.touch_ns();
                 Ok(())

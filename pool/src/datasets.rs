@@ -28,7 +28,7 @@ impl Pool {
     }
 
     /// Like [`Pool::local`], refusing snapshot names.
-    fn local_volume<'a>(&self, full: &'a str) -> Result<&'a str> {
+    pub(crate) fn local_volume<'a>(&self, full: &'a str) -> Result<&'a str> {
         let rest = self.local(full)?;
         if rest.contains('@') {
             return Err(Error::InvalidArgument(format!(
@@ -140,26 +140,9 @@ impl Pool {
         let pool_name = self.name();
         self.renaming(new, to, |ds| {
             let id = rename_fits(ds, from, old, new, pool_name)?;
-            for d in ds.values_mut() {
-                let renamed = if d.vol.id == id {
-                    new.to_string()
-                } else if d.kind == DatasetKind::Snapshot && d.parent == id {
-                    format!("{new}@{}", d.snap_name())
-                } else {
-                    continue;
-                };
-                d.set_name(renamed);
-            }
+            rename_entries(ds, id, new);
             Ok(())
         })
-    }
-
-    /// Checks what [`Pool::rename`] checks of the names, except that `to` may exist: for a
-    /// caller that replaces `to` (NFS RENAME over a file), before it destroys it.
-    pub fn check_rename(&self, from: &str, to: &str) -> Result<()> {
-        let old = self.local_volume(from)?;
-        let new = self.local_volume(to)?;
-        rename_fits(&read(&self.shared.datasets), from, old, new, self.name()).map(|_| ())
     }
 
     /// Runs `f` to rename entries under the commit lock, refusing first if a dataset is
@@ -426,7 +409,21 @@ fn random_guid(salt: u64) -> u64 {
 /// a file and a directory at once in the NFS view).
 /// Volume `old` (`from` in full) can be named `new`: it exists, `new` nests nowhere it may
 /// not, and the names its snapshots take with it fit. Returns its id.
-fn rename_fits(
+/// Names volume `id` `new` (below the pool), its snapshots following it.
+pub(crate) fn rename_entries(ds: &mut BTreeMap<u64, DatasetEntry>, id: u64, new: &str) {
+    for d in ds.values_mut() {
+        let renamed = if d.vol.id == id {
+            new.to_string()
+        } else if d.kind == DatasetKind::Snapshot && d.parent == id {
+            format!("{new}@{}", d.snap_name())
+        } else {
+            continue;
+        };
+        d.set_name(renamed);
+    }
+}
+
+pub(crate) fn rename_fits(
     ds: &BTreeMap<u64, DatasetEntry>,
     from: &str,
     old: &str,

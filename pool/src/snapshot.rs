@@ -3,7 +3,7 @@
 //! directory entry (O(1)); destroying costs in proportion to what changed, not the volume size.
 
 use crate::blocktree::walk_born_after;
-use crate::datasets::check_prop;
+use crate::datasets::{check_prop, rename_entries, rename_fits};
 use crate::deadlist::Deadlist;
 use crate::error::{Error, Result};
 use crate::phys::{BlockPtr, DatasetKind, DeadEntry};
@@ -426,6 +426,37 @@ impl Pool {
         };
         sh.commit_locked(&mut cs)?;
         Ok(gone)
+    }
+
+    /// Renames volume `from` to `to` as [`Pool::rename`] does, destroying a volume already
+    /// named `to` (one without snapshots, clones or holds) in the same txg: after a crash,
+    /// `to` names the old volume or `from`'s, never nothing (rename(2) over a file, which the
+    /// NFS view needs). Nothing changes if anything is refused. Durable on return.
+    pub fn rename_replacing(&self, from: &str, to: &str) -> Result<()> {
+        let (old, new) = (self.local_volume(from)?, self.local_volume(to)?);
+        let sh = &self.shared;
+        sh.check_writable()?;
+        let mut cs = sh.lock_commit_settled()?;
+        let txg = cs.txg + 1;
+        {
+            let mut ds = write(&sh.datasets);
+            let id = rename_fits(&ds, from, old, new, sh.name())?;
+            match self.entry_id(&ds, to) {
+                Ok(target) if target == id => return Ok(()),
+                Ok(target) => {
+                    if ds[&target].kind != DatasetKind::Volume {
+                        return Err(Error::InvalidArgument(format!("{to} is not a volume")));
+                    }
+                    self.check_destroyable(&ds, target, Recursion::None)?;
+                    sh.destroy_rec(&mut ds, txg, target, Recursion::None)?;
+                }
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            rename_entries(&mut ds, id, new);
+        }
+        sh.commit_locked(&mut cs)?;
+        Ok(())
     }
 
     /// Refuses a destroy up front (holds, clones, snapshots) so a refused one changes nothing.

@@ -223,6 +223,51 @@ fn rename_keeps_the_id_and_the_data() {
     assert_eq!(&buf, b"kept");
 }
 
+/// rename(2) over a volume: the target is replaced in one txg (no commit between its destroy
+/// and the rename, so a crash never leaves its name missing), and one with snapshots is
+/// refused with nothing changed.
+#[test]
+fn rename_replacing_swaps_in_one_txg() {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(32 << 20));
+    let pool = Pool::create_on(dev.clone(), "tank", config()).expect("create");
+    for (name, data) in [("tank/a", &b"new"[..]), ("tank/b", &[7u8; 1 << 20][..])] {
+        pool.create_volume(name, 1 << 20, 4096, &BTreeMap::new())
+            .expect("vol");
+        pool.volume(name)
+            .expect("v")
+            .write_at(0, data)
+            .expect("write");
+    }
+    pool.sync().expect("sync");
+    let txg = pool.info().txg;
+    pool.rename_replacing("tank/a", "tank/b").expect("replace");
+    assert_eq!(pool.info().txg, txg + 1, "one commit");
+    let names: Vec<String> = pool.datasets().into_iter().map(|d| d.name).collect();
+    assert_eq!(names, ["tank/b"]);
+    // A target with a snapshot is refused, and nothing changes.
+    pool.create_volume("tank/c", 1 << 20, 4096, &BTreeMap::new())
+        .expect("vol");
+    pool.snapshot(&["tank/c@s"]).expect("snap");
+    let txg = pool.info().txg;
+    assert!(pool.rename_replacing("tank/b", "tank/c").is_err());
+    assert_eq!(pool.info().txg, txg);
+    // Onto its own name, or to a free one, as rename.
+    pool.rename_replacing("tank/b", "tank/b")
+        .expect("same name");
+    pool.rename_replacing("tank/b", "tank/d")
+        .expect("free name");
+    assert!(pool.scrub().expect("scrub").is_clean());
+    drop(pool);
+    let pool = Pool::open(dev, config()).expect("reopen");
+    let mut buf = [0u8; 4];
+    pool.volume("tank/d")
+        .expect("v")
+        .read_at(0, &mut buf)
+        .expect("read");
+    assert_eq!(&buf, b"new\0");
+    assert!(pool.volume("tank/a").is_err() && pool.volume("tank/b").is_err());
+}
+
 #[test]
 fn data_ranges_skip_holes_and_zeroing_holes_needs_no_space() {
     let dev: Arc<dyn Device> = Arc::new(MemDevice::new(16 << 20));
