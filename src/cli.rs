@@ -465,14 +465,19 @@ pub struct VmRunArgs {
     pub rm: bool,
 }
 
-/// `--listen`: `ADDRESS:PORT` or `HOST:PORT` (the first address the host name resolves to).
+/// `--listen`: `ADDRESS:PORT` or `HOST:PORT` (the host name's first IPv4 address, else its
+/// first address: `localhost` is 127.0.0.1, as NFS clients mostly expect).
 fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
-    let mut addrs = s
+    let addrs: Vec<std::net::SocketAddr> = s
         .to_socket_addrs()
-        .map_err(|e| format!("{s}: not ADDRESS:PORT or HOST:PORT ({e})"))?;
+        .map_err(|e| format!("{s}: not ADDRESS:PORT or HOST:PORT ({e})"))?
+        .collect();
     addrs
-        .next()
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("{s}: the host name has no address"))
 }
 

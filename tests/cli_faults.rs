@@ -398,7 +398,7 @@ fn usage_errors_are_one_line() {
         .fails_with("unknown dataset type");
     assert!(env.run(["--help"]).ok().contains("Usage"));
     // An address that does not parse is a usage error, not a failure to bind.
-    for bad in ["bogus", "127.0.0.1:99999", "no-such-host.invalid:2049"] {
+    for bad in ["bogus", "127.0.0.1:99999"] {
         let r = env.run(["nfs", "serve", "tank", "--listen", bad]);
         r.fails_with("--listen");
         assert_eq!(r.code, 2, "--listen {bad}");

@@ -535,15 +535,23 @@ impl FileView {
         }
     }
 
+    /// The name of file `id`'s volume (held by `h`), checked against the pool: a handle to a
+    /// volume destroyed meanwhile keeps its last name, which may be another volume's now (a
+    /// RENAME over it): that is Stale, not the other file.
+    fn live_name(&self, id: u64, h: &VolumeHandle) -> Result<String> {
+        let name = h.name();
+        match self.pool.dataset(&name) {
+            Ok(info) if info.id == h.id() => Ok(name),
+            Ok(_) => Err(ViewError::Stale(id)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(ViewError::Stale(id)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn file_attr(&self, id: u64) -> Result<Attr> {
         let h = self.handle(id)?;
-        let info = self.pool.dataset(&h.name()).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                ViewError::Stale(id)
-            } else {
-                e.into()
-            }
-        })?;
+        let name = self.live_name(id, &h)?;
+        let info = self.pool.dataset(&name)?;
         let snap = is_snapshot_name(self.local_of(&info.name))
             || matches!(info.kind, DatasetKind::Filesystem);
         let created = info.creation_time.saturating_mul(1_000_000_000);
@@ -824,7 +832,8 @@ impl FileView {
             self.check_growth(&h.name(), end)?;
             let _g = lock(&self.ns_lock);
             if end > h.size() {
-                self.pool.grow_volume(&h.name(), end)?;
+                let name = self.live_name(id, &h)?;
+                self.pool.grow_volume(&name, end)?;
             }
         }
         h.write_at(offset, data)?;
@@ -1127,6 +1136,8 @@ impl FileView {
         }
         let size = size.max(1);
         let _g = lock(&self.ns_lock);
+        // Under the lock, which RENAME holds: the name is this file's until the resize.
+        let name = self.live_name(id, &h)?;
         let bs = u64::from(h.block_size());
         let rounded = size
             .div_ceil(bs)
@@ -1134,9 +1145,9 @@ impl FileView {
             .ok_or_else(|| pool::Error::TooLarge(format!("a file of {size} bytes is too large")))?;
         if rounded != h.size() {
             if rounded > h.size() {
-                self.check_growth(&h.name(), rounded)?;
+                self.check_growth(&name, rounded)?;
             }
-            self.pool.resize_volume(&h.name(), size)?;
+            self.pool.resize_volume(&name, size)?;
             lock(&self.mtimes).insert(id, now_ns());
         }
         self.file_attr(id)
@@ -1238,6 +1249,28 @@ mod tests {
             v.lookup(v.root(), "dir/x"),
             Err(ViewError::NotFound(_))
         ));
+    }
+
+    /// A handle to a file that a RENAME replaced is stale: a SETATTR or WRITE through it
+    /// reached the file that took its name (truncated it, grew it).
+    #[test]
+    fn a_replaced_file_s_handle_is_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let old = v.create(v.root(), "b", 8192).unwrap().id;
+        v.create(v.root(), "tmp", 8192).unwrap();
+        v.write(v.lookup(v.root(), "tmp").unwrap(), 0, b"saved")
+            .unwrap();
+        v.rename(v.root(), "tmp", v.root(), "b").unwrap();
+        assert!(matches!(v.set_size(old, 0), Err(ViewError::Stale(_))));
+        assert!(matches!(
+            v.write(old, 1 << 20, b"x"),
+            Err(ViewError::Stale(_))
+        ));
+        let b = v.lookup(v.root(), "b").unwrap();
+        let (data, _) = v.read(b, 0, 5).unwrap();
+        assert_eq!(data, b"saved");
+        assert_eq!(v.pool().dataset("tank/b").unwrap().size, 8192);
     }
 
     /// A directory stays when its last file is removed or moved away (it exists through what

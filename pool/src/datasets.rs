@@ -403,12 +403,6 @@ fn random_guid(salt: u64) -> u64 {
     (crate::phys::checksum(&seed, 0x5eed) as u64) | 1
 }
 
-/// Refuses a new volume name that would nest with another dataset (the volume with ID
-/// `moving`, being renamed, and its snapshots aside): names are flat, and a volume has no children (as in zfs(8)), so
-/// none may lie below a volume, and none may be made where others lie below it (it would be
-/// a file and a directory at once in the NFS view).
-/// Volume `old` (`from` in full) can be named `new`: it exists, `new` nests nowhere it may
-/// not, and the names its snapshots take with it fit. Returns its id.
 /// Names volume `id` `new` (below the pool), its snapshots following it.
 pub(crate) fn rename_entries(ds: &mut BTreeMap<u64, DatasetEntry>, id: u64, new: &str) {
     for d in ds.values_mut() {
@@ -423,6 +417,8 @@ pub(crate) fn rename_entries(ds: &mut BTreeMap<u64, DatasetEntry>, id: u64, new:
     }
 }
 
+/// Volume `old` (`from` in full) can be named `new`: it exists, `new` nests nowhere it may
+/// not, and the names its snapshots take with it fit. Returns its id.
 pub(crate) fn rename_fits(
     ds: &BTreeMap<u64, DatasetEntry>,
     from: &str,
@@ -444,6 +440,10 @@ pub(crate) fn rename_fits(
     Ok(id)
 }
 
+/// Refuses a new volume name that would nest with another dataset (the volume with ID
+/// `moving`, being renamed, and its snapshots aside): names are flat, and a volume has no
+/// children (as in zfs(8)), so none may lie below a volume, and none may be made where others
+/// lie below it (it would be a file and a directory at once in the NFS view).
 pub(crate) fn check_nesting(
     ds: &BTreeMap<u64, DatasetEntry>,
     rest: &str,

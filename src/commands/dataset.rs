@@ -223,14 +223,19 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
     match (&props, a.fmt.json) {
         (None, true) => output::print_json(&rows)?,
         (Some(props), true) => {
-            // Keys in the order asked for, as the table's columns.
+            // Keys in the order asked for, as the table's columns; each once.
+            let mut keys: Vec<&String> = Vec::new();
+            for p in props {
+                if !keys.contains(&p) {
+                    keys.push(p);
+                }
+            }
             let objs: Vec<output::OrderedObject> = rows
                 .iter()
                 .map(|d| {
                     output::OrderedObject(
-                        props
-                            .iter()
-                            .map(|p| (p.clone(), prop_value(d, p, true).json))
+                        keys.iter()
+                            .map(|p| (p.to_string(), prop_value(d, p, true).json))
                             .collect(),
                     )
                 })

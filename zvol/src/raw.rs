@@ -137,7 +137,7 @@ impl RawFile {
                 .map_err(|e| io_error("finding the size of", path, e))?;
             // The disk's udev name (from its serial or WWN) where it has one: device numbers
             // change when disks are found in another order.
-            let id = match stable_name(Path::new(BY_ID), path) {
+            let id = match stable_name(Path::new(BY_ID), &meta) {
                 Some(name) => backend_id("blk", fnv1a(&name), 0),
                 None => backend_id("blk", meta.rdev(), 0),
             };
@@ -668,15 +668,22 @@ fn fs_stat(file: &File) -> Option<libc::statfs> {
 /// them in.
 const BY_ID: &str = "/dev/disk/by-id";
 
-/// The first (in sorted order) name in `by_id` that links to `dev`: a name the disk keeps
-/// when the kernel numbers devices differently (after a reboot, a re-plug). `None` where udev
-/// names it nothing (a loop device, a machine without udev).
-fn stable_name(by_id: &Path, dev: &Path) -> Option<String> {
-    let dev = std::fs::canonicalize(dev).ok()?;
+/// The first (in sorted order) name in `by_id` that links to the device `dev` is the
+/// metadata of (the same device number; for other files, the same inode): a name the disk
+/// keeps when the kernel numbers devices differently (after a reboot, a re-plug). `None` where
+/// udev names it nothing (a loop device, a machine without udev).
+fn stable_name(by_id: &Path, dev: &std::fs::Metadata) -> Option<String> {
+    let same = |m: &std::fs::Metadata| {
+        if dev.file_type().is_block_device() {
+            m.file_type().is_block_device() && m.rdev() == dev.rdev()
+        } else {
+            (m.dev(), m.ino()) == (dev.dev(), dev.ino())
+        }
+    };
     let mut names: Vec<String> = std::fs::read_dir(by_id)
         .ok()?
         .flatten()
-        .filter(|e| std::fs::canonicalize(e.path()).is_ok_and(|t| t == dev))
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| same(&m)))
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     names.sort();
@@ -782,18 +789,19 @@ mod tests {
         ] {
             std::os::unix::fs::symlink(to, by_id.join(name)).unwrap();
         }
+        let meta = |p: &Path| std::fs::metadata(p).unwrap();
         // The first of its own names, whatever path it was opened by.
-        let named = stable_name(&by_id, &by_id.join("wwn-0x5000c500a1b2c3d4"));
+        let named = stable_name(&by_id, &meta(&by_id.join("wwn-0x5000c500a1b2c3d4")));
         assert_eq!(named.as_deref(), Some("ata-ACME_X1_SERIAL42"));
         assert_eq!(
-            stable_name(&by_id, &other).as_deref(),
+            stable_name(&by_id, &meta(&other)).as_deref(),
             Some("ata-ACME_X1_SERIAL43")
         );
         // No link, or no such folder: none (the device number is used then).
         let lone = d.path().join("loop0");
         std::fs::write(&lone, b"").unwrap();
-        assert_eq!(stable_name(&by_id, &lone), None);
-        assert_eq!(stable_name(&d.path().join("nowhere"), &disk), None);
+        assert_eq!(stable_name(&by_id, &meta(&lone)), None);
+        assert_eq!(stable_name(&d.path().join("nowhere"), &meta(&disk)), None);
         // The hash is FNV-1a's (stable across builds): its published test vector.
         assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
     }

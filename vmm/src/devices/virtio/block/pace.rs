@@ -5,9 +5,9 @@
 //! in flight) or copy a lot (a 1 MiB read from the page cache: copies in parallel), and loses
 //! when the page cache answers a small request in a microsecond or two: then the hand-off
 //! costs more than the request, and the queue thread is faster running it itself. [`Pace`]
-//! keeps a moving average of how long requests take to execute (measured wherever they run),
-//! and says to run them inline while it stays below [`INLINE_BELOW`]; only small reads and
-//! writes ever run inline ([`Pace::may_inline`]).
+//! keeps a moving average of how long small reads and writes ([`Pace::may_inline`], the only
+//! requests that ever run inline) take to execute, measured wherever they run, and says to run
+//! them inline while it stays below [`INLINE_BELOW`].
 
 use super::request::{Request, RequestType};
 use std::sync::atomic::{AtomicU64, Ordering};
