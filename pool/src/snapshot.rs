@@ -68,6 +68,9 @@ pub struct Landing<'a> {
     pub guid: u64,
     /// Properties to set on the volume (an empty value removes one).
     pub props: &'a [(String, String)],
+    /// Snapshots of the volume newer than the clone's origin, destroyed in the same txg
+    /// (`recv -F`): they must have no clones or holds.
+    pub destroy: &'a [String],
 }
 
 /// Whether a volume's head differs from a snapshot of it (`base`: its size and root): written
@@ -628,7 +631,28 @@ impl Pool {
             let tid = self.entry_id(&ds, target)?;
             let cid = self.entry_id(&ds, clone)?;
             let base = ds[&cid].parent;
-            let newest = snapshots_of(&ds, tid).last().copied();
+            // The snapshots the landing destroys: the target's, none with clones or holds.
+            let doomed: Vec<u64> = match &landing {
+                Some(l) => l
+                    .destroy
+                    .iter()
+                    .map(|n| self.entry_id(&ds, n))
+                    .collect::<Result<_>>()?,
+                None => Vec::new(),
+            };
+            for &d in &doomed {
+                if ds[&d].kind != DatasetKind::Snapshot || ds[&d].parent != tid || d == base {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}/{} is not a snapshot of {target} newer than the clone's origin",
+                        self.name(),
+                        ds[&d].name
+                    )));
+                }
+                self.check_destroyable(&ds, d, Recursion::None)?;
+            }
+            let newest = snapshots_of(&ds, tid)
+                .into_iter()
+                .rfind(|s| !doomed.contains(s));
             if ds[&tid].kind != DatasetKind::Volume || base == 0 || newest != Some(base) {
                 return Err(Error::InvalidArgument(format!(
                     "{clone} is not a clone of {target}'s newest snapshot"
@@ -648,7 +672,10 @@ impl Pool {
             }
             // The last check that can fail: nothing has changed yet.
             if let Some(rest) = &snap_rest {
-                if ds.values().any(|d| &d.name == rest) {
+                if ds
+                    .values()
+                    .any(|d| &d.name == rest && !doomed.contains(&d.vol.id))
+                {
                     return Err(Error::AlreadyExists(format!("{}/{rest}", self.name())));
                 }
             }
@@ -656,18 +683,23 @@ impl Pool {
                 let b = lock(&ds[&base].vol.state);
                 (b.size, b.root)
             };
+            if changed_since(&lock(&tvol.state), base_state) && !force {
+                return Err(Error::HasDependents {
+                    action: "replace".into(),
+                    name: target.into(),
+                    reason: "it changed since its newest snapshot; use -F to discard those changes"
+                        .into(),
+                });
+            }
+            // From here on memory changes: a failure must not let a later commit write half.
+            for &d in doomed.iter().rev() {
+                if let Err(e) = sh.destroy_rec(&mut ds, txg, d, Recursion::None) {
+                    sh.poison(&e);
+                    return Err(e);
+                }
+            }
             {
                 let mut tst = lock(&tvol.state);
-                let changed = changed_since(&tst, base_state);
-                if changed && !force {
-                    return Err(Error::HasDependents {
-                        action: "replace".into(),
-                        name: target.into(),
-                        reason:
-                            "it changed since its newest snapshot; use -F to discard those changes"
-                                .into(),
-                    });
-                }
                 self.shared.unreserve(tst.discard_dirty(
                     &mut lock(&sh.spacemap),
                     0,

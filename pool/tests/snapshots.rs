@@ -536,6 +536,7 @@ fn a_refused_landing_changes_nothing() {
         snapshot: "p/v@a",
         guid: 7,
         props: &[],
+        destroy: &[],
     };
     let e = pool
         .land_clone("p/v", "p/c", false, landing)
@@ -557,10 +558,60 @@ fn a_refused_landing_changes_nothing() {
         snapshot: "p/v@new",
         guid: 8,
         props: &[],
+        destroy: &[],
     };
     let e = pool
         .land_clone("p/v", "p/c", false, landing)
         .expect_err("v was resized");
     assert_eq!(e.kind(), pool::ErrorKind::Busy, "{e}");
     assert_eq!(first("p/v"), 1);
+}
+
+/// A landing that destroys the target's snapshots newer than the clone's origin (`recv -F`)
+/// does it in its own txg: one commit, the newer snapshots gone and the landed one there, even
+/// under a destroyed one's name; a held one refuses it all, changing nothing.
+#[test]
+fn a_landing_destroys_newer_snapshots_in_its_txg() {
+    let pool = Pool::create_on(Arc::new(MemDevice::new(64 << 20)), "p", config()).expect("pool");
+    pool.create_volume("p/v", 1 << 20, 4096, &BTreeMap::new())
+        .expect("v");
+    let v = pool.volume("p/v").expect("v");
+    v.write_at(0, &[1u8; 4096]).expect("write");
+    pool.snapshot(&["p/v@a"]).expect("a");
+    v.write_at(0, &[2u8; 4096]).expect("write");
+    pool.snapshot(&["p/v@b"]).expect("b");
+    pool.snapshot(&["p/v@c"]).expect("c");
+    pool.clone_snapshot("p/v@a", "p/r", &BTreeMap::new())
+        .expect("clone");
+    pool.volume("p/r")
+        .expect("r")
+        .write_at(0, &[3u8; 4096])
+        .expect("write");
+    let newer = ["p/v@b".to_string(), "p/v@c".to_string()];
+    pool.hold("p/v@c", "keep").expect("hold");
+    pool.sync().expect("sync");
+    let txg = pool.info().txg;
+    let landing = |destroy| pool::Landing {
+        snapshot: "p/v@b",
+        guid: 9,
+        props: &[],
+        destroy,
+    };
+    assert!(pool
+        .land_clone("p/v", "p/r", true, landing(&newer))
+        .is_err());
+    assert_eq!(pool.info().txg, txg, "refused: nothing committed");
+    assert!(pool.dataset("p/v@c").is_ok() && pool.dataset("p/r").is_ok());
+    pool.release("p/v@c", "keep").expect("release");
+    let txg = pool.info().txg;
+    pool.land_clone("p/v", "p/r", true, landing(&newer))
+        .expect("land");
+    assert_eq!(pool.info().txg, txg + 1, "one commit");
+    let names: Vec<String> = pool.names().into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, ["p/v", "p/v@a", "p/v@b"]);
+    assert_eq!(pool.dataset("p/v@b").expect("b").guid, 9);
+    let mut b = [0u8; 1];
+    v.read_at(0, &mut b).expect("read");
+    assert_eq!(b[0], 3);
+    assert!(pool.scrub().expect("scrub").is_clean());
 }

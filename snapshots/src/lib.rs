@@ -430,8 +430,9 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         )));
     };
     let base = snaps[base_at].name.clone();
-    // Snapshots newer than the base: -F destroys them once the stream is in (as zfs recv -F),
-    // refusing up front if one has clones or holds; without -F they refuse the stream.
+    // Snapshots newer than the base: -F destroys them in the txg the stream lands in (as zfs
+    // recv -F), refusing up front if one has clones or holds; without -F they refuse the
+    // stream.
     let newer: Vec<String> = snaps[base_at + 1..]
         .iter()
         .map(|d| d.name.clone())
@@ -481,18 +482,14 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;
         drop(h);
         pool.sync()?;
-        // Not in the landing's txg: a crash between leaves them destroyed and the volume
-        // unchanged, onto which the same stream lands again with -F. Everything the landing
-        // checks was checked above, so that it does not refuse once they are gone.
-        for n in newer.iter().rev() {
-            pool.destroy_with(n, Recursion::Snapshots)?;
-        }
-        // Data, snapshot and properties land in one txg.
+        // Data, snapshot and properties land in one txg, and the newer snapshots -F destroys
+        // go in it: a crash leaves the volume as it was or as received, snapshots and all.
         let set: Vec<(String, String)> = props.into_iter().collect();
         let landing = Landing {
             snapshot: &snap,
             guid: begin.to_guid,
             props: &set,
+            destroy: &newer,
         };
         pool.land_clone(vol, &temp, force, landing)?;
         Ok(())
