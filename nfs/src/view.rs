@@ -539,9 +539,13 @@ impl FileView {
     /// volume destroyed meanwhile keeps its last name, which may be another volume's now (a
     /// RENAME over it): that is Stale, not the other file.
     fn live_name(&self, id: u64, h: &VolumeHandle) -> Result<String> {
-        let name = h.name();
-        match self.pool.dataset(&name) {
-            Ok(info) if info.id == h.id() => Ok(name),
+        self.live_info(id, h).map(|info| info.name)
+    }
+
+    /// [`FileView::live_name`], with the rest of what the pool says of the volume.
+    fn live_info(&self, id: u64, h: &VolumeHandle) -> Result<pool::DatasetInfo> {
+        match self.pool.dataset(&h.name()) {
+            Ok(info) if info.id == h.id() => Ok(info),
             Ok(_) => Err(ViewError::Stale(id)),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(ViewError::Stale(id)),
             Err(e) => Err(e.into()),
@@ -550,8 +554,7 @@ impl FileView {
 
     fn file_attr(&self, id: u64) -> Result<Attr> {
         let h = self.handle(id)?;
-        let name = self.live_name(id, &h)?;
-        let info = self.pool.dataset(&name)?;
+        let info = self.live_info(id, &h)?;
         let snap = is_snapshot_name(self.local_of(&info.name))
             || matches!(info.kind, DatasetKind::Filesystem);
         let created = info.creation_time.saturating_mul(1_000_000_000);

@@ -626,13 +626,13 @@ impl Pool {
         }
         let mut cs = sh.lock_commit_settled()?;
         let txg = cs.txg + 1;
-        {
+        let tid = {
             let mut ds = write(&sh.datasets);
             let tid = self.entry_id(&ds, target)?;
             let cid = self.entry_id(&ds, clone)?;
             let base = ds[&cid].parent;
             // The snapshots the landing destroys: the target's, none with clones or holds.
-            let doomed: Vec<u64> = match &landing {
+            let mut doomed: Vec<u64> = match &landing {
                 Some(l) => l
                     .destroy
                     .iter()
@@ -640,8 +640,14 @@ impl Pool {
                     .collect::<Result<_>>()?,
                 None => Vec::new(),
             };
+            // Each once (a name given twice would be destroyed twice), in any order given.
+            doomed.sort_unstable();
+            doomed.dedup();
+            let base_txg = ds.get(&base).map_or(u64::MAX, |b| b.creation_txg);
             for &d in &doomed {
-                if ds[&d].kind != DatasetKind::Snapshot || ds[&d].parent != tid || d == base {
+                let e = &ds[&d];
+                if e.kind != DatasetKind::Snapshot || e.parent != tid || e.creation_txg <= base_txg
+                {
                     return Err(Error::InvalidArgument(format!(
                         "{}/{} is not a snapshot of {target} newer than the clone's origin",
                         self.name(),
@@ -692,7 +698,9 @@ impl Pool {
                 });
             }
             // From here on memory changes: a failure must not let a later commit write half.
-            for &d in doomed.iter().rev() {
+            // Newest first, as a user would destroy them.
+            doomed.sort_unstable_by_key(|d| std::cmp::Reverse(ds[d].creation_txg));
+            for &d in &doomed {
                 if let Err(e) = sh.destroy_rec(&mut ds, txg, d, Recursion::None) {
                     sh.poison(&e);
                     return Err(e);
@@ -727,12 +735,12 @@ impl Pool {
                 sh.poison(&e);
                 return Err(e);
             }
-        }
+            tid
+        };
         match (landing, snap_rest) {
             (Some(l), Some(rest)) => {
                 let id = cs.next_id;
                 cs.next_id += 1;
-                let tid = self.entry_id(&read(&sh.datasets), target)?;
                 sh.commit_with(&mut cs, &mut |txg| {
                     let mut ds = write(&sh.datasets);
                     add_snapshot(&mut ds, tid, &rest, id, txg, Some(l.guid));

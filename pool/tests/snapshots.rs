@@ -569,7 +569,8 @@ fn a_refused_landing_changes_nothing() {
 
 /// A landing that destroys the target's snapshots newer than the clone's origin (`recv -F`)
 /// does it in its own txg: one commit, the newer snapshots gone and the landed one there, even
-/// under a destroyed one's name; a held one refuses it all, changing nothing.
+/// under a destroyed one's name; a held one, or the origin itself, refuses it all, changing
+/// nothing.
 #[test]
 fn a_landing_destroys_newer_snapshots_in_its_txg() {
     let pool = Pool::create_on(Arc::new(MemDevice::new(64 << 20)), "p", config()).expect("pool");
@@ -587,7 +588,8 @@ fn a_landing_destroys_newer_snapshots_in_its_txg() {
         .expect("r")
         .write_at(0, &[3u8; 4096])
         .expect("write");
-    let newer = ["p/v@b".to_string(), "p/v@c".to_string()];
+    // In any order, a name twice: each destroyed once.
+    let newer = ["p/v@c", "p/v@b", "p/v@c"].map(String::from);
     pool.hold("p/v@c", "keep").expect("hold");
     pool.sync().expect("sync");
     let txg = pool.info().txg;
@@ -603,6 +605,11 @@ fn a_landing_destroys_newer_snapshots_in_its_txg() {
     assert_eq!(pool.info().txg, txg, "refused: nothing committed");
     assert!(pool.dataset("p/v@c").is_ok() && pool.dataset("p/r").is_ok());
     pool.release("p/v@c", "keep").expect("release");
+    // The clone's origin (or anything not newer) is not for the landing to destroy.
+    let origin = ["p/v@a".to_string()];
+    assert!(pool
+        .land_clone("p/v", "p/r", true, landing(&origin))
+        .is_err());
     let txg = pool.info().txg;
     pool.land_clone("p/v", "p/r", true, landing(&newer))
         .expect("land");
