@@ -229,14 +229,7 @@ impl VirtioDevice for Block {
                         if stop.load(Ordering::Acquire) {
                             return;
                         }
-                        // Only the requests the queue thread could take decide whether it
-                        // takes them (a flush's or a discard's time says nothing of them).
-                        let counts = Pace::may_inline(&req);
-                        let t = Instant::now();
-                        let used = req.execute(&c.mem, &c.disk, c.neg).used_len;
-                        if counts {
-                            p.record(t.elapsed());
-                        }
+                        let used = p.execute(&req, &c.mem, &c.disk, c.neg);
                         complete(&c, &q, head, used);
                     },
                 )
@@ -455,9 +448,7 @@ impl QueueServer {
                     match parsed {
                         Err(e) => complete(ctx, queue, head, request::fail_parse(mem, e)),
                         Ok(req) if pace.inline() && Pace::may_inline(&req) => {
-                            let t = Instant::now();
-                            let used = req.execute(mem, &ctx.disk, ctx.neg).used_len;
-                            pace.record(t.elapsed());
+                            let used = pace.execute(&req, mem, &ctx.disk, ctx.neg);
                             complete(ctx, queue, head, used);
                         }
                         Ok(req) => {

@@ -9,9 +9,10 @@
 //! requests that ever run inline) take to execute, measured wherever they run, and says to run
 //! them inline while it stays below [`INLINE_BELOW`].
 
-use super::request::{Request, RequestType};
+use super::request::{Disk, Negotiated, Request, RequestType};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use vm_memory::GuestMemoryMmap;
 
 /// Requests that take less than this on average run on the queue thread.
 pub const INLINE_BELOW: Duration = Duration::from_micros(20);
@@ -48,6 +49,24 @@ impl Pace {
     /// [`INLINE_MAX_BYTES`].
     pub fn may_inline(req: &Request) -> bool {
         matches!(req.kind, RequestType::In | RequestType::Out) && req.data_len <= INLINE_MAX_BYTES
+    }
+
+    /// Executes `req` (as [`Request::execute`]) and returns its used length, timing it into
+    /// the average if it is one the average decides about ([`Pace::may_inline`]).
+    pub fn execute(
+        &self,
+        req: &Request,
+        mem: &GuestMemoryMmap,
+        disk: &Disk,
+        neg: Negotiated,
+    ) -> u32 {
+        let counts = Pace::may_inline(req);
+        let t = Instant::now();
+        let used = req.execute(mem, disk, neg).used_len;
+        if counts {
+            self.record(t.elapsed());
+        }
+        used
     }
 
     /// One request took `took` to execute. Updates from several threads may race and lose
