@@ -4,9 +4,9 @@
 //! [`MmioTransport`] (queue thread, worker pool, event-index notifications); and
 //! [`HostBuffers`], the same data buffers for a baseline that calls the backend directly.
 //!
-//! The driver behaves like Linux's: it publishes a batch, kicks only when the device's
-//! `avail_event` asks for it (`VIRTIO_RING_F_EVENT_IDX`), and sets `used_event` so that it is
-//! interrupted once per batch.
+//! The driver behaves like Linux's: it publishes requests, kicks only when the device's
+//! `avail_event` asks for it (`VIRTIO_RING_F_EVENT_IDX`), and sets `used_event` to say when it
+//! wants to be interrupted (see [`Pipeline`]).
 
 use super::request::{Disk, Negotiated, HEADER_LEN};
 use super::ring;
@@ -153,7 +153,28 @@ pub struct Driver {
     /// Used-ring entries consumed so far (the pipelined driver's `last_used_idx`).
     used_seen: u16,
     spin: Duration,
-    pipelined: bool,
+    pipeline: Pipeline,
+}
+
+/// How a device-served driver keeps its queue busy and when it asks to be interrupted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pipeline {
+    /// Linux's `virtio_blk` (`virtblk_done`): on an interrupt, take every completed request
+    /// off the used ring, refill the slots they free, then re-enable the interrupt for the
+    /// *next* completion (`virtqueue_enable_cb` sets `used_event` to the last used index it
+    /// saw) and look at the used index once more before sleeping (`virtqueue_poll`), so that a
+    /// completion that raced the re-enabling is taken at once.
+    #[default]
+    Linux,
+    /// Refill every freed slot, but ask to be interrupted only once half of what is in flight
+    /// has completed (the model of measurements from 2026-11-26 to 2026-11-27; Linux's
+    /// `virtqueue_enable_cb_delayed`, which asks at three quarters, serves virtio-net's
+    /// transmit queue, not virtio-blk).
+    Half,
+    /// Publish `depth` requests, wait for all of them, repeat: the device idles while the
+    /// driver wakes and refills, and the driver sleeps while the device works (the model of
+    /// measurements before 2026-11-26). The inline path always runs batches.
+    Batch,
 }
 
 enum Served {
@@ -222,7 +243,7 @@ impl Driver {
             avail_idx: 0,
             used_seen: 0,
             spin: Duration::ZERO,
-            pipelined: true,
+            pipeline: Pipeline::default(),
         })
     }
 
@@ -236,15 +257,9 @@ impl Driver {
         self.spin = spin;
     }
 
-    /// How a device-served driver keeps its queue busy. Pipelined (the default), as Linux's
-    /// blk-mq driver: every slot a completion frees is refilled at once, and the driver asks
-    /// to be interrupted when half of what is in flight has completed, so the device finds
-    /// the next requests on its ring while the driver handles the last ones. Batch: publish
-    /// `depth` requests, wait for all of them, repeat; the device idles while the driver
-    /// wakes and refills, and the driver sleeps while the device works (the model of earlier
-    /// measurements). The inline path always runs batches.
-    pub fn set_pipelined(&mut self, pipelined: bool) {
-        self.pipelined = pipelined;
+    /// How a device-served driver keeps its queue busy ([`Pipeline::Linux`] by default).
+    pub fn set_pipeline(&mut self, pipeline: Pipeline) {
+        self.pipeline = pipeline;
     }
 
     /// Request slots.
@@ -255,7 +270,7 @@ impl Driver {
     /// Runs `ops` in batches of [`Driver::depth`] requests (at most one kick each); fails if a
     /// request completes with an error status or the device stalls.
     pub fn run(&mut self, ops: &[Op]) -> Result<()> {
-        if self.pipelined && matches!(self.served, Served::Device(_)) {
+        if self.pipeline != Pipeline::Batch && matches!(self.served, Served::Device(_)) {
             return self.run_pipelined(ops);
         }
         for batch in ops.chunks(self.depth) {
@@ -294,16 +309,16 @@ impl Driver {
         wr(mem.write_obj((3 * slot as u16).to_le(), GuestAddress(AVAIL + 4 + 2 * at)))
     }
 
-    /// Publishes `n` filled chains: sets `used_event` to interrupt once `want` more requests
-    /// have completed, stores the new available index and kicks if the device asks for it.
-    fn publish(&mut self, n: u16, want: u16) -> Result<()> {
+    /// Publishes `n` filled chains (after setting `used_event` to `event`, if given), and kicks
+    /// if the device asks for it.
+    fn publish(&mut self, n: u16, event: Option<u16>) -> Result<()> {
+        if let Some(event) = event {
+            self.set_used_event(event)?;
+        }
         let mem = &self.mem;
         let old = self.avail_idx;
         let new = old.wrapping_add(n);
-        let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(QUEUE_SIZE));
-        let event = self.used_seen.wrapping_add(want.max(1)).wrapping_sub(1);
         let mem_err = |e: vm_memory::GuestMemoryError| Error::Memory(e.to_string());
-        mem.write_obj(event.to_le(), used_event).map_err(mem_err)?;
         mem.store(new.to_le(), GuestAddress(AVAIL + 2), Ordering::Release)
             .map_err(mem_err)?;
         self.avail_idx = new;
@@ -323,7 +338,15 @@ impl Driver {
         Ok(())
     }
 
-    /// Keeps every slot busy until `ops` are done (see [`Driver::set_pipelined`]).
+    /// Asks to be interrupted once the used index passes `event`.
+    fn set_used_event(&self, event: u16) -> Result<()> {
+        let at = GuestAddress(AVAIL + 4 + 2 * u64::from(QUEUE_SIZE));
+        self.mem
+            .write_obj(event.to_le(), at)
+            .map_err(|e| Error::Memory(e.to_string()))
+    }
+
+    /// Keeps every slot busy until `ops` are done (see [`Pipeline`]).
     fn run_pipelined(&mut self, ops: &[Op]) -> Result<()> {
         let mut free: Vec<usize> = (0..self.depth).rev().collect();
         let mut next = 0;
@@ -338,8 +361,20 @@ impl Driver {
             }
             next += n;
             in_flight += n as u16;
-            let want = in_flight.div_ceil(2);
-            self.publish(n as u16, want)?;
+            let want = match self.pipeline {
+                Pipeline::Half => in_flight.div_ceil(2),
+                _ => 1,
+            };
+            let event = self.used_seen.wrapping_add(want).wrapping_sub(1);
+            if self.pipeline == Pipeline::Half {
+                self.publish(n as u16, Some(event))?;
+            } else {
+                self.publish(n as u16, None)?;
+                // virtqueue_enable_cb: the event store before the used index is looked at
+                // again (virtqueue_poll's barrier), which `wait_used` does first.
+                self.set_used_event(event)?;
+                std::sync::atomic::fence(Ordering::SeqCst);
+            }
             let target = self.used_seen.wrapping_add(want);
             let Served::Device(t) = &mut self.served else {
                 return Err(Error::Queue("the pipelined driver needs a device".into()));
@@ -374,7 +409,7 @@ impl Driver {
         let n = batch.len() as u16;
         let target = self.avail_idx.wrapping_add(n);
         // Interrupt only when the whole batch is done (VIRTIO_RING_F_EVENT_IDX's used_event).
-        self.publish(n, n)?;
+        self.publish(n, Some(self.used_seen.wrapping_add(n).wrapping_sub(1)))?;
         match &mut self.served {
             Served::Inline(q) => {
                 inline_pass(&self.mem, q, &self.disk);
@@ -538,32 +573,39 @@ mod tests {
     #[test]
     fn drivers_complete_every_request_through_the_device() {
         let dir = tempfile::tempdir().expect("temp dir");
-        for (workers, pipelined) in [(0, true), (4, true), (0, false), (4, false)] {
-            let path = dir.path().join(format!("disk-{workers}-{pipelined}.img"));
-            let raw = RawFile::create(&path, 1 << 20, RawFileOptions::default()).expect("disk");
-            let disk = Arc::new(Disk::new(Arc::new(raw), false));
-            let pattern: Vec<u8> = (0..4096u32)
-                .map(|i| (i * 7 + workers as u32) as u8)
-                .collect();
-            let mut d = Driver::new(disk, Mode::Device { workers }, 8, &pattern).expect("driver");
-            d.set_pipelined(pipelined);
-            let ops: Vec<Op> = (0..100u64)
-                .map(|i| Op {
-                    write: true,
-                    offset: (i * 37 % 256) * 4096,
-                    len: 4096,
-                })
-                .collect();
-            d.run(&ops).expect("writes");
-            let reads: Vec<Op> = ops.iter().map(|o| Op { write: false, ..*o }).collect();
-            d.run(&reads).expect("reads");
-            d.run(&ops[..3]).expect("a short run after a long one");
-            drop(d);
-            let f = std::fs::File::open(&path).expect("open");
-            let mut got = vec![0u8; 4096];
-            for o in &ops {
-                f.read_exact_at(&mut got, o.offset).expect("read back");
-                assert_eq!(got, pattern, "block at {} ({workers} workers)", o.offset);
+        for workers in [0, 4] {
+            for pipeline in [Pipeline::Linux, Pipeline::Half, Pipeline::Batch] {
+                let path = dir.path().join(format!("disk-{workers}-{pipeline:?}.img"));
+                let raw = RawFile::create(&path, 1 << 20, RawFileOptions::default()).expect("disk");
+                let disk = Arc::new(Disk::new(Arc::new(raw), false));
+                let pattern: Vec<u8> = (0..4096u32)
+                    .map(|i| (i * 7 + workers as u32) as u8)
+                    .collect();
+                let mut d =
+                    Driver::new(disk, Mode::Device { workers }, 8, &pattern).expect("driver");
+                d.set_pipeline(pipeline);
+                let ops: Vec<Op> = (0..100u64)
+                    .map(|i| Op {
+                        write: true,
+                        offset: (i * 37 % 256) * 4096,
+                        len: 4096,
+                    })
+                    .collect();
+                d.run(&ops).expect("writes");
+                let reads: Vec<Op> = ops.iter().map(|o| Op { write: false, ..*o }).collect();
+                d.run(&reads).expect("reads");
+                d.run(&ops[..3]).expect("a short run after a long one");
+                drop(d);
+                let f = std::fs::File::open(&path).expect("open");
+                let mut got = vec![0u8; 4096];
+                for o in &ops {
+                    f.read_exact_at(&mut got, o.offset).expect("read back");
+                    assert_eq!(
+                        got, pattern,
+                        "block at {} ({workers} workers, {pipeline:?})",
+                        o.offset
+                    );
+                }
             }
         }
     }

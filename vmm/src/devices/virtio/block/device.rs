@@ -2,8 +2,9 @@
 //! requests, parses them, and executes them itself or hands them to the worker pool.
 //!
 //! The queue thread serves every available chain per wake-up with driver notifications
-//! suppressed, raises an interrupt the moment the used index passes the driver's `used_event`
-//! (`VIRTIO_RING_F_EVENT_IDX`; without it, once per pass), so that a driver refills its ring
+//! suppressed, raises an interrupt mid-pass once the used index has passed the driver's
+//! `used_event` (`VIRTIO_RING_F_EVENT_IDX`, looked at every [`ring::NOTIFY_BATCH`] completions
+//! and at the end of the pass; without it, once per pass), so that a driver refills its ring
 //! while the rest of a pass runs, and then polls the available ring for a short while
 //! ([`BlockOptions::poll_us`]) before it re-enables notifications and sleeps, so that a driver
 //! that comes back quickly costs no kick and no thread wake-up. With no workers, requests run
@@ -291,11 +292,21 @@ struct Ctx {
 /// Puts a finished chain on the used ring and interrupts the driver if it wants that.
 fn complete(ctx: &Ctx, queue: &Mutex<Queue>, head: u16, used_len: u32) {
     let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = q.add_used(&ctx.mem, head, used_len) {
-        super::super::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
-        return;
+    if put_used(ctx, &mut q, head, used_len) {
+        notify(ctx, &mut q);
     }
-    notify(ctx, &mut q);
+}
+
+/// Puts a finished chain on the used ring without looking at the driver's wishes; false if
+/// the ring refused it.
+fn put_used(ctx: &Ctx, q: &mut Queue, head: u16, used_len: u32) -> bool {
+    match q.add_used(&ctx.mem, head, used_len) {
+        Ok(()) => true,
+        Err(e) => {
+            super::super::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
+            false
+        }
+    }
 }
 
 /// Interrupts the driver if the chains used since the last call ask for it.
@@ -440,6 +451,9 @@ impl QueueServer {
                     q.next_avail()
                 };
                 let n = popped.len();
+                // Chains this thread completed since the driver's wishes were last looked at
+                // (every `NOTIFY_BATCH`, and at the end, as `ring::Rings::serve`).
+                let mut quiet = 0;
                 for (head, parsed) in popped.drain(..) {
                     if self.stopping.load(Ordering::Acquire) {
                         // Reset: the rest is dropped with the rings.
@@ -449,7 +463,14 @@ impl QueueServer {
                         Err(e) => complete(ctx, queue, head, request::fail_parse(mem, e)),
                         Ok(req) if pace.inline() && Pace::may_inline(&req) => {
                             let used = pace.execute(&req, mem, &ctx.disk, ctx.neg);
-                            complete(ctx, queue, head, used);
+                            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                            if put_used(ctx, &mut q, head, used) {
+                                quiet += 1;
+                                if quiet == ring::NOTIFY_BATCH {
+                                    quiet = 0;
+                                    notify(ctx, &mut q);
+                                }
+                            }
                         }
                         Ok(req) => {
                             if let Err((head, req)) = pool.submit((head, req)) {
@@ -458,6 +479,9 @@ impl QueueServer {
                             }
                         }
                     }
+                }
+                if quiet > 0 {
+                    notify(ctx, &mut queue.lock().unwrap_or_else(|e| e.into_inner()));
                 }
                 (n, next_avail)
             }

@@ -36,6 +36,14 @@ const F_NEXT: u16 = 1;
 /// `VRING_DESC_F_INDIRECT`.
 const F_INDIRECT: u16 = 4;
 
+/// Completions between two looks at the driver's `used_event` during a pass (with event
+/// index); the end of a pass always looks. Checking after every completion wrote the
+/// interrupt eventfd once per request for a driver that keeps re-arming its interrupt (one
+/// that polls), a system call each, or a cross-CPU wake-up where the driver sleeps; every 8
+/// costs a driver at most 7 completions of delay, while the device works on the rest of the
+/// queue (QEMU likewise batches its irqfd writes over a run of completions).
+pub const NOTIFY_BATCH: u16 = 8;
+
 /// Host views of a split virtqueue's three rings, valid for one batch.
 #[derive(Debug)]
 pub struct Rings<'m> {
@@ -223,11 +231,11 @@ impl<'m> Rings<'m> {
     }
 
     /// Pops every available chain, processes it on this thread ([`request::process`]) and
-    /// puts it on the used ring. With event index, calls `interrupt` as soon as the used
-    /// index passes the driver's `used_event`, mid-pass: a driver that asked to hear of the
-    /// first half of its requests refills the ring while the device works on the second half,
-    /// instead of finding out only once the device has run dry. [`Pass::notify`] says whether
-    /// the chains used since the last check (all of them without event index) want one.
+    /// puts it on the used ring. With event index, looks at the driver's `used_event` every
+    /// [`NOTIFY_BATCH`] completions and calls `interrupt` if the used index passed it, mid-pass:
+    /// a driver refills the ring while the device works on the rest of it, instead of finding
+    /// out only once the device has run dry. [`Pass::notify`] says whether the chains used
+    /// since the last look (all of them without event index) want one.
     pub fn serve(
         &self,
         q: &mut Queue,
@@ -253,7 +261,7 @@ impl<'m> Rings<'m> {
                 }
                 // As QEMU and vhost: the window starts at the last check, not the last
                 // interrupt (a driver that moved `used_event` back has seen those already).
-                if self.event_idx {
+                if self.event_idx && used.wrapping_sub(checked) >= NOTIFY_BATCH {
                     if self.needs_notification(checked, used) {
                         interrupt();
                     }
@@ -348,12 +356,16 @@ pub fn serve_inline_until(
             crate::devices::virtio::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
         }
         popped += 1;
-        // The queue remembers what it last signalled, so this asks about the new ones only.
-        if q.event_idx_enabled() && q.needs_notification(mem).unwrap_or(true) {
+        // The queue remembers what it last looked at, so this asks about the new ones only.
+        if q.event_idx_enabled()
+            && popped % usize::from(NOTIFY_BATCH) == 0
+            && q.needs_notification(mem).unwrap_or(true)
+        {
             interrupt();
         }
     }
-    let notify = popped > 0 && !q.event_idx_enabled() && q.needs_notification(mem).unwrap_or(true);
+    // Without event index: always; with it, for what came since the last look.
+    let notify = popped > 0 && q.needs_notification(mem).unwrap_or(true);
     Pass { popped, notify }
 }
 
@@ -434,7 +446,8 @@ mod tests {
         let m = mem();
         let (_k, disk) = disk(Kind::Raw, false);
         header(&m, HDR, VIRTIO_BLK_T_FLUSH, 0);
-        let chains: Vec<RawDescriptor> = (0..4)
+        let n = NOTIFY_BATCH + 4;
+        let chains: Vec<RawDescriptor> = (0..n)
             .flat_map(|i| {
                 [
                     linked(HDR, 16, 0, Some(2 * i + 1)),
@@ -442,40 +455,39 @@ mod tests {
                 ]
             })
             .collect();
-        let mut q = queue(&m, 0, 16, &chains);
-        q.set_event_idx(true);
-        let used_event = GuestAddress(q.avail_ring() + 4 + 2 * 16);
-        // The driver wants an interrupt once the used index passes 5: not after 4 chains.
-        m.write_obj(5u16, used_event).unwrap();
-        let pass = serve_inline(&m, &mut q, &disk, ALL, || {});
-        assert_eq!(
-            pass,
-            Pass {
-                popped: 4,
-                notify: false
-            }
-        );
-        // used_event 1: the interrupt comes as the 2nd chain is used, mid-pass, while the
-        // other two are still to run (the driver refills meanwhile); none at the end.
-        let mut q = queue(&m, 0x8000, 16, &chains);
-        q.set_event_idx(true);
-        m.write_obj(1u16, GuestAddress(q.avail_ring() + 4 + 2 * 16))
-            .unwrap();
-        let used_ring = q.used_ring();
-        let mut raised_at = Vec::new();
-        let pass = serve_inline(&m, &mut q, &disk, ALL, || {
-            raised_at.push(m.read_obj::<u16>(GuestAddress(used_ring + 2)).unwrap())
-        });
-        assert_eq!(raised_at, [2]);
-        assert_eq!(
-            pass,
-            Pass {
-                popped: 4,
-                notify: false
-            }
-        );
+        // For each `used_event`: the used indices at which the pass interrupted, and whether
+        // it asks for one at its end.
+        let cases: [(u16, &[u16], bool); 3] = [
+            // Past the pass: no interrupt at all.
+            (n + 1, &[], false),
+            // Passed by the first look, NOTIFY_BATCH chains in: the interrupt comes mid-pass,
+            // while the rest are still to run (the driver refills meanwhile); none at the end.
+            (1, &[NOTIFY_BATCH], false),
+            // Passed after the last look: the end of the pass asks for it.
+            (NOTIFY_BATCH + 1, &[], true),
+        ];
+        for (k, (event, raised, at_end)) in cases.into_iter().enumerate() {
+            let mut q = queue(&m, 0x8000 * k as u64, 64, &chains);
+            q.set_event_idx(true);
+            m.write_obj(event, GuestAddress(q.avail_ring() + 4 + 2 * 64))
+                .unwrap();
+            let used_ring = q.used_ring();
+            let mut raised_at = Vec::new();
+            let pass = serve_inline(&m, &mut q, &disk, ALL, || {
+                raised_at.push(m.read_obj::<u16>(GuestAddress(used_ring + 2)).unwrap())
+            });
+            assert_eq!(raised_at, raised, "used_event {event}");
+            assert_eq!(
+                pass,
+                Pass {
+                    popped: usize::from(n),
+                    notify: at_end
+                },
+                "used_event {event}"
+            );
+        }
         // Without event index: no interrupt mid-pass, one at its end.
-        let mut q = queue(&m, 0x10000, 16, &chains);
+        let mut q = queue(&m, 0x18000, 64, &chains);
         let mut raised = 0;
         let pass = serve_inline(&m, &mut q, &disk, ALL, || raised += 1);
         assert_eq!((raised, pass.notify), (0, true));
