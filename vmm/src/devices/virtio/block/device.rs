@@ -445,7 +445,9 @@ impl QueueServer {
                                 break;
                             };
                             let head = chain.head_index();
-                            popped.push((head, request::parse(mem, chain)));
+                            let table = ring::TableInMemory::of(mem, &q);
+                            popped
+                                .push((head, request::parse(mem, ring::Chain::new(&table, head))));
                         }
                     }
                     q.next_avail()

@@ -14,4 +14,6 @@ pub use request::{Disk, Request, RequestType};
 #[cfg(feature = "bench-utils")]
 pub mod bench_utils;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 pub(crate) mod test_utils;

@@ -138,13 +138,8 @@ impl<'m> Rings<'m> {
     }
 
     /// The descriptors of the chain starting at `head`.
-    pub fn chain(&self, head: u16) -> Chain<'_, 'm> {
-        Chain {
-            rings: self,
-            next: head,
-            ttl: self.size,
-            bytes: 0,
-        }
+    pub fn chain(&self, head: u16) -> Chain<'_, Self> {
+        Chain::new(self, head)
     }
 
     /// Writes used element `pos` (modulo the queue size): chain `head`, `len` bytes written.
@@ -198,7 +193,7 @@ impl<'m> Rings<'m> {
     /// ahead (nothing is popped then, as `virtio_queue` refuses such an index too). Returns
     /// the chains popped. The cap bounds one pass: a driver that keeps publishing as fast as
     /// chains complete cannot keep the caller from looking at its stop flag.
-    pub fn pop_each(&self, q: &mut Queue, mut f: impl FnMut(u16, Chain<'_, 'm>)) -> usize {
+    pub fn pop_each(&self, q: &mut Queue, mut f: impl FnMut(u16, Chain<'_, Self>)) -> usize {
         let mut next = Wrapping(q.next_avail());
         let mut n = 0;
         let mut avail = None;
@@ -281,27 +276,92 @@ impl<'m> Rings<'m> {
     }
 }
 
-/// The descriptors of one chain, read from [`Rings`]; the same rules as
-/// `virtio_queue::DescriptorChain`: the chain ends after at most the queue size of
-/// descriptors (loops), at a `next` index past the table, or before the descriptor that
-/// would take it past 2^32 bytes. Indirect descriptors (`VIRTIO_RING_F_INDIRECT_DESC` is not
-/// offered) end it too.
+/// A descriptor table: [`Rings`]' view of it, or [`TableInMemory`].
+pub trait DescriptorTable {
+    /// Descriptor `index`, if it is inside the table and readable.
+    fn descriptor(&self, index: u16) -> Option<Descriptor>;
+    /// Entries in the table (the queue size).
+    fn size(&self) -> u16;
+}
+
+impl DescriptorTable for Rings<'_> {
+    fn descriptor(&self, index: u16) -> Option<Descriptor> {
+        Rings::descriptor(self, index)
+    }
+    fn size(&self) -> u16 {
+        self.size
+    }
+}
+
+/// A descriptor table read field by field through guest-memory accesses, wherever it lies
+/// (across regions too): the slow path's.
 #[derive(Debug)]
-pub struct Chain<'r, 'm> {
-    rings: &'r Rings<'m>,
+pub struct TableInMemory<'m> {
+    mem: &'m GuestMemoryMmap,
+    addr: GuestAddress,
+    size: u16,
+}
+
+impl<'m> TableInMemory<'m> {
+    /// `q`'s descriptor table in `mem`.
+    pub fn of(mem: &'m GuestMemoryMmap, q: &Queue) -> Self {
+        TableInMemory {
+            mem,
+            addr: GuestAddress(q.desc_table()),
+            size: q.size(),
+        }
+    }
+}
+
+impl DescriptorTable for TableInMemory<'_> {
+    fn descriptor(&self, index: u16) -> Option<Descriptor> {
+        if index >= self.size {
+            return None;
+        }
+        let at = self
+            .addr
+            .0
+            .checked_add(DESC_LEN as u64 * u64::from(index))?;
+        self.mem.read_obj(GuestAddress(at)).ok()
+    }
+    fn size(&self) -> u16 {
+        self.size
+    }
+}
+
+/// The descriptors of one chain; the same rules as `virtio_queue::DescriptorChain`: the
+/// chain ends after at most the queue size of descriptors (loops), at a `next` index past the
+/// table, or before the descriptor that would take it past 2^32 bytes. An indirect descriptor
+/// ends it too (`VIRTIO_RING_F_INDIRECT_DESC` is not offered), where `DescriptorChain` would
+/// follow it.
+#[derive(Debug)]
+pub struct Chain<'t, T> {
+    table: &'t T,
     next: u16,
     ttl: u16,
     bytes: u32,
 }
 
-impl Iterator for Chain<'_, '_> {
+impl<'t, T: DescriptorTable> Chain<'t, T> {
+    /// The chain starting at `head`.
+    pub fn new(table: &'t T, head: u16) -> Self {
+        Chain {
+            table,
+            next: head,
+            ttl: table.size(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<T: DescriptorTable> Iterator for Chain<'_, T> {
     type Item = Descriptor;
 
     fn next(&mut self) -> Option<Descriptor> {
         if self.ttl == 0 {
             return None;
         }
-        let d = self.rings.descriptor(self.next)?;
+        let d = self.table.descriptor(self.next)?;
         if d.flags() & F_INDIRECT != 0 {
             self.ttl = 0;
             return None;
@@ -339,33 +399,55 @@ pub fn serve_inline_until(
     disk: &Disk,
     neg: Negotiated,
     stop: &AtomicBool,
+    interrupt: impl FnMut(),
+) -> Pass {
+    match Rings::new(mem, q) {
+        Some(rings) => rings.stopping_at(stop).serve(q, mem, disk, neg, interrupt),
+        None => serve_through_queue(mem, q, disk, neg, stop, interrupt),
+    }
+}
+
+/// [`serve_inline_until`] through `virtio_queue`'s own accessors, which cope with any ring
+/// layout: the same chains, used elements and interrupts as [`Rings::serve`] (tests hold the
+/// fast path to this one).
+pub(crate) fn serve_through_queue(
+    mem: &GuestMemoryMmap,
+    q: &mut Queue,
+    disk: &Disk,
+    neg: Negotiated,
+    stop: &AtomicBool,
     mut interrupt: impl FnMut(),
 ) -> Pass {
-    if let Some(rings) = Rings::new(mem, q) {
-        return rings.stopping_at(stop).serve(q, mem, disk, neg, interrupt);
-    }
     let mut popped = 0;
+    // Used elements put on the ring since the driver's wishes were last looked at (without
+    // event index: in this pass).
+    let mut unchecked = 0;
     // At most a queue size of chains per pass, as `Rings::pop_each`.
     while popped < usize::from(q.size()) && !stop.load(Ordering::Acquire) {
         let Some(chain) = q.pop_descriptor_chain(mem) else {
             break;
         };
         let head = chain.head_index();
-        let used = request::process(mem, chain, disk, neg);
-        if let Err(e) = q.add_used(mem, head, used) {
-            crate::devices::virtio::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
-        }
+        // The chain's descriptors by the same rules as the fast path's, not by
+        // `DescriptorChain`'s (which follows indirect tables).
+        let len = request::process(mem, Chain::new(&TableInMemory::of(mem, q), head), disk, neg);
         popped += 1;
-        // The queue remembers what it last looked at, so this asks about the new ones only.
-        if q.event_idx_enabled()
-            && popped % usize::from(NOTIFY_BATCH) == 0
-            && q.needs_notification(mem).unwrap_or(true)
-        {
-            interrupt();
+        if let Err(e) = q.add_used(mem, head, len) {
+            crate::devices::virtio::guest_fault(format_args!("virtio-blk: add_used({head}): {e}"));
+            continue;
+        }
+        unchecked += 1;
+        // The queue counts what was added since it was last asked, so this asks about those.
+        if q.event_idx_enabled() && unchecked >= NOTIFY_BATCH {
+            unchecked = 0;
+            if q.needs_notification(mem).unwrap_or(true) {
+                interrupt();
+            }
         }
     }
-    // Without event index: always; with it, for what came since the last look.
-    let notify = popped > 0 && q.needs_notification(mem).unwrap_or(true);
+    // Without event index: once, if anything was used; with it, for what came since the
+    // last look.
+    let notify = unchecked > 0 && q.needs_notification(mem).unwrap_or(true);
     Pass { popped, notify }
 }
 

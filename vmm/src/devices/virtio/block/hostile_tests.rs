@@ -1,0 +1,389 @@
+//! Randomized hostile drivers: descriptor tables, chains, headers and ring indices drawn at
+//! random (biased towards the edges: lengths around the header and sector sizes, addresses
+//! at and past the ends of memory regions, loops, links past the table, indirect flags),
+//! served through both ring paths ([`ring::Rings`] and `virtio_queue`'s accessors, taken when
+//! a ring straddles two regions). Whatever the guest writes, the device must not panic, must
+//! end every pass, must put only heads inside the table on the used ring, and must write guest
+//! memory only where a device-writable descriptor or the used ring allows it; and the fast
+//! path must do exactly what `virtio_queue`'s does with the same rings.
+
+use super::request::{Disk, Negotiated};
+use super::ring;
+use super::test_utils::*;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use virtio_bindings::virtio_blk::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use zvol::{BackendInfo, BlockBackend};
+
+/// Queue size of every round.
+const SIZE: u16 = 16;
+/// Guest memory: two adjacent regions, so that buffers and rings can straddle them.
+const REGION: u64 = 0x8000;
+/// Where the rings go when they are in one region (the fast path).
+const DESC: u64 = 0x0;
+const AVAIL: u64 = 0x100;
+const USED: u64 = 0x200;
+/// Where the descriptor table goes to straddle the two regions (the `virtio_queue` path).
+const DESC_STRADDLING: u64 = REGION - 0x80;
+/// Where used elements, the used index and `avail_event` may be written.
+fn used_range(size: u16) -> (u64, u64) {
+    (USED, USED + 4 + 8 * u64::from(size) + 2)
+}
+
+/// An address: mostly inside memory, often at a region's edge, sometimes outside.
+fn addr(rng: &mut SmallRng) -> u64 {
+    match rng.gen_range(0..10) {
+        0 => REGION - rng.gen_range(0..32),
+        1 => 2 * REGION - rng.gen_range(0..32),
+        2 => 2 * REGION + rng.gen_range(0..0x1000),
+        3 => u64::MAX - rng.gen_range(0..0x100),
+        _ => rng.gen_range(0x300..2 * REGION),
+    }
+}
+
+/// A length: mostly around the sizes the parser cares about.
+fn len(rng: &mut SmallRng) -> u32 {
+    match rng.gen_range(0..10) {
+        0 => 0,
+        1 => 1,
+        2 => rng.gen_range(15..=17),
+        3 => 512,
+        4 => 4096,
+        5 => u32::MAX - rng.gen_range(0..2),
+        6 => rng.gen_range(0..0x2_0000),
+        _ => 512 * rng.gen_range(1..9) + rng.gen_range(0..2),
+    }
+}
+
+/// A request header at `at`: a known type (or not) and a sector in range (or not).
+fn header_at(m: &GuestMemoryMmap, at: u64, rng: &mut SmallRng) {
+    let kinds = [
+        VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_FLUSH,
+        VIRTIO_BLK_T_GET_ID,
+        VIRTIO_BLK_T_DISCARD,
+        VIRTIO_BLK_T_WRITE_ZEROES,
+        rng.gen(),
+    ];
+    let kind = kinds[rng.gen_range(0..kinds.len())];
+    let sectors = DISK_SIZE / 512;
+    let sector = match rng.gen_range(0..4) {
+        0 => sectors - rng.gen_range(0..3),
+        1 => rng.gen(),
+        _ => rng.gen_range(0..sectors),
+    };
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..].copy_from_slice(&sector.to_le_bytes());
+    // Headers may straddle regions or lie outside memory: those writes just fail.
+    let _ = m.write_slice(&h, GuestAddress(at));
+}
+
+/// Fills the table at `desc` with random descriptors (and the headers they may point at, written
+/// first, so that the table is what it says even where a header lands on it) and the available
+/// ring with random heads and index.
+fn hostile_queue(m: &GuestMemoryMmap, desc: u64, rng: &mut SmallRng) {
+    let mut table = Vec::new();
+    for _ in 0..SIZE {
+        let (a, l) = (addr(rng), len(rng));
+        let mut flags = 0u16;
+        if rng.gen_bool(0.6) {
+            flags |= 1; // NEXT
+        }
+        if rng.gen_bool(0.5) {
+            flags |= 2; // WRITE
+        }
+        if rng.gen_bool(0.05) {
+            flags |= 4; // INDIRECT
+        }
+        let next: u16 = if rng.gen_bool(0.9) {
+            rng.gen_range(0..SIZE)
+        } else {
+            rng.gen()
+        };
+        if flags & 2 == 0 && rng.gen_bool(0.7) {
+            header_at(m, a, rng);
+        }
+        table.push((a, l, flags, next));
+    }
+    // Some well-formed chains (header, data, status) with hostile buffers, so that requests
+    // also get through to the disk.
+    for first in (0..SIZE - 2).step_by(3) {
+        if rng.gen_bool(0.5) {
+            let h = addr(rng);
+            let read = rng.gen_bool(0.5);
+            if rng.gen_bool(0.8) {
+                let kind = if read {
+                    VIRTIO_BLK_T_IN
+                } else {
+                    VIRTIO_BLK_T_OUT
+                };
+                let sector = rng.gen_range(0..DISK_SIZE / 512 - 8);
+                let mut hdr = [0u8; 16];
+                hdr[..4].copy_from_slice(&kind.to_le_bytes());
+                hdr[8..].copy_from_slice(&sector.to_le_bytes());
+                // Past the end of memory this write fails, as the device's read will.
+                let _ = m.write_slice(&hdr, GuestAddress(h));
+            } else {
+                header_at(m, h, rng);
+            }
+            let data_flags = if read ^ rng.gen_bool(0.1) { 1 | 2 } else { 1 };
+            let data_len = if rng.gen_bool(0.7) {
+                512 * rng.gen_range(1..9)
+            } else {
+                len(rng)
+            };
+            table[usize::from(first)] = (h, 16, 1, first + 1);
+            table[usize::from(first) + 1] = (addr(rng), data_len, data_flags, first + 2);
+            table[usize::from(first) + 2] = (addr(rng), 1, 2, 0);
+        }
+    }
+    // No device-writable buffer on the table itself: a status byte landing there would change
+    // descriptors mid-pass (as a guest may do to itself), and what those transient descriptors
+    // allowed could not be checked afterwards.
+    let table_end = desc + 16 * u64::from(SIZE);
+    for (a, l, flags, _) in table.iter_mut() {
+        if *flags & 2 != 0 && *a < table_end && desc < a.saturating_add(u64::from(*l)) {
+            *a = table_end.max(0x300);
+        }
+    }
+    let bytes: Vec<u8> = table
+        .iter()
+        .flat_map(|&(a, l, flags, next)| {
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&a.to_le_bytes());
+            d[8..12].copy_from_slice(&l.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..].copy_from_slice(&next.to_le_bytes());
+            d
+        })
+        .collect();
+    m.write_slice(&bytes, GuestAddress(desc)).unwrap();
+    for i in 0..u64::from(SIZE) {
+        let head: u16 = match rng.gen_range(0..10) {
+            0 => rng.gen(),
+            1..=5 => 3 * rng.gen_range(0..SIZE / 3),
+            _ => rng.gen_range(0..SIZE),
+        };
+        m.write_obj(head, GuestAddress(AVAIL + 4 + 2 * i)).unwrap();
+    }
+    let idx: u16 = match rng.gen_range(0..4) {
+        0 => rng.gen(),
+        _ => rng.gen_range(0..=SIZE),
+    };
+    m.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
+    // used_event: mostly inside the pass, so that mid-pass interrupts happen.
+    let used_event: u16 = if rng.gen_bool(0.7) {
+        rng.gen_range(0..SIZE)
+    } else {
+        rng.gen()
+    };
+    m.write_obj(used_event, GuestAddress(AVAIL + 4 + 2 * u64::from(SIZE)))
+        .unwrap();
+    // The device's used ring starts empty.
+    m.write_obj(0u32, GuestAddress(USED)).unwrap();
+}
+
+/// The device-writable ranges of the descriptor table at `desc` in `image` (a snapshot).
+fn writable_ranges(image: &[u8], desc: u64) -> Vec<(u64, u64)> {
+    (0..usize::from(SIZE))
+        .filter_map(|i| {
+            let d = &image[desc as usize + 16 * i..][..16];
+            let a = u64::from_le_bytes(d[..8].try_into().unwrap());
+            let l = u32::from_le_bytes(d[8..12].try_into().unwrap());
+            let flags = u16::from_le_bytes(d[12..14].try_into().unwrap());
+            (flags & 2 != 0).then(|| (a, a.saturating_add(u64::from(l))))
+        })
+        .collect()
+}
+
+/// Two-region guest memory full of random bytes.
+fn noisy_memory(rng: &mut SmallRng) -> GuestMemoryMmap {
+    let m = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), REGION as usize),
+        (GuestAddress(REGION), REGION as usize),
+    ])
+    .unwrap();
+    // Random bytes everywhere, so that stray reads find garbage, not zeroes.
+    let noise: Vec<u8> = (0..2 * REGION).map(|_| rng.gen()).collect();
+    m.write_slice(&noise, GuestAddress(0)).unwrap();
+    m
+}
+
+/// A ready queue whose descriptor table is at `desc`.
+fn ready_queue(desc: u64, event_idx: bool) -> Queue {
+    let mut q = Queue::new(SIZE).unwrap();
+    q.set_desc_table_address(Some(desc as u32), Some(0));
+    q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+    q.set_used_ring_address(Some(USED as u32), Some(0));
+    q.set_event_idx(event_idx);
+    q.set_ready(true);
+    q
+}
+
+fn snapshot(m: &GuestMemoryMmap) -> Vec<u8> {
+    let mut v = vec![0u8; 2 * REGION as usize];
+    m.read_slice(&mut v, GuestAddress(0)).unwrap();
+    v
+}
+
+#[test]
+fn random_hostile_queues_never_break_the_device() {
+    let kinds = [(Kind::Raw, false), (Kind::Pool, false), (Kind::Raw, true)];
+    let disks: Vec<_> = kinds.iter().map(|&(k, ro)| disk(k, ro)).collect();
+    let mut rng = SmallRng::seed_from_u64(0x4057_11e5);
+    let (mut fast, mut slow, mut used_total, mut data_in) = (0, 0, 0u64, 0u64);
+    for round in 0..1500 {
+        let m = noisy_memory(&mut rng);
+        let straddle = rng.gen_bool(0.3);
+        let desc = if straddle { DESC_STRADDLING } else { DESC };
+        hostile_queue(&m, desc, &mut rng);
+        let mut q = ready_queue(desc, rng.gen_bool(0.5));
+        if ring::Rings::new(&m, &q).is_some() {
+            fast += 1;
+        } else {
+            slow += 1;
+        }
+        let before = snapshot(&m);
+        let neg = Negotiated {
+            discard: rng.gen(),
+            write_zeroes: rng.gen(),
+        };
+        let (_, d) = &disks[round % disks.len()];
+        let pass = ring::serve_inline_until(&m, &mut q, d, neg, &AtomicBool::new(false), || {});
+        assert!(pass.popped <= usize::from(SIZE), "round {round}: {pass:?}");
+
+        let after = snapshot(&m);
+        let (used_lo, used_hi) = used_range(SIZE);
+        let writable = writable_ranges(&before, desc);
+        assert_eq!(
+            writable,
+            writable_ranges(&after, desc),
+            "round {round}: the table changed"
+        );
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let at = i as u64;
+            let allowed = (used_lo..used_hi).contains(&at)
+                || writable.iter().any(|&(lo, hi)| (lo..hi).contains(&at));
+            assert!(
+                b == a || allowed,
+                "round {round}: the device wrote {at:#x}, which no device-writable \
+                 descriptor covers"
+            );
+        }
+        let used: u16 = m.read_obj(GuestAddress(USED + 2)).unwrap();
+        let n = used;
+        assert!(
+            usize::from(n) <= pass.popped,
+            "round {round}: {n} used of {pass:?}"
+        );
+        for k in 0..n {
+            let pos = u64::from(k % SIZE);
+            let id: u32 = m.read_obj(GuestAddress(USED + 4 + 8 * pos)).unwrap();
+            assert!(id < u32::from(SIZE), "round {round}: used head {id}");
+            // More than the status byte written: a read (or GET_ID) that succeeded.
+            let len: u32 = m.read_obj(GuestAddress(USED + 8 + 8 * pos)).unwrap();
+            data_in += u64::from(len > 1);
+        }
+        used_total += u64::from(n);
+    }
+    // The generator reaches both paths and gets requests through, not only rejections.
+    assert!(fast > 500 && slow > 200, "fast {fast}, slow {slow}");
+    assert!(used_total > 1000, "{used_total} chains used");
+    assert!(data_in > 100, "{data_in} chains read data");
+}
+
+#[test]
+fn the_fast_path_does_what_virtio_queue_does() {
+    // Pairs of identical disks, one for each path: they stay identical as long as both paths
+    // send the same requests.
+    let twin = |kind| {
+        let (keep, b) = backend(kind, false);
+        (keep, Arc::new(Disk::new(Arc::new(Twin(b)), false)))
+    };
+    let pairs = [
+        (twin(Kind::Raw), twin(Kind::Raw)),
+        (twin(Kind::Pool), twin(Kind::Pool)),
+    ];
+    let mut rng = SmallRng::seed_from_u64(0xfa57_9a7e);
+    let stop = AtomicBool::new(false);
+    let mut interrupts = 0;
+    for round in 0..1000 {
+        let fast_mem = noisy_memory(&mut rng);
+        hostile_queue(&fast_mem, DESC, &mut rng);
+        let slow_mem = noisy_memory(&mut rng);
+        slow_mem
+            .write_slice(&snapshot(&fast_mem), GuestAddress(0))
+            .unwrap();
+        let event_idx = rng.gen_bool(0.5);
+        let (mut fast_q, mut slow_q) = (ready_queue(DESC, event_idx), ready_queue(DESC, event_idx));
+        let neg = Negotiated {
+            discard: rng.gen(),
+            write_zeroes: rng.gen(),
+        };
+        let ((_, fast_disk), (_, slow_disk)) = &pairs[round % pairs.len()];
+        let rings = ring::Rings::new(&fast_mem, &fast_q).expect("the fast path");
+        let mut fast_raised = Vec::new();
+        let fast = rings.serve(&mut fast_q, &fast_mem, fast_disk, neg, || {
+            fast_raised.push(fast_mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap())
+        });
+        let mut slow_raised = Vec::new();
+        let slow = ring::serve_through_queue(&slow_mem, &mut slow_q, slow_disk, neg, &stop, || {
+            slow_raised.push(slow_mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap())
+        });
+        assert_eq!(fast, slow, "round {round}");
+        assert_eq!(fast_raised, slow_raised, "round {round}");
+        assert_eq!(
+            (fast_q.next_avail(), fast_q.next_used()),
+            (slow_q.next_avail(), slow_q.next_used()),
+            "round {round}"
+        );
+        let (f, s) = (snapshot(&fast_mem), snapshot(&slow_mem));
+        if let Some(at) = (0..f.len()).find(|&i| f[i] != s[i]) {
+            panic!(
+                "round {round}: the paths left guest memory different at {at:#x}: {:#x} against {:#x}",
+                f[at], s[at]
+            );
+        }
+        interrupts += fast_raised.len();
+    }
+    assert!(interrupts > 0, "no mid-pass interrupt was compared");
+    for ((_, a), (_, b)) in &pairs {
+        let (mut x, mut y) = (vec![0u8; DISK_SIZE as usize], vec![0u8; DISK_SIZE as usize]);
+        a.backend().read_at(0, &mut x).unwrap();
+        b.backend().read_at(0, &mut y).unwrap();
+        assert!(x == y, "the disks written through the two paths differ");
+    }
+}
+
+/// A backend with the ID its twin has (GET_ID answers the same on both paths).
+struct Twin(Arc<dyn BlockBackend>);
+
+impl BlockBackend for Twin {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            id: "twin".into(),
+            ..self.0.info()
+        }
+    }
+    fn read_vectored(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> zvol::Result<()> {
+        self.0.read_vectored(offset, bufs)
+    }
+    fn write_vectored(&self, offset: u64, bufs: &[IoSlice<'_>]) -> zvol::Result<()> {
+        self.0.write_vectored(offset, bufs)
+    }
+    fn flush(&self) -> zvol::Result<()> {
+        self.0.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> zvol::Result<()> {
+        self.0.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> zvol::Result<()> {
+        self.0.write_zeroes(offset, len)
+    }
+}
