@@ -3,8 +3,10 @@
 //!
 //! The queue thread serves every available chain per wake-up with driver notifications
 //! suppressed, raises an interrupt mid-pass once the used index has passed the driver's
-//! `used_event` (`VIRTIO_RING_F_EVENT_IDX`, looked at every [`ring::NOTIFY_BATCH`] completions
-//! and at the end of the pass; without it, once per pass), so that a driver refills its ring
+//! `used_event` (`VIRTIO_RING_F_EVENT_IDX`: looked at every [`ring::NOTIFY_BATCH`]
+//! completions, before a request that may take long and at the end of the pass; without
+//! it, at the end of the pass, and with workers also every [`ring::NOTIFY_BATCH`] requests
+//! the queue thread runs and at each worker's completion), so that a driver refills its ring
 //! while the rest of a pass runs, and then polls the available ring for a short while
 //! ([`BlockOptions::poll_us`]) before it re-enables notifications and sleeps, so that a driver
 //! that comes back quickly costs no kick and no thread wake-up. With no workers, requests run
@@ -406,9 +408,9 @@ impl QueueServer {
         }
     }
 
-    /// Pops every available chain and executes (or dispatches) it, notifying the driver at
-    /// most once. Returns the chains popped and the queue's next available index. Never
-    /// inlined, so that profiles can single it out.
+    /// Pops every available chain and executes (or dispatches) it, interrupting the driver as
+    /// the module documentation says. Returns the chains popped and the queue's next available
+    /// index. Never inlined, so that profiles can single it out.
     #[inline(never)]
     fn serve_available(&mut self) -> (usize, u16) {
         let ctx = &*self.ctx;

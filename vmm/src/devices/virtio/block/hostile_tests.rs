@@ -85,9 +85,9 @@ fn header_at(m: &GuestMemoryMmap, at: u64, rng: &mut SmallRng) {
 }
 
 /// Fills the table at `desc` with random descriptors (and the headers they may point at, written
-/// first, so that the table is what it says even where a header lands on it) and the available
-/// ring with random heads and index.
-fn hostile_queue(m: &GuestMemoryMmap, desc: u64, rng: &mut SmallRng) {
+/// first, so that the table is what it says even where a header lands on it), and the rings as
+/// a queue whose indices are at `start` with random chains published ([`Avail::random`]).
+fn hostile_queue(m: &GuestMemoryMmap, desc: u64, start: u16, rng: &mut SmallRng) {
     let mut table = Vec::new();
     for _ in 0..SIZE {
         let (a, l) = (addr(rng), len(rng));
@@ -164,29 +164,69 @@ fn hostile_queue(m: &GuestMemoryMmap, desc: u64, rng: &mut SmallRng) {
         })
         .collect();
     m.write_slice(&bytes, GuestAddress(desc)).unwrap();
-    for i in 0..u64::from(SIZE) {
-        let head: u16 = match rng.gen_range(0..10) {
+    // The device's used ring starts empty, at `start`.
+    m.write_obj(0u16, GuestAddress(USED)).unwrap();
+    m.write_obj(start, GuestAddress(USED + 2)).unwrap();
+    Avail::random(start, rng).write(m);
+}
+
+/// What a driver publishes: heads in every slot of the available ring, the available index
+/// and `used_event`.
+struct Avail {
+    heads: Vec<u16>,
+    idx: u16,
+    used_event: u16,
+}
+
+impl Avail {
+    /// Random heads (mostly the starts of well-formed chains or inside the table), an index up
+    /// to a queue ahead of `next` (sometimes anything) and a `used_event` mostly inside the
+    /// next pass, so that mid-pass interrupts happen.
+    fn random(next: u16, rng: &mut SmallRng) -> Avail {
+        let heads = (0..SIZE)
+            .map(|_| match rng.gen_range(0..10) {
+                0 => rng.gen(),
+                1..=5 => 3 * rng.gen_range(0..SIZE / 3),
+                _ => rng.gen_range(0..SIZE),
+            })
+            .collect();
+        let idx = match rng.gen_range(0..4) {
             0 => rng.gen(),
-            1..=5 => 3 * rng.gen_range(0..SIZE / 3),
-            _ => rng.gen_range(0..SIZE),
+            _ => next.wrapping_add(rng.gen_range(0..=SIZE)),
         };
-        m.write_obj(head, GuestAddress(AVAIL + 4 + 2 * i)).unwrap();
+        let used_event = if rng.gen_bool(0.7) {
+            next.wrapping_add(rng.gen_range(0..SIZE))
+        } else {
+            rng.gen()
+        };
+        Avail {
+            heads,
+            idx,
+            used_event,
+        }
     }
-    let idx: u16 = match rng.gen_range(0..4) {
-        0 => rng.gen(),
-        _ => rng.gen_range(0..=SIZE),
-    };
-    m.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
-    // used_event: mostly inside the pass, so that mid-pass interrupts happen.
-    let used_event: u16 = if rng.gen_bool(0.7) {
-        rng.gen_range(0..SIZE)
+
+    fn write(&self, m: &GuestMemoryMmap) {
+        for (i, head) in self.heads.iter().enumerate() {
+            m.write_obj(*head, GuestAddress(AVAIL + 4 + 2 * i as u64))
+                .unwrap();
+        }
+        m.write_obj(self.idx, GuestAddress(AVAIL + 2)).unwrap();
+        m.write_obj(
+            self.used_event,
+            GuestAddress(AVAIL + 4 + 2 * u64::from(SIZE)),
+        )
+        .unwrap();
+    }
+}
+
+/// A ring index to start from: often just before the 16-bit indices wrap.
+fn start_index(rng: &mut SmallRng) -> u16 {
+    if rng.gen_bool(0.5) {
+        u16::MAX - rng.gen_range(0..2 * SIZE)
     } else {
         rng.gen()
-    };
-    m.write_obj(used_event, GuestAddress(AVAIL + 4 + 2 * u64::from(SIZE)))
-        .unwrap();
-    // The device's used ring starts empty.
-    m.write_obj(0u32, GuestAddress(USED)).unwrap();
+    }
 }
 
 /// The device-writable ranges of the descriptor table at `desc` in `image` (a snapshot).
@@ -210,14 +250,17 @@ fn noisy_memory(rng: &mut SmallRng) -> GuestMemoryMmap {
     ])
     .unwrap();
     // Random bytes everywhere, so that stray reads find garbage, not zeroes.
-    let noise: Vec<u8> = (0..2 * REGION).map(|_| rng.gen()).collect();
+    let mut noise = vec![0u8; 2 * REGION as usize];
+    rng.fill(&mut noise[..]);
     m.write_slice(&noise, GuestAddress(0)).unwrap();
     m
 }
 
-/// A ready queue whose descriptor table is at `desc`.
-fn ready_queue(desc: u64, event_idx: bool) -> Queue {
+/// A ready queue whose descriptor table is at `desc` and whose indices are at `start`.
+fn ready_queue(desc: u64, start: u16, event_idx: bool) -> Queue {
     let mut q = Queue::new(SIZE).unwrap();
+    q.set_next_avail(start);
+    q.set_next_used(start);
     q.set_desc_table_address(Some(desc as u32), Some(0));
     q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
     q.set_used_ring_address(Some(USED as u32), Some(0));
@@ -242,8 +285,9 @@ fn random_hostile_queues_never_break_the_device() {
         let m = noisy_memory(&mut rng);
         let straddle = rng.gen_bool(0.3);
         let desc = if straddle { DESC_STRADDLING } else { DESC };
-        hostile_queue(&m, desc, &mut rng);
-        let mut q = ready_queue(desc, rng.gen_bool(0.5));
+        let start = start_index(&mut rng);
+        hostile_queue(&m, desc, start, &mut rng);
+        let mut q = ready_queue(desc, start, rng.gen_bool(0.5));
         if ring::Rings::new(&m, &q).is_some() {
             fast += 1;
         } else {
@@ -277,13 +321,13 @@ fn random_hostile_queues_never_break_the_device() {
             );
         }
         let used: u16 = m.read_obj(GuestAddress(USED + 2)).unwrap();
-        let n = used;
+        let n = used.wrapping_sub(start);
         assert!(
             usize::from(n) <= pass.popped,
             "round {round}: {n} used of {pass:?}"
         );
         for k in 0..n {
-            let pos = u64::from(k % SIZE);
+            let pos = u64::from(start.wrapping_add(k) % SIZE);
             let id: u32 = m.read_obj(GuestAddress(USED + 4 + 8 * pos)).unwrap();
             assert!(id < u32::from(SIZE), "round {round}: used head {id}");
             // More than the status byte written: a read (or GET_ID) that succeeded.
@@ -312,46 +356,61 @@ fn the_fast_path_does_what_virtio_queue_does() {
     ];
     let mut rng = SmallRng::seed_from_u64(0xfa57_9a7e);
     let stop = AtomicBool::new(false);
-    let mut interrupts = 0;
+    let (mut interrupts, mut wrapped) = (0, false);
     for round in 0..1000 {
         let fast_mem = noisy_memory(&mut rng);
-        hostile_queue(&fast_mem, DESC, &mut rng);
+        let start = start_index(&mut rng);
+        hostile_queue(&fast_mem, DESC, start, &mut rng);
         let slow_mem = noisy_memory(&mut rng);
         slow_mem
             .write_slice(&snapshot(&fast_mem), GuestAddress(0))
             .unwrap();
         let event_idx = rng.gen_bool(0.5);
-        let (mut fast_q, mut slow_q) = (ready_queue(DESC, event_idx), ready_queue(DESC, event_idx));
+        let mut fast_q = ready_queue(DESC, start, event_idx);
+        let mut slow_q = ready_queue(DESC, start, event_idx);
         let neg = Negotiated {
             discard: rng.gen(),
             write_zeroes: rng.gen(),
         };
         let ((_, fast_disk), (_, slow_disk)) = &pairs[round % pairs.len()];
-        let rings = ring::Rings::new(&fast_mem, &fast_q).expect("the fast path");
-        let mut fast_raised = Vec::new();
-        let fast = rings.serve(&mut fast_q, &fast_mem, fast_disk, neg, || {
-            fast_raised.push(fast_mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap())
-        });
-        let mut slow_raised = Vec::new();
-        let slow = ring::serve_through_queue(&slow_mem, &mut slow_q, slow_disk, neg, &stop, || {
-            slow_raised.push(slow_mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap())
-        });
-        assert_eq!(fast, slow, "round {round}");
-        assert_eq!(fast_raised, slow_raised, "round {round}");
-        assert_eq!(
-            (fast_q.next_avail(), fast_q.next_used()),
-            (slow_q.next_avail(), slow_q.next_used()),
-            "round {round}"
-        );
-        let (f, s) = (snapshot(&fast_mem), snapshot(&slow_mem));
-        if let Some(at) = (0..f.len()).find(|&i| f[i] != s[i]) {
-            panic!(
-                "round {round}: the paths left guest memory different at {at:#x}: {:#x} against {:#x}",
-                f[at], s[at]
+        // Several passes, the driver publishing more between them: the windows of the event
+        // index carry over from one pass to the next.
+        for pass in 0..3 {
+            if pass > 0 {
+                let avail = Avail::random(fast_q.next_avail(), &mut rng);
+                avail.write(&fast_mem);
+                avail.write(&slow_mem);
+            }
+            let rings = ring::Rings::new(&fast_mem, &fast_q).expect("the fast path");
+            let mut fast_raised = Vec::new();
+            let fast = rings.serve(&mut fast_q, &fast_mem, fast_disk, neg, || {
+                fast_raised.push(fast_mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap())
+            });
+            let mut slow_raised = Vec::new();
+            let slow =
+                ring::serve_through_queue(&slow_mem, &mut slow_q, slow_disk, neg, &stop, || {
+                    slow_raised.push(slow_mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap())
+                });
+            let at = format!("round {round}, pass {pass}");
+            assert_eq!(fast, slow, "{at}");
+            assert_eq!(fast_raised, slow_raised, "{at}");
+            assert_eq!(
+                (fast_q.next_avail(), fast_q.next_used()),
+                (slow_q.next_avail(), slow_q.next_used()),
+                "{at}"
             );
+            let (f, s) = (snapshot(&fast_mem), snapshot(&slow_mem));
+            if let Some(i) = (0..f.len()).find(|&i| f[i] != s[i]) {
+                panic!(
+                    "{at}: the paths left guest memory different at {i:#x}: {:#x} against {:#x}",
+                    f[i], s[i]
+                );
+            }
+            interrupts += fast_raised.len();
+            wrapped |= fast_q.next_used() < start;
         }
-        interrupts += fast_raised.len();
     }
+    assert!(wrapped, "no pass took the used index across 65535");
     assert!(interrupts > 0, "no mid-pass interrupt was compared");
     for ((_, a), (_, b)) in &pairs {
         let (mut x, mut y) = (vec![0u8; DISK_SIZE as usize], vec![0u8; DISK_SIZE as usize]);

@@ -237,8 +237,8 @@ fn check_mem(look: &mut Lookup<'_>, addr: GuestAddress, len: u32) -> Result<()> 
     look.slice(addr, len).map(|_| ())
 }
 
-/// Parses the descriptors of one chain (as yielded by `virtio_queue::DescriptorChain`,
-/// which already bounds loops and the chain's total length).
+/// Parses the descriptors of one chain (as yielded by [`super::ring::Chain`], which already
+/// bounds loops and the chain's total length).
 ///
 /// Framing: the 16-byte header starts the first (device-readable) descriptor; the status is
 /// the last byte of the last (device-writable) descriptor; everything between, including the
@@ -251,7 +251,7 @@ pub fn parse(
 }
 
 /// [`parse`] with the caller's lookups.
-fn parse_in(
+pub(crate) fn parse_in(
     look: &mut Lookup<'_>,
     descs: impl IntoIterator<Item = Descriptor>,
 ) -> Result<Request, ParseError> {
@@ -403,7 +403,12 @@ impl Request {
     }
 
     /// [`Request::execute`] with the caller's lookups.
-    fn execute_in(&self, look: &mut Lookup<'_>, disk: &Disk, neg: Negotiated) -> Completion {
+    pub(crate) fn execute_in(
+        &self,
+        look: &mut Lookup<'_>,
+        disk: &Disk,
+        neg: Negotiated,
+    ) -> Completion {
         let (status, written) = match self.run(look, disk, neg) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
@@ -566,19 +571,10 @@ pub fn process(
     disk: &Disk,
     neg: Negotiated,
 ) -> u32 {
-    process_in(&mut Lookup::new(mem), descs, disk, neg)
-}
-
-/// [`process`] with the caller's lookups (kept over a batch of requests).
-pub(crate) fn process_in(
-    look: &mut Lookup<'_>,
-    descs: impl IntoIterator<Item = Descriptor>,
-    disk: &Disk,
-    neg: Negotiated,
-) -> u32 {
+    let look = &mut Lookup::new(mem);
     match parse_in(look, descs) {
         Ok(req) => req.execute_in(look, disk, neg).used_len,
-        Err(e) => fail_parse(look.mem, e),
+        Err(e) => fail_parse(mem, e),
     }
 }
 
