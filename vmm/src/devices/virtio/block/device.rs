@@ -4,7 +4,7 @@
 //! The queue thread serves every available chain per wake-up with driver notifications
 //! suppressed, raises an interrupt mid-pass once the used index has passed the driver's
 //! `used_event` (`VIRTIO_RING_F_EVENT_IDX`: looked at every [`ring::NOTIFY_BATCH`]
-//! completions, before a request that may take long and at the end of the pass; without
+//! completions, before a request that is not a read or a write and at the end of the pass; without
 //! it, at the end of the pass, and with workers also every [`ring::NOTIFY_BATCH`] requests
 //! the queue thread runs and at each worker's completion), so that a driver refills its ring
 //! while the rest of a pass runs, and then polls the available ring for a short while

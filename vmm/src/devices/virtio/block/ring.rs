@@ -16,8 +16,7 @@
 //! The `Queue` stays the owner of the ring state (`next_avail`, `next_used`, notification
 //! settings): a batch starts from it and stores its progress back.
 
-use super::pace::Pace;
-use super::request::{self, Disk, Negotiated};
+use super::request::{self, Disk, Negotiated, RequestType};
 use std::num::Wrapping;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use virtio_queue::desc::split::Descriptor;
@@ -38,12 +37,12 @@ const F_NEXT: u16 = 1;
 const F_INDIRECT: u16 = 4;
 
 /// Completions between two looks, during a pass, at whether the driver wants an interrupt
-/// (with event index); a pass also looks before it runs a request that may take long (a
-/// flush, a discard, a large transfer) and at its end. Looking after every completion wrote
-/// the interrupt eventfd once per request for a driver that keeps re-arming its interrupt
-/// (one that polls): a system call each, or a cross-CPU wake-up where the driver sleeps. With
-/// a look every 8, a finished request waits at most for the small reads and writes of the
-/// next 7 (microseconds each from the page cache) before its interrupt.
+/// (with event index); a pass also looks before it runs a request that is not a read or a
+/// write (a flush, a discard, write-zeroes) and at its end. Looking after every completion
+/// wrote the interrupt eventfd once per request for a driver that keeps re-arming its
+/// interrupt (one that polls): a system call each, or a cross-CPU wake-up where the driver
+/// sleeps. With a look every 8, a finished request's interrupt waits at most for the next 7
+/// reads or writes (microseconds each from the page cache).
 pub const NOTIFY_BATCH: u16 = 8;
 
 /// Host views of a split virtqueue's three rings, valid for one batch.
@@ -229,7 +228,7 @@ impl<'m> Rings<'m> {
 
     /// Pops every available chain, processes it on this thread ([`request::process`]) and
     /// puts it on the used ring. With event index, looks at the driver's `used_event` every
-    /// [`NOTIFY_BATCH`] completions and before a request that may take long, and calls
+    /// [`NOTIFY_BATCH`] completions and before a request that is not a read or a write, and calls
     /// `interrupt` if the used index passed it, mid-pass: a driver refills the ring while the
     /// device works on the rest of it, instead of finding out only once the device has run
     /// dry. [`Pass::notify`] says whether the chains used since the last look (all of them
@@ -287,9 +286,10 @@ impl<'m> Rings<'m> {
 }
 
 /// Parses and runs one chain on this thread; returns its used length. `before_long` runs
-/// first where the request may take long (anything [`Pace::may_inline`] refuses: a flush, a
-/// discard, write-zeroes, a large transfer), so that the driver hears of the requests already
-/// finished before they wait for this one.
+/// first where the request is not a read or a write (a flush, which may be a pool's commit, a
+/// discard or write-zeroes of gigabytes: times no size bounds), so that the driver hears of
+/// the requests already finished before they wait for this one. Reads and writes take a time
+/// their size bounds, and a look before each would cost an interrupt per request.
 fn run_chain(
     look: &mut request::Lookup<'_>,
     mem: &GuestMemoryMmap,
@@ -300,7 +300,7 @@ fn run_chain(
 ) -> u32 {
     match request::parse_in(look, chain) {
         Ok(req) => {
-            if !Pace::may_inline(&req) {
+            if !matches!(req.kind, RequestType::In | RequestType::Out) {
                 before_long();
             }
             req.execute_in(look, disk, neg).used_len
@@ -619,7 +619,7 @@ mod tests {
         assert_eq!((raised, pass.notify), (0, true));
     }
 
-    /// Before a request that may take long (a flush) runs, the driver hears of the ones
+    /// Before a request that is not a read or a write (a flush) runs, the driver hears of the ones
     /// already finished, however few; on both paths.
     #[test]
     fn a_long_request_does_not_hold_back_finished_ones() {
