@@ -5,16 +5,22 @@
 //! a ring straddles two regions). Whatever the guest writes, the device must not panic, must
 //! end every pass, must put only heads inside the table on the used ring, and must write guest
 //! memory only where a device-writable descriptor or the used ring allows it; and the fast
-//! path must do exactly what `virtio_queue`'s does with the same rings.
+//! path must do exactly what `virtio_queue`'s does with the same rings. The real device
+//! (queue thread, workers) behind its MMIO registers takes random register writes too, and
+//! must work for a well-behaved driver after a reset.
 
 use super::request::{Disk, Negotiated};
 use super::ring;
 use super::test_utils::*;
+use super::{Block, BlockOptions};
+use crate::devices::virtio::mmio::MmioTransport;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::*;
+use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zvol::{BackendInfo, BlockBackend};
@@ -444,5 +450,188 @@ impl BlockBackend for Twin {
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> zvol::Result<()> {
         self.0.write_zeroes(offset, len)
+    }
+}
+
+/// Register offsets a driver writes, for the random register writes below.
+const REGISTERS: [u32; 14] = [
+    VIRTIO_MMIO_DEVICE_FEATURES_SEL,
+    VIRTIO_MMIO_DRIVER_FEATURES,
+    VIRTIO_MMIO_DRIVER_FEATURES_SEL,
+    VIRTIO_MMIO_QUEUE_SEL,
+    VIRTIO_MMIO_QUEUE_NUM,
+    VIRTIO_MMIO_QUEUE_READY,
+    VIRTIO_MMIO_QUEUE_NOTIFY,
+    VIRTIO_MMIO_INTERRUPT_ACK,
+    VIRTIO_MMIO_STATUS,
+    VIRTIO_MMIO_QUEUE_DESC_LOW,
+    VIRTIO_MMIO_QUEUE_DESC_HIGH,
+    VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+    VIRTIO_MMIO_QUEUE_USED_LOW,
+    VIRTIO_MMIO_QUEUE_USED_HIGH,
+];
+
+fn w(t: &mut MmioTransport, reg: u32, v: u32) {
+    t.write(u64::from(reg), &v.to_le_bytes());
+}
+
+fn r(t: &MmioTransport, reg: u32) -> u32 {
+    let mut b = [0; 4];
+    t.read(u64::from(reg), &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// What a well-behaved driver does: negotiate every offered feature and set up queue 0 of
+/// [`SIZE`] at the usual ring addresses.
+fn bring_up(t: &mut MmioTransport) {
+    w(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    w(
+        t,
+        VIRTIO_MMIO_STATUS,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    );
+    for sel in 0..2 {
+        w(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        let f = r(t, VIRTIO_MMIO_DEVICE_FEATURES);
+        w(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+        w(t, VIRTIO_MMIO_DRIVER_FEATURES, f);
+    }
+    let negotiating =
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+    w(t, VIRTIO_MMIO_STATUS, negotiating);
+    w(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    w(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(SIZE));
+    w(t, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
+    w(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+    w(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
+    w(t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+    w(t, VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
+    w(t, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+    w(t, VIRTIO_MMIO_QUEUE_READY, 1);
+    w(
+        t,
+        VIRTIO_MMIO_STATUS,
+        negotiating | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+}
+
+/// One register write a hostile driver might make: a known register (or any offset) with a
+/// value that is often meaningful there (a status bit, a ring address, a queue size).
+fn random_write(t: &mut MmioTransport, m: &GuestMemoryMmap, rng: &mut SmallRng) {
+    match rng.gen_range(0..12) {
+        0 => bring_up(t),
+        1 => {
+            // Hostile chains behind the usual rings, and a kick.
+            hostile_queue(m, DESC, start_index(rng), rng);
+            w(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        }
+        2 => w(t, VIRTIO_MMIO_STATUS, 0),
+        3 => {
+            // Any offset, config space included, any width.
+            let off = rng.gen_range(0..0x140u64);
+            let len = [1, 2, 4, 8][rng.gen_range(0..4)];
+            let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            t.write(off, &bytes);
+        }
+        4 => {
+            let off = rng.gen_range(0..0x140u64);
+            let mut buf = [0u8; 4];
+            t.read(off, &mut buf[..[1, 2, 4][rng.gen_range(0..3)]]);
+        }
+        _ => {
+            let reg = REGISTERS[rng.gen_range(0..REGISTERS.len())];
+            let v = match rng.gen_range(0..6) {
+                0 => rng.gen(),
+                1 => 1 << rng.gen_range(0..32),
+                2 => rng.gen_range(0..=0xff),
+                3 => rng.gen_range(0..=2 * REGION as u32),
+                4 => u32::from(SIZE) << rng.gen_range(0..5),
+                _ => 0,
+            };
+            w(t, reg, v);
+        }
+    }
+}
+
+/// Waits (a bounded while) until the used index reaches `idx`.
+fn wait_used_idx(m: &GuestMemoryMmap, idx: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while m.read_obj::<u16>(GuestAddress(USED + 2)).unwrap() != idx {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the device hung"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn random_register_writes_then_a_reset_leave_a_working_device() {
+    let mut rng = SmallRng::seed_from_u64(0x3e61_57e5);
+    for round in 0..40 {
+        let workers = [0, 2][round % 2];
+        let (_keep, disk) = disk(Kind::Raw, false);
+        let m = noisy_memory(&mut rng);
+        let options = BlockOptions {
+            workers,
+            ..BlockOptions::default()
+        };
+        let dev = Block::new("hostile", disk, options);
+        let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
+        for _ in 0..150 {
+            random_write(&mut t, &m, &mut rng);
+        }
+        // A reset, then a driver that behaves: a write and a read back of 4 KiB.
+        w(&mut t, VIRTIO_MMIO_STATUS, 0);
+        m.write_slice(&[0u8; 0x300], GuestAddress(0)).unwrap();
+        bring_up(&mut t);
+        let what = format!("round {round}, {workers} workers");
+        assert_eq!(
+            r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0,
+            "{what}"
+        );
+        let pattern: Vec<u8> = (0..4096u32)
+            .map(|i| (i * 31 + round as u32) as u8)
+            .collect();
+        let (hdr, data, back, status) = (0x1000u64, 0x2000u64, 0x4000u64, 0x3000u64);
+        m.write_slice(&pattern, GuestAddress(data)).unwrap();
+        for (i, (kind, buf, flags)) in [
+            (VIRTIO_BLK_T_OUT, data, 0u16),
+            (VIRTIO_BLK_T_IN, back, 2u16),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let i = i as u64;
+            header(&m, hdr + 16 * i, kind, 8);
+            let chain = [
+                (hdr + 16 * i, 16u32, 1u16, 3 * i as u16 + 1),
+                (buf, 4096, flags | 1, 3 * i as u16 + 2),
+                (status + i, 1, 2, 0),
+            ];
+            for (k, (a, l, f, n)) in chain.into_iter().enumerate() {
+                let at = DESC + 16 * (3 * i + k as u64);
+                m.write_obj(a, GuestAddress(at)).unwrap();
+                m.write_obj(l, GuestAddress(at + 8)).unwrap();
+                m.write_obj(f, GuestAddress(at + 12)).unwrap();
+                m.write_obj(n, GuestAddress(at + 14)).unwrap();
+            }
+            m.write_obj(0xffu8, GuestAddress(status + i)).unwrap();
+            m.write_obj(3 * i as u16, GuestAddress(AVAIL + 4 + 2 * i))
+                .unwrap();
+            m.write_obj(i as u16 + 1, GuestAddress(AVAIL + 2)).unwrap();
+            w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            wait_used_idx(&m, i as u16 + 1, &what);
+            assert_eq!(
+                m.read_obj::<u8>(GuestAddress(status + i)).unwrap(),
+                OK,
+                "{what}"
+            );
+        }
+        let mut got = vec![0u8; 4096];
+        m.read_slice(&mut got, GuestAddress(back)).unwrap();
+        assert!(got == pattern, "{what}: read back other data");
+        t.shutdown();
     }
 }
