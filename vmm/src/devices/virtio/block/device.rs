@@ -2,14 +2,16 @@
 //! requests, parses them, and executes them itself or hands them to the worker pool.
 //!
 //! The queue thread serves every available chain per wake-up with driver notifications
-//! suppressed, raises an interrupt mid-pass once the used index has passed the driver's
-//! `used_event` (`VIRTIO_RING_F_EVENT_IDX`: looked at every [`ring::NOTIFY_BATCH`]
-//! completions, before a request that is not a read or a write and at the end of the pass; without
-//! it, at the end of the pass, and with workers also every [`ring::NOTIFY_BATCH`] requests
-//! the queue thread runs and at each worker's completion), so that a driver refills its ring
-//! while the rest of a pass runs, and then polls the available ring for a short while
-//! ([`BlockOptions::poll_us`]) before it re-enables notifications and sleeps, so that a driver
-//! that comes back quickly costs no kick and no thread wake-up. With no workers, requests run
+//! suppressed and raises an interrupt mid-pass once the used index has passed the driver's
+//! `used_event` (`VIRTIO_RING_F_EVENT_IDX`), looking at it every [`ring::NOTIFY_BATCH`]
+//! completions and at the end of the pass (without workers also before a request that is not
+//! a read or a write; with workers those go to the workers, each of which interrupts as its
+//! request completes). Without event index: at the end of the pass, and with workers also
+//! every [`ring::NOTIFY_BATCH`] requests the queue thread runs and at each worker's
+//! completion. So a driver refills its ring while the rest of a pass runs. After a pass the
+//! queue thread polls the available ring for a short while ([`BlockOptions::poll_us`]) before
+//! it re-enables notifications and sleeps, so that a driver that comes back quickly costs no
+//! kick and no thread wake-up. With no workers, requests run
 //! on the queue thread as they are popped: no channel, no lock, no allocation per request.
 //! With workers, requests that execute in microseconds (the page cache answers) still run on
 //! the queue thread, and slower ones go to the workers ([`Pace`]). The rings are read and
@@ -442,12 +444,12 @@ impl QueueServer {
                         });
                     } else {
                         // At most a queue size of chains per pass, as `Rings::pop_each`.
+                        let table = ring::TableInMemory::of(mem, &q);
                         while popped.len() < usize::from(q.size()) {
                             let Some(chain) = q.pop_descriptor_chain(mem) else {
                                 break;
                             };
                             let head = chain.head_index();
-                            let table = ring::TableInMemory::of(mem, &q);
                             popped
                                 .push((head, request::parse(mem, ring::Chain::new(&table, head))));
                         }

@@ -16,7 +16,7 @@ use super::{Block, BlockOptions};
 use crate::devices::virtio::mmio::MmioTransport;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::*;
@@ -248,6 +248,15 @@ fn writable_ranges(image: &[u8], desc: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// A test's random seed: `default`, or `TARN_HOSTILE_SEED` (decimal) to explore others; the
+/// failure messages name it.
+fn test_seed(default: u64) -> u64 {
+    std::env::var("TARN_HOSTILE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Two-region guest memory full of random bytes.
 fn noisy_memory(rng: &mut SmallRng) -> GuestMemoryMmap {
     let m = GuestMemoryMmap::from_ranges(&[
@@ -285,7 +294,8 @@ fn snapshot(m: &GuestMemoryMmap) -> Vec<u8> {
 fn random_hostile_queues_never_break_the_device() {
     let kinds = [(Kind::Raw, false), (Kind::Pool, false), (Kind::Raw, true)];
     let disks: Vec<_> = kinds.iter().map(|&(k, ro)| disk(k, ro)).collect();
-    let mut rng = SmallRng::seed_from_u64(0x4057_11e5);
+    let seed = test_seed(0x4057_11e5);
+    let mut rng = SmallRng::seed_from_u64(seed);
     let (mut fast, mut slow, mut used_total, mut data_in) = (0, 0, 0u64, 0u64);
     for round in 0..1500 {
         let m = noisy_memory(&mut rng);
@@ -306,7 +316,10 @@ fn random_hostile_queues_never_break_the_device() {
         };
         let (_, d) = &disks[round % disks.len()];
         let pass = ring::serve_inline_until(&m, &mut q, d, neg, &AtomicBool::new(false), || {});
-        assert!(pass.popped <= usize::from(SIZE), "round {round}: {pass:?}");
+        assert!(
+            pass.popped <= usize::from(SIZE),
+            "seed {seed:#x}, round {round}: {pass:?}"
+        );
 
         let after = snapshot(&m);
         let (used_lo, used_hi) = used_range(SIZE);
@@ -314,7 +327,7 @@ fn random_hostile_queues_never_break_the_device() {
         assert_eq!(
             writable,
             writable_ranges(&after, desc),
-            "round {round}: the table changed"
+            "seed {seed:#x}, round {round}: the table changed"
         );
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
             let at = i as u64;
@@ -322,7 +335,7 @@ fn random_hostile_queues_never_break_the_device() {
                 || writable.iter().any(|&(lo, hi)| (lo..hi).contains(&at));
             assert!(
                 b == a || allowed,
-                "round {round}: the device wrote {at:#x}, which no device-writable \
+                "seed {seed:#x}, round {round}: the device wrote {at:#x}, which no device-writable \
                  descriptor covers"
             );
         }
@@ -330,12 +343,15 @@ fn random_hostile_queues_never_break_the_device() {
         let n = used.wrapping_sub(start);
         assert!(
             usize::from(n) <= pass.popped,
-            "round {round}: {n} used of {pass:?}"
+            "seed {seed:#x}, round {round}: {n} used of {pass:?}"
         );
         for k in 0..n {
             let pos = u64::from(start.wrapping_add(k) % SIZE);
             let id: u32 = m.read_obj(GuestAddress(USED + 4 + 8 * pos)).unwrap();
-            assert!(id < u32::from(SIZE), "round {round}: used head {id}");
+            assert!(
+                id < u32::from(SIZE),
+                "seed {seed:#x}, round {round}: used head {id}"
+            );
             // More than the status byte written: a read (or GET_ID) that succeeded.
             let len: u32 = m.read_obj(GuestAddress(USED + 8 + 8 * pos)).unwrap();
             data_in += u64::from(len > 1);
@@ -360,7 +376,8 @@ fn the_fast_path_does_what_virtio_queue_does() {
         (twin(Kind::Raw), twin(Kind::Raw)),
         (twin(Kind::Pool), twin(Kind::Pool)),
     ];
-    let mut rng = SmallRng::seed_from_u64(0xfa57_9a7e);
+    let seed = test_seed(0xfa57_9a7e);
+    let mut rng = SmallRng::seed_from_u64(seed);
     let stop = AtomicBool::new(false);
     let (mut interrupts, mut wrapped) = (0, false);
     for round in 0..1000 {
@@ -397,7 +414,7 @@ fn the_fast_path_does_what_virtio_queue_does() {
                 ring::serve_through_queue(&slow_mem, &mut slow_q, slow_disk, neg, &stop, || {
                     slow_raised.push(slow_mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap())
                 });
-            let at = format!("round {round}, pass {pass}");
+            let at = format!("seed {seed:#x}, round {round}, pass {pass}");
             assert_eq!(fast, slow, "{at}");
             assert_eq!(fast_raised, slow_raised, "{at}");
             assert_eq!(
@@ -454,7 +471,7 @@ impl BlockBackend for Twin {
 }
 
 /// Register offsets a driver writes, for the random register writes below.
-const REGISTERS: [u32; 14] = [
+const REGISTERS: [u32; 15] = [
     VIRTIO_MMIO_DEVICE_FEATURES_SEL,
     VIRTIO_MMIO_DRIVER_FEATURES,
     VIRTIO_MMIO_DRIVER_FEATURES_SEL,
@@ -467,6 +484,7 @@ const REGISTERS: [u32; 14] = [
     VIRTIO_MMIO_QUEUE_DESC_LOW,
     VIRTIO_MMIO_QUEUE_DESC_HIGH,
     VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+    VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
     VIRTIO_MMIO_QUEUE_USED_LOW,
     VIRTIO_MMIO_QUEUE_USED_HIGH,
 ];
@@ -556,7 +574,8 @@ fn random_write(t: &mut MmioTransport, m: &GuestMemoryMmap, rng: &mut SmallRng) 
 /// Waits (a bounded while) until the used index reaches `idx`.
 fn wait_used_idx(m: &GuestMemoryMmap, idx: u16, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while m.read_obj::<u16>(GuestAddress(USED + 2)).unwrap() != idx {
+    // Acquire: what the device wrote before the index (the status byte) is visible after it.
+    while u16::from_le(m.load(GuestAddress(USED + 2), Ordering::Acquire).unwrap()) != idx {
         assert!(
             std::time::Instant::now() < deadline,
             "{what}: the device hung"
@@ -567,7 +586,8 @@ fn wait_used_idx(m: &GuestMemoryMmap, idx: u16, what: &str) {
 
 #[test]
 fn random_register_writes_then_a_reset_leave_a_working_device() {
-    let mut rng = SmallRng::seed_from_u64(0x3e61_57e5);
+    let seed = test_seed(0x3e61_57e5);
+    let mut rng = SmallRng::seed_from_u64(seed);
     for round in 0..40 {
         let workers = [0, 2][round % 2];
         let (_keep, disk) = disk(Kind::Raw, false);
@@ -585,7 +605,7 @@ fn random_register_writes_then_a_reset_leave_a_working_device() {
         w(&mut t, VIRTIO_MMIO_STATUS, 0);
         m.write_slice(&[0u8; 0x300], GuestAddress(0)).unwrap();
         bring_up(&mut t);
-        let what = format!("round {round}, {workers} workers");
+        let what = format!("seed {seed:#x}, round {round}, {workers} workers");
         assert_eq!(
             r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
             0,
@@ -620,7 +640,13 @@ fn random_register_writes_then_a_reset_leave_a_working_device() {
             m.write_obj(0xffu8, GuestAddress(status + i)).unwrap();
             m.write_obj(3 * i as u16, GuestAddress(AVAIL + 4 + 2 * i))
                 .unwrap();
-            m.write_obj(i as u16 + 1, GuestAddress(AVAIL + 2)).unwrap();
+            // The chain before the index that publishes it (release).
+            m.store(
+                (i as u16 + 1).to_le(),
+                GuestAddress(AVAIL + 2),
+                Ordering::Release,
+            )
+            .unwrap();
             w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
             wait_used_idx(&m, i as u16 + 1, &what);
             assert_eq!(

@@ -38,11 +38,13 @@ const F_INDIRECT: u16 = 4;
 
 /// Completions between two looks, during a pass, at whether the driver wants an interrupt
 /// (with event index); a pass also looks before it runs a request that is not a read or a
-/// write (a flush, a discard, write-zeroes) and at its end. Looking after every completion
-/// wrote the interrupt eventfd once per request for a driver that keeps re-arming its
-/// interrupt (one that polls): a system call each, or a cross-CPU wake-up where the driver
-/// sleeps. With a look every 8, a finished request's interrupt waits at most for the next 7
-/// reads or writes (microseconds each from the page cache).
+/// write (a flush, a discard, write-zeroes, GET_ID: times no size bounds) and at its end.
+/// Looking after every completion wrote the interrupt eventfd once per request for a driver
+/// that keeps re-arming its interrupt (one that polls): a system call each, or a cross-CPU
+/// wake-up where the driver sleeps. With a look every 8, a finished request's interrupt waits
+/// at most for the next 7 reads or writes the queue thread runs: with workers (what VMs get)
+/// those are only small ones while they take microseconds ([`super::pace`]); without workers
+/// (benchmarks, tests) any, so a large transfer from a cold disk holds it for as long.
 pub const NOTIFY_BATCH: u16 = 8;
 
 /// Host views of a split virtqueue's three rings, valid for one batch.
@@ -226,8 +228,8 @@ impl<'m> Rings<'m> {
         n
     }
 
-    /// Pops every available chain, processes it on this thread ([`request::process`]) and
-    /// puts it on the used ring. With event index, looks at the driver's `used_event` every
+    /// Pops every available chain, parses and runs it on this thread and puts it on the used
+    /// ring. With event index, looks at the driver's `used_event` every
     /// [`NOTIFY_BATCH`] completions and before a request that is not a read or a write, and calls
     /// `interrupt` if the used index passed it, mid-pass: a driver refills the ring while the
     /// device works on the rest of it, instead of finding out only once the device has run
@@ -456,6 +458,7 @@ pub(crate) fn serve_through_queue(
     // event index: in this pass).
     let mut unchecked = 0;
     let mut look = request::Lookup::new(mem);
+    let table = TableInMemory::of(mem, q);
     // At most a queue size of chains per pass, as `Rings::pop_each`.
     while popped < usize::from(q.size()) && !stop.load(Ordering::Acquire) {
         let Some(chain) = q.pop_descriptor_chain(mem) else {
@@ -464,7 +467,6 @@ pub(crate) fn serve_through_queue(
         let head = chain.head_index();
         // The chain's descriptors by the same rules as the fast path's, not by
         // `DescriptorChain`'s (which follows indirect tables).
-        let table = TableInMemory::of(mem, q);
         let len = run_chain(&mut look, mem, Chain::new(&table, head), disk, neg, || {
             if q.event_idx_enabled() && unchecked > 0 {
                 unchecked = 0;
