@@ -83,6 +83,18 @@ impl MmioTransport {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
+    /// A driver's 32-bit read of register `reg` (a `VIRTIO_MMIO_*` offset).
+    pub fn read_reg(&self, reg: u32) -> u32 {
+        let mut b = [0; 4];
+        self.read(u64::from(reg), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// A driver's 32-bit write of `v` to register `reg` (a `VIRTIO_MMIO_*` offset).
+    pub fn write_reg(&mut self, reg: u32, v: u32) {
+        self.write(u64::from(reg), &v.to_le_bytes());
+    }
+
     /// A driver read of `data.len()` bytes at `offset` into the window.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {

@@ -472,31 +472,23 @@ fn write_desc(
 
 /// Negotiates every offered feature and sets up the queue, as Linux's driver would.
 fn activate(mem: &GuestMemoryMmap, dev: Block) -> Result<MmioTransport> {
-    fn w(t: &mut MmioTransport, reg: u32, v: u32) {
-        t.write(u64::from(reg), &v.to_le_bytes());
-    }
-    fn r(t: &MmioTransport, reg: u32) -> u32 {
-        let mut b = [0; 4];
-        t.read(u64::from(reg), &mut b);
-        u32::from_le_bytes(b)
-    }
     let mut t = MmioTransport::new(mem.clone(), Box::new(dev))?;
-    w(&mut t, VIRTIO_MMIO_STATUS, 3);
+    t.write_reg(VIRTIO_MMIO_STATUS, 3);
     for sel in 0..2 {
-        w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
-        let f = r(&t, VIRTIO_MMIO_DEVICE_FEATURES);
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, f);
+        t.write_reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        let f = t.read_reg(VIRTIO_MMIO_DEVICE_FEATURES);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, f);
     }
-    w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
-    w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
-    w(&mut t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
-    w(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
-    w(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
-    w(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
-    w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
-    w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
-    match r(&t, VIRTIO_MMIO_STATUS) {
+    t.write_reg(VIRTIO_MMIO_STATUS, 0xb);
+    t.write_reg(VIRTIO_MMIO_QUEUE_SEL, 0);
+    t.write_reg(VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
+    t.write_reg(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
+    t.write_reg(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
+    t.write_reg(VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
+    t.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
+    t.write_reg(VIRTIO_MMIO_STATUS, 0xf);
+    match t.read_reg(VIRTIO_MMIO_STATUS) {
         0xf => Ok(t),
         s => Err(Error::Queue(format!(
             "device status {s:#x} after DRIVER_OK"

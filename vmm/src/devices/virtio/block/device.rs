@@ -576,9 +576,6 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
-    fn w(t: &mut MmioTransport, reg: u32, v: u32) {
-        t.write(u64::from(reg), &v.to_le_bytes());
-    }
     /// Sets up queue 0 as the driver laid it out in `q`, `size` entries, its used ring at
     /// `used`, and marks it ready.
     fn set_queue(
@@ -587,11 +584,11 @@ mod tests {
         size: u16,
         used: GuestAddress,
     ) {
-        w(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(size));
-        w(t, VIRTIO_MMIO_QUEUE_DESC_LOW, q.desc_table_addr().0 as u32);
-        w(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
-        w(t, VIRTIO_MMIO_QUEUE_USED_LOW, used.0 as u32);
-        w(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        t.write_reg(VIRTIO_MMIO_QUEUE_NUM, u32::from(size));
+        t.write_reg(VIRTIO_MMIO_QUEUE_DESC_LOW, q.desc_table_addr().0 as u32);
+        t.write_reg(VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_addr().0 as u32);
+        t.write_reg(VIRTIO_MMIO_QUEUE_USED_LOW, used.0 as u32);
+        t.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
     }
 
     /// `dev` behind a transport, set up as a driver would: VERSION_1 negotiated, queue 0 of
@@ -603,20 +600,14 @@ mod tests {
         used: GuestAddress,
     ) -> (MmioTransport, MockSplitQueue<'m, GuestMemoryMmap>) {
         let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
-        w(&mut t, VIRTIO_MMIO_STATUS, 3);
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
-        w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        t.write_reg(VIRTIO_MMIO_STATUS, 3);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        t.write_reg(VIRTIO_MMIO_STATUS, 0xb);
         let q = MockSplitQueue::create(m, GuestAddress(0), size);
         set_queue(&mut t, &q, size, used);
-        w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        t.write_reg(VIRTIO_MMIO_STATUS, 0xf);
         (t, q)
-    }
-
-    fn r(t: &MmioTransport, reg: u32) -> u32 {
-        let mut b = [0; 4];
-        t.read(u64::from(reg), &mut b);
-        u32::from_le_bytes(b)
     }
 
     /// DRIVER_OK without accepted FEATURES_OK (skipped, or refused for a legacy driver) does
@@ -628,22 +619,21 @@ mod tests {
         for legacy in [false, true] {
             let dev = Block::new("vda", disk.clone(), BlockOptions::default());
             let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
-            w(&mut t, VIRTIO_MMIO_STATUS, 3);
+            t.write_reg(VIRTIO_MMIO_STATUS, 3);
             if legacy {
                 // No VERSION_1: FEATURES_OK is refused.
-                w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
-                assert_eq!(r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+                t.write_reg(VIRTIO_MMIO_STATUS, 0xb);
+                assert_eq!(
+                    t.read_reg(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+                    0
+                );
             }
             let q = MockSplitQueue::create(&m, GuestAddress(0), 64);
             set_queue(&mut t, &q, 64, q.used_addr());
-            let status = r(&t, VIRTIO_MMIO_STATUS);
-            w(
-                &mut t,
-                VIRTIO_MMIO_STATUS,
-                status | VIRTIO_CONFIG_S_DRIVER_OK,
-            );
+            let status = t.read_reg(VIRTIO_MMIO_STATUS);
+            t.write_reg(VIRTIO_MMIO_STATUS, status | VIRTIO_CONFIG_S_DRIVER_OK);
             assert_ne!(
-                r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+                t.read_reg(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
                 0,
                 "legacy {legacy}: the device started without negotiated features"
             );
@@ -773,7 +763,7 @@ mod tests {
             let mut inline_first = 0;
             for burst in [64u16, 128] {
                 m.write_obj(burst, avail.unchecked_add(2)).unwrap();
-                w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+                t.write_reg(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
                 let start = std::time::Instant::now();
                 while backend.done.load(Ordering::SeqCst) < u64::from(burst) {
                     assert!(start.elapsed().as_secs() < 30, "reads stalled");
@@ -793,7 +783,7 @@ mod tests {
                 // the next dozen or so back to the workers.
                 assert!(inline >= 32, "only {inline} of 64 fast reads ran inline");
             }
-            w(&mut t, VIRTIO_MMIO_STATUS, 0);
+            t.write_reg(VIRTIO_MMIO_STATUS, 0);
         }
     }
 
@@ -822,10 +812,10 @@ mod tests {
         let avail = reads_of_one_chain(&m, &q, 256);
         for idx in [256u16, 512] {
             m.write_obj(idx, avail.unchecked_add(2)).unwrap();
-            w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            t.write_reg(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        w(&mut t, VIRTIO_MMIO_STATUS, 0);
+        t.write_reg(VIRTIO_MMIO_STATUS, 0);
         let ran = slow.started.load(Ordering::SeqCst);
         assert!(
             ran < 100,
@@ -868,7 +858,7 @@ mod tests {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0); // nothing new
+                t.write_reg(VIRTIO_MMIO_QUEUE_NOTIFY, 0); // nothing new
                 for _ in 0..(seed % 3000) {
                     std::hint::spin_loop();
                 }
@@ -880,7 +870,7 @@ mod tests {
                 fence(O::SeqCst);
                 let flags: u16 = m.read_obj(used).unwrap();
                 if flags & 1 == 0 {
-                    w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+                    t.write_reg(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
                 }
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
                 while m.read_obj::<u16>(used.unchecked_add(2)).unwrap() != idx {
@@ -891,7 +881,7 @@ mod tests {
                     std::hint::spin_loop();
                 }
             }
-            w(&mut t, VIRTIO_MMIO_STATUS, 0);
+            t.write_reg(VIRTIO_MMIO_STATUS, 0);
         }
     }
 
@@ -923,38 +913,37 @@ mod tests {
             let (_k, disk) = disk(kind, false);
             let dev = Block::new("vda", disk.clone(), options);
             let mut t = MmioTransport::new(m.clone(), Box::new(dev)).unwrap();
-            assert_eq!(r(&t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
-            assert_eq!(r(&t, VIRTIO_MMIO_VERSION), 2);
-            assert_eq!(r(&t, VIRTIO_MMIO_DEVICE_ID), 2);
+            assert_eq!(t.read_reg(VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+            assert_eq!(t.read_reg(VIRTIO_MMIO_VERSION), 2);
+            assert_eq!(t.read_reg(VIRTIO_MMIO_DEVICE_ID), 2);
             let mut cap = [0u8; 8];
             t.read(u64::from(VIRTIO_MMIO_CONFIG), &mut cap);
             assert_eq!(u64::from_le_bytes(cap), DISK_SIZE / 512);
-            w(
-                &mut t,
+            t.write_reg(
                 VIRTIO_MMIO_STATUS,
                 VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
             );
-            w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
-            let hi = r(&t, VIRTIO_MMIO_DEVICE_FEATURES);
+            t.write_reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+            let hi = t.read_reg(VIRTIO_MMIO_DEVICE_FEATURES);
             assert_eq!(hi & 1, 1, "VERSION_1 offered");
-            w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-            let lo = r(&t, VIRTIO_MMIO_DEVICE_FEATURES);
+            t.write_reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+            let lo = t.read_reg(VIRTIO_MMIO_DEVICE_FEATURES);
             assert_eq!(lo & (1 << VIRTIO_BLK_F_RO), 0);
-            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, lo);
-            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-            w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, hi);
-            w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+            t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+            t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, lo);
+            t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+            t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, hi);
+            t.write_reg(VIRTIO_MMIO_STATUS, 0xb);
             assert_eq!(
-                r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+                t.read_reg(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
                 VIRTIO_CONFIG_S_FEATURES_OK
             );
 
             let q = MockSplitQueue::create(&m, GuestAddress(0), 64);
-            w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
-            assert_eq!(r(&t, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
+            t.write_reg(VIRTIO_MMIO_QUEUE_SEL, 0);
+            assert_eq!(t.read_reg(VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
             set_queue(&mut t, &q, 64, q.used_addr());
-            w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+            t.write_reg(VIRTIO_MMIO_STATUS, 0xf);
 
             // 16 writes of 4 KiB, each a 3-descriptor chain.
             let n = 16u64;
@@ -971,7 +960,7 @@ mod tests {
                 descs.push(linked(st, 1, WRITE, None));
             }
             q.add_desc_chains(&descs, 0).unwrap();
-            w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            t.write_reg(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
             // Wait for all completions (interrupts may coalesce).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
@@ -986,11 +975,11 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             assert_ne!(
-                r(&t, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_VRING,
+                t.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_VRING,
                 0
             );
-            w(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
-            assert_eq!(r(&t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+            t.write_reg(VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+            assert_eq!(t.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS), 0);
             for i in 0..n {
                 assert_eq!(
                     m.read_obj::<u8>(GuestAddress(DATA + 0x8000 + i)).unwrap(),
@@ -1001,8 +990,8 @@ mod tests {
                 assert!(got.iter().all(|&b| b == i as u8 + 1), "{kind:?} block {i}");
             }
             // Reset stops the queue thread and clears state.
-            w(&mut t, VIRTIO_MMIO_STATUS, 0);
-            assert_eq!(r(&t, VIRTIO_MMIO_STATUS), 0);
+            t.write_reg(VIRTIO_MMIO_STATUS, 0);
+            assert_eq!(t.read_reg(VIRTIO_MMIO_STATUS), 0);
         }
     }
 
@@ -1014,14 +1003,17 @@ mod tests {
         assert_ne!(dev.features() & (1 << VIRTIO_BLK_F_RO), 0);
         assert_eq!(dev.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
         let mut t = MmioTransport::new(m, Box::new(dev)).unwrap();
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
-        w(&mut t, VIRTIO_MMIO_STATUS, 0xb);
-        w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
-        w(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xffff_0000);
-        w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
-        w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        t.write_reg(VIRTIO_MMIO_STATUS, 0xb);
+        t.write_reg(VIRTIO_MMIO_QUEUE_NUM, 64);
+        t.write_reg(VIRTIO_MMIO_QUEUE_DESC_LOW, 0xffff_0000);
+        t.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
+        t.write_reg(VIRTIO_MMIO_STATUS, 0xf);
         // Activation refused: the device asks for a reset instead of touching bad memory.
-        assert_ne!(r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_ne!(
+            t.read_reg(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
     }
 }

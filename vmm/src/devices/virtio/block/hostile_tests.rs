@@ -489,48 +489,33 @@ const REGISTERS: [u32; 15] = [
     VIRTIO_MMIO_QUEUE_USED_HIGH,
 ];
 
-fn w(t: &mut MmioTransport, reg: u32, v: u32) {
-    t.write(u64::from(reg), &v.to_le_bytes());
-}
-
-fn r(t: &MmioTransport, reg: u32) -> u32 {
-    let mut b = [0; 4];
-    t.read(u64::from(reg), &mut b);
-    u32::from_le_bytes(b)
-}
-
 /// What a well-behaved driver does: negotiate every offered feature and set up queue 0 of
 /// [`SIZE`] at the usual ring addresses.
 fn bring_up(t: &mut MmioTransport) {
-    w(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    w(
-        t,
+    t.write_reg(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    t.write_reg(
         VIRTIO_MMIO_STATUS,
         VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
     );
     for sel in 0..2 {
-        w(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
-        let f = r(t, VIRTIO_MMIO_DEVICE_FEATURES);
-        w(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
-        w(t, VIRTIO_MMIO_DRIVER_FEATURES, f);
+        t.write_reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        let f = t.read_reg(VIRTIO_MMIO_DEVICE_FEATURES);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, f);
     }
     let negotiating =
         VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
-    w(t, VIRTIO_MMIO_STATUS, negotiating);
-    w(t, VIRTIO_MMIO_QUEUE_SEL, 0);
-    w(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(SIZE));
-    w(t, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
-    w(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-    w(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
-    w(t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-    w(t, VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
-    w(t, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-    w(t, VIRTIO_MMIO_QUEUE_READY, 1);
-    w(
-        t,
-        VIRTIO_MMIO_STATUS,
-        negotiating | VIRTIO_CONFIG_S_DRIVER_OK,
-    );
+    t.write_reg(VIRTIO_MMIO_STATUS, negotiating);
+    t.write_reg(VIRTIO_MMIO_QUEUE_SEL, 0);
+    t.write_reg(VIRTIO_MMIO_QUEUE_NUM, u32::from(SIZE));
+    t.write_reg(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
+    t.write_reg(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+    t.write_reg(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
+    t.write_reg(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+    t.write_reg(VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
+    t.write_reg(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+    t.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
+    t.write_reg(VIRTIO_MMIO_STATUS, negotiating | VIRTIO_CONFIG_S_DRIVER_OK);
 }
 
 /// One register write a hostile driver might make: a known register (or any offset) with a
@@ -541,9 +526,9 @@ fn random_write(t: &mut MmioTransport, m: &GuestMemoryMmap, rng: &mut SmallRng) 
         1 => {
             // Hostile chains behind the usual rings, and a kick.
             hostile_queue(m, DESC, start_index(rng), rng);
-            w(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            t.write_reg(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         }
-        2 => w(t, VIRTIO_MMIO_STATUS, 0),
+        2 => t.write_reg(VIRTIO_MMIO_STATUS, 0),
         3 => {
             // Any offset, config space included, any width.
             let off = rng.gen_range(0..0x140u64);
@@ -566,7 +551,7 @@ fn random_write(t: &mut MmioTransport, m: &GuestMemoryMmap, rng: &mut SmallRng) 
                 4 => u32::from(SIZE) << rng.gen_range(0..5),
                 _ => 0,
             };
-            w(t, reg, v);
+            t.write_reg(reg, v);
         }
     }
 }
@@ -602,12 +587,12 @@ fn random_register_writes_then_a_reset_leave_a_working_device() {
             random_write(&mut t, &m, &mut rng);
         }
         // A reset, then a driver that behaves: a write and a read back of 4 KiB.
-        w(&mut t, VIRTIO_MMIO_STATUS, 0);
+        t.write_reg(VIRTIO_MMIO_STATUS, 0);
         m.write_slice(&[0u8; 0x300], GuestAddress(0)).unwrap();
         bring_up(&mut t);
         let what = format!("seed {seed:#x}, round {round}, {workers} workers");
         assert_eq!(
-            r(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            t.read_reg(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
             0,
             "{what}"
         );
@@ -647,7 +632,7 @@ fn random_register_writes_then_a_reset_leave_a_working_device() {
                 Ordering::Release,
             )
             .unwrap();
-            w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            t.write_reg(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
             wait_used_idx(&m, i as u16 + 1, &what);
             assert_eq!(
                 m.read_obj::<u8>(GuestAddress(status + i)).unwrap(),
