@@ -77,7 +77,7 @@ fn wait(fds: &[(std::os::fd::RawFd, bool)]) -> std::io::Result<Vec<bool>> {
 }
 
 /// Feeds `input` to the guest through `serial`'s 64-byte FIFO as the guest empties it (told
-/// by `room`, or found on a look every [`POLL_MS`]), until the input ends and all of it is
+/// by `room`, or found on a look every `POLL_MS`, 100 ms), until the input ends and all of it is
 /// in, `stop` is set, or the escape byte comes: then `on_escape` runs at once, whatever the
 /// guest has read, and nothing after the escape is fed.
 pub fn feed_input(

@@ -1,11 +1,12 @@
 //! Randomized hostile drivers: descriptor tables, chains, headers and ring indices drawn at
 //! random (biased towards the edges: lengths around the header and sector sizes, addresses
 //! at and past the ends of memory regions, loops, links past the table, indirect flags),
-//! served through both ring paths ([`ring::Rings`] and `virtio_queue`'s accessors, taken when
-//! a ring straddles two regions). Whatever the guest writes, the device must not panic, must
-//! end every pass, must put only heads inside the table on the used ring, and must write guest
-//! memory only where a device-writable descriptor or the used ring allows it; and the fast
-//! path must do exactly what `virtio_queue`'s does with the same rings. The real device
+//! served through both ring paths ([`ring::Rings`], and [`ring::serve_through_queue`] with
+//! `virtio_queue`'s accessors, taken when a ring straddles two regions). Whatever the guest
+//! writes, the device must not panic, must end every pass, must put only heads inside the
+//! table on the used ring, and must write guest memory only where a device-writable
+//! descriptor or the used ring allows it; and the fast path must do exactly what the slow one
+//! does with the same rings. The real device
 //! (queue thread, workers) behind its MMIO registers takes random register writes too, and
 //! must work for a well-behaved driver after a reset.
 
