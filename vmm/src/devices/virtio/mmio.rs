@@ -95,6 +95,52 @@ impl MmioTransport {
         self.write(u64::from(reg), &v.to_le_bytes());
     }
 
+    /// What a well-behaved driver does to start the device (tests and benchmarks): negotiate
+    /// every offered feature, set up queue 0 of `size` entries with its rings at `desc`,
+    /// `avail` and `used`, and say DRIVER_OK. Returns the device status read back after it.
+    #[cfg(any(test, feature = "bench-utils"))]
+    pub fn start_as_driver(&mut self, size: u16, desc: u64, avail: u64, used: u64) -> u32 {
+        let negotiating =
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        self.write_reg(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        self.write_reg(
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        for sel in 0..2 {
+            self.write_reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+            let f = self.read_reg(VIRTIO_MMIO_DEVICE_FEATURES);
+            self.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+            self.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, f);
+        }
+        self.write_reg(VIRTIO_MMIO_STATUS, negotiating);
+        self.write_reg(VIRTIO_MMIO_QUEUE_SEL, 0);
+        self.write_reg(VIRTIO_MMIO_QUEUE_NUM, u32::from(size));
+        for (low, high, addr) in [
+            (
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                VIRTIO_MMIO_QUEUE_DESC_HIGH,
+                desc,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+                avail,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_USED_LOW,
+                VIRTIO_MMIO_QUEUE_USED_HIGH,
+                used,
+            ),
+        ] {
+            self.write_reg(low, addr as u32);
+            self.write_reg(high, (addr >> 32) as u32);
+        }
+        self.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
+        self.write_reg(VIRTIO_MMIO_STATUS, negotiating | VIRTIO_CONFIG_S_DRIVER_OK);
+        self.read_reg(VIRTIO_MMIO_STATUS)
+    }
+
     /// A driver read of `data.len()` bytes at `offset` into the window.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {

@@ -473,22 +473,7 @@ fn write_desc(
 /// Negotiates every offered feature and sets up the queue, as Linux's driver would.
 fn activate(mem: &GuestMemoryMmap, dev: Block) -> Result<MmioTransport> {
     let mut t = MmioTransport::new(mem.clone(), Box::new(dev))?;
-    t.write_reg(VIRTIO_MMIO_STATUS, 3);
-    for sel in 0..2 {
-        t.write_reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
-        let f = t.read_reg(VIRTIO_MMIO_DEVICE_FEATURES);
-        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
-        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, f);
-    }
-    t.write_reg(VIRTIO_MMIO_STATUS, 0xb);
-    t.write_reg(VIRTIO_MMIO_QUEUE_SEL, 0);
-    t.write_reg(VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
-    t.write_reg(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
-    t.write_reg(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
-    t.write_reg(VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
-    t.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
-    t.write_reg(VIRTIO_MMIO_STATUS, 0xf);
-    match t.read_reg(VIRTIO_MMIO_STATUS) {
+    match t.start_as_driver(QUEUE_SIZE, DESC, AVAIL, USED) {
         0xf => Ok(t),
         s => Err(Error::Queue(format!(
             "device status {s:#x} after DRIVER_OK"

@@ -490,40 +490,18 @@ const REGISTERS: [u32; 15] = [
     VIRTIO_MMIO_QUEUE_USED_HIGH,
 ];
 
-/// What a well-behaved driver does: negotiate every offered feature and set up queue 0 of
-/// [`SIZE`] at the usual ring addresses.
-fn bring_up(t: &mut MmioTransport) {
-    t.write_reg(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    t.write_reg(
-        VIRTIO_MMIO_STATUS,
-        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
-    );
-    for sel in 0..2 {
-        t.write_reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
-        let f = t.read_reg(VIRTIO_MMIO_DEVICE_FEATURES);
-        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
-        t.write_reg(VIRTIO_MMIO_DRIVER_FEATURES, f);
-    }
-    let negotiating =
-        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
-    t.write_reg(VIRTIO_MMIO_STATUS, negotiating);
-    t.write_reg(VIRTIO_MMIO_QUEUE_SEL, 0);
-    t.write_reg(VIRTIO_MMIO_QUEUE_NUM, u32::from(SIZE));
-    t.write_reg(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
-    t.write_reg(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-    t.write_reg(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
-    t.write_reg(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-    t.write_reg(VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
-    t.write_reg(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-    t.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
-    t.write_reg(VIRTIO_MMIO_STATUS, negotiating | VIRTIO_CONFIG_S_DRIVER_OK);
+/// What a well-behaved driver does, with queue 0 of [`SIZE`] at the usual ring addresses.
+fn bring_up(t: &mut MmioTransport) -> u32 {
+    t.start_as_driver(SIZE, DESC, AVAIL, USED)
 }
 
 /// One register write a hostile driver might make: a known register (or any offset) with a
 /// value that is often meaningful there (a status bit, a ring address, a queue size).
 fn random_write(t: &mut MmioTransport, m: &GuestMemoryMmap, rng: &mut SmallRng) {
     match rng.gen_range(0..12) {
-        0 => bring_up(t),
+        0 => {
+            bring_up(t);
+        }
         1 => {
             // Hostile chains behind the usual rings, and a kick.
             hostile_queue(m, DESC, start_index(rng), rng);
@@ -590,13 +568,9 @@ fn random_register_writes_then_a_reset_leave_a_working_device() {
         // A reset, then a driver that behaves: a write and a read back of 4 KiB.
         t.write_reg(VIRTIO_MMIO_STATUS, 0);
         m.write_slice(&[0u8; 0x300], GuestAddress(0)).unwrap();
-        bring_up(&mut t);
+        let status = bring_up(&mut t);
         let what = format!("seed {seed:#x}, round {round}, {workers} workers");
-        assert_eq!(
-            t.read_reg(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
-            0,
-            "{what}"
-        );
+        assert_eq!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0, "{what}");
         let pattern: Vec<u8> = (0..4096u32)
             .map(|i| (i * 31 + round as u32) as u8)
             .collect();
