@@ -34,6 +34,8 @@
 //! - `TARN_BENCH_OPS` (default `200000`): requests in each random 4 KiB test;
 //! - `TARN_BENCH_SEQ_OPS` (default `1024`): requests in each sequential 1 MiB test (wrapping
 //!   around the disk);
+//! - `TARN_BENCH_TESTS` (default: all): the tests to run, by name, comma-separated (e.g.
+//!   `4K randread,1M seqread`);
 //! - `TARN_BENCH_QD` (default `32`): requests per kick (and buffers of every path);
 //! - `TARN_BENCH_ROUNDS` (default `3`): each path runs this often per test, in rotating order;
 //!   the median is reported;
@@ -66,6 +68,8 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 const SMALL: u32 = 4096;
 const TARGET: f64 = 0.9;
 const PATHS: [&str; 4] = ["direct", "inline", "dev w0", "dev w4"];
+/// The tests of each backend, in the order they run.
+const TESTS: [&str; 4] = ["4K randread", "4K randwrite", "1M seqread", "1M seqwrite"];
 
 struct Opts {
     size: u64,
@@ -75,6 +79,8 @@ struct Opts {
     qd: usize,
     rounds: usize,
     spin_us: u64,
+    /// Test names to run; empty: all.
+    tests: Vec<String>,
     pipeline: Pipeline,
 }
 
@@ -88,6 +94,12 @@ fn main() -> Res<()> {
         qd: var("TARN_BENCH_QD", "32").parse::<usize>()?.clamp(1, 64),
         rounds: var("TARN_BENCH_ROUNDS", "3").parse::<usize>()?.max(1),
         spin_us: var("TARN_BENCH_SPIN_US", "0").parse()?,
+        tests: var("TARN_BENCH_TESTS", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
         pipeline: match var("TARN_BENCH_DRIVER", "linux").as_str() {
             "linux" => Pipeline::Linux,
             "half" => Pipeline::Half,
@@ -95,6 +107,13 @@ fn main() -> Res<()> {
             other => return Err(format!("TARN_BENCH_DRIVER={other}: linux, half or batch").into()),
         },
     };
+    if let Some(t) = o.tests.iter().find(|t| !TESTS.contains(&t.as_str())) {
+        return Err(format!(
+            "TARN_BENCH_TESTS: no test {t:?} (tests: {})",
+            TESTS.join(", ")
+        )
+        .into());
+    }
     let tmp = tempfile::Builder::new()
         .prefix("tarn-vmm-blk-")
         .tempdir_in(&o.dir)?;
@@ -218,10 +237,10 @@ fn bench_backend(name: &'static str, backend: &Arc<dyn BlockBackend>, o: &Opts) 
         .collect();
     let seq: Vec<u64> = (0..o.seq_ops).map(|i| i % (o.size / MIB) * MIB).collect();
     let tests: [(&str, bool, u32, &[u64]); 4] = [
-        ("4K randread", false, SMALL, &offsets),
-        ("4K randwrite", true, SMALL, &offsets),
-        ("1M seqread", false, MIB as u32, &seq),
-        ("1M seqwrite", true, MIB as u32, &seq),
+        (TESTS[0], false, SMALL, &offsets),
+        (TESTS[1], true, SMALL, &offsets),
+        (TESTS[2], false, MIB as u32, &seq),
+        (TESTS[3], true, MIB as u32, &seq),
     ];
 
     let disk = Arc::new(Disk::new(backend.clone(), false));
@@ -241,6 +260,9 @@ fn bench_backend(name: &'static str, backend: &Arc<dyn BlockBackend>, o: &Opts) 
 
     let mut rows = Vec::new();
     for (test, write, len, offs) in tests {
+        if !o.tests.is_empty() && !o.tests.iter().any(|t| t == test) {
+            continue;
+        }
         eprintln!("  [{name}] {test}");
         let ops: Vec<Op> = offs
             .iter()

@@ -29,12 +29,26 @@ pub const MAX_DEPTH: usize = QUEUE_SIZE as usize / 3;
 const DESC: u64 = 0;
 const AVAIL: u64 = 0x1000;
 const USED: u64 = 0x2000;
-const HEADERS: u64 = 0x3000;
-const STATUS: u64 = 0x4000;
+/// Each slot's request header and status byte, together in a cache line of their own, as
+/// Linux's `struct virtblk_req` (a per-request allocation) keeps them.
+const REQUESTS: u64 = 0x3000;
+/// Bytes per slot at [`REQUESTS`]: the 16-byte header, then the status byte.
+const REQUEST_LEN: u64 = 64;
+const _: () = assert!(REQUESTS + MAX_DEPTH as u64 * REQUEST_LEN <= DATA);
 const DATA: u64 = 0x1_0000;
 /// `VRING_DESC_F_NEXT`, `VRING_DESC_F_WRITE`.
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
+
+/// Guest address of slot `slot`'s request header.
+fn header(slot: u64) -> u64 {
+    REQUESTS + slot * REQUEST_LEN
+}
+
+/// Guest address of slot `slot`'s status byte, right behind its header.
+fn status(slot: u64) -> u64 {
+    header(slot) + u64::from(HEADER_LEN)
+}
 
 /// One read or write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,12 +220,12 @@ impl Driver {
             wr(write_desc(
                 &mem,
                 d,
-                HEADERS + i * 16,
+                header(i),
                 HEADER_LEN,
                 NEXT,
                 3 * i as u16 + 1,
             ))?;
-            wr(write_desc(&mem, d + 32, STATUS + i, 1, WRITE, 0))?;
+            wr(write_desc(&mem, d + 32, status(i), 1, WRITE, 0))?;
         }
         let served = match mode {
             Mode::Inline => {
@@ -300,8 +314,8 @@ impl Driver {
         let mut hdr = [0u8; 16];
         hdr[..4].copy_from_slice(&kind.to_le_bytes());
         hdr[8..].copy_from_slice(&(op.offset / 512).to_le_bytes());
-        wr(mem.write_obj(hdr, GuestAddress(HEADERS + i64 * 16)))?;
-        wr(mem.write_obj(0xffu8, GuestAddress(STATUS + i64)))?;
+        wr(mem.write_obj(hdr, GuestAddress(header(i64))))?;
+        wr(mem.write_obj(0xffu8, GuestAddress(status(i64))))?;
         let data = DATA + i64 * u64::from(self.buf_len);
         let flags = NEXT | if op.write { 0 } else { WRITE };
         let d = DESC + i64 * 48 + 16;
@@ -390,7 +404,7 @@ impl Driver {
                 let slot = (u32::from_le(head) / 3) as usize;
                 let status: u8 = self
                     .mem
-                    .read_obj(GuestAddress(STATUS + slot as u64))
+                    .read_obj(GuestAddress(status(slot as u64)))
                     .map_err(|e| Error::Memory(e.to_string()))?;
                 if slot >= self.depth || status != 0 {
                     return Err(Error::Queue(format!("slot {slot}: status {status}")));
@@ -423,7 +437,7 @@ impl Driver {
         for i in 0..batch.len() as u64 {
             let s: u8 = self
                 .mem
-                .read_obj(GuestAddress(STATUS + i))
+                .read_obj(GuestAddress(status(i)))
                 .map_err(|e| Error::Memory(e.to_string()))?;
             if s != 0 {
                 return Err(Error::Queue(format!("request {i}: status {s}")));
