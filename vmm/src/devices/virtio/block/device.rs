@@ -434,13 +434,15 @@ impl QueueServer {
                 pace,
                 popped,
             } => {
+                // One region cache for the whole pass, as `ring::Rings::serve`.
+                let mut look = request::Lookup::new(mem);
                 let next_avail = {
                     let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = q.disable_notification(mem);
                     if let Some(rings) = ring::Rings::new(mem, &q) {
                         let rings = rings.stopping_at(&self.stopping);
                         rings.pop_each(&mut q, |head, chain| {
-                            popped.push((head, request::parse(mem, chain)));
+                            popped.push((head, request::parse_in(&mut look, chain)));
                         });
                     } else {
                         // At most a queue size of chains per pass, as `Rings::pop_each`.
@@ -460,15 +462,22 @@ impl QueueServer {
                 // Chains this thread completed since the driver's wishes were last looked at
                 // (every `NOTIFY_BATCH`, and at the end, as `ring::Rings::serve`).
                 let mut quiet = 0;
+                // The end of the last request this thread ran, while it runs them one after
+                // another: the next one's start for `Pace`.
+                let mut since = None;
                 for (head, parsed) in popped.drain(..) {
                     if self.stopping.load(Ordering::Acquire) {
                         // Reset: the rest is dropped with the rings.
                         continue;
                     }
+                    let ran_last = since.take();
                     match parsed {
                         Err(e) => complete(ctx, queue, head, request::fail_parse(mem, e)),
                         Ok(req) if pace.inline() && Pace::may_inline(&req) => {
-                            let used = pace.execute(&req, mem, &ctx.disk, ctx.neg);
+                            let start = ran_last.unwrap_or_else(Instant::now);
+                            let (used, end) =
+                                pace.execute_from(&req, &mut look, &ctx.disk, ctx.neg, start);
+                            since = Some(end);
                             let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                             if put_used(ctx, &mut q, head, used) {
                                 quiet += 1;
