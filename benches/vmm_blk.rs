@@ -85,6 +85,10 @@ struct Opts {
 }
 
 fn main() -> Res<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let o = Opts {
         size: (parse_size(&var("TARN_BENCH_SIZE", "256M"))? / MIB).max(1) * MIB,

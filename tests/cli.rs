@@ -34,7 +34,7 @@ fn pool_create_list_status_and_json() {
 
     let st = env.run(["pool", "status", "tank", "--json"]).json();
     assert_eq!(st["name"], "tank");
-    assert_eq!(st["version"], 2);
+    assert_eq!(st["version"], pool::phys::FORMAT_VERSION);
     assert_eq!(st["size"], 128u64 << 20);
     assert!(st["txg"].as_u64().expect("txg") >= 1);
     assert!(st["allocated"].as_u64().is_some());
@@ -48,13 +48,14 @@ fn pool_create_list_status_and_json() {
 
     let human = env.run(["pool", "status", "tank"]);
     let human = human.ok();
+    let format = format!("format: version {}", pool::phys::FORMAT_VERSION);
     for k in [
         "pool: tank",
         "size:",
         "allocated:",
         "free:",
         "txg:",
-        "format: version 2",
+        format.as_str(),
     ] {
         assert!(human.contains(k), "{human}");
     }

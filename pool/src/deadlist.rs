@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::phys::{
-    decode_deadlist_block, encode_deadlist_block, BlockPtr, DeadEntry, DEADLIST_MAX_ENTRIES,
+    decode_deadlist_block, encode_deadlist_block, BlockPtr, DeadEntry, DEADLIST_WRITE_ENTRIES,
 };
 
 /// A deadlist: a persisted chain plus entries not yet written.
@@ -47,7 +47,7 @@ impl Deadlist {
 
     /// Writes pending entries as new chain blocks. `write` places a block.
     pub fn persist(&mut self, mut write: impl FnMut(&[u8]) -> Result<BlockPtr>) -> Result<()> {
-        for chunk in std::mem::take(&mut self.pending).chunks(DEADLIST_MAX_ENTRIES) {
+        for chunk in std::mem::take(&mut self.pending).chunks(DEADLIST_WRITE_ENTRIES) {
             self.head = write(&encode_deadlist_block(&self.head, chunk))?;
             self.count = self.count.saturating_add(chunk.len() as u64);
         }

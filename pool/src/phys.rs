@@ -7,7 +7,7 @@ use twox_hash::XxHash3_128;
 /// Allocation unit and alignment of everything on disk.
 pub const SECTOR: u64 = 4096;
 /// The only pool format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Label magic, at byte 0 of the device and of the backup label.
 pub const LABEL_MAGIC: [u8; 8] = *b"TARNPOOL";
 /// Uberblock magic.
@@ -16,6 +16,8 @@ pub const UBER_MAGIC: [u8; 8] = *b"TARNUBER";
 pub const META_MAGIC: [u8; 8] = *b"TARNMETA";
 /// Magic of a directory leaf block.
 pub const DIR_LEAF_MAGIC: [u8; 8] = *b"TARNDIRL";
+/// Magic of a deferred-free list block.
+pub const DEFERRED_MAGIC: [u8; 8] = *b"TARNDEFR";
 /// Dataset IDs per directory leaf: leaf `i` holds the datasets with `id / DIR_LEAF_IDS == i`,
 /// so a commit rewrites only the leaves whose datasets changed.
 pub const DIR_LEAF_IDS: u64 = 64;
@@ -539,6 +541,9 @@ pub const DEADLIST_MAX_BYTES: u64 = 65536;
 /// Entries per deadlist block at most.
 pub const DEADLIST_MAX_ENTRIES: usize =
     (DEADLIST_MAX_BYTES as usize - DEADLIST_HEADER) / DeadEntry::SIZE;
+/// Entries per deadlist block this build writes: blocks as long as an indirect block, which a
+/// fragmented pool places as readily (longer ones, up to [`DEADLIST_MAX_BYTES`], are read).
+pub const DEADLIST_WRITE_ENTRIES: usize = (INDIRECT_SIZE - DEADLIST_HEADER) / DeadEntry::SIZE;
 
 /// Encodes a deadlist block holding `entries` and linking to the older block `prev`.
 pub fn encode_deadlist_block(prev: &BlockPtr, entries: &[DeadEntry]) -> Vec<u8> {
@@ -571,7 +576,10 @@ pub fn decode_deadlist_block(b: &[u8]) -> Result<(BlockPtr, Vec<DeadEntry>)> {
     Ok((prev, out))
 }
 
-/// The meta block: everything the uberblock roots.
+/// The meta block: everything the uberblock roots. Its size follows the number of directory
+/// leaves (one per 64 dataset IDs), not the pool's activity: the deferred frees, which random
+/// overwrites multiply, live in a chain of small blocks ([`encode_deferred_block`]), so no
+/// commit needs a long free run that a fragmented pool may not have.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MetaPhys {
     /// The txg that wrote it.
@@ -580,8 +588,10 @@ pub struct MetaPhys {
     pub next_dataset_id: u64,
     /// The dataset directory: (leaf index, leaf block), sorted by index; empty leaves absent.
     pub leaves: Vec<(u64, BlockPtr)>,
-    /// Blocks freed in recent txgs, not yet reusable: (txg, [(first sector, sectors)]).
-    pub deferred: Vec<(u64, Vec<(u64, u32)>)>,
+    /// Extents in the deferred-free chain.
+    pub deferred_count: u64,
+    /// Newest block of the deferred-free chain (hole when nothing is deferred).
+    pub deferred_head: BlockPtr,
 }
 
 impl MetaPhys {
@@ -594,15 +604,11 @@ impl MetaPhys {
             .u64(self.txg)
             .u64(self.next_dataset_id)
             .u32(self.leaves.len() as u32)
-            .u32(self.deferred.len() as u32);
+            .u32(0)
+            .u64(self.deferred_count)
+            .ptr(&self.deferred_head);
         for (index, ptr) in &self.leaves {
             e.u64(*index).ptr(ptr);
-        }
-        for (txg, extents) in &self.deferred {
-            e.u64(*txg).u32(extents.len() as u32);
-            for (s, n) in extents {
-                e.u64(*s).u32(*n);
-            }
         }
         let mut b = e.0;
         b.resize(b.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
@@ -625,7 +631,9 @@ impl MetaPhys {
         let txg = d.u64()?;
         let next_dataset_id = d.u64()?;
         let nleaves = d.u32()?;
-        let ndef = d.u32()?;
+        d.u32()?;
+        let deferred_count = d.u64()?;
+        let deferred_head = d.ptr()?;
         let mut leaves = Vec::with_capacity(nleaves.min(1 << 16) as usize);
         for _ in 0..nleaves {
             leaves.push((d.u64()?, d.ptr()?));
@@ -635,23 +643,95 @@ impl MetaPhys {
                 "meta block: directory leaves out of order".into(),
             ));
         }
-        let mut deferred = Vec::new();
-        for _ in 0..ndef {
-            let t = d.u64()?;
-            let n = d.u32()?;
-            let mut ex = Vec::new();
-            for _ in 0..n {
-                ex.push((d.u64()?, d.u32()?));
-            }
-            deferred.push((t, ex));
-        }
         Ok(MetaPhys {
             txg,
             next_dataset_id,
             leaves,
-            deferred,
+            deferred_count,
+            deferred_head,
         })
     }
+}
+
+/// One deferred free: an extent freed by a txg, allocatable once that txg is old enough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeferredFree {
+    /// The txg that freed it.
+    pub txg: u64,
+    /// First sector.
+    pub sector: u64,
+    /// Sectors.
+    pub sectors: u32,
+}
+
+impl DeferredFree {
+    /// Encoded size.
+    pub const SIZE: usize = 20;
+}
+
+/// Header bytes of a deferred-free block: magic, version, count, txg, older block, reserved.
+pub const DEFERRED_HEADER: usize = 64;
+/// Bytes of a deferred-free block at most: as long as an indirect block, so that a commit
+/// that can place those can place these.
+pub const DEFERRED_MAX_BYTES: u64 = INDIRECT_SIZE as u64;
+/// Entries per deferred-free block at most.
+pub const DEFERRED_MAX_ENTRIES: usize =
+    (DEFERRED_MAX_BYTES as usize - DEFERRED_HEADER) / DeferredFree::SIZE;
+
+/// Encodes a block of the deferred-free chain that txg `txg` writes: `entries` (at most
+/// [`DEFERRED_MAX_ENTRIES`]), linking to the older block `prev`.
+pub fn encode_deferred_block(txg: u64, prev: &BlockPtr, entries: &[DeferredFree]) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.bytes(&DEFERRED_MAGIC)
+        .u32(FORMAT_VERSION)
+        .u32(entries.len() as u32)
+        .u64(txg)
+        .ptr(prev)
+        .bytes(&[0; DEFERRED_HEADER - 56]);
+    for f in entries {
+        e.u64(f.txg).u64(f.sector).u32(f.sectors);
+    }
+    let mut b = e.0;
+    b.resize(b.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+    b
+}
+
+/// Decodes a deferred-free block written by txg `txg` whose checksum already verified:
+/// (older block, entries).
+pub fn decode_deferred_block(b: &[u8], txg: u64) -> Result<(BlockPtr, Vec<DeferredFree>)> {
+    let mut d = Dec::new(b, "deferred-free block");
+    if d.take(8)? != DEFERRED_MAGIC {
+        return Err(Error::Corrupt("deferred-free block has a bad magic".into()));
+    }
+    let version = d.u32()?;
+    if version != FORMAT_VERSION {
+        return Err(Error::Corrupt(format!(
+            "deferred-free block has unknown version {version}"
+        )));
+    }
+    let n = d.u32()? as usize;
+    let written = d.u64()?;
+    if written != txg {
+        return Err(Error::Corrupt(format!(
+            "deferred-free block of txg {written} in the chain of txg {txg}"
+        )));
+    }
+    let prev = d.ptr()?;
+    d.take(DEFERRED_HEADER - 56)?;
+    if n > DEFERRED_MAX_ENTRIES {
+        return Err(Error::Corrupt(format!(
+            "deferred-free block claims {n} entries"
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(DeferredFree {
+            txg: d.u64()?,
+            sector: d.u64()?,
+            sectors: d.u32()?,
+        });
+    }
+    Ok((prev, out))
 }
 
 /// Encodes directory leaf `index` holding `datasets` (sorted by ID, each with
@@ -866,6 +946,43 @@ mod tests {
     }
 
     #[test]
+    fn deferred_free_blocks_round_trip_and_refuse_strangers() {
+        let prev = BlockPtr {
+            sector: 40,
+            sectors: 4,
+            birth: 6,
+            checksum: 9,
+        };
+        let f = |i: u64| DeferredFree {
+            txg: 3 + i % 2,
+            sector: 1000 + 8 * i,
+            sectors: 8,
+        };
+        let full: Vec<DeferredFree> = (0..DEFERRED_MAX_ENTRIES as u64).map(f).collect();
+        let b = encode_deferred_block(7, &prev, &full);
+        assert_eq!(
+            b.len() as u64,
+            DEFERRED_MAX_BYTES,
+            "a full block fits the limit"
+        );
+        assert_eq!(decode_deferred_block(&b, 7).unwrap(), (prev, full));
+        let b = encode_deferred_block(7, &BlockPtr::HOLE, &[f(1)]);
+        assert_eq!(b.len(), SECTOR as usize);
+        assert_eq!(
+            decode_deferred_block(&b, 7).unwrap(),
+            (BlockPtr::HOLE, vec![f(1)])
+        );
+        // Another txg's block (a stale chain), a bad magic, an absurd count.
+        assert!(decode_deferred_block(&b, 8).is_err());
+        let mut bad = b.clone();
+        bad[0] ^= 1;
+        assert!(decode_deferred_block(&bad, 7).is_err());
+        let mut bad = b;
+        bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_deferred_block(&bad, 7).is_err());
+    }
+
+    #[test]
     fn meta_and_directory_leaves_round_trip() {
         let leaf = BlockPtr {
             sector: 300,
@@ -877,7 +994,8 @@ mod tests {
             txg: 3,
             next_dataset_id: 9,
             leaves: vec![(0, leaf), (5, leaf)],
-            deferred: vec![(2, vec![(50, 4), (70, 1)])],
+            deferred_count: 2,
+            deferred_head: leaf,
         };
         assert_eq!(MetaPhys::decode(&m.encode()).unwrap(), m);
         let d = DatasetPhys {

@@ -7,8 +7,9 @@ use crate::error::{Error, Result};
 use crate::lock::{lock_exclusive, LockError};
 use crate::names::check_pool_name;
 use crate::phys::{
-    checksum, decode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys, LabelPhys, MetaPhys,
-    UberblockPhys, LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
+    checksum, decode_deferred_block, decode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
+    DeferredFree, LabelPhys, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, DEFERRED_MAX_ENTRIES,
+    LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
 };
 use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
@@ -98,9 +99,20 @@ pub(crate) struct DatasetEntry {
 pub(crate) struct CommitState {
     pub txg: u64,
     pub meta: BlockPtr,
+    /// The blocks of the committed deferred-free chain (the next commit frees them).
+    pub deferred_blocks: Vec<BlockPtr>,
     /// The committed directory leaves, by index.
     pub leaves: BTreeMap<u64, BlockPtr>,
     pub next_id: u64,
+}
+
+/// A committed deferred-free chain, as read at open.
+#[derive(Default)]
+struct DeferredChain {
+    /// Its entries, oldest first.
+    frees: Vec<DeferredFree>,
+    /// Its blocks, newest first.
+    blocks: Vec<BlockPtr>,
 }
 
 /// State shared by the pool handle, volume handles and the sync thread.
@@ -601,6 +613,7 @@ impl Pool {
             CommitState {
                 txg: 0,
                 meta: BlockPtr::HOLE,
+                deferred_blocks: Vec::new(),
                 leaves: BTreeMap::new(),
                 next_id: 1,
             },
@@ -633,8 +646,8 @@ impl Pool {
         let mut last_err = None;
         for ub in &ubs {
             match Self::load_meta(dev.as_ref(), &label, ub) {
-                Ok((meta, datasets)) => {
-                    return Self::open_at(dev.clone(), label, *ub, meta, datasets, config)
+                Ok((meta, datasets, deferred)) => {
+                    return Self::open_at(dev.clone(), label, *ub, meta, datasets, deferred, config)
                 }
                 Err(e) => {
                     tracing::warn!(pool = %label.name, txg = ub.txg, error = %e, "skipping uberblock");
@@ -653,12 +666,13 @@ impl Pool {
         })
     }
 
-    /// Reads and verifies the meta block `ub` roots and its directory leaves.
+    /// Reads and verifies the meta block `ub` roots, its directory leaves and its
+    /// deferred-free chain.
     fn load_meta(
         dev: &dyn Device,
         label: &LabelPhys,
         ub: &UberblockPhys,
-    ) -> Result<(MetaPhys, Vec<DatasetPhys>)> {
+    ) -> Result<(MetaPhys, Vec<DatasetPhys>, DeferredChain)> {
         let read_verified = |p: &BlockPtr, what: &str| -> Result<Vec<u8>> {
             if p.is_hole()
                 || p.offset() < label.data_offset
@@ -692,7 +706,34 @@ impl Pool {
             let b = read_verified(p, &format!("directory leaf {index}"))?;
             datasets.extend(decode_dir_leaf(&b, *index)?);
         }
-        Ok((meta, datasets))
+        // Newest block first; each links to the one written before it.
+        let mut chain = DeferredChain::default();
+        let mut newest_first = Vec::new();
+        let most = meta.deferred_count.div_ceil(DEFERRED_MAX_ENTRIES as u64);
+        let mut at = meta.deferred_head;
+        while !at.is_hole() {
+            if chain.blocks.len() as u64 >= most || at.byte_len() > DEFERRED_MAX_BYTES {
+                return Err(Error::Corrupt(format!(
+                    "the deferred-free chain of txg {} is longer than its {} entries need (a loop?)",
+                    ub.txg, meta.deferred_count
+                )));
+            }
+            let b = read_verified(&at, "deferred-free block")?;
+            let (prev, entries) = decode_deferred_block(&b, ub.txg)?;
+            chain.blocks.push(at);
+            newest_first.push(entries);
+            at = prev;
+        }
+        chain.frees = newest_first.into_iter().rev().flatten().collect();
+        if chain.frees.len() as u64 != meta.deferred_count {
+            return Err(Error::Corrupt(format!(
+                "the deferred-free chain of txg {} holds {} entries, its meta block says {}",
+                ub.txg,
+                chain.frees.len(),
+                meta.deferred_count
+            )));
+        }
+        Ok((meta, datasets, chain))
     }
 
     fn open_at(
@@ -701,6 +742,7 @@ impl Pool {
         ub: UberblockPhys,
         meta: MetaPhys,
         datasets_phys: Vec<DatasetPhys>,
+        deferred: DeferredChain,
         config: PoolConfig,
     ) -> Result<Pool> {
         let mut sm = SpaceMap::new(label.size / SECTOR, label.data_offset / SECTOR);
@@ -713,9 +755,9 @@ impl Pool {
             intact &= sm.load_chunk(c as u64, b, ub.txg, label.guid);
         }
         sm.recount();
-        if !sm.set_deferred(&meta.deferred, intact) {
+        if !sm.set_deferred(&deferred.frees, intact) {
             return Err(Error::Corrupt(format!(
-                "{}: the meta block of txg {} lists a deferred free outside the pool's data area, \
+                "{}: the deferred-free chain of txg {} lists a free outside the pool's data area, \
                  overlapping another, or not allocated in its space map",
                 dev.describe(),
                 ub.txg
@@ -797,6 +839,7 @@ impl Pool {
         let state = CommitState {
             txg: ub.txg,
             meta: ub.root,
+            deferred_blocks: deferred.blocks,
             leaves: meta.leaves.iter().copied().collect(),
             next_id: meta.next_dataset_id,
         };

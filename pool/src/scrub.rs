@@ -202,6 +202,13 @@ impl Pool {
         };
         let pool_name = self.name().to_string();
         w.claim(&pool_name, &cs.meta);
+        for (i, p) in cs.deferred_blocks.iter().enumerate() {
+            w.claim(&pool_name, p);
+            let mut buf = vec![0u8; p.byte_len() as usize];
+            if let Err(e) = sh.read_block(p, &mut buf, &|| format!("deferred-free block {i}")) {
+                w.err(&pool_name, None, e.to_string());
+            }
+        }
         let leaves: Vec<(u64, BlockPtr)> = cs.leaves.iter().map(|(&i, &p)| (i, p)).collect();
         for (index, p) in leaves {
             w.claim(&pool_name, &p);

@@ -11,7 +11,7 @@
 //! the txgs that wrote it.
 
 use crate::phys::{
-    checksum, Enc, SECTOR, SPACEMAP_BITS_PER_CHUNK, SPACEMAP_HEADER, SPACEMAP_MAGIC,
+    checksum, DeferredFree, Enc, SECTOR, SPACEMAP_BITS_PER_CHUNK, SPACEMAP_HEADER, SPACEMAP_MAGIC,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -383,25 +383,35 @@ impl SpaceMap {
         }
     }
 
-    /// The pending frees, for the meta block.
-    pub fn deferred(&self) -> Vec<(u64, Vec<(u64, u32)>)> {
-        self.deferred
-            .iter()
-            .map(|(t, v)| (*t, v.iter().map(|e| (e.start, e.len as u32)).collect()))
-            .collect()
+    /// The pending frees, oldest txg first, for the deferred-free chain (an extent longer
+    /// than 2^32 - 1 sectors as several).
+    pub fn deferred(&self) -> Vec<DeferredFree> {
+        let mut out = Vec::new();
+        for (&txg, extents) in &self.deferred {
+            for e in extents {
+                let (mut start, mut left) = (e.start, e.len);
+                while left > 0 {
+                    let sectors = left.min(u64::from(u32::MAX)) as u32;
+                    out.push(DeferredFree {
+                        txg,
+                        sector: start,
+                        sectors,
+                    });
+                    start += u64::from(sectors);
+                    left -= u64::from(sectors);
+                }
+            }
+        }
+        out
     }
 
-    /// Restores the pending frees from a meta block.
+    /// Restores the pending frees from the deferred-free chain.
     /// False, changing nothing, if an extent lies outside the data area, overlaps another,
     /// or (with `loaded`, the map as written by the same txg) is not allocated in the map,
-    /// as every pending free is until its release: a damaged or crafted meta block, whose
+    /// as every pending free is until its release: a damaged or crafted chain, whose
     /// release would index past the map or free a sector twice.
-    pub fn set_deferred(&mut self, d: &[(u64, Vec<(u64, u32)>)], loaded: bool) -> bool {
-        let mut all: Vec<(u64, u64)> = d
-            .iter()
-            .flat_map(|(_, v)| v)
-            .map(|&(s, n)| (s, u64::from(n)))
-            .collect();
+    pub fn set_deferred(&mut self, d: &[DeferredFree], loaded: bool) -> bool {
+        let mut all: Vec<(u64, u64)> = d.iter().map(|f| (f.sector, u64::from(f.sectors))).collect();
         all.sort_unstable();
         if !all
             .iter()
@@ -410,20 +420,14 @@ impl SpaceMap {
         {
             return false;
         }
-        self.deferred = d
-            .iter()
-            .map(|(t, v)| {
-                (
-                    *t,
-                    v.iter()
-                        .map(|&(s, n)| Extent {
-                            start: s,
-                            len: u64::from(n),
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
+        let mut deferred: BTreeMap<u64, Vec<Extent>> = BTreeMap::new();
+        for f in d {
+            deferred.entry(f.txg).or_default().push(Extent {
+                start: f.sector,
+                len: u64::from(f.sectors),
+            });
+        }
+        self.deferred = deferred;
         true
     }
 
@@ -605,7 +609,14 @@ mod tests {
         sm.free_now(p, 4);
         sm.free_deferred(5, a, 60);
         sm.free_deferred(5, a + 60, 40);
-        assert_eq!(sm.deferred(), vec![(5, vec![(a, 100)])]);
+        assert_eq!(
+            sm.deferred(),
+            vec![DeferredFree {
+                txg: 5,
+                sector: a,
+                sectors: 100
+            }]
+        );
         assert_eq!(sm.allocated(), 200);
         assert!(sm.take_released(4).is_empty());
         let released = sm.take_released(5);

@@ -12,8 +12,9 @@
 
 use crate::error::{Error, Result};
 use crate::phys::{
-    checksum, encode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys, MetaPhys, UberblockPhys,
-    DIR_LEAF_IDS, RING_OFFSET, RING_SLOTS, SECTOR,
+    checksum, encode_deferred_block, encode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
+    DeferredFree, MetaPhys, UberblockPhys, DEFERRED_MAX_ENTRIES, DIR_LEAF_IDS, RING_OFFSET,
+    RING_SLOTS, SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
 use crate::spacemap::released_by;
@@ -106,6 +107,23 @@ impl Shared {
             .write_at(data, p.offset())
             .map_err(|e| self.io("writing a metadata block", e))?;
         Ok(p)
+    }
+
+    /// Writes the deferred-free chain of txg `txg` holding `frees` (oldest first), in blocks
+    /// of at most [`DEFERRED_MAX_ENTRIES`], each linking to the one written before it;
+    /// returns the newest block (hole for no frees) and every block.
+    fn write_deferred_chain(
+        &self,
+        frees: &[DeferredFree],
+        txg: u64,
+    ) -> Result<(BlockPtr, Vec<BlockPtr>)> {
+        let mut head = BlockPtr::HOLE;
+        let mut blocks = Vec::with_capacity(frees.len().div_ceil(DEFERRED_MAX_ENTRIES));
+        for chunk in frees.chunks(DEFERRED_MAX_ENTRIES) {
+            head = self.write_meta_block(&encode_deferred_block(txg, &head, chunk), txg)?;
+            blocks.push(head);
+        }
+        Ok((head, blocks))
     }
 
     fn commit_inner(
@@ -222,15 +240,25 @@ impl Shared {
                 st.deadlist.persist(|b| self.write_meta_block(b, txg))?;
             }
         }
-        if !cs.meta.is_hole() {
-            lock(&self.spacemap).free_deferred(txg, cs.meta.sector, u64::from(cs.meta.sectors));
+        {
+            let mut sm = lock(&self.spacemap);
+            for p in std::iter::once(&cs.meta).chain(&cs.deferred_blocks) {
+                if !p.is_hole() {
+                    sm.free_deferred(txg, p.sector, u64::from(p.sectors));
+                }
+            }
         }
         let leaves = self.write_directory(&cs.leaves, txg)?;
+        // Every free of this txg is in the list by now (replaced leaves, the old meta block and
+        // chain); writing the chain only allocates.
+        let deferred = lock(&self.spacemap).deferred();
+        let (deferred_head, deferred_blocks) = self.write_deferred_chain(&deferred, txg)?;
         let meta = MetaPhys {
             txg,
             next_dataset_id: cs.next_id,
             leaves: leaves.iter().map(|(&i, &p)| (i, p)).collect(),
-            deferred: lock(&self.spacemap).deferred(),
+            deferred_count: deferred.len() as u64,
+            deferred_head,
         };
         let meta_ptr = self.write_meta_block(&meta.encode(), txg)?;
 
@@ -279,6 +307,7 @@ impl Shared {
 
         cs.txg = txg;
         cs.meta = meta_ptr;
+        cs.deferred_blocks = deferred_blocks;
         cs.leaves = leaves;
         self.last_txg.store(txg, Ordering::Release);
         if reserved > 0 {
@@ -457,7 +486,10 @@ impl Shared {
             .values()
             .map(|d| d.vol.clone())
             .collect();
-        let mut claims: Vec<(u64, u64)> = vec![(cs.meta.sector, u64::from(cs.meta.sectors))];
+        let mut claims: Vec<(u64, u64)> = std::iter::once(&cs.meta)
+            .chain(&cs.deferred_blocks)
+            .map(|p| (p.sector, u64::from(p.sectors)))
+            .collect();
         claims.extend(cs.leaves.values().map(|p| (p.sector, u64::from(p.sectors))));
         for v in vols {
             let mut st = lock(&v.state);

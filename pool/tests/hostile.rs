@@ -32,6 +32,8 @@ struct Img {
     ub: UberblockPhys,
     meta: MetaPhys,
     ds: Vec<DatasetPhys>,
+    /// Deferred frees to write as the chain (`None`: keep the pool's).
+    deferred: Option<Vec<DeferredFree>>,
     /// Next free sector at the end of the device for crafted blocks.
     next: u64,
 }
@@ -59,6 +61,7 @@ impl Img {
             ub,
             meta,
             ds,
+            deferred: None,
             next,
         }
     }
@@ -93,6 +96,15 @@ impl Img {
         }
         self.meta.leaves = leaves;
         self.meta.txg = txg;
+        if let Some(frees) = self.deferred.take() {
+            let mut head = BlockPtr::HOLE;
+            for chunk in frees.chunks(DEFERRED_MAX_ENTRIES) {
+                let b = encode_deferred_block(txg, &head, chunk);
+                head = self.put(&b, txg);
+            }
+            self.meta.deferred_head = head;
+            self.meta.deferred_count = frees.len() as u64;
+        }
         let mb = self.meta.encode();
         self.ub.root = self.put(&mb, txg);
         let u = self.ub.encode();
@@ -130,6 +142,15 @@ fn open_quietly(bytes: Vec<u8>) -> pool::Result<Pool> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(bytes))) {
         Ok(r) => r,
         Err(_) => panic!("opening a crafted pool panicked"),
+    }
+}
+
+/// A deferred free of `sectors` at `sector`, made by `txg`.
+fn free(txg: u64, sector: u64, sectors: u32) -> DeferredFree {
+    DeferredFree {
+        txg,
+        sector,
+        sectors,
     }
 }
 
@@ -172,7 +193,7 @@ fn a_label_with_an_impossible_layout_or_name_is_refused() {
 fn extents_outside_the_data_area_are_refused_at_open() {
     // A deferred free past the device (releasing it indexed past the space map).
     let mut img = Img::parse(base(|_| {}));
-    img.meta.deferred = vec![(0, vec![(1 << 40, 1)])];
+    img.deferred = Some(vec![free(0, 1 << 40, 1)]);
     refused(img.finish(), "deferred free past the device");
 
     // A tree pointer past the device, met while rebuilding a damaged space map.
@@ -477,12 +498,48 @@ fn a_space_map_that_frees_the_reserved_area_is_rebuilt() {
 fn overlapping_or_unallocated_deferred_frees_are_refused() {
     let mut img = Img::parse(base(|_| {}));
     let first = img.label.data_offset / SECTOR;
-    img.meta.deferred = vec![(1, vec![(first, 8)]), (2, vec![(first + 4, 8)])];
+    img.deferred = Some(vec![free(1, first, 8), free(2, first + 4, 8)]);
     refused(img.finish(), "overlapping deferred frees");
     let mut img = Img::parse(base(|_| {}));
-    let free = img.next - 300;
-    img.meta.deferred = vec![(1, vec![(free, 4)])];
+    let unallocated = img.next - 300;
+    img.deferred = Some(vec![free(1, unallocated, 4)]);
     refused(img.finish(), "a deferred free of free space");
+}
+
+/// A deferred-free chain whose meta block miscounts it, or whose block another txg wrote,
+/// fails its txg: the pool opens an older one or not at all, never the crafted state.
+#[test]
+fn a_deferred_free_chain_that_disagrees_with_its_meta_block_fails_its_txg() {
+    for case in ["count too small", "count too large", "block of another txg"] {
+        let mut img = Img::parse(base(|_| {}));
+        let txg = img.ub.txg;
+        let first = img.label.data_offset / SECTOR;
+        let frees = vec![free(txg, first, 1), free(txg, first + 1, 1)];
+        match case {
+            "block of another txg" => {
+                let b = encode_deferred_block(txg - 1, &BlockPtr::HOLE, &frees);
+                img.meta.deferred_head = img.put(&b, txg);
+                img.meta.deferred_count = 2;
+            }
+            _ => img.deferred = Some(frees),
+        }
+        let bytes = match case {
+            "block of another txg" => img.finish(),
+            _ => {
+                // Re-encode with the list written, then lie about its length.
+                let count = if case == "count too small" { 1 } else { 3 };
+                let mut img = Img::parse(img.finish());
+                img.meta.deferred_count = count;
+                // Past the blocks the first finish wrote.
+                img.next -= 50;
+                img.finish()
+            }
+        };
+        match open_quietly(bytes) {
+            Ok(p) => assert!(p.info().txg < txg, "{case}: opened the crafted txg"),
+            Err(e) => assert_eq!(e.kind(), pool::ErrorKind::Corrupt, "{case}: {e}"),
+        }
+    }
 }
 
 /// A directory listing one dataset id twice: the second entry silently replaced the first
