@@ -35,7 +35,9 @@
 //! - `TARN_BENCH_SEQ_OPS` (default `1024`): requests in each sequential 1 MiB test (wrapping
 //!   around the disk);
 //! - `TARN_BENCH_TESTS` (default: all): the tests to run, by name, comma-separated (e.g.
-//!   `4K randread,1M seqread`);
+//!   `4K randread,1M seqread`); a test run alone starts with its page cache and the worker
+//!   pool's pace as the tests before it would not have left them, so compare its numbers with
+//!   runs of the same selection;
 //! - `TARN_BENCH_QD` (default `32`): requests per kick (and buffers of every path);
 //! - `TARN_BENCH_ROUNDS` (default `3`): each path runs this often per test, in rotating order;
 //!   the median is reported;

@@ -706,20 +706,39 @@ impl Pool {
             let b = read_verified(p, &format!("directory leaf {index}"))?;
             datasets.extend(decode_dir_leaf(&b, *index)?);
         }
-        // Newest block first; each links to the one written before it.
+        // Newest block first; each links to the one written before it. Every entry names at
+        // least one sector of the data area, none twice: a count above the data area's
+        // sectors is a lie, and every block holds an entry, so the chain (however crafted)
+        // ends within that many blocks.
+        let data_sectors = (label.size - label.data_offset) / SECTOR;
+        if meta.deferred_count > data_sectors {
+            return Err(Error::Corrupt(format!(
+                "the meta block of txg {} counts {} deferred frees in a data area of {} sectors",
+                ub.txg, meta.deferred_count, data_sectors
+            )));
+        }
         let mut chain = DeferredChain::default();
         let mut newest_first = Vec::new();
-        let most = meta.deferred_count.div_ceil(DEFERRED_MAX_ENTRIES as u64);
+        let mut read_entries = 0u64;
         let mut at = meta.deferred_head;
         while !at.is_hole() {
-            if chain.blocks.len() as u64 >= most || at.byte_len() > DEFERRED_MAX_BYTES {
+            if at.byte_len() > DEFERRED_MAX_BYTES {
                 return Err(Error::Corrupt(format!(
-                    "the deferred-free chain of txg {} is longer than its {} entries need (a loop?)",
-                    ub.txg, meta.deferred_count
+                    "a deferred-free block of txg {} is {} bytes, more than {DEFERRED_MAX_BYTES}",
+                    ub.txg,
+                    at.byte_len()
                 )));
             }
             let b = read_verified(&at, "deferred-free block")?;
             let (prev, entries) = decode_deferred_block(&b, ub.txg)?;
+            read_entries += entries.len() as u64;
+            if entries.is_empty() || read_entries > meta.deferred_count {
+                return Err(Error::Corrupt(format!(
+                    "the deferred-free chain of txg {} holds more than the {} entries its meta \
+                     block counts, or an empty block (a loop?)",
+                    ub.txg, meta.deferred_count
+                )));
+            }
             chain.blocks.push(at);
             newest_first.push(entries);
             at = prev;

@@ -205,7 +205,10 @@ impl Pool {
         for (i, p) in cs.deferred_blocks.iter().enumerate() {
             w.claim(&pool_name, p);
             let mut buf = vec![0u8; p.byte_len() as usize];
-            if let Err(e) = sh.read_block(p, &mut buf, &|| format!("deferred-free block {i}")) {
+            let read = sh
+                .read_block(p, &mut buf, &|| format!("deferred-free block {i}"))
+                .and_then(|()| crate::phys::decode_deferred_block(&buf, cs.txg).map(|_| ()));
+            if let Err(e) = read {
                 w.err(&pool_name, None, e.to_string());
             }
         }

@@ -406,8 +406,8 @@ impl SpaceMap {
     }
 
     /// Restores the pending frees from the deferred-free chain.
-    /// False, changing nothing, if an extent lies outside the data area, overlaps another,
-    /// or (with `loaded`, the map as written by the same txg) is not allocated in the map,
+    /// False, changing nothing, if an extent is empty, lies outside the data area, overlaps
+    /// another, or (with `loaded`, the map as written by the same txg) is not allocated in the map,
     /// as every pending free is until its release: a damaged or crafted chain, whose
     /// release would index past the map or free a sector twice.
     pub fn set_deferred(&mut self, d: &[DeferredFree], loaded: bool) -> bool {
@@ -415,7 +415,7 @@ impl SpaceMap {
         all.sort_unstable();
         if !all
             .iter()
-            .all(|&(s, n)| self.in_data_area(s, n) && (!loaded || self.is_allocated(s, n)))
+            .all(|&(s, n)| n > 0 && self.in_data_area(s, n) && (!loaded || self.is_allocated(s, n)))
             || all.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0)
         {
             return false;

@@ -90,7 +90,7 @@ impl Pool {
         {
             let mut cs = lock(&sh.commit);
             // Frees made up to the open txg; later commits only add their own (the meta block
-            // each replaces), which trim does not wait for.
+            // and deferred-free chain each replaces), which trim does not wait for.
             let upto = cs.txg + 1;
             for _ in 0..=RELEASE_COMMITS {
                 if lock(&sh.spacemap)

@@ -6,7 +6,8 @@
 //! 2. take every volume's dirty map (writers continue into the next txg);
 //! 3. write dirty data blocks to fresh space, all-zero blocks becoming holes;
 //! 4. point the trees at them and rewrite dirty indirect blocks bottom-up;
-//! 5. write the meta block (dataset directory and pending frees);
+//! 5. write the changed directory leaves, the deferred-free chain (pending frees) and the meta
+//!    block that roots them;
 //! 6. write the changed space-map chunks to copy `txg % 2`;
 //! 7. sync; write uberblock `txg` to ring slot `txg % 64`; sync.
 

@@ -510,7 +510,13 @@ fn overlapping_or_unallocated_deferred_frees_are_refused() {
 /// fails its txg: the pool opens an older one or not at all, never the crafted state.
 #[test]
 fn a_deferred_free_chain_that_disagrees_with_its_meta_block_fails_its_txg() {
-    for case in ["count too small", "count too large", "block of another txg"] {
+    for case in [
+        "count too small",
+        "count too large",
+        "block of another txg",
+        "count beyond the data area",
+        "block longer than 16 KiB",
+    ] {
         let mut img = Img::parse(base(|_| {}));
         let txg = img.ub.txg;
         let first = img.label.data_offset / SECTOR;
@@ -521,10 +527,23 @@ fn a_deferred_free_chain_that_disagrees_with_its_meta_block_fails_its_txg() {
                 img.meta.deferred_head = img.put(&b, txg);
                 img.meta.deferred_count = 2;
             }
+            "count beyond the data area" => {
+                let b = encode_deferred_block(txg, &BlockPtr::HOLE, &frees);
+                img.meta.deferred_head = img.put(&b, txg);
+                img.meta.deferred_count = u64::MAX;
+            }
+            "block longer than 16 KiB" => {
+                let mut b = encode_deferred_block(txg, &BlockPtr::HOLE, &frees);
+                b.resize(DEFERRED_MAX_BYTES as usize + 4096, 0);
+                img.meta.deferred_head = img.put(&b, txg);
+                img.meta.deferred_count = 2;
+            }
             _ => img.deferred = Some(frees),
         }
         let bytes = match case {
-            "block of another txg" => img.finish(),
+            "block of another txg" | "count beyond the data area" | "block longer than 16 KiB" => {
+                img.finish()
+            }
             _ => {
                 // Re-encode with the list written, then lie about its length.
                 let count = if case == "count too small" { 1 } else { 3 };

@@ -402,12 +402,18 @@ impl Driver {
                     .read_obj(GuestAddress(USED + 4 + 8 * at))
                     .map_err(|e| Error::Memory(e.to_string()))?;
                 let slot = (u32::from_le(head) / 3) as usize;
-                let status: u8 = self
+                if slot >= self.depth {
+                    return Err(Error::Queue(format!(
+                        "used head {}: no such slot",
+                        u32::from_le(head)
+                    )));
+                }
+                let s: u8 = self
                     .mem
                     .read_obj(GuestAddress(status(slot as u64)))
                     .map_err(|e| Error::Memory(e.to_string()))?;
-                if slot >= self.depth || status != 0 {
-                    return Err(Error::Queue(format!("slot {slot}: status {status}")));
+                if s != 0 {
+                    return Err(Error::Queue(format!("slot {slot}: status {s}")));
                 }
                 free.push(slot);
                 in_flight -= 1;

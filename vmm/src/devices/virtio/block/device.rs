@@ -452,8 +452,10 @@ impl QueueServer {
                                 break;
                             };
                             let head = chain.head_index();
-                            popped
-                                .push((head, request::parse(mem, ring::Chain::new(&table, head))));
+                            popped.push((
+                                head,
+                                request::parse_in(&mut look, ring::Chain::new(&table, head)),
+                            ));
                         }
                     }
                     q.next_avail()
@@ -484,12 +486,14 @@ impl QueueServer {
                                 if quiet == ring::NOTIFY_BATCH {
                                     quiet = 0;
                                     notify(ctx, &mut q);
+                                    // An interrupt may wake a vCPU: not the next request's time.
+                                    since = None;
                                 }
                             }
                         }
                         Ok(req) => {
                             if let Err((head, req)) = pool.submit((head, req)) {
-                                let used = req.execute(mem, &ctx.disk, ctx.neg).used_len;
+                                let used = req.execute_in(&mut look, &ctx.disk, ctx.neg).used_len;
                                 complete(ctx, queue, head, used);
                             }
                         }

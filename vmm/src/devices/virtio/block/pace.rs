@@ -72,9 +72,11 @@ impl Pace {
     /// Executes `req`, which [`Pace::may_inline`] allows, with the caller's lookups, and times
     /// it from `start` into the average; returns its used length and the time it ended. A
     /// thread that runs such requests one after another passes each one's end as the next
-    /// one's start: one clock read per request instead of two, and the time between them
-    /// (putting the last on the used ring: a fraction of a microsecond) counts as the next
-    /// one's, which a 20 us threshold does not feel.
+    /// one's start: one clock read per request instead of two. The time between them counts
+    /// as the next one's: putting the last on the used ring under the queue lock, which a
+    /// worker completing at that moment holds for as long (a fraction of a microsecond, which
+    /// a 20 us threshold does not feel); the caller starts afresh after anything longer, such
+    /// as an interrupt.
     pub(crate) fn execute_from(
         &self,
         req: &Request,
@@ -83,6 +85,7 @@ impl Pace {
         neg: Negotiated,
         start: Instant,
     ) -> (u32, Instant) {
+        debug_assert!(Pace::may_inline(req), "{req:?}");
         let used = req.execute_in(look, disk, neg).used_len;
         let end = Instant::now();
         self.record(end.saturating_duration_since(start));
