@@ -8,8 +8,8 @@ use crate::lock::{lock_exclusive, LockError};
 use crate::names::check_pool_name;
 use crate::phys::{
     checksum, decode_deferred_block, decode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
-    DeferredFree, LabelPhys, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, DEFERRED_MAX_ENTRIES,
-    LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
+    DeferredFree, LabelPhys, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, LABEL_OFFSETS,
+    RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
 };
 use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
