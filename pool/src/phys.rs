@@ -541,9 +541,9 @@ pub const DEADLIST_MAX_BYTES: u64 = 65536;
 /// Entries per deadlist block at most.
 pub const DEADLIST_MAX_ENTRIES: usize =
     (DEADLIST_MAX_BYTES as usize - DEADLIST_HEADER) / DeadEntry::SIZE;
-/// Entries per deadlist block this build writes: blocks as long as an indirect block, which a
-/// fragmented pool places as readily (longer ones, up to [`DEADLIST_MAX_BYTES`], are read).
-pub const DEADLIST_WRITE_ENTRIES: usize = (INDIRECT_SIZE - DEADLIST_HEADER) / DeadEntry::SIZE;
+/// Entries per deadlist block this build writes: one sector's worth, which any free sector
+/// places (longer blocks, up to [`DEADLIST_MAX_BYTES`], are read).
+pub const DEADLIST_WRITE_ENTRIES: usize = (SECTOR as usize - DEADLIST_HEADER) / DeadEntry::SIZE;
 
 /// Encodes a deadlist block holding `entries` and linking to the older block `prev`.
 pub fn encode_deadlist_block(prev: &BlockPtr, entries: &[DeadEntry]) -> Vec<u8> {
@@ -578,8 +578,8 @@ pub fn decode_deadlist_block(b: &[u8]) -> Result<(BlockPtr, Vec<DeadEntry>)> {
 
 /// The meta block: everything the uberblock roots. Its size follows the number of directory
 /// leaves (one per 64 dataset IDs), not the pool's activity: the deferred frees, which random
-/// overwrites multiply, live in a chain of small blocks ([`encode_deferred_block`]), so no
-/// commit needs a long free run that a fragmented pool may not have.
+/// overwrites multiply, live in a chain of one-sector blocks ([`encode_deferred_block`]), so
+/// no commit needs a long free run that a fragmented pool may not have.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MetaPhys {
     /// The txg that wrote it.
@@ -671,9 +671,8 @@ impl DeferredFree {
 
 /// Header bytes of a deferred-free block: magic, version, count, txg, older block, reserved.
 pub const DEFERRED_HEADER: usize = 64;
-/// Bytes of a deferred-free block at most: as long as an indirect block, so that a commit
-/// that can place those can place these.
-pub const DEFERRED_MAX_BYTES: u64 = INDIRECT_SIZE as u64;
+/// Bytes of a deferred-free block at most: one sector, which any free sector places.
+pub const DEFERRED_MAX_BYTES: u64 = SECTOR;
 /// Entries per deferred-free block at most.
 pub const DEFERRED_MAX_ENTRIES: usize =
     (DEFERRED_MAX_BYTES as usize - DEFERRED_HEADER) / DeferredFree::SIZE;

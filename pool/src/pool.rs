@@ -138,6 +138,9 @@ pub(crate) struct Shared {
     /// Set by every change to a volume's dirty map, cleared when a commit takes the maps.
     pub pending: AtomicBool,
     pub poisoned: AtomicBool,
+    /// Indirect blocks written since the last commit started: how many runs the next one
+    /// holds for them.
+    pub meta_runs_used: AtomicUsize,
     pub last_txg: AtomicU64,
     pub sync_signal: (Mutex<bool>, Condvar),
     pub throttle: (Mutex<()>, Condvar),
@@ -894,6 +897,7 @@ impl Pool {
             placed_bytes: AtomicU64::new(0),
             pending: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            meta_runs_used: AtomicUsize::new(0),
             last_txg: AtomicU64::new(txg),
             sync_signal: (Mutex::new(false), Condvar::new()),
             throttle: (Mutex::new(()), Condvar::new()),
@@ -948,9 +952,10 @@ impl Pool {
             version: self.shared.label.version,
             size: self.shared.label.size,
             usable: sm.usable() * SECTOR,
-            allocated: sm.allocated() * SECTOR,
+            // Runs held for coming indirect blocks are free space set aside (and free on disk).
+            allocated: (sm.allocated() - sm.held_meta_sectors()) * SECTOR,
             deferred: sm.deferred_sectors() * SECTOR,
-            free: sm.free() * SECTOR,
+            free: (sm.free() + sm.held_meta_sectors()) * SECTOR,
             txg: self.txg(),
             poisoned: self.shared.poisoned.load(Ordering::Acquire),
             datasets: read(&self.shared.datasets).len(),

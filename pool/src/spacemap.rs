@@ -62,6 +62,9 @@ pub struct SpaceMap {
     /// Placed extents dropped before any commit referenced them; freed at the next commit,
     /// when no reader can still be reading them.
     zombies: Vec<Extent>,
+    /// Runs held for indirect blocks ([`SpaceMap::hold_meta_runs`]): placed, so that no writer
+    /// takes them and a crash leaks nothing.
+    meta_runs: Vec<Extent>,
 }
 
 impl SpaceMap {
@@ -79,6 +82,7 @@ impl SpaceMap {
             deferred: BTreeMap::new(),
             placed: BTreeMap::new(),
             zombies: Vec::new(),
+            meta_runs: Vec::new(),
         };
         sm.set_range(0, reserved, true);
         // Bits past the end of the device are permanently allocated.
@@ -208,6 +212,36 @@ impl SpaceMap {
         let s = self.alloc(len)?;
         self.placed.insert(s, len);
         Some(s)
+    }
+
+    /// Holds up to `want` runs of `len` sectors for the indirect blocks of coming commits,
+    /// keeping those already held. Random overwrites of small blocks leave free space in holes
+    /// of one block; writers fill whatever runs they meet, so a commit could find no run long
+    /// enough for an indirect block with plenty of space free. Commits hold runs as soon as
+    /// the frees they release make some (the indirect blocks they replaced, mostly), before
+    /// writers can take them. Returns the runs held.
+    pub fn hold_meta_runs(&mut self, want: usize, len: u64) -> usize {
+        while self.meta_runs.len() < want {
+            let Some(start) = self.alloc(len) else {
+                break;
+            };
+            self.placed.insert(start, len);
+            self.meta_runs.push(Extent { start, len });
+        }
+        self.meta_runs.len()
+    }
+
+    /// Sectors held for indirect blocks.
+    pub fn held_meta_sectors(&self) -> u64 {
+        self.meta_runs.iter().map(|r| r.len).sum()
+    }
+
+    /// Takes a held run of `len` sectors for a block the txg being committed writes.
+    pub fn take_meta_run(&mut self, len: u64) -> Option<u64> {
+        let at = self.meta_runs.iter().rposition(|r| r.len == len)?;
+        let run = self.meta_runs.swap_remove(at);
+        self.commit_placed(run.start, run.len);
+        Some(run.start)
     }
 
     /// Sectors writers leave free for the metadata commits write: 1/32 of the pool.
@@ -548,6 +582,9 @@ impl SpaceMap {
     /// rebuild): what a txg freed stays allocated until its release, rebuilt or not, since
     /// older uberblocks' trees still hold it.
     pub fn reset(&mut self) {
+        for r in std::mem::take(&mut self.meta_runs) {
+            self.placed.remove(&r.start);
+        }
         let fresh = SpaceMap::new(self.sectors, self.reserved);
         self.words = fresh.words;
         self.allocated = 0;

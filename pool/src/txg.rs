@@ -14,8 +14,8 @@
 use crate::error::{Error, Result};
 use crate::phys::{
     checksum, encode_deferred_block, encode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
-    DeferredFree, MetaPhys, UberblockPhys, DEFERRED_MAX_ENTRIES, DIR_LEAF_IDS, RING_OFFSET,
-    RING_SLOTS, SECTOR,
+    DeferredFree, MetaPhys, UberblockPhys, DEFERRED_MAX_ENTRIES, DIR_LEAF_IDS, INDIRECT_SIZE,
+    RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
 use crate::spacemap::released_by;
@@ -25,6 +25,11 @@ use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Sectors of an indirect block.
+const INDIRECT_SECTORS: u64 = (INDIRECT_SIZE as u64).div_ceil(SECTOR);
+/// Runs for indirect blocks a commit holds beyond what the last one used.
+const MIN_META_RUNS: usize = 8;
 
 impl Shared {
     /// Whether anything waits to be committed.
@@ -92,11 +97,20 @@ impl Shared {
         }
     }
 
-    /// Allocates and writes one metadata block.
+    /// Allocates and writes one metadata block: an indirect block in a run held for one
+    /// ([`crate::spacemap::SpaceMap::hold_meta_runs`]) where there is one.
     fn write_meta_block(&self, data: &[u8], txg: u64) -> Result<BlockPtr> {
         let sectors = (data.len() as u64).div_ceil(SECTOR);
         // Bind the allocation first: `no_space` takes the space-map lock itself.
-        let allocated = lock(&self.spacemap).alloc(sectors);
+        let allocated = {
+            let mut sm = lock(&self.spacemap);
+            if sectors == INDIRECT_SECTORS {
+                self.meta_runs_used.fetch_add(1, Ordering::Relaxed);
+                sm.take_meta_run(sectors).or_else(|| sm.alloc(sectors))
+            } else {
+                sm.alloc(sectors)
+            }
+        };
         let sector = allocated.ok_or_else(|| self.no_space(data.len() as u64))?;
         let p = BlockPtr {
             sector,
@@ -145,7 +159,16 @@ impl Shared {
             sm.take_released(released_by(txg))
         };
         self.autotrim(&released);
-        lock(&self.spacemap).free_released(&released);
+        {
+            // Runs for this commit's indirect blocks, twice as many as the last one wrote (a
+            // store for commits that write more), taken now: the released frees hold the runs
+            // of the indirect blocks they replaced, and writers would split them into single
+            // blocks.
+            let mut sm = lock(&self.spacemap);
+            sm.free_released(&released);
+            let last = self.meta_runs_used.swap(0, Ordering::Relaxed);
+            sm.hold_meta_runs(2 * last + MIN_META_RUNS, INDIRECT_SECTORS);
+        }
 
         // 2. Take the dirty maps.
         self.placed_bytes.store(0, Ordering::Release);

@@ -151,3 +151,40 @@ fn deferred_frees_never_grow_the_meta_block() {
     let report = pool.scrub().expect("scrub");
     assert!(report.is_clean(), "{:?}", report.errors);
 }
+
+/// Random overwrites of a volume of 4 KiB blocks leave free space in holes of one block, and
+/// writers split whatever longer runs they meet: a commit then found no run of four sectors for
+/// an indirect block with a third of the pool free, failed, and the pool stopped accepting
+/// writes (a 256 MiB pool 70% full: at the 11th round of 1,500 overwrites). Commits now hold
+/// runs for their indirect blocks as soon as releases make some.
+#[test]
+fn random_overwrites_of_small_blocks_keep_committing() {
+    use rand::{rngs::SmallRng, Rng, SeedableRng};
+    let dev = Arc::new(pool::MemDevice::new(128 << 20));
+    let config = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_on(dev, "p", config).expect("pool");
+    let size = (128u64 << 20) * 70 / 100 / (1 << 20) * (1 << 20);
+    pool.create_volume("p/v", size, 4096, &Default::default())
+        .expect("v");
+    let v = pool.volume("p/v").expect("v");
+    let chunk = vec![7u8; 1 << 20];
+    for off in (0..size).step_by(1 << 20) {
+        v.write_at(off, &chunk).expect("fill");
+    }
+    pool.sync().expect("sync");
+    let mut rng = SmallRng::seed_from_u64(70);
+    for round in 0..30 {
+        for _ in 0..800 {
+            let b = rng.gen_range(0..size / 4096);
+            v.write_at(b * 4096, &[round as u8; 4096])
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        pool.sync()
+            .unwrap_or_else(|e| panic!("round {round}: {e} ({:?})", pool.info()));
+    }
+    let report = pool.scrub().expect("scrub");
+    assert!(report.is_clean(), "{:?}", report.errors);
+}
