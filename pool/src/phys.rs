@@ -671,14 +671,18 @@ impl DeferredFree {
 
 /// Header bytes of a deferred-free block: magic, version, count, txg, older block, reserved.
 pub const DEFERRED_HEADER: usize = 64;
-/// Bytes of a deferred-free block at most: one sector, which any free sector places.
-pub const DEFERRED_MAX_BYTES: u64 = SECTOR;
+/// Bytes of a deferred-free block at most (read); this build writes one sector
+/// ([`DEFERRED_WRITE_ENTRIES`]), which any free sector places.
+pub const DEFERRED_MAX_BYTES: u64 = INDIRECT_SIZE as u64;
 /// Entries per deferred-free block at most.
 pub const DEFERRED_MAX_ENTRIES: usize =
     (DEFERRED_MAX_BYTES as usize - DEFERRED_HEADER) / DeferredFree::SIZE;
+/// Entries per deferred-free block this build writes: one sector's worth.
+pub const DEFERRED_WRITE_ENTRIES: usize = (SECTOR as usize - DEFERRED_HEADER) / DeferredFree::SIZE;
 
 /// Encodes a block of the deferred-free chain that txg `txg` writes: `entries` (at most
-/// [`DEFERRED_MAX_ENTRIES`]), linking to the older block `prev`.
+/// [`DEFERRED_MAX_ENTRIES`]; this build writes [`DEFERRED_WRITE_ENTRIES`]), linking to the
+/// older block `prev`.
 pub fn encode_deferred_block(txg: u64, prev: &BlockPtr, entries: &[DeferredFree]) -> Vec<u8> {
     let mut e = Enc::default();
     e.bytes(&DEFERRED_MAGIC)

@@ -138,8 +138,8 @@ pub(crate) struct Shared {
     /// Set by every change to a volume's dirty map, cleared when a commit takes the maps.
     pub pending: AtomicBool,
     pub poisoned: AtomicBool,
-    /// Indirect blocks written since the last commit started: how many runs the next one
-    /// holds for them.
+    /// Four-sector metadata blocks (indirect blocks, mostly) written since the last commit
+    /// started: how many runs the next one holds for them.
     pub meta_runs_used: AtomicUsize,
     pub last_txg: AtomicU64,
     pub sync_signal: (Mutex<bool>, Condvar),

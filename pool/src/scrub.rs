@@ -280,7 +280,7 @@ impl Pool {
         let expect = referenced + sm.deferred_sectors() + sm.placed();
         if sm.allocated() != expect && w.unreadable == 0 {
             let msg = format!(
-                "space map says {} sectors are allocated, but {} are referenced, {} are deferred frees and {} are being written",
+                "space map says {} sectors are allocated, but {} are referenced, {} are deferred frees and {} are being written or held for indirect blocks",
                 sm.allocated(),
                 referenced,
                 sm.deferred_sectors(),

@@ -214,14 +214,26 @@ impl SpaceMap {
         Some(s)
     }
 
-    /// Holds up to `want` runs of `len` sectors for the indirect blocks of coming commits,
-    /// keeping those already held. Random overwrites of small blocks leave free space in holes
-    /// of one block; writers fill whatever runs they meet, so a commit could find no run long
-    /// enough for an indirect block with plenty of space free. Commits hold runs as soon as
-    /// the frees they release make some (the indirect blocks they replaced, mostly), before
-    /// writers can take them. Returns the runs held.
-    pub fn hold_meta_runs(&mut self, want: usize, len: u64) -> usize {
-        while self.meta_runs.len() < want {
+    /// Holds `want` runs of `len` sectors (at most half the slop's worth) for the indirect
+    /// blocks of coming commits, keeping `keep` sectors (data writers reserved) and half the
+    /// slop free for everything else; gives back held runs beyond `want`. Random overwrites of
+    /// small blocks leave free space in holes of one block, and writers placing single blocks
+    /// split whatever runs they meet: a commit could find no run long enough for an indirect
+    /// block with plenty of space free. Commits hold runs right after releasing frees (which
+    /// return the runs of the indirect blocks they replaced), before writers can split them.
+    /// Returns the runs held.
+    pub fn hold_meta_runs(&mut self, want: usize, len: u64, keep: u64) -> usize {
+        let half_slop = self.slop() / 2;
+        let want = want.min((half_slop / len.max(1)) as usize);
+        while self.meta_runs.len() > want {
+            if let Some(r) = self.meta_runs.pop() {
+                // Never referenced, never readable: back to free at once.
+                if self.placed.remove(&r.start).is_some() {
+                    self.release(r.start, r.len);
+                }
+            }
+        }
+        while self.meta_runs.len() < want && self.free() >= len + keep + half_slop {
             let Some(start) = self.alloc(len) else {
                 break;
             };
@@ -240,6 +252,7 @@ impl SpaceMap {
     pub fn take_meta_run(&mut self, len: u64) -> Option<u64> {
         let at = self.meta_runs.iter().rposition(|r| r.len == len)?;
         let run = self.meta_runs.swap_remove(at);
+        debug_assert_eq!(self.placed.get(&run.start), Some(&run.len), "{run:?}");
         self.commit_placed(run.start, run.len);
         Some(run.start)
     }

@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::phys::{
     checksum, encode_deferred_block, encode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
-    DeferredFree, MetaPhys, UberblockPhys, DEFERRED_MAX_ENTRIES, DIR_LEAF_IDS, INDIRECT_SIZE,
+    DeferredFree, MetaPhys, UberblockPhys, DEFERRED_WRITE_ENTRIES, DIR_LEAF_IDS, INDIRECT_SIZE,
     RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
@@ -125,7 +125,7 @@ impl Shared {
     }
 
     /// Writes the deferred-free chain of txg `txg` holding `frees` (oldest first), in blocks
-    /// of at most [`DEFERRED_MAX_ENTRIES`], each linking to the one written before it;
+    /// of [`DEFERRED_WRITE_ENTRIES`] (one sector), each linking to the one written before it;
     /// returns the newest block (hole for no frees) and every block.
     fn write_deferred_chain(
         &self,
@@ -133,8 +133,8 @@ impl Shared {
         txg: u64,
     ) -> Result<(BlockPtr, Vec<BlockPtr>)> {
         let mut head = BlockPtr::HOLE;
-        let mut blocks = Vec::with_capacity(frees.len().div_ceil(DEFERRED_MAX_ENTRIES));
-        for chunk in frees.chunks(DEFERRED_MAX_ENTRIES) {
+        let mut blocks = Vec::with_capacity(frees.len().div_ceil(DEFERRED_WRITE_ENTRIES));
+        for chunk in frees.chunks(DEFERRED_WRITE_ENTRIES) {
             head = self.write_meta_block(&encode_deferred_block(txg, &head, chunk), txg)?;
             blocks.push(head);
         }
@@ -163,11 +163,12 @@ impl Shared {
             // Runs for this commit's indirect blocks, twice as many as the last one wrote (a
             // store for commits that write more), taken now: the released frees hold the runs
             // of the indirect blocks they replaced, and writers would split them into single
-            // blocks.
+            // blocks. Never out of the space data writers reserved.
             let mut sm = lock(&self.spacemap);
             sm.free_released(&released);
             let last = self.meta_runs_used.swap(0, Ordering::Relaxed);
-            sm.hold_meta_runs(2 * last + MIN_META_RUNS, INDIRECT_SECTORS);
+            let keep = self.dirty_bytes.load(Ordering::Acquire).div_ceil(SECTOR);
+            sm.hold_meta_runs(2 * last + MIN_META_RUNS, INDIRECT_SECTORS, keep);
         }
 
         // 2. Take the dirty maps.

@@ -69,7 +69,7 @@ fn a_commit_writes_scattered_blocks_in_contiguous_runs() {
 #[test]
 fn deferred_frees_never_grow_the_meta_block() {
     use pool::phys::{
-        decode_deferred_block, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, DEFERRED_MAX_ENTRIES,
+        decode_deferred_block, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, DEFERRED_WRITE_ENTRIES,
         SECTOR,
     };
     use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -129,7 +129,7 @@ fn deferred_frees_never_grow_the_meta_block() {
     }
     assert!(
         longest_chain > 4,
-        "the test meant lists of several blocks ({DEFERRED_MAX_ENTRIES} entries each): {longest_chain}"
+        "the test meant lists of several blocks ({DEFERRED_WRITE_ENTRIES} entries each): {longest_chain}"
     );
 
     // The same deferred frees after an export and an import, the data intact, scrub clean.
@@ -155,7 +155,7 @@ fn deferred_frees_never_grow_the_meta_block() {
 /// Random overwrites of a volume of 4 KiB blocks leave free space in holes of one block, and
 /// writers split whatever longer runs they meet: a commit then found no run of four sectors for
 /// an indirect block with a third of the pool free, failed, and the pool stopped accepting
-/// writes (a 256 MiB pool 70% full: at the 11th round of 1,500 overwrites). Commits now hold
+/// writes (this 128 MiB pool 70% full: at the 12th round of 800 overwrites). Commits now hold
 /// runs for their indirect blocks as soon as releases make some.
 #[test]
 fn random_overwrites_of_small_blocks_keep_committing() {

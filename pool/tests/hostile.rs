@@ -515,7 +515,7 @@ fn a_deferred_free_chain_that_disagrees_with_its_meta_block_fails_its_txg() {
         "count too large",
         "block of another txg",
         "count beyond the data area",
-        "block longer than a sector",
+        "block longer than 16 KiB",
     ] {
         let mut img = Img::parse(base(|_| {}));
         let txg = img.ub.txg;
@@ -532,7 +532,7 @@ fn a_deferred_free_chain_that_disagrees_with_its_meta_block_fails_its_txg() {
                 img.meta.deferred_head = img.put(&b, txg);
                 img.meta.deferred_count = u64::MAX;
             }
-            "block longer than a sector" => {
+            "block longer than 16 KiB" => {
                 let mut b = encode_deferred_block(txg, &BlockPtr::HOLE, &frees);
                 b.resize(DEFERRED_MAX_BYTES as usize + 4096, 0);
                 img.meta.deferred_head = img.put(&b, txg);
@@ -541,9 +541,9 @@ fn a_deferred_free_chain_that_disagrees_with_its_meta_block_fails_its_txg() {
             _ => img.deferred = Some(frees),
         }
         let bytes = match case {
-            "block of another txg"
-            | "count beyond the data area"
-            | "block longer than a sector" => img.finish(),
+            "block of another txg" | "count beyond the data area" | "block longer than 16 KiB" => {
+                img.finish()
+            }
             _ => {
                 // Re-encode with the list written, then lie about its length.
                 let count = if case == "count too small" { 1 } else { 3 };
