@@ -640,6 +640,37 @@ mod tests {
     }
 
     #[test]
+    fn held_runs_are_free_on_disk_out_of_reach_and_given_back() {
+        let mut sm = SpaceMap::new(20_000, 10);
+        let slop = sm.slop();
+        assert_eq!(sm.hold_meta_runs(5, 4, 0), 5);
+        assert_eq!((sm.placed(), sm.held_meta_sectors()), (20, 20));
+        let enc = sm.encode_chunk(0, 1, 9);
+        let mut other = SpaceMap::new(20_000, 10);
+        assert!(other.load_chunk(0, &enc, 1, 9));
+        other.recount();
+        assert_eq!(other.allocated(), 0, "held runs are written as free");
+        // Writers allocate around them.
+        let a = sm.alloc(8).unwrap();
+        assert!(!(10..30).contains(&a), "{a}");
+        // Taken for an indirect block: allocated for good, no longer placed.
+        let run = sm.take_meta_run(4).unwrap();
+        assert!(sm.is_allocated(run, 4));
+        assert_eq!((sm.placed(), sm.held_meta_sectors()), (16, 16));
+        assert_eq!(sm.take_meta_run(2), None, "only runs of the length held");
+        // Fewer wanted: the extras go back to free space at once.
+        let before = sm.allocated();
+        assert_eq!(sm.hold_meta_runs(1, 4, 0), 1);
+        assert_eq!((sm.placed(), sm.allocated()), (4, before - 12));
+        // Never more than half the slop, never out of what writers reserved.
+        let n = sm.hold_meta_runs(usize::MAX, 4, 0);
+        assert_eq!(n as u64, slop / 2 / 4);
+        sm.hold_meta_runs(0, 4, 0);
+        let keep = sm.free() - slop / 2 - 3;
+        assert_eq!(sm.hold_meta_runs(10, 4, keep), 0);
+    }
+
+    #[test]
     fn allocates_contiguously_and_defers_frees() {
         let mut sm = SpaceMap::new(1000, 10);
         let a = sm.alloc(100).unwrap();
