@@ -1,0 +1,106 @@
+//! How long a pool keeps committing under random overwrites as it fills: a volume of a given
+//! block size filled to a share of an in-memory pool, then rounds of random 4 KiB overwrites,
+//! one commit per round, until a commit fails (the pool is then poisoned: it stops accepting
+//! writes) or a write fails, or the rounds run out. Prints, per block size and fill, the round
+//! that failed (or `none`), whether the pool was poisoned (a write refused for space is not),
+//! and the pool's free and deferred space at the end. A commit fails when free space,
+//! however much of it, has no run long enough for a block it must write: random overwrites of
+//! small blocks leave one-block holes (see `pool/FORMAT.md`, "Allocation and trim"). Measures
+//! robustness, not speed; never fails.
+//!
+//! `cargo bench --bench fragmentation`, tuned by environment variables:
+//! - `TARN_BENCH_POOL` (default `256M`): pool size;
+//! - `TARN_BENCH_ROUNDS` (default `60`): rounds per case;
+//! - `TARN_BENCH_OPS` (default `1500`): overwrites per round.
+
+use pool::{MemDevice, Pool, PoolConfig};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use std::sync::Arc;
+use zvol::parse_size;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const MIB: u64 = 1 << 20;
+/// (volume block size, percent of the pool the volume fills).
+const CASES: [(u32, u64); 8] = [
+    (4096, 50),
+    (4096, 60),
+    (4096, 70),
+    (4096, 80),
+    (16384, 50),
+    (16384, 70),
+    (16384, 80),
+    (16384, 90),
+];
+
+fn main() -> Res<()> {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let pool_size = parse_size(&var("TARN_BENCH_POOL", "256M"))? / MIB * MIB;
+    let rounds: u32 = var("TARN_BENCH_ROUNDS", "60").parse()?;
+    let ops: u32 = var("TARN_BENCH_OPS", "1500").parse()?;
+    println!(
+        "fragmentation: {} MiB pool in memory, {rounds} rounds of {ops} random 4 KiB overwrites, \
+         one commit per round",
+        pool_size / MIB
+    );
+    println!();
+    println!(
+        "{:>10} {:>5} {:>14} {:>9} {:>9} {:>13}",
+        "block size", "fill", "failed round", "poisoned", "free MiB", "deferred MiB"
+    );
+    for (block_size, pct) in CASES {
+        let (failed, info) = run(pool_size, block_size, pct, rounds, ops)?;
+        println!(
+            "{:>10} {:>4}% {:>14} {:>9} {:>9} {:>13}",
+            block_size,
+            pct,
+            failed.map_or("none".to_string(), |r| r.to_string()),
+            if info.poisoned { "yes" } else { "no" },
+            info.free / MIB,
+            info.deferred / MIB
+        );
+    }
+    Ok(())
+}
+
+/// One case: the round whose write or commit failed (if any), and the pool's state then.
+fn run(
+    pool_size: u64,
+    block_size: u32,
+    pct: u64,
+    rounds: u32,
+    ops: u32,
+) -> Res<(Option<u32>, pool::PoolInfo)> {
+    let dev = Arc::new(MemDevice::new(usize::try_from(pool_size)?));
+    let config = PoolConfig {
+        sync_interval: None,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create_on(dev, "frag", config)?;
+    let size = pool_size * pct / 100 / MIB * MIB;
+    pool.create_volume("frag/v", size, block_size, &Default::default())?;
+    let v = pool.volume("frag/v")?;
+    let chunk = vec![0x5au8; MIB as usize];
+    for off in (0..size).step_by(MIB as usize) {
+        v.write_at(off, &chunk)?;
+    }
+    pool.sync()?;
+    let mut rng = SmallRng::seed_from_u64(pct ^ u64::from(block_size));
+    let pages = size / 4096;
+    let mut failed = None;
+    'rounds: for round in 1..=rounds {
+        for _ in 0..ops {
+            if v.write_at(rng.gen_range(0..pages) * 4096, &chunk[..4096])
+                .is_err()
+            {
+                failed = Some(round);
+                break 'rounds;
+            }
+        }
+        if pool.sync().is_err() {
+            failed = Some(round);
+            break;
+        }
+    }
+    Ok((failed, pool.info()))
+}
