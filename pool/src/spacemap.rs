@@ -430,26 +430,23 @@ impl SpaceMap {
         }
     }
 
-    /// The pending frees, oldest txg first, for the deferred-free chain (an extent longer
-    /// than 2^32 - 1 sectors as several).
+    /// The pending frees, oldest txg first, for the deferred-free chain. Every extent fits
+    /// its u32 sector count: frees are of single blocks, and [`SpaceMap::free_deferred`]
+    /// merges them only up to that.
     pub fn deferred(&self) -> Vec<DeferredFree> {
-        let mut out = Vec::new();
-        for (&txg, extents) in &self.deferred {
-            for e in extents {
-                let (mut start, mut left) = (e.start, e.len);
-                while left > 0 {
-                    let sectors = left.min(u64::from(u32::MAX)) as u32;
-                    out.push(DeferredFree {
+        self.deferred
+            .iter()
+            .flat_map(|(&txg, extents)| {
+                extents.iter().map(move |e| {
+                    debug_assert!(e.len <= u64::from(u32::MAX), "{e:?}");
+                    DeferredFree {
                         txg,
-                        sector: start,
-                        sectors,
-                    });
-                    start += u64::from(sectors);
-                    left -= u64::from(sectors);
-                }
-            }
-        }
-        out
+                        sector: e.start,
+                        sectors: e.len as u32,
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Restores the pending frees from the deferred-free chain.
