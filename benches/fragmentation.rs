@@ -3,10 +3,10 @@
 //! one commit per round, until a commit fails (the pool is then poisoned: it stops accepting
 //! writes) or a write fails, or the rounds run out. Prints, per block size and fill, the round
 //! that failed (or `none`), whether the pool was poisoned (a write refused for space is not),
-//! and the pool's free and deferred space at the end. A commit fails when free space,
-//! however much of it, has no run long enough for a block it must write: random overwrites of
-//! small blocks leave one-block holes (see `pool/FORMAT.md`, "Allocation and trim"). Measures
-//! robustness, not speed; never fails.
+//! the pool's free and deferred space at the end, the commits the rounds took (more than one a
+//! round where writes waited for runs) and the time. Random overwrites of small blocks leave
+//! one-block holes, and indirect blocks need four-sector runs (see `pool/FORMAT.md`,
+//! "Allocation and trim"). Measures robustness, not speed; never fails.
 //!
 //! `cargo bench --bench fragmentation`, tuned by environment variables:
 //! - `TARN_BENCH_POOL` (default `256M`): pool size;
@@ -22,11 +22,12 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const MIB: u64 = 1 << 20;
 /// (volume block size, percent of the pool the volume fills).
-const CASES: [(u32, u64); 8] = [
+const CASES: [(u32, u64); 9] = [
     (4096, 50),
     (4096, 60),
     (4096, 70),
     (4096, 80),
+    (4096, 90),
     (16384, 50),
     (16384, 70),
     (16384, 80),
@@ -45,32 +46,43 @@ fn main() -> Res<()> {
     );
     println!();
     println!(
-        "{:>10} {:>5} {:>14} {:>9} {:>9} {:>13}",
-        "block size", "fill", "failed round", "poisoned", "free MiB", "deferred MiB"
+        "{:>10} {:>5} {:>14} {:>9} {:>9} {:>13} {:>8} {:>8}",
+        "block size",
+        "fill",
+        "failed round",
+        "poisoned",
+        "free MiB",
+        "deferred MiB",
+        "commits",
+        "seconds"
     );
     for (block_size, pct) in CASES {
-        let (failed, info) = run(pool_size, block_size, pct, rounds, ops)?;
+        let t = std::time::Instant::now();
+        let (failed, info, commits) = run(pool_size, block_size, pct, rounds, ops)?;
         println!(
-            "{:>10} {:>4}% {:>14} {:>9} {:>9} {:>13}",
+            "{:>10} {:>4}% {:>14} {:>9} {:>9} {:>13} {:>8} {:>8.2}",
             block_size,
             pct,
             failed.map_or("none".to_string(), |r| r.to_string()),
             if info.poisoned { "yes" } else { "no" },
             info.free / MIB,
-            info.deferred / MIB
+            info.deferred / MIB,
+            commits,
+            t.elapsed().as_secs_f64()
         );
     }
     Ok(())
 }
 
-/// One case: the round whose write or commit failed (if any), and the pool's state then.
+/// One case: the round whose write or commit failed (if any), the pool's state then, and the
+/// commits the rounds took (more than one a round where writers waited for runs).
 fn run(
     pool_size: u64,
     block_size: u32,
     pct: u64,
     rounds: u32,
     ops: u32,
-) -> Res<(Option<u32>, pool::PoolInfo)> {
+) -> Res<(Option<u32>, pool::PoolInfo, u64)> {
     let dev = Arc::new(MemDevice::new(usize::try_from(pool_size)?));
     let config = PoolConfig {
         sync_interval: None,
@@ -85,6 +97,7 @@ fn run(
         v.write_at(off, &chunk)?;
     }
     pool.sync()?;
+    let first_txg = pool.info().txg;
     let mut rng = SmallRng::seed_from_u64(pct ^ u64::from(block_size));
     let pages = size / 4096;
     let mut failed = None;
@@ -102,5 +115,7 @@ fn run(
             break;
         }
     }
-    Ok((failed, pool.info()))
+    let info = pool.info();
+    let commits = info.txg - first_txg;
+    Ok((failed, info, commits))
 }

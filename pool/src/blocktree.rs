@@ -58,7 +58,7 @@ impl PtrShape {
 }
 
 /// Sectors of an indirect block.
-const INDIRECT_SECTORS: u32 = (INDIRECT_SIZE / 4096) as u32;
+const INDIRECT_SECTORS: u32 = crate::phys::INDIRECT_SECTORS as u32;
 
 /// One leaf: the data block pointers under one level-1 pointer.
 type Leaf = Box<[BlockPtr]>;

@@ -79,6 +79,19 @@ pub enum Error {
         /// Bytes available.
         available: u64,
     },
+    /// Free space has no run long enough for an indirect block of the block map.
+    #[error(
+        "pool {pool} has {free} bytes free, but none of it in runs of 16 KiB for the block \
+             map's indirect blocks: random overwrites of small blocks have cut free space into \
+             single blocks; free space (destroy snapshots or datasets), or use volumes with \
+             larger blocks"
+    )]
+    Fragmented {
+        /// Pool name.
+        pool: String,
+        /// Bytes free, in holes too small.
+        free: u64,
+    },
     /// No such dataset (or property).
     #[error("{0} does not exist")]
     NotFound(String),
@@ -142,7 +155,7 @@ impl Error {
                 ErrorKind::Corrupt
             }
             Error::UnsupportedVersion { .. } => ErrorKind::Unsupported,
-            Error::NoSpace { .. } => ErrorKind::NoSpace,
+            Error::NoSpace { .. } | Error::Fragmented { .. } => ErrorKind::NoSpace,
             Error::NotFound(_) | Error::Destroyed(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::InvalidName { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidInput,

@@ -27,6 +27,8 @@ pub const SPACEMAP_MAGIC: [u8; 8] = *b"TARNSMAP";
 pub const RING_SLOTS: u64 = 64;
 /// Size of an indirect block.
 pub const INDIRECT_SIZE: usize = 16384;
+/// Sectors of an indirect block.
+pub const INDIRECT_SECTORS: u64 = INDIRECT_SIZE as u64 / SECTOR;
 /// The most holds one snapshot may have (the directory stores their count as a u16).
 pub const MAX_HOLDS: usize = 4096;
 /// The longest hold tag, in bytes.

@@ -8,8 +8,8 @@ use crate::lock::{lock_exclusive, LockError};
 use crate::names::check_pool_name;
 use crate::phys::{
     checksum, decode_deferred_block, decode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
-    DeferredFree, LabelPhys, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, LABEL_OFFSETS,
-    RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
+    DeferredFree, LabelPhys, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, INDIRECT_SECTORS,
+    LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
 };
 use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     /// Four-sector metadata blocks (indirect blocks, mostly) written since the last commit
     /// started: how many runs the next one holds for them.
     pub meta_runs_used: AtomicUsize,
+    /// The most of those a recent commit wrote, decaying by 1/64 a commit.
+    pub meta_runs_peak: AtomicUsize,
     pub last_txg: AtomicU64,
     pub sync_signal: (Mutex<bool>, Condvar),
     pub throttle: (Mutex<()>, Condvar),
@@ -243,12 +245,13 @@ impl Shared {
         writable(&lock(&self.spacemap))
     }
 
-    /// Reserves `bytes` of dirty data against the writable space. Checked and counted under
-    /// the space-map lock, where placement checks its room against the same count, so that
-    /// neither can spend space the other has just counted on (near full, that would end in
-    /// a commit failing for space, which poisons the pool).
-    pub(crate) fn reserve(&self, bytes: u64) -> Result<()> {
-        let sm = lock(&self.spacemap);
+    /// Reserves `bytes` of dirty data against the writable space, and promises `runs` held
+    /// runs to the indirect blocks the write dirties ([`SpaceMap::promise_meta_runs`]).
+    /// Checked and counted under the space-map lock, where placement checks its room against
+    /// the same count, so that neither can spend space the other has just counted on (near
+    /// full, that would end in a commit failing for space, which poisons the pool).
+    pub(crate) fn reserve(&self, bytes: u64, runs: u64) -> Result<()> {
+        let mut sm = lock(&self.spacemap);
         let avail = writable(&sm);
         let dirty = self.dirty_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if dirty > avail {
@@ -260,7 +263,19 @@ impl Shared {
                 available: avail.saturating_sub(dirty - bytes),
             });
         }
+        if !sm.promise_meta_runs(runs, INDIRECT_SECTORS) {
+            self.dirty_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(self.fragmented(&sm));
+        }
         Ok(())
+    }
+
+    /// The error for a write that found no run to promise to its indirect blocks.
+    pub(crate) fn fragmented(&self, sm: &SpaceMap) -> Error {
+        Error::Fragmented {
+            pool: self.name().into(),
+            free: sm.free() * SECTOR,
+        }
     }
 
     /// Waits until no free run is out for trimming, and keeps trim from taking another
@@ -898,6 +913,7 @@ impl Pool {
             pending: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             meta_runs_used: AtomicUsize::new(0),
+            meta_runs_peak: AtomicUsize::new(0),
             last_txg: AtomicU64::new(txg),
             sync_signal: (Mutex::new(false), Condvar::new()),
             throttle: (Mutex::new(()), Condvar::new()),

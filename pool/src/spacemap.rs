@@ -65,6 +65,11 @@ pub struct SpaceMap {
     /// Runs held for indirect blocks ([`SpaceMap::hold_meta_runs`]): placed, so that no writer
     /// takes them and a crash leaks nothing.
     meta_runs: Vec<Extent>,
+    /// Held runs promised to indirect blocks dirty writes will have the next commits write
+    /// ([`SpaceMap::promise_meta_runs`]); never more than are held.
+    promised: u64,
+    /// Of those, the ones the commit in progress may still take.
+    owed: u64,
 }
 
 impl SpaceMap {
@@ -83,6 +88,8 @@ impl SpaceMap {
             placed: BTreeMap::new(),
             zombies: Vec::new(),
             meta_runs: Vec::new(),
+            promised: 0,
+            owed: 0,
         };
         sm.set_range(0, reserved, true);
         // Bits past the end of the device are permanently allocated.
@@ -214,17 +221,19 @@ impl SpaceMap {
         Some(s)
     }
 
-    /// Holds `want` runs of `len` sectors (at most half the slop's worth) for the indirect
-    /// blocks of coming commits, keeping `keep` sectors (data writers reserved) and half the
-    /// slop free for everything else; gives back held runs beyond `want`. Random overwrites of
-    /// small blocks leave free space in holes of one block, and writers placing single blocks
-    /// split whatever runs they meet: a commit could find no run long enough for an indirect
-    /// block with plenty of space free. Commits hold runs right after releasing frees (which
-    /// return the runs of the indirect blocks they replaced), before writers can split them.
-    /// Returns the runs held.
+    /// Holds `want` runs of `len` sectors (at most half the slop's worth, never fewer than
+    /// promised) for the indirect blocks of coming commits, keeping `keep` sectors (data
+    /// writers reserved) and half the slop free for everything else; gives back held runs
+    /// beyond that. Random overwrites of small blocks leave free space in holes of one block,
+    /// and writers placing single blocks split whatever runs they meet: a commit could find no
+    /// run long enough for an indirect block with plenty of space free. Commits hold runs
+    /// right after releasing frees (which return the runs of the indirect blocks they
+    /// replaced), before writers can split them. Returns the runs held.
     pub fn hold_meta_runs(&mut self, want: usize, len: u64, keep: u64) -> usize {
         let half_slop = self.slop() / 2;
-        let want = want.min((half_slop / len.max(1)) as usize);
+        let want = want
+            .min((half_slop / len.max(1)) as usize)
+            .max(usize::try_from(self.promised).unwrap_or(usize::MAX));
         while self.meta_runs.len() > want {
             if let Some(r) = self.meta_runs.pop() {
                 // Never referenced, never readable: back to free at once.
@@ -233,19 +242,76 @@ impl SpaceMap {
                 }
             }
         }
-        while self.meta_runs.len() < want && self.free() >= len + keep + half_slop {
+        self.hold_more(want, len, keep + half_slop);
+        self.meta_runs.len()
+    }
+
+    /// Holds runs of `len` sectors until `want` are held, leaving at least `floor` sectors
+    /// free, or until free space has no such run.
+    fn hold_more(&mut self, want: usize, len: u64, floor: u64) {
+        while self.meta_runs.len() < want && self.free() >= len + floor {
             let Some(start) = self.alloc(len) else {
                 break;
             };
             self.placed.insert(start, len);
             self.meta_runs.push(Extent { start, len });
         }
-        self.meta_runs.len()
+    }
+
+    /// Promises `runs` held runs of `len` sectors to the indirect blocks a write dirties, so
+    /// that the commit writing them finds a run for each. Holds more when those not yet
+    /// promised fall short: the writer reserved their bytes already, so only half the slop
+    /// is left free. False when free space has no more runs (it is cut into smaller holes).
+    pub fn promise_meta_runs(&mut self, runs: u64, len: u64) -> bool {
+        let want = self.promised.saturating_add(runs);
+        if (self.meta_runs.len() as u64) < want {
+            let floor = self.slop() / 2;
+            self.hold_more(usize::try_from(want).unwrap_or(usize::MAX), len, floor);
+        }
+        if (self.meta_runs.len() as u64) < want {
+            return false;
+        }
+        self.promised = want;
+        true
+    }
+
+    /// Takes back runs promised to indirect blocks no commit will write.
+    pub fn unpromise_meta_runs(&mut self, runs: u64) {
+        self.promised = self.promised.saturating_sub(runs);
+    }
+
+    /// The commit starting now writes the indirect blocks `runs` promised runs were for:
+    /// the runs it takes fulfil those promises first.
+    pub fn begin_meta_commit(&mut self, runs: u64) {
+        self.owed = runs.min(self.promised);
+    }
+
+    /// The commit is done: its promises not taken up (shared upper indirect blocks are
+    /// promised once per leaf under them) are void.
+    pub fn end_meta_commit(&mut self) {
+        self.promised -= self.owed;
+        self.owed = 0;
+    }
+
+    /// Runs of `len` sectors the deferred frees will give back when released.
+    pub fn deferred_runs(&self, len: u64) -> usize {
+        let runs: u64 = self
+            .deferred
+            .values()
+            .flatten()
+            .map(|e| e.len / len.max(1))
+            .sum();
+        usize::try_from(runs).unwrap_or(usize::MAX)
     }
 
     /// Sectors held for indirect blocks.
     pub fn held_meta_sectors(&self) -> u64 {
         self.meta_runs.iter().map(|r| r.len).sum()
+    }
+
+    /// Runs held and not promised to any write.
+    pub fn unpromised_meta_runs(&self) -> u64 {
+        (self.meta_runs.len() as u64).saturating_sub(self.promised)
     }
 
     /// Takes a held run of `len` sectors for a block the txg being committed writes.
@@ -254,6 +320,10 @@ impl SpaceMap {
         let run = self.meta_runs.swap_remove(at);
         debug_assert_eq!(self.placed.get(&run.start), Some(&run.len), "{run:?}");
         self.commit_placed(run.start, run.len);
+        if self.owed > 0 {
+            self.owed -= 1;
+            self.promised -= 1;
+        }
         Some(run.start)
     }
 
@@ -665,6 +735,36 @@ mod tests {
         sm.hold_meta_runs(0, 4, 0);
         let keep = sm.free() - slop / 2 - 3;
         assert_eq!(sm.hold_meta_runs(10, 4, keep), 0);
+    }
+
+    #[test]
+    fn promised_runs_are_held_until_their_commit_and_refused_when_free_space_has_none() {
+        let mut sm = SpaceMap::new(2_000, 10);
+        // Promising holds runs on demand, and holding never gives back promised ones.
+        assert!(sm.promise_meta_runs(3, 4));
+        assert_eq!((sm.held_meta_sectors(), sm.unpromised_meta_runs()), (12, 0));
+        assert_eq!(sm.hold_meta_runs(0, 4, 0), 3, "promised runs stay held");
+        sm.unpromise_meta_runs(1);
+        assert_eq!(sm.hold_meta_runs(0, 4, 0), 2);
+        // A commit takes its promised runs first; what it leaves untaken is void at its end.
+        sm.begin_meta_commit(2);
+        assert!(sm.take_meta_run(4).is_some());
+        sm.end_meta_commit();
+        assert_eq!((sm.held_meta_sectors(), sm.unpromised_meta_runs()), (4, 1));
+        // Free space cut into single sectors has no run to promise: refused, nothing held.
+        sm.hold_meta_runs(0, 4, 0);
+        while sm.alloc(1).is_some() {}
+        assert_eq!(sm.free(), 0);
+        for x in (10..1_600).step_by(2) {
+            sm.free_now(x, 1);
+        }
+        assert!(sm.free() > sm.slop() / 2 + 4, "free {}", sm.free());
+        assert!(!sm.promise_meta_runs(1, 4));
+        assert_eq!(sm.held_meta_sectors(), 0);
+        // A run freed (an indirect block released) is promised again.
+        sm.free_now(1_700, 4);
+        assert!(sm.promise_meta_runs(1, 4));
+        assert!(sm.is_allocated(1_700, 4));
     }
 
     #[test]

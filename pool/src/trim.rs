@@ -13,7 +13,7 @@
 //! [`PoolConfig::autotrim`]: crate::PoolConfig::autotrim
 
 use crate::error::Result;
-use crate::phys::SECTOR;
+use crate::phys::{INDIRECT_SECTORS, SECTOR};
 use crate::pool::{lock, Pool, Shared};
 use crate::spacemap::{Extent, RELEASE_COMMITS};
 use std::sync::atomic::Ordering;
@@ -102,6 +102,9 @@ impl Pool {
                 sh.commit_locked(&mut cs)?;
             }
         }
+        // Runs held for coming commits' indirect blocks and not promised to any write are
+        // free on disk: give them back so that they are trimmed too (commits hold others).
+        lock(&sh.spacemap).hold_meta_runs(0, INDIRECT_SECTORS, 0);
         let mut report = TrimReport::default();
         let mut from = 0;
         loop {

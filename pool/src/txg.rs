@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::phys::{
     checksum, encode_deferred_block, encode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
-    DeferredFree, MetaPhys, UberblockPhys, DEFERRED_WRITE_ENTRIES, DIR_LEAF_IDS, INDIRECT_SIZE,
+    DeferredFree, MetaPhys, UberblockPhys, DEFERRED_WRITE_ENTRIES, DIR_LEAF_IDS, INDIRECT_SECTORS,
     RING_OFFSET, RING_SLOTS, SECTOR,
 };
 use crate::pool::{lock, now_secs, read, write, CommitState, Shared};
@@ -26,10 +26,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Sectors of an indirect block.
-const INDIRECT_SECTORS: u64 = (INDIRECT_SIZE as u64).div_ceil(SECTOR);
-/// Runs for indirect blocks a commit holds beyond what the last one used.
+/// Runs for indirect blocks a commit holds beyond what the busiest recent one used.
 const MIN_META_RUNS: usize = 8;
+/// The remembered peak of indirect blocks per commit loses 1/PEAK_DECAY of itself a commit.
+const PEAK_DECAY: usize = 64;
 
 impl Shared {
     /// Whether anything waits to be committed.
@@ -160,15 +160,18 @@ impl Shared {
         };
         self.autotrim(&released);
         {
-            // Runs for this commit's indirect blocks, twice as many as the last one wrote (a
-            // store for commits that write more), taken now: the released frees hold the runs
-            // of the indirect blocks they replaced, and writers would split them into single
-            // blocks. Never out of the space data writers reserved.
+            // Runs for the indirect blocks of coming commits, twice as many as the busiest
+            // recent one wrote: writes promise them, and hold more only where free space
+            // still has runs. Taken now: the released frees hold the runs of the indirect
+            // blocks they replaced, and writers would split them into single blocks.
             let mut sm = lock(&self.spacemap);
             sm.free_released(&released);
             let last = self.meta_runs_used.swap(0, Ordering::Relaxed);
+            let peak = self.meta_runs_peak.load(Ordering::Relaxed);
+            let peak = last.max(peak - peak / PEAK_DECAY);
+            self.meta_runs_peak.store(peak, Ordering::Relaxed);
             let keep = self.dirty_bytes.load(Ordering::Acquire).div_ceil(SECTOR);
-            sm.hold_meta_runs(2 * last + MIN_META_RUNS, INDIRECT_SECTORS, keep);
+            sm.hold_meta_runs(2 * peak + MIN_META_RUNS, INDIRECT_SECTORS, keep);
         }
 
         // 2. Take the dirty maps.
@@ -179,18 +182,25 @@ impl Shared {
             .collect();
         let mut work: Vec<(Arc<Volume>, Arc<DirtyMap>)> = Vec::new();
         let mut reserved = 0u64;
+        let mut runs = 0u64;
         self.pending.store(false, Ordering::Release);
         for v in &vols {
             let mut st = lock(&v.state);
+            // Leaves whose dirty blocks were all dropped since (a shrink) are no longer open
+            // either: their promised runs are void with this commit's.
+            runs += std::mem::take(&mut st.open_runs);
+            st.open_l1.clear();
+            st.open_upper.clear();
+            st.open_new_leaves = 0;
             if !st.open.is_empty() {
                 let map = Arc::new(std::mem::take(&mut st.open));
-                st.open_l1.clear();
-                st.open_new_leaves = 0;
                 reserved += std::mem::take(&mut st.open_reserved);
                 st.syncing = Some(map.clone());
                 work.push((v.clone(), map));
             }
         }
+
+        lock(&self.spacemap).begin_meta_commit(runs);
 
         // 3. Write data blocks.
         let mut placed: Vec<Vec<(u64, BlockPtr, bool)>> = Vec::with_capacity(work.len());
@@ -338,6 +348,7 @@ impl Shared {
         if reserved > 0 {
             self.dirty_bytes.fetch_sub(reserved, Ordering::AcqRel);
         }
+        lock(&self.spacemap).end_meta_commit();
         tracing::trace!(pool = self.name(), txg, time = now_secs(), "txg committed");
         Ok(txg)
     }

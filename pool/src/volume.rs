@@ -8,7 +8,7 @@ use crate::blocktree::{BlockTree, LEAF_BYTES};
 use crate::deadlist::Deadlist;
 use crate::error::{Error, Result};
 use crate::iov::{Iov, IovMut};
-use crate::phys::{checksum, BlockPtr, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
+use crate::phys::{checksum, BlockPtr, INDIRECT_SECTORS, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
 use crate::pool::{lock, read, Shared};
 use crate::prefetch::Streams;
 use crate::spacemap::SpaceMap;
@@ -61,6 +61,12 @@ pub(crate) struct VolumeState {
     pub open_new_leaves: u64,
     /// Bytes reserved for the open txg.
     pub open_reserved: u64,
+    /// Indirect blocks above level 1 the open txg will rewrite, as `level << 56 | index`.
+    pub open_upper: HashSet<u64, BlockHasher>,
+    /// Held runs promised to the indirect blocks the open txg will rewrite
+    /// ([`crate::spacemap::SpaceMap::promise_meta_runs`]): one for each in `open_l1` and
+    /// `open_upper`.
+    pub open_runs: u64,
     pub syncing: Option<Arc<DirtyMap>>,
     /// Sectors of data blocks the committed tree references.
     pub referenced: u64,
@@ -136,6 +142,31 @@ impl VolumeState {
         tree.min(open).min(syncing)
     }
 
+    /// Keys in `open_upper` of the indirect blocks above leaf `leaf` (levels 2 to `height`).
+    fn upper_keys(leaf: u64, height: u64) -> impl Iterator<Item = u64> {
+        (2..=height).scan(1u64, move |span, level| {
+            *span = span.saturating_mul(PTRS_PER_INDIRECT as u64);
+            Some((level << 56) | (leaf / *span))
+        })
+    }
+
+    /// Indirect blocks a write opening leaf `leaf` adds to those the open txg rewrites: the
+    /// leaf's and those above it not yet counted.
+    fn runs_to_open(&self, leaf: u64, height: u64) -> u64 {
+        let upper = Self::upper_keys(leaf, height).filter(|k| !self.open_upper.contains(k));
+        1 + upper.count() as u64
+    }
+
+    /// Marks leaf `leaf` and the indirect blocks above it as rewritten by the open txg;
+    /// returns how many were not yet (held runs they take at the commit).
+    fn open_leaf(&mut self, leaf: u64, height: u64) -> u64 {
+        if !self.open_l1.insert(leaf) {
+            return 0;
+        }
+        let upper = Self::upper_keys(leaf, height).filter(|&k| self.open_upper.insert(k));
+        1 + upper.count() as u64
+    }
+
     pub(crate) fn new(init: StateInit) -> Self {
         VolumeState {
             size: init.size,
@@ -145,6 +176,8 @@ impl VolumeState {
             open_l1: HashSet::default(),
             open_new_leaves: 0,
             open_reserved: 0,
+            open_upper: HashSet::default(),
+            open_runs: 0,
             syncing: None,
             referenced: init.referenced,
             written: init.written,
@@ -200,7 +233,9 @@ impl VolumeState {
         });
         if nblocks == 0 {
             self.open_l1.clear();
+            self.open_upper.clear();
             self.open_new_leaves = 0;
+            sm.unpromise_meta_runs(std::mem::take(&mut self.open_runs));
             return std::mem::take(&mut self.open_reserved);
         }
         let r = (buffered * u64::from(block_size)).min(self.open_reserved);
@@ -527,10 +562,10 @@ impl VolumeHandle {
         self.shared.commit().map(|_| ())
     }
 
-    /// Reservation a write of `len` bytes at `offset` needs at most: the blocks buffered until
-    /// the commit (the partial ones at either end, or all of them when `buffered`) and the
-    /// indirect blocks the commit rewrites. Placed blocks are allocated when placed, and whole
-    /// blocks of zeroes (`data` false) become holes.
+    /// Reservation a write of `len` bytes at `offset` needs at most, in bytes: the blocks
+    /// buffered until the commit (the partial ones at either end, or all of them when
+    /// `buffered`) and the indirect blocks the commit rewrites. Placed blocks are allocated
+    /// when placed, and whole blocks of zeroes (`data` false) become holes.
     fn worst_case(&self, offset: u64, len: u64, height: u64, data: bool, buffered: bool) -> u64 {
         let bs = u64::from(self.vol.block_size);
         let blocks = (offset + len).div_ceil(bs) - offset / bs;
@@ -541,6 +576,49 @@ impl VolumeHandle {
         };
         let data_blocks = if data && buffered { blocks } else { 2 };
         data_blocks * bs + indirect_paths * INDIRECT_SIZE as u64 * height
+    }
+
+    /// Held runs a write of `len` bytes at `offset` may add to those the open txg's indirect
+    /// blocks take ([`VolumeState::runs_to_open`]) for the leaves it spans, or for zeroes
+    /// (`data` false) those of its partial blocks and those that may hold data (holes skipped
+    /// a leaf at a time).
+    fn runs_needed(
+        st: &VolumeState,
+        offset: u64,
+        len: u64,
+        bs: u64,
+        data: bool,
+        height: u64,
+    ) -> u64 {
+        if len == 0 {
+            return 0;
+        }
+        let per_leaf = PTRS_PER_INDIRECT as u64;
+        let (first, last) = (offset / bs / per_leaf, (offset + len - 1) / bs / per_leaf);
+        let new = |leaf: u64| {
+            if st.open_l1.contains(&leaf) {
+                0
+            } else {
+                st.runs_to_open(leaf, height)
+            }
+        };
+        if data {
+            return (first..=last).map(new).sum();
+        }
+        let mut n = new(first) + if last > first { new(last) } else { 0 };
+        let (mut idx, end) = (offset.div_ceil(bs), (offset + len) / bs);
+        while idx < end {
+            let hit = st.next_maybe_data(idx);
+            if hit >= end {
+                break;
+            }
+            let leaf = hit / per_leaf;
+            if leaf != first && leaf != last {
+                n += new(leaf);
+            }
+            idx = (leaf + 1) * per_leaf;
+        }
+        n
     }
 
     /// The byte ranges within `offset..offset + len` that hold data rather than holes, merged
@@ -622,13 +700,17 @@ impl VolumeHandle {
             return Err(Error::ReadOnly(self.name()));
         }
         let bs = u64::from(self.vol.block_size);
-        let height = {
+        let (height, runs) = {
             let st = self.state()?;
             self.check_range(&st, offset, len)?;
             if src.is_some() {
                 self.check_map_budget(&st, offset, len)?;
             }
-            st.tree.as_ref().map(|t| t.height() as u64).unwrap_or(1)
+            let height = st.tree.as_ref().map(|t| t.height() as u64).unwrap_or(1);
+            (
+                height,
+                Self::runs_needed(&st, offset, len, bs, src.is_some(), height),
+            )
         };
         if len == 0 {
             return Ok(());
@@ -638,12 +720,14 @@ impl VolumeHandle {
         let whole_bytes = ((offset + len) / bs).saturating_sub(offset.div_ceil(bs)) * bs;
         let place = src.is_some() && whole_bytes >= PLACE_MIN_BYTES;
         let reserve = self.worst_case(offset, len, height, src.is_some(), !place);
-        self.reserve(reserve)?;
+        let mut runs = runs;
+        self.reserve(reserve, runs)?;
         let mut placed = match src {
             Some(iov) if place => match self.place_whole_blocks(offset, len, iov) {
                 Ok(p) => p,
                 Err(e) => {
                     self.shared.unreserve(reserve);
+                    lock(&self.shared.spacemap).unpromise_meta_runs(runs);
                     return Err(e);
                 }
             },
@@ -666,11 +750,14 @@ impl VolumeHandle {
                 placed
                     .filter_map(|(_, d)| d.placed())
                     .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
+                sm.unpromise_meta_runs(runs);
+                drop(sm);
                 self.shared.unreserve(reserve);
                 return Err(e);
             }
         };
         let mut used = 0u64;
+        let mut used_runs = 0u64;
         let mut at = 0u64;
         let mut result = Ok(());
         while at < len {
@@ -678,6 +765,21 @@ impl VolumeHandle {
             let idx = pos / bs;
             let in_block = (pos % bs) as usize;
             let n = (bs - in_block as u64).min(len - at) as usize;
+            // A leaf the open txg does not rewrite yet needs held runs, for itself and the
+            // blocks above it: promised with the reservation, or here where a commit took
+            // the open leaves since the count (refused here, the write is partial).
+            let leaf = idx / PTRS_PER_INDIRECT as u64;
+            if !st.open_l1.contains(&leaf) {
+                let need = used_runs + st.runs_to_open(leaf, height);
+                if need > runs {
+                    let mut sm = lock(&self.shared.spacemap);
+                    if !sm.promise_meta_runs(need - runs, INDIRECT_SECTORS) {
+                        result = Err(self.shared.fragmented(&sm));
+                        break;
+                    }
+                    runs = need;
+                }
+            }
             let prev = st.open.get(&idx);
             let fresh = prev.is_none();
             let had_data = matches!(prev, Some(Dirty::Data(_)));
@@ -744,15 +846,20 @@ impl VolumeHandle {
             if !had_data && (!whole || (src.is_some() && !place)) {
                 used += bs;
             }
-            let leaf = idx / PTRS_PER_INDIRECT as u64;
-            if fresh && (src.is_some() || !whole) && st.open_l1.insert(leaf) {
-                used += INDIRECT_SIZE as u64 * height;
-                if !st
-                    .tree
-                    .as_ref()
-                    .is_some_and(|t| t.keeps_leaf(leaf as usize))
-                {
-                    st.open_new_leaves += 1;
+            // Every leaf the txg changes is rewritten, zeroed ones too; its bytes were reserved
+            // where it may get data (zeroes free more than the leaf takes).
+            let opened = if fresh { st.open_leaf(leaf, height) } else { 0 };
+            if opened > 0 {
+                used_runs += opened;
+                if src.is_some() || !whole {
+                    used += INDIRECT_SIZE as u64 * height;
+                    if !st
+                        .tree
+                        .as_ref()
+                        .is_some_and(|t| t.keeps_leaf(leaf as usize))
+                    {
+                        st.open_new_leaves += 1;
+                    }
                 }
             }
             at += n as u64;
@@ -764,10 +871,14 @@ impl VolumeHandle {
                 .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
         }
         st.open_reserved += used;
+        st.open_runs += used_runs;
         self.shared.pending.store(true, Ordering::Release);
         drop(st);
         drop(_fence);
         self.shared.unreserve(reserve - used);
+        if runs > used_runs {
+            lock(&self.shared.spacemap).unpromise_meta_runs(runs - used_runs);
+        }
         result?;
         self.shared.throttle()
     }
@@ -976,11 +1087,11 @@ impl VolumeHandle {
     }
 
     /// Reserves space, committing to release deferred frees when the pool looks full.
-    fn reserve(&self, bytes: u64) -> Result<()> {
+    fn reserve(&self, bytes: u64, runs: u64) -> Result<()> {
         let mut tries = 0;
         let mut gate = None;
         loop {
-            match self.shared.reserve(bytes) {
+            match self.shared.reserve(bytes, runs) {
                 Ok(()) => return Ok(()),
                 Err(_) if gate.is_none() => {
                     // A trim may have a free run out; wait for it, and try again.
