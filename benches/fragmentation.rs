@@ -1,7 +1,7 @@
-//! How long a pool keeps committing under random overwrites as it fills: a volume of a given
-//! block size filled to a share of an in-memory pool, then rounds of random 4 KiB overwrites,
+//! How long a pool keeps committing under random overwrites as it fills: volumes of given
+//! block sizes filled to shares of an in-memory pool, then rounds of random 4 KiB overwrites,
 //! one commit per round, until a commit fails (the pool is then poisoned: it stops accepting
-//! writes) or a write fails, or the rounds run out. Prints, per block size and fill, the round
+//! writes) or a write fails, or the rounds run out. Prints, per case, the round
 //! that failed (or `none`), whether the pool was poisoned (a write refused for space is not),
 //! the pool's free and deferred space at the end, the commits the rounds took (more than one a
 //! round where writes waited for runs) and the time. Random overwrites of small blocks leave
@@ -21,17 +21,21 @@ use zvol::parse_size;
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const MIB: u64 = 1 << 20;
-/// (volume block size, percent of the pool the volume fills).
-const CASES: [(u32, u64); 9] = [
-    (4096, 50),
-    (4096, 60),
-    (4096, 70),
-    (4096, 80),
-    (4096, 90),
-    (16384, 50),
-    (16384, 70),
-    (16384, 80),
-    (16384, 90),
+/// Volumes, as (block size, percent of the pool it fills); writes go to each in turn.
+const CASES: [&[(u32, u64)]; 13] = [
+    &[(4096, 50)],
+    &[(4096, 60)],
+    &[(4096, 70)],
+    &[(4096, 80)],
+    &[(4096, 90)],
+    &[(16384, 50)],
+    &[(16384, 70)],
+    &[(16384, 80)],
+    &[(16384, 90)],
+    &[(4096, 40), (16384, 30)],
+    &[(4096, 50), (16384, 30)],
+    &[(4096, 40), (16384, 45)],
+    &[(4096, 60), (16384, 25)],
 ];
 
 fn main() -> Res<()> {
@@ -46,9 +50,8 @@ fn main() -> Res<()> {
     );
     println!();
     println!(
-        "{:>10} {:>5} {:>14} {:>9} {:>9} {:>13} {:>8} {:>8}",
-        "block size",
-        "fill",
+        "{:>22} {:>14} {:>9} {:>9} {:>13} {:>8} {:>8}",
+        "volumes (block, fill)",
         "failed round",
         "poisoned",
         "free MiB",
@@ -56,13 +59,16 @@ fn main() -> Res<()> {
         "commits",
         "seconds"
     );
-    for (block_size, pct) in CASES {
+    for vols in CASES {
         let t = std::time::Instant::now();
-        let (failed, info, commits) = run(pool_size, block_size, pct, rounds, ops)?;
+        let (failed, info, commits) = run(pool_size, vols, rounds, ops)?;
+        let name: Vec<String> = vols
+            .iter()
+            .map(|(bs, pct)| format!("{}K {pct}%", bs / 1024))
+            .collect();
         println!(
-            "{:>10} {:>4}% {:>14} {:>9} {:>9} {:>13} {:>8} {:>8.2}",
-            block_size,
-            pct,
+            "{:>22} {:>14} {:>9} {:>9} {:>13} {:>8} {:>8.2}",
+            name.join(" + "),
             failed.map_or("none".to_string(), |r| r.to_string()),
             if info.poisoned { "yes" } else { "no" },
             info.free / MIB,
@@ -78,8 +84,7 @@ fn main() -> Res<()> {
 /// commits the rounds took (more than one a round where writers waited for runs).
 fn run(
     pool_size: u64,
-    block_size: u32,
-    pct: u64,
+    vols: &[(u32, u64)],
     rounds: u32,
     ops: u32,
 ) -> Res<(Option<u32>, pool::PoolInfo, u64)> {
@@ -89,21 +94,28 @@ fn run(
         ..PoolConfig::default()
     };
     let pool = Pool::create_on(dev, "frag", config)?;
-    let size = pool_size * pct / 100 / MIB * MIB;
-    pool.create_volume("frag/v", size, block_size, &Default::default())?;
-    let v = pool.volume("frag/v")?;
     let chunk = vec![0x5au8; MIB as usize];
-    for off in (0..size).step_by(MIB as usize) {
-        v.write_at(off, &chunk)?;
+    let mut handles = Vec::new();
+    let mut seed = 0u64;
+    for (i, &(block_size, pct)) in vols.iter().enumerate() {
+        let size = pool_size * pct / 100 / MIB * MIB;
+        let name = format!("frag/v{i}");
+        pool.create_volume(&name, size, block_size, &Default::default())?;
+        let v = pool.volume(&name)?;
+        for off in (0..size).step_by(MIB as usize) {
+            v.write_at(off, &chunk)?;
+        }
+        handles.push((v, size / 4096));
+        seed = seed * 1000 + (pct ^ u64::from(block_size));
     }
     pool.sync()?;
     let first_txg = pool.info().txg;
-    let mut rng = SmallRng::seed_from_u64(pct ^ u64::from(block_size));
-    let pages = size / 4096;
+    let mut rng = SmallRng::seed_from_u64(seed);
     let mut failed = None;
     'rounds: for round in 1..=rounds {
-        for _ in 0..ops {
-            if v.write_at(rng.gen_range(0..pages) * 4096, &chunk[..4096])
+        for op in 0..ops as usize {
+            let (v, pages) = &handles[op % handles.len()];
+            if v.write_at(rng.gen_range(0..*pages) * 4096, &chunk[..4096])
                 .is_err()
             {
                 failed = Some(round);

@@ -79,18 +79,20 @@ pub enum Error {
         /// Bytes available.
         available: u64,
     },
-    /// Free space has no run long enough for an indirect block of the block map.
+    /// Free space has no run long enough for a block a write needs at its commit.
     #[error(
-        "pool {pool} has {free} bytes free, but none of it in runs of 16 KiB for the block \
-             map's indirect blocks: random overwrites of small blocks have cut free space into \
-             single blocks; free space (destroy snapshots or datasets), or use volumes with \
-             larger blocks"
+        "pool {pool} has {free} bytes free, but none of it in runs of {run} bytes for the \
+             blocks this write needs (indirect blocks of the block map, or data blocks that \
+             long): random overwrites of small blocks have cut free space into smaller holes; \
+             free space (destroy snapshots or datasets), or use a larger pool"
     )]
     Fragmented {
         /// Pool name.
         pool: String,
         /// Bytes free, in holes too small.
         free: u64,
+        /// Length of the run wanted, in bytes.
+        run: u64,
     },
     /// No such dataset (or property).
     #[error("{0} does not exist")]

@@ -59,7 +59,8 @@ impl Default for PoolConfig {
 /// Bytes free for new data in `sm` beyond the slop kept for metadata.
 fn writable(sm: &SpaceMap) -> u64 {
     let slop = (sm.usable() * SECTOR / 32).max(1 << 20);
-    (sm.free() * SECTOR).saturating_sub(slop)
+    // Runs held for writes' promises hold blocks their reservations count.
+    ((sm.free() + sm.promised_held_sectors()) * SECTOR).saturating_sub(slop)
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -245,15 +246,20 @@ impl Shared {
         writable(&lock(&self.spacemap))
     }
 
-    /// Reserves `bytes` of dirty data against the writable space, and promises `runs` held
-    /// runs to the indirect blocks the write dirties ([`SpaceMap::promise_meta_runs`]).
+    /// Reserves `bytes` of dirty data against the writable space, and promises held runs
+    /// (length, count) to the blocks the write dirties ([`SpaceMap::promise_runs`]).
     /// Checked and counted under the space-map lock, where placement checks its room against
     /// the same count, so that neither can spend space the other has just counted on (near
     /// full, that would end in a commit failing for space, which poisons the pool).
-    pub(crate) fn reserve(&self, bytes: u64, runs: u64) -> Result<()> {
+    pub(crate) fn reserve(&self, bytes: u64, runs: &[(u64, u64)]) -> Result<()> {
         let mut sm = lock(&self.spacemap);
-        let avail = writable(&sm);
+        let mut avail = writable(&sm);
         let dirty = self.dirty_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if dirty > avail && sm.has_unpromised_runs() {
+            // Runs held for coming commits and promised to no write are free space too.
+            sm.hold_runs(0, INDIRECT_SECTORS, 0);
+            avail = writable(&sm);
+        }
         if dirty > avail {
             self.dirty_bytes.fetch_sub(bytes, Ordering::AcqRel);
             drop(sm);
@@ -263,18 +269,24 @@ impl Shared {
                 available: avail.saturating_sub(dirty - bytes),
             });
         }
-        if !sm.promise_meta_runs(runs, INDIRECT_SECTORS) {
-            self.dirty_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(self.fragmented(&sm));
+        for (i, &(len, n)) in runs.iter().enumerate() {
+            if !sm.promise_runs(len, n) {
+                for &(len, n) in &runs[..i] {
+                    sm.unpromise_runs(len, n);
+                }
+                self.dirty_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                return Err(self.fragmented(&sm, len));
+            }
         }
         Ok(())
     }
 
-    /// The error for a write that found no run to promise to its indirect blocks.
-    pub(crate) fn fragmented(&self, sm: &SpaceMap) -> Error {
+    /// The error for a write that found no run of `len` sectors to promise.
+    pub(crate) fn fragmented(&self, sm: &SpaceMap, len: u64) -> Error {
         Error::Fragmented {
             pool: self.name().into(),
             free: sm.free() * SECTOR,
+            run: len * SECTOR,
         }
     }
 
@@ -969,9 +981,9 @@ impl Pool {
             size: self.shared.label.size,
             usable: sm.usable() * SECTOR,
             // Runs held for coming indirect blocks are free space set aside (and free on disk).
-            allocated: (sm.allocated() - sm.held_meta_sectors()) * SECTOR,
+            allocated: (sm.allocated() - sm.held_sectors()) * SECTOR,
             deferred: sm.deferred_sectors() * SECTOR,
-            free: (sm.free() + sm.held_meta_sectors()) * SECTOR,
+            free: (sm.free() + sm.held_sectors()) * SECTOR,
             txg: self.txg(),
             poisoned: self.shared.poisoned.load(Ordering::Acquire),
             datasets: read(&self.shared.datasets).len(),

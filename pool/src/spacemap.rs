@@ -62,14 +62,15 @@ pub struct SpaceMap {
     /// Placed extents dropped before any commit referenced them; freed at the next commit,
     /// when no reader can still be reading them.
     zombies: Vec<Extent>,
-    /// Runs held for indirect blocks ([`SpaceMap::hold_meta_runs`]): placed, so that no writer
-    /// takes them and a crash leaks nothing.
-    meta_runs: Vec<Extent>,
-    /// Held runs promised to indirect blocks dirty writes will have the next commits write
-    /// ([`SpaceMap::promise_meta_runs`]); never more than are held.
-    promised: u64,
-    /// Of those, the ones the commit in progress may still take.
-    owed: u64,
+    /// Runs held for blocks coming commits write, by length (sectors → first sectors):
+    /// placed, so that no writer takes them and a crash leaks nothing
+    /// ([`SpaceMap::hold_runs`], [`SpaceMap::promise_runs`]).
+    held: BTreeMap<u64, Vec<u64>>,
+    /// Held runs promised to blocks writes dirtied, by length; never more than are held but
+    /// where a commit took one as a last resort ([`SpaceMap::take_promised_run`]).
+    promised: BTreeMap<u64, u64>,
+    /// Of those, the ones the commit in progress may still take, by length.
+    owed: BTreeMap<u64, u64>,
 }
 
 impl SpaceMap {
@@ -87,9 +88,9 @@ impl SpaceMap {
             deferred: BTreeMap::new(),
             placed: BTreeMap::new(),
             zombies: Vec::new(),
-            meta_runs: Vec::new(),
-            promised: 0,
-            owed: 0,
+            held: BTreeMap::new(),
+            promised: BTreeMap::new(),
+            owed: BTreeMap::new(),
         };
         sm.set_range(0, reserved, true);
         // Bits past the end of the device are permanently allocated.
@@ -210,10 +211,11 @@ impl SpaceMap {
     }
 
     /// Allocates `len` sectors for a writer placing data ahead of its commit.
-    /// Leaves at least `keep` sectors (space reserved by others) plus a slop of 1/32 of the
-    /// pool for metadata.
+    /// Leaves at least `keep` sectors (space reserved by others, the runs held for their
+    /// promises included) plus a slop of 1/32 of the pool for metadata.
     pub fn place(&mut self, len: u64, keep: u64) -> Option<u64> {
-        if self.free() < len + keep + self.slop() {
+        // Runs held for writes' promises are counted in `keep` already.
+        if self.free() + self.promised_held_sectors() < len + keep + self.slop() {
             return None;
         }
         let s = self.alloc(len)?;
@@ -224,107 +226,202 @@ impl SpaceMap {
     /// Holds `want` runs of `len` sectors (at most half the slop's worth, never fewer than
     /// promised) for the indirect blocks of coming commits, keeping `keep` sectors (data
     /// writers reserved) and half the slop free for everything else; gives back held runs
-    /// beyond that. Random overwrites of small blocks leave free space in holes of one block,
-    /// and writers placing single blocks split whatever runs they meet: a commit could find no
-    /// run long enough for an indirect block with plenty of space free. Commits hold runs
-    /// right after releasing frees (which return the runs of the indirect blocks they
-    /// replaced), before writers can split them. Returns the runs held.
-    pub fn hold_meta_runs(&mut self, want: usize, len: u64, keep: u64) -> usize {
+    /// beyond that, and held runs of other lengths beyond those promised. Random overwrites
+    /// of small blocks leave free space in holes of one block, and writers placing single
+    /// blocks split whatever runs they meet: a commit could find no run long enough for an
+    /// indirect block with plenty of space free. Commits hold runs right after releasing
+    /// frees (which return the runs of the indirect blocks they replaced), before writers can
+    /// split them. Returns the runs of `len` held.
+    pub fn hold_runs(&mut self, want: usize, len: u64, keep: u64) -> usize {
         let half_slop = self.slop() / 2;
-        let want = want
-            .min((half_slop / len.max(1)) as usize)
-            .max(usize::try_from(self.promised).unwrap_or(usize::MAX));
-        while self.meta_runs.len() > want {
-            if let Some(r) = self.meta_runs.pop() {
+        let want = want.min((half_slop / len.max(1)) as usize);
+        let lens: Vec<u64> = self.held.keys().copied().collect();
+        for l in lens {
+            let promised = usize::try_from(self.promised(l)).unwrap_or(usize::MAX);
+            let keep_held = if l == len {
+                want.max(promised)
+            } else {
+                promised
+            };
+            let runs = self.held.entry(l).or_default();
+            let extra = runs.split_off(keep_held.min(runs.len()));
+            for start in extra {
                 // Never referenced, never readable: back to free at once.
-                if self.placed.remove(&r.start).is_some() {
-                    self.release(r.start, r.len);
+                if self.placed.remove(&start).is_some() {
+                    self.release(start, l);
                 }
             }
         }
-        self.hold_more(want, len, keep + half_slop);
-        self.meta_runs.len()
+        self.held.retain(|_, runs| !runs.is_empty());
+        let target = want.max(usize::try_from(self.promised(len)).unwrap_or(usize::MAX));
+        self.hold_more(target, len, keep + half_slop);
+        self.held_count(len)
     }
 
     /// Holds runs of `len` sectors until `want` are held, leaving at least `floor` sectors
     /// free, or until free space has no such run.
     fn hold_more(&mut self, want: usize, len: u64, floor: u64) {
-        while self.meta_runs.len() < want && self.free() >= len + floor {
+        while self.held_count(len) < want && self.free() >= len + floor {
             let Some(start) = self.alloc(len) else {
                 break;
             };
             self.placed.insert(start, len);
-            self.meta_runs.push(Extent { start, len });
+            self.held.entry(len).or_default().push(start);
         }
     }
 
-    /// Promises `runs` held runs of `len` sectors to the indirect blocks a write dirties, so
-    /// that the commit writing them finds a run for each. Holds more when those not yet
-    /// promised fall short: the writer reserved their bytes already, so only half the slop
-    /// is left free. False when free space has no more runs (it is cut into smaller holes).
-    pub fn promise_meta_runs(&mut self, runs: u64, len: u64) -> bool {
-        let want = self.promised.saturating_add(runs);
-        if (self.meta_runs.len() as u64) < want {
-            let floor = self.slop() / 2;
-            self.hold_more(usize::try_from(want).unwrap_or(usize::MAX), len, floor);
+    fn held_count(&self, len: u64) -> usize {
+        self.held.get(&len).map_or(0, Vec::len)
+    }
+
+    fn promised(&self, len: u64) -> u64 {
+        self.promised.get(&len).copied().unwrap_or(0)
+    }
+
+    /// Promises `runs` held runs of `len` sectors to blocks a write dirties (indirect
+    /// blocks, or data blocks of more than one sector buffered until the commit), so that
+    /// the commit writing them finds a run for each. Holds more when those not yet promised
+    /// fall short: the writer reserved their bytes already, so only half the slop is left
+    /// free. False when free space has no more runs that long (it is cut into smaller holes).
+    pub fn promise_runs(&mut self, len: u64, runs: u64) -> bool {
+        if runs == 0 {
+            return true;
         }
-        if (self.meta_runs.len() as u64) < want {
+        let want = self.promised(len).saturating_add(runs);
+        let want_held = usize::try_from(want).unwrap_or(usize::MAX);
+        if self.held_count(len) < want_held {
+            let floor = self.slop() / 2;
+            self.hold_more(want_held, len, floor);
+        }
+        if self.held_count(len) < want_held {
             return false;
         }
-        self.promised = want;
+        self.promised.insert(len, want);
         true
     }
 
-    /// Takes back runs promised to indirect blocks no commit will write.
-    pub fn unpromise_meta_runs(&mut self, runs: u64) {
-        self.promised = self.promised.saturating_sub(runs);
+    /// Takes back runs of `len` sectors promised to blocks no commit will write.
+    pub fn unpromise_runs(&mut self, len: u64, runs: u64) {
+        let p = self.promised(len);
+        debug_assert!(runs <= p, "{runs} > {p}");
+        self.set_promised(len, p.saturating_sub(runs));
     }
 
-    /// The commit starting now writes the indirect blocks `runs` promised runs were for:
-    /// the runs it takes fulfil those promises first.
-    pub fn begin_meta_commit(&mut self, runs: u64) {
-        self.owed = runs.min(self.promised);
-    }
-
-    /// The commit is done: its promises not taken up (shared upper indirect blocks are
-    /// promised once per leaf under them) are void.
-    pub fn end_meta_commit(&mut self) {
-        self.promised -= self.owed;
-        self.owed = 0;
-    }
-
-    /// Runs of `len` sectors the deferred frees will give back when released.
-    pub fn deferred_runs(&self, len: u64) -> usize {
-        let runs: u64 = self
-            .deferred
-            .values()
-            .flatten()
-            .map(|e| e.len / len.max(1))
-            .sum();
-        usize::try_from(runs).unwrap_or(usize::MAX)
-    }
-
-    /// Sectors held for indirect blocks.
-    pub fn held_meta_sectors(&self) -> u64 {
-        self.meta_runs.iter().map(|r| r.len).sum()
-    }
-
-    /// Runs held and not promised to any write.
-    pub fn unpromised_meta_runs(&self) -> u64 {
-        (self.meta_runs.len() as u64).saturating_sub(self.promised)
-    }
-
-    /// Takes a held run of `len` sectors for a block the txg being committed writes.
-    pub fn take_meta_run(&mut self, len: u64) -> Option<u64> {
-        let at = self.meta_runs.iter().rposition(|r| r.len == len)?;
-        let run = self.meta_runs.swap_remove(at);
-        debug_assert_eq!(self.placed.get(&run.start), Some(&run.len), "{run:?}");
-        self.commit_placed(run.start, run.len);
-        if self.owed > 0 {
-            self.owed -= 1;
-            self.promised -= 1;
+    fn set_promised(&mut self, len: u64, n: u64) {
+        if n == 0 {
+            self.promised.remove(&len);
+        } else {
+            self.promised.insert(len, n);
         }
-        Some(run.start)
+    }
+
+    /// The commit starting now writes the blocks `runs` (length, count) promised runs were
+    /// for: it may take that many held runs of each length first.
+    pub fn begin_commit_runs(&mut self, runs: &[(u64, u64)]) {
+        self.owed.clear();
+        for &(len, n) in runs.iter().filter(|r| r.1 > 0) {
+            *self.owed.entry(len).or_default() += n;
+        }
+        let lens: Vec<u64> = self.owed.keys().copied().collect();
+        for len in lens {
+            let p = self.promised(len);
+            let owed = self.owed.entry(len).or_default();
+            debug_assert!(*owed <= p, "{owed} > {p}");
+            *owed = (*owed).min(p);
+        }
+    }
+
+    /// The commit is done: its promises not taken up (upper indirect blocks shared by
+    /// leaves, data blocks a commit could place in longer runs of free space) are void.
+    pub fn end_commit_runs(&mut self) {
+        for (len, owed) in std::mem::take(&mut self.owed) {
+            let p = self.promised(len);
+            self.set_promised(len, p - owed);
+        }
+    }
+
+    /// Gives up to `runs` held runs of `len` sectors promised to the commit in progress back
+    /// to free space, right before it allocates the data blocks they were promised to: held,
+    /// they kept writers from splitting them; free, the commit may place those blocks in
+    /// longer runs, as it does where free space has them, and still finds a run for each.
+    pub fn release_owed(&mut self, len: u64, runs: u64) {
+        for _ in 0..runs {
+            let Some(owed) = self.owed.get_mut(&len).filter(|o| **o > 0) else {
+                return;
+            };
+            *owed -= 1;
+            let p = self.promised(len);
+            self.set_promised(len, p.saturating_sub(1));
+            let Some(start) = self.held.get_mut(&len).and_then(Vec::pop) else {
+                continue;
+            };
+            if self.held.get(&len).is_some_and(Vec::is_empty) {
+                self.held.remove(&len);
+            }
+            if self.placed.remove(&start).is_some() {
+                self.release(start, len);
+            }
+        }
+    }
+
+    /// Sectors held, of every length.
+    pub fn held_sectors(&self) -> u64 {
+        self.held.iter().map(|(len, v)| len * v.len() as u64).sum()
+    }
+
+    /// Sectors held and promised to writes: space their reservations already count.
+    pub fn promised_held_sectors(&self) -> u64 {
+        self.held
+            .iter()
+            .map(|(&len, v)| len * (v.len() as u64).min(self.promised(len)))
+            .sum()
+    }
+
+    /// Runs of `len` sectors held and not promised to any write.
+    pub fn unpromised_runs(&self, len: u64) -> u64 {
+        (self.held_count(len) as u64).saturating_sub(self.promised(len))
+    }
+
+    /// Whether any held run, of any length, is promised to no write.
+    pub fn has_unpromised_runs(&self) -> bool {
+        self.held.keys().any(|&len| self.unpromised_runs(len) > 0)
+    }
+
+    /// Takes a held run of `len` sectors for a block the txg being committed writes: one
+    /// promised to it, or one promised to no write. None when every run left is promised to
+    /// the next txg's writes (the caller allocates from free space first, then takes one of
+    /// those with [`SpaceMap::take_promised_run`]).
+    pub fn take_run(&mut self, len: u64) -> Option<u64> {
+        if let Some(owed) = self.owed.get_mut(&len).filter(|o| **o > 0) {
+            *owed -= 1;
+            let start = self.take_held(len);
+            debug_assert!(start.is_some(), "promised runs of {len} are held");
+            let p = self.promised(len);
+            self.set_promised(len, p.saturating_sub(1));
+            return start;
+        }
+        if self.unpromised_runs(len) > 0 {
+            return self.take_held(len);
+        }
+        None
+    }
+
+    /// Takes a held run promised to the next txg's writes: a last resort before failing
+    /// the commit (that txg's commit then allocates from free space, or takes one the same
+    /// way, and writes wait until there are runs again).
+    pub fn take_promised_run(&mut self, len: u64) -> Option<u64> {
+        self.take_held(len)
+    }
+
+    fn take_held(&mut self, len: u64) -> Option<u64> {
+        let runs = self.held.get_mut(&len)?;
+        let start = runs.pop()?;
+        if runs.is_empty() {
+            self.held.remove(&len);
+        }
+        debug_assert_eq!(self.placed.get(&start), Some(&len), "{start}+{len}");
+        self.commit_placed(start, len);
+        Some(start)
     }
 
     /// Sectors writers leave free for the metadata commits write: 1/32 of the pool.
@@ -662,8 +759,12 @@ impl SpaceMap {
     /// rebuild): what a txg freed stays allocated until its release, rebuilt or not, since
     /// older uberblocks' trees still hold it.
     pub fn reset(&mut self) {
-        for r in std::mem::take(&mut self.meta_runs) {
-            self.placed.remove(&r.start);
+        // Only at open, before any write could promise a run.
+        debug_assert!(self.promised.is_empty() && self.owed.is_empty());
+        for (_, runs) in std::mem::take(&mut self.held) {
+            for start in runs {
+                self.placed.remove(&start);
+            }
         }
         let fresh = SpaceMap::new(self.sectors, self.reserved);
         self.words = fresh.words;
@@ -710,8 +811,8 @@ mod tests {
     fn held_runs_are_free_on_disk_out_of_reach_and_given_back() {
         let mut sm = SpaceMap::new(20_000, 10);
         let slop = sm.slop();
-        assert_eq!(sm.hold_meta_runs(5, 4, 0), 5);
-        assert_eq!((sm.placed(), sm.held_meta_sectors()), (20, 20));
+        assert_eq!(sm.hold_runs(5, 4, 0), 5);
+        assert_eq!((sm.placed(), sm.held_sectors()), (20, 20));
         let enc = sm.encode_chunk(0, 1, 9);
         let mut other = SpaceMap::new(20_000, 10);
         assert!(other.load_chunk(0, &enc, 1, 9));
@@ -721,49 +822,64 @@ mod tests {
         let a = sm.alloc(8).unwrap();
         assert!(!(10..30).contains(&a), "{a}");
         // Taken for an indirect block: allocated for good, no longer placed.
-        let run = sm.take_meta_run(4).unwrap();
+        let run = sm.take_run(4).unwrap();
         assert!(sm.is_allocated(run, 4));
-        assert_eq!((sm.placed(), sm.held_meta_sectors()), (16, 16));
-        assert_eq!(sm.take_meta_run(2), None, "only runs of the length held");
+        assert_eq!((sm.placed(), sm.held_sectors()), (16, 16));
+        assert_eq!(sm.take_run(2), None, "only runs of the length held");
         // Fewer wanted: the extras go back to free space at once.
         let before = sm.allocated();
-        assert_eq!(sm.hold_meta_runs(1, 4, 0), 1);
+        assert_eq!(sm.hold_runs(1, 4, 0), 1);
         assert_eq!((sm.placed(), sm.allocated()), (4, before - 12));
         // Never more than half the slop, never out of what writers reserved.
-        let n = sm.hold_meta_runs(usize::MAX, 4, 0);
+        let n = sm.hold_runs(usize::MAX, 4, 0);
         assert_eq!(n as u64, slop / 2 / 4);
-        sm.hold_meta_runs(0, 4, 0);
+        sm.hold_runs(0, 4, 0);
         let keep = sm.free() - slop / 2 - 3;
-        assert_eq!(sm.hold_meta_runs(10, 4, keep), 0);
+        assert_eq!(sm.hold_runs(10, 4, keep), 0);
     }
 
     #[test]
     fn promised_runs_are_held_until_their_commit_and_refused_when_free_space_has_none() {
         let mut sm = SpaceMap::new(2_000, 10);
-        // Promising holds runs on demand, and holding never gives back promised ones.
-        assert!(sm.promise_meta_runs(3, 4));
-        assert_eq!((sm.held_meta_sectors(), sm.unpromised_meta_runs()), (12, 0));
-        assert_eq!(sm.hold_meta_runs(0, 4, 0), 3, "promised runs stay held");
-        sm.unpromise_meta_runs(1);
-        assert_eq!(sm.hold_meta_runs(0, 4, 0), 2);
+        // Promising holds runs on demand, of each length apart, and holding never gives back
+        // promised ones.
+        assert!(sm.promise_runs(4, 3));
+        assert!(sm.promise_runs(8, 1));
+        assert_eq!(sm.held_sectors(), 20);
+        assert_eq!((sm.unpromised_runs(4), sm.promised_held_sectors()), (0, 20));
+        assert_eq!(sm.hold_runs(0, 4, 0), 3, "promised runs stay held");
+        assert_eq!(sm.held_sectors(), 20);
+        sm.unpromise_runs(4, 1);
+        sm.unpromise_runs(8, 1);
+        assert_eq!(sm.hold_runs(0, 4, 0), 2);
+        assert_eq!(
+            sm.held_sectors(),
+            8,
+            "unpromised runs of other lengths go back too"
+        );
         // A commit takes its promised runs first; what it leaves untaken is void at its end.
-        sm.begin_meta_commit(2);
-        assert!(sm.take_meta_run(4).is_some());
-        sm.end_meta_commit();
-        assert_eq!((sm.held_meta_sectors(), sm.unpromised_meta_runs()), (4, 1));
+        sm.begin_commit_runs(&[(4, 2)]);
+        assert!(sm.take_run(4).is_some());
+        sm.end_commit_runs();
+        assert_eq!((sm.held_sectors(), sm.unpromised_runs(4)), (4, 1));
+        // Runs promised to the next txg are taken only as a last resort.
+        sm.hold_runs(0, 4, 0);
+        assert!(sm.promise_runs(4, 1));
+        assert_eq!(sm.take_run(4), None);
+        assert!(sm.take_promised_run(4).is_some());
+        sm.unpromise_runs(4, 1);
         // Free space cut into single sectors has no run to promise: refused, nothing held.
-        sm.hold_meta_runs(0, 4, 0);
         while sm.alloc(1).is_some() {}
         assert_eq!(sm.free(), 0);
         for x in (10..1_600).step_by(2) {
             sm.free_now(x, 1);
         }
         assert!(sm.free() > sm.slop() / 2 + 4, "free {}", sm.free());
-        assert!(!sm.promise_meta_runs(1, 4));
-        assert_eq!(sm.held_meta_sectors(), 0);
+        assert!(!sm.promise_runs(4, 1));
+        assert_eq!(sm.held_sectors(), 0);
         // A run freed (an indirect block released) is promised again.
         sm.free_now(1_700, 4);
-        assert!(sm.promise_meta_runs(1, 4));
+        assert!(sm.promise_runs(4, 1));
         assert!(sm.is_allocated(1_700, 4));
     }
 

@@ -104,7 +104,7 @@ impl Pool {
         }
         // Runs held for coming commits' indirect blocks and not promised to any write are
         // free on disk: give them back so that they are trimmed too (commits hold others).
-        lock(&sh.spacemap).hold_meta_runs(0, INDIRECT_SECTORS, 0);
+        lock(&sh.spacemap).hold_runs(0, INDIRECT_SECTORS, 0);
         let mut report = TrimReport::default();
         let mut from = 0;
         loop {

@@ -98,7 +98,7 @@ impl Shared {
     }
 
     /// Allocates and writes one metadata block: an indirect block in a run held for one
-    /// ([`crate::spacemap::SpaceMap::hold_meta_runs`]) where there is one.
+    /// ([`crate::spacemap::SpaceMap::hold_runs`]) where there is one.
     fn write_meta_block(&self, data: &[u8], txg: u64) -> Result<BlockPtr> {
         let sectors = (data.len() as u64).div_ceil(SECTOR);
         // Bind the allocation first: `no_space` takes the space-map lock itself.
@@ -106,7 +106,9 @@ impl Shared {
             let mut sm = lock(&self.spacemap);
             if sectors == INDIRECT_SECTORS {
                 self.meta_runs_used.fetch_add(1, Ordering::Relaxed);
-                sm.take_meta_run(sectors).or_else(|| sm.alloc(sectors))
+                sm.take_run(sectors)
+                    .or_else(|| sm.alloc(sectors))
+                    .or_else(|| sm.take_promised_run(sectors))
             } else {
                 sm.alloc(sectors)
             }
@@ -168,10 +170,10 @@ impl Shared {
             sm.free_released(&released);
             let last = self.meta_runs_used.swap(0, Ordering::Relaxed);
             let peak = self.meta_runs_peak.load(Ordering::Relaxed);
-            let peak = last.max(peak - peak / PEAK_DECAY);
+            let peak = last.max(peak - peak.div_ceil(PEAK_DECAY));
             self.meta_runs_peak.store(peak, Ordering::Relaxed);
             let keep = self.dirty_bytes.load(Ordering::Acquire).div_ceil(SECTOR);
-            sm.hold_meta_runs(2 * peak + MIN_META_RUNS, INDIRECT_SECTORS, keep);
+            sm.hold_runs(2 * peak + MIN_META_RUNS, INDIRECT_SECTORS, keep);
         }
 
         // 2. Take the dirty maps.
@@ -180,15 +182,19 @@ impl Shared {
             .values()
             .map(|d| d.vol.clone())
             .collect();
-        let mut work: Vec<(Arc<Volume>, Arc<DirtyMap>)> = Vec::new();
+        // Each volume with dirty blocks, its map and the runs promised to its buffered blocks.
+        let mut work: Vec<(Arc<Volume>, Arc<DirtyMap>, u64)> = Vec::new();
         let mut reserved = 0u64;
-        let mut runs = 0u64;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
         self.pending.store(false, Ordering::Release);
         for v in &vols {
             let mut st = lock(&v.state);
             // Leaves whose dirty blocks were all dropped since (a shrink) are no longer open
             // either: their promised runs are void with this commit's.
-            runs += std::mem::take(&mut st.open_runs);
+            runs.push((INDIRECT_SECTORS, std::mem::take(&mut st.open_runs)));
+            let data_runs = std::mem::take(&mut st.open_data_runs);
+            runs.push((u64::from(v.block_size) / SECTOR, data_runs));
+            let data_runs = if st.open.is_empty() { 0 } else { data_runs };
             st.open_l1.clear();
             st.open_upper.clear();
             st.open_new_leaves = 0;
@@ -196,20 +202,20 @@ impl Shared {
                 let map = Arc::new(std::mem::take(&mut st.open));
                 reserved += std::mem::take(&mut st.open_reserved);
                 st.syncing = Some(map.clone());
-                work.push((v.clone(), map));
+                work.push((v.clone(), map, data_runs));
             }
         }
 
-        lock(&self.spacemap).begin_meta_commit(runs);
+        lock(&self.spacemap).begin_commit_runs(&runs);
 
         // 3. Write data blocks.
         let mut placed: Vec<Vec<(u64, BlockPtr, bool)>> = Vec::with_capacity(work.len());
-        for (v, map) in &work {
-            placed.push(self.write_data(v, map, txg)?);
+        for (v, map, data_runs) in &work {
+            placed.push(self.write_data(v, map, txg, *data_runs)?);
         }
 
         // 4. Point trees at the new blocks; rewrite indirect blocks.
-        for ((v, _), ptrs) in work.iter().zip(placed) {
+        for ((v, _, _), ptrs) in work.iter().zip(placed) {
             let mut st = lock(&v.state);
             let mut sm = lock(&self.spacemap);
             let st = &mut *st;
@@ -348,7 +354,7 @@ impl Shared {
         if reserved > 0 {
             self.dirty_bytes.fetch_sub(reserved, Ordering::AcqRel);
         }
-        lock(&self.spacemap).end_meta_commit();
+        lock(&self.spacemap).end_commit_runs();
         tracing::trace!(pool = self.name(), txg, time = now_secs(), "txg committed");
         Ok(txg)
     }
@@ -430,13 +436,16 @@ impl Shared {
         Ok(leaves)
     }
 
-    /// Places one volume's dirty blocks: allocates contiguous space in index order, checksums,
-    /// and writes runs that are contiguous on disk with one vectored write each.
+    /// Places one volume's dirty blocks: allocates contiguous space in index order (the
+    /// `data_runs` runs held for its buffered blocks given back to free space first, see
+    /// [`crate::spacemap::SpaceMap::release_owed`]), checksums, and writes runs that are
+    /// contiguous on disk with one vectored write each.
     fn write_data(
         &self,
         v: &Volume,
         map: &DirtyMap,
         txg: u64,
+        data_runs: u64,
     ) -> Result<Vec<(u64, BlockPtr, bool)>> {
         let guid = self.label.guid;
         let sectors = u64::from(v.block_size) / SECTOR;
@@ -452,6 +461,7 @@ impl Shared {
         let mut placed: Vec<(u64, BlockPtr, &[u8])> = Vec::with_capacity(pending.len());
         {
             let mut sm = lock(&self.spacemap);
+            sm.release_owed(sectors, data_runs);
             // Contiguous runs first (a run of up to 1,024 blocks, halving down to one block
             // where no free run is that long): scattered frees of random overwrites would
             // otherwise turn the commit's sequential writes into one small write per block.
@@ -459,7 +469,15 @@ impl Shared {
             let mut run = rest.len().min(1024);
             while !rest.is_empty() {
                 run = run.min(rest.len());
-                let Some(start) = sm.alloc(run as u64 * sectors) else {
+                let mut start = sm.alloc(run as u64 * sectors);
+                if start.is_none() && run == 1 && sectors > 1 {
+                    // A single block takes a run held for it where free space has none that
+                    // long.
+                    start = sm
+                        .take_run(sectors)
+                        .or_else(|| sm.take_promised_run(sectors));
+                }
+                let Some(start) = start else {
                     if run > 1 {
                         run /= 2;
                         continue;

@@ -64,9 +64,12 @@ pub(crate) struct VolumeState {
     /// Indirect blocks above level 1 the open txg will rewrite, as `level << 56 | index`.
     pub open_upper: HashSet<u64, BlockHasher>,
     /// Held runs promised to the indirect blocks the open txg will rewrite
-    /// ([`crate::spacemap::SpaceMap::promise_meta_runs`]): one for each in `open_l1` and
+    /// ([`crate::spacemap::SpaceMap::promise_runs`]): one for each in `open_l1` and
     /// `open_upper`.
     pub open_runs: u64,
+    /// Held runs of the volume's block length promised to the data blocks the open txg
+    /// buffers, where a block is longer than a sector (a one-sector block fits any hole).
+    pub open_data_runs: u64,
     pub syncing: Option<Arc<DirtyMap>>,
     /// Sectors of data blocks the committed tree references.
     pub referenced: u64,
@@ -142,6 +145,18 @@ impl VolumeState {
         tree.min(open).min(syncing)
     }
 
+    /// Whether block `idx` holds data now, counting writes not yet committed (else it reads
+    /// as zeroes).
+    fn holds_data(&self, idx: u64) -> bool {
+        match self.pending(idx) {
+            Some(d) => !matches!(d, Dirty::Zero),
+            None => self
+                .tree
+                .as_ref()
+                .is_some_and(|t| !t.get(idx as usize).is_hole()),
+        }
+    }
+
     /// Keys in `open_upper` of the indirect blocks above leaf `leaf` (levels 2 to `height`).
     fn upper_keys(leaf: u64, height: u64) -> impl Iterator<Item = u64> {
         (2..=height).scan(1u64, move |span, level| {
@@ -178,6 +193,7 @@ impl VolumeState {
             open_reserved: 0,
             open_upper: HashSet::default(),
             open_runs: 0,
+            open_data_runs: 0,
             syncing: None,
             referenced: init.referenced,
             written: init.written,
@@ -235,7 +251,9 @@ impl VolumeState {
             self.open_l1.clear();
             self.open_upper.clear();
             self.open_new_leaves = 0;
-            sm.unpromise_meta_runs(std::mem::take(&mut self.open_runs));
+            sm.unpromise_runs(INDIRECT_SECTORS, std::mem::take(&mut self.open_runs));
+            let data_runs = std::mem::take(&mut self.open_data_runs);
+            sm.unpromise_runs(u64::from(block_size) / SECTOR, data_runs);
             return std::mem::take(&mut self.open_reserved);
         }
         let r = (buffered * u64::from(block_size)).min(self.open_reserved);
@@ -574,8 +592,18 @@ impl VolumeHandle {
         } else {
             2
         };
-        let data_blocks = if data && buffered { blocks } else { 2 };
-        data_blocks * bs + indirect_paths * INDIRECT_SIZE as u64 * height
+        Self::buffered_blocks(blocks, data, buffered) * bs
+            + indirect_paths * INDIRECT_SIZE as u64 * height
+    }
+
+    /// Blocks of a write spanning `blocks` it may buffer until the commit: the partial ones
+    /// at either end, or all of them when `buffered`.
+    fn buffered_blocks(blocks: u64, data: bool, buffered: bool) -> u64 {
+        if data && buffered {
+            blocks
+        } else {
+            blocks.min(2)
+        }
     }
 
     /// Held runs a write of `len` bytes at `offset` may add to those the open txg's indirect
@@ -635,16 +663,7 @@ impl VolumeHandle {
         let end_idx = (offset + len).div_ceil(bs);
         let mut idx = offset / bs;
         while idx < end_idx {
-            let dirty = st.pending(idx);
-            let data = match dirty {
-                Some(Dirty::Data(_) | Dirty::Placed(_)) => true,
-                Some(Dirty::Zero) => false,
-                None => st
-                    .tree
-                    .as_ref()
-                    .is_some_and(|t| !t.get(idx as usize).is_hole()),
-            };
-            if !data {
+            if !st.holds_data(idx) {
                 // Holes are skipped to the next block that may hold data: the cost follows
                 // what the volume holds, not the range's length.
                 idx = st.next_maybe_data(idx + 1).clamp(idx + 1, end_idx);
@@ -721,13 +740,25 @@ impl VolumeHandle {
         let place = src.is_some() && whole_bytes >= PLACE_MIN_BYTES;
         let reserve = self.worst_case(offset, len, height, src.is_some(), !place);
         let mut runs = runs;
-        self.reserve(reserve, runs)?;
+        // Buffered blocks longer than a sector need runs of their length at the commit.
+        let data_len = bs / SECTOR;
+        let data_runs = if data_len > 1 {
+            let blocks = (offset + len).div_ceil(bs) - offset / bs;
+            Self::buffered_blocks(blocks, src.is_some(), !place)
+        } else {
+            0
+        };
+        self.reserve(reserve, &[(INDIRECT_SECTORS, runs), (data_len, data_runs)])?;
+        let unpromise = |sm: &mut SpaceMap, runs: u64, data: u64| {
+            sm.unpromise_runs(INDIRECT_SECTORS, runs);
+            sm.unpromise_runs(data_len, data);
+        };
         let mut placed = match src {
             Some(iov) if place => match self.place_whole_blocks(offset, len, iov) {
                 Ok(p) => p,
                 Err(e) => {
                     self.shared.unreserve(reserve);
-                    lock(&self.shared.spacemap).unpromise_meta_runs(runs);
+                    unpromise(&mut lock(&self.shared.spacemap), runs, data_runs);
                     return Err(e);
                 }
             },
@@ -750,14 +781,17 @@ impl VolumeHandle {
                 placed
                     .filter_map(|(_, d)| d.placed())
                     .for_each(|p| sm.unplace(p.sector, u64::from(p.sectors)));
-                sm.unpromise_meta_runs(runs);
+                unpromise(&mut sm, runs, data_runs);
                 drop(sm);
                 self.shared.unreserve(reserve);
                 return Err(e);
             }
         };
+        // The tree may have grown since the count (a resize, a rollback).
+        let height = st.tree.as_ref().map_or(height, |t| t.height() as u64);
         let mut used = 0u64;
         let mut used_runs = 0u64;
+        let mut used_data_runs = 0u64;
         let mut at = 0u64;
         let mut result = Ok(());
         while at < len {
@@ -765,6 +799,16 @@ impl VolumeHandle {
             let idx = pos / bs;
             let in_block = (pos % bs) as usize;
             let n = (bs - in_block as u64).min(len - at) as usize;
+            let whole = n as u64 == bs;
+            if whole && src.is_none() && !st.holds_data(idx) {
+                // Nothing to zero here: go on at the next block that may hold data (or the
+                // partial block at the end), so that zeroing a range costs what it holds, not
+                // its length (a 40-byte FREE record over 16 TiB took minutes).
+                let whole_end = (offset + len) / bs * bs - offset;
+                let next = st.next_maybe_data(idx + 1).saturating_mul(bs);
+                at = next.saturating_sub(offset).clamp(at + n as u64, whole_end);
+                continue;
+            }
             // A leaf the open txg does not rewrite yet needs held runs, for itself and the
             // blocks above it: promised with the reservation, or here where a commit took
             // the open leaves since the count (refused here, the write is partial).
@@ -773,8 +817,8 @@ impl VolumeHandle {
                 let need = used_runs + st.runs_to_open(leaf, height);
                 if need > runs {
                     let mut sm = lock(&self.shared.spacemap);
-                    if !sm.promise_meta_runs(need - runs, INDIRECT_SECTORS) {
-                        result = Err(self.shared.fragmented(&sm));
+                    if !sm.promise_runs(INDIRECT_SECTORS, need - runs) {
+                        result = Err(self.shared.fragmented(&sm, INDIRECT_SECTORS));
                         break;
                     }
                     runs = need;
@@ -783,27 +827,9 @@ impl VolumeHandle {
             let prev = st.open.get(&idx);
             let fresh = prev.is_none();
             let had_data = matches!(prev, Some(Dirty::Data(_)));
-            let whole = n as u64 == bs;
             let replaced = if whole && src.is_none() {
-                // Only blocks that hold data now need a hole recorded; the rest already read as zero.
-                let data = match st.pending(idx) {
-                    Some(d) => !matches!(d, Dirty::Zero),
-                    None => st
-                        .tree
-                        .as_ref()
-                        .is_some_and(|t| !t.get(idx as usize).is_hole()),
-                };
-                if data {
-                    st.open.insert(idx, Dirty::Zero)
-                } else {
-                    // Nothing to zero here: go on at the next block that may hold data (or
-                    // the partial block at the end), so that zeroing a range costs what it
-                    // holds, not its length (a 40-byte FREE record over 16 TiB took minutes).
-                    let whole_end = (offset + len) / bs * bs - offset;
-                    let next = st.next_maybe_data(idx + 1).saturating_mul(bs);
-                    at = next.saturating_sub(offset).clamp(at + n as u64, whole_end);
-                    continue;
-                }
+                // Only blocks that hold data now need a hole recorded (checked above).
+                st.open.insert(idx, Dirty::Zero)
             } else if whole && !place {
                 let b: Box<[u8]> = match src.and_then(|iov| iov.contiguous(at as usize, n)) {
                     Some(b) => b.into(),
@@ -845,6 +871,9 @@ impl VolumeHandle {
             // Buffered partial blocks need space at commit; placed blocks already have theirs.
             if !had_data && (!whole || (src.is_some() && !place)) {
                 used += bs;
+                if data_len > 1 {
+                    used_data_runs += 1;
+                }
             }
             // Every leaf the txg changes is rewritten, zeroed ones too; its bytes were reserved
             // where it may get data (zeroes free more than the leaf takes).
@@ -872,12 +901,16 @@ impl VolumeHandle {
         }
         st.open_reserved += used;
         st.open_runs += used_runs;
+        // Never more than the worst case counted, which spans every block of the write.
+        let used_data_runs = used_data_runs.min(data_runs);
+        st.open_data_runs += used_data_runs;
         self.shared.pending.store(true, Ordering::Release);
         drop(st);
         drop(_fence);
         self.shared.unreserve(reserve - used);
-        if runs > used_runs {
-            lock(&self.shared.spacemap).unpromise_meta_runs(runs - used_runs);
+        if runs > used_runs || data_runs > used_data_runs {
+            let mut sm = lock(&self.shared.spacemap);
+            unpromise(&mut sm, runs - used_runs, data_runs - used_data_runs);
         }
         result?;
         self.shared.throttle()
@@ -1087,7 +1120,7 @@ impl VolumeHandle {
     }
 
     /// Reserves space, committing to release deferred frees when the pool looks full.
-    fn reserve(&self, bytes: u64, runs: u64) -> Result<()> {
+    fn reserve(&self, bytes: u64, runs: &[(u64, u64)]) -> Result<()> {
         let mut tries = 0;
         let mut gate = None;
         loop {
