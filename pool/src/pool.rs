@@ -8,8 +8,8 @@ use crate::lock::{lock_exclusive, LockError};
 use crate::names::check_pool_name;
 use crate::phys::{
     checksum, decode_deferred_block, decode_dir_leaf, BlockPtr, DatasetKind, DatasetPhys,
-    DeferredFree, LabelPhys, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, INDIRECT_SECTORS,
-    LABEL_OFFSETS, RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
+    DeferredFree, LabelPhys, MetaPhys, UberblockPhys, DEFERRED_MAX_BYTES, LABEL_OFFSETS,
+    RING_OFFSET, RING_SLOTS, SECTOR, SPACEMAP_HEADER,
 };
 use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
@@ -59,7 +59,8 @@ impl Default for PoolConfig {
 /// Bytes free for new data in `sm` beyond the slop kept for metadata.
 fn writable(sm: &SpaceMap) -> u64 {
     let slop = (sm.usable() * SECTOR / 32).max(1 << 20);
-    // Runs held for writes' promises hold blocks their reservations count.
+    // Runs held for writes' promises hold blocks their reservations count (but for the
+    // leaves of zero writes, which reserve no bytes for them: frees pay for those).
     ((sm.free() + sm.promised_held_sectors()) * SECTOR).saturating_sub(slop)
 }
 
@@ -257,7 +258,7 @@ impl Shared {
         let dirty = self.dirty_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if dirty > avail && sm.has_unpromised_runs() {
             // Runs held for coming commits and promised to no write are free space too.
-            sm.hold_runs(0, INDIRECT_SECTORS, 0);
+            sm.give_back_unpromised();
             avail = writable(&sm);
         }
         if dirty > avail {

@@ -214,8 +214,13 @@ impl SpaceMap {
     /// Leaves at least `keep` sectors (space reserved by others, the runs held for their
     /// promises included) plus a slop of 1/32 of the pool for metadata.
     pub fn place(&mut self, len: u64, keep: u64) -> Option<u64> {
-        // Runs held for writes' promises are counted in `keep` already.
-        if self.free() + self.promised_held_sectors() < len + keep + self.slop() {
+        // Runs held for writes' promises are counted in `keep` already; runs held and
+        // promised to no write are free space too.
+        let short = |sm: &Self| sm.free() + sm.promised_held_sectors() < len + keep + sm.slop();
+        if short(self) && self.has_unpromised_runs() {
+            self.give_back_unpromised();
+        }
+        if short(self) {
             return None;
         }
         let s = self.alloc(len)?;
@@ -235,16 +240,30 @@ impl SpaceMap {
     pub fn hold_runs(&mut self, want: usize, len: u64, keep: u64) -> usize {
         let half_slop = self.slop() / 2;
         let want = want.min((half_slop / len.max(1)) as usize);
-        let lens: Vec<u64> = self.held.keys().copied().collect();
-        for l in lens {
-            let promised = usize::try_from(self.promised(l)).unwrap_or(usize::MAX);
-            let keep_held = if l == len {
+        self.give_back_beyond(|l, promised| {
+            if l == len {
                 want.max(promised)
             } else {
                 promised
-            };
+            }
+        });
+        let target = want.max(usize::try_from(self.promised(len)).unwrap_or(usize::MAX));
+        self.hold_more(target, len, keep + half_slop);
+        self.held_count(len)
+    }
+
+    /// Gives every held run promised to no write back to free space.
+    pub fn give_back_unpromised(&mut self) {
+        self.give_back_beyond(|_, promised| promised);
+    }
+
+    /// Gives held runs back to free space beyond `keep(length, promised)` of each length.
+    fn give_back_beyond(&mut self, keep: impl Fn(u64, usize) -> usize) {
+        let lens: Vec<u64> = self.held.keys().copied().collect();
+        for l in lens {
+            let promised = usize::try_from(self.promised(l)).unwrap_or(usize::MAX);
             let runs = self.held.entry(l).or_default();
-            let extra = runs.split_off(keep_held.min(runs.len()));
+            let extra = runs.split_off(keep(l, promised).min(runs.len()));
             for start in extra {
                 // Never referenced, never readable: back to free at once.
                 if self.placed.remove(&start).is_some() {
@@ -253,9 +272,6 @@ impl SpaceMap {
             }
         }
         self.held.retain(|_, runs| !runs.is_empty());
-        let target = want.max(usize::try_from(self.promised(len)).unwrap_or(usize::MAX));
-        self.hold_more(target, len, keep + half_slop);
-        self.held_count(len)
     }
 
     /// Holds runs of `len` sectors until `want` are held, leaving at least `floor` sectors
@@ -394,8 +410,8 @@ impl SpaceMap {
     pub fn take_run(&mut self, len: u64) -> Option<u64> {
         if let Some(owed) = self.owed.get_mut(&len).filter(|o| **o > 0) {
             *owed -= 1;
+            // None where a commit took a promised run as a last resort.
             let start = self.take_held(len);
-            debug_assert!(start.is_some(), "promised runs of {len} are held");
             let p = self.promised(len);
             self.set_promised(len, p.saturating_sub(1));
             return start;
@@ -404,6 +420,17 @@ impl SpaceMap {
             return self.take_held(len);
         }
         None
+    }
+
+    /// Takes a held run for a data block the commit in progress found no free run for, after
+    /// it gave its own runs back to free space ([`SpaceMap::release_owed`]): one promised to
+    /// no write first, then one owed to this commit's other blocks, then one promised to the
+    /// next txg's writes.
+    pub fn take_spare_run(&mut self, len: u64) -> Option<u64> {
+        if self.unpromised_runs(len) > 0 {
+            return self.take_held(len);
+        }
+        self.take_run(len).or_else(|| self.take_promised_run(len))
     }
 
     /// Takes a held run promised to the next txg's writes: a last resort before failing

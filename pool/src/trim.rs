@@ -13,7 +13,7 @@
 //! [`PoolConfig::autotrim`]: crate::PoolConfig::autotrim
 
 use crate::error::Result;
-use crate::phys::{INDIRECT_SECTORS, SECTOR};
+use crate::phys::SECTOR;
 use crate::pool::{lock, Pool, Shared};
 use crate::spacemap::{Extent, RELEASE_COMMITS};
 use std::sync::atomic::Ordering;
@@ -104,7 +104,7 @@ impl Pool {
         }
         // Runs held for coming commits' indirect blocks and not promised to any write are
         // free on disk: give them back so that they are trimmed too (commits hold others).
-        lock(&sh.spacemap).hold_runs(0, INDIRECT_SECTORS, 0);
+        lock(&sh.spacemap).give_back_unpromised();
         let mut report = TrimReport::default();
         let mut from = 0;
         loop {

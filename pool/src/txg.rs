@@ -351,10 +351,11 @@ impl Shared {
         cs.deferred_blocks = deferred_blocks;
         cs.leaves = leaves;
         self.last_txg.store(txg, Ordering::Release);
+        // Promises void first: writers' room counts promised runs as theirs.
+        lock(&self.spacemap).end_commit_runs();
         if reserved > 0 {
             self.dirty_bytes.fetch_sub(reserved, Ordering::AcqRel);
         }
-        lock(&self.spacemap).end_commit_runs();
         tracing::trace!(pool = self.name(), txg, time = now_secs(), "txg committed");
         Ok(txg)
     }
@@ -473,9 +474,7 @@ impl Shared {
                 if start.is_none() && run == 1 && sectors > 1 {
                     // A single block takes a run held for it where free space has none that
                     // long.
-                    start = sm
-                        .take_run(sectors)
-                        .or_else(|| sm.take_promised_run(sectors));
+                    start = sm.take_spare_run(sectors);
                 }
                 let Some(start) = start else {
                     if run > 1 {

@@ -258,6 +258,9 @@ impl VolumeState {
         }
         let r = (buffered * u64::from(block_size)).min(self.open_reserved);
         self.open_reserved -= r;
+        let d = buffered.min(self.open_data_runs);
+        self.open_data_runs -= d;
+        sm.unpromise_runs(u64::from(block_size) / SECTOR, d);
         r
     }
 }
@@ -592,18 +595,8 @@ impl VolumeHandle {
         } else {
             2
         };
-        Self::buffered_blocks(blocks, data, buffered) * bs
-            + indirect_paths * INDIRECT_SIZE as u64 * height
-    }
-
-    /// Blocks of a write spanning `blocks` it may buffer until the commit: the partial ones
-    /// at either end, or all of them when `buffered`.
-    fn buffered_blocks(blocks: u64, data: bool, buffered: bool) -> u64 {
-        if data && buffered {
-            blocks
-        } else {
-            blocks.min(2)
-        }
+        let data_blocks = if data && buffered { blocks } else { 2 };
+        data_blocks * bs + indirect_paths * INDIRECT_SIZE as u64 * height
     }
 
     /// Held runs a write of `len` bytes at `offset` may add to those the open txg's indirect
@@ -633,18 +626,54 @@ impl VolumeHandle {
         if data {
             return (first..=last).map(new).sum();
         }
-        let mut n = new(first) + if last > first { new(last) } else { 0 };
+        // Zeroes rewrite the leaves of partial end blocks and of whole blocks holding data,
+        // met in increasing order.
+        let mut leaves: Vec<u64> = Vec::new();
+        let mut add = |leaf: u64| {
+            if leaves.last() != Some(&leaf) {
+                leaves.push(leaf);
+            }
+        };
+        if !offset.is_multiple_of(bs) {
+            add(first);
+        }
         let (mut idx, end) = (offset.div_ceil(bs), (offset + len) / bs);
         while idx < end {
             let hit = st.next_maybe_data(idx);
             if hit >= end {
                 break;
             }
-            let leaf = hit / per_leaf;
-            if leaf != first && leaf != last {
-                n += new(leaf);
+            if st.holds_data(hit) {
+                let leaf = hit / per_leaf;
+                add(leaf);
+                idx = (leaf + 1) * per_leaf;
+            } else {
+                idx = hit + 1;
             }
-            idx = (leaf + 1) * per_leaf;
+        }
+        if !(offset + len).is_multiple_of(bs) {
+            add(last);
+        }
+        leaves.into_iter().map(new).sum()
+    }
+
+    /// Data blocks longer than a sector that a write may newly buffer until the commit
+    /// (each needs a run of its length there): every block of a `buffered` write, else its
+    /// partial end blocks, less those the open txg buffers already.
+    fn data_runs_needed(st: &VolumeState, offset: u64, len: u64, bs: u64, buffered: bool) -> u64 {
+        if bs <= SECTOR || len == 0 {
+            return 0;
+        }
+        let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
+        let fresh = |i: u64| u64::from(!matches!(st.open.get(&i), Some(Dirty::Data(_))));
+        if buffered {
+            return (first..end).map(fresh).sum();
+        }
+        let head = !offset.is_multiple_of(bs);
+        let tail = !(offset + len).is_multiple_of(bs);
+        let mut n = if head { fresh(first) } else { 0 };
+        if tail && (end - 1 != first || !head) {
+            n += fresh(end - 1);
         }
         n
     }
@@ -719,35 +748,32 @@ impl VolumeHandle {
             return Err(Error::ReadOnly(self.name()));
         }
         let bs = u64::from(self.vol.block_size);
-        let (height, runs) = {
+        // Large writes put their whole blocks on disk now, from the caller's buffers, outside any
+        // lock; small ones are buffered and batched into the commit's writes. Held runs to
+        // promise: for the indirect blocks the write makes the open txg rewrite, and for the
+        // buffered blocks longer than a sector (runs of their length).
+        let (place, height, mut runs, data_runs) = {
             let st = self.state()?;
             self.check_range(&st, offset, len)?;
             if src.is_some() {
                 self.check_map_budget(&st, offset, len)?;
             }
+            let whole_bytes = ((offset + len) / bs).saturating_sub(offset.div_ceil(bs)) * bs;
+            let place = src.is_some() && whole_bytes >= PLACE_MIN_BYTES;
             let height = st.tree.as_ref().map(|t| t.height() as u64).unwrap_or(1);
+            let buffered = src.is_some() && !place;
             (
+                place,
                 height,
                 Self::runs_needed(&st, offset, len, bs, src.is_some(), height),
+                Self::data_runs_needed(&st, offset, len, bs, buffered),
             )
         };
         if len == 0 {
             return Ok(());
         }
-        // Large writes put their whole blocks on disk now, from the caller's buffers, outside any
-        // lock; small ones are buffered and batched into the commit's writes.
-        let whole_bytes = ((offset + len) / bs).saturating_sub(offset.div_ceil(bs)) * bs;
-        let place = src.is_some() && whole_bytes >= PLACE_MIN_BYTES;
         let reserve = self.worst_case(offset, len, height, src.is_some(), !place);
-        let mut runs = runs;
-        // Buffered blocks longer than a sector need runs of their length at the commit.
         let data_len = bs / SECTOR;
-        let data_runs = if data_len > 1 {
-            let blocks = (offset + len).div_ceil(bs) - offset / bs;
-            Self::buffered_blocks(blocks, src.is_some(), !place)
-        } else {
-            0
-        };
         self.reserve(reserve, &[(INDIRECT_SECTORS, runs), (data_len, data_runs)])?;
         let unpromise = |sm: &mut SpaceMap, runs: u64, data: u64| {
             sm.unpromise_runs(INDIRECT_SECTORS, runs);
@@ -787,7 +813,9 @@ impl VolumeHandle {
                 return Err(e);
             }
         };
-        // The tree may have grown since the count (a resize, a rollback).
+        // The tree may have grown since the count (a resize, a rollback): runs follow it,
+        // bytes stay within what was reserved.
+        let reserved_height = height;
         let height = st.tree.as_ref().map_or(height, |t| t.height() as u64);
         let mut used = 0u64;
         let mut used_runs = 0u64;
@@ -881,7 +909,7 @@ impl VolumeHandle {
             if opened > 0 {
                 used_runs += opened;
                 if src.is_some() || !whole {
-                    used += INDIRECT_SIZE as u64 * height;
+                    used += INDIRECT_SIZE as u64 * reserved_height;
                     if !st
                         .tree
                         .as_ref()

@@ -213,7 +213,8 @@ fn small_blocks_beside_large_ones_refuse_writes_but_never_poison() {
 /// Fills volumes of (block size, percent of a 128 MiB pool), then `rounds` rounds of 800 random
 /// 4 KiB overwrites spread over them, a commit after each: every refused write must be refused
 /// for space, every commit must succeed, and every acknowledged write must read back, before
-/// and after a reopen. Returns the writes acknowledged.
+/// and after a reopen. A discard over holes is never refused, however fragmented free space
+/// is (it promises nothing), and one of data only for space. Returns the writes acknowledged.
 fn overwrite_nearly_full(vols: &[(u32, u64)], rounds: u8) -> u32 {
     use rand::{rngs::SmallRng, Rng, SeedableRng};
     use std::collections::HashMap;
@@ -223,6 +224,8 @@ fn overwrite_nearly_full(vols: &[(u32, u64)], rounds: u8) -> u32 {
         ..PoolConfig::default()
     };
     let pool = Pool::create_on(dev.clone(), "p", config.clone()).expect("pool");
+    pool.create_volume("p/holes", 4 << 20, 16384, &Default::default())
+        .expect("holes");
     let chunk = vec![7u8; 1 << 20];
     let mut sizes = Vec::new();
     for (i, &(bs, pct)) in vols.iter().enumerate() {
@@ -262,6 +265,16 @@ fn overwrite_nearly_full(vols: &[(u32, u64)], rounds: u8) -> u32 {
             .unwrap_or_else(|e| panic!("round {round}: {e} ({:?})", pool.info()));
     }
     assert!(!pool.info().poisoned, "{done} done, {refused} refused");
+    let holes = pool.volume("p/holes").expect("holes");
+    holes.discard(4096, 3 << 20).expect("a discard over holes");
+    let first = *model.keys().min().expect("a write done");
+    match handles[first.0].discard(first.1 * 4096, 4096) {
+        Ok(()) => {
+            model.insert(first, 0);
+        }
+        Err(e) => assert_eq!(e.kind(), pool::ErrorKind::NoSpace, "a discard of data: {e}"),
+    }
+    pool.sync().expect("sync after the discards");
     let check = |handles: &[pool::VolumeHandle]| {
         let mut buf = [0u8; 4096];
         for (&(i, b), &fill) in &model {
