@@ -35,6 +35,15 @@ pub fn released_by(txg: u64) -> u64 {
 /// commit.
 pub const REWIND_MIN: u64 = (1 << 20) / SECTOR;
 
+/// Runs this long are kept for blocks that need them (an indirect block takes four sectors,
+/// a 16 KiB data block as many): shorter allocations look for a shorter hole first, so that
+/// the single blocks of random overwrites fill the holes other single blocks left instead of
+/// splitting runs.
+pub const SHORT_RUN: u64 = 4;
+
+/// Free runs a short allocation looks at before it takes the next run, whatever its length.
+pub const SHORT_SCAN: usize = 256;
+
 /// A run of sectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Extent {
@@ -174,10 +183,18 @@ impl SpaceMap {
     }
 
     /// Allocates `len` contiguous sectors, next-fit from the last allocation (or the lowest
-    /// space freed since).
+    /// space freed since). Fewer than [`SHORT_RUN`] sectors go in a hole shorter than that
+    /// among the next [`SHORT_SCAN`] free runs, where there is one.
     pub fn alloc(&mut self, len: u64) -> Option<u64> {
         if len == 0 || len > self.free() {
             return None;
+        }
+        if len < SHORT_RUN {
+            if let Some(s) = self.short_hole(len) {
+                self.set_range(s, len, true);
+                self.cursor = s + len;
+                return Some(s);
+            }
         }
         let lo = self.reserved;
         let mut s = self.cursor.max(lo);
@@ -208,6 +225,34 @@ impl SpaceMap {
                 }
             }
         }
+    }
+
+    /// The first hole of at least `len` and fewer than [`SHORT_RUN`] sectors among the next
+    /// [`SHORT_SCAN`] free runs from the cursor (wrapping round once).
+    fn short_hole(&self, len: u64) -> Option<u64> {
+        let (lo, cursor) = (self.reserved, self.cursor.max(self.reserved));
+        let mut s = cursor;
+        let mut wrapped = false;
+        for _ in 0..SHORT_SCAN {
+            let limit = if wrapped { cursor } else { self.sectors };
+            let Some(start) = self.find_bit(s, limit, false) else {
+                if wrapped {
+                    return None;
+                }
+                (s, wrapped) = (lo, true);
+                continue;
+            };
+            let cap = (start + SHORT_RUN).min(self.sectors);
+            let end = self.find_bit(start, cap, true).unwrap_or(cap);
+            if end - start >= len && end - start < SHORT_RUN {
+                return Some(start);
+            }
+            // A run of SHORT_RUN or more (or a hole too short): go on past its end.
+            s = self
+                .find_bit(end, self.sectors, true)
+                .unwrap_or(self.sectors);
+        }
+        None
     }
 
     /// Allocates `len` sectors for a writer placing data ahead of its commit.
@@ -911,6 +956,27 @@ mod tests {
     }
 
     #[test]
+    fn short_allocations_fill_short_holes_before_splitting_runs() {
+        let mut sm = SpaceMap::new(200, 10);
+        while sm.alloc(1).is_some() {}
+        sm.free_now(20, 4);
+        sm.free_now(30, 1);
+        sm.free_now(40, 2);
+        sm.free_now(190, 6);
+        // Past the last hole, wrapping round: the one-sector hole, then the two-sector one,
+        // and the four-sector run only once no shorter hole is left.
+        assert_eq!(sm.alloc(1), Some(30));
+        assert_eq!(sm.alloc(2), Some(40));
+        assert_eq!(
+            sm.alloc(1),
+            Some(190),
+            "next-fit from the cursor: no short hole left"
+        );
+        assert_eq!(sm.alloc(3), Some(191));
+        assert_eq!(sm.alloc(4), Some(20));
+    }
+
+    #[test]
     fn allocates_contiguously_and_defers_frees() {
         let mut sm = SpaceMap::new(1000, 10);
         let a = sm.alloc(100).unwrap();
@@ -973,8 +1039,16 @@ mod tests {
             Some(b + 5 * m),
             "too little left there: on to fresh space"
         );
-        let small = sm.alloc(1).unwrap();
-        assert_eq!(small, b + 7 * m, "a short free does not move next-fit back");
+        assert_eq!(
+            sm.alloc(1),
+            Some(a + 3 * m),
+            "a short allocation fills a short hole"
+        );
+        assert_eq!(
+            sm.alloc(SHORT_RUN),
+            Some(b + 7 * m),
+            "a short free does not move next-fit back"
+        );
         sm.free_now(b, m);
         assert_eq!(sm.alloc(1), Some(b), "a freed run of REWIND_MIN does");
     }

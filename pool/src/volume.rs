@@ -752,7 +752,7 @@ impl VolumeHandle {
         // lock; small ones are buffered and batched into the commit's writes. Held runs to
         // promise: for the indirect blocks the write makes the open txg rewrite, and for the
         // buffered blocks longer than a sector (runs of their length).
-        let (place, height, mut runs, data_runs) = {
+        let (place, height, mut runs, mut data_runs) = {
             let st = self.state()?;
             self.check_range(&st, offset, len)?;
             if src.is_some() {
@@ -855,6 +855,17 @@ impl VolumeHandle {
             let prev = st.open.get(&idx);
             let fresh = prev.is_none();
             let had_data = matches!(prev, Some(Dirty::Data(_)));
+            // A block newly buffered (longer than a sector) needs a run of its length: counted
+            // with the reservation, or promised here where a commit took the open blocks since.
+            let buffers = !had_data && (!whole || (src.is_some() && !place));
+            if data_len > 1 && buffers && used_data_runs == data_runs {
+                let mut sm = lock(&self.shared.spacemap);
+                if !sm.promise_runs(data_len, 1) {
+                    result = Err(self.shared.fragmented(&sm, data_len));
+                    break;
+                }
+                data_runs += 1;
+            }
             let replaced = if whole && src.is_none() {
                 // Only blocks that hold data now need a hole recorded (checked above).
                 st.open.insert(idx, Dirty::Zero)
@@ -897,7 +908,7 @@ impl VolumeHandle {
                 lock(&self.shared.spacemap).unplace(p.sector, u64::from(p.sectors));
             }
             // Buffered partial blocks need space at commit; placed blocks already have theirs.
-            if !had_data && (!whole || (src.is_some() && !place)) {
+            if buffers {
                 used += bs;
                 if data_len > 1 {
                     used_data_runs += 1;
@@ -929,8 +940,6 @@ impl VolumeHandle {
         }
         st.open_reserved += used;
         st.open_runs += used_runs;
-        // Never more than the worst case counted, which spans every block of the write.
-        let used_data_runs = used_data_runs.min(data_runs);
         st.open_data_runs += used_data_runs;
         self.shared.pending.store(true, Ordering::Release);
         drop(st);
