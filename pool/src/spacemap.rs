@@ -44,6 +44,9 @@ pub const SHORT_RUN: u64 = 4;
 /// Free runs a short allocation looks at before it takes the next run, whatever its length.
 pub const SHORT_SCAN: usize = 256;
 
+/// Sectors a short allocation searches for a short hole (1,024 words of the map).
+pub const SHORT_WINDOW: u64 = 1 << 16;
+
 /// A run of sectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Extent {
@@ -228,29 +231,31 @@ impl SpaceMap {
     }
 
     /// The first hole of at least `len` and fewer than [`SHORT_RUN`] sectors among the next
-    /// [`SHORT_SCAN`] free runs from the cursor (wrapping round once).
+    /// [`SHORT_SCAN`] free runs within [`SHORT_WINDOW`] sectors of the cursor (wrapping round
+    /// to the start of the data area), so that the search costs a few microseconds however
+    /// large the pool.
     fn short_hole(&self, len: u64) -> Option<u64> {
-        let (lo, cursor) = (self.reserved, self.cursor.max(self.reserved));
-        let mut s = cursor;
-        let mut wrapped = false;
-        for _ in 0..SHORT_SCAN {
-            let limit = if wrapped { cursor } else { self.sectors };
+        let lo = self.reserved;
+        let mut s = self.cursor.clamp(lo, self.sectors);
+        let mut budget = SHORT_WINDOW;
+        let mut runs = 0;
+        while budget > 0 && runs < SHORT_SCAN {
+            let limit = (s + budget).min(self.sectors);
             let Some(start) = self.find_bit(s, limit, false) else {
-                if wrapped {
-                    return None;
-                }
-                (s, wrapped) = (lo, true);
+                budget -= limit - s;
+                s = lo;
                 continue;
             };
+            runs += 1;
             let cap = (start + SHORT_RUN).min(self.sectors);
             let end = self.find_bit(start, cap, true).unwrap_or(cap);
             if end - start >= len && end - start < SHORT_RUN {
                 return Some(start);
             }
             // A run of SHORT_RUN or more (or a hole too short): go on past its end.
-            s = self
-                .find_bit(end, self.sectors, true)
-                .unwrap_or(self.sectors);
+            let next = self.find_bit(end, limit, true).unwrap_or(limit);
+            budget -= next - s;
+            s = next;
         }
         None
     }
