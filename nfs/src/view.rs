@@ -24,7 +24,10 @@
 //!
 //! Durability: [`FileView::write`] leaves data dirty; [`FileView::sync`] makes every write that
 //! returned before it durable, sharing one pool commit among concurrent callers (group commit).
-//! Namespace changes (create, remove, rename, resize) are durable when they return.
+//! Namespace changes (create, remove, rename, resize) are durable when they return. A file's
+//! modification time is kept in the volume's user property [`MTIME_PROP`] (nanoseconds since
+//! the epoch), made durable by the sync (or the view's drop) that makes its data durable; a
+//! file never written through a view shows its creation time.
 
 use pool::{DatasetKind, ErrorKind, Pool, VolumeHandle};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -254,6 +257,9 @@ struct GroupState {
     error: Option<String>,
 }
 
+/// The user property holding a file's modification time (nanoseconds since the epoch).
+pub const MTIME_PROP: &str = "nfs:mtime";
+
 /// A pool as files and directories.
 pub struct FileView {
     pool: Arc<Pool>,
@@ -266,8 +272,9 @@ pub struct FileView {
     empty_dirs: Mutex<BTreeSet<String>>,
     /// Directory IDs that are not their path's hash (see [`DirIds`]).
     dir_ids: RwLock<DirIds>,
-    /// Last data change per dataset ID.
-    mtimes: Mutex<HashMap<u64, u64>>,
+    /// Last data change per dataset ID, in nanoseconds, and whether it is not yet staged in
+    /// the volume's [`MTIME_PROP`].
+    mtimes: Mutex<HashMap<u64, (u64, bool)>>,
     /// When the namespace last changed (directory mtime).
     ns_time: Mutex<u64>,
     group: Mutex<GroupState>,
@@ -507,6 +514,38 @@ impl FileView {
         Ok(h)
     }
 
+    /// Records a data change of file `id` now.
+    fn touch(&self, id: u64) {
+        lock(&self.mtimes).insert(id, (now_ns(), true));
+    }
+
+    /// Stages the modification times changed since the last call in their volumes'
+    /// [`MTIME_PROP`], for the next commit. A file removed or renamed meanwhile is skipped
+    /// (a renamed one is staged at the next call).
+    fn stage_mtimes(&self) {
+        let changed: Vec<(u64, u64)> = lock(&self.mtimes)
+            .iter_mut()
+            .filter(|(_, m)| m.1)
+            .map(|(&id, m)| {
+                m.1 = false;
+                (id, m.0)
+            })
+            .collect();
+        for (id, ns) in changed {
+            let staged = self.handle(id).and_then(|h| {
+                let name = self.live_name(id, &h)?;
+                let prop = [(MTIME_PROP.to_string(), ns.to_string())];
+                Ok(self.pool.stage_props(&name, &prop)?)
+            });
+            if let Err(e) = staged {
+                tracing::debug!(id, error = %e, "a file's modification time was not saved");
+                if let Some(m) = lock(&self.mtimes).get_mut(&id) {
+                    m.1 |= m.0 == ns && !matches!(e, ViewError::Stale(_));
+                }
+            }
+        }
+    }
+
     fn forget(&self, id: u64) {
         wlock(&self.handles).remove(&id);
         lock(&self.mtimes).remove(&id);
@@ -558,7 +597,12 @@ impl FileView {
         let snap = is_snapshot_name(self.local_of(&info.name))
             || matches!(info.kind, DatasetKind::Filesystem);
         let created = info.creation_time.saturating_mul(1_000_000_000);
-        let mtime = lock(&self.mtimes).get(&id).copied().unwrap_or(created);
+        let saved = || info.props.get(MTIME_PROP).and_then(|v| v.parse().ok());
+        let mtime = lock(&self.mtimes)
+            .get(&id)
+            .map(|m| m.0)
+            .or_else(saved)
+            .unwrap_or(created);
         Ok(Attr {
             id,
             kind: if snap {
@@ -840,7 +884,7 @@ impl FileView {
             }
         }
         h.write_at(offset, data)?;
-        lock(&self.mtimes).insert(id, now_ns());
+        self.touch(id);
         self.file_attr(id)
     }
 
@@ -865,6 +909,7 @@ impl FileView {
                 g.running = true;
                 let target = g.issued;
                 drop(g);
+                self.stage_mtimes();
                 let r = self.pool.sync();
                 g = lock(&self.group);
                 g.running = false;
@@ -1151,7 +1196,7 @@ impl FileView {
                 self.check_growth(&name, rounded)?;
             }
             self.pool.resize_volume(&name, size)?;
-            lock(&self.mtimes).insert(id, now_ns());
+            self.touch(id);
         }
         self.file_attr(id)
     }
@@ -1164,6 +1209,19 @@ impl FileView {
             free: info.free,
             available: self.pool.available(),
             datasets: info.datasets as u64,
+        }
+    }
+}
+
+impl Drop for FileView {
+    /// Saves modification times no sync saved (the data they date was committed by the
+    /// pool's own commits, or is lost with them: a crash keeps neither).
+    fn drop(&mut self) {
+        if lock(&self.mtimes).values().any(|m| m.1) {
+            self.stage_mtimes();
+            if let Err(e) = self.pool.sync() {
+                tracing::warn!(error = %e, "modification times of files written were not saved");
+            }
         }
     }
 }
@@ -1186,6 +1244,34 @@ mod tests {
         )
         .unwrap();
         FileView::new(Arc::new(pool), ViewOptions::default())
+    }
+
+    #[test]
+    fn modification_times_survive_the_view_and_the_pool() {
+        let d = tempfile::tempdir().unwrap();
+        let v = view(d.path());
+        let pool = v.pool().clone();
+        let a = v.create(v.root(), "a", 8192).unwrap();
+        let b = v.create(v.root(), "b", 8192).unwrap();
+        let created = v.getattr(a.id).unwrap().mtime_ns;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let written_a = v.write(a.id, 0, &[1u8; 4096]).unwrap().mtime_ns;
+        assert!(written_a > created, "{written_a} <= {created}");
+        v.sync().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Written but never synced: saved when the view goes.
+        let written_b = v.write(b.id, 0, &[2u8; 4096]).unwrap().mtime_ns;
+        drop(v);
+        let v = FileView::new(pool.clone(), ViewOptions::default());
+        assert_eq!(v.getattr(a.id).unwrap().mtime_ns, written_a);
+        assert_eq!(v.getattr(b.id).unwrap().mtime_ns, written_b);
+        drop(v);
+        let path = d.path().join("p.tarn");
+        drop(Arc::into_inner(pool).unwrap().close());
+        let pool = Pool::open_path(&path, PoolConfig::default()).unwrap();
+        let v = FileView::new(Arc::new(pool), ViewOptions::default());
+        assert_eq!(v.getattr(a.id).unwrap().mtime_ns, written_a);
+        assert_eq!(v.getattr(b.id).unwrap().mtime_ns, written_b);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::pool::{
 };
 use crate::volume::{StateInit, Volume, VolumeHandle};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Pool {
@@ -197,6 +198,17 @@ impl Pool {
 
     /// Sets user properties on a dataset (an empty value removes the key); durable on return.
     pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
+        self.update_props(full, props, true)
+    }
+
+    /// [`Pool::set_props`], durable with the next commit instead of one of its own: for
+    /// properties that follow data written since the last commit (an NFS file's
+    /// modification time), made durable by the commit that makes that data durable.
+    pub fn stage_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
+        self.update_props(full, props, false)
+    }
+
+    fn update_props(&self, full: &str, props: &[(String, String)], commit: bool) -> Result<()> {
         let rest = self.local(full)?;
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
         let sh = &self.shared;
@@ -216,7 +228,11 @@ impl Pool {
                 }
             }
         }
-        sh.commit_locked(&mut cs)?;
+        if commit {
+            sh.commit_locked(&mut cs)?;
+        } else {
+            sh.pending.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
