@@ -26,8 +26,9 @@
 //! returned before it durable, sharing one pool commit among concurrent callers (group commit).
 //! Namespace changes (create, remove, rename, resize) are durable when they return. A file's
 //! modification time is kept in the volume's user property [`MTIME_PROP`] (nanoseconds since
-//! the epoch), made durable by the sync (or the view's drop) that makes its data durable; a
-//! file never written through a view shows its creation time.
+//! the epoch), set before each data change and made durable by whichever commit makes the
+//! data durable (a crash may keep a newer time than data, never older); a file never written
+//! through a view shows its creation time.
 
 use pool::{DatasetKind, ErrorKind, Pool, VolumeHandle};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -258,7 +259,7 @@ struct GroupState {
 }
 
 /// The user property holding a file's modification time (nanoseconds since the epoch).
-pub const MTIME_PROP: &str = "nfs:mtime";
+pub const MTIME_PROP: &str = "tarn.nfs:mtime";
 
 /// A pool as files and directories.
 pub struct FileView {
@@ -272,9 +273,6 @@ pub struct FileView {
     empty_dirs: Mutex<BTreeSet<String>>,
     /// Directory IDs that are not their path's hash (see [`DirIds`]).
     dir_ids: RwLock<DirIds>,
-    /// Last data change per dataset ID, in nanoseconds, and whether it is not yet staged in
-    /// the volume's [`MTIME_PROP`].
-    mtimes: Mutex<HashMap<u64, (u64, bool)>>,
     /// When the namespace last changed (directory mtime).
     ns_time: Mutex<u64>,
     group: Mutex<GroupState>,
@@ -399,7 +397,6 @@ impl FileView {
             dirs: RwLock::new(dirs),
             empty_dirs: Mutex::new(BTreeSet::new()),
             dir_ids: RwLock::new(DirIds::default()),
-            mtimes: Mutex::new(HashMap::new()),
             ns_time: Mutex::new(now_ns()),
             group: Mutex::new(GroupState::default()),
             group_cv: Condvar::new(),
@@ -514,41 +511,18 @@ impl FileView {
         Ok(h)
     }
 
-    /// Records a data change of file `id` now.
+    /// Records a data change of file `id` now, before the change: the commit that makes the
+    /// change durable makes the time durable too.
     fn touch(&self, id: u64) {
-        lock(&self.mtimes).insert(id, (now_ns(), true));
-    }
-
-    /// Stages the modification times changed since the last call in their volumes'
-    /// [`MTIME_PROP`], for the next commit. A file removed or renamed meanwhile is skipped
-    /// (a renamed one is staged at the next call).
-    fn stage_mtimes(&self) {
-        let changed: Vec<(u64, u64)> = lock(&self.mtimes)
-            .iter_mut()
-            .filter(|(_, m)| m.1)
-            .map(|(&id, m)| {
-                m.1 = false;
-                (id, m.0)
-            })
-            .collect();
-        for (id, ns) in changed {
-            let staged = self.handle(id).and_then(|h| {
-                let name = self.live_name(id, &h)?;
-                let prop = [(MTIME_PROP.to_string(), ns.to_string())];
-                Ok(self.pool.stage_props(&name, &prop)?)
-            });
-            if let Err(e) = staged {
-                tracing::debug!(id, error = %e, "a file's modification time was not saved");
-                if let Some(m) = lock(&self.mtimes).get_mut(&id) {
-                    m.1 |= m.0 == ns && !matches!(e, ViewError::Stale(_));
-                }
-            }
+        let prop = [(MTIME_PROP.to_string(), now_ns().to_string())];
+        match self.pool.stage_props(id, &prop) {
+            Ok(_) => {}
+            Err(e) => tracing::debug!(id, error = %e, "a file's modification time was not set"),
         }
     }
 
     fn forget(&self, id: u64) {
         wlock(&self.handles).remove(&id);
-        lock(&self.mtimes).remove(&id);
     }
 
     /// Whether a directory path exists (implied by a dataset, made by mkdir, or the root).
@@ -597,11 +571,10 @@ impl FileView {
         let snap = is_snapshot_name(self.local_of(&info.name))
             || matches!(info.kind, DatasetKind::Filesystem);
         let created = info.creation_time.saturating_mul(1_000_000_000);
-        let saved = || info.props.get(MTIME_PROP).and_then(|v| v.parse().ok());
-        let mtime = lock(&self.mtimes)
-            .get(&id)
-            .map(|m| m.0)
-            .or_else(saved)
+        let mtime = info
+            .props
+            .get(MTIME_PROP)
+            .and_then(|v| v.parse().ok())
             .unwrap_or(created);
         Ok(Attr {
             id,
@@ -883,8 +856,8 @@ impl FileView {
                 self.pool.grow_volume(&name, end)?;
             }
         }
-        h.write_at(offset, data)?;
         self.touch(id);
+        h.write_at(offset, data)?;
         self.file_attr(id)
     }
 
@@ -909,7 +882,6 @@ impl FileView {
                 g.running = true;
                 let target = g.issued;
                 drop(g);
-                self.stage_mtimes();
                 let r = self.pool.sync();
                 g = lock(&self.group);
                 g.running = false;
@@ -1195,8 +1167,8 @@ impl FileView {
             if rounded > h.size() {
                 self.check_growth(&name, rounded)?;
             }
-            self.pool.resize_volume(&name, size)?;
             self.touch(id);
+            self.pool.resize_volume(&name, size)?;
         }
         self.file_attr(id)
     }
@@ -1209,19 +1181,6 @@ impl FileView {
             free: info.free,
             available: self.pool.available(),
             datasets: info.datasets as u64,
-        }
-    }
-}
-
-impl Drop for FileView {
-    /// Saves modification times no sync saved (the data they date was committed by the
-    /// pool's own commits, or is lost with them: a crash keeps neither).
-    fn drop(&mut self) {
-        if lock(&self.mtimes).values().any(|m| m.1) {
-            self.stage_mtimes();
-            if let Err(e) = self.pool.sync() {
-                tracing::warn!(error = %e, "modification times of files written were not saved");
-            }
         }
     }
 }
@@ -1259,7 +1218,7 @@ mod tests {
         assert!(written_a > created, "{written_a} <= {created}");
         v.sync().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        // Written but never synced: saved when the view goes.
+        // Written but never synced: committed with the pool's next commit (here its close).
         let written_b = v.write(b.id, 0, &[2u8; 4096]).unwrap().mtime_ns;
         drop(v);
         let v = FileView::new(pool.clone(), ViewOptions::default());

@@ -198,17 +198,6 @@ impl Pool {
 
     /// Sets user properties on a dataset (an empty value removes the key); durable on return.
     pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
-        self.update_props(full, props, true)
-    }
-
-    /// [`Pool::set_props`], durable with the next commit instead of one of its own: for
-    /// properties that follow data written since the last commit (an NFS file's
-    /// modification time), made durable by the commit that makes that data durable.
-    pub fn stage_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
-        self.update_props(full, props, false)
-    }
-
-    fn update_props(&self, full: &str, props: &[(String, String)], commit: bool) -> Result<()> {
         let rest = self.local(full)?;
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
         let sh = &self.shared;
@@ -228,12 +217,34 @@ impl Pool {
                 }
             }
         }
-        if commit {
-            sh.commit_locked(&mut cs)?;
-        } else {
-            sh.pending.store(true, Ordering::Release);
-        }
+        sh.commit_locked(&mut cs)?;
         Ok(())
+    }
+
+    /// Sets user properties on the dataset with permanent ID `id` (not a name, which a rename
+    /// can give another dataset meanwhile), durable with the next commit rather than one of
+    /// its own: for properties that follow data (an NFS file's modification time), made
+    /// durable by whichever commit makes that data durable. False if no dataset has that ID.
+    pub fn stage_props(&self, id: u64, props: &[(String, String)]) -> Result<bool> {
+        props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+        let sh = &self.shared;
+        sh.check_writable()?;
+        // No commit lock: a commit takes the pending flag before it reads the directory, so
+        // a change lands in the commit running or in the next.
+        let mut ds = write(&sh.datasets);
+        let Some(d) = ds.get_mut(&id) else {
+            return Ok(false);
+        };
+        for (k, v) in props {
+            if v.is_empty() {
+                d.props.remove(k);
+            } else {
+                d.props.insert(k.clone(), v.clone());
+            }
+        }
+        drop(ds);
+        sh.pending.store(true, Ordering::Release);
+        Ok(true)
     }
 
     /// One dataset's facts (a volume or a snapshot).
