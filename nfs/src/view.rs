@@ -515,9 +515,8 @@ impl FileView {
     /// change durable makes the time durable too.
     fn touch(&self, id: u64) {
         let prop = [(MTIME_PROP.to_string(), now_ns().to_string())];
-        match self.pool.stage_props(id, &prop) {
-            Ok(_) => {}
-            Err(e) => tracing::debug!(id, error = %e, "a file's modification time was not set"),
+        if let Err(e) = self.pool.stage_props(id, &prop) {
+            tracing::debug!(id, error = %e, "a file's modification time was not set");
         }
     }
 
