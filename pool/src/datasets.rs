@@ -209,13 +209,7 @@ impl Pool {
                 .values_mut()
                 .find(|d| d.name == rest)
                 .ok_or_else(|| Error::NotFound(full.into()))?;
-            for (k, v) in props {
-                if v.is_empty() {
-                    d.props.remove(k);
-                } else {
-                    d.props.insert(k.clone(), v.clone());
-                }
-            }
+            d.merge_props(props);
         }
         sh.commit_locked(&mut cs)?;
         Ok(())
@@ -235,13 +229,7 @@ impl Pool {
         let Some(d) = ds.get_mut(&id) else {
             return Ok(false);
         };
-        for (k, v) in props {
-            if v.is_empty() {
-                d.props.remove(k);
-            } else {
-                d.props.insert(k.clone(), v.clone());
-            }
-        }
+        d.merge_props(props);
         drop(ds);
         sh.pending.store(true, Ordering::Release);
         Ok(true)
@@ -336,6 +324,17 @@ impl Pool {
 }
 
 impl DatasetEntry {
+    /// Merges user properties in: an empty value removes the key.
+    pub(crate) fn merge_props(&mut self, props: &[(String, String)]) {
+        for (k, v) in props {
+            if v.is_empty() {
+                self.props.remove(k);
+            } else {
+                self.props.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
     pub(crate) fn new(
         kind: DatasetKind,
         name: String,

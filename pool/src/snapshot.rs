@@ -745,13 +745,7 @@ impl Pool {
                     let mut ds = write(&sh.datasets);
                     add_snapshot(&mut ds, tid, &rest, id, txg, Some(l.guid));
                     if let Some(t) = ds.get_mut(&tid) {
-                        for (k, v) in l.props {
-                            if v.is_empty() {
-                                t.props.remove(k);
-                            } else {
-                                t.props.insert(k.clone(), v.clone());
-                            }
-                        }
+                        t.merge_props(l.props);
                     }
                     Ok(())
                 })?;
