@@ -168,6 +168,8 @@ pub struct Driver {
     used_seen: u16,
     spin: Duration,
     pipeline: Pipeline,
+    /// Times the last run slept on the interrupt and an interrupt woke it.
+    woken: u64,
 }
 
 /// How a device-served driver keeps its queue busy and when it asks to be interrupted.
@@ -258,6 +260,7 @@ impl Driver {
             used_seen: 0,
             spin: Duration::ZERO,
             pipeline: Pipeline::default(),
+            woken: 0,
         })
     }
 
@@ -281,10 +284,17 @@ impl Driver {
         self.depth
     }
 
+    /// How often the last [`Driver::run`] slept on the interrupt and was woken by it: what
+    /// the device's interrupts cost it in thread wake-ups (none for the inline path).
+    pub fn wakeups(&self) -> u64 {
+        self.woken
+    }
+
     /// Runs `ops` in batches of [`Driver::depth`] requests (at most one kick each); fails if a
     /// request completes with an error status, the device stalls, or it completes requests
     /// without the interrupt the driver asked for.
     pub fn run(&mut self, ops: &[Op]) -> Result<()> {
+        self.woken = 0;
         if self.pipeline != Pipeline::Batch && matches!(self.served, Served::Device(_)) {
             return self.run_pipelined(ops);
         }
@@ -394,7 +404,14 @@ impl Driver {
             let Served::Device(t) = &mut self.served else {
                 return Err(Error::Queue("the pipelined driver needs a device".into()));
             };
-            let used = wait_used(&self.mem, t, self.used_seen, target, self.spin)?;
+            let used = wait_used(
+                &self.mem,
+                t,
+                self.used_seen,
+                target,
+                self.spin,
+                &mut self.woken,
+            )?;
             while self.used_seen != used {
                 let at = u64::from(self.used_seen % QUEUE_SIZE);
                 let head: u32 = self
@@ -436,7 +453,14 @@ impl Driver {
                 inline_pass(&self.mem, q, &self.disk);
             }
             Served::Device(t) => {
-                wait_used(&self.mem, t, self.used_seen, target, self.spin)?;
+                wait_used(
+                    &self.mem,
+                    t,
+                    self.used_seen,
+                    target,
+                    self.spin,
+                    &mut self.woken,
+                )?;
             }
         }
         self.used_seen = target;
@@ -508,13 +532,15 @@ const LOST_AFTER_MS: i32 = 10_000;
 /// Waits until the used index is at least `target` (counting from `seen`, wrapping); returns
 /// it. Polls it for up to `spin`, then sleeps on the interrupt eventfd. An interrupt raised
 /// meanwhile is consumed and acknowledged in both cases. Fails if the device completed the
-/// requests but never raised the interrupt they ask for ([`LOST_AFTER_MS`]).
+/// requests but never raised the interrupt they ask for ([`LOST_AFTER_MS`]). Counts in
+/// `woken` each sleep that an interrupt ended.
 fn wait_used(
     mem: &GuestMemoryMmap,
     t: &mut MmioTransport,
     seen: u16,
     target: u16,
     spin: Duration,
+    woken: &mut u64,
 ) -> Result<u16> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(30);
@@ -559,8 +585,9 @@ fn wait_used(
             revents: 0,
         };
         // SAFETY: one valid pollfd that outlives the call.
-        let woken = unsafe { libc::poll(&mut pfd, 1, 100) } > 0;
-        if !woken && reached()? {
+        let interrupted = unsafe { libc::poll(&mut pfd, 1, 100) } > 0;
+        *woken += u64::from(interrupted);
+        if !interrupted && reached()? {
             // Done, yet no interrupt: give a late one (the device looks at `used_event` only
             // every few completions, which a loaded machine may stretch) a long while, then
             // call it lost: a device that loses interrupts fails a run instead of slowing it.
