@@ -640,7 +640,15 @@ mod tests {
                 d.run(&ops).expect("writes");
                 let reads: Vec<Op> = ops.iter().map(|o| Op { write: false, ..*o }).collect();
                 d.run(&reads).expect("reads");
+                // A sleeping driver is woken by at least one interrupt a run, and by at most
+                // one a request.
+                assert!(
+                    (1..=100).contains(&d.wakeups()),
+                    "{} wake-ups for 100 requests ({workers} workers, {pipeline:?})",
+                    d.wakeups()
+                );
                 d.run(&ops[..3]).expect("a short run after a long one");
+                assert!(d.wakeups() <= 3, "counted from the run's start");
                 drop(d);
                 let f = std::fs::File::open(&path).expect("open");
                 let mut got = vec![0u8; 4096];
