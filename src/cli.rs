@@ -258,8 +258,16 @@ pub struct SendArgs {
     /// Snapshot to send, `POOL/VOL@SNAP`.
     pub snapshot: String,
     /// Send only the changes since this older snapshot (`@OLDER` or `POOL/VOL@OLDER`).
-    #[arg(short = 'i')]
+    #[arg(short = 'i', conflicts_with_all = ["intermediates", "replicate"])]
     pub incremental: Option<String>,
+    /// Send the changes since this older snapshot through every snapshot between, one
+    /// incremental stream each, as one package (`recv` lands them all).
+    #[arg(short = 'I', conflicts_with = "replicate")]
+    pub intermediates: Option<String>,
+    /// Send every snapshot of the volume up to SNAPSHOT: a full stream of the oldest, then
+    /// incremental ones, as one package (`recv` recreates the volume with its snapshots).
+    #[arg(short = 'R')]
+    pub replicate: bool,
     /// Write the stream to this file instead of stdout.
     #[arg(long, short = 'f')]
     pub file: Option<PathBuf>,
@@ -268,7 +276,8 @@ pub struct SendArgs {
 /// `tarn recv`
 #[derive(Debug, Args)]
 pub struct RecvArgs {
-    /// Target volume `POOL/NAME` (or `POOL/NAME@SNAP` to name the snapshot).
+    /// Target volume `POOL/NAME` (or `POOL/NAME@SNAP` to name the snapshot of a lone
+    /// stream; a package from `send -I` or `-R` keeps its snapshots' names).
     pub name: String,
     /// For an incremental stream, discard changes made to the target since its base snapshot,
     /// and destroy its snapshots newer than the base (refused if one has clones or holds).

@@ -170,6 +170,61 @@ fn copy_range<W: Write>(
 /// incremental from `from` (a full `POOL/VOL@OLDER`; see [`resolve_from`]) carrying only the
 /// ranges `Pool::diff` reports, as WRITE records for data and FREE records for zeroed ranges.
 pub fn send<W: Write>(pool: &Pool, snap: &str, from: Option<&str>, out: W) -> Result<SendSummary> {
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
+    send_part(pool, snap, from, &mut out, false)
+}
+
+/// Writes a package of streams (see `STREAM.md`) that recreates every snapshot of `snap`'s
+/// volume up to `snap`, oldest first: with `from` (older than `snap`), an incremental stream
+/// from it to each later snapshot in turn (`zfs send -I`); without, a full stream of the
+/// oldest snapshot, then incremental ones (`zfs send -R`, for one volume). A package of one
+/// stream is that stream, as [`send`] writes it. Returns the totals.
+pub fn send_package<W: Write>(
+    pool: &Pool,
+    snap: &str,
+    from: Option<&str>,
+    out: W,
+) -> Result<SendSummary> {
+    let (vol, _) = split_snapshot(snap)?;
+    let all = pool.list()?;
+    let snaps = snapshots_of(&all, vol);
+    let Some(to) = snaps.iter().position(|d| d.name == snap) else {
+        return Err(pool::Error::NotFound(snap.into()).into());
+    };
+    let first = match from {
+        None => 0,
+        Some(f) => match snaps.iter().position(|d| d.name == f) {
+            Some(i) if i < to => i + 1,
+            Some(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{f} is not older than {snap}"
+                )))
+            }
+            None => return Err(pool::Error::NotFound(f.into()).into()),
+        },
+    };
+    let chain: Vec<String> = snaps[first..=to].iter().map(|d| d.name.clone()).collect();
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
+    let mut base = from.map(str::to_owned);
+    let mut sum = SendSummary::default();
+    for (i, s) in chain.iter().enumerate() {
+        let part = send_part(pool, s, base.as_deref(), &mut out, i + 1 < chain.len())?;
+        sum.bytes += part.bytes;
+        sum.write_bytes += part.write_bytes;
+        sum.free_bytes += part.free_bytes;
+        base = Some(s.clone());
+    }
+    Ok(sum)
+}
+
+/// [`send`] into `out`, as one stream of a package where `more` (another follows it).
+fn send_part<W: Write>(
+    pool: &Pool,
+    snap: &str,
+    from: Option<&str>,
+    out: W,
+    more: bool,
+) -> Result<SendSummary> {
     let (vol_name, _) = split_snapshot(snap)?;
     let info = pool.dataset(snap)?;
     if info.kind != DatasetKind::Snapshot {
@@ -206,8 +261,8 @@ pub fn send<W: Write>(pool: &Pool, snap: &str, from: Option<&str>, out: W) -> Re
     };
     let vol = pool.volume(snap)?;
     let size = vol.size();
-    let out = std::io::BufWriter::with_capacity(256 << 10, out);
-    let mut w = StreamWriter::new(out, &begin).map_err(|e| Error::io("writing the stream", e))?;
+    let mut w =
+        StreamWriter::part(out, &begin, more).map_err(|e| Error::io("writing the stream", e))?;
     let mut buf = vec![0u8; CHUNK];
     let mut sum = SendSummary::default();
     for (off, len) in ranges {
@@ -332,7 +387,67 @@ fn or_discard<T>(pool: &Pool, temp: &str, f: impl FnOnce() -> Result<T>) -> Resu
 /// `VOL`'s newest snapshot to be the stream's base (matched by GUID), and refuses if `VOL`
 /// changed since that snapshot unless `force` (the changes are discarded). The data goes into
 /// `VOL.recv-partial` first; a stream that is truncated or fails a checksum leaves nothing.
-pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result<RecvSummary> {
+///
+/// A package of streams ([`send_package`]) is received stream by stream, each in its own txgs
+/// as `zfs recv` does: every stream after the first must be based on the snapshot the one
+/// before it recreated, `force` applies to the first only, and the snapshots keep their own
+/// names (a target naming a snapshot is refused). A stream that fails leaves the snapshots
+/// of the streams before it received, and nothing of its own. Returns what each stream made.
+pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result<Vec<RecvSummary>> {
+    let (mut reader, mut begin) = StreamReader::new(input)?;
+    if reader.more() && target.contains('@') {
+        return Err(Error::InvalidArgument(format!(
+            "cannot receive a package of streams into {target}: its snapshots keep their \
+             names; receive into the volume ({})",
+            target.split_once('@').map_or(target, |(v, _)| v)
+        )));
+    }
+    let mut got: Vec<RecvSummary> = Vec::new();
+    loop {
+        got.push(recv_one(
+            pool,
+            target,
+            &mut reader,
+            &begin,
+            force && got.is_empty(),
+        )?);
+        if !reader.more() {
+            return Ok(got);
+        }
+        let n = got.len() + 1;
+        let prev = (begin.to_guid, begin.name.clone());
+        let next = StreamReader::new(reader.into_inner()).map_err(|e| match e {
+            Error::BadStream(why) => Error::BadStream(format!(
+                "stream {n} of the package (after {}): {why}",
+                prev.1
+            )),
+            e => e,
+        })?;
+        (reader, begin) = next;
+        if begin.from_guid != prev.0 {
+            return Err(Error::BadStream(format!(
+                "stream {n} of the package ({}) is not based on {}, which the stream before \
+                 it recreated (its base: {})",
+                begin.name,
+                prev.1,
+                if begin.is_incremental() {
+                    begin.from_name.as_str()
+                } else {
+                    "none, a full stream"
+                }
+            )));
+        }
+    }
+}
+
+/// Receives one stream, whose BEGIN `begin` was read from `reader` (see [`recv`]).
+fn recv_one<R: Read>(
+    pool: &Pool,
+    target: &str,
+    reader: &mut StreamReader<R>,
+    begin: &Begin,
+    force: bool,
+) -> Result<RecvSummary> {
     let (vol, snap_arg) = match target.split_once('@') {
         Some((v, s)) => {
             pool::names::split_any_name(target)?;
@@ -343,7 +458,6 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             (target, None)
         }
     };
-    let (mut reader, begin) = StreamReader::new(input)?;
     let snap = format!("{vol}@{}", snap_arg.unwrap_or(begin.snap_name()));
     pool::names::split_any_name(&snap)?;
     let temp = format!("{vol}{PARTIAL_SUFFIX}");
@@ -388,7 +502,7 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
         pool.create_volume(&temp, begin.size, begin.block_size, &tagged(&props))?;
         or_discard(pool, &temp, || {
             let h = pool.volume(&temp)?;
-            summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;
+            summary.write_bytes = apply(&h, reader, begin.size, begin.is_incremental())?;
             drop(h);
             pool.snapshot_with_guid(&temp_snap, begin.to_guid)?;
             pool.rename(&temp, vol)?;
@@ -479,7 +593,7 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
             pool.resize_volume(&temp, begin.size)?;
         }
         let h = pool.volume(&temp)?;
-        summary.write_bytes = apply(&h, &mut reader, begin.size, begin.is_incremental())?;
+        summary.write_bytes = apply(&h, reader, begin.size, begin.is_incremental())?;
         drop(h);
         pool.sync()?;
         // Data, snapshot and properties land in one txg, and the newer snapshots -F destroys

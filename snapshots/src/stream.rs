@@ -17,6 +17,11 @@ pub const RECORD_SEED: u64 = u64::from_le_bytes(*b"tarnrec1");
 pub const STREAM_SEED: u64 = u64::from_le_bytes(*b"tarnstr1");
 /// Bytes of the preamble.
 pub const PREAMBLE_LEN: usize = 16;
+/// Preamble feature bit: another stream follows this one's END (a package of streams, as
+/// `send -I` and `send -R` write: each one's base is the snapshot the one before recreates).
+pub const FEATURE_MORE: u32 = 1;
+/// The feature bits this build knows.
+pub const KNOWN_FEATURES: u32 = FEATURE_MORE;
 /// Bytes of a record header.
 pub const HEADER_LEN: usize = 32;
 /// Largest payload a reader accepts (a writer never emits more than `CHUNK`).
@@ -257,8 +262,14 @@ pub struct StreamWriter<W: Write> {
 }
 
 impl<W: Write> StreamWriter<W> {
-    /// Writes the preamble and the BEGIN record.
+    /// Writes the preamble and the BEGIN record of a lone stream (or of a package's last).
     pub fn new(out: W, begin: &Begin) -> io::Result<Self> {
+        Self::part(out, begin, false)
+    }
+
+    /// Writes the preamble and the BEGIN record of one stream of a package: `more` says that
+    /// another stream follows this one's END ([`FEATURE_MORE`]).
+    pub fn part(out: W, begin: &Begin, more: bool) -> io::Result<Self> {
         let mut w = StreamWriter {
             out,
             hash: Xxh3::with_seed(STREAM_SEED),
@@ -269,7 +280,8 @@ impl<W: Write> StreamWriter<W> {
         let mut pre = [0u8; PREAMBLE_LEN];
         pre[0..8].copy_from_slice(&MAGIC);
         pre[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        // pre[12..16]: feature flags, zero in version 1.
+        let features = if more { FEATURE_MORE } else { 0 };
+        pre[12..16].copy_from_slice(&features.to_le_bytes());
         w.put(&pre)?;
         w.record(kind::BEGIN, 0, 0, &begin.encode())?;
         Ok(w)
@@ -345,6 +357,8 @@ pub struct StreamReader<R: Read> {
     records: u64,
     write_bytes: u64,
     done: bool,
+    /// Another stream follows this one's END ([`FEATURE_MORE`]).
+    more: bool,
     /// Payload of the last WRITE record.
     pub buf: Vec<u8>,
 }
@@ -376,9 +390,10 @@ impl<R: Read> StreamReader<R> {
             )));
         }
         let flags = u32::from_le_bytes([pre[12], pre[13], pre[14], pre[15]]);
-        if flags != 0 {
+        if flags & !KNOWN_FEATURES != 0 {
             return Err(Error::Unsupported(format!(
-                "send stream features {flags:#x}; this tarn knows none"
+                "send stream features {:#x}; this tarn knows only {KNOWN_FEATURES:#x}",
+                flags
             )));
         }
         let mut hash = Xxh3::with_seed(STREAM_SEED);
@@ -389,6 +404,7 @@ impl<R: Read> StreamReader<R> {
             records: 0,
             write_bytes: 0,
             done: false,
+            more: flags & FEATURE_MORE != 0,
             buf: Vec::new(),
         };
         let (k, _, _) = r.raw()?;
@@ -439,6 +455,17 @@ impl<R: Read> StreamReader<R> {
             self.records += 1;
         }
         Ok((k, offset, length))
+    }
+
+    /// Whether another stream follows this one's END (the stream is one of a package).
+    pub fn more(&self) -> bool {
+        self.more
+    }
+
+    /// The input, positioned after this stream's END once [`StreamReader::next_record`] has
+    /// returned `None`: where a package's next stream starts.
+    pub fn into_inner(self) -> R {
+        self.inp
     }
 
     /// The next data record, or `None` once END has been read and the whole stream verified.
@@ -508,6 +535,11 @@ impl<R: Read> StreamReader<R> {
                 "END counts {} records and {} data bytes, the stream held {} and {}",
                 end.records, end.write_bytes, self.records, self.write_bytes
             )));
+        }
+        if self.more {
+            // The next stream of the package starts here; its reader checks it.
+            self.done = true;
+            return Ok(());
         }
         let mut extra = [0u8; 1];
         loop {

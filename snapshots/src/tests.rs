@@ -83,6 +83,7 @@ fn full_and_incremental_round_trip() {
 
     let b = mkpool("b");
     let r = recv(&b, "b/copy", &full[..], false).expect("recv full");
+    let r = &r[0];
     assert_eq!(r.snapshot, "b/copy@s1");
     assert_eq!(read_all(&b, "b/copy@s1"), read_all(&a, "a/v@s1"));
     let d = b.dataset("b/copy@s1").expect("snap");
@@ -547,4 +548,153 @@ fn a_name_too_long_for_the_receive_is_refused_up_front() {
         .to_string();
     assert!(e.contains("3 bytes shorter"), "{e}");
     assert!(!names(&b).contains(&format!("{vol}@s2")));
+}
+
+/// Pool `a` with `a/v` and snapshots `s1` … `s4`, each after a different change: data, an
+/// overwrite, a zeroed range, a grown volume.
+fn four_snapshots() -> Pool {
+    let a = mkpool("a");
+    a.create_volume("a/v", 2 << 20, 4096, &BTreeMap::new())
+        .expect("create");
+    let v = a.volume("a/v").expect("vol");
+    v.write_at(0, &fill(256 << 10, 1)).expect("write");
+    a.snapshot(&["a/v@s1"]).expect("snap");
+    v.write_at(128 << 10, &fill(64 << 10, 2)).expect("write");
+    a.snapshot(&["a/v@s2"]).expect("snap");
+    v.write_zeroes(0, 64 << 10).expect("zero");
+    v.write_at(1 << 20, &fill(4096, 3)).expect("write");
+    a.snapshot(&["a/v@s3"]).expect("snap");
+    drop(v);
+    a.resize_volume("a/v", 3 << 20).expect("grow");
+    a.volume("a/v")
+        .expect("vol")
+        .write_at(5 << 19, &fill(4096, 4))
+        .expect("write");
+    a.snapshot(&["a/v@s4"]).expect("snap");
+    a
+}
+
+fn package_vec(pool: &Pool, snap: &str, from: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let sum = send_package(pool, snap, from, &mut out).expect("send package");
+    assert_eq!(sum.bytes, out.len() as u64);
+    out
+}
+
+/// Where each stream of `a/v`'s package from `s1` to `s4` ends: a package's streams are the
+/// lone streams but for the preamble's feature bit.
+fn package_ends(a: &Pool) -> Vec<usize> {
+    let mut end = 0;
+    let mut ends = Vec::new();
+    for (snap, from) in [
+        ("a/v@s1", None),
+        ("a/v@s2", Some("a/v@s1")),
+        ("a/v@s3", Some("a/v@s2")),
+        ("a/v@s4", Some("a/v@s3")),
+    ] {
+        end += send_vec(a, snap, from).len();
+        ends.push(end);
+    }
+    ends
+}
+
+/// `send -R` recreates every snapshot (GUIDs, data, sizes) in a new pool; `send -I` brings a
+/// copy holding older snapshots up to date; a package of one stream is that stream.
+#[test]
+fn packages_recreate_every_snapshot() {
+    let a = four_snapshots();
+    let all = package_vec(&a, "a/v@s4", None);
+    assert_eq!(all.len(), *package_ends(&a).last().expect("ends"));
+    let b = mkpool("b");
+    let got = recv(&b, "b/v", &all[..], false).expect("recv -R");
+    let made: Vec<&str> = got.iter().map(|g| g.snapshot.as_str()).collect();
+    assert_eq!(made, ["b/v@s1", "b/v@s2", "b/v@s3", "b/v@s4"]);
+    assert!(!got[0].incremental && got[1..].iter().all(|g| g.incremental));
+    for s in 1..=4 {
+        let (src, dst) = (format!("a/v@s{s}"), format!("b/v@s{s}"));
+        assert_eq!(read_all(&b, &dst), read_all(&a, &src), "{dst}");
+        assert_eq!(
+            b.dataset(&dst).expect("snap").guid,
+            a.dataset(&src).expect("snap").guid
+        );
+    }
+    assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s4"));
+    assert!(!names(&b).iter().any(|n| n.contains(PARTIAL_SUFFIX)));
+
+    let c = mkpool("c");
+    recv(&c, "c/v", &send_vec(&a, "a/v@s1", None)[..], false).expect("s1");
+    recv(
+        &c,
+        "c/v",
+        &send_vec(&a, "a/v@s2", Some("a/v@s1"))[..],
+        false,
+    )
+    .expect("s2");
+    let inc = package_vec(&a, "a/v@s4", Some("a/v@s2"));
+    let got = recv(&c, "c/v", &inc[..], false).expect("recv -I");
+    let made: Vec<&str> = got.iter().map(|g| g.snapshot.as_str()).collect();
+    assert_eq!(made, ["c/v@s3", "c/v@s4"]);
+    assert_eq!(read_all(&c, "c/v@s3"), read_all(&a, "a/v@s3"));
+    assert_eq!(read_all(&c, "c/v"), read_all(&a, "a/v@s4"));
+
+    assert_eq!(
+        package_vec(&a, "a/v@s2", Some("a/v@s1")),
+        send_vec(&a, "a/v@s2", Some("a/v@s1"))
+    );
+    let e = send_package(&a, "a/v@s2", Some("a/v@s3"), &mut Vec::new()).expect_err("newer");
+    assert!(e.to_string().contains("not older"), "{e}");
+    // A package names its snapshots itself.
+    let d = mkpool("d");
+    let e = recv(&d, "d/v@x", &all[..], false).expect_err("named");
+    assert!(e.to_string().contains("keep their"), "{e}");
+    assert!(names(&d).is_empty());
+    // A lone stream is still refused with anything after its END.
+    let mut junk = send_vec(&a, "a/v@s1", None);
+    junk.push(0);
+    let e = recv(&d, "d/v", &junk[..], false).expect_err("junk");
+    assert!(e.to_string().contains("after the END"), "{e}");
+    // A feature bit this build does not know is refused before anything is received.
+    let mut unknown = send_vec(&a, "a/v@s1", None);
+    unknown[12] |= 2;
+    let e = recv(&d, "d/v", &unknown[..], false).expect_err("unknown feature");
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    assert!(names(&d).is_empty());
+}
+
+/// A package cut inside a stream, cut where a stream says another follows, or spliced from
+/// streams of different chains: the streams before the bad one stay received, the bad one
+/// leaves nothing.
+#[test]
+fn a_bad_stream_in_a_package_keeps_the_streams_before_it() {
+    let a = four_snapshots();
+    let all = package_vec(&a, "a/v@s4", None);
+    let ends = package_ends(&a);
+    let kept = |p: &Pool| {
+        assert!(!names(p).iter().any(|n| n.contains(PARTIAL_SUFFIX)));
+        assert_eq!(read_all(p, "b/v"), read_all(&a, "a/v@s2"));
+        assert_eq!(
+            names(p),
+            ["b/v", "b/v@s1", "b/v@s2"],
+            "s1 and s2 received, s3 not"
+        );
+    };
+
+    let b = mkpool("b");
+    let cut = ends[1] + (ends[2] - ends[1]) / 2;
+    let e = recv(&b, "b/v", &all[..cut], false).expect_err("cut inside s3");
+    assert!(matches!(e, Error::BadStream(_)), "{e}");
+    kept(&b);
+
+    let b = mkpool("b");
+    let e = recv(&b, "b/v", &all[..ends[1]], false).expect_err("cut after s2");
+    assert!(e.to_string().contains("stream 3 of the package"), "{e}");
+    kept(&b);
+
+    // s1 and s2 of the package, then a lone stream from s3 to s4: not based on s2.
+    let b = mkpool("b");
+    let mut spliced = all[..ends[1]].to_vec();
+    spliced.extend(send_vec(&a, "a/v@s4", Some("a/v@s3")));
+    let e = recv(&b, "b/v", &spliced[..], false).expect_err("spliced");
+    assert!(e.to_string().contains("not based on a/v@s2"), "{e}");
+    kept(&b);
 }

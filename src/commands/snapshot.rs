@@ -208,14 +208,23 @@ pub fn diff(reg: &Registry, a: &DiffArgs) -> Result<()> {
     Ok(())
 }
 
-/// `tarn send [-i @OLDER] POOL/VOL@SNAP [-f FILE]`
+/// `tarn send [-i @OLDER | -I @OLDER | -R] POOL/VOL@SNAP [-f FILE]`
 pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
     snapshot_name(&a.snapshot)?;
+    let package = a.replicate || a.intermediates.is_some();
     let from = a
         .incremental
         .as_deref()
+        .or(a.intermediates.as_deref())
         .map(|f| snapshots::resolve_from(&a.snapshot, f))
         .transpose()?;
+    let send = |pool: &pool::Pool, out: &mut dyn std::io::Write| {
+        if package {
+            snapshots::send_package(pool, &a.snapshot, from.as_deref(), out)
+        } else {
+            snapshots::send(pool, &a.snapshot, from.as_deref(), out)
+        }
+    };
     if a.file.is_none() && std::io::stdout().is_terminal() {
         return Err(CliError::Usage(
             "refusing to write a send stream to a terminal; redirect stdout or use --file".into(),
@@ -226,12 +235,7 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
         widen_pipe(&std::io::stdout());
     }
     let sent = match &a.file {
-        None => snapshots::send(
-            &pool,
-            &a.snapshot,
-            from.as_deref(),
-            std::io::stdout().lock(),
-        ),
+        None => send(&pool, &mut std::io::stdout().lock()),
         Some(path) => {
             // Written under a temporary name and renamed over `path` once complete: a failed
             // send leaves whatever was at `path` as it was, and never a pool file overwritten.
@@ -240,7 +244,7 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
             let path = match super::output_path(path) {
                 super::OutputPath::InPlace(p) => {
                     let f = super::open_in_place(&p)?;
-                    let sent = snapshots::send(&pool, &a.snapshot, from.as_deref(), &f);
+                    let sent = send(&pool, &mut &f);
                     drop(pool);
                     sent?;
                     return Ok(());
@@ -262,7 +266,7 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
                 let _ = std::fs::remove_file(&partial);
                 std::process::exit(128 + sig);
             });
-            let r = snapshots::send(&pool, &a.snapshot, from.as_deref(), &f).and_then(|s| {
+            let r = send(&pool, &mut &f).and_then(|s| {
                 f.sync_all()
                     .and_then(|()| std::fs::rename(&tmp, path))
                     .map_err(|e| snapshots::Error::io(format!("writing {}", path.display()), e))
@@ -318,18 +322,24 @@ pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
     let got = snapshots::recv(&pool, &a.name, input, a.force);
     let closed = pool.close();
     if got.is_err() {
-        stop.exit_if_stopped(&format!("nothing was received into {}", a.name));
+        stop.exit_if_stopped(&format!(
+            "the stream being received into {} was discarded (the streams of a package \
+             received before it are kept)",
+            a.name
+        ));
     }
-    let s = got?;
+    let got = got?;
     closed?;
     if a.verbose {
-        output::print_str(&format!(
-            "received {} stream of {} into {} ({} of data)\n",
-            if s.incremental { "incremental" } else { "full" },
-            s.source,
-            s.snapshot,
-            output::size(s.write_bytes, false)
-        ))?;
+        for s in got {
+            output::print_str(&format!(
+                "received {} stream of {} into {} ({} of data)\n",
+                if s.incremental { "incremental" } else { "full" },
+                s.source,
+                s.snapshot,
+                output::size(s.write_bytes, false)
+            ))?;
+        }
     }
     Ok(())
 }
