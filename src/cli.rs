@@ -310,7 +310,7 @@ pub struct SetArgs {
     /// `KEY=VALUE` pairs (an empty value removes a user property).
     #[arg(required = true, num_args = 1..)]
     pub assignments: Vec<String>,
-    /// Dataset, `POOL/NAME`.
+    /// Dataset, `POOL/NAME` (or a snapshot, `POOL/NAME@SNAP`, for user properties).
     pub dataset: String,
 }
 

@@ -397,6 +397,40 @@ fn send_packages_replicate_a_volume_with_its_snapshots() {
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
 
+/// Snapshots take user properties (as in ZFS): set, listed, removed, kept through a rename
+/// and a re-import; their volsize is frozen.
+#[test]
+fn snapshots_take_user_properties() {
+    let env = Env::new();
+    let file = env.pool("tank", "64M");
+    env.run(["vol", "create", "tank/v", "-s", "4M"]).ok();
+    env.run(["snapshot", "tank/v@s"]).ok();
+    env.run(["set", "com.example:release=2026.11", "tank/v@s"])
+        .ok();
+    env.run(["set", "volsize=8M", "tank/v@s"])
+        .fails_with("frozen");
+    env.run(["rename", "tank/v@s", "@golden"]).ok();
+    env.run(["pool", "export", "tank"]).ok();
+    env.run(["pool", "import", file.to_str().expect("utf-8")])
+        .ok();
+    let l = listing(&env, "tank");
+    assert_eq!(
+        l["tank/v@golden"]["props"]["com.example:release"],
+        "2026.11"
+    );
+    assert!(l["tank/v"]["props"].get("com.example:release").is_none());
+    let got = env
+        .run(["get", "-H", "com.example:release", "tank/v@golden"])
+        .ok()
+        .to_string();
+    assert!(got.contains("2026.11"), "{got}");
+    env.run(["set", "com.example:release=", "tank/v@golden"])
+        .ok();
+    assert!(listing(&env, "tank")["tank/v@golden"]["props"]
+        .get("com.example:release")
+        .is_none());
+}
+
 #[test]
 fn incremental_onto_changed_target_needs_force() {
     let env = Env::new();

@@ -1,7 +1,7 @@
 //! Dataset verbs, top-level as in zfs(8): list, destroy, get, set. Also the property model
 //! shared with `vol create`.
 
-use super::{execute, expect_dataset, open_for, parse_assignment, pool_of, pool_of_any};
+use super::{execute, expect_dataset, open_for, parse_assignment, pool_of_any};
 use crate::cli::{DestroyArgs, GetArgs, ListArgs, SetArgs};
 use crate::error::{CliError, Result};
 use crate::output::{self, Table};
@@ -375,12 +375,20 @@ pub fn get(reg: &Registry, a: &GetArgs) -> Result<()> {
 
 /// `tarn set KEY=VALUE... POOL/NAME` (user properties; `volsize` grows the volume).
 pub fn set(reg: &Registry, a: &SetArgs) -> Result<()> {
-    pool_of(&a.dataset)?;
+    // Snapshots take user properties (as in ZFS); their size is frozen.
+    let snapshot = a.dataset.contains('@');
+    pool_of_any(&a.dataset)?;
     let mut user = Vec::new();
     let mut volsize = None;
     for s in &a.assignments {
         let (k, v) = parse_assignment(s)?;
         match builtin(&k) {
+            Some("volsize") if snapshot => {
+                return Err(CliError::Usage(format!(
+                    "{} is a snapshot: its volsize is frozen (set user properties only)",
+                    a.dataset
+                )));
+            }
             Some("volsize") => volsize = Some(zvol::parse_size(&v)?),
             Some(b) => {
                 return Err(CliError::Usage(format!("property '{b}' is read-only")));
