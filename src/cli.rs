@@ -280,7 +280,8 @@ pub struct RecvArgs {
     /// stream; a package from `send -I` or `-R` keeps its snapshots' names).
     pub name: String,
     /// For an incremental stream, discard changes made to the target since its base snapshot,
-    /// and destroy its snapshots newer than the base (refused if one has clones or holds).
+    /// and destroy its snapshots newer than the base (refused if one has clones or holds). For
+    /// a package of streams, this applies to its first stream.
     #[arg(short = 'F')]
     pub force: bool,
     /// Read the stream from this file instead of stdin.

@@ -29,6 +29,21 @@ pub enum Error {
     /// The request itself is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A stream of a package failed after the streams before it were received (and kept).
+    #[error(
+        "stream {stream} of the package: {source} (the streams before it were received and \
+         are kept: {})",
+        received.join(", ")
+    )]
+    PackageCut {
+        /// The failed stream's place in the package, from 1.
+        stream: usize,
+        /// The snapshots the streams before it made.
+        received: Vec<String>,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -49,6 +64,7 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Refused(_) => ErrorKind::Busy,
             Error::InvalidArgument(_) => ErrorKind::InvalidInput,
+            Error::PackageCut { source, .. } => source.kind(),
         }
     }
 }

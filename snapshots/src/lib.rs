@@ -254,7 +254,8 @@ fn send_part<W: Write>(
             .filter(|(k, _)| k != PARTIAL_TAG)
             .collect(),
     };
-    // Work out what to send before writing anything, so a refused send writes nothing.
+    // Work out what to send before writing anything, so a refused send writes nothing of
+    // this stream (a package's streams before it are written already).
     let ranges = match from {
         Some(f) => pool.diff(f, Some(snap))?,
         None => vec![(0, info.size)],
@@ -404,40 +405,47 @@ pub fn recv<R: Read>(pool: &Pool, target: &str, input: R, force: bool) -> Result
     }
     let mut got: Vec<RecvSummary> = Vec::new();
     loop {
-        got.push(recv_one(
-            pool,
-            target,
-            &mut reader,
-            &begin,
-            force && got.is_empty(),
-        )?);
-        if !reader.more() {
-            return Ok(got);
-        }
-        let n = got.len() + 1;
-        let prev = (begin.to_guid, begin.name.clone());
-        let next = StreamReader::new(reader.into_inner()).map_err(|e| match e {
-            Error::BadStream(why) => Error::BadStream(format!(
-                "stream {n} of the package (after {}): {why}",
-                prev.1
-            )),
-            e => e,
-        })?;
-        (reader, begin) = next;
-        if begin.from_guid != prev.0 {
-            return Err(Error::BadStream(format!(
-                "stream {n} of the package ({}) is not based on {}, which the stream before \
-                 it recreated (its base: {})",
-                begin.name,
-                prev.1,
-                if begin.is_incremental() {
-                    begin.from_name.as_str()
+        let step =
+            recv_one(pool, target, &mut reader, &begin, force && got.is_empty()).and_then(|s| {
+                got.push(s);
+                if reader.more() {
+                    next_in_package(reader.into_inner(), &begin).map(Some)
                 } else {
-                    "none, a full stream"
+                    Ok(None)
                 }
-            )));
+            });
+        match step {
+            Ok(Some(next)) => (reader, begin) = next,
+            Ok(None) => return Ok(got),
+            Err(e) if got.is_empty() => return Err(e),
+            Err(e) => {
+                return Err(Error::PackageCut {
+                    stream: got.len() + 1,
+                    received: got.into_iter().map(|g| g.snapshot).collect(),
+                    source: Box::new(e),
+                })
+            }
         }
     }
+}
+
+/// Reads the BEGIN of a package's next stream from `input`, checking that it is based on
+/// the snapshot `prev` (the stream before it) recreated.
+fn next_in_package<R: Read>(input: R, prev: &Begin) -> Result<(StreamReader<R>, Begin)> {
+    let (reader, begin) = StreamReader::new(input)?;
+    if begin.from_guid != prev.to_guid {
+        return Err(Error::BadStream(format!(
+            "{} is not based on {}, which the stream before it recreated (its base: {})",
+            begin.name,
+            prev.name,
+            if begin.is_incremental() {
+                begin.from_name.as_str()
+            } else {
+                "none, a full stream"
+            }
+        )));
+    }
+    Ok((reader, begin))
 }
 
 /// Receives one stream, whose BEGIN `begin` was read from `reader` (see [`recv`]).

@@ -296,8 +296,9 @@ fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
 }
 
 /// `tarn recv [-F] POOL/NAME[@SNAP] [-f FILE]`. SIGINT, SIGTERM or SIGHUP ends it as a
-/// truncated stream does: nothing received is kept (a killed receive used to leave its
-/// temporary volume, whose clone of the base snapshot kept that snapshot from being destroyed).
+/// truncated stream does: nothing of the stream being received is kept, and the streams of a
+/// package received before it are (a killed receive used to leave its temporary volume, whose
+/// clone of the base snapshot kept that snapshot from being destroyed).
 pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
     let (pool, _) = reg.open(pool_of_snap(&a.name)?)?;
     let file = match &a.file {
