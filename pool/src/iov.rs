@@ -1,9 +1,14 @@
 //! A list of caller buffers (guest memory, typically) addressed as one byte range, so volume
 //! I/O can move bytes straight between them and blocks without gathering first.
 
+use smallvec::SmallVec;
 use std::io::{IoSlice, IoSliceMut};
 
-fn starts(lens: impl Iterator<Item = usize>) -> Vec<usize> {
+/// Where each buffer starts in the logical range: on the stack for the few buffers a request
+/// usually has (no allocation on the I/O path).
+type Starts = SmallVec<[usize; 8]>;
+
+fn starts(lens: impl Iterator<Item = usize>) -> Starts {
     let mut at = 0;
     lens.map(|l| {
         let s = at;
@@ -22,7 +27,7 @@ fn find(starts: &[usize], at: usize) -> (usize, usize) {
 /// Buffers to read from.
 pub(crate) struct Iov<'a, 'b> {
     bufs: &'a [IoSlice<'b>],
-    starts: Vec<usize>,
+    starts: Starts,
     len: usize,
 }
 
@@ -62,7 +67,7 @@ impl<'a, 'b> Iov<'a, 'b> {
 /// Buffers to read into.
 pub(crate) struct IovMut<'a, 'b> {
     bufs: &'a mut [IoSliceMut<'b>],
-    starts: Vec<usize>,
+    starts: Starts,
     len: usize,
 }
 

@@ -77,19 +77,30 @@ impl Streams {
                 && offset.saturating_add(slack) >= s.next
                 && offset <= s.next.saturating_add(slack)
         };
-        let Some(i) = streams.iter().position(|s| near(s) && end > s.next) else {
-            if streams.iter().any(near) {
+        // One pass (this runs on every read): the first stream the read advances, whether it
+        // is near any, and the least recently used slot.
+        let (mut hit, mut near_any, mut lru) = (None, false, 0);
+        for (j, s) in streams.iter().enumerate() {
+            if near(s) {
+                if end > s.next {
+                    hit = Some(j);
+                    break;
+                }
+                near_any = true;
+            }
+            if s.used < streams[lru].used {
+                lru = j;
+            }
+        }
+        let Some(i) = hit else {
+            if near_any {
                 return Plan {
                     sequential: true,
                     prefetch: None,
                     slot: 0,
                 };
             }
-            let lru = streams
-                .iter_mut()
-                .min_by_key(|s| s.used)
-                .expect("STREAMS > 0");
-            *lru = Stream {
+            streams[lru] = Stream {
                 next: end,
                 ahead: end,
                 used: *tick,

@@ -12,6 +12,7 @@ use crate::phys::{checksum, BlockPtr, INDIRECT_SECTORS, INDIRECT_SIZE, PTRS_PER_
 use crate::pool::{lock, read, Shared};
 use crate::prefetch::Streams;
 use crate::spacemap::SpaceMap;
+use smallvec::SmallVec;
 use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::Ordering;
@@ -419,7 +420,8 @@ impl VolumeHandle {
         let len = dst.len();
         let bs = u64::from(self.vol.block_size);
         let fence = read(&self.shared.fence);
-        let mut fetches = Vec::new();
+        // On the stack for reads of a few blocks (no allocation on the I/O path).
+        let mut fetches: SmallVec<[Fetch; 4]> = SmallVec::new();
         let (plan, ahead) = {
             let st = self.state()?;
             self.check_range(&st, offset, len as u64)?;
