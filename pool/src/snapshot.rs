@@ -68,6 +68,8 @@ pub struct Landing<'a> {
     pub guid: u64,
     /// Properties to set on the volume (an empty value removes one).
     pub props: &'a [(String, String)],
+    /// User properties of the snapshot taken.
+    pub snapshot_props: &'a [(String, String)],
     /// Snapshots of the volume newer than the clone's origin, destroyed in the same txg
     /// (`recv -F`): they must have no clones or holds.
     pub destroy: &'a [String],
@@ -615,7 +617,10 @@ impl Pool {
                         l.snapshot
                     )));
                 }
-                l.props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+                l.props
+                    .iter()
+                    .chain(l.snapshot_props)
+                    .try_for_each(|(k, v)| check_prop(k, v))?;
                 Some(rest.to_string())
             }
             None => None,
@@ -746,6 +751,9 @@ impl Pool {
                     add_snapshot(&mut ds, tid, &rest, id, txg, Some(l.guid));
                     if let Some(t) = ds.get_mut(&tid) {
                         t.merge_props(l.props);
+                    }
+                    if let Some(s) = ds.get_mut(&id) {
+                        s.merge_props(l.snapshot_props);
                     }
                     Ok(())
                 })?;

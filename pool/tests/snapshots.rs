@@ -538,6 +538,7 @@ fn a_refused_landing_changes_nothing() {
         snapshot: "p/v@a",
         guid: 7,
         props: &[],
+        snapshot_props: &[],
         destroy: &[],
     };
     let e = pool
@@ -560,6 +561,7 @@ fn a_refused_landing_changes_nothing() {
         snapshot: "p/v@new",
         guid: 8,
         props: &[],
+        snapshot_props: &[],
         destroy: &[],
     };
     let e = pool
@@ -595,10 +597,12 @@ fn a_landing_destroys_newer_snapshots_in_its_txg() {
     pool.hold("p/v@c", "keep").expect("hold");
     pool.sync().expect("sync");
     let txg = pool.info().txg;
+    let from_stream = [("com.example:from".to_string(), "stream".to_string())];
     let landing = |destroy| pool::Landing {
         snapshot: "p/v@b",
         guid: 9,
         props: &[],
+        snapshot_props: &from_stream,
         destroy,
     };
     assert!(pool
@@ -618,7 +622,13 @@ fn a_landing_destroys_newer_snapshots_in_its_txg() {
     assert_eq!(pool.info().txg, txg + 1, "one commit");
     let names: Vec<String> = pool.names().into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(names, ["p/v", "p/v@a", "p/v@b"]);
-    assert_eq!(pool.dataset("p/v@b").expect("b").guid, 9);
+    let landed = pool.dataset("p/v@b").expect("b");
+    assert_eq!(landed.guid, 9);
+    assert_eq!(
+        landed.props.get("com.example:from").map(String::as_str),
+        Some("stream"),
+        "the landed snapshot's properties land with it"
+    );
     let mut b = [0u8; 1];
     v.read_at(0, &mut b).expect("read");
     assert_eq!(b[0], 3);

@@ -253,6 +253,7 @@ fn send_part<W: Write>(
             .into_iter()
             .filter(|(k, _)| k != PARTIAL_TAG)
             .collect(),
+        snapshot_props: info.props.into_iter().collect(),
     };
     // Work out what to send before writing anything, so a refused send writes nothing of
     // this stream (a package's streams before it are written already).
@@ -494,6 +495,16 @@ fn recv_one<R: Read>(
         .filter(|(k, _)| k != PARTIAL_TAG)
         .cloned()
         .collect();
+    // The snapshot's own, checked before anything is received.
+    let snapshot_props: Vec<(String, String)> = begin
+        .snapshot_props
+        .iter()
+        .filter(|(k, _)| k != PARTIAL_TAG)
+        .cloned()
+        .collect();
+    snapshot_props
+        .iter()
+        .try_for_each(|(k, v)| pool::check_prop(k, v))?;
     let mut summary = RecvSummary {
         snapshot: snap.clone(),
         source: begin.name.clone(),
@@ -513,6 +524,9 @@ fn recv_one<R: Read>(
             summary.write_bytes = apply(&h, reader, begin.size, begin.is_incremental())?;
             drop(h);
             pool.snapshot_with_guid(&temp_snap, begin.to_guid)?;
+            if !snapshot_props.is_empty() {
+                pool.set_props(&temp_snap, &snapshot_props)?;
+            }
             pool.rename(&temp, vol)?;
             Ok(())
         })?;
@@ -611,6 +625,7 @@ fn recv_one<R: Read>(
             snapshot: &snap,
             guid: begin.to_guid,
             props: &set,
+            snapshot_props: &snapshot_props,
             destroy: &newer,
         };
         pool.land_clone(vol, &temp, force, landing)?;

@@ -20,8 +20,10 @@ pub const PREAMBLE_LEN: usize = 16;
 /// Preamble feature bit: another stream follows this one's END (a package of streams, as
 /// `send -I` and `send -R` write: each one's base is the snapshot the one before recreates).
 pub const FEATURE_MORE: u32 = 1;
+/// Preamble feature bit: BEGIN ends with the snapshot's own user properties.
+pub const FEATURE_SNAPSHOT_PROPS: u32 = 2;
 /// The feature bits this build knows.
-pub const KNOWN_FEATURES: u32 = FEATURE_MORE;
+pub const KNOWN_FEATURES: u32 = FEATURE_MORE | FEATURE_SNAPSHOT_PROPS;
 /// Bytes of a record header.
 pub const HEADER_LEN: usize = 32;
 /// Largest payload a reader accepts (a writer never emits more than `CHUNK`).
@@ -68,6 +70,9 @@ pub struct Begin {
     pub from_name: String,
     /// The volume's user properties, sorted by key.
     pub props: Vec<(String, String)>,
+    /// The snapshot's own user properties, sorted by key (sent with
+    /// [`FEATURE_SNAPSHOT_PROPS`] where there are any).
+    pub snapshot_props: Vec<(String, String)>,
 }
 
 impl Begin {
@@ -102,17 +107,26 @@ impl Begin {
             b.extend_from_slice(&(s.len() as u16).to_le_bytes());
             b.extend_from_slice(s.as_bytes());
         }
-        for (k, v) in &self.props {
-            b.extend_from_slice(&(k.len() as u16).to_le_bytes());
-            b.extend_from_slice(k.as_bytes());
-            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            b.extend_from_slice(v.as_bytes());
+        put_props(&mut b, &self.props);
+        if !self.snapshot_props.is_empty() {
+            b.extend_from_slice(&(self.snapshot_props.len() as u32).to_le_bytes());
+            put_props(&mut b, &self.snapshot_props);
         }
         b
     }
 
-    /// Parses a BEGIN payload, which must be consumed exactly.
-    pub fn decode(b: &[u8]) -> Result<Begin> {
+    /// The preamble's feature bits this BEGIN needs.
+    pub fn features(&self) -> u32 {
+        if self.snapshot_props.is_empty() {
+            0
+        } else {
+            FEATURE_SNAPSHOT_PROPS
+        }
+    }
+
+    /// Parses a BEGIN payload of a stream with preamble feature bits `features`; it must be
+    /// consumed exactly.
+    pub fn decode(b: &[u8], features: u32) -> Result<Begin> {
         let mut c = Cursor { b, at: 0 };
         let mut d = Begin {
             to_guid: c.u64()?,
@@ -131,20 +145,10 @@ impl Begin {
         d.name = c.str(n)?;
         let n = c.u16()? as usize;
         d.from_name = c.str(n)?;
-        // Each property takes at least 6 bytes (two lengths): a count the payload cannot hold
-        // is refused before anything is allocated for it.
-        if nprops as usize > (b.len() - c.at) / 6 {
-            return Err(Error::BadStream(format!(
-                "BEGIN record claims {nprops} properties in {} bytes",
-                b.len() - c.at
-            )));
-        }
-        for _ in 0..nprops {
-            let kn = c.u16()? as usize;
-            let k = c.str(kn)?;
-            let vn = c.u32()? as usize;
-            let v = c.str(vn)?;
-            d.props.push((k, v));
+        d.props = c.props(nprops)?;
+        if features & FEATURE_SNAPSHOT_PROPS != 0 {
+            let n = c.u32()?;
+            d.snapshot_props = c.props(n)?;
         }
         if c.at != b.len() {
             return Err(Error::BadStream(format!(
@@ -222,6 +226,36 @@ impl Cursor<'_> {
         String::from_utf8(self.take(n)?.to_vec())
             .map_err(|_| Error::BadStream("BEGIN record holds a name that is not UTF-8".into()))
     }
+    /// `n` properties (key: u16 length and bytes; value: u32 length and bytes).
+    fn props(&mut self, n: u32) -> Result<Vec<(String, String)>> {
+        // Each property takes at least 6 bytes (two lengths): a count the payload cannot hold
+        // is refused before anything is allocated for it.
+        if n as usize > (self.b.len() - self.at) / 6 {
+            return Err(Error::BadStream(format!(
+                "BEGIN record claims {n} properties in {} bytes",
+                self.b.len() - self.at
+            )));
+        }
+        let mut props = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let kn = self.u16()? as usize;
+            let k = self.str(kn)?;
+            let vn = self.u32()? as usize;
+            let v = self.str(vn)?;
+            props.push((k, v));
+        }
+        Ok(props)
+    }
+}
+
+/// Appends properties as [`Cursor::props`] reads them.
+fn put_props(b: &mut Vec<u8>, props: &[(String, String)]) {
+    for (k, v) in props {
+        b.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        b.extend_from_slice(k.as_bytes());
+        b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        b.extend_from_slice(v.as_bytes());
+    }
 }
 
 /// The END payload: what the reader checks the stream against.
@@ -280,7 +314,7 @@ impl<W: Write> StreamWriter<W> {
         let mut pre = [0u8; PREAMBLE_LEN];
         pre[0..8].copy_from_slice(&MAGIC);
         pre[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        let features = if more { FEATURE_MORE } else { 0 };
+        let features = begin.features() | if more { FEATURE_MORE } else { 0 };
         pre[12..16].copy_from_slice(&features.to_le_bytes());
         w.put(&pre)?;
         w.record(kind::BEGIN, 0, 0, &begin.encode())?;
@@ -413,7 +447,7 @@ impl<R: Read> StreamReader<R> {
                 "the first record is of type {k}, not BEGIN"
             )));
         }
-        let begin = Begin::decode(&r.buf)?;
+        let begin = Begin::decode(&r.buf, flags)?;
         Ok((r, begin))
     }
 
@@ -582,6 +616,7 @@ mod tests {
             name: "tank/v@s".into(),
             from_name: String::new(),
             props: vec![("com.example:owner".into(), "alice".into())],
+            snapshot_props: vec![("com.example:release".into(), "1.0".into())],
         }
     }
 
@@ -669,12 +704,26 @@ mod tests {
         let mut b = sample().encode();
         // nprops sits after six u64s and the u32 block size.
         b[52..56].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Begin::decode(&b), Err(Error::BadStream(_))));
+        assert!(matches!(Begin::decode(&b, 0), Err(Error::BadStream(_))));
+        // So is one claiming more snapshot properties than it holds.
+        let mut b = Begin {
+            snapshot_props: Vec::new(),
+            ..sample()
+        }
+        .encode();
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Begin::decode(&b, FEATURE_SNAPSHOT_PROPS),
+            Err(Error::BadStream(_))
+        ));
+        // Without the feature bit, snapshot properties are trailing bytes.
+        let e = Begin::decode(&sample().encode(), 0).unwrap_err();
+        assert!(e.to_string().contains("trailing"), "{e}");
         for (guid, name) in [(0, "tank/v@old"), (5, "")] {
             let mut d = sample();
             d.from_guid = guid;
             d.from_name = name.into();
-            let e = Begin::decode(&d.encode()).unwrap_err();
+            let e = Begin::decode(&d.encode(), d.features()).unwrap_err();
             assert!(e.to_string().contains("disagree"), "{e}");
         }
     }

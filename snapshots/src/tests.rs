@@ -603,6 +603,12 @@ fn package_ends(a: &Pool) -> Vec<usize> {
 #[test]
 fn packages_recreate_every_snapshot() {
     let a = four_snapshots();
+    // Snapshots' own properties travel with them (a preamble feature bit where there are any).
+    let release = |v: &str| vec![("com.example:release".to_string(), v.to_string())];
+    a.set_props("a/v@s1", &release("1")).expect("set");
+    a.set_props("a/v@s3", &release("3")).expect("set");
+    assert_eq!(send_vec(&a, "a/v@s1", None)[12], 2);
+    assert_eq!(send_vec(&a, "a/v@s2", Some("a/v@s1"))[12], 0);
     let all = package_vec(&a, "a/v@s4", None);
     assert_eq!(all.len(), *package_ends(&a).last().expect("ends"));
     let b = mkpool("b");
@@ -613,11 +619,17 @@ fn packages_recreate_every_snapshot() {
     for s in 1..=4 {
         let (src, dst) = (format!("a/v@s{s}"), format!("b/v@s{s}"));
         assert_eq!(read_all(&b, &dst), read_all(&a, &src), "{dst}");
-        assert_eq!(
-            b.dataset(&dst).expect("snap").guid,
-            a.dataset(&src).expect("snap").guid
+        let (got, sent) = (
+            b.dataset(&dst).expect("snap"),
+            a.dataset(&src).expect("snap"),
         );
+        assert_eq!(got.guid, sent.guid);
+        assert_eq!(got.props, sent.props, "{dst}");
     }
+    assert_eq!(
+        b.dataset("b/v@s3").expect("s3").props["com.example:release"],
+        "3"
+    );
     assert_eq!(read_all(&b, "b/v"), read_all(&a, "a/v@s4"));
     assert!(!names(&b).iter().any(|n| n.contains(PARTIAL_SUFFIX)));
 
@@ -655,7 +667,7 @@ fn packages_recreate_every_snapshot() {
     assert!(e.to_string().contains("after the END"), "{e}");
     // A feature bit this build does not know is refused before anything is received.
     let mut unknown = send_vec(&a, "a/v@s1", None);
-    unknown[12] |= 2;
+    unknown[12] |= 4;
     let e = recv(&d, "d/v", &unknown[..], false).expect_err("unknown feature");
     assert!(matches!(e, Error::Unsupported(_)), "{e}");
     assert!(names(&d).is_empty());
