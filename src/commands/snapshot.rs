@@ -219,11 +219,16 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
         .map(|f| snapshots::resolve_from(&a.snapshot, f))
         .transpose()?;
     let send = |pool: &pool::Pool, out: &mut dyn std::io::Write| {
-        if package {
-            snapshots::send_package(pool, &a.snapshot, from.as_deref(), out)
+        // Bytes and rate on a terminal's stderr (the stream's size is not known up front).
+        let pb = output::progress(None, &format!("sending {}", a.snapshot));
+        let mut out = pb.wrap_write(out);
+        let sent = if package {
+            snapshots::send_package(pool, &a.snapshot, from.as_deref(), &mut out)
         } else {
-            snapshots::send(pool, &a.snapshot, from.as_deref(), out)
-        }
+            snapshots::send(pool, &a.snapshot, from.as_deref(), &mut out)
+        };
+        pb.finish_and_clear();
+        sent
     };
     if a.file.is_none() && std::io::stdout().is_terminal() {
         return Err(CliError::Usage(
@@ -316,11 +321,13 @@ pub fn recv(reg: &Registry, a: &RecvArgs) -> Result<()> {
     // From here (a FIFO's open waits for its writer, and a signal then ends tarn at once:
     // nothing is received yet), a signal ends the receive as a truncated stream does.
     let stop = crate::signals::StopFlag::new("discarding the receive")?;
+    let pb = output::progress(None, &format!("receiving into {}", a.name));
     let input = std::io::BufReader::with_capacity(
         1 << 20,
-        crate::signals::StoppableRead::new(file, stop.stop.clone()),
+        pb.wrap_read(crate::signals::StoppableRead::new(file, stop.stop.clone())),
     );
     let got = snapshots::recv(&pool, &a.name, input, a.force);
+    pb.finish_and_clear();
     let closed = pool.close();
     if got.is_err() {
         stop.exit_if_stopped(&format!(
