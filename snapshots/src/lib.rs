@@ -171,7 +171,7 @@ fn copy_range<W: Write>(
 /// ranges `Pool::diff` reports, as WRITE records for data and FREE records for zeroed ranges.
 pub fn send<W: Write>(pool: &Pool, snap: &str, from: Option<&str>, out: W) -> Result<SendSummary> {
     let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
-    send_part(pool, snap, from, &mut out, false)
+    send_part(pool, snap, from, &mut out, 0)
 }
 
 /// Writes a package of streams (see `STREAM.md`) that recreates every snapshot of `snap`'s
@@ -204,11 +204,26 @@ pub fn send_package<W: Write>(
         },
     };
     let chain: Vec<String> = snaps[first..=to].iter().map(|d| d.name.clone()).collect();
+    // Every stream says so where any snapshot has properties: a reader that does not know
+    // the bit then refuses the package before it receives anything.
+    let features = if snaps[first..=to]
+        .iter()
+        .any(|d| !sent_props(&d.props).is_empty())
+    {
+        stream::FEATURE_SNAPSHOT_PROPS
+    } else {
+        0
+    };
     let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
     let mut base = from.map(str::to_owned);
     let mut sum = SendSummary::default();
     for (i, s) in chain.iter().enumerate() {
-        let part = send_part(pool, s, base.as_deref(), &mut out, i + 1 < chain.len())?;
+        let more = if i + 1 < chain.len() {
+            stream::FEATURE_MORE
+        } else {
+            0
+        };
+        let part = send_part(pool, s, base.as_deref(), &mut out, features | more)?;
         sum.bytes += part.bytes;
         sum.write_bytes += part.write_bytes;
         sum.free_bytes += part.free_bytes;
@@ -217,13 +232,23 @@ pub fn send_package<W: Write>(
     Ok(sum)
 }
 
-/// [`send`] into `out`, as one stream of a package where `more` (another follows it).
+/// A dataset's user properties as a stream carries them: all but a receive's own tag.
+fn sent_props(props: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    props
+        .iter()
+        .filter(|(k, _)| *k != PARTIAL_TAG)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// [`send`] into `out`, as a stream with (at least) preamble feature bits `features` (see
+/// [`StreamWriter::part`]).
 fn send_part<W: Write>(
     pool: &Pool,
     snap: &str,
     from: Option<&str>,
     out: W,
-    more: bool,
+    features: u32,
 ) -> Result<SendSummary> {
     let (vol_name, _) = split_snapshot(snap)?;
     let info = pool.dataset(snap)?;
@@ -248,13 +273,17 @@ fn send_part<W: Write>(
             .map(|f| f.name.clone())
             .unwrap_or_default(),
         // The receive's own tag is never sent (a volume left with it by a crash keeps it).
-        props: volume
-            .props
-            .into_iter()
-            .filter(|(k, _)| k != PARTIAL_TAG)
-            .collect(),
-        snapshot_props: info.props.into_iter().collect(),
+        props: sent_props(&volume.props),
+        snapshot_props: sent_props(&info.props),
     };
+    let begin_len = begin.encode_with(features | begin.features()).len();
+    if begin_len as u64 > stream::MAX_PAYLOAD {
+        return Err(Error::Refused(format!(
+            "the user properties of {snap} and its volume take {begin_len} bytes with the \
+             stream's header, more than a stream carries ({} bytes); remove some",
+            stream::MAX_PAYLOAD
+        )));
+    }
     // Work out what to send before writing anything, so a refused send writes nothing of
     // this stream (a package's streams before it are written already).
     let ranges = match from {
@@ -263,8 +292,8 @@ fn send_part<W: Write>(
     };
     let vol = pool.volume(snap)?;
     let size = vol.size();
-    let mut w =
-        StreamWriter::part(out, &begin, more).map_err(|e| Error::io("writing the stream", e))?;
+    let mut w = StreamWriter::part(out, &begin, features)
+        .map_err(|e| Error::io("writing the stream", e))?;
     let mut buf = vec![0u8; CHUNK];
     let mut sum = SendSummary::default();
     for (off, len) in ranges {

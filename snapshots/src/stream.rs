@@ -86,8 +86,15 @@ impl Begin {
         self.name.split_once('@').map(|(_, s)| s).unwrap_or("")
     }
 
-    /// The BEGIN payload.
+    /// The BEGIN payload of a lone stream.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(self.features())
+    }
+
+    /// The BEGIN payload of a stream whose preamble has feature bits `features`: with
+    /// [`FEATURE_SNAPSHOT_PROPS`], the snapshot's properties (a count of 0 where it has none,
+    /// as in a package where another snapshot has some); without, none.
+    pub fn encode_with(&self, features: u32) -> Vec<u8> {
         let mut b = Vec::with_capacity(128);
         for v in [
             self.to_guid,
@@ -108,7 +115,7 @@ impl Begin {
             b.extend_from_slice(s.as_bytes());
         }
         put_props(&mut b, &self.props);
-        if !self.snapshot_props.is_empty() {
+        if features & FEATURE_SNAPSHOT_PROPS != 0 {
             b.extend_from_slice(&(self.snapshot_props.len() as u32).to_le_bytes());
             put_props(&mut b, &self.snapshot_props);
         }
@@ -223,8 +230,9 @@ impl Cursor<'_> {
         Ok(u64::from_le_bytes(a))
     }
     fn str(&mut self, n: usize) -> Result<String> {
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| Error::BadStream("BEGIN record holds a name that is not UTF-8".into()))
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| {
+            Error::BadStream("BEGIN record holds a name or property that is not UTF-8".into())
+        })
     }
     /// `n` properties (key: u16 length and bytes; value: u32 length and bytes).
     fn props(&mut self, n: u32) -> Result<Vec<(String, String)>> {
@@ -296,14 +304,17 @@ pub struct StreamWriter<W: Write> {
 }
 
 impl<W: Write> StreamWriter<W> {
-    /// Writes the preamble and the BEGIN record of a lone stream (or of a package's last).
+    /// Writes the preamble and the BEGIN record of a lone stream.
     pub fn new(out: W, begin: &Begin) -> io::Result<Self> {
-        Self::part(out, begin, false)
+        Self::part(out, begin, 0)
     }
 
-    /// Writes the preamble and the BEGIN record of one stream of a package: `more` says that
-    /// another stream follows this one's END ([`FEATURE_MORE`]).
-    pub fn part(out: W, begin: &Begin, more: bool) -> io::Result<Self> {
+    /// Writes the preamble and the BEGIN record of a stream with (at least) the preamble
+    /// feature bits `features`: [`FEATURE_MORE`] for each stream of a package but the last,
+    /// and [`FEATURE_SNAPSHOT_PROPS`] on every stream of a package where any snapshot has
+    /// properties (so that a reader that does not know the bit refuses the whole package at
+    /// its first preamble). The bits the BEGIN itself needs are always set.
+    pub fn part(out: W, begin: &Begin, features: u32) -> io::Result<Self> {
         let mut w = StreamWriter {
             out,
             hash: Xxh3::with_seed(STREAM_SEED),
@@ -314,10 +325,10 @@ impl<W: Write> StreamWriter<W> {
         let mut pre = [0u8; PREAMBLE_LEN];
         pre[0..8].copy_from_slice(&MAGIC);
         pre[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        let features = begin.features() | if more { FEATURE_MORE } else { 0 };
+        let features = features | begin.features();
         pre[12..16].copy_from_slice(&features.to_le_bytes());
         w.put(&pre)?;
-        w.record(kind::BEGIN, 0, 0, &begin.encode())?;
+        w.record(kind::BEGIN, 0, 0, &begin.encode_with(features))?;
         Ok(w)
     }
 

@@ -373,7 +373,7 @@ pub fn get(reg: &Registry, a: &GetArgs) -> Result<()> {
     }
 }
 
-/// `tarn set KEY=VALUE... POOL/NAME` (user properties; `volsize` grows the volume).
+/// `tarn set KEY=VALUE... POOL/NAME[@SNAP]` (user properties; `volsize` grows a volume).
 pub fn set(reg: &Registry, a: &SetArgs) -> Result<()> {
     // Snapshots take user properties (as in ZFS); their size is frozen.
     let snapshot = a.dataset.contains('@');
