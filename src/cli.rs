@@ -268,6 +268,9 @@ pub struct SendArgs {
     /// incremental ones, as one package (`recv` recreates the volume with its snapshots).
     #[arg(short = 'R')]
     pub replicate: bool,
+    /// Write nothing: print the size the stream would have (exact; no data is read).
+    #[arg(short = 'n', conflicts_with = "file")]
+    pub dry_run: bool,
     /// Write the stream to this file instead of stdout.
     #[arg(long, short = 'f')]
     pub file: Option<PathBuf>,

@@ -370,6 +370,14 @@ fn send_packages_replicate_a_volume_with_its_snapshots() {
     }
     let out = env.cmd(["send", "-R", "tank/v@s2"]).output().expect("send");
     assert!(out.status.success());
+    let estimate = env.run(["send", "-n", "-R", "tank/v@s2"]);
+    assert!(
+        estimate
+            .ok()
+            .contains(&format!("({} bytes)", out.stdout.len())),
+        "{}",
+        estimate.stdout
+    );
     let r = env.run_stdin(["recv", "backup/v", "-v"], &out.stdout);
     let lines: Vec<&str> = r.ok().lines().collect();
     assert_eq!(lines.len(), 2, "{lines:?}");

@@ -148,17 +148,21 @@ pub fn resolve_from(snap: &str, from: &str) -> Result<String> {
     Ok(full)
 }
 
+/// Copies `len` bytes at `off` of `vol` into WRITE records; with `dry`, records of the same
+/// sizes holding zeroes, without reading the volume.
 fn copy_range<W: Write>(
     vol: &VolumeHandle,
     w: &mut StreamWriter<W>,
     buf: &mut [u8],
-    off: u64,
-    len: u64,
+    (off, len): (u64, u64),
+    dry: bool,
 ) -> Result<()> {
     let mut p = off;
     while p < off + len {
         let n = (off + len - p).min(buf.len() as u64) as usize;
-        vol.read_at(p, &mut buf[..n])?;
+        if !dry {
+            vol.read_at(p, &mut buf[..n])?;
+        }
         w.write(p, &buf[..n])
             .map_err(|e| Error::io("writing the stream", e))?;
         p += n as u64;
@@ -171,7 +175,24 @@ fn copy_range<W: Write>(
 /// ranges `Pool::diff` reports, as WRITE records for data and FREE records for zeroed ranges.
 pub fn send<W: Write>(pool: &Pool, snap: &str, from: Option<&str>, out: W) -> Result<SendSummary> {
     let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
-    send_part(pool, snap, from, &mut out, 0)
+    send_part(pool, snap, from, &mut out, 0, false)
+}
+
+/// What [`send`] (or, with `package`, [`send_package`]) would write, exactly, without
+/// writing it or reading any data (`zfs send -n`): the walk of what changed is the same,
+/// and data records are counted at their sizes.
+pub fn send_estimate(
+    pool: &Pool,
+    snap: &str,
+    from: Option<&str>,
+    package: bool,
+) -> Result<SendSummary> {
+    let sink = std::io::sink();
+    if package {
+        package_inner(pool, snap, from, sink, true)
+    } else {
+        send_part(pool, snap, from, sink, 0, true)
+    }
 }
 
 /// Writes a package of streams (see `STREAM.md`) that recreates every snapshot of `snap`'s
@@ -184,6 +205,17 @@ pub fn send_package<W: Write>(
     snap: &str,
     from: Option<&str>,
     out: W,
+) -> Result<SendSummary> {
+    package_inner(pool, snap, from, out, false)
+}
+
+/// [`send_package`], or with `dry` [`send_estimate`]'s count of it.
+fn package_inner<W: Write>(
+    pool: &Pool,
+    snap: &str,
+    from: Option<&str>,
+    out: W,
+    dry: bool,
 ) -> Result<SendSummary> {
     let (vol, _) = split_snapshot(snap)?;
     let all = pool.list()?;
@@ -223,7 +255,7 @@ pub fn send_package<W: Write>(
         } else {
             0
         };
-        let part = send_part(pool, s, base.as_deref(), &mut out, features | more)?;
+        let part = send_part(pool, s, base.as_deref(), &mut out, features | more, dry)?;
         sum.bytes += part.bytes;
         sum.write_bytes += part.write_bytes;
         sum.free_bytes += part.free_bytes;
@@ -242,13 +274,14 @@ fn sent_props(props: &BTreeMap<String, String>) -> Vec<(String, String)> {
 }
 
 /// [`send`] into `out`, as a stream with (at least) preamble feature bits `features` (see
-/// [`StreamWriter::part`]).
+/// [`StreamWriter::part`]); with `dry`, data records hold zeroes and nothing is read.
 fn send_part<W: Write>(
     pool: &Pool,
     snap: &str,
     from: Option<&str>,
     out: W,
     features: u32,
+    dry: bool,
 ) -> Result<SendSummary> {
     let (vol_name, _) = split_snapshot(snap)?;
     let info = pool.dataset(snap)?;
@@ -308,7 +341,7 @@ fn send_part<W: Write>(
                     .map_err(|e| Error::io("writing the stream", e))?;
                 sum.free_bytes += d - p;
             }
-            copy_range(&vol, &mut w, &mut buf, d, dl)?;
+            copy_range(&vol, &mut w, &mut buf, (d, dl), dry)?;
             sum.write_bytes += dl;
             p = d + dl;
         }

@@ -656,6 +656,27 @@ fn packages_recreate_every_snapshot() {
         package_vec(&a, "a/v@s2", Some("a/v@s1")),
         send_vec(&a, "a/v@s2", Some("a/v@s1"))
     );
+    // Estimates are exact, and read nothing.
+    for (snap, from, package) in [
+        ("a/v@s1", None, false),
+        ("a/v@s3", Some("a/v@s2"), false),
+        ("a/v@s4", None, true),
+        ("a/v@s4", Some("a/v@s1"), true),
+    ] {
+        let real = if package {
+            package_vec(&a, snap, from)
+        } else {
+            send_vec(&a, snap, from)
+        };
+        let est = send_estimate(&a, snap, from, package).expect("estimate");
+        assert_eq!(est.bytes, real.len() as u64, "{snap} from {from:?}");
+    }
+    let s3 = send_estimate(&a, "a/v@s3", Some("a/v@s2"), false).expect("estimate");
+    assert_eq!(
+        (s3.write_bytes, s3.free_bytes),
+        (4096, 64 << 10),
+        "s3's changes"
+    );
     let e = send_package(&a, "a/v@s2", Some("a/v@s3"), &mut Vec::new()).expect_err("newer");
     assert!(e.to_string().contains("not older"), "{e}");
     // A package names its snapshots itself.

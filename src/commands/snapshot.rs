@@ -218,6 +218,25 @@ pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
         .or(a.intermediates.as_deref())
         .map(|f| snapshots::resolve_from(&a.snapshot, f))
         .transpose()?;
+    if a.dry_run {
+        let (pool, _) = open_for(reg, &a.snapshot)?;
+        let s = snapshots::send_estimate(&pool, &a.snapshot, from.as_deref(), package);
+        drop(pool);
+        let s = s?;
+        return output::print_str(&format!(
+            "{} stream of {} would be {} ({} bytes): {} of data, {} zeroed\n",
+            match (package, from.is_some()) {
+                (true, _) => "a package",
+                (false, true) => "an incremental",
+                (false, false) => "a full",
+            },
+            a.snapshot,
+            output::size(s.bytes, false),
+            s.bytes,
+            output::size(s.write_bytes, false),
+            output::size(s.free_bytes, false),
+        ));
+    }
     let send = |pool: &pool::Pool, out: &mut dyn std::io::Write| {
         // Bytes and rate on a terminal's stderr (the stream's size is not known up front).
         let pb = output::progress(None, &format!("sending {}", a.snapshot));
