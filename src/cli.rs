@@ -321,7 +321,7 @@ pub struct SetArgs {
 /// `tarn vol ...`
 #[derive(Debug, Subcommand)]
 pub enum VolCommand {
-    /// Create an empty (thin) volume.
+    /// Create an empty volume: thin, or with --thick its whole size reserved.
     Create(VolCreateArgs),
     /// Grow (or, with --shrink, shrink) a volume.
     Resize(VolResizeArgs),
@@ -343,9 +343,14 @@ pub struct VolCreateArgs {
     #[arg(long, short = 'b', value_parser = block_size_arg, allow_hyphen_values = true,
           default_value_t = zvol::DEFAULT_BLOCK_SIZE)]
     pub block_size: u32,
-    /// Initial user properties, `KEY=VALUE` (repeatable).
+    /// Initial user properties, `KEY=VALUE` (repeatable), and `refreservation=SIZE|auto`.
     #[arg(long = "prop", short = 'o')]
     pub props: Vec<String>,
+    /// Guarantee the volume its whole size (`refreservation=auto`, as a ZFS volume created
+    /// without `-s`): refused unless the pool can hold it; its writes never fail for space
+    /// that other volumes took. Volumes are thin otherwise.
+    #[arg(long)]
+    pub thick: bool,
 }
 
 /// `tarn vol resize`

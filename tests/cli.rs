@@ -428,3 +428,48 @@ fn vol_resize_grow_and_shrink() {
     let back = env.export("tank/v");
     same_bytes(&back, &data[..(1 << 20)], "data after shrinking");
 }
+
+/// `vol create --thick` and `set refreservation=`: shown as built-in properties, refused
+/// where the pool cannot hold them or on a snapshot, and a thin volume cannot take the space.
+#[test]
+fn thick_volumes_hold_their_space() {
+    let env = Env::new();
+    env.pool("tank", "128M");
+    env.run(["vol", "create", "tank/vm", "-s", "32M", "--thick"])
+        .ok();
+    let get = |prop: &str, ds: &str| {
+        env.run(["get", "-H", "-p", prop, ds])
+            .ok()
+            .split('\t')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(get("refreservation", "tank/vm"), (32u64 << 20).to_string());
+    assert_eq!(
+        get("usedbyrefreservation", "tank/vm"),
+        (32u64 << 20).to_string()
+    );
+    env.run(["vol", "create", "tank/big", "-s", "100M", "--thick"])
+        .fails_with("out of space");
+    env.run(["vol", "create", "tank/thin", "-s", "200M"]).ok();
+    env.import("tank/vm", &random_bytes(32 << 20, 3));
+    assert_eq!(get("usedbyrefreservation", "tank/vm"), "0");
+    env.import("tank/thin", &random_bytes(60 << 20, 4));
+    // A snapshot would hold the 32M again: there is no room for that.
+    env.run(["snapshot", "tank/vm@s"])
+        .fails_with("out of space");
+    env.run(["set", "refreservation=none", "tank/vm"]).ok();
+    assert_eq!(get("refreservation", "tank/vm"), "none");
+    env.run(["snapshot", "tank/vm@s"]).ok();
+    env.run(["set", "refreservation=auto", "tank/vm@s"])
+        .fails_with("only a volume");
+    env.run(["set", "refreservation=8M", "tank/vm"]).ok();
+    assert_eq!(get("refreservation", "tank/vm"), (8u64 << 20).to_string());
+    let props = env.run(["list", "tank/vm", "--json"]).json();
+    assert!(
+        props[0]["props"].as_object().is_some_and(|p| p.is_empty()),
+        "{props}"
+    );
+    assert_eq!(props[0]["refreservation"], 8u64 << 20);
+}

@@ -8,6 +8,7 @@ use crate::pool::{
     lock, now_secs, read, write, DatasetEntry, DatasetInfo, Pool, Shared, BLOCK_SIZE_RANGE,
     MAX_PROP_VALUE,
 };
+use crate::reservation::{self, REFRESERVATION_PROP};
 use crate::volume::{StateInit, Volume, VolumeHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -60,6 +61,7 @@ impl Pool {
         let size = round_size(size, block_size)?;
         check_map_fits(&self.shared, size, block_size, 0)?;
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+        reservation::check_values(props.iter())?;
         let sh = &self.shared;
         sh.check_writable()?;
         let mut cs = lock(&sh.commit);
@@ -68,6 +70,8 @@ impl Pool {
             if ds.values().any(|d| d.name == rest) {
                 return Err(Error::AlreadyExists(full.into()));
             }
+            // A thick volume: the pool must hold its whole reservation now.
+            sh.admit(reservation::held(reservation::reservation(props, size), 0))?;
             check_nesting(&ds, rest, None, self.name())?;
             let id = cs.next_id;
             cs.next_id += 1;
@@ -107,6 +111,11 @@ impl Pool {
         let txg = cs.txg + 1;
         let vol = sh.find(rest).ok_or_else(|| Error::NotFound(full.into()))?;
         let size = round_size(size, vol.block_size)?;
+        // A reservation of `auto` follows the size (read before the volume's lock: the
+        // directory's lock comes first).
+        let r = read(&sh.datasets)
+            .get(&vol.id)
+            .map_or(0, |d| reservation::reservation(&d.props, size));
         {
             let mut st = lock(&vol.state);
             if st.tree.is_none() {
@@ -126,6 +135,8 @@ impl Pool {
                 }
             }
             sh.unreserve(st.discard_dirty(&mut sm, nblocks as u64, vol.block_size));
+            drop(sm);
+            sh.admit(sh.slack_increase(&vol, r, st.written * SECTOR))?;
             st.size = size;
         }
         sh.commit_locked(&mut cs)?;
@@ -200,6 +211,7 @@ impl Pool {
     pub fn set_props(&self, full: &str, props: &[(String, String)]) -> Result<()> {
         let rest = self.local(full)?;
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+        reservation::check_values(props.iter().map(|(k, v)| (k, v)))?;
         let sh = &self.shared;
         sh.check_writable()?;
         let mut cs = lock(&sh.commit);
@@ -209,6 +221,18 @@ impl Pool {
                 .values_mut()
                 .find(|d| d.name == rest)
                 .ok_or_else(|| Error::NotFound(full.into()))?;
+            if props.iter().any(|(k, _)| k == REFRESERVATION_PROP) {
+                if d.kind != DatasetKind::Volume {
+                    return Err(Error::InvalidArgument(format!(
+                        "{full}: only a volume has a refreservation"
+                    )));
+                }
+                let mut merged = d.props.clone();
+                merge_into(&mut merged, props);
+                let st = lock(&d.vol.state);
+                let r = reservation::reservation(&merged, st.size);
+                sh.admit(sh.slack_increase(&d.vol, r, st.written * SECTOR))?;
+            }
             d.merge_props(props);
         }
         sh.commit_locked(&mut cs)?;
@@ -221,6 +245,7 @@ impl Pool {
     /// durable by whichever commit makes that data durable. False if no dataset has that ID.
     pub fn stage_props(&self, id: u64, props: &[(String, String)]) -> Result<bool> {
         props.iter().try_for_each(|(k, v)| check_prop(k, v))?;
+        reservation::refuse_in(props, "staged properties")?;
         let sh = &self.shared;
         sh.check_writable()?;
         // No commit lock: a commit takes the pending flag before it reads the directory, so
@@ -326,13 +351,7 @@ impl Pool {
 impl DatasetEntry {
     /// Merges user properties in: an empty value removes the key.
     pub(crate) fn merge_props(&mut self, props: &[(String, String)]) {
-        for (k, v) in props {
-            if v.is_empty() {
-                self.props.remove(k);
-            } else {
-                self.props.insert(k.clone(), v.clone());
-            }
-        }
+        merge_into(&mut self.props, props);
     }
 
     pub(crate) fn new(
@@ -379,6 +398,13 @@ impl Shared {
     ) -> Result<DatasetInfo> {
         let (used, usedbysnapshots) = self.space(ds, d)?;
         let st = lock(&d.vol.state);
+        let (refreservation, usedbyrefreservation) = match d.kind {
+            DatasetKind::Snapshot => (0, 0),
+            _ => {
+                let r = reservation::reservation(&d.props, st.size);
+                (r, r.saturating_sub(st.written.saturating_mul(SECTOR)))
+            }
+        };
         let full = |id: u64| ds.get(&id).map(|e| format!("{}/{}", self.name(), e.name));
         let origin = match d.kind {
             DatasetKind::Snapshot => None,
@@ -403,15 +429,36 @@ impl Shared {
             // Saturating: the counts come from disk, and a damaged one must not panic a listing.
             referenced: st.referenced.saturating_mul(SECTOR),
             written: st.written.saturating_mul(SECTOR),
-            used: used.saturating_mul(SECTOR),
+            used: used
+                .saturating_mul(SECTOR)
+                .saturating_add(usedbyrefreservation),
             usedbysnapshots: usedbysnapshots.saturating_mul(SECTOR),
+            refreservation,
+            usedbyrefreservation,
             origin,
             clones,
             holds: d.holds.iter().cloned().collect(),
             creation_txg: d.creation_txg,
             creation_time: d.creation_time,
-            props: d.props.clone(),
+            // The reservation is shown as `refreservation`, not as a user property.
+            props: d
+                .props
+                .iter()
+                .filter(|(k, _)| *k != REFRESERVATION_PROP)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
+    }
+}
+
+/// Sets `changes` in `props` (an empty value removes the property).
+fn merge_into(props: &mut BTreeMap<String, String>, changes: &[(String, String)]) {
+    for (k, v) in changes {
+        if v.is_empty() {
+            props.remove(k);
+        } else {
+            props.insert(k.clone(), v.clone());
+        }
     }
 }
 
@@ -630,7 +677,7 @@ fn address_space_limit() -> Option<u64> {
 
 /// Built-in properties, in the order `get all` shows them. Space figures count data blocks
 /// only (metadata is the pool's overhead, see `tarn pool status`).
-pub const BUILTIN_PROPS: [&str; 16] = [
+pub const BUILTIN_PROPS: [&str; 18] = [
     "name",
     "type",
     "volsize",
@@ -639,6 +686,8 @@ pub const BUILTIN_PROPS: [&str; 16] = [
     "referenced",
     "written",
     "usedbysnapshots",
+    "refreservation",
+    "usedbyrefreservation",
     "origin",
     "clones",
     "holds",
@@ -657,6 +706,8 @@ pub fn builtin_prop(prop: &str) -> Option<&'static str> {
         "blocksize" | "volblock" => "volblocksize",
         "refer" => "referenced",
         "usedsnap" => "usedbysnapshots",
+        "refreserv" => "refreservation",
+        "usedrefreserv" => "usedbyrefreservation",
         "userrefs" => "holds",
         other => return BUILTIN_PROPS.iter().copied().find(|b| *b == other),
     };

@@ -28,6 +28,7 @@ mod pool;
 pub mod positioned;
 mod prefetch;
 pub mod request;
+mod reservation;
 mod scrub;
 mod snapshot;
 pub mod spacemap;
@@ -43,6 +44,7 @@ pub use phys::{DatasetKind, LABEL_MAGIC};
 pub use pool::{
     guid_as_string, DatasetInfo, Pool, PoolConfig, PoolInfo, BLOCK_SIZE_RANGE, MIN_POOL_SIZE,
 };
+pub use reservation::REFRESERVATION_PROP;
 pub use scrub::{ScrubError, ScrubReport};
 pub use snapshot::{Landing, Recursion};
 pub use trim::TrimReport;

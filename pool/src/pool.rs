@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     pub memory_limit: u64,
     /// Memory the pool's resident block maps take together.
     pub map_meter: crate::blocktree::MapMeter,
+    /// Bytes held for volumes' reservations beyond what they use (see `reservation`).
+    pub slack_total: AtomicU64,
 }
 
 impl Shared {
@@ -247,19 +249,20 @@ impl Shared {
         writable(&lock(&self.spacemap))
     }
 
-    /// Reserves `bytes` of dirty data against the writable space, and promises held runs
-    /// (length, count) to the blocks the write dirties ([`SpaceMap::promise_runs`]).
+    /// Reserves `bytes` of dirty data against the writable space less `held` (what other
+    /// volumes' reservations hold), and promises held runs (length, count) to the blocks the
+    /// write dirties ([`SpaceMap::promise_runs`]).
     /// Checked and counted under the space-map lock, where placement checks its room against
     /// the same count, so that neither can spend space the other has just counted on (near
     /// full, that would end in a commit failing for space, which poisons the pool).
-    pub(crate) fn reserve(&self, bytes: u64, runs: &[(u64, u64)]) -> Result<()> {
+    pub(crate) fn reserve(&self, bytes: u64, runs: &[(u64, u64)], held: u64) -> Result<()> {
         let mut sm = lock(&self.spacemap);
-        let mut avail = writable(&sm);
+        let mut avail = writable(&sm).saturating_sub(held);
         let dirty = self.dirty_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if dirty > avail && sm.has_unpromised_runs() {
             // Runs held for coming commits and promised to no write are free space too.
             sm.give_back_unpromised();
-            avail = writable(&sm);
+            avail = writable(&sm).saturating_sub(held);
         }
         if dirty > avail {
             self.dirty_bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -397,6 +400,9 @@ pub struct PoolInfo {
     pub usable: u64,
     /// Bytes allocated (data, metadata, frees still deferred).
     pub allocated: u64,
+    /// Of the free bytes, those held for volumes' reservations (`refreservation`, with
+    /// their overwrite headroom): free on disk, not for other volumes' writes.
+    pub reserved: u64,
     /// Bytes of frees waiting out their deferral.
     pub deferred: u64,
     /// Bytes free.
@@ -436,6 +442,11 @@ pub struct DatasetInfo {
     pub used: u64,
     /// Volumes: space its snapshots hold that the volume no longer references.
     pub usedbysnapshots: u64,
+    /// Volumes: space guaranteed to it (`auto` resolved to its size; 0 for none).
+    pub refreservation: u64,
+    /// Volumes: what the pool holds for that guarantee beyond what the volume uses alone
+    /// (counted in `used`).
+    pub usedbyrefreservation: u64,
     /// Volumes cloned from a snapshot: that snapshot's full name.
     pub origin: Option<String>,
     /// Snapshots: the volumes cloned from it.
@@ -937,7 +948,9 @@ impl Pool {
                 .memory_limit
                 .unwrap_or_else(crate::datasets::memory_limit),
             map_meter: Default::default(),
+            slack_total: AtomicU64::new(0),
         });
+        shared.refresh_slack(&read(&shared.datasets));
         let sync_thread = config.sync_interval.map(|every| {
             let weak = Arc::downgrade(&shared);
             std::thread::Builder::new()
@@ -985,6 +998,7 @@ impl Pool {
             allocated: (sm.allocated() - sm.held_sectors()) * SECTOR,
             deferred: sm.deferred_sectors() * SECTOR,
             free: (sm.free() + sm.held_sectors()) * SECTOR,
+            reserved: self.shared.slack_total.load(Ordering::Acquire),
             txg: self.txg(),
             poisoned: self.shared.poisoned.load(Ordering::Acquire),
             datasets: read(&self.shared.datasets).len(),

@@ -8,6 +8,7 @@ use crate::deadlist::Deadlist;
 use crate::error::{Error, Result};
 use crate::phys::{BlockPtr, DatasetKind, DeadEntry};
 use crate::pool::{lock, read, write, DatasetEntry, DatasetInfo, Pool, Shared};
+use crate::reservation;
 use crate::spacemap::SpaceMap;
 use crate::volume::{StateInit, Volume, VolumeState};
 use std::collections::BTreeMap;
@@ -555,6 +556,17 @@ impl Pool {
                 }
                 targets.push((head_id, rest));
             }
+            // A snapshot shares every block the volume has: its reservation is held whole
+            // again (ZFS refuses such a snapshot where the pool cannot hold it, too).
+            let increase = targets
+                .iter()
+                .map(|(h, _)| {
+                    let d = &ds[h];
+                    let r = reservation::reservation(&d.props, lock(&d.vol.state).size);
+                    sh.slack_increase(&d.vol, r, 0)
+                })
+                .sum();
+            sh.admit(increase)?;
         }
         let first_id = cs.next_id;
         cs.next_id += targets.len() as u64;
@@ -621,6 +633,8 @@ impl Pool {
                     .iter()
                     .chain(l.snapshot_props)
                     .try_for_each(|(k, v)| check_prop(k, v))?;
+                reservation::refuse_in(l.props, "a received stream")?;
+                reservation::refuse_in(l.snapshot_props, "a received stream")?;
                 Some(rest.to_string())
             }
             None => None,
@@ -778,6 +792,9 @@ impl Pool {
                 "{new} is a snapshot name; a clone is a volume"
             )));
         }
+        let listed: Vec<(String, String)> =
+            props.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        reservation::refuse_in(&listed, "a clone")?;
         let sh = &self.shared;
         sh.check_writable()?;
         let mut cs = lock(&sh.commit);

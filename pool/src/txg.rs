@@ -273,6 +273,8 @@ impl Shared {
             }
         }
         hook(txg)?;
+        // `written` is final for the txg: what reservations hold follows it.
+        self.refresh_slack(&read(&self.datasets));
 
         // 5. Deadlists, then the meta block.
         for d in read(&self.datasets).values() {

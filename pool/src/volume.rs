@@ -15,7 +15,7 @@ use crate::spacemap::SpaceMap;
 use smallvec::SmallVec;
 use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A block's pending contents.
@@ -275,6 +275,8 @@ pub(crate) struct Volume {
     pub state: Mutex<VolumeState>,
     /// Sequential read streams, for prefetch.
     pub streams: Streams,
+    /// Bytes held for its reservation beyond what it uses alone (see `reservation`).
+    pub slack: AtomicU64,
 }
 
 impl Volume {
@@ -285,6 +287,7 @@ impl Volume {
             block_size,
             state: Mutex::new(VolumeState::new(init)),
             streams: Streams::default(),
+            slack: AtomicU64::new(0),
         }
     }
 }
@@ -1109,11 +1112,9 @@ impl VolumeHandle {
             {
                 // Read the reserved count under the space-map lock, as `reserve` counts it.
                 let mut sm = lock(&self.shared.spacemap);
-                let keep = self
-                    .shared
-                    .dirty_bytes
-                    .load(Ordering::Acquire)
-                    .div_ceil(SECTOR);
+                let keep = (self.shared.dirty_bytes.load(Ordering::Acquire)
+                    + self.shared.held_for_others(&self.vol))
+                .div_ceil(SECTOR);
                 if let Some(s) = sm.place(len, keep) {
                     return Ok(s);
                 }
@@ -1163,7 +1164,10 @@ impl VolumeHandle {
         let mut tries = 0;
         let mut gate = None;
         loop {
-            match self.shared.reserve(bytes, runs) {
+            match self
+                .shared
+                .reserve(bytes, runs, self.shared.held_for_others(&self.vol))
+            {
                 Ok(()) => return Ok(()),
                 Err(_) if gate.is_none() => {
                     // A trim may have a free run out; wait for it, and try again.

@@ -33,6 +33,16 @@ pub fn check_user_prop(k: &str) -> Result<()> {
     Ok(())
 }
 
+/// The stored form of a `refreservation` value: `none` (stored as removal), `auto` (the
+/// volume's size, following it) or a size.
+pub fn refreservation_value(v: &str) -> Result<String> {
+    match v {
+        "none" => Ok(String::new()),
+        "auto" => Ok("auto".into()),
+        size => Ok(zvol::parse_size(size)?.to_string()),
+    }
+}
+
 fn kind_name(k: DatasetKind) -> &'static str {
     match k {
         DatasetKind::Volume => "volume",
@@ -75,6 +85,16 @@ pub fn prop_value(d: &DatasetInfo, prop: &str, parsable: bool) -> PropValue {
         Some("usedbysnapshots") => b(
             output::size(d.usedbysnapshots, parsable),
             Value::from(d.usedbysnapshots),
+        ),
+        Some("refreservation") if d.kind == DatasetKind::Snapshot => b("-".into(), Value::Null),
+        Some("refreservation") if d.refreservation == 0 => b("none".into(), Value::from(0)),
+        Some("refreservation") => b(
+            output::size(d.refreservation, parsable),
+            Value::from(d.refreservation),
+        ),
+        Some("usedbyrefreservation") => b(
+            output::size(d.usedbyrefreservation, parsable),
+            Value::from(d.usedbyrefreservation),
         ),
         Some("origin") => match &d.origin {
             Some(o) => b(o.clone(), Value::from(o.clone())),
@@ -383,6 +403,16 @@ pub fn set(reg: &Registry, a: &SetArgs) -> Result<()> {
     for s in &a.assignments {
         let (k, v) = parse_assignment(s)?;
         match builtin(&k) {
+            Some("refreservation") if snapshot => {
+                return Err(CliError::Usage(format!(
+                    "{} is a snapshot: only a volume has a refreservation",
+                    a.dataset
+                )));
+            }
+            Some("refreservation") => user.push((
+                ::pool::REFRESERVATION_PROP.to_string(),
+                refreservation_value(&v)?,
+            )),
             Some("volsize") if snapshot => {
                 return Err(CliError::Usage(format!(
                     "{} is a snapshot: its volsize is frozen (set user properties only)",

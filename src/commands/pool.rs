@@ -405,6 +405,15 @@ pub fn status(reg: &Registry, a: &PoolStatusArgs) -> Result<()> {
         ),
     );
     line("free", zvol::format_size(i.free));
+    if i.reserved > 0 {
+        line(
+            "reserved",
+            format!(
+                "{} of it, for volumes' refreservation",
+                zvol::format_size(i.reserved)
+            ),
+        );
+    }
     line("datasets", i.datasets.to_string());
     line("txg", i.txg.to_string());
     line("format", format!("version {}", i.version));

@@ -41,8 +41,24 @@ pub fn create(reg: &Registry, a: &VolCreateArgs) -> Result<()> {
     let mut props = BTreeMap::new();
     for s in &a.props {
         let (k, v) = parse_assignment(s)?;
+        if ::pool::builtin_prop(&k) == Some("refreservation") {
+            props.insert(
+                ::pool::REFRESERVATION_PROP.to_string(),
+                super::dataset::refreservation_value(&v)?,
+            );
+            continue;
+        }
         check_user_prop(&k)?;
         props.insert(k, v);
+    }
+    if a.thick {
+        props.insert(::pool::REFRESERVATION_PROP.to_string(), "auto".into());
+    }
+    if props
+        .get(::pool::REFRESERVATION_PROP)
+        .is_some_and(String::is_empty)
+    {
+        props.remove(::pool::REFRESERVATION_PROP);
     }
     let (pool, _) = reg.open(pool_name)?;
     expect_dataset(execute(

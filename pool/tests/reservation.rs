@@ -1,0 +1,156 @@
+//! Reservations (`refreservation`): a thick volume's writes never fail for space that other
+//! volumes took, and the pool refuses what would break that promise.
+
+use pool::{ErrorKind, Pool, PoolConfig, REFRESERVATION_PROP};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const MIB: u64 = 1 << 20;
+
+fn config() -> PoolConfig {
+    PoolConfig {
+        sync_interval: None,
+        dirty_max: 16 << 20,
+        ..PoolConfig::default()
+    }
+}
+
+fn thick() -> BTreeMap<String, String> {
+    BTreeMap::from([(REFRESERVATION_PROP.to_string(), "auto".to_string())])
+}
+
+/// A 128 MiB pool file with a thick 32 MiB volume `tank/thick` and a thin 256 MiB one
+/// `tank/thin` written until the pool refuses it.
+fn filled(path: &Path) -> Pool {
+    let pool = Pool::create_file(path, "tank", 128 * MIB, config()).expect("create");
+    pool.create_volume("tank/thick", 32 * MIB, 4096, &thick())
+        .expect("thick");
+    pool.create_volume("tank/thin", 256 * MIB, 4096, &BTreeMap::new())
+        .expect("thin");
+    let thin = pool.volume("tank/thin").expect("thin");
+    let chunk = vec![0x5au8; MIB as usize];
+    let refused = (0..256).find_map(|i| thin.write_at(i * MIB, &chunk).err());
+    let e = refused.expect("a 128 MiB pool cannot hold 256 MiB");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    pool.sync().expect("commit");
+    pool
+}
+
+fn write_whole(pool: &Pool, name: &str, seed: u8) {
+    let v = pool.volume(name).expect("open");
+    let chunk = vec![seed; MIB as usize];
+    for i in 0..v.size() / MIB {
+        v.write_at(i * MIB, &chunk)
+            .unwrap_or_else(|e| panic!("{name} at {i} MiB: {e}"));
+    }
+    v.flush().expect("flush");
+}
+
+/// After a thin volume took every byte it could, the thick one is still written whole, and
+/// its figures show what the pool held for it; the same after the pool is reopened.
+#[test]
+fn a_thick_volume_is_written_whole_after_a_thin_one_filled_the_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pool.tarn");
+    let pool = filled(&path);
+    let d = pool.dataset("tank/thick").expect("thick");
+    assert_eq!(
+        (d.refreservation, d.usedbyrefreservation),
+        (32 * MIB, 32 * MIB)
+    );
+    assert_eq!(d.used, 32 * MIB, "the reservation counts as used");
+    assert!(
+        !d.props.contains_key(REFRESERVATION_PROP),
+        "not a user property"
+    );
+    write_whole(&pool, "tank/thick", 1);
+    let d = pool.dataset("tank/thick").expect("thick");
+    assert_eq!((d.usedbyrefreservation, d.used), (0, 32 * MIB));
+    // Overwritten whole again: new blocks while the old ones wait out their deferral.
+    write_whole(&pool, "tank/thick", 2);
+    pool.close().expect("close");
+
+    // Reopened, the reservation holds: the thin volume still cannot take it.
+    let pool = Pool::open_path(&path, config()).expect("reopen");
+    pool.set_props("tank/thick", &[(REFRESERVATION_PROP.into(), "auto".into())])
+        .expect("unchanged");
+    let thin = pool.volume("tank/thin").expect("thin");
+    let chunk = vec![0x5au8; MIB as usize];
+    assert!((0..256).any(|i| thin.write_at(i * MIB, &chunk).is_err()));
+    drop(thin);
+    write_whole(&pool, "tank/thick", 3);
+    let mut b = vec![0u8; MIB as usize];
+    pool.volume("tank/thick")
+        .expect("thick")
+        .read_at(31 * MIB, &mut b)
+        .expect("read");
+    assert!(b.iter().all(|&x| x == 3));
+    assert!(pool.scrub().expect("scrub").is_clean());
+}
+
+/// What the pool cannot hold is refused, changing nothing: a thick volume too large, a
+/// reservation raised past free space, a snapshot of a written thick volume (it holds the
+/// reservation whole again), growing an `auto` volume; a reservation on a snapshot or given
+/// to a clone is refused as such.
+#[test]
+fn reservations_the_pool_cannot_hold_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = filled(&dir.path().join("pool.tarn"));
+    let e = pool
+        .create_volume("tank/more", 16 * MIB, 4096, &thick())
+        .expect_err("no room");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(pool.dataset("tank/more").is_err());
+    let e = pool
+        .set_props(
+            "tank/thick",
+            &[(REFRESERVATION_PROP.into(), (64 * MIB).to_string())],
+        )
+        .expect_err("no room to raise it");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert_eq!(
+        pool.dataset("tank/thick").expect("d").refreservation,
+        32 * MIB
+    );
+    let e = pool
+        .resize_volume("tank/thick", 64 * MIB)
+        .expect_err("grow");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert_eq!(pool.dataset("tank/thick").expect("d").size, 32 * MIB);
+
+    write_whole(&pool, "tank/thick", 1);
+    let e = pool.snapshot(&["tank/thick@s"]).expect_err("no room");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(pool.dataset("tank/thick@s").is_err());
+    // With the thin volume gone there is room.
+    pool.destroy_with("tank/thin", pool::Recursion::None)
+        .expect("destroy");
+    for _ in 0..6 {
+        pool.sync().expect("release the frees");
+    }
+    pool.snapshot(&["tank/thick@s"]).expect("snapshot");
+    let d = pool.dataset("tank/thick").expect("d");
+    assert_eq!(d.usedbyrefreservation, 32 * MIB, "held whole again");
+    let e = pool
+        .set_props(
+            "tank/thick@s",
+            &[(REFRESERVATION_PROP.into(), "auto".into())],
+        )
+        .expect_err("a snapshot");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let e = pool
+        .clone_snapshot("tank/thick@s", "tank/c", &thick())
+        .expect_err("a clone");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    pool.clone_snapshot("tank/thick@s", "tank/c", &BTreeMap::new())
+        .expect("a thin clone");
+    // Removing the reservation gives its space back.
+    pool.set_props("tank/thick", &[(REFRESERVATION_PROP.into(), String::new())])
+        .expect("none");
+    let d = pool.dataset("tank/thick").expect("d");
+    assert_eq!((d.refreservation, d.usedbyrefreservation), (0, 0));
+    let e = pool
+        .set_props("tank/thick", &[(REFRESERVATION_PROP.into(), "lots".into())])
+        .expect_err("not a size");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
