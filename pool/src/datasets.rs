@@ -70,9 +70,9 @@ impl Pool {
             if ds.values().any(|d| d.name == rest) {
                 return Err(Error::AlreadyExists(full.into()));
             }
-            // A thick volume: the pool must hold its whole reservation now.
-            sh.admit(reservation::held(reservation::reservation(props, size), 0))?;
             check_nesting(&ds, rest, None, self.name())?;
+            // A thick volume: the pool must hold its whole reservation now (the last check).
+            sh.admit(reservation::held(reservation::reservation(props, size), 0))?;
             let id = cs.next_id;
             cs.next_id += 1;
             let init = StateInit {
@@ -124,6 +124,8 @@ impl Pool {
             if size > st.size {
                 check_map_fits(sh, size, vol.block_size, st.size)?;
             }
+            // The last check, before the tree changes.
+            sh.admit(sh.slack_increase(&vol, r, st.written.saturating_mul(SECTOR)))?;
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let mut sm = lock(&sh.spacemap);
             let st = &mut *st;
@@ -135,8 +137,6 @@ impl Pool {
                 }
             }
             sh.unreserve(st.discard_dirty(&mut sm, nblocks as u64, vol.block_size));
-            drop(sm);
-            sh.admit(sh.slack_increase(&vol, r, st.written * SECTOR))?;
             st.size = size;
         }
         sh.commit_locked(&mut cs)?;
@@ -231,7 +231,7 @@ impl Pool {
                 merge_into(&mut merged, props);
                 let st = lock(&d.vol.state);
                 let r = reservation::reservation(&merged, st.size);
-                sh.admit(sh.slack_increase(&d.vol, r, st.written * SECTOR))?;
+                sh.admit(sh.slack_increase(&d.vol, r, st.written.saturating_mul(SECTOR)))?;
             }
             d.merge_props(props);
         }
@@ -314,12 +314,17 @@ impl Pool {
         let cs = lock(&sh.commit);
         let vol = sh.find(rest).ok_or_else(|| Error::NotFound(full.into()))?;
         let size = round_size(size, vol.block_size)?;
+        // As in `resize_volume`: an `auto` reservation follows the size.
+        let r = read(&sh.datasets)
+            .get(&vol.id)
+            .map_or(0, |d| reservation::reservation(&d.props, size));
         let mut st = lock(&vol.state);
         if size > st.size {
             if st.tree.is_none() {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
             }
             check_map_fits(sh, size, vol.block_size, st.size)?;
+            sh.admit(sh.slack_increase(&vol, r, st.written.saturating_mul(SECTOR)))?;
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let txg = cs.txg + 1;
             let mut sm = lock(&sh.spacemap);

@@ -1006,11 +1006,14 @@ impl Pool {
     }
 
     /// Bytes that new writes may still fill: free space, plus frees still waiting out their
-    /// deferral, less what is already dirty and a slop kept for metadata.
+    /// deferral, less what is already dirty, what volumes' reservations hold, and a slop kept
+    /// for metadata.
     pub fn available(&self) -> u64 {
         let sh = &self.shared;
         let deferred = lock(&sh.spacemap).deferred_sectors() * SECTOR;
-        (sh.writable_bytes() + deferred).saturating_sub(sh.dirty_bytes.load(Ordering::Acquire))
+        (sh.writable_bytes() + deferred)
+            .saturating_sub(sh.dirty_bytes.load(Ordering::Acquire))
+            .saturating_sub(sh.slack_total.load(Ordering::Acquire))
     }
 
     /// Commits anything written and closes the pool, reporting any error the final commit

@@ -54,10 +54,13 @@ pub(crate) fn reservation(props: &BTreeMap<String, String>, size: u64) -> u64 {
 pub(crate) fn check_values<'a>(
     mut props: impl Iterator<Item = (&'a String, &'a String)>,
 ) -> Result<()> {
-    match props.find(|(k, _)| *k == REFRESERVATION_PROP) {
-        Some((_, v)) => check_value(v),
-        None => Ok(()),
-    }
+    props.try_for_each(|(k, v)| {
+        if k == REFRESERVATION_PROP {
+            check_value(v)
+        } else {
+            Ok(())
+        }
+    })
 }
 
 fn check_value(v: &str) -> Result<()> {

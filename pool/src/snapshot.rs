@@ -716,6 +716,15 @@ impl Pool {
                         .into(),
                 });
             }
+            // A reserved target holds its reservation for the clone's size, and whole again
+            // where the landing takes a snapshot (as `snapshot_inner` admits it).
+            let (csize, cwritten) = {
+                let c = lock(&cvol.state);
+                (c.size, c.written.saturating_mul(crate::phys::SECTOR))
+            };
+            let r = reservation::reservation(&ds[&tid].props, csize);
+            let written = if snap_rest.is_some() { 0 } else { cwritten };
+            sh.admit(sh.slack_increase(&tvol, r, written))?;
             // From here on memory changes: a failure must not let a later commit write half.
             // Newest first, as a user would destroy them.
             doomed.sort_unstable_by_key(|d| std::cmp::Reverse(ds[d].creation_txg));
@@ -899,6 +908,13 @@ impl Pool {
                 },
             )?;
             let (_, chain) = sh.load_deadlist(&st.deadlist)?;
+            // An `auto` reservation growing with the size the snapshot had is held at once;
+            // the rest of what a rollback holds again (its `written`) comes back as the
+            // blocks it frees are released.
+            let props = &ds[&head].props;
+            let grown = reservation::reservation(props, s_size)
+                .saturating_sub(reservation::reservation(props, st.size));
+            sh.admit(grown)?;
             // Pending writes are dropped only once nothing can fail.
             self.shared
                 .unreserve(st.discard_dirty(&mut lock(&sh.spacemap), 0, hv.block_size));

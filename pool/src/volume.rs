@@ -1112,9 +1112,9 @@ impl VolumeHandle {
             {
                 // Read the reserved count under the space-map lock, as `reserve` counts it.
                 let mut sm = lock(&self.shared.spacemap);
-                let keep = (self.shared.dirty_bytes.load(Ordering::Acquire)
-                    + self.shared.held_for_others(&self.vol))
-                .div_ceil(SECTOR);
+                let keep = (self.shared.dirty_bytes.load(Ordering::Acquire))
+                    .saturating_add(self.shared.held_for_others(&self.vol))
+                    .div_ceil(SECTOR);
                 if let Some(s) = sm.place(len, keep) {
                     return Ok(s);
                 }

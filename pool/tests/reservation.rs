@@ -95,12 +95,20 @@ fn a_thick_volume_is_written_whole_after_a_thin_one_filled_the_pool() {
 #[test]
 fn reservations_the_pool_cannot_hold_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pool = filled(&dir.path().join("pool.tarn"));
+    let path = dir.path().join("pool.tarn");
+    let pool = filled(&path);
+    // The unused reservation and the overwrite headroom.
+    assert_eq!(pool.info().reserved, 48 * MIB);
+    assert!(pool.available() < MIB, "{}", pool.available());
     let e = pool
         .create_volume("tank/more", 16 * MIB, 4096, &thick())
         .expect_err("no room");
     assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
     assert!(pool.dataset("tank/more").is_err());
+    // A create refused for another reason holds nothing.
+    pool.create_volume("tank/thick/x", MIB, 4096, &thick())
+        .expect_err("below a volume");
+    assert_eq!(pool.info().reserved, 48 * MIB);
     let e = pool
         .set_props(
             "tank/thick",
@@ -112,11 +120,16 @@ fn reservations_the_pool_cannot_hold_are_refused() {
         pool.dataset("tank/thick").expect("d").refreservation,
         32 * MIB
     );
-    let e = pool
-        .resize_volume("tank/thick", 64 * MIB)
-        .expect_err("grow");
-    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
-    assert_eq!(pool.dataset("tank/thick").expect("d").size, 32 * MIB);
+    // Refused grows leave the volume as it was, its tree too (2 GiB would add a level).
+    for size in [64 * MIB, 2 << 30] {
+        let e = pool.resize_volume("tank/thick", size).expect_err("grow");
+        assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+        assert_eq!(pool.dataset("tank/thick").expect("d").size, 32 * MIB);
+    }
+    pool.close().expect("close");
+    let pool = Pool::open_path(&path, config()).expect("reopen");
+    assert!(pool.scrub().expect("scrub").is_clean());
+    assert_eq!(pool.info().reserved, 48 * MIB, "recomputed at open");
 
     write_whole(&pool, "tank/thick", 1);
     let e = pool.snapshot(&["tank/thick@s"]).expect_err("no room");
@@ -153,4 +166,32 @@ fn reservations_the_pool_cannot_hold_are_refused() {
         .set_props("tank/thick", &[(REFRESERVATION_PROP.into(), "lots".into())])
         .expect_err("not a size");
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
+
+/// A grow refused for its reservation changes nothing, not even the block tree's height: a
+/// 2 MiB thick volume (one leaf) refused 8 MiB (four) is written and read back after a
+/// reopen, and scrub finds nothing.
+#[test]
+fn a_refused_grow_leaves_the_tree_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pool.tarn");
+    let pool = filled(&path);
+    pool.set_props("tank/thick", &[(REFRESERVATION_PROP.into(), String::new())])
+        .expect("none");
+    pool.create_volume("tank/small", 2 * MIB, 4096, &thick())
+        .expect("room for 2 MiB");
+    let e = pool
+        .resize_volume("tank/small", 40 * MIB)
+        .expect_err("no room for 40 MiB");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    write_whole(&pool, "tank/small", 9);
+    pool.close().expect("close");
+    let pool = Pool::open_path(&path, config()).expect("reopen");
+    let mut b = vec![0u8; 2 * MIB as usize];
+    pool.volume("tank/small")
+        .expect("small")
+        .read_at(0, &mut b)
+        .expect("read");
+    assert!(b.iter().all(|&x| x == 9));
+    assert!(pool.scrub().expect("scrub").is_clean());
 }

@@ -551,17 +551,20 @@ fn recv_one<R: Read>(
     pool::names::split_any_name(longest)?;
     // A stream cannot tag a volume as a receive's leftover (which a later receive would
     // destroy).
+    // Neither the receive's own tag nor a reservation (a received volume takes none; tarn
+    // never sends one, another sender might) comes from a stream.
+    let received = |k: &String| k != PARTIAL_TAG && k != pool::REFRESERVATION_PROP;
     let props: BTreeMap<String, String> = begin
         .props
         .iter()
-        .filter(|(k, _)| k != PARTIAL_TAG)
+        .filter(|(k, _)| received(k))
         .cloned()
         .collect();
     // The snapshot's own, checked before anything is received.
     let snapshot_props: Vec<(String, String)> = begin
         .snapshot_props
         .iter()
-        .filter(|(k, _)| k != PARTIAL_TAG)
+        .filter(|(k, _)| received(k))
         .cloned()
         .collect();
     snapshot_props
