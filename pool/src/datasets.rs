@@ -72,7 +72,8 @@ impl Pool {
             }
             check_nesting(&ds, rest, None, self.name())?;
             // A thick volume: the pool must hold its whole reservation now (the last check).
-            sh.admit(reservation::held(reservation::reservation(props, size), 0))?;
+            let r = reservation::reservation(props, size);
+            sh.admit(reservation::held(r, 0, block_size), None)?;
             let id = cs.next_id;
             cs.next_id += 1;
             let init = StateInit {
@@ -125,7 +126,8 @@ impl Pool {
                 check_map_fits(sh, size, vol.block_size, st.size)?;
             }
             // The last check, before the tree changes.
-            sh.admit(sh.slack_increase(&vol, r, st.written.saturating_mul(SECTOR)))?;
+            let target = reservation::held(r, st.written.saturating_mul(SECTOR), vol.block_size);
+            sh.admit(sh.slack_increase(&vol, target), Some(&vol))?;
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let mut sm = lock(&sh.spacemap);
             let st = &mut *st;
@@ -231,7 +233,9 @@ impl Pool {
                 merge_into(&mut merged, props);
                 let st = lock(&d.vol.state);
                 let r = reservation::reservation(&merged, st.size);
-                sh.admit(sh.slack_increase(&d.vol, r, st.written.saturating_mul(SECTOR)))?;
+                let written = st.written.saturating_mul(SECTOR);
+                let target = reservation::held(r, written, d.vol.block_size);
+                sh.admit(sh.slack_increase(&d.vol, target), Some(&d.vol))?;
             }
             d.merge_props(props);
         }
@@ -324,7 +328,8 @@ impl Pool {
                 st.tree = Some(sh.load_tree(&vol, &st)?);
             }
             check_map_fits(sh, size, vol.block_size, st.size)?;
-            sh.admit(sh.slack_increase(&vol, r, st.written.saturating_mul(SECTOR)))?;
+            let target = reservation::held(r, st.written.saturating_mul(SECTOR), vol.block_size);
+            sh.admit(sh.slack_increase(&vol, target), Some(&vol))?;
             let nblocks = (size / u64::from(vol.block_size)) as usize;
             let txg = cs.txg + 1;
             let mut sm = lock(&sh.spacemap);

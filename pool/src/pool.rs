@@ -57,7 +57,7 @@ impl Default for PoolConfig {
 }
 
 /// Bytes free for new data in `sm` beyond the slop kept for metadata.
-fn writable(sm: &SpaceMap) -> u64 {
+pub(crate) fn writable(sm: &SpaceMap) -> u64 {
     let slop = (sm.usable() * SECTOR / 32).max(1 << 20);
     // Runs held for writes' promises hold blocks their reservations count (but for the
     // leaves of zero writes, which reserve no bytes for them: frees pay for those).
@@ -249,14 +249,16 @@ impl Shared {
         writable(&lock(&self.spacemap))
     }
 
-    /// Reserves `bytes` of dirty data against the writable space less `held` (what other
-    /// volumes' reservations hold), and promises held runs (length, count) to the blocks the
+    /// Reserves `bytes` of dirty data for `vol` against the writable space less what other
+    /// volumes' reservations hold, and promises held runs (length, count) to the blocks the
     /// write dirties ([`SpaceMap::promise_runs`]).
     /// Checked and counted under the space-map lock, where placement checks its room against
     /// the same count, so that neither can spend space the other has just counted on (near
     /// full, that would end in a commit failing for space, which poisons the pool).
-    pub(crate) fn reserve(&self, bytes: u64, runs: &[(u64, u64)], held: u64) -> Result<()> {
+    pub(crate) fn reserve(&self, bytes: u64, runs: &[(u64, u64)], vol: &Volume) -> Result<()> {
         let mut sm = lock(&self.spacemap);
+        // Read under the lock reservations are admitted under.
+        let held = self.held_for_others(vol);
         let mut avail = writable(&sm).saturating_sub(held);
         let dirty = self.dirty_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if dirty > avail && sm.has_unpromised_runs() {

@@ -4,7 +4,8 @@
 //! A volume's reservation R is kept in its property [`REFRESERVATION_PROP`] (`auto`: its size;
 //! or bytes). What the pool holds for it beyond what it already uses alone is its *slack*:
 //! R minus its `written` bytes (data born since its latest snapshot or origin: what no
-//! snapshot shares), plus an overwrite headroom ([`OVERWRITE_HEADROOM`]). Writes to other
+//! snapshot shares), plus the block map that rest needs and an overwrite headroom
+//! ([`OVERWRITE_HEADROOM`]). Writes to other
 //! volumes see the pool's free space less every other volume's slack; a volume's own writes
 //! may use its slack. A snapshot sets `written` to 0, so
 //! taking one raises the slack back to R and is refused where the pool cannot hold that (as
@@ -13,8 +14,8 @@
 //! dirty data, which only ever refuses others early.
 
 use crate::error::{Error, Result};
-use crate::phys::{DatasetKind, SECTOR};
-use crate::pool::{lock, DatasetEntry, Shared};
+use crate::phys::{DatasetKind, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
+use crate::pool::{lock, writable, DatasetEntry, Shared};
 use crate::volume::Volume;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -29,14 +30,32 @@ pub const REFRESERVATION_PROP: &str = "tarn:refreservation";
 /// of its requests' worth keeps it going.
 pub const OVERWRITE_HEADROOM: u64 = 16 << 20;
 
-/// What the pool holds for a reservation of `r` bytes on a volume that uses `written` bytes
-/// alone: the rest of the reservation, and the overwrite headroom.
-pub(crate) fn held(r: u64, written: u64) -> u64 {
+/// What the pool holds for a reservation of `r` bytes on a volume of `block_size`-byte blocks
+/// that uses `written` bytes alone: the rest of the reservation, the block map that rest
+/// needs (indirect blocks are metadata, outside `written`; as ZFS counts a zvol's metadata in
+/// its reservation), and the overwrite headroom.
+pub(crate) fn held(r: u64, written: u64, block_size: u32) -> u64 {
     if r == 0 {
         return 0;
     }
-    r.saturating_sub(written)
+    let rest = r.saturating_sub(written);
+    rest.saturating_add(map_bytes(rest, block_size))
         .saturating_add(r.min(OVERWRITE_HEADROOM))
+}
+
+/// Bytes of indirect blocks that map `bytes` of data in `block_size`-byte blocks, every level
+/// (each indirect block maps [`PTRS_PER_INDIRECT`] blocks of the level below).
+fn map_bytes(bytes: u64, block_size: u32) -> u64 {
+    let mut n = bytes.div_ceil(u64::from(block_size.max(1)));
+    let mut total = 0u64;
+    while n > 0 {
+        n = n.div_ceil(PTRS_PER_INDIRECT as u64);
+        total = total.saturating_add(n.saturating_mul(INDIRECT_SIZE as u64));
+        if n == 1 {
+            break;
+        }
+    }
+    total
 }
 
 /// A volume's reservation in bytes, from its properties and its size (0 when it has none, or
@@ -90,7 +109,7 @@ impl Shared {
         for d in ds.values().filter(|d| d.kind == DatasetKind::Volume) {
             let st = lock(&d.vol.state);
             let r = reservation(&d.props, st.size);
-            let slack = held(r, st.written.saturating_mul(SECTOR));
+            let slack = held(r, st.written.saturating_mul(SECTOR), d.vol.block_size);
             drop(st);
             d.vol.slack.store(slack, Ordering::Release);
             total = total.saturating_add(slack);
@@ -98,10 +117,9 @@ impl Shared {
         self.slack_total.store(total, Ordering::Release);
     }
 
-    /// What holding a reservation of `r` bytes for `vol` (with `written` bytes of its own)
-    /// adds to what is held now.
-    pub(crate) fn slack_increase(&self, vol: &Volume, r: u64, written: u64) -> u64 {
-        held(r, written).saturating_sub(vol.slack.load(Ordering::Acquire))
+    /// What holding `target` bytes for `vol` (see [`held`]) adds to what it holds now.
+    pub(crate) fn slack_increase(&self, vol: &Volume, target: u64) -> u64 {
+        target.saturating_sub(vol.slack.load(Ordering::Acquire))
     }
 
     /// Bytes held for the reservations of volumes other than `vol`.
@@ -111,15 +129,19 @@ impl Shared {
             .saturating_sub(vol.slack.load(Ordering::Acquire))
     }
 
-    /// Refuses a change that holds `increase` more bytes for reservations than the pool's
-    /// writable space, less dirty data and what is held already, has. Called with the commit
-    /// lock held, before the commit that makes the change.
-    pub(crate) fn admit(&self, increase: u64) -> Result<()> {
+    /// Refuses a change that holds `increase` more bytes for reservations (for `vol`, or
+    /// for a volume being made) than the pool's writable space, less dirty data and what is
+    /// held already, has; holds it at once otherwise, so that neither writers nor another
+    /// change can take it before the commit that makes the change recomputes what is held
+    /// (a change that fails after this holds it until that commit). Checked and counted under
+    /// the space-map lock, as writers count their reservations. Called with the commit lock
+    /// held, before anything changes.
+    pub(crate) fn admit(&self, increase: u64, vol: Option<&Volume>) -> Result<()> {
         if increase == 0 {
             return Ok(());
         }
-        let avail = self
-            .writable_bytes()
+        let sm = lock(&self.spacemap);
+        let avail = writable(&sm)
             .saturating_sub(self.dirty_bytes.load(Ordering::Acquire))
             .saturating_sub(self.slack_total.load(Ordering::Acquire));
         if increase > avail {
@@ -129,9 +151,10 @@ impl Shared {
                 available: avail,
             });
         }
-        // Held at once, so that writers cannot take it before the commit that makes the
-        // change recomputes every slack (a change that then fails holds it until that commit).
         self.slack_total.fetch_add(increase, Ordering::AcqRel);
+        if let Some(v) = vol {
+            v.slack.fetch_add(increase, Ordering::AcqRel);
+        }
         Ok(())
     }
 }

@@ -563,10 +563,10 @@ impl Pool {
                 .map(|(h, _)| {
                     let d = &ds[h];
                     let r = reservation::reservation(&d.props, lock(&d.vol.state).size);
-                    sh.slack_increase(&d.vol, r, 0)
+                    sh.slack_increase(&d.vol, reservation::held(r, 0, d.vol.block_size))
                 })
                 .sum();
-            sh.admit(increase)?;
+            sh.admit(increase, None)?;
         }
         let first_id = cs.next_id;
         cs.next_id += targets.len() as u64;
@@ -724,7 +724,8 @@ impl Pool {
             };
             let r = reservation::reservation(&ds[&tid].props, csize);
             let written = if snap_rest.is_some() { 0 } else { cwritten };
-            sh.admit(sh.slack_increase(&tvol, r, written))?;
+            let target = reservation::held(r, written, tvol.block_size);
+            sh.admit(sh.slack_increase(&tvol, target), Some(&tvol))?;
             // From here on memory changes: a failure must not let a later commit write half.
             // Newest first, as a user would destroy them.
             doomed.sort_unstable_by_key(|d| std::cmp::Reverse(ds[d].creation_txg));
@@ -912,9 +913,9 @@ impl Pool {
             // the rest of what a rollback holds again (its `written`) comes back as the
             // blocks it frees are released.
             let props = &ds[&head].props;
-            let grown = reservation::reservation(props, s_size)
-                .saturating_sub(reservation::reservation(props, st.size));
-            sh.admit(grown)?;
+            let at =
+                |size| reservation::held(reservation::reservation(props, size), 0, hv.block_size);
+            sh.admit(at(s_size).saturating_sub(at(st.size)), Some(&hv))?;
             // Pending writes are dropped only once nothing can fail.
             self.shared
                 .unreserve(st.discard_dirty(&mut lock(&sh.spacemap), 0, hv.block_size));

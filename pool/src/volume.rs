@@ -1164,10 +1164,7 @@ impl VolumeHandle {
         let mut tries = 0;
         let mut gate = None;
         loop {
-            match self
-                .shared
-                .reserve(bytes, runs, self.shared.held_for_others(&self.vol))
-            {
+            match self.shared.reserve(bytes, runs, &self.vol) {
                 Ok(()) => return Ok(()),
                 Err(_) if gate.is_none() => {
                     // A trim may have a free run out; wait for it, and try again.

@@ -97,18 +97,28 @@ fn reservations_the_pool_cannot_hold_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("pool.tarn");
     let pool = filled(&path);
-    // The unused reservation and the overwrite headroom.
-    assert_eq!(pool.info().reserved, 48 * MIB);
+    // The unused reservation, its block map (one 16 KiB leaf per 512 blocks, and the root),
+    // and the overwrite headroom.
+    const HELD: u64 = 48 * MIB + 17 * 16384;
+    assert_eq!(pool.info().reserved, HELD);
+    // Small writes (buffered until the commit) are refused too.
+    let thin = pool.volume("tank/thin").expect("thin");
+    let small = vec![0x33u8; 4096];
+    let taken = (0..2048u64)
+        .take_while(|i| thin.write_at(200 * MIB + i * 4096, &small).is_ok())
+        .count();
+    assert!(
+        taken < 256,
+        "{taken} small writes went into the reservation"
+    );
+    drop(thin);
     assert!(pool.available() < MIB, "{}", pool.available());
     let e = pool
         .create_volume("tank/more", 16 * MIB, 4096, &thick())
         .expect_err("no room");
     assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
     assert!(pool.dataset("tank/more").is_err());
-    // A create refused for another reason holds nothing.
-    pool.create_volume("tank/thick/x", MIB, 4096, &thick())
-        .expect_err("below a volume");
-    assert_eq!(pool.info().reserved, 48 * MIB);
+    assert_eq!(pool.info().reserved, HELD);
     let e = pool
         .set_props(
             "tank/thick",
@@ -129,7 +139,7 @@ fn reservations_the_pool_cannot_hold_are_refused() {
     pool.close().expect("close");
     let pool = Pool::open_path(&path, config()).expect("reopen");
     assert!(pool.scrub().expect("scrub").is_clean());
-    assert_eq!(pool.info().reserved, 48 * MIB, "recomputed at open");
+    assert_eq!(pool.info().reserved, HELD, "recomputed at open");
 
     write_whole(&pool, "tank/thick", 1);
     let e = pool.snapshot(&["tank/thick@s"]).expect_err("no room");
@@ -194,4 +204,23 @@ fn a_refused_grow_leaves_the_tree_as_it_was() {
         .expect("read");
     assert!(b.iter().all(|&x| x == 9));
     assert!(pool.scrub().expect("scrub").is_clean());
+}
+
+/// What a reservation holds, in a pool with room: the reservation, its block map at every
+/// level and the headroom; a create refused for another reason holds nothing.
+#[test]
+fn a_reservation_holds_its_block_map_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = Pool::create_file(&dir.path().join("pool.tarn"), "tank", 3 << 30, config())
+        .expect("create");
+    pool.create_volume("tank/big", 2 << 30, 4096, &thick())
+        .expect("thick 2 GiB");
+    // 524,288 blocks: 1,024 leaves, 2 blocks above them, and the root.
+    let map = (1024 + 2 + 1) * 16384;
+    assert_eq!(pool.info().reserved, (2 << 30) + map + 16 * MIB);
+    let e = pool
+        .create_volume("tank/big/x", MIB, 4096, &thick())
+        .expect_err("below a volume");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(pool.info().reserved, (2 << 30) + map + 16 * MIB);
 }
