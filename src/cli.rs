@@ -43,7 +43,7 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Show dataset properties.
     Get(GetArgs),
-    /// Set dataset properties (user properties, and volsize).
+    /// Set dataset properties (user properties, also on snapshots; volsize, refreservation).
     Set(SetArgs),
     /// Run virtual machines whose disks are volumes or raw files.
     #[command(subcommand)]
@@ -68,9 +68,10 @@ pub enum Command {
     Release(HoldArgs),
     /// Show the byte ranges that changed since a snapshot.
     Diff(DiffArgs),
-    /// Write a snapshot as a stream (full, or incremental with -i) to stdout or a file.
+    /// Write a snapshot as a stream (full, incremental with -i, a package of every snapshot
+    /// with -I or -R; -n: only its size) to stdout or a file.
     Send(SendArgs),
-    /// Create a volume (or a new snapshot of one) from a send stream on stdin or a file.
+    /// Create a volume (or new snapshots of one) from a send stream on stdin or a file.
     #[command(alias = "receive")]
     Recv(RecvArgs),
 }

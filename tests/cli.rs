@@ -473,3 +473,17 @@ fn thick_volumes_hold_their_space() {
     );
     assert_eq!(props[0]["refreservation"], 8u64 << 20);
 }
+
+/// An import into a thick volume may use the space reserved for it, even where the pool has
+/// little left for anything else (the pre-check and a pipe's safety snapshot used to refuse).
+#[test]
+fn an_import_into_a_thick_volume_may_use_its_reservation() {
+    let env = Env::new();
+    env.pool("tank", "128M");
+    env.run(["vol", "create", "tank/vm", "-s", "100M", "--thick"])
+        .ok();
+    let img = random_bytes(50 << 20, 8);
+    env.import("tank/vm", &img);
+    env.run_stdin(["vol", "import", "-", "tank/vm"], &img).ok();
+    same_bytes(&env.export("tank/vm")[..img.len()], &img, "imported");
+}

@@ -439,8 +439,8 @@ pub struct DatasetInfo {
     pub referenced: u64,
     /// Data born since the previous snapshot (or the origin).
     pub written: u64,
-    /// Space destroying it would free: for a volume its unique data plus `usedbysnapshots`;
-    /// for a snapshot the data only it references.
+    /// Space destroying it would free: for a volume its unique data plus `usedbysnapshots`
+    /// and `usedbyrefreservation`; for a snapshot the data only it references.
     pub used: u64,
     /// Volumes: space its snapshots hold that the volume no longer references.
     pub usedbysnapshots: u64,

@@ -289,6 +289,8 @@ pub fn list(reg: &Registry, a: &ListArgs) -> Result<()> {
                                 | "referenced"
                                 | "written"
                                 | "usedbysnapshots"
+                                | "refreservation"
+                                | "usedbyrefreservation"
                                 | "createtxg"
                                 | "id"
                                 | "guid"

@@ -208,7 +208,7 @@ pub fn diff(reg: &Registry, a: &DiffArgs) -> Result<()> {
     Ok(())
 }
 
-/// `tarn send [-i @OLDER | -I @OLDER | -R] POOL/VOL@SNAP [-f FILE]`
+/// `tarn send [-n] [-i @OLDER | -I @OLDER | -R] POOL/VOL@SNAP [-f FILE]`
 pub fn send(reg: &Registry, a: &SendArgs) -> Result<()> {
     snapshot_name(&a.snapshot)?;
     let package = a.replicate || a.intermediates.is_some();

@@ -358,11 +358,12 @@ fn nonzero_bytes(src: &Source, size: u64, bs: u64) -> Result<u64> {
 }
 
 /// Fails before anything is written when the image's data cannot fit in the pool.
-fn check_space(pool: &Pool, src: &Source, bs: u64, target: &str) -> Result<()> {
+/// `own` is what the pool holds for the target's reservation: its writes may use it.
+fn check_space(pool: &Pool, src: &Source, bs: u64, target: &str, own: u64) -> Result<()> {
     let (Some(size), Some(allocated)) = (src.size, src.allocated) else {
         return Ok(());
     };
-    let avail = pool.available();
+    let avail = pool.available().saturating_add(own);
     if space_needed(allocated.min(size)) <= avail {
         return Ok(());
     }
@@ -515,7 +516,13 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
                     size
                 )));
             }
-            check_space(&pool, &src, u64::from(d.block_size), &a.name)?;
+            check_space(
+                &pool,
+                &src,
+                u64::from(d.block_size),
+                &a.name,
+                d.usedbyrefreservation,
+            )?;
             (d.block_size, false)
         }
         None => {
@@ -532,7 +539,7 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
                 )));
             }
             let bs = a.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-            check_space(&pool, &src, u64::from(bs), &a.name)?;
+            check_space(&pool, &src, u64::from(bs), &a.name, 0)?;
             expect_dataset(execute(
                 &pool,
                 Request::CreateVolume {
@@ -561,9 +568,22 @@ pub fn import(reg: &Registry, a: &VolImportArgs) -> Result<()> {
             "no snapshot to roll back to if the import fails (no room, or a name too long)"
         );
     }
-    if let Some(snap) = &before {
-        pool.snapshot(&[snap.as_str()])?;
-    }
+    // A thick volume's snapshot holds its reservation whole again, which a full pool may
+    // refuse: then as for files, too.
+    let before = match before {
+        Some(snap) => match pool.snapshot(&[snap.as_str()]) {
+            Ok(_) => Some(snap),
+            Err(e) if e.kind() == ::pool::ErrorKind::NoSpace => {
+                tracing::warn!(
+                    volume = a.name,
+                    "no snapshot to roll back to if the import fails: {e}"
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
     let copied = copy_in(&pool, &src, &a.name, bs, created, &stop);
     match copied {
         Ok(()) => {

@@ -295,6 +295,11 @@ impl Driver {
     /// without the interrupt the driver asked for.
     pub fn run(&mut self, ops: &[Op]) -> Result<()> {
         self.woken = 0;
+        if let Served::Device(t) = &self.served {
+            // An interrupt the last run's final wait did not consume (it found the used index
+            // already there) is not this run's wake-up (non-blocking: nothing to read is fine).
+            let _ = t.interrupt().eventfd().read();
+        }
         if self.pipeline != Pipeline::Batch && matches!(self.served, Served::Device(_)) {
             return self.run_pipelined(ops);
         }
@@ -619,6 +624,7 @@ mod tests {
     #[test]
     fn drivers_complete_every_request_through_the_device() {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut woken = 0;
         for workers in [0, 4] {
             for pipeline in [Pipeline::Linux, Pipeline::Half, Pipeline::Batch] {
                 let path = dir.path().join(format!("disk-{workers}-{pipeline:?}.img"));
@@ -640,13 +646,13 @@ mod tests {
                 d.run(&ops).expect("writes");
                 let reads: Vec<Op> = ops.iter().map(|o| Op { write: false, ..*o }).collect();
                 d.run(&reads).expect("reads");
-                // A sleeping driver is woken by at least one interrupt a run, and by at most
-                // one a request.
+                // A sleeping driver is woken at most once a request.
                 assert!(
-                    (1..=100).contains(&d.wakeups()),
+                    d.wakeups() <= 100,
                     "{} wake-ups for 100 requests ({workers} workers, {pipeline:?})",
                     d.wakeups()
                 );
+                woken += d.wakeups();
                 d.run(&ops[..3]).expect("a short run after a long one");
                 assert!(d.wakeups() <= 3, "counted from the run's start");
                 drop(d);
@@ -662,5 +668,7 @@ mod tests {
                 }
             }
         }
+        // Six runs of 100 requests never all find every completion without sleeping.
+        assert!(woken > 0, "no run slept on the interrupt");
     }
 }
