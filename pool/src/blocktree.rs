@@ -96,6 +96,11 @@ pub fn height_for(nblocks: usize) -> usize {
     shape(nblocks).len() - 1
 }
 
+/// Indirect blocks on disk above `nblocks` data blocks, every level.
+pub(crate) fn indirect_blocks(nblocks: usize) -> usize {
+    shape(nblocks)[1..].iter().sum()
+}
+
 /// Lengths of each level for `nblocks` data blocks; always at least one indirect level.
 fn shape(nblocks: usize) -> Vec<usize> {
     let mut v = vec![nblocks];

@@ -13,8 +13,9 @@
 //! between commits, a reserved volume's pending writes are counted both in its slack and as
 //! dirty data, which only ever refuses others early.
 
+use crate::blocktree::indirect_blocks;
 use crate::error::{Error, Result};
-use crate::phys::{DatasetKind, INDIRECT_SIZE, PTRS_PER_INDIRECT, SECTOR};
+use crate::phys::{DatasetKind, INDIRECT_SIZE, SECTOR};
 use crate::pool::{lock, writable, DatasetEntry, Shared};
 use crate::volume::Volume;
 use std::collections::BTreeMap;
@@ -43,19 +44,14 @@ pub(crate) fn held(r: u64, written: u64, block_size: u32) -> u64 {
         .saturating_add(r.min(OVERWRITE_HEADROOM))
 }
 
-/// Bytes of indirect blocks that map `bytes` of data in `block_size`-byte blocks, every level
-/// (each indirect block maps [`PTRS_PER_INDIRECT`] blocks of the level below).
+/// Bytes of indirect blocks that map `bytes` of data in `block_size`-byte blocks.
 fn map_bytes(bytes: u64, block_size: u32) -> u64 {
-    let mut n = bytes.div_ceil(u64::from(block_size.max(1)));
-    let mut total = 0u64;
-    while n > 0 {
-        n = n.div_ceil(PTRS_PER_INDIRECT as u64);
-        total = total.saturating_add(n.saturating_mul(INDIRECT_SIZE as u64));
-        if n == 1 {
-            break;
-        }
+    if bytes == 0 {
+        return 0;
     }
-    total
+    let blocks = bytes.div_ceil(u64::from(block_size.max(1)));
+    let indirect = usize::try_from(blocks).map_or(usize::MAX, indirect_blocks);
+    (indirect as u64).saturating_mul(INDIRECT_SIZE as u64)
 }
 
 /// A volume's reservation in bytes, from its properties and its size (0 when it has none, or
